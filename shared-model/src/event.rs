@@ -1,0 +1,556 @@
+//! Append-only facts: production counts, equipment states, quality samples, material movements,
+//! operator clocking and corrections.
+//!
+//! Facts never change once recorded, so they need no CRDT: delivery is at-least-once and apply
+//! is idempotent on [`EventId`]. A correction is a new event that references the one it
+//! corrects. These types are on the wire (postcard), so fields and variants are append-only:
+//! never reorder or remove them (see `docs/protocol.md`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{
+    BadgeId, CharacteristicId, EquipmentId, EventId, LotId, MaterialId, ReasonCodeId, SiteId,
+    WorkOrderId,
+};
+use crate::timestamp::{TIMESTAMP_MIN, Timestamp};
+
+/// Largest count one event may carry. A unit makes ~1,500 cycles a shift; a million in one
+/// event is a bug in the sender, not production.
+pub const COUNT_MAX: u32 = 1_000_000;
+/// Largest material quantity in one event, in the material's unit.
+pub const QUANTITY_MAX: f64 = 1e9;
+/// Largest absolute measured value of a quality sample.
+pub const MEASUREMENT_ABS_MAX: f64 = 1e12;
+/// How far `occurred_at` may lie ahead of the validating clock: edge clocks drift, PLC clocks
+/// more so, but an event from next week is an error.
+pub const FUTURE_SKEW_MICROS_MAX: i64 = 5 * 60 * 1_000_000;
+/// Longest free-text note (corrections).
+pub const NOTE_BYTES_MAX: usize = 1_000;
+
+/// One fact recorded at a site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub event_id: EventId,
+    pub site_id: SiteId,
+    /// When it happened, by the edge's (or the machine's) clock.
+    pub occurred_at: Timestamp,
+    /// When the edge agent durably recorded it.
+    pub recorded_at: Timestamp,
+    pub operator: Option<BadgeId>,
+    pub body: EventBody,
+}
+
+/// What happened. Externally tagged, because postcard cannot encode internally tagged enums.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventBody {
+    ProductionCount(ProductionCount),
+    EquipmentState(EquipmentStateChange),
+    QualitySample(QualitySample),
+    MaterialConsumed(MaterialMovement),
+    MaterialProduced(MaterialMovement),
+    Correction(Correction),
+    OperatorClock(OperatorClock),
+}
+
+/// The event type names used by the HTTP API's `type` field and by metrics labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    ProductionCount,
+    EquipmentState,
+    QualitySample,
+    MaterialConsumed,
+    MaterialProduced,
+    Correction,
+    OperatorClock,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 7] = [
+        EventKind::ProductionCount,
+        EventKind::EquipmentState,
+        EventKind::QualitySample,
+        EventKind::MaterialConsumed,
+        EventKind::MaterialProduced,
+        EventKind::Correction,
+        EventKind::OperatorClock,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::ProductionCount => "production_count",
+            EventKind::EquipmentState => "equipment_state",
+            EventKind::QualitySample => "quality_sample",
+            EventKind::MaterialConsumed => "material_consumed",
+            EventKind::MaterialProduced => "material_produced",
+            EventKind::Correction => "correction",
+            EventKind::OperatorClock => "operator_clock",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProductionCount {
+    pub equipment: EquipmentId,
+    pub work_order: Option<WorkOrderId>,
+    pub good: u32,
+    pub scrap: u32,
+    pub rework: u32,
+    pub scrap_reason: Option<ReasonCodeId>,
+}
+
+/// The state of a piece of equipment, as shown on the terminal and summed for availability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MachineState {
+    Running,
+    Idle,
+    Down,
+    Setup,
+    PlannedStop,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EquipmentStateChange {
+    pub equipment: EquipmentId,
+    pub state: MachineState,
+    /// Often assigned after the fact by a correction, so optional here.
+    pub reason: Option<ReasonCodeId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QualitySample {
+    pub equipment: Option<EquipmentId>,
+    pub work_order: Option<WorkOrderId>,
+    pub lot: Option<LotId>,
+    pub characteristic: CharacteristicId,
+    pub value: f64,
+    pub lower_limit: Option<f64>,
+    pub upper_limit: Option<f64>,
+    pub pass: bool,
+}
+
+/// Material consumed from or produced into a lot: the edges of lot genealogy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MaterialMovement {
+    pub lot: LotId,
+    pub material: MaterialId,
+    pub quantity: f64,
+    pub work_order: Option<WorkOrderId>,
+    pub equipment: Option<EquipmentId>,
+}
+
+/// A correction voids the event it references and, optionally, states what should have been
+/// recorded instead. Reports apply corrections; the corrected event stays as it was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Correction {
+    pub corrects: EventId,
+    pub replacement: Option<Replacement>,
+    pub note: String,
+}
+
+/// What a correction says should have been recorded. Deliberately not [`EventBody`]: a
+/// replacement cannot itself be a correction, so the type is not recursive and a hostile frame
+/// cannot nest corrections deep enough to exhaust the decoder's stack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Replacement {
+    ProductionCount(ProductionCount),
+    EquipmentState(EquipmentStateChange),
+    QualitySample(QualitySample),
+    MaterialConsumed(MaterialMovement),
+    MaterialProduced(MaterialMovement),
+    OperatorClock(OperatorClock),
+}
+
+impl Replacement {
+    /// The replacement as the body of an ordinary event.
+    pub fn to_body(&self) -> EventBody {
+        match self.clone() {
+            Replacement::ProductionCount(b) => EventBody::ProductionCount(b),
+            Replacement::EquipmentState(b) => EventBody::EquipmentState(b),
+            Replacement::QualitySample(b) => EventBody::QualitySample(b),
+            Replacement::MaterialConsumed(b) => EventBody::MaterialConsumed(b),
+            Replacement::MaterialProduced(b) => EventBody::MaterialProduced(b),
+            Replacement::OperatorClock(b) => EventBody::OperatorClock(b),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClockAction {
+    In,
+    Out,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperatorClock {
+    pub badge: BadgeId,
+    pub action: ClockAction,
+    pub equipment: Option<EquipmentId>,
+}
+
+/// Why a value was refused, and which field. `field` is a JSON-pointer-like path
+/// (`body.good`) that the HTTP API returns so the sender can fix the right thing.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct ValidationError {
+    pub field: String,
+    pub problem: Problem,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Problem {
+    #[error("{value} is more than the maximum {max}")]
+    TooLarge { value: f64, max: f64 },
+    #[error("must be greater than zero")]
+    NotPositive,
+    #[error("is not a finite number")]
+    NotFinite,
+    #[error("is {ahead_secs} s in the future (at most {max_secs} s allowed)")]
+    InFuture { ahead_secs: i64, max_secs: i64 },
+    #[error("is before 2000-01-01, the earliest accepted time")]
+    TooOld,
+    #[error("is {len} bytes long, the maximum is {max}")]
+    TooLong { len: usize, max: usize },
+    #[error("{0}")]
+    Inconsistent(&'static str),
+}
+
+fn err(field: impl Into<String>, problem: Problem) -> ValidationError {
+    ValidationError {
+        field: field.into(),
+        problem,
+    }
+}
+
+impl Event {
+    pub fn kind(&self) -> EventKind {
+        self.body.kind()
+    }
+
+    /// Full validation at the point of entry (the edge API): structure, plus `occurred_at` and
+    /// `recorded_at` no further than [`FUTURE_SKEW_MICROS_MAX`] ahead of `now`.
+    pub fn validate(&self, now: Timestamp) -> Result<(), ValidationError> {
+        self.validate_structure()?;
+        for (field, t) in [
+            ("occurred_at", self.occurred_at),
+            ("recorded_at", self.recorded_at),
+        ] {
+            let ahead = t.micros_since(now);
+            if ahead > FUTURE_SKEW_MICROS_MAX {
+                return Err(err(
+                    field,
+                    Problem::InFuture {
+                        ahead_secs: ahead / 1_000_000,
+                        max_secs: FUTURE_SKEW_MICROS_MAX / 1_000_000,
+                    },
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Validation that does not depend on a clock. The hub uses this one: an event the edge
+    /// accepted must not be refused later because two clocks disagree, or the edge's outbox
+    /// would stall; out-of-range times land in the DEFAULT partition instead.
+    pub fn validate_structure(&self) -> Result<(), ValidationError> {
+        for (field, t) in [
+            ("occurred_at", self.occurred_at),
+            ("recorded_at", self.recorded_at),
+        ] {
+            if t < TIMESTAMP_MIN {
+                return Err(err(field, Problem::TooOld));
+            }
+        }
+        if self.occurred_at.micros_since(self.recorded_at) > FUTURE_SKEW_MICROS_MAX {
+            return Err(err(
+                "occurred_at",
+                Problem::Inconsistent("is later than recorded_at"),
+            ));
+        }
+        self.body.validate("body")
+    }
+}
+
+impl EventBody {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            EventBody::ProductionCount(_) => EventKind::ProductionCount,
+            EventBody::EquipmentState(_) => EventKind::EquipmentState,
+            EventBody::QualitySample(_) => EventKind::QualitySample,
+            EventBody::MaterialConsumed(_) => EventKind::MaterialConsumed,
+            EventBody::MaterialProduced(_) => EventKind::MaterialProduced,
+            EventBody::Correction(_) => EventKind::Correction,
+            EventBody::OperatorClock(_) => EventKind::OperatorClock,
+        }
+    }
+
+    fn validate(&self, at: &str) -> Result<(), ValidationError> {
+        match self {
+            EventBody::ProductionCount(p) => {
+                for (name, v) in [("good", p.good), ("scrap", p.scrap), ("rework", p.rework)] {
+                    if v > COUNT_MAX {
+                        return Err(err(
+                            format!("{at}.{name}"),
+                            Problem::TooLarge {
+                                value: f64::from(v),
+                                max: f64::from(COUNT_MAX),
+                            },
+                        ));
+                    }
+                }
+                if p.good == 0 && p.scrap == 0 && p.rework == 0 {
+                    return Err(err(format!("{at}.good"), Problem::NotPositive));
+                }
+                if p.scrap == 0 && p.scrap_reason.is_some() {
+                    return Err(err(
+                        format!("{at}.scrap_reason"),
+                        Problem::Inconsistent("is set but scrap is zero"),
+                    ));
+                }
+                Ok(())
+            }
+            EventBody::EquipmentState(_) | EventBody::OperatorClock(_) => Ok(()),
+            EventBody::QualitySample(q) => {
+                let at_value = format!("{at}.value");
+                check_finite(&at_value, q.value)?;
+                if q.value.abs() > MEASUREMENT_ABS_MAX {
+                    return Err(err(
+                        at_value,
+                        Problem::TooLarge {
+                            value: q.value.abs(),
+                            max: MEASUREMENT_ABS_MAX,
+                        },
+                    ));
+                }
+                if let Some(l) = q.lower_limit {
+                    check_finite(&format!("{at}.lower_limit"), l)?;
+                }
+                if let Some(u) = q.upper_limit {
+                    check_finite(&format!("{at}.upper_limit"), u)?;
+                }
+                if let (Some(l), Some(u)) = (q.lower_limit, q.upper_limit)
+                    && l > u
+                {
+                    return Err(err(
+                        format!("{at}.lower_limit"),
+                        Problem::Inconsistent("is above upper_limit"),
+                    ));
+                }
+                if q.lower_limit.is_some() || q.upper_limit.is_some() {
+                    let within = q.lower_limit.is_none_or(|l| q.value >= l)
+                        && q.upper_limit.is_none_or(|u| q.value <= u);
+                    if within != q.pass {
+                        return Err(err(
+                            format!("{at}.pass"),
+                            Problem::Inconsistent("contradicts the value and its limits"),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            EventBody::MaterialConsumed(m) | EventBody::MaterialProduced(m) => {
+                let field = format!("{at}.quantity");
+                check_finite(&field, m.quantity)?;
+                if m.quantity <= 0.0 {
+                    return Err(err(field, Problem::NotPositive));
+                }
+                if m.quantity > QUANTITY_MAX {
+                    return Err(err(
+                        field,
+                        Problem::TooLarge {
+                            value: m.quantity,
+                            max: QUANTITY_MAX,
+                        },
+                    ));
+                }
+                Ok(())
+            }
+            EventBody::Correction(c) => {
+                if c.note.len() > NOTE_BYTES_MAX {
+                    return Err(err(
+                        format!("{at}.note"),
+                        Problem::TooLong {
+                            len: c.note.len(),
+                            max: NOTE_BYTES_MAX,
+                        },
+                    ));
+                }
+                match &c.replacement {
+                    None => Ok(()),
+                    Some(r) => r.to_body().validate(&format!("{at}.replacement")),
+                }
+            }
+        }
+    }
+}
+
+fn check_finite(field: &str, v: f64) -> Result<(), ValidationError> {
+    if v.is_finite() {
+        Ok(())
+    } else {
+        Err(err(field, Problem::NotFinite))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Timestamp = Timestamp::from_millis(1_795_000_000_000);
+
+    fn event(body: EventBody) -> Event {
+        Event {
+            event_id: EventId::from_parts(1_795_000_000_000, [7; 10]),
+            site_id: SiteId::new("SITE_001").unwrap(),
+            occurred_at: NOW,
+            recorded_at: NOW,
+            operator: None,
+            body,
+        }
+    }
+
+    fn count(good: u32, scrap: u32) -> EventBody {
+        EventBody::ProductionCount(ProductionCount {
+            equipment: EquipmentId::new("WU-1").unwrap(),
+            work_order: None,
+            good,
+            scrap,
+            rework: 0,
+            scrap_reason: None,
+        })
+    }
+
+    fn sample(value: f64, lo: Option<f64>, hi: Option<f64>, pass: bool) -> EventBody {
+        EventBody::QualitySample(QualitySample {
+            equipment: None,
+            work_order: None,
+            lot: None,
+            characteristic: CharacteristicId::new("diameter_mm").unwrap(),
+            value,
+            lower_limit: lo,
+            upper_limit: hi,
+            pass,
+        })
+    }
+
+    fn replacement(body: EventBody) -> Replacement {
+        match body {
+            EventBody::ProductionCount(p) => Replacement::ProductionCount(p),
+            other => panic!("no replacement for {other:?}"),
+        }
+    }
+
+    fn movement(quantity: f64) -> EventBody {
+        EventBody::MaterialConsumed(MaterialMovement {
+            lot: LotId::new("LOT-1").unwrap(),
+            material: MaterialId::new("STEEL").unwrap(),
+            quantity,
+            work_order: None,
+            equipment: None,
+        })
+    }
+
+    /// Data-driven: each body, and the field the error must name (or `None` when valid).
+    #[test]
+    fn body_validation_table() {
+        let cases: Vec<(EventBody, Option<&str>)> = vec![
+            (count(10, 1), None),
+            (count(0, 0), Some("body.good")),
+            (count(COUNT_MAX + 1, 0), Some("body.good")),
+            (count(1, COUNT_MAX + 1), Some("body.scrap")),
+            (sample(10.0, Some(9.0), Some(11.0), true), None),
+            (sample(12.0, Some(9.0), Some(11.0), false), None),
+            (sample(12.0, Some(9.0), Some(11.0), true), Some("body.pass")),
+            (sample(f64::NAN, None, None, true), Some("body.value")),
+            (sample(f64::INFINITY, None, None, true), Some("body.value")),
+            (
+                sample(1.0, Some(f64::NAN), None, true),
+                Some("body.lower_limit"),
+            ),
+            (
+                sample(1.0, Some(2.0), Some(1.0), false),
+                Some("body.lower_limit"),
+            ),
+            (sample(1e13, None, None, true), Some("body.value")),
+            (movement(5.5), None),
+            (movement(0.0), Some("body.quantity")),
+            (movement(-1.0), Some("body.quantity")),
+            (movement(f64::NAN), Some("body.quantity")),
+            (movement(2e9), Some("body.quantity")),
+            (
+                EventBody::Correction(Correction {
+                    corrects: EventId::from_parts(1, [0; 10]),
+                    replacement: Some(replacement(count(9, 1))),
+                    note: "miscount".into(),
+                }),
+                None,
+            ),
+            (
+                EventBody::Correction(Correction {
+                    corrects: EventId::from_parts(1, [0; 10]),
+                    replacement: Some(replacement(count(0, 0))),
+                    note: String::new(),
+                }),
+                Some("body.replacement.good"),
+            ),
+            (
+                EventBody::Correction(Correction {
+                    corrects: EventId::from_parts(1, [0; 10]),
+                    replacement: None,
+                    note: "x".repeat(NOTE_BYTES_MAX + 1),
+                }),
+                Some("body.note"),
+            ),
+        ];
+        for (body, expected) in cases {
+            let result = event(body.clone()).validate(NOW);
+            match expected {
+                None => assert!(result.is_ok(), "{body:?} refused: {result:?}"),
+                Some(field) => {
+                    let e = result.expect_err(&format!("{body:?} accepted"));
+                    assert_eq!(e.field, field, "{body:?}: {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn timestamps_are_checked() {
+        let mut e = event(count(1, 0));
+        e.occurred_at = NOW.saturating_add_micros(FUTURE_SKEW_MICROS_MAX + 1_000_000);
+        e.recorded_at = e.occurred_at;
+        let v = e.validate(NOW).unwrap_err();
+        assert_eq!(v.field, "occurred_at");
+        assert!(matches!(v.problem, Problem::InFuture { .. }));
+        // The hub's clock-free validation accepts the same event.
+        assert!(e.validate_structure().is_ok());
+
+        let mut old = event(count(1, 0));
+        old.occurred_at = Timestamp::from_millis(0);
+        assert_eq!(old.validate(NOW).unwrap_err().field, "occurred_at");
+
+        let mut late = event(count(1, 0));
+        late.occurred_at = NOW.saturating_add_micros(FUTURE_SKEW_MICROS_MAX + 1);
+        assert_eq!(late.validate_structure().unwrap_err().field, "occurred_at");
+    }
+
+    #[test]
+    fn kinds_round_trip_through_their_names() {
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+            assert_eq!(
+                serde_json::to_string(&k).unwrap(),
+                format!("\"{}\"", k.as_str())
+            );
+        }
+        assert_eq!(EventKind::parse("bogus"), None);
+    }
+}
