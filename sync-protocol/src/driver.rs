@@ -1,0 +1,251 @@
+//! Pumps session events into a store and reports the results back to the session.
+//!
+//! This is the only place where a session meets a store. It does no I/O of its own: the store
+//! does, behind its trait, and the caller moves frames between the session and the network.
+//! Call the `drive_*` function after every input (frame, timeout, notification) and before
+//! draining `poll_transmit`.
+
+use std::time::Duration;
+
+use crate::message::{ErrorCode, RecordHeads};
+use crate::session::{CloseReason, EdgeEvent, EdgeSession, HubEvent, HubSession, SessionError};
+use crate::store::{EdgeStore, HubStore};
+
+/// Most events merged into one hub ingest call: consecutive batches that are already in
+/// hand commit in one transaction (group commit), but never unboundedly many.
+pub const INGEST_EVENTS_MAX: usize = 8_192;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError<E: std::error::Error + 'static> {
+    #[error("store: {0}")]
+    Store(#[source] E),
+    #[error("session: {0}")]
+    Session(#[from] SessionError),
+}
+
+/// What happened while driving, for status displays and metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DriveReport {
+    pub connected: bool,
+    pub closed: Option<CloseReason>,
+    /// Highest outbox seq acked (edge) or committed (hub) during this call.
+    pub acked_up_to_seq: Option<u64>,
+    pub events_ingested: u64,
+    pub events_duplicate: u64,
+    pub down_applied_cursor: Option<u64>,
+}
+
+/// Drives an edge session until it has no more work. A store failure closes the session with
+/// an `Internal` error frame (the hub resends nothing it has not acked, so nothing is lost)
+/// and is returned.
+pub async fn drive_edge<S: EdgeStore>(
+    session: &mut EdgeSession,
+    store: &S,
+    now: Duration,
+) -> Result<DriveReport, DriveError<S::Error>> {
+    let mut report = DriveReport::default();
+    match drive_edge_inner(session, store, now, &mut report).await {
+        Ok(()) => Ok(report),
+        Err(e) => {
+            session.close(now, ErrorCode::Internal, e.to_string());
+            Err(e)
+        }
+    }
+}
+
+async fn drive_edge_inner<S: EdgeStore>(
+    session: &mut EdgeSession,
+    store: &S,
+    now: Duration,
+    report: &mut DriveReport,
+) -> Result<(), DriveError<S::Error>> {
+    while let Some(event) = session.poll_event() {
+        match event {
+            EdgeEvent::Connected { .. } => report.connected = true,
+            EdgeEvent::Closed(reason) => report.closed = Some(reason),
+            EdgeEvent::NeedOutbox { after_seq, limit } => {
+                let entries = store
+                    .outbox_after(after_seq, limit)
+                    .await
+                    .map_err(DriveError::Store)?;
+                session.send_outbox(now, entries)?;
+            }
+            EdgeEvent::Acked { up_to_seq } => {
+                store
+                    .ack_outbox(up_to_seq)
+                    .await
+                    .map_err(DriveError::Store)?;
+                report.acked_up_to_seq = Some(up_to_seq);
+            }
+            EdgeEvent::DownBatch(batch) => {
+                store.apply_down(&batch).await.map_err(DriveError::Store)?;
+                session.down_applied(now, batch.cursor)?;
+                report.down_applied_cursor = Some(batch.cursor);
+            }
+            EdgeEvent::NeedHeads { after, limit } => {
+                let page = store
+                    .heads_page(after.as_ref(), limit)
+                    .await
+                    .map_err(DriveError::Store)?;
+                session.send_heads(now, page)?;
+            }
+            EdgeEvent::PeerHeads { records } => {
+                let mut missing = Vec::new();
+                for r in &records {
+                    let cmp = store.compare_heads(r).await.map_err(DriveError::Store)?;
+                    missing.extend(cmp.missing_at_peer);
+                }
+                session.send_repair_changes(now, missing)?;
+            }
+            EdgeEvent::RepairChanges { changes } => {
+                store
+                    .apply_repair(&changes)
+                    .await
+                    .map_err(DriveError::Store)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Drives a hub session until it has no more work. Consecutive event batches already
+/// received are ingested together, up to [`INGEST_EVENTS_MAX`] events.
+pub async fn drive_hub<S: HubStore>(
+    session: &mut HubSession,
+    store: &S,
+    now: Duration,
+) -> Result<DriveReport, DriveError<S::Error>> {
+    let mut report = DriveReport::default();
+    match drive_hub_inner(session, store, now, &mut report).await {
+        Ok(()) => Ok(report),
+        Err(e) => {
+            session.close(now, ErrorCode::Internal, e.to_string());
+            Err(e)
+        }
+    }
+}
+
+async fn drive_hub_inner<S: HubStore>(
+    session: &mut HubSession,
+    store: &S,
+    now: Duration,
+    report: &mut DriveReport,
+) -> Result<(), DriveError<S::Error>> {
+    let site = session.site_id().clone();
+    let mut pending_events = Vec::new();
+    let mut pending_last_seq = None;
+    loop {
+        let event = session.poll_event();
+        let is_events = matches!(event, Some(HubEvent::Events { .. }));
+        // Flush grouped events before anything else, and when the group is big enough.
+        if let Some(last_seq) = pending_last_seq
+            && (!is_events || pending_events.len() >= INGEST_EVENTS_MAX)
+        {
+            let r = store
+                .ingest_events(&site, &pending_events)
+                .await
+                .map_err(DriveError::Store)?;
+            report.events_ingested += r.inserted;
+            report.events_duplicate += r.duplicates;
+            pending_events.clear();
+            pending_last_seq = None;
+            session.committed(now, last_seq)?;
+            report.acked_up_to_seq = Some(last_seq);
+        }
+        let Some(event) = event else { break };
+        match event {
+            HubEvent::Connected { down_cursor, .. } => {
+                // The hello's cursor is what the edge durably applied: an ack in its own
+                // right, and the only one if the last down ack was lost with the connection.
+                store
+                    .record_down_ack(&site, down_cursor)
+                    .await
+                    .map_err(DriveError::Store)?;
+                report.connected = true;
+            }
+            HubEvent::Closed(reason) => report.closed = Some(reason),
+            HubEvent::Events { last_seq, events } => {
+                pending_events.extend(events);
+                pending_last_seq = Some(last_seq);
+            }
+            HubEvent::RecordChanges { last_seq, changes } => {
+                store
+                    .apply_changes(&site, &changes)
+                    .await
+                    .map_err(DriveError::Store)?;
+                session.committed(now, last_seq)?;
+                report.acked_up_to_seq = Some(last_seq);
+            }
+            HubEvent::NeedDown {
+                after_cursor,
+                limit,
+            } => {
+                let entries = store
+                    .down_after(&site, after_cursor, limit)
+                    .await
+                    .map_err(DriveError::Store)?;
+                session.send_down(now, entries)?;
+            }
+            HubEvent::DownAcked { cursor } => {
+                store
+                    .record_down_ack(&site, cursor)
+                    .await
+                    .map_err(DriveError::Store)?;
+            }
+            HubEvent::PeerHeads {
+                records,
+                reply,
+                covers,
+            } => {
+                let mut missing = Vec::new();
+                let mut ours = Vec::new();
+                // Records we hold in the key range this page covers but the edge did not list:
+                // it lacks them entirely, so it gets all of their changes.
+                if let Some((after, through)) = &covers {
+                    let ids = store
+                        .record_ids_between(&site, after.as_ref(), through.as_ref())
+                        .await
+                        .map_err(DriveError::Store)?;
+                    for id in ids {
+                        if records.iter().any(|r| r.record == id) {
+                            continue;
+                        }
+                        let empty = RecordHeads {
+                            record: id,
+                            heads: Vec::new(),
+                        };
+                        let cmp = store
+                            .compare_heads(&site, &empty)
+                            .await
+                            .map_err(DriveError::Store)?;
+                        missing.extend(cmp.missing_at_peer);
+                    }
+                }
+                for r in &records {
+                    let cmp = store
+                        .compare_heads(&site, r)
+                        .await
+                        .map_err(DriveError::Store)?;
+                    missing.extend(cmp.missing_at_peer);
+                    if cmp.unknown_here {
+                        ours.push(RecordHeads {
+                            record: r.record.clone(),
+                            heads: cmp.our_heads,
+                        });
+                    }
+                }
+                session.send_repair_changes(now, missing)?;
+                if !reply {
+                    session.send_heads_reply(now, ours)?;
+                }
+            }
+            HubEvent::RepairChanges { changes } => {
+                store
+                    .apply_changes(&site, &changes)
+                    .await
+                    .map_err(DriveError::Store)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,34 @@
+//! The edge–hub sync protocol, without I/O.
+//!
+//! Like `quinn-proto`, this crate contains no networking code and never reads a clock: bytes
+//! and `now` go in through [`EdgeSession::handle_frame`] / [`HubSession::handle_frame`] and
+//! `handle_timeout`, frames come out of `poll_transmit` and work for the store comes out of
+//! `poll_event`. The same code therefore runs under the real QUIC transport, the deterministic
+//! simulator and the fuzzer.
+//!
+//! * [`frame`]: the `u32 length · u16 type · postcard body` framing and two-phase decoding.
+//! * [`message`]: every v1 message; the wire contract documented in `docs/protocol.md`.
+//! * [`session`]: the state machines for the edge end and the hub end.
+//! * [`store`]: the store traits those state machines are driven against, and [`driver`]
+//!   the glue that pumps session events into a store.
+//! * [`memory`]: in-memory stores for tests and the simulator.
+
+pub mod driver;
+pub mod frame;
+pub mod memory;
+pub mod message;
+pub mod session;
+pub mod store;
+
+pub use frame::{DecodeError, FrameDecoder, FrameHeader};
+pub use message::{ErrorCode, Message, MessageType};
+pub use session::{
+    CloseReason, EdgeEvent, EdgeSession, HubEvent, HubSession, Limits, SessionConfig,
+};
+
+/// The protocol major version this build speaks. A new major version gets a new ALPN id, so
+/// old and new peers never misread each other's frames.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The QUIC ALPN id of protocol version 1.
+pub const ALPN_V1: &[u8] = b"mes-sync/1";

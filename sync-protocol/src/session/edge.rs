@@ -1,0 +1,578 @@
+//! The edge end of a sync session.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use shared_model::{SiteId, Timestamp};
+
+use super::{BatchPacker, CloseReason, Core, SessionConfig, SessionError, decode_error_code};
+use crate::PROTOCOL_VERSION;
+use crate::message::{
+    Ack, DownAck, DownBatch, ErrorCode, Hello, Message, MessageType, Pong, RecordChange,
+    RecordHeads, RecordId, capability,
+};
+use crate::store::{OutboxEntry, OutboxItem};
+
+/// Work the edge session asks its driver to do, or news for the application.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EdgeEvent {
+    /// The hub accepted us.
+    Connected {
+        site_id: SiteId,
+        hub_time: Timestamp,
+        capabilities: u64,
+    },
+    /// Read up to `limit` outbox entries after `after_seq` and pass them to
+    /// [`EdgeSession::send_outbox`] (an empty list means the outbox is drained).
+    NeedOutbox {
+        after_seq: u64,
+        limit: usize,
+    },
+    /// The hub committed everything up to `up_to_seq`: forget those outbox entries.
+    Acked {
+        up_to_seq: u64,
+    },
+    /// Apply this batch and its cursor in one transaction, then call
+    /// [`EdgeSession::down_applied`].
+    DownBatch(DownBatch),
+    /// Repair: read a page of our record heads and pass it to [`EdgeSession::send_heads`].
+    NeedHeads {
+        after: Option<RecordId>,
+        limit: usize,
+    },
+    /// Repair: the hub's heads of records where it has changes we lack. Compare and send
+    /// the hub what it lacks with [`EdgeSession::send_repair_changes`].
+    PeerHeads {
+        records: Vec<RecordHeads>,
+    },
+    /// Repair: changes the hub had and we lacked; apply them.
+    RepairChanges {
+        changes: Vec<RecordChange>,
+    },
+    Closed(CloseReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    AwaitingWelcome,
+    Established,
+    Closed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Repair {
+    Idle,
+    /// Sending our heads page by page; `after` is the last record sent.
+    Sending {
+        after: Option<RecordId>,
+        requested: bool,
+    },
+}
+
+/// The edge end of a session. See the module docs of [`crate::session`] for the contract.
+#[derive(Debug)]
+pub struct EdgeSession {
+    core: Core,
+    config: SessionConfig,
+    state: State,
+    capabilities: u64,
+    site_id: Option<SiteId>,
+    events: VecDeque<EdgeEvent>,
+    /// Limits after the hub's welcome (the smaller of both ends').
+    batch_items_max: usize,
+    inflight_batches_max: usize,
+    /// Entries read from the store but not yet framed, because the window was full.
+    staged: VecDeque<OutboxEntry>,
+    /// Highest outbox seq handed to us on this connection.
+    read_up_to_seq: u64,
+    /// `last_seq` of every batch sent and not yet acked, oldest first.
+    inflight: VecDeque<u64>,
+    outbox_requested: Option<usize>,
+    outbox_maybe_more: bool,
+    /// Highest down cursor received (applied or in the driver's hands).
+    down_received_cursor: u64,
+    down_pending_apply: VecDeque<u64>,
+    repair: Repair,
+}
+
+impl EdgeSession {
+    /// Starts a session and queues the hello. `down_cursor` is the store's durable down-sync
+    /// position.
+    pub fn new(config: SessionConfig, down_cursor: u64, now: Duration) -> Self {
+        let mut core = Core::new(config.limits.clone(), now);
+        let hello = Message::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: config.agent_version.clone(),
+            capabilities: config.capabilities,
+            down_cursor,
+        });
+        // A hello always fits in a frame; the agent version is short.
+        let _ = core.send(now, &hello);
+        Self {
+            batch_items_max: config.limits.batch_items_max,
+            inflight_batches_max: config.limits.inflight_batches_max,
+            core,
+            config,
+            state: State::AwaitingWelcome,
+            capabilities: 0,
+            site_id: None,
+            events: VecDeque::new(),
+            staged: VecDeque::new(),
+            read_up_to_seq: 0,
+            inflight: VecDeque::new(),
+            outbox_requested: None,
+            outbox_maybe_more: true,
+            down_received_cursor: down_cursor,
+            down_pending_apply: VecDeque::new(),
+            repair: Repair::Idle,
+        }
+    }
+
+    pub fn is_established(&self) -> bool {
+        self.state == State::Established
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        self.core.closed.as_ref()
+    }
+
+    pub fn site_id(&self) -> Option<&SiteId> {
+        self.site_id.as_ref()
+    }
+
+    /// Outbox batches sent and not yet acknowledged.
+    pub fn inflight_batches(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// One whole frame from the hub.
+    pub fn handle_frame(&mut self, now: Duration, frame: &[u8]) {
+        if self.state == State::Closed {
+            return;
+        }
+        match self.core.decode_frame(now, frame) {
+            Ok(m) => self.handle_message(now, m),
+            Err(e) => self.fail(now, decode_error_code(&e), e.to_string()),
+        }
+    }
+
+    /// Any chunk of the hub's stream: part of a frame or several frames.
+    pub fn handle_stream_bytes(&mut self, now: Duration, bytes: &[u8]) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.core.push_stream(now, bytes);
+        loop {
+            match self.core.next_stream_message() {
+                Ok(Some(m)) => {
+                    self.handle_message(now, m);
+                    if self.state == State::Closed {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => return self.fail(now, decode_error_code(&e), e.to_string()),
+            }
+        }
+    }
+
+    /// The next deadline at which [`EdgeSession::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        match self.state {
+            State::Closed => None,
+            State::AwaitingWelcome => Some(
+                (self.core.started + self.core.limits.handshake_timeout)
+                    .min(self.core.idle_deadline()),
+            ),
+            State::Established => Some(
+                (self.core.last_sent + self.core.limits.ping_interval)
+                    .min(self.core.idle_deadline()),
+            ),
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Duration) {
+        match self.state {
+            State::Closed => {}
+            State::AwaitingWelcome => {
+                if now >= self.core.started + self.core.limits.handshake_timeout {
+                    self.fail(now, ErrorCode::Timeout, "no welcome from the hub".into());
+                } else if now >= self.core.idle_deadline() {
+                    self.fail(now, ErrorCode::Timeout, "hub silent".into());
+                }
+            }
+            State::Established => {
+                if now >= self.core.idle_deadline() {
+                    self.fail(now, ErrorCode::Timeout, "hub silent".into());
+                } else if now >= self.core.last_sent + self.core.limits.ping_interval {
+                    self.core.send_ping(now);
+                }
+            }
+        }
+    }
+
+    /// The next frame to send.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.core.poll_transmit()
+    }
+
+    /// The next piece of work or news.
+    pub fn poll_event(&mut self) -> Option<EdgeEvent> {
+        if let Some(e) = self.events.pop_front() {
+            return Some(e);
+        }
+        if self.state != State::Established || !self.core.has_send_room() {
+            return None;
+        }
+        if self.capabilities & capability::EVENTS != 0
+            && self.outbox_requested.is_none()
+            && self.outbox_maybe_more
+            && self.staged.is_empty()
+            && self.inflight.len() < self.inflight_batches_max
+        {
+            let free = self.inflight_batches_max - self.inflight.len();
+            let limit = self.batch_items_max.saturating_mul(free);
+            self.outbox_requested = Some(limit);
+            return Some(EdgeEvent::NeedOutbox {
+                after_seq: self.read_up_to_seq,
+                limit,
+            });
+        }
+        if let Repair::Sending {
+            after,
+            requested: requested @ false,
+        } = &mut self.repair
+        {
+            *requested = true;
+            return Some(EdgeEvent::NeedHeads {
+                after: after.clone(),
+                limit: self.core.limits.heads_page_max,
+            });
+        }
+        None
+    }
+
+    /// The outbox got new entries: ask the driver for them again even if it was drained.
+    pub fn outbox_grew(&mut self) {
+        self.outbox_maybe_more = true;
+    }
+
+    /// Entries answering [`EdgeEvent::NeedOutbox`], oldest first.
+    pub fn send_outbox(
+        &mut self,
+        now: Duration,
+        entries: Vec<OutboxEntry>,
+    ) -> Result<(), SessionError> {
+        if self.state == State::Closed {
+            return Err(SessionError::Closed);
+        }
+        let limit = self
+            .outbox_requested
+            .take()
+            .ok_or(SessionError::NotRequested)?;
+        if entries.len() < limit {
+            self.outbox_maybe_more = false;
+        }
+        for e in entries {
+            if e.seq <= self.read_up_to_seq {
+                return Err(SessionError::NotIncreasing {
+                    previous: self.read_up_to_seq,
+                    got: e.seq,
+                });
+            }
+            self.read_up_to_seq = e.seq;
+            self.staged.push_back(e);
+        }
+        self.flush_staged(now)
+    }
+
+    /// Frames staged entries while the window has room. A batch holds one kind of item, so a
+    /// mixed outbox becomes alternating event and change batches, in sequence order.
+    fn flush_staged(&mut self, now: Duration) -> Result<(), SessionError> {
+        while !self.staged.is_empty() && self.inflight.len() < self.inflight_batches_max {
+            let limits = super::Limits {
+                batch_items_max: self.batch_items_max,
+                ..self.core.limits.clone()
+            };
+            let mut packer = BatchPacker::new(&limits);
+            let is_event = matches!(
+                self.staged.front().map(|e| &e.item),
+                Some(OutboxItem::Event(_))
+            );
+            let ty = if is_event {
+                MessageType::EventBatch
+            } else {
+                MessageType::RecordChanges
+            };
+            let mut last_seq = 0;
+            while let Some(entry) = self.staged.front() {
+                let fits = match (&entry.item, is_event) {
+                    (OutboxItem::Event(ev), true) => packer.try_push(ev, ty)?,
+                    (OutboxItem::Change(ch), false) => packer.try_push(ch, ty)?,
+                    _ => false,
+                };
+                if !fits {
+                    break;
+                }
+                last_seq = entry.seq;
+                self.staged.pop_front();
+            }
+            debug_assert!(!packer.is_empty());
+            let frame = packer.finish(ty, &last_seq, &(), self.core.limits.frame_bytes_max)?;
+            self.core.push_frame(now, frame);
+            self.inflight.push_back(last_seq);
+        }
+        Ok(())
+    }
+
+    /// The driver applied the down batch with this cursor durably.
+    pub fn down_applied(&mut self, now: Duration, cursor: u64) -> Result<(), SessionError> {
+        if self.state == State::Closed {
+            return Err(SessionError::Closed);
+        }
+        match self.down_pending_apply.front() {
+            Some(c) if *c == cursor => {
+                self.down_pending_apply.pop_front();
+                self.core
+                    .send(now, &Message::DownAck(DownAck { cursor }))
+                    .map_err(SessionError::from)
+            }
+            _ => Err(SessionError::NotRequested),
+        }
+    }
+
+    /// Starts a repair: our record heads go to the hub page by page, and the hub answers with
+    /// what we lack and asks for what it lacks.
+    pub fn start_repair(&mut self) {
+        if self.repair == Repair::Idle {
+            self.repair = Repair::Sending {
+                after: None,
+                requested: false,
+            };
+        }
+    }
+
+    pub fn repair_in_progress(&self) -> bool {
+        self.repair != Repair::Idle
+    }
+
+    /// A page answering [`EdgeEvent::NeedHeads`]; fewer records than asked ends the repair.
+    pub fn send_heads(
+        &mut self,
+        now: Duration,
+        page: Vec<RecordHeads>,
+    ) -> Result<(), SessionError> {
+        if self.state == State::Closed {
+            return Err(SessionError::Closed);
+        }
+        let Repair::Sending {
+            requested: true, ..
+        } = self.repair
+        else {
+            return Err(SessionError::NotRequested);
+        };
+        let last_page = page.len() < self.core.limits.heads_page_max;
+        let last_record = page.last().map(|r| r.record.clone());
+        send_heads_frames(&mut self.core, now, page, last_page, false)?;
+        self.repair = match (last_page, last_record) {
+            (false, Some(after)) => Repair::Sending {
+                after: Some(after),
+                requested: false,
+            },
+            _ => Repair::Idle,
+        };
+        Ok(())
+    }
+
+    /// Changes the hub lacks, found by comparing its heads ([`EdgeEvent::PeerHeads`]).
+    pub fn send_repair_changes(
+        &mut self,
+        now: Duration,
+        changes: Vec<RecordChange>,
+    ) -> Result<(), SessionError> {
+        if self.state == State::Closed {
+            return Err(SessionError::Closed);
+        }
+        send_repair_frames(&mut self.core, now, changes)
+    }
+
+    /// Ends the session on our side (shutdown): the hub gets an error frame saying why.
+    pub fn close(&mut self, now: Duration, code: ErrorCode, message: impl Into<String>) {
+        self.fail(now, code, message.into());
+    }
+
+    fn fail(&mut self, now: Duration, code: ErrorCode, message: String) {
+        if let Some(reason) = self.core.close_local(now, code, message) {
+            self.state = State::Closed;
+            self.events.clear();
+            self.events.push_back(EdgeEvent::Closed(reason));
+        }
+    }
+
+    fn unexpected(&mut self, now: Duration, what: MessageType) {
+        let state = self.state;
+        self.fail(
+            now,
+            ErrorCode::UnexpectedMessage,
+            format!(
+                "{} not expected from the hub in state {state:?}",
+                what.name()
+            ),
+        );
+    }
+
+    fn handle_message(&mut self, now: Duration, message: Message) {
+        let ty = message.message_type();
+        match (self.state, message) {
+            (State::Closed, _) => {}
+            (_, Message::Error(frame)) => {
+                if let Some(reason) = self.core.close_remote(frame) {
+                    self.state = State::Closed;
+                    self.events.clear();
+                    self.events.push_back(EdgeEvent::Closed(reason));
+                }
+            }
+            (_, Message::Ping(p)) => {
+                let _ = self.core.send(now, &Message::Pong(Pong { nonce: p.nonce }));
+            }
+            (_, Message::Pong(_)) => {}
+            (State::AwaitingWelcome, Message::Welcome(w)) => {
+                if w.protocol_version != PROTOCOL_VERSION {
+                    return self.fail(
+                        now,
+                        ErrorCode::UnsupportedVersion,
+                        format!(
+                            "hub speaks protocol {}, this edge speaks {PROTOCOL_VERSION}",
+                            w.protocol_version
+                        ),
+                    );
+                }
+                self.capabilities = w.capabilities & self.config.capabilities;
+                self.batch_items_max = (w.batch_items_max as usize)
+                    .clamp(1, self.config.limits.batch_items_max.max(1));
+                self.inflight_batches_max = (w.inflight_batches_max as usize)
+                    .clamp(1, self.config.limits.inflight_batches_max.max(1));
+                self.core.limits.frame_bytes_max =
+                    (w.frame_bytes_max as usize).min(self.config.limits.frame_bytes_max);
+                self.site_id = Some(w.site_id.clone());
+                self.state = State::Established;
+                self.events.push_back(EdgeEvent::Connected {
+                    site_id: w.site_id,
+                    hub_time: w.hub_time,
+                    capabilities: self.capabilities,
+                });
+            }
+            (State::Established, Message::Ack(Ack { up_to_seq })) => {
+                if self.inflight.front().is_none_or(|first| up_to_seq < *first)
+                    || self.inflight.back().is_some_and(|last| up_to_seq > *last)
+                {
+                    return self.fail(
+                        now,
+                        ErrorCode::SequenceViolation,
+                        format!(
+                            "ack up to {up_to_seq} matches no batch in flight {:?}",
+                            self.inflight
+                        ),
+                    );
+                }
+                while self.inflight.front().is_some_and(|s| *s <= up_to_seq) {
+                    self.inflight.pop_front();
+                }
+                self.events.push_back(EdgeEvent::Acked { up_to_seq });
+                if let Err(e) = self.flush_staged(now) {
+                    self.fail(now, ErrorCode::Internal, e.to_string());
+                }
+            }
+            (State::Established, Message::DownBatch(batch))
+                if self.capabilities & capability::DOWN_SYNC != 0 =>
+            {
+                if batch.cursor <= self.down_received_cursor {
+                    return self.fail(
+                        now,
+                        ErrorCode::SequenceViolation,
+                        format!(
+                            "down cursor {} is not after {}",
+                            batch.cursor, self.down_received_cursor
+                        ),
+                    );
+                }
+                if self.down_pending_apply.len() >= self.inflight_batches_max {
+                    return self.fail(
+                        now,
+                        ErrorCode::WindowExceeded,
+                        format!(
+                            "more than {} down batches unacknowledged",
+                            self.inflight_batches_max
+                        ),
+                    );
+                }
+                self.down_received_cursor = batch.cursor;
+                self.down_pending_apply.push_back(batch.cursor);
+                self.events.push_back(EdgeEvent::DownBatch(batch));
+            }
+            (State::Established, Message::HeadsSummary(summary))
+                if self.capabilities & capability::REPAIR != 0 && summary.reply =>
+            {
+                self.events.push_back(EdgeEvent::PeerHeads {
+                    records: summary.records,
+                });
+            }
+            (State::Established, Message::RepairChanges(r))
+                if self.capabilities & capability::REPAIR != 0 =>
+            {
+                self.events
+                    .push_back(EdgeEvent::RepairChanges { changes: r.changes });
+            }
+            _ => self.unexpected(now, ty),
+        }
+    }
+}
+
+/// Sends heads in as many frames as the limits need; only the last carries `last_page`.
+pub(crate) fn send_heads_frames(
+    core: &mut Core,
+    now: Duration,
+    records: Vec<RecordHeads>,
+    last_page: bool,
+    reply: bool,
+) -> Result<(), SessionError> {
+    let ty = MessageType::HeadsSummary;
+    let mut packer = BatchPacker::new(&core.limits);
+    for r in &records {
+        if !packer.try_push(r, ty)? {
+            let frame = packer.finish(ty, &(), &(false, reply), core.limits.frame_bytes_max)?;
+            core.push_frame(now, frame);
+            // A fresh packer takes any item that fits in a frame at all, or errors above.
+            packer.try_push(r, ty)?;
+        }
+    }
+    let frame = packer.finish(ty, &(), &(last_page, reply), core.limits.frame_bytes_max)?;
+    core.push_frame(now, frame);
+    Ok(())
+}
+
+/// Sends repair changes in as many frames as the limits need; nothing for an empty list.
+pub(crate) fn send_repair_frames(
+    core: &mut Core,
+    now: Duration,
+    changes: Vec<RecordChange>,
+) -> Result<(), SessionError> {
+    let ty = MessageType::RepairChanges;
+    let mut packer = BatchPacker::new(&core.limits);
+    for c in &changes {
+        if !packer.try_push(c, ty)? {
+            let frame = packer.finish(ty, &(), &(), core.limits.frame_bytes_max)?;
+            core.push_frame(now, frame);
+            packer.try_push(c, ty)?;
+        }
+    }
+    if !packer.is_empty() {
+        let frame = packer.finish(ty, &(), &(), core.limits.frame_bytes_max)?;
+        core.push_frame(now, frame);
+    }
+    Ok(())
+}

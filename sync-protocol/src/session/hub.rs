@@ -1,0 +1,559 @@
+//! The hub end of a sync session.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use shared_model::{Event, SiteId, Timestamp};
+
+use super::edge::{send_heads_frames, send_repair_frames};
+use super::{BatchPacker, CloseReason, Core, SessionConfig, SessionError, decode_error_code};
+use crate::PROTOCOL_VERSION;
+use crate::message::{
+    Ack, DownItem, ErrorCode, HEADS_PER_RECORD_MAX, Message, MessageType, Pong, RecordChange,
+    RecordHeads, RecordId, Welcome, capability,
+};
+use crate::store::DownEntry;
+
+/// Work the hub session asks its driver to do, or news for the application.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HubEvent {
+    /// The edge said hello and was welcomed.
+    Connected {
+        agent_version: String,
+        down_cursor: u64,
+        capabilities: u64,
+    },
+    /// Store these events (idempotently), then call [`HubSession::committed`] with `last_seq`.
+    Events {
+        last_seq: u64,
+        events: Vec<Event>,
+    },
+    /// Merge these changes, then call [`HubSession::committed`] with `last_seq`.
+    RecordChanges {
+        last_seq: u64,
+        changes: Vec<RecordChange>,
+    },
+    /// Read up to `limit` down entries after `after_cursor` for this site and pass them to
+    /// [`HubSession::send_down`].
+    NeedDown {
+        after_cursor: u64,
+        limit: usize,
+    },
+    /// The edge applied down-sync up to `cursor`.
+    DownAcked {
+        cursor: u64,
+    },
+    /// Repair: compare the edge's heads with ours; send what it lacks with
+    /// [`HubSession::send_repair_changes`] and, unless `reply`, our heads of the records
+    /// where it has changes we lack with [`HubSession::send_heads_reply`].
+    PeerHeads {
+        records: Vec<RecordHeads>,
+        reply: bool,
+        /// For the edge's own summary pages (not replies): the record range `(after,
+        /// through]` this page covers, `through` open on the last page. Records we hold in
+        /// it that the page does not list are missing at the edge altogether.
+        covers: Option<(Option<RecordId>, Option<RecordId>)>,
+    },
+    /// Repair: changes the edge had and we lacked; merge them.
+    RepairChanges {
+        changes: Vec<RecordChange>,
+    },
+    Closed(CloseReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    AwaitingHello,
+    Established,
+    Closed,
+}
+
+/// The hub end of a session, for the one site its TLS client certificate names.
+#[derive(Debug)]
+pub struct HubSession {
+    core: Core,
+    config: SessionConfig,
+    site_id: SiteId,
+    hub_time: Timestamp,
+    state: State,
+    capabilities: u64,
+    events: VecDeque<HubEvent>,
+    /// Highest outbox seq received on this connection; batches must increase it.
+    received_seq: u64,
+    /// `last_seq` of batches handed to the driver and not yet committed, oldest first.
+    uncommitted: VecDeque<u64>,
+    /// Down-sync: highest cursor sent, cursors sent and not yet acked, entries staged.
+    down_sent_cursor: u64,
+    down_inflight: VecDeque<u64>,
+    down_staged: VecDeque<DownEntry>,
+    down_requested: bool,
+    down_maybe_more: bool,
+    /// The last record of the edge's previous heads page, where the next page's range starts.
+    repair_after: Option<RecordId>,
+}
+
+impl HubSession {
+    /// `site_id` comes from the peer's TLS client certificate, never from the payload;
+    /// `hub_time` is the wall clock for the welcome.
+    pub fn new(config: SessionConfig, site_id: SiteId, hub_time: Timestamp, now: Duration) -> Self {
+        Self {
+            core: Core::new(config.limits.clone(), now),
+            config,
+            site_id,
+            hub_time,
+            state: State::AwaitingHello,
+            capabilities: 0,
+            events: VecDeque::new(),
+            received_seq: 0,
+            uncommitted: VecDeque::new(),
+            down_sent_cursor: 0,
+            down_inflight: VecDeque::new(),
+            down_staged: VecDeque::new(),
+            down_requested: false,
+            down_maybe_more: true,
+            repair_after: None,
+        }
+    }
+
+    pub fn site_id(&self) -> &SiteId {
+        &self.site_id
+    }
+
+    pub fn is_established(&self) -> bool {
+        self.state == State::Established
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        self.core.closed.as_ref()
+    }
+
+    pub fn handle_frame(&mut self, now: Duration, frame: &[u8]) {
+        if self.state == State::Closed {
+            return;
+        }
+        match self.core.decode_frame(now, frame) {
+            Ok(m) => self.handle_message(now, m),
+            Err(e) => self.fail(now, decode_error_code(&e), e.to_string()),
+        }
+    }
+
+    pub fn handle_stream_bytes(&mut self, now: Duration, bytes: &[u8]) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.core.push_stream(now, bytes);
+        loop {
+            match self.core.next_stream_message() {
+                Ok(Some(m)) => {
+                    self.handle_message(now, m);
+                    if self.state == State::Closed {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => return self.fail(now, decode_error_code(&e), e.to_string()),
+            }
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        match self.state {
+            State::Closed => None,
+            State::AwaitingHello => Some(
+                (self.core.started + self.core.limits.handshake_timeout)
+                    .min(self.core.idle_deadline()),
+            ),
+            State::Established => Some(self.core.idle_deadline()),
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Duration) {
+        match self.state {
+            State::Closed => {}
+            State::AwaitingHello
+                if now >= self.core.started + self.core.limits.handshake_timeout =>
+            {
+                self.fail(now, ErrorCode::Timeout, "no hello from the edge".into());
+            }
+            _ if now >= self.core.idle_deadline() => {
+                self.fail(now, ErrorCode::Timeout, "edge silent".into());
+            }
+            _ => {}
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.core.poll_transmit()
+    }
+
+    pub fn poll_event(&mut self) -> Option<HubEvent> {
+        if let Some(e) = self.events.pop_front() {
+            return Some(e);
+        }
+        if self.state == State::Established
+            && self.core.has_send_room()
+            && self.capabilities & capability::DOWN_SYNC != 0
+            && !self.down_requested
+            && self.down_maybe_more
+            && self.down_staged.is_empty()
+            && self.down_inflight.len() < self.config.limits.inflight_batches_max
+        {
+            let free = self.config.limits.inflight_batches_max - self.down_inflight.len();
+            self.down_requested = true;
+            return Some(HubEvent::NeedDown {
+                after_cursor: self.down_sent_cursor,
+                limit: self.config.limits.batch_items_max.saturating_mul(free),
+            });
+        }
+        None
+    }
+
+    /// Something was added to this site's down log (a release, an HQ edit, master data).
+    pub fn down_available(&mut self) {
+        self.down_maybe_more = true;
+    }
+
+    /// The driver committed every batch up to `last_seq`: ack it to the edge.
+    pub fn committed(&mut self, now: Duration, last_seq: u64) -> Result<(), SessionError> {
+        if self.state == State::Closed {
+            return Err(SessionError::Closed);
+        }
+        if !self.uncommitted.contains(&last_seq) {
+            return Err(SessionError::NotRequested);
+        }
+        while self.uncommitted.front().is_some_and(|s| *s <= last_seq) {
+            self.uncommitted.pop_front();
+        }
+        self.core
+            .send(
+                now,
+                &Message::Ack(Ack {
+                    up_to_seq: last_seq,
+                }),
+            )
+            .map_err(SessionError::from)
+    }
+
+    /// Entries answering [`HubEvent::NeedDown`], oldest first; fewer than asked (or none)
+    /// means the log is drained until [`HubSession::down_available`].
+    pub fn send_down(
+        &mut self,
+        now: Duration,
+        entries: Vec<DownEntry>,
+    ) -> Result<(), SessionError> {
+        if self.state == State::Closed {
+            return Err(SessionError::Closed);
+        }
+        if !std::mem::take(&mut self.down_requested) {
+            return Err(SessionError::NotRequested);
+        }
+        let free = self.config.limits.inflight_batches_max - self.down_inflight.len();
+        if entries.len() < self.config.limits.batch_items_max.saturating_mul(free) {
+            self.down_maybe_more = false;
+        }
+        let mut previous = self
+            .down_staged
+            .back()
+            .map_or(self.down_sent_cursor, |e| e.cursor);
+        for e in entries {
+            if e.cursor <= previous {
+                return Err(SessionError::NotIncreasing {
+                    previous,
+                    got: e.cursor,
+                });
+            }
+            previous = e.cursor;
+            self.down_staged.push_back(e);
+        }
+        self.flush_down(now)
+    }
+
+    fn flush_down(&mut self, now: Duration) -> Result<(), SessionError> {
+        let ty = MessageType::DownBatch;
+        while !self.down_staged.is_empty()
+            && self.down_inflight.len() < self.config.limits.inflight_batches_max
+        {
+            let mut packer = BatchPacker::new(&self.core.limits);
+            let mut cursor = self.down_sent_cursor;
+            while let Some(entry) = self.down_staged.front() {
+                if !packer.try_push::<DownItem>(&entry.item, ty)? {
+                    break;
+                }
+                cursor = entry.cursor;
+                self.down_staged.pop_front();
+            }
+            let frame = packer.finish(ty, &cursor, &(), self.core.limits.frame_bytes_max)?;
+            self.core.push_frame(now, frame);
+            self.down_sent_cursor = cursor;
+            self.down_inflight.push_back(cursor);
+        }
+        Ok(())
+    }
+
+    pub fn send_repair_changes(
+        &mut self,
+        now: Duration,
+        changes: Vec<RecordChange>,
+    ) -> Result<(), SessionError> {
+        if self.state == State::Closed {
+            return Err(SessionError::Closed);
+        }
+        send_repair_frames(&mut self.core, now, changes)
+    }
+
+    /// Our heads of the records where the edge has changes we lack; the edge answers with
+    /// those changes. Nothing is sent for an empty list.
+    pub fn send_heads_reply(
+        &mut self,
+        now: Duration,
+        records: Vec<RecordHeads>,
+    ) -> Result<(), SessionError> {
+        if self.state == State::Closed {
+            return Err(SessionError::Closed);
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        send_heads_frames(&mut self.core, now, records, true, true)
+    }
+
+    pub fn close(&mut self, now: Duration, code: ErrorCode, message: impl Into<String>) {
+        self.fail(now, code, message.into());
+    }
+
+    fn fail(&mut self, now: Duration, code: ErrorCode, message: String) {
+        if let Some(reason) = self.core.close_local(now, code, message) {
+            self.state = State::Closed;
+            self.events.clear();
+            self.events.push_back(HubEvent::Closed(reason));
+        }
+    }
+
+    /// Checks a batch's sequence and the window before handing it to the driver.
+    fn accept_batch(&mut self, now: Duration, last_seq: u64, len: usize) -> bool {
+        if len == 0 || len > self.config.limits.batch_items_max {
+            self.fail(
+                now,
+                ErrorCode::LimitExceeded,
+                format!(
+                    "a batch must hold 1 to {} items, got {len}",
+                    self.config.limits.batch_items_max
+                ),
+            );
+            return false;
+        }
+        if last_seq <= self.received_seq {
+            self.fail(
+                now,
+                ErrorCode::SequenceViolation,
+                format!("batch seq {last_seq} is not after {}", self.received_seq),
+            );
+            return false;
+        }
+        if self.uncommitted.len() >= self.config.limits.inflight_batches_max {
+            self.fail(
+                now,
+                ErrorCode::WindowExceeded,
+                format!(
+                    "more than {} batches unacknowledged",
+                    self.config.limits.inflight_batches_max
+                ),
+            );
+            return false;
+        }
+        self.received_seq = last_seq;
+        self.uncommitted.push_back(last_seq);
+        true
+    }
+
+    fn handle_message(&mut self, now: Duration, message: Message) {
+        let ty = message.message_type();
+        match (self.state, message) {
+            (State::Closed, _) => {}
+            (_, Message::Error(frame)) => {
+                if let Some(reason) = self.core.close_remote(frame) {
+                    self.state = State::Closed;
+                    self.events.clear();
+                    self.events.push_back(HubEvent::Closed(reason));
+                }
+            }
+            (_, Message::Ping(p)) => {
+                let _ = self.core.send(now, &Message::Pong(Pong { nonce: p.nonce }));
+            }
+            (_, Message::Pong(_)) => {}
+            (State::AwaitingHello, Message::Hello(h)) => {
+                if h.protocol_version != PROTOCOL_VERSION {
+                    return self.fail(
+                        now,
+                        ErrorCode::UnsupportedVersion,
+                        format!(
+                            "edge speaks protocol {}, this hub speaks {PROTOCOL_VERSION}",
+                            h.protocol_version
+                        ),
+                    );
+                }
+                if h.agent_version.len() > crate::message::AGENT_VERSION_BYTES_MAX {
+                    return self.fail(
+                        now,
+                        ErrorCode::LimitExceeded,
+                        "agent version too long".into(),
+                    );
+                }
+                self.capabilities = h.capabilities & self.config.capabilities;
+                self.down_sent_cursor = h.down_cursor;
+                let limits = &self.config.limits;
+                let welcome = Message::Welcome(Welcome {
+                    protocol_version: PROTOCOL_VERSION,
+                    capabilities: self.capabilities,
+                    site_id: self.site_id.clone(),
+                    hub_time: self.hub_time,
+                    batch_items_max: u32::try_from(limits.batch_items_max).unwrap_or(u32::MAX),
+                    inflight_batches_max: u32::try_from(limits.inflight_batches_max)
+                        .unwrap_or(u32::MAX),
+                    frame_bytes_max: u32::try_from(limits.frame_bytes_max).unwrap_or(u32::MAX),
+                });
+                if let Err(e) = self.core.send(now, &welcome) {
+                    return self.fail(now, ErrorCode::Internal, e.to_string());
+                }
+                self.state = State::Established;
+                self.events.push_back(HubEvent::Connected {
+                    agent_version: h.agent_version,
+                    down_cursor: h.down_cursor,
+                    capabilities: self.capabilities,
+                });
+            }
+            (State::Established, Message::EventBatch(batch))
+                if self.capabilities & capability::EVENTS != 0 =>
+            {
+                // Site isolation: the payload's site must be the certificate's site.
+                for (i, e) in batch.events.iter().enumerate() {
+                    if e.site_id != self.site_id {
+                        return self.fail(
+                            now,
+                            ErrorCode::SiteMismatch,
+                            format!(
+                                "event {} claims site {} but the certificate is for {}",
+                                e.event_id, e.site_id, self.site_id
+                            ),
+                        );
+                    }
+                    if let Err(v) = e.validate_structure() {
+                        return self.fail(
+                            now,
+                            ErrorCode::InvalidEvent,
+                            format!("event {} (#{i} in batch): {v}", e.event_id),
+                        );
+                    }
+                }
+                if self.accept_batch(now, batch.last_seq, batch.events.len()) {
+                    self.events.push_back(HubEvent::Events {
+                        last_seq: batch.last_seq,
+                        events: batch.events,
+                    });
+                }
+            }
+            (State::Established, Message::RecordChanges(batch))
+                if self.capabilities & capability::RECORD_CHANGES != 0 =>
+            {
+                if self.accept_batch(now, batch.last_seq, batch.changes.len()) {
+                    self.events.push_back(HubEvent::RecordChanges {
+                        last_seq: batch.last_seq,
+                        changes: batch.changes,
+                    });
+                }
+            }
+            (State::Established, Message::DownAck(ack))
+                if self.capabilities & capability::DOWN_SYNC != 0 =>
+            {
+                if !self.down_inflight.contains(&ack.cursor) {
+                    return self.fail(
+                        now,
+                        ErrorCode::SequenceViolation,
+                        format!("down ack {} matches no batch in flight", ack.cursor),
+                    );
+                }
+                while self.down_inflight.front().is_some_and(|c| *c <= ack.cursor) {
+                    self.down_inflight.pop_front();
+                }
+                self.events
+                    .push_back(HubEvent::DownAcked { cursor: ack.cursor });
+                if let Err(e) = self.flush_down(now) {
+                    self.fail(now, ErrorCode::Internal, e.to_string());
+                }
+            }
+            (State::Established, Message::HeadsSummary(summary))
+                if self.capabilities & capability::REPAIR != 0 =>
+            {
+                if summary.records.len() > self.config.limits.heads_page_max
+                    || summary
+                        .records
+                        .iter()
+                        .any(|r| r.heads.len() > HEADS_PER_RECORD_MAX)
+                {
+                    return self.fail(
+                        now,
+                        ErrorCode::LimitExceeded,
+                        "heads summary page over its limits".into(),
+                    );
+                }
+                if summary
+                    .records
+                    .windows(2)
+                    .any(|w| w[0].record >= w[1].record)
+                    || summary.records.first().is_some_and(|first| {
+                        !summary.reply
+                            && self
+                                .repair_after
+                                .as_ref()
+                                .is_some_and(|a| first.record <= *a)
+                    })
+                {
+                    return self.fail(
+                        now,
+                        ErrorCode::SequenceViolation,
+                        "heads summary records out of order".into(),
+                    );
+                }
+                let covers = if summary.reply {
+                    None
+                } else {
+                    let after = self.repair_after.take();
+                    let through = if summary.last_page {
+                        None
+                    } else {
+                        summary.records.last().map(|r| r.record.clone())
+                    };
+                    // A page with no records that is not the last covers nothing new.
+                    self.repair_after = through.clone().or_else(|| after.clone());
+                    if summary.last_page {
+                        self.repair_after = None;
+                    }
+                    Some((after, through))
+                };
+                self.events.push_back(HubEvent::PeerHeads {
+                    records: summary.records,
+                    reply: summary.reply,
+                    covers,
+                });
+            }
+            (State::Established, Message::RepairChanges(r))
+                if self.capabilities & capability::REPAIR != 0 =>
+            {
+                self.events
+                    .push_back(HubEvent::RepairChanges { changes: r.changes });
+            }
+            (state, _) => self.fail(
+                now,
+                ErrorCode::UnexpectedMessage,
+                format!(
+                    "{} not expected from the edge in state {state:?}",
+                    ty.name()
+                ),
+            ),
+        }
+    }
+}
