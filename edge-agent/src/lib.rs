@@ -1,0 +1,18 @@
+//! The edge agent: an offline-first SQLite store behind a local JSON API, syncing to the hub.
+//!
+//! * [`store`]: the SQLite file, its schema migrations, the single writer thread with group
+//!   commit and the read-only connections.
+//! * [`records`]: work orders as Automerge documents, one per order.
+//! * [`api`]: the local HTTP API (axum): where every request lands.
+//! * [`master`]: master data import.
+//! * [`metrics`]: Prometheus counters and histograms.
+//! * [`config`]: flags, environment and TOML configuration of `edge-agent run`.
+//! * [`server`]: wiring for `run`: store, API, retention, graceful shutdown.
+
+pub mod api;
+pub mod config;
+pub mod master;
+pub mod metrics;
+pub mod records;
+pub mod server;
+pub mod store;

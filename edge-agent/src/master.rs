@@ -1,0 +1,164 @@
+//! Master data at the edge: stored per kind and key with the hub's version, filled by
+//! down-sync or by `edge-agent import-master-data FILE` for a standalone edge.
+
+use std::path::Path;
+
+use rusqlite::{Connection, params};
+use serde::Deserialize;
+use shared_model::master::{
+    Equipment, MasterKind, MasterRecord, Material, ReasonCode, RoutingStep, ShiftCalendar,
+};
+
+use crate::store::StoreError;
+
+/// Largest import file accepted: master data of a plant is kilobytes to a few megabytes.
+pub const IMPORT_FILE_BYTES_MAX: u64 = 64 << 20;
+
+/// The import file: every list optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterFile {
+    #[serde(default)]
+    pub materials: Vec<Material>,
+    #[serde(default)]
+    pub routings: Vec<RoutingStep>,
+    #[serde(default)]
+    pub reason_codes: Vec<ReasonCode>,
+    #[serde(default)]
+    pub equipment: Vec<Equipment>,
+    #[serde(default)]
+    pub shift_calendars: Vec<ShiftCalendar>,
+}
+
+impl MasterFile {
+    pub fn into_records(self) -> Vec<MasterRecord> {
+        let mut out = Vec::new();
+        out.extend(self.materials.into_iter().map(MasterRecord::Material));
+        out.extend(self.routings.into_iter().map(MasterRecord::RoutingStep));
+        out.extend(self.reason_codes.into_iter().map(MasterRecord::ReasonCode));
+        out.extend(self.equipment.into_iter().map(MasterRecord::Equipment));
+        out.extend(
+            self.shift_calendars
+                .into_iter()
+                .map(MasterRecord::ShiftCalendar),
+        );
+        out
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is {len} bytes, more than the {max} accepted")]
+    TooLarge { path: String, len: u64, max: u64 },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {kind} {key}: {error}")]
+    Invalid {
+        path: String,
+        kind: &'static str,
+        key: String,
+        error: shared_model::ValidationError,
+    },
+}
+
+/// Reads and validates an import file (JSON, or TOML for a `.toml` extension).
+pub fn read_file(path: &Path) -> Result<Vec<MasterRecord>, ImportError> {
+    let shown = path.display().to_string();
+    let len = std::fs::metadata(path)
+        .map_err(|source| ImportError::Read {
+            path: shown.clone(),
+            source,
+        })?
+        .len();
+    if len > IMPORT_FILE_BYTES_MAX {
+        return Err(ImportError::TooLarge {
+            path: shown,
+            len,
+            max: IMPORT_FILE_BYTES_MAX,
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| ImportError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let file: MasterFile = if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("toml"))
+    {
+        toml::from_str(&text).map_err(|e| ImportError::Parse {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?
+    } else {
+        serde_json::from_str(&text).map_err(|e| ImportError::Parse {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?
+    };
+    let records = file.into_records();
+    for r in &records {
+        r.validate().map_err(|error| ImportError::Invalid {
+            path: shown.clone(),
+            kind: r.kind().as_str(),
+            key: r.key(),
+            error,
+        })?;
+    }
+    Ok(records)
+}
+
+/// Stores a version of a record unless a newer one is already there.
+pub fn upsert(conn: &Connection, version: u64, record: &MasterRecord) -> Result<(), StoreError> {
+    let json = serde_json::to_string(record)
+        .map_err(|e| StoreError::Corrupt(format!("cannot encode master record: {e}")))?;
+    conn.prepare_cached(
+        "INSERT INTO master (kind, key, version, json) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (kind, key) DO UPDATE SET version = excluded.version, json = excluded.json
+         WHERE excluded.version >= master.version",
+    )?
+    .execute(params![
+        record.kind().as_str(),
+        record.key(),
+        version as i64,
+        json
+    ])?;
+    Ok(())
+}
+
+pub fn delete(
+    conn: &Connection,
+    version: u64,
+    kind: MasterKind,
+    key: &str,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO master (kind, key, version, json) VALUES (?1, ?2, ?3, NULL)
+         ON CONFLICT (kind, key) DO UPDATE SET version = excluded.version, json = NULL
+         WHERE excluded.version >= master.version",
+    )?
+    .execute(params![kind.as_str(), key, version as i64])?;
+    Ok(())
+}
+
+/// Imports records locally. A local import has no hub version: it uses version 0, so any
+/// version the hub sends later replaces it.
+pub fn import(
+    conn: &mut Connection,
+    records: &[MasterRecord],
+) -> Result<Vec<(MasterKind, usize)>, StoreError> {
+    let tx = conn.transaction()?;
+    let mut counts: Vec<(MasterKind, usize)> = MasterKind::ALL.iter().map(|k| (*k, 0)).collect();
+    for r in records {
+        upsert(&tx, 0, r)?;
+        if let Some(c) = counts.iter_mut().find(|(k, _)| *k == r.kind()) {
+            c.1 += 1;
+        }
+    }
+    tx.commit()?;
+    Ok(counts)
+}

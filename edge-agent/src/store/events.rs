@@ -1,0 +1,210 @@
+//! Storing events: reference checks, idempotency, and the outbox entry, in the caller's
+//! transaction (the writer's savepoint).
+
+use rusqlite::{Connection, OptionalExtension, params};
+use shared_model::{Event, EventBody, EventId};
+
+use super::StoreError;
+
+/// What a request to store events came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventsOutcome {
+    /// Stored now; `new` of the ids were not present before (the rest were resent ids).
+    Stored { ids: Vec<EventId>, new: usize },
+    /// The idempotency key was used before: this is the first response, verbatim.
+    Replayed(String),
+}
+
+/// A reference from an event to master data or a work order, to check before storing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefCheck {
+    Equipment,
+    WorkOrder,
+    Material,
+    ReasonCode,
+}
+
+fn references(body: &EventBody) -> Vec<(&'static str, RefCheck, String)> {
+    let mut refs: Vec<(&'static str, RefCheck, String)> = Vec::new();
+    let mut add = |field, check, value: &str| refs.push((field, check, value.to_owned()));
+    match body {
+        EventBody::ProductionCount(p) => {
+            add("equipment", RefCheck::Equipment, p.equipment.as_str());
+            if let Some(w) = &p.work_order {
+                add("work_order", RefCheck::WorkOrder, w.as_str());
+            }
+            if let Some(r) = &p.scrap_reason {
+                add("scrap_reason", RefCheck::ReasonCode, r.as_str());
+            }
+        }
+        EventBody::EquipmentState(s) => {
+            add("equipment", RefCheck::Equipment, s.equipment.as_str());
+            if let Some(r) = &s.reason {
+                add("reason", RefCheck::ReasonCode, r.as_str());
+            }
+        }
+        EventBody::QualitySample(q) => {
+            if let Some(e) = &q.equipment {
+                add("equipment", RefCheck::Equipment, e.as_str());
+            }
+            if let Some(w) = &q.work_order {
+                add("work_order", RefCheck::WorkOrder, w.as_str());
+            }
+        }
+        EventBody::MaterialConsumed(m) | EventBody::MaterialProduced(m) => {
+            add("material", RefCheck::Material, m.material.as_str());
+            if let Some(w) = &m.work_order {
+                add("work_order", RefCheck::WorkOrder, w.as_str());
+            }
+            if let Some(e) = &m.equipment {
+                add("equipment", RefCheck::Equipment, e.as_str());
+            }
+        }
+        EventBody::OperatorClock(c) => {
+            if let Some(e) = &c.equipment {
+                add("equipment", RefCheck::Equipment, e.as_str());
+            }
+        }
+        // A correction's replacement is checked like an event; the corrected id need not be
+        // here any more (it may have been pruned after sync).
+        EventBody::Correction(c) => {
+            if let Some(r) = &c.replacement {
+                return references(&r.to_body())
+                    .into_iter()
+                    .map(|(f, k, v)| (replacement_field(f), k, v))
+                    .collect();
+            }
+        }
+    }
+    refs
+}
+
+fn replacement_field(field: &'static str) -> &'static str {
+    match field {
+        "equipment" => "replacement.equipment",
+        "work_order" => "replacement.work_order",
+        "scrap_reason" => "replacement.scrap_reason",
+        "reason" => "replacement.reason",
+        "material" => "replacement.material",
+        other => other,
+    }
+}
+
+fn exists(conn: &Connection, check: RefCheck, value: &str) -> Result<bool, StoreError> {
+    let (sql, kind) = match check {
+        RefCheck::WorkOrder => ("SELECT 1 FROM work_orders WHERE id = ?1", None),
+        RefCheck::Equipment => (
+            "SELECT 1 FROM master WHERE kind = ?2 AND key = ?1 AND json IS NOT NULL",
+            Some("equipment"),
+        ),
+        RefCheck::Material => (
+            "SELECT 1 FROM master WHERE kind = ?2 AND key = ?1 AND json IS NOT NULL",
+            Some("materials"),
+        ),
+        RefCheck::ReasonCode => (
+            "SELECT 1 FROM master WHERE kind = ?2 AND key = ?1 AND json IS NOT NULL",
+            Some("reason-codes"),
+        ),
+    };
+    let mut stmt = conn.prepare_cached(sql)?;
+    let found = match kind {
+        Some(k) => stmt.query_row(params![value, k], |_| Ok(())).optional()?,
+        None => stmt.query_row(params![value], |_| Ok(())).optional()?,
+    };
+    Ok(found.is_some())
+}
+
+/// Stores validated events with their outbox entries. Everything or nothing: the first
+/// unknown reference fails the whole request (the writer's savepoint rolls it back).
+pub(crate) fn insert(
+    conn: &Connection,
+    events: &[Event],
+    idempotency_key: Option<&str>,
+    now_micros: i64,
+    respond: impl FnOnce(&[EventId]) -> String,
+) -> Result<EventsOutcome, StoreError> {
+    if let Some(key) = idempotency_key {
+        let previous: Option<String> = conn
+            .prepare_cached("SELECT response FROM idempotency WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?;
+        if let Some(response) = previous {
+            return Ok(EventsOutcome::Replayed(response));
+        }
+    }
+    for (index, e) in events.iter().enumerate() {
+        for (field, check, value) in references(&e.body) {
+            if !exists(conn, check, &value)? {
+                return Err(StoreError::UnknownReference {
+                    index,
+                    field,
+                    value,
+                });
+            }
+        }
+    }
+    let mut insert_event = conn.prepare_cached(
+        "INSERT OR IGNORE INTO events (event_id, kind, occurred_at, recorded_at, equipment, work_order, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    let mut insert_outbox = conn.prepare_cached("INSERT INTO outbox (event_id) VALUES (?1)")?;
+    let mut new = 0;
+    let mut ids = Vec::with_capacity(events.len());
+    for e in events {
+        let (equipment, work_order) = index_columns(&e.body);
+        let body = postcard::to_stdvec(e)
+            .map_err(|err| StoreError::Corrupt(format!("cannot encode event: {err}")))?;
+        let id = e.event_id.to_string();
+        let inserted = insert_event.execute(params![
+            id,
+            e.kind().as_str(),
+            e.occurred_at.as_micros(),
+            e.recorded_at.as_micros(),
+            equipment,
+            work_order,
+            body
+        ])?;
+        if inserted == 1 {
+            insert_outbox.execute([&id])?;
+            new += 1;
+        }
+        ids.push(e.event_id);
+    }
+    if let Some(key) = idempotency_key {
+        conn.prepare_cached(
+            "INSERT INTO idempotency (key, response, created_at) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![key, respond(&ids), now_micros])?;
+    }
+    Ok(EventsOutcome::Stored { ids, new })
+}
+
+fn index_columns(body: &EventBody) -> (Option<&str>, Option<&str>) {
+    match body {
+        EventBody::ProductionCount(p) => (
+            Some(p.equipment.as_str()),
+            p.work_order.as_ref().map(|w| w.as_str()),
+        ),
+        EventBody::EquipmentState(s) => (Some(s.equipment.as_str()), None),
+        EventBody::QualitySample(q) => (
+            q.equipment.as_ref().map(|e| e.as_str()),
+            q.work_order.as_ref().map(|w| w.as_str()),
+        ),
+        EventBody::MaterialConsumed(m) | EventBody::MaterialProduced(m) => (
+            m.equipment.as_ref().map(|e| e.as_str()),
+            m.work_order.as_ref().map(|w| w.as_str()),
+        ),
+        EventBody::OperatorClock(c) => (c.equipment.as_ref().map(|e| e.as_str()), None),
+        EventBody::Correction(_) => (None, None),
+    }
+}
+
+/// Decodes a stored event and checks it again: data read from disk is validated like data
+/// read from the network.
+pub(crate) fn decode(body: &[u8]) -> Result<Event, StoreError> {
+    let e: Event = postcard::from_bytes(body)
+        .map_err(|err| StoreError::Corrupt(format!("stored event does not decode: {err}")))?;
+    e.validate_structure()
+        .map_err(|v| StoreError::Corrupt(format!("stored event {} invalid: {v}", e.event_id)))?;
+    Ok(e)
+}

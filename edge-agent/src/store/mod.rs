@@ -1,0 +1,288 @@
+//! The edge's SQLite store.
+//!
+//! One file (`edge.db`) in WAL mode with `synchronous=FULL`: a transaction that returned from
+//! COMMIT survives kill -9 and power loss. All writes go through **one writer thread** that
+//! takes jobs from a bounded channel and commits each burst of them in one transaction
+//! (group commit): under load many API requests share one fsync, and each request is answered
+//! only after the commit that holds its rows. Every job runs in its own savepoint, so one
+//! request's failure rolls back only its own rows. Reads use a few read-only connections on
+//! blocking threads, which WAL lets run beside the writer.
+
+mod events;
+mod outbox;
+pub mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags};
+use shared_model::SiteId;
+use shared_model::work_order::TransitionError;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+pub(crate) use events::insert as insert_events;
+pub use events::{EventsOutcome, RefCheck};
+pub use outbox::PendingCounts;
+pub(crate) use outbox::push_change as outbox_push_change;
+pub(crate) use writer::WriteJob;
+
+use crate::metrics::Metrics;
+
+/// Name of the database file inside the data directory.
+pub const DB_FILE: &str = "edge.db";
+/// Jobs waiting for the writer; senders wait beyond this, which is the back-pressure on the API.
+pub const WRITE_QUEUE_JOBS_MAX: usize = 4_096;
+/// Most jobs committed in one transaction: bounds the latency one commit adds to the first job.
+pub const GROUP_COMMIT_JOBS_MAX: usize = 1_024;
+/// Read-only connections, each used by one blocking task at a time.
+pub const READERS_MAX: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(
+        "the database schema is version {found}, newer than this edge-agent supports ({supported}); upgrade edge-agent"
+    )]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("the store is shut down")]
+    Closed,
+    #[error("{field} {value:?} is not in the master data")]
+    UnknownReference {
+        /// Position of the item in a batch request.
+        index: usize,
+        field: &'static str,
+        value: String,
+    },
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("{what} {id} already exists")]
+    AlreadyExists { what: &'static str, id: String },
+    #[error(transparent)]
+    IllegalTransition(#[from] TransitionError),
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    site: SiteId,
+    sender: Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+    reader_permits: Semaphore,
+    metrics: Arc<Metrics>,
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+/// Opens a writable connection with the durability settings, for the writer and for
+/// one-shot CLI commands.
+pub fn open_write_connection(path: &Path) -> Result<Connection, StoreError> {
+    let mut conn = Connection::open(path)?;
+    configure(&conn)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt(format!(
+            "could not switch {} to WAL (got {mode})",
+            path.display()
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    schema::migrate(&mut conn)?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens (creating and migrating if needed) the store in `data_dir` and starts the writer.
+    pub fn open(data_dir: &Path, site: SiteId, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir)?;
+        let path = data_dir.join(DB_FILE);
+        let conn = open_write_connection(&path)?;
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE_JOBS_MAX);
+        let writer_metrics = metrics.clone();
+        let handle = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer::run(conn, rx, &writer_metrics))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                site,
+                sender: Mutex::new(Some(tx)),
+                writer: Mutex::new(Some(handle)),
+                readers: Mutex::new(Vec::new()),
+                reader_permits: Semaphore::new(READERS_MAX),
+                metrics,
+            }),
+        })
+    }
+
+    pub fn site(&self) -> &SiteId {
+        &self.inner.site
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Runs `f` in the writer's next transaction (in its own savepoint) and resolves after
+    /// that transaction committed. `f` runs on the writer thread: keep it short.
+    pub async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let sender = self
+            .inner
+            .sender
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        let (done, result) = oneshot::channel();
+        sender
+            .send(writer::job(f, done))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        result.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a read-only connection on a blocking thread.
+    pub async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let _permit = self
+            .inner
+            .reader_permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner
+                .readers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => {
+                    let c = Connection::open_with_flags(
+                        &inner.path,
+                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )?;
+                    configure(&c)?;
+                    c
+                }
+            };
+            let r = f(&conn);
+            inner
+                .readers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+            r
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("reader task failed: {e}")))?
+    }
+
+    /// Stops taking writes, lets the writer commit everything queued, and waits for it.
+    pub fn close(&self) {
+        self.inner
+            .sender
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let handle = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    /// A value from the `meta` table.
+    pub async fn meta(&self, key: &'static str) -> Result<Option<String>, StoreError> {
+        self.read(move |c| {
+            Ok(
+                c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                    .map(Some)
+                    .or_else(|e| match e {
+                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                        e => Err(e),
+                    })?,
+            )
+        })
+        .await
+    }
+}
+
+/// API keys: created by the CLI, checked by the API. Only a SHA-256 of each key is stored.
+pub mod keys {
+    use rusqlite::{Connection, OptionalExtension};
+
+    use super::StoreError;
+
+    pub fn hash(key: &str) -> Vec<u8> {
+        ring::digest::digest(&ring::digest::SHA256, key.as_bytes())
+            .as_ref()
+            .to_vec()
+    }
+
+    /// Creates a key, returns it. It is shown once; only its hash is stored.
+    pub fn create(conn: &Connection, name: &str, now_micros: i64) -> Result<String, StoreError> {
+        use ring::rand::SecureRandom;
+        let mut bytes = [0u8; 24];
+        ring::rand::SystemRandom::new()
+            .fill(&mut bytes)
+            .map_err(|_| StoreError::Corrupt("no randomness available".into()))?;
+        let key: String = std::iter::once("edge_".to_string())
+            .chain(bytes.iter().map(|b| format!("{b:02x}")))
+            .collect();
+        conn.execute(
+            "INSERT INTO api_keys (hash, name, created_at) VALUES (?1, ?2, ?3)",
+            rusqlite::params![hash(&key), name, now_micros],
+        )?;
+        Ok(key)
+    }
+
+    pub fn exists(conn: &Connection, key: &str) -> Result<bool, StoreError> {
+        Ok(conn
+            .query_row(
+                "SELECT 1 FROM api_keys WHERE hash = ?1",
+                [hash(key)],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests;

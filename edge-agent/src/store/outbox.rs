@@ -1,0 +1,214 @@
+//! The outbox (what waits for the hub's ack), retention, and the `sync-protocol` edge store
+//! trait on top of them.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use sync_protocol::message::{DownBatch, DownItem, RecordChange, RecordHeads, RecordId};
+use sync_protocol::store::{EdgeStore, HeadsComparison, OutboxEntry, OutboxItem};
+
+use super::{Store, StoreError, events};
+use crate::{master, records};
+
+/// Outbox depth by kind, for the sync status and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PendingCounts {
+    pub events: u64,
+    pub changes: u64,
+}
+
+/// Rows removed per retention transaction, so pruning never holds the writer for long.
+pub(crate) const PRUNE_BATCH_ROWS: i64 = 5_000;
+
+pub(crate) fn pending(conn: &Connection) -> Result<PendingCounts, StoreError> {
+    let (events, changes): (i64, i64) = conn.query_row(
+        "SELECT count(event_id), count(change) FROM outbox",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(PendingCounts {
+        events: events as u64,
+        changes: changes as u64,
+    })
+}
+
+/// Adds a record change to the outbox (called in the same transaction as the record write).
+pub(crate) fn push_change(conn: &Connection, change: &RecordChange) -> Result<(), StoreError> {
+    conn.prepare_cached("INSERT INTO outbox (record_kind, record_id, change) VALUES (?1, ?2, ?3)")?
+        .execute(params![
+            records::kind_str(change.record.kind),
+            change.record.id(),
+            change.bytes()
+        ])?;
+    Ok(())
+}
+
+fn read_after(
+    conn: &Connection,
+    after_seq: u64,
+    limit: usize,
+) -> Result<Vec<OutboxEntry>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT o.seq, e.body, o.record_kind, o.record_id, o.change
+         FROM outbox o LEFT JOIN events e ON e.event_id = o.event_id
+         WHERE o.seq > ?1 ORDER BY o.seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after_seq as i64, limit as i64], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, Option<Vec<u8>>>(1)?,
+            r.get::<_, Option<String>>(2)?,
+            r.get::<_, Option<String>>(3)?,
+            r.get::<_, Option<Vec<u8>>>(4)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, body, kind, id, change) = row?;
+        let item = match (body, kind, id, change) {
+            (Some(body), _, _, _) => OutboxItem::Event(events::decode(&body)?),
+            (None, Some(kind), Some(id), Some(change)) => {
+                let record =
+                    RecordId::new(records::parse_kind(&kind)?, id).map_err(StoreError::Corrupt)?;
+                OutboxItem::Change(RecordChange::new(record, change).map_err(StoreError::Corrupt)?)
+            }
+            _ => {
+                return Err(StoreError::Corrupt(format!(
+                    "outbox entry {seq} has neither an event nor a change"
+                )));
+            }
+        };
+        out.push(OutboxEntry {
+            seq: seq as u64,
+            item,
+        });
+    }
+    Ok(out)
+}
+
+/// Marks events acked and drops acked outbox entries.
+pub(crate) fn ack(conn: &Connection, up_to_seq: u64) -> Result<(), StoreError> {
+    let up_to = up_to_seq as i64;
+    conn.execute(
+        "UPDATE events SET acked = 1 WHERE event_id IN
+           (SELECT event_id FROM outbox WHERE seq <= ?1 AND event_id IS NOT NULL)",
+        [up_to],
+    )?;
+    conn.execute("DELETE FROM outbox WHERE seq <= ?1", [up_to])?;
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('last_sync_at', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [],
+    )?;
+    Ok(())
+}
+
+/// Deletes up to [`PRUNE_BATCH_ROWS`] events that the hub acknowledged and that were recorded
+/// before `cutoff_micros`. An event still in the outbox is never pruned, whatever its age: the
+/// `acked` flag is only set by an ack, and the outbox check guards against a flag set wrongly.
+pub(crate) fn prune(conn: &Connection, cutoff_micros: i64) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "DELETE FROM events WHERE event_id IN (
+            SELECT event_id FROM events
+            WHERE acked = 1 AND recorded_at < ?1
+              AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_id = events.event_id)
+            LIMIT ?2)",
+        params![cutoff_micros, PRUNE_BATCH_ROWS],
+    )?)
+}
+
+fn down_cursor(conn: &Connection) -> Result<u64, StoreError> {
+    let v: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'down_cursor'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    v.map_or(Ok(0), |s| {
+        s.parse()
+            .map_err(|_| StoreError::Corrupt(format!("down cursor {s:?} is not a number")))
+    })
+}
+
+fn apply_down(conn: &Connection, batch: &DownBatch) -> Result<(), StoreError> {
+    for item in &batch.items {
+        match item {
+            DownItem::RecordChange(c) => records::apply_remote(conn, std::slice::from_ref(c))?,
+            DownItem::MasterUpsert { version, record } => master::upsert(conn, *version, record)?,
+            DownItem::MasterDelete { version, kind, key } => {
+                master::delete(conn, *version, *kind, key)?
+            }
+        }
+    }
+    let current = down_cursor(conn)?;
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('down_cursor', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [current.max(batch.cursor).to_string()],
+    )?;
+    Ok(())
+}
+
+impl Store {
+    pub async fn pending(&self) -> Result<PendingCounts, StoreError> {
+        self.read(pending).await
+    }
+
+    /// Runs retention until nothing older than `cutoff_micros` is left; returns rows removed.
+    pub async fn prune_acked_before(&self, cutoff_micros: i64) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let n = self.write(move |c| prune(c, cutoff_micros)).await?;
+            total += n as u64;
+            if (n as i64) < PRUNE_BATCH_ROWS {
+                self.metrics().events_pruned.add(total);
+                return Ok(total);
+            }
+        }
+    }
+}
+
+impl EdgeStore for Store {
+    type Error = StoreError;
+
+    async fn outbox_after(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.read(move |c| read_after(c, after_seq, limit)).await
+    }
+
+    async fn ack_outbox(&self, up_to_seq: u64) -> Result<(), StoreError> {
+        self.write(move |c| ack(c, up_to_seq)).await
+    }
+
+    async fn down_cursor(&self) -> Result<u64, StoreError> {
+        self.read(down_cursor).await
+    }
+
+    async fn apply_down(&self, batch: &DownBatch) -> Result<(), StoreError> {
+        let batch = batch.clone();
+        self.write(move |c| apply_down(c, &batch)).await
+    }
+
+    async fn heads_page(
+        &self,
+        after: Option<&RecordId>,
+        limit: usize,
+    ) -> Result<Vec<RecordHeads>, StoreError> {
+        let after = after.cloned();
+        self.read(move |c| records::heads_page(c, after.as_ref(), limit))
+            .await
+    }
+
+    async fn compare_heads(&self, peer: &RecordHeads) -> Result<HeadsComparison, StoreError> {
+        let peer = peer.clone();
+        self.read(move |c| records::compare_heads(c, &peer)).await
+    }
+
+    async fn apply_repair(&self, changes: &[RecordChange]) -> Result<(), StoreError> {
+        let changes = changes.to_vec();
+        self.write(move |c| records::apply_remote(c, &changes))
+            .await
+    }
+}

@@ -1,0 +1,101 @@
+//! Versioned schema migrations, tracked in SQLite's `user_version`.
+//!
+//! Migrations are append-only: a released migration is never edited, a change is a new one.
+//! An older binary opening a database migrated by a newer one refuses to run rather than
+//! writing rows the newer schema does not expect.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Each entry moves the schema from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: events, the outbox, work orders, master data, API keys, idempotency keys.
+    r#"
+    CREATE TABLE events (
+        event_id     TEXT PRIMARY KEY,
+        kind         TEXT NOT NULL,
+        occurred_at  INTEGER NOT NULL,
+        recorded_at  INTEGER NOT NULL,
+        equipment    TEXT,
+        work_order   TEXT,
+        body         BLOB NOT NULL,          -- postcard-encoded shared_model::Event
+        acked        INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE INDEX events_prune ON events (acked, recorded_at);
+    CREATE INDEX events_work_order ON events (work_order) WHERE work_order IS NOT NULL;
+
+    -- One sequence for everything that goes up: events and record changes, in commit order.
+    CREATE TABLE outbox (
+        seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id     TEXT,
+        record_kind  TEXT,
+        record_id    TEXT,
+        change       BLOB
+    );
+
+    CREATE TABLE records (
+        record_kind  TEXT NOT NULL,
+        record_id    TEXT NOT NULL,
+        doc          BLOB NOT NULL,          -- Automerge document, saved whole
+        PRIMARY KEY (record_kind, record_id)
+    ) WITHOUT ROWID;
+
+    -- Materialized from the work-order documents, for listing and filtering.
+    CREATE TABLE work_orders (
+        id           TEXT PRIMARY KEY,
+        state        TEXT NOT NULL,
+        work_unit    TEXT,
+        priority     INTEGER NOT NULL,
+        due          INTEGER,
+        json         TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX work_orders_list ON work_orders (state, priority, due);
+
+    CREATE TABLE master (
+        kind         TEXT NOT NULL,
+        key          TEXT NOT NULL,
+        version      INTEGER NOT NULL,
+        json         TEXT,                   -- NULL once deleted
+        PRIMARY KEY (kind, key)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE api_keys (
+        hash         BLOB PRIMARY KEY,       -- SHA-256 of the key; the key itself is not kept
+        name         TEXT NOT NULL,
+        created_at   INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE idempotency (
+        key          TEXT PRIMARY KEY,
+        response     TEXT NOT NULL,
+        created_at   INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE meta (
+        key          TEXT PRIMARY KEY,
+        value        TEXT NOT NULL
+    ) WITHOUT ROWID;
+    "#,
+];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database to [`SCHEMA_VERSION`], each migration in its own transaction.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

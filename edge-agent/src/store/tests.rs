@@ -1,0 +1,287 @@
+//! Store tests on real SQLite files: schema versioning, group commit isolation, retention
+//! that never prunes an unsynced event, and the `EdgeStore` implementation driven by the real
+//! sync sessions against the in-memory hub.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shared_model::event::ProductionCount;
+use shared_model::{EquipmentId, Event, EventBody, EventId, SiteId, Timestamp};
+use sync_protocol::driver::{drive_edge, drive_hub};
+use sync_protocol::memory::MemoryHubStore;
+use sync_protocol::message::DownItem;
+use sync_protocol::session::{EdgeSession, HubSession, SessionConfig};
+use sync_protocol::store::EdgeStore;
+
+use super::*;
+use crate::master;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "edge-store-{name}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::now_v7().simple()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const T0: Timestamp = Timestamp::from_millis(1_795_000_000_000);
+
+fn site() -> SiteId {
+    SiteId::new("SITE_001").unwrap()
+}
+
+fn open(dir: &TempDir) -> Store {
+    let store = Store::open(&dir.0, site(), Arc::new(Metrics::default())).unwrap();
+    let mut conn = open_write_connection(store.path()).unwrap();
+    let md: master::MasterFile = serde_json::from_str(
+        r#"{"equipment":[{"id":"SITE_001","parent":null,"level":"site","name":"Plant","class":"site"},
+                          {"id":"PRESS-01","parent":"SITE_001","level":"work_unit","name":"Press","class":"press"}],
+            "materials":[{"id":"BRACKET-7","name":"Bracket","unit":"pcs","tracking":"lot"}]}"#,
+    )
+    .unwrap();
+    master::import(&mut conn, &md.into_records()).unwrap();
+    store
+}
+
+fn event(n: u64, recorded_at: Timestamp) -> Event {
+    Event {
+        event_id: EventId::from_parts(1_795_000_000_000 + n, [n as u8; 10]),
+        site_id: site(),
+        occurred_at: recorded_at,
+        recorded_at,
+        operator: None,
+        body: EventBody::ProductionCount(ProductionCount {
+            equipment: EquipmentId::new("PRESS-01").unwrap(),
+            work_order: None,
+            good: 1,
+            scrap: 0,
+            rework: 0,
+            scrap_reason: None,
+        }),
+    }
+}
+
+async fn store_events(store: &Store, events: Vec<Event>) -> EventsOutcome {
+    store
+        .write(move |c| insert_events(c, &events, None, 0, |_| String::new()))
+        .await
+        .unwrap()
+}
+
+fn count_events(store: &Store) -> i64 {
+    let c = rusqlite::Connection::open(store.path()).unwrap();
+    c.query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_newer_schema_is_refused_with_a_clear_message() {
+    let dir = TempDir::new("schema");
+    let path = dir.0.join(DB_FILE);
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", schema::SCHEMA_VERSION + 1)
+            .unwrap();
+    }
+    let err = Store::open(&dir.0, site(), Arc::new(Metrics::default())).unwrap_err();
+    assert!(matches!(err, StoreError::SchemaTooNew { .. }), "{err}");
+    assert!(err.to_string().contains("upgrade edge-agent"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_commit_and_a_failing_job_rolls_back_alone() {
+    let dir = TempDir::new("group");
+    let store = open(&dir);
+    let mut tasks = Vec::new();
+    for n in 0..200u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            if n == 77 {
+                // Writes a row, then fails: its savepoint must roll the row back.
+                store
+                    .write(move |c| {
+                        insert_events(c, &[event(n, T0)], None, 0, |_| String::new())?;
+                        Err::<(), _>(StoreError::Invalid {
+                            field: "x".into(),
+                            message: "planned failure".into(),
+                        })
+                    })
+                    .await
+                    .map(|_| ())
+            } else {
+                store_events(&store, vec![event(n, T0)]).await;
+                Ok(())
+            }
+        }));
+    }
+    let mut failures = 0;
+    for t in tasks {
+        if t.await.unwrap().is_err() {
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 1);
+    assert_eq!(count_events(&store), 199);
+    assert_eq!(store.pending().await.unwrap().events, 199);
+    store.close();
+}
+
+#[tokio::test]
+async fn resent_event_ids_are_stored_once() {
+    let dir = TempDir::new("dup");
+    let store = open(&dir);
+    let e = event(1, T0);
+    let first = store_events(&store, vec![e.clone()]).await;
+    let again = store_events(&store, vec![e.clone(), e]).await;
+    assert!(matches!(first, EventsOutcome::Stored { new: 1, .. }));
+    assert!(matches!(again, EventsOutcome::Stored { new: 0, .. }));
+    assert_eq!(count_events(&store), 1);
+    assert_eq!(store.pending().await.unwrap().events, 1);
+    store.close();
+}
+
+#[tokio::test]
+async fn retention_prunes_only_acknowledged_old_events() {
+    let dir = TempDir::new("prune");
+    let store = open(&dir);
+    let old = Timestamp::from_millis(1_000_000_000_000);
+    store_events(&store, (0..10).map(|n| event(n, old)).collect()).await;
+    // The hub acked the first 4 outbox entries.
+    store.ack_outbox(4).await.unwrap();
+    // Everything is ancient, but only acked events may go.
+    let pruned = store.prune_acked_before(i64::MAX).await.unwrap();
+    assert_eq!(pruned, 4);
+    assert_eq!(count_events(&store), 6);
+    assert_eq!(store.pending().await.unwrap().events, 6);
+    // The unacked ones are still sendable, in order.
+    let entries = store.outbox_after(0, 100).await.unwrap();
+    assert_eq!(entries.len(), 6);
+    assert!(entries.windows(2).all(|w| w[0].seq < w[1].seq));
+    // Acked but recent events stay until they age out.
+    store
+        .store_recent_and_ack(event(50, Timestamp::from_millis(i64::MAX / 2000)))
+        .await;
+    assert_eq!(store.prune_acked_before(old.as_micros()).await.unwrap(), 0);
+    store.close();
+}
+
+impl Store {
+    async fn store_recent_and_ack(&self, e: Event) {
+        store_events(self, vec![e]).await;
+        let last = self
+            .outbox_after(0, 1000)
+            .await
+            .unwrap()
+            .last()
+            .unwrap()
+            .seq;
+        self.ack_outbox(last).await.unwrap();
+    }
+}
+
+/// The SQLite store behind the real edge session, against the in-memory hub: events and
+/// work-order changes go up and leave the outbox only when acked; an HQ change to the same
+/// work order comes down, merges, and is materialized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_syncs_through_the_sessions() {
+    let dir = TempDir::new("sync");
+    let store = open(&dir);
+    store_events(&store, (0..25).map(|n| event(n, T0)).collect()).await;
+    let view = crate::records::WorkOrderView {
+        order: shared_model::work_order::WorkOrder {
+            id: shared_model::WorkOrderId::new("SITE_001-WO-1").unwrap(),
+            site_id: site(),
+            erp_ref: None,
+            material: shared_model::MaterialId::new("BRACKET-7").unwrap(),
+            routing_version: 1,
+            planned_quantity: 100,
+            due: None,
+            priority: 5,
+            state: shared_model::work_order::WorkOrderState::AllowedToStart,
+            actual_start: None,
+            actual_end: None,
+            operations: Vec::new(),
+            notes: String::new(),
+            good_count: 0,
+            scrap_count: 0,
+        },
+        work_unit: None,
+    };
+    let created = store
+        .write(move |c| crate::records::create(c, &view))
+        .await
+        .unwrap();
+    assert_eq!(store.pending().await.unwrap().changes, 1);
+
+    // HQ edits the same order: a change made on a copy of the document, as the hub would.
+    let hub = MemoryHubStore::new();
+    let record = sync_protocol::message::RecordId::work_order(&created.order.id);
+    let doc_bytes: Vec<u8> = store
+        .read(|c| Ok(c.query_row("SELECT doc FROM records", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    let mut hq = automerge::AutoCommit::load(&doc_bytes).unwrap();
+    automerge::transaction::Transactable::put(&mut hq, automerge::ROOT, "planned_quantity", 250u64)
+        .unwrap();
+    hq.commit();
+    let change = hq.get_last_local_change().unwrap().raw_bytes().to_vec();
+    hub.publish(
+        &site(),
+        DownItem::RecordChange(sync_protocol::message::RecordChange::new(record, change).unwrap()),
+    );
+
+    let cfg = SessionConfig {
+        limits: sync_protocol::session::Limits {
+            batch_items_max: 10,
+            inflight_batches_max: 2,
+            ..Default::default()
+        },
+        ..SessionConfig::default()
+    };
+    let now = Duration::ZERO;
+    let mut edge = EdgeSession::new(cfg.clone(), store.down_cursor().await.unwrap(), now);
+    let mut hub_session = HubSession::new(cfg, site(), Timestamp::from_millis(0), now);
+    for _ in 0..1_000 {
+        drive_edge(&mut edge, &store, now).await.unwrap();
+        drive_hub(&mut hub_session, &hub, now).await.unwrap();
+        let mut moved = false;
+        while let Some(f) = edge.poll_transmit() {
+            hub_session.handle_frame(now, &f);
+            moved = true;
+        }
+        while let Some(f) = hub_session.poll_transmit() {
+            edge.handle_frame(now, &f);
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    assert!(edge.is_established() && !edge.is_closed());
+    assert_eq!(hub.events(&site()).len(), 25);
+    let pending = store.pending().await.unwrap();
+    assert_eq!((pending.events, pending.changes), (0, 0));
+    // The merge kept the site's state and took HQ's quantity.
+    let merged = store
+        .read(|c| crate::records::get(c, "SITE_001-WO-1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(merged.order.planned_quantity, 250);
+    assert_eq!(merged.order.state, created.order.state);
+    assert_eq!(store.down_cursor().await.unwrap(), hub.down_head(&site()));
+    assert!(store.meta("last_sync_at").await.unwrap().is_some());
+    store.close();
+}
