@@ -162,3 +162,44 @@ pub fn import(
     tx.commit()?;
     Ok(counts)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's example file must stay importable.
+    #[test]
+    fn the_example_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/master-data.json");
+        let records = read_file(&path).unwrap();
+        assert_eq!(records.len(), 12);
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_record_named() {
+        let dir = std::env::temp_dir().join(format!("edge-master-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cases = [
+            ("bad.json", "{\"materials\": [", "bad.json"),
+            ("typo.json", "{\"material\": []}", "unknown field"),
+            (
+                "invalid.json",
+                r#"{"routings": [{"material": "M", "version": 1, "seq": 1, "operation_code": "OP",
+                    "work_center_class": "c", "ideal_cycle_time_ms": 0, "setup_time_ms": 0}]}"#,
+                "ideal_cycle_time_ms",
+            ),
+            (
+                "t.toml",
+                "[[materials]]\nid = \"M\"\nname = \"\"\nunit = \"kg\"\ntracking = \"none\"\n",
+                "materials M",
+            ),
+        ];
+        for (name, text, expected) in cases {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            let err = read_file(&p).unwrap_err().to_string();
+            assert!(err.contains(expected), "{name}: {err}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

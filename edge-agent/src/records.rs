@@ -214,6 +214,23 @@ fn commit_local(
     crate::store::outbox_push_change(conn, &change)
 }
 
+fn require_equipment(conn: &Connection, w: &EquipmentId) -> Result<(), StoreError> {
+    let found: Option<()> = conn
+        .prepare_cached(
+            "SELECT 1 FROM master WHERE kind = 'equipment' AND key = ?1 AND json IS NOT NULL",
+        )?
+        .query_row([w.as_str()], |_| Ok(()))
+        .optional()?;
+    match found {
+        Some(()) => Ok(()),
+        None => Err(StoreError::UnknownReference {
+            index: 0,
+            field: "work_unit",
+            value: w.to_string(),
+        }),
+    }
+}
+
 /// Creates a work order (a new document). Fails if the id exists.
 pub fn create(conn: &Connection, view: &WorkOrderView) -> Result<WorkOrderView, StoreError> {
     let record = RecordId::work_order(&view.order.id);
@@ -272,6 +289,9 @@ pub fn transition(
         what: "work order",
         id: id.to_string(),
     })?;
+    if let Some(w) = &work_unit {
+        require_equipment(conn, w)?;
+    }
     let mut view = read_view(&doc)?;
     let before = view.order.clone();
     view.order.transition(action, now)?;

@@ -51,7 +51,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
 
 async fn retention_loop(store: Store, clock: Arc<dyn Clock>, window_micros: i64) {
     loop {
-        let cutoff = clock.now().as_micros().saturating_sub(window_micros);
+        let now = clock.now().as_micros();
+        if let Err(e) = store.prune_idempotency_keys(now).await {
+            tracing::warn!(error = %e, "forgetting old idempotency keys failed; will retry");
+        }
+        let cutoff = now.saturating_sub(window_micros);
         match store.prune_acked_before(cutoff).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(pruned = n, "retention removed acknowledged events"),

@@ -115,6 +115,16 @@ pub(crate) fn prune(conn: &Connection, cutoff_micros: i64) -> Result<usize, Stor
     )?)
 }
 
+/// How long an idempotency key is remembered: a client retries within minutes, not days.
+pub(crate) const IDEMPOTENCY_KEY_MICROS_MAX: i64 = 24 * 3600 * 1_000_000;
+
+pub(crate) fn prune_idempotency(conn: &Connection, now_micros: i64) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "DELETE FROM idempotency WHERE created_at < ?1",
+        [now_micros.saturating_sub(IDEMPOTENCY_KEY_MICROS_MAX)],
+    )?)
+}
+
 fn down_cursor(conn: &Connection) -> Result<u64, StoreError> {
     let v: Option<String> = conn
         .query_row(
@@ -151,6 +161,11 @@ fn apply_down(conn: &Connection, batch: &DownBatch) -> Result<(), StoreError> {
 impl Store {
     pub async fn pending(&self) -> Result<PendingCounts, StoreError> {
         self.read(pending).await
+    }
+
+    /// Forgets idempotency keys older than a day.
+    pub async fn prune_idempotency_keys(&self, now_micros: i64) -> Result<usize, StoreError> {
+        self.write(move |c| prune_idempotency(c, now_micros)).await
     }
 
     /// Runs retention until nothing older than `cutoff_micros` is left; returns rows removed.
