@@ -9,11 +9,10 @@
 use std::sync::OnceLock;
 
 use automerge::transaction::Transactable;
-use automerge::{ActorId, AutoCommit, Change, ChangeHash, ROOT, ReadDoc, ScalarValue};
+use automerge::{ActorId, AutoCommit, Change, ChangeHash, ROOT};
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::{Deserialize, Serialize};
-use shared_model::work_order::{WorkOrder, WorkOrderAction, WorkOrderState};
-use shared_model::{EquipmentId, MaterialId, SiteId, Timestamp, WorkOrderId};
+use shared_model::work_order::{WorkOrderAction, WorkOrderState};
+use shared_model::{EquipmentId, Timestamp, WorkOrderId};
 use sync_protocol::message::{RecordChange, RecordHeads, RecordId, RecordKind};
 use sync_protocol::store::HeadsComparison;
 
@@ -43,113 +42,19 @@ pub fn parse_kind(s: &str) -> Result<RecordKind, StoreError> {
     }
 }
 
-/// A work order as the API shows it: the shared record plus where it runs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WorkOrderView {
-    #[serde(flatten)]
-    pub order: WorkOrder,
-    pub work_unit: Option<EquipmentId>,
-}
+pub use sync_protocol::records::WorkOrderView;
+use sync_protocol::records::{DocError, put_opt_str, put_opt_ts, read_view as read_doc, write_all};
 
 fn am(e: automerge::AutomergeError) -> StoreError {
     StoreError::Corrupt(format!("automerge: {e}"))
 }
 
-fn put_opt_ts(doc: &mut AutoCommit, key: &str, t: Option<Timestamp>) -> Result<(), StoreError> {
-    match t {
-        Some(t) => doc.put(ROOT, key, t.as_micros()),
-        None => doc.put(ROOT, key, ScalarValue::Null),
-    }
-    .map_err(am)
+fn doc_err(e: DocError) -> StoreError {
+    StoreError::Corrupt(e.to_string())
 }
 
-fn put_opt_str(doc: &mut AutoCommit, key: &str, s: Option<&str>) -> Result<(), StoreError> {
-    match s {
-        Some(s) => doc.put(ROOT, key, s),
-        None => doc.put(ROOT, key, ScalarValue::Null),
-    }
-    .map_err(am)
-}
-
-fn write_all(doc: &mut AutoCommit, v: &WorkOrderView) -> Result<(), StoreError> {
-    let o = &v.order;
-    doc.put(ROOT, "id", o.id.as_str()).map_err(am)?;
-    doc.put(ROOT, "site_id", o.site_id.as_str()).map_err(am)?;
-    put_opt_str(doc, "erp_ref", o.erp_ref.as_deref())?;
-    doc.put(ROOT, "material", o.material.as_str()).map_err(am)?;
-    doc.put(ROOT, "routing_version", u64::from(o.routing_version))
-        .map_err(am)?;
-    doc.put(ROOT, "planned_quantity", u64::from(o.planned_quantity))
-        .map_err(am)?;
-    put_opt_ts(doc, "due", o.due)?;
-    doc.put(ROOT, "priority", u64::from(o.priority))
-        .map_err(am)?;
-    doc.put(ROOT, "state", o.state.as_str()).map_err(am)?;
-    put_opt_ts(doc, "actual_start", o.actual_start)?;
-    put_opt_ts(doc, "actual_end", o.actual_end)?;
-    doc.put(ROOT, "notes", o.notes.as_str()).map_err(am)?;
-    doc.put(ROOT, "good_count", o.good_count).map_err(am)?;
-    doc.put(ROOT, "scrap_count", o.scrap_count).map_err(am)?;
-    put_opt_str(doc, "work_unit", v.work_unit.as_ref().map(|w| w.as_str()))
-}
-
-fn scalar(doc: &AutoCommit, key: &str) -> Result<Option<ScalarValue>, StoreError> {
-    Ok(doc
-        .get(ROOT, key)
-        .map_err(am)?
-        .and_then(|(v, _)| v.as_scalar().cloned())
-        .filter(|s| !matches!(s, ScalarValue::Null)))
-}
-
-fn get_str(doc: &AutoCommit, key: &str) -> Result<Option<String>, StoreError> {
-    Ok(scalar(doc, key)?.and_then(|s| s.as_str().map(str::to_owned)))
-}
-
-fn get_u64(doc: &AutoCommit, key: &str) -> Result<Option<u64>, StoreError> {
-    Ok(scalar(doc, key)?.and_then(|s| s.as_u64().or_else(|| s.as_i64().map(|v| v.max(0) as u64))))
-}
-
-fn get_ts(doc: &AutoCommit, key: &str) -> Result<Option<Timestamp>, StoreError> {
-    Ok(scalar(doc, key)?
-        .and_then(|s| s.as_i64().or_else(|| s.as_u64().map(|v| v as i64)))
-        .map(Timestamp::from_micros))
-}
-
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt(format!("work-order document lacks a valid {what}"))
-}
-
-/// Reads a work order back out of its document, validating every field like input.
 fn read_view(doc: &AutoCommit) -> Result<WorkOrderView, StoreError> {
-    let text = |k: &str| get_str(doc, k)?.ok_or_else(|| corrupt(k));
-    let order = WorkOrder {
-        id: WorkOrderId::new(text("id")?).map_err(|_| corrupt("id"))?,
-        site_id: SiteId::new(text("site_id")?).map_err(|_| corrupt("site_id"))?,
-        erp_ref: get_str(doc, "erp_ref")?,
-        material: MaterialId::new(text("material")?).map_err(|_| corrupt("material"))?,
-        routing_version: get_u64(doc, "routing_version")?
-            .and_then(|v| u32::try_from(v).ok())
-            .unwrap_or(1),
-        planned_quantity: get_u64(doc, "planned_quantity")?
-            .and_then(|v| u32::try_from(v).ok())
-            .ok_or_else(|| corrupt("planned_quantity"))?,
-        due: get_ts(doc, "due")?,
-        priority: get_u64(doc, "priority")?
-            .and_then(|v| u8::try_from(v).ok())
-            .unwrap_or(5),
-        state: WorkOrderState::parse(&text("state")?).ok_or_else(|| corrupt("state"))?,
-        actual_start: get_ts(doc, "actual_start")?,
-        actual_end: get_ts(doc, "actual_end")?,
-        operations: Vec::new(),
-        notes: get_str(doc, "notes")?.unwrap_or_default(),
-        good_count: get_u64(doc, "good_count")?.unwrap_or(0),
-        scrap_count: get_u64(doc, "scrap_count")?.unwrap_or(0),
-    };
-    let work_unit = get_str(doc, "work_unit")?
-        .map(EquipmentId::new)
-        .transpose()
-        .map_err(|_| corrupt("work_unit"))?;
-    Ok(WorkOrderView { order, work_unit })
+    read_doc(doc).map_err(doc_err)
 }
 
 fn load(conn: &Connection, record: &RecordId) -> Result<Option<AutoCommit>, StoreError> {
@@ -269,7 +174,7 @@ pub fn create(conn: &Connection, view: &WorkOrderView) -> Result<WorkOrderView, 
         }
     }
     let mut doc = AutoCommit::new().with_actor(actor());
-    write_all(&mut doc, view)?;
+    write_all(&mut doc, view).map_err(doc_err)?;
     commit_local(conn, &record, &mut doc)?;
     let stored = read_view(&doc)?;
     materialize(conn, &stored)?;
@@ -298,13 +203,13 @@ pub fn transition(
     doc.put(ROOT, "state", view.order.state.as_str())
         .map_err(am)?;
     if view.order.actual_start != before.actual_start {
-        put_opt_ts(&mut doc, "actual_start", view.order.actual_start)?;
+        put_opt_ts(&mut doc, "actual_start", view.order.actual_start).map_err(doc_err)?;
     }
     if view.order.actual_end != before.actual_end {
-        put_opt_ts(&mut doc, "actual_end", view.order.actual_end)?;
+        put_opt_ts(&mut doc, "actual_end", view.order.actual_end).map_err(doc_err)?;
     }
     if let Some(w) = work_unit {
-        put_opt_str(&mut doc, "work_unit", Some(w.as_str()))?;
+        put_opt_str(&mut doc, "work_unit", Some(w.as_str())).map_err(doc_err)?;
     }
     commit_local(conn, &record, &mut doc)?;
     let stored = read_view(&doc)?;

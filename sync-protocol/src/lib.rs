@@ -12,11 +12,13 @@
 //! * [`store`]: the store traits those state machines are driven against, and [`driver`]
 //!   the glue that pumps session events into a store.
 //! * [`memory`]: in-memory stores for tests and the simulator.
+//! * [`records`]: the Automerge document layout of shared records, used by both ends.
 
 pub mod driver;
 pub mod frame;
 pub mod memory;
 pub mod message;
+pub mod records;
 pub mod session;
 pub mod store;
 

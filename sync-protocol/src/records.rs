@@ -1,0 +1,202 @@
+//! Shared records as Automerge documents: the document layout of each record kind, used by
+//! both the edge (SQLite) and the hub (PostgreSQL), so the two read and write the same fields.
+//!
+//! A work order is one document whose root map holds one scalar per field (`state`,
+//! `planned_quantity`, `due` as microseconds, ...). Field-level merge is what makes concurrent
+//! offline edits on both sides survive: HQ re-planning the quantity and the site starting the
+//! order touch different keys.
+
+use automerge::transaction::Transactable;
+use automerge::{AutoCommit, ROOT, ReadDoc, ScalarValue};
+use serde::{Deserialize, Serialize};
+use shared_model::work_order::{WorkOrder, WorkOrderState};
+use shared_model::{EquipmentId, MaterialId, SiteId, Timestamp, WorkOrderId};
+
+/// Why a document could not be read or written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DocError {
+    #[error("automerge: {0}")]
+    Automerge(String),
+    #[error("work-order document lacks a valid {0}")]
+    Field(&'static str),
+}
+
+/// A work order as the API shows it: the shared record plus where it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkOrderView {
+    #[serde(flatten)]
+    pub order: WorkOrder,
+    pub work_unit: Option<EquipmentId>,
+}
+
+pub fn am(e: automerge::AutomergeError) -> DocError {
+    DocError::Automerge(e.to_string())
+}
+
+pub fn put_opt_ts(doc: &mut AutoCommit, key: &str, t: Option<Timestamp>) -> Result<(), DocError> {
+    match t {
+        Some(t) => doc.put(ROOT, key, t.as_micros()),
+        None => doc.put(ROOT, key, ScalarValue::Null),
+    }
+    .map_err(am)
+}
+
+pub fn put_opt_str(doc: &mut AutoCommit, key: &str, s: Option<&str>) -> Result<(), DocError> {
+    match s {
+        Some(s) => doc.put(ROOT, key, s),
+        None => doc.put(ROOT, key, ScalarValue::Null),
+    }
+    .map_err(am)
+}
+
+pub fn write_all(doc: &mut AutoCommit, v: &WorkOrderView) -> Result<(), DocError> {
+    let o = &v.order;
+    doc.put(ROOT, "id", o.id.as_str()).map_err(am)?;
+    doc.put(ROOT, "site_id", o.site_id.as_str()).map_err(am)?;
+    put_opt_str(doc, "erp_ref", o.erp_ref.as_deref())?;
+    doc.put(ROOT, "material", o.material.as_str()).map_err(am)?;
+    doc.put(ROOT, "routing_version", u64::from(o.routing_version))
+        .map_err(am)?;
+    doc.put(ROOT, "planned_quantity", u64::from(o.planned_quantity))
+        .map_err(am)?;
+    put_opt_ts(doc, "due", o.due)?;
+    doc.put(ROOT, "priority", u64::from(o.priority))
+        .map_err(am)?;
+    doc.put(ROOT, "state", o.state.as_str()).map_err(am)?;
+    put_opt_ts(doc, "actual_start", o.actual_start)?;
+    put_opt_ts(doc, "actual_end", o.actual_end)?;
+    doc.put(ROOT, "notes", o.notes.as_str()).map_err(am)?;
+    doc.put(ROOT, "good_count", o.good_count).map_err(am)?;
+    doc.put(ROOT, "scrap_count", o.scrap_count).map_err(am)?;
+    put_opt_str(doc, "work_unit", v.work_unit.as_ref().map(|w| w.as_str()))
+}
+
+fn scalar(doc: &AutoCommit, key: &str) -> Result<Option<ScalarValue>, DocError> {
+    Ok(doc
+        .get(ROOT, key)
+        .map_err(am)?
+        .and_then(|(v, _)| v.as_scalar().cloned())
+        .filter(|s| !matches!(s, ScalarValue::Null)))
+}
+
+fn get_str(doc: &AutoCommit, key: &str) -> Result<Option<String>, DocError> {
+    Ok(scalar(doc, key)?.and_then(|s| s.as_str().map(str::to_owned)))
+}
+
+fn get_u64(doc: &AutoCommit, key: &str) -> Result<Option<u64>, DocError> {
+    Ok(scalar(doc, key)?.and_then(|s| s.as_u64().or_else(|| s.as_i64().map(|v| v.max(0) as u64))))
+}
+
+fn get_ts(doc: &AutoCommit, key: &str) -> Result<Option<Timestamp>, DocError> {
+    Ok(scalar(doc, key)?
+        .and_then(|s| s.as_i64().or_else(|| s.as_u64().map(|v| v as i64)))
+        .map(Timestamp::from_micros))
+}
+
+fn corrupt(what: &'static str) -> DocError {
+    DocError::Field(what)
+}
+
+/// Reads a work order back out of its document, validating every field like input.
+pub fn read_view(doc: &AutoCommit) -> Result<WorkOrderView, DocError> {
+    let text = |k: &'static str| get_str(doc, k)?.ok_or_else(|| corrupt(k));
+    let order = WorkOrder {
+        id: WorkOrderId::new(text("id")?).map_err(|_| corrupt("id"))?,
+        site_id: SiteId::new(text("site_id")?).map_err(|_| corrupt("site_id"))?,
+        erp_ref: get_str(doc, "erp_ref")?,
+        material: MaterialId::new(text("material")?).map_err(|_| corrupt("material"))?,
+        routing_version: get_u64(doc, "routing_version")?
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(1),
+        planned_quantity: get_u64(doc, "planned_quantity")?
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| corrupt("planned_quantity"))?,
+        due: get_ts(doc, "due")?,
+        priority: get_u64(doc, "priority")?
+            .and_then(|v| u8::try_from(v).ok())
+            .unwrap_or(5),
+        state: WorkOrderState::parse(&text("state")?).ok_or_else(|| corrupt("state"))?,
+        actual_start: get_ts(doc, "actual_start")?,
+        actual_end: get_ts(doc, "actual_end")?,
+        operations: Vec::new(),
+        notes: get_str(doc, "notes")?.unwrap_or_default(),
+        good_count: get_u64(doc, "good_count")?.unwrap_or(0),
+        scrap_count: get_u64(doc, "scrap_count")?.unwrap_or(0),
+    };
+    let work_unit = get_str(doc, "work_unit")?
+        .map(EquipmentId::new)
+        .transpose()
+        .map_err(|_| corrupt("work_unit"))?;
+    Ok(WorkOrderView { order, work_unit })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::ActorId;
+
+    fn view() -> WorkOrderView {
+        WorkOrderView {
+            order: WorkOrder {
+                id: WorkOrderId::new("SITE_001-WO-1").unwrap(),
+                site_id: SiteId::new("SITE_001").unwrap(),
+                erp_ref: Some("4500012345".into()),
+                material: MaterialId::new("BRACKET-7").unwrap(),
+                routing_version: 2,
+                planned_quantity: 500,
+                due: Some(Timestamp::from_millis(1_795_000_000_000)),
+                priority: 3,
+                state: WorkOrderState::AllowedToStart,
+                actual_start: None,
+                actual_end: None,
+                operations: Vec::new(),
+                notes: "first article to QA".into(),
+                good_count: 0,
+                scrap_count: 0,
+            },
+            work_unit: Some(EquipmentId::new("PRESS-01").unwrap()),
+        }
+    }
+
+    #[test]
+    fn a_work_order_round_trips_through_its_document() {
+        let mut doc = AutoCommit::new();
+        write_all(&mut doc, &view()).unwrap();
+        assert_eq!(read_view(&doc).unwrap(), view());
+        let reloaded = AutoCommit::load(&doc.save()).unwrap();
+        assert_eq!(read_view(&reloaded).unwrap(), view());
+    }
+
+    /// HQ re-plans the quantity while the site starts the order, offline: after exchanging
+    /// changes both copies are equal and hold both edits.
+    #[test]
+    fn concurrent_edits_of_different_fields_both_survive() {
+        let mut hq = AutoCommit::new().with_actor(ActorId::random());
+        write_all(&mut hq, &view()).unwrap();
+        hq.commit();
+        let mut site = AutoCommit::load(&hq.save())
+            .unwrap()
+            .with_actor(ActorId::random());
+        hq.put(ROOT, "planned_quantity", 800u64).unwrap();
+        hq.commit();
+        site.put(ROOT, "state", WorkOrderState::Running.as_str())
+            .unwrap();
+        site.commit();
+        let from_hq = hq.get_changes(&[]);
+        let from_site = site.get_changes(&[]);
+        site.apply_changes(from_hq).unwrap();
+        hq.apply_changes(from_site).unwrap();
+        assert_eq!(hq.get_heads(), site.get_heads());
+        let merged = read_view(&hq).unwrap();
+        assert_eq!(merged.order.planned_quantity, 800);
+        assert_eq!(merged.order.state, WorkOrderState::Running);
+        assert_eq!(read_view(&site).unwrap(), merged);
+    }
+
+    #[test]
+    fn a_document_missing_fields_is_an_error() {
+        let mut doc = AutoCommit::new();
+        doc.put(ROOT, "id", "SITE_001-WO-1").unwrap();
+        assert_eq!(read_view(&doc), Err(DocError::Field("site_id")));
+    }
+}
