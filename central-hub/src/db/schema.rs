@@ -1,0 +1,242 @@
+//! The hub's PostgreSQL schema, applied by `central-hub migrate` as the database owner.
+//!
+//! * `events` is partitioned `LIST (site_id)`, each site `RANGE (occurred_at)` by month, with a
+//!   DEFAULT partition per site so no event is ever refused for its timestamp. Partitions are
+//!   created by `mes_ensure_partitions`, a SECURITY DEFINER function the hub role may call
+//!   (at `site add` and periodically) without owning the tables.
+//! * Every site-scoped table has row-level security keyed on
+//!   `current_setting('app.current_site_id', true)`, which the hub sets per transaction with
+//!   `set_config(..., true)`. The hub connects as `mes_hub`, neither owner nor superuser and
+//!   without BYPASSRLS, so the policies bind it. `mes_reporting` may read across sites.
+//! * Migrations are append-only and recorded in `schema_migrations`; an advisory lock makes
+//!   concurrent `migrate` runs (two hub replicas starting) safe.
+
+use sqlx::{Executor, PgPool};
+
+/// The role the hub's sync and API connections use.
+pub const HUB_ROLE: &str = "mes_hub";
+/// The role reporting queries use (read-only, across sites).
+pub const REPORTING_ROLE: &str = "mes_reporting";
+
+const MIGRATIONS: &[&str] = &[r#"
+DO $$ BEGIN
+    CREATE ROLE mes_hub LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+DO $$ BEGIN
+    CREATE ROLE mes_reporting LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+
+CREATE TABLE sites (
+    site_id        varchar(20) PRIMARY KEY CHECK (site_id ~ '^[A-Z][A-Z0-9_]{0,19}$'),
+    name           text NOT NULL,
+    region         text NOT NULL,
+    timezone       text NOT NULL DEFAULT 'UTC',
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    revoked_at     timestamptz,
+    connected      boolean NOT NULL DEFAULT false,
+    last_seen_at   timestamptz,
+    agent_version  text,
+    down_acked     bigint NOT NULL DEFAULT 0
+);
+
+CREATE TABLE events (
+    site_id        varchar(20) NOT NULL,
+    event_id       uuid NOT NULL,
+    occurred_at    timestamptz NOT NULL,
+    recorded_at    timestamptz NOT NULL,
+    received_at    timestamptz NOT NULL DEFAULT now(),
+    kind           text NOT NULL,
+    equipment      text,
+    work_order     text,
+    operator       text,
+    good           bigint,
+    scrap          bigint,
+    body           bytea NOT NULL,
+    -- A unique key on a partitioned table must contain the partition keys; an event's
+    -- occurred_at never changes, so this is uniqueness of event_id per site in practice.
+    PRIMARY KEY (site_id, occurred_at, event_id)
+) PARTITION BY LIST (site_id);
+
+-- Rollup maintained on ingest from the rows actually inserted (never from duplicates).
+CREATE TABLE production_hourly (
+    site_id        varchar(20) NOT NULL,
+    hour           timestamptz NOT NULL,
+    equipment      text NOT NULL,
+    work_order     text NOT NULL DEFAULT '',
+    good           bigint NOT NULL DEFAULT 0,
+    scrap          bigint NOT NULL DEFAULT 0,
+    events         bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (site_id, hour, equipment, work_order)
+);
+
+CREATE TABLE records (
+    site_id        varchar(20) NOT NULL,
+    record_kind    text NOT NULL,
+    record_id      text NOT NULL,
+    doc            bytea NOT NULL,
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (site_id, record_kind, record_id)
+);
+
+CREATE TABLE work_orders (
+    site_id          varchar(20) NOT NULL,
+    id               text NOT NULL,
+    state            text NOT NULL,
+    material         text NOT NULL,
+    planned_quantity bigint NOT NULL,
+    due              timestamptz,
+    priority         int NOT NULL,
+    good_count       bigint NOT NULL DEFAULT 0,
+    scrap_count      bigint NOT NULL DEFAULT 0,
+    actual_start     timestamptz,
+    actual_end       timestamptz,
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (site_id, id)
+);
+
+-- Automerge actor ids are bound to the site that first used them.
+CREATE TABLE actors (
+    actor_id       bytea PRIMARY KEY,
+    site_id        varchar(20) NOT NULL,
+    first_seen     timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE down_log (
+    cursor         bigserial,
+    site_id        varchar(20) NOT NULL,
+    item           bytea NOT NULL,        -- postcard-encoded sync_protocol::message::DownItem
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (site_id, cursor)
+);
+
+CREATE TABLE conflicts (
+    id             bigserial PRIMARY KEY,
+    site_id        varchar(20) NOT NULL,
+    record_kind    text NOT NULL,
+    record_id      text NOT NULL,
+    description    text NOT NULL,
+    detected_at    timestamptz NOT NULL DEFAULT now(),
+    resolved_at    timestamptz
+);
+
+CREATE TABLE master_data (
+    kind           text NOT NULL,
+    key            text NOT NULL,
+    version        bigint NOT NULL,
+    json           jsonb,
+    PRIMARY KEY (kind, key)
+);
+
+CREATE FUNCTION mes_ensure_partitions(p_site text, p_from date, p_months int)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $fn$
+DECLARE
+    site_tbl text := 'events_p_' || lower(p_site);
+    m date;
+    part text;
+BEGIN
+    IF p_site !~ '^[A-Z][A-Z0-9_]{0,19}$' THEN
+        RAISE EXCEPTION 'invalid site id %', p_site;
+    END IF;
+    IF p_months < 0 OR p_months > 36 THEN
+        RAISE EXCEPTION 'months ahead must be 0..36, got %', p_months;
+    END IF;
+    -- Serialise creators of the same site's partitions (two hub replicas, a site add).
+    PERFORM pg_advisory_xact_lock(hashtext('mes_partitions_' || p_site));
+    IF to_regclass(site_tbl) IS NULL THEN
+        EXECUTE format('CREATE TABLE %I PARTITION OF events FOR VALUES IN (%L) PARTITION BY RANGE (occurred_at)',
+                       site_tbl, p_site);
+        EXECUTE format('CREATE TABLE %I PARTITION OF %I DEFAULT', site_tbl || '_default', site_tbl);
+    END IF;
+    FOR i IN 0..p_months LOOP
+        m := (date_trunc('month', p_from) + make_interval(months => i))::date;
+        part := site_tbl || '_' || to_char(m, 'YYYYMM');
+        IF to_regclass(part) IS NULL THEN
+            BEGIN
+                EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
+                               part, site_tbl,
+                               (m::timestamp AT TIME ZONE 'UTC'),
+                               ((m + interval '1 month')::timestamp AT TIME ZONE 'UTC'));
+            EXCEPTION WHEN check_violation THEN
+                -- Rows of that month already sit in the DEFAULT partition; they stay there
+                -- (still queryable) rather than failing the caller.
+                RAISE NOTICE 'month % of % has rows in the default partition; not split', m, p_site;
+            END;
+        END IF;
+    END LOOP;
+END
+$fn$;
+REVOKE ALL ON FUNCTION mes_ensure_partitions(text, date, int) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION mes_ensure_partitions(text, date, int) TO mes_hub;
+
+-- Row-level security: the hub role sees and writes only the site of the transaction.
+DO $$
+DECLARE t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['sites', 'events', 'production_hourly', 'records', 'work_orders',
+                             'actors', 'down_log', 'conflicts'] LOOP
+        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE format($p$CREATE POLICY site_scope ON %I TO mes_hub
+                          USING (site_id = current_setting('app.current_site_id', true))
+                          WITH CHECK (site_id = current_setting('app.current_site_id', true))$p$, t);
+        EXECUTE format('CREATE POLICY hq_read ON %I FOR SELECT TO mes_reporting USING (true)', t);
+        EXECUTE format('GRANT SELECT ON %I TO mes_reporting', t);
+    END LOOP;
+END $$;
+
+GRANT SELECT, UPDATE ON sites TO mes_hub;
+GRANT SELECT, INSERT ON events TO mes_hub;
+GRANT SELECT, INSERT, UPDATE ON production_hourly, records, work_orders, conflicts TO mes_hub;
+GRANT SELECT, INSERT ON actors, down_log TO mes_hub;
+GRANT USAGE ON SEQUENCE down_log_cursor_seq, conflicts_id_seq TO mes_hub;
+GRANT SELECT ON master_data TO mes_hub, mes_reporting;
+"#];
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(
+        "the database has schema version {found}, newer than this central-hub supports ({supported}); upgrade central-hub"
+    )]
+    TooNew { found: i64, supported: i64 },
+}
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Applies missing migrations; safe to run from several processes at once.
+pub async fn migrate(pool: &PgPool) -> Result<i64, MigrateError> {
+    let mut conn = pool.acquire().await?;
+    conn.execute("SELECT pg_advisory_lock(727274)").await?;
+    let result = migrate_locked(&mut conn).await;
+    let _ = conn.execute("SELECT pg_advisory_unlock(727274)").await;
+    result
+}
+
+async fn migrate_locked(conn: &mut sqlx::PgConnection) -> Result<i64, MigrateError> {
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version bigint PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await?;
+    let current: i64 =
+        sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM schema_migrations")
+            .fetch_one(&mut *conn)
+            .await?;
+    if current > SCHEMA_VERSION {
+        return Err(MigrateError::TooNew {
+            found: current,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        tx.execute(*sql).await?;
+        sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1)")
+            .bind(i as i64 + 1)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
+    Ok(SCHEMA_VERSION)
+}

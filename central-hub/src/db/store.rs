@@ -1,0 +1,490 @@
+//! The hub's store: `sync_protocol::store::HubStore` on PostgreSQL.
+//!
+//! Every method opens a transaction, scopes it to the session's site with
+//! `set_config('app.current_site_id', site, true)` (transaction-local, so it never leaks to
+//! the next user of a pooled or PgBouncer connection), does its work, and commits before
+//! returning: the session acks only after that.
+
+use automerge::{AutoCommit, Change, ChangeHash};
+use shared_model::{Event, EventBody, SiteId};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use sync_protocol::message::{DownItem, RecordChange, RecordHeads, RecordId, RecordKind};
+use sync_protocol::records::read_view;
+use sync_protocol::store::{DownEntry, HeadsComparison, HubStore, IngestReport};
+use time::OffsetDateTime;
+
+/// Months of partitions created ahead of the current one.
+pub const PARTITION_MONTHS_AHEAD: i32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubStoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("record {record} belongs to another site's key space (ids must start with {site}-)")]
+    ForeignRecord { site: String, record: String },
+    #[error("automerge actor {actor} is bound to another site")]
+    ForeignActor { actor: String },
+    #[error("change for {record} does not decode: {reason}")]
+    BadChange { record: String, reason: String },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct PgHubStore {
+    pool: PgPool,
+}
+
+/// Begins a transaction scoped to `site` by row-level security.
+pub async fn scoped(
+    pool: &PgPool,
+    site: &SiteId,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('app.current_site_id', $1, true)")
+        .bind(site.as_str())
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+fn ts(t: shared_model::Timestamp) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.as_micros()) * 1000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn kind_str(kind: RecordKind) -> &'static str {
+    match kind {
+        RecordKind::WorkOrder => "work_order",
+        RecordKind::NonConformance => "non_conformance",
+        RecordKind::LotHold => "lot_hold",
+    }
+}
+
+fn parse_kind(s: &str) -> Result<RecordKind, HubStoreError> {
+    match s {
+        "work_order" => Ok(RecordKind::WorkOrder),
+        "non_conformance" => Ok(RecordKind::NonConformance),
+        "lot_hold" => Ok(RecordKind::LotHold),
+        other => Err(HubStoreError::Corrupt(format!(
+            "unknown record kind {other:?}"
+        ))),
+    }
+}
+
+const INGEST_SQL: &str = r#"
+WITH ins AS (
+    INSERT INTO events (site_id, event_id, occurred_at, recorded_at, kind, equipment, work_order,
+                        operator, good, scrap, body)
+    SELECT $1, u.* FROM UNNEST($2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::text[],
+                               $6::text[], $7::text[], $8::text[], $9::int8[], $10::int8[],
+                               $11::bytea[]) AS u
+    ON CONFLICT DO NOTHING
+    RETURNING occurred_at, kind, equipment, work_order, good, scrap
+), roll AS (
+    INSERT INTO production_hourly AS p (site_id, hour, equipment, work_order, good, scrap, events)
+    SELECT $1, date_trunc('hour', occurred_at, 'UTC'), equipment, coalesce(work_order, ''),
+           sum(good), sum(scrap), count(*)
+    FROM ins WHERE kind = 'production_count'
+    GROUP BY 2, 3, 4
+    ON CONFLICT (site_id, hour, equipment, work_order) DO UPDATE
+        SET good = p.good + excluded.good, scrap = p.scrap + excluded.scrap,
+            events = p.events + excluded.events
+)
+SELECT count(*) FROM ins
+"#;
+
+impl PgHubStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Appends an item to a site's down log (an HQ release or edit, master data); returns its
+    /// cursor. Record changes are merged into the hub's copy in the same transaction.
+    pub async fn publish(&self, site: &SiteId, item: &DownItem) -> Result<u64, HubStoreError> {
+        let mut tx = scoped(&self.pool, site).await?;
+        if let DownItem::RecordChange(c) = item {
+            merge_change(&mut tx, site, c, false).await?;
+        }
+        let cursor = append_down(&mut tx, site, item).await?;
+        tx.commit().await?;
+        Ok(cursor)
+    }
+}
+
+async fn append_down(
+    tx: &mut Transaction<'static, Postgres>,
+    site: &SiteId,
+    item: &DownItem,
+) -> Result<u64, HubStoreError> {
+    let bytes = postcard::to_stdvec(item)
+        .map_err(|e| HubStoreError::Corrupt(format!("cannot encode down item: {e}")))?;
+    let cursor: i64 =
+        sqlx::query_scalar("INSERT INTO down_log (site_id, item) VALUES ($1, $2) RETURNING cursor")
+            .bind(site.as_str())
+            .bind(bytes)
+            .fetch_one(&mut **tx)
+            .await?;
+    Ok(cursor as u64)
+}
+
+/// Merges one change into the hub's copy of its record. `from_edge` changes are checked for
+/// site isolation: the record must be in the site's key space and the change's actor bound to
+/// the site.
+async fn merge_change(
+    tx: &mut Transaction<'static, Postgres>,
+    site: &SiteId,
+    c: &RecordChange,
+    from_edge: bool,
+) -> Result<(), HubStoreError> {
+    let record = &c.record;
+    if !record.id().starts_with(&format!("{site}-")) {
+        return Err(HubStoreError::ForeignRecord {
+            site: site.to_string(),
+            record: record.id().to_owned(),
+        });
+    }
+    let change = Change::from_bytes(c.bytes().to_vec()).map_err(|e| HubStoreError::BadChange {
+        record: record.id().to_owned(),
+        reason: e.to_string(),
+    })?;
+    if from_edge {
+        let actor = change.actor_id().to_bytes().to_vec();
+        sqlx::query(
+            "INSERT INTO actors (actor_id, site_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(&actor)
+        .bind(site.as_str())
+        .execute(&mut **tx)
+        .await?;
+        // Row-level security hides another site's binding: not seeing the row we just tried
+        // to insert means the actor is taken.
+        let bound: Option<String> =
+            sqlx::query_scalar("SELECT site_id FROM actors WHERE actor_id = $1")
+                .bind(&actor)
+                .fetch_optional(&mut **tx)
+                .await?;
+        if bound.as_deref() != Some(site.as_str()) {
+            return Err(HubStoreError::ForeignActor {
+                actor: change.actor_id().to_hex_string(),
+            });
+        }
+    }
+    let existing: Option<Vec<u8>> = sqlx::query_scalar(
+        "SELECT doc FROM records WHERE site_id = $1 AND record_kind = $2 AND record_id = $3 FOR UPDATE",
+    )
+    .bind(site.as_str())
+    .bind(kind_str(record.kind))
+    .bind(record.id())
+    .fetch_optional(&mut **tx)
+    .await?;
+    let mut doc = match existing {
+        Some(bytes) => AutoCommit::load(&bytes)
+            .map_err(|e| HubStoreError::Corrupt(format!("record {}: {e}", record.id())))?,
+        None => AutoCommit::new(),
+    };
+    doc.apply_changes([change])
+        .map_err(|e| HubStoreError::BadChange {
+            record: record.id().to_owned(),
+            reason: e.to_string(),
+        })?;
+    sqlx::query(
+        "INSERT INTO records (site_id, record_kind, record_id, doc) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (site_id, record_kind, record_id) DO UPDATE SET doc = excluded.doc, updated_at = now()",
+    )
+    .bind(site.as_str())
+    .bind(kind_str(record.kind))
+    .bind(record.id())
+    .bind(doc.save())
+    .execute(&mut **tx)
+    .await?;
+    if record.kind == RecordKind::WorkOrder
+        && let Ok(v) = read_view(&doc)
+    {
+        let o = &v.order;
+        sqlx::query(
+            "INSERT INTO work_orders (site_id, id, state, material, planned_quantity, due, priority,
+                                      good_count, scrap_count, actual_start, actual_end)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             ON CONFLICT (site_id, id) DO UPDATE SET state = excluded.state, material = excluded.material,
+                 planned_quantity = excluded.planned_quantity, due = excluded.due,
+                 priority = excluded.priority, good_count = excluded.good_count,
+                 scrap_count = excluded.scrap_count, actual_start = excluded.actual_start,
+                 actual_end = excluded.actual_end, updated_at = now()",
+        )
+        .bind(site.as_str())
+        .bind(o.id.as_str())
+        .bind(o.state.as_str())
+        .bind(o.material.as_str())
+        .bind(i64::from(o.planned_quantity))
+        .bind(o.due.map(ts))
+        .bind(i32::from(o.priority))
+        .bind(o.good_count as i64)
+        .bind(o.scrap_count as i64)
+        .bind(o.actual_start.map(ts))
+        .bind(o.actual_end.map(ts))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+fn heads_of(doc: &mut AutoCommit) -> Vec<[u8; 32]> {
+    doc.get_heads().into_iter().map(|h| h.0).collect()
+}
+
+impl HubStore for PgHubStore {
+    type Error = HubStoreError;
+
+    async fn ingest_events(
+        &self,
+        site: &SiteId,
+        events: &[Event],
+    ) -> Result<IngestReport, HubStoreError> {
+        let n = events.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut occurred = Vec::with_capacity(n);
+        let mut recorded = Vec::with_capacity(n);
+        let mut kinds = Vec::with_capacity(n);
+        let mut equipment: Vec<Option<String>> = Vec::with_capacity(n);
+        let mut work_order: Vec<Option<String>> = Vec::with_capacity(n);
+        let mut operator: Vec<Option<String>> = Vec::with_capacity(n);
+        let mut good: Vec<Option<i64>> = Vec::with_capacity(n);
+        let mut scrap: Vec<Option<i64>> = Vec::with_capacity(n);
+        let mut bodies = Vec::with_capacity(n);
+        for e in events {
+            ids.push(*e.event_id.as_uuid());
+            occurred.push(ts(e.occurred_at));
+            recorded.push(ts(e.recorded_at));
+            kinds.push(e.kind().as_str());
+            operator.push(e.operator.as_ref().map(|o| o.to_string()));
+            let (eq, wo, g, s) = match &e.body {
+                EventBody::ProductionCount(p) => (
+                    Some(p.equipment.to_string()),
+                    p.work_order.as_ref().map(|w| w.to_string()),
+                    Some(i64::from(p.good)),
+                    Some(i64::from(p.scrap)),
+                ),
+                EventBody::EquipmentState(s) => (Some(s.equipment.to_string()), None, None, None),
+                EventBody::QualitySample(q) => (
+                    q.equipment.as_ref().map(|x| x.to_string()),
+                    q.work_order.as_ref().map(|w| w.to_string()),
+                    None,
+                    None,
+                ),
+                EventBody::MaterialConsumed(m) | EventBody::MaterialProduced(m) => (
+                    m.equipment.as_ref().map(|x| x.to_string()),
+                    m.work_order.as_ref().map(|w| w.to_string()),
+                    None,
+                    None,
+                ),
+                EventBody::OperatorClock(c) => (
+                    c.equipment.as_ref().map(|x| x.to_string()),
+                    None,
+                    None,
+                    None,
+                ),
+                EventBody::Correction(_) => (None, None, None, None),
+            };
+            equipment.push(eq);
+            work_order.push(wo);
+            good.push(g);
+            scrap.push(s);
+            bodies
+                .push(postcard::to_stdvec(e).map_err(|err| {
+                    HubStoreError::Corrupt(format!("cannot encode event: {err}"))
+                })?);
+        }
+        let mut tx = scoped(&self.pool, site).await?;
+        let inserted: i64 = sqlx::query_scalar(INGEST_SQL)
+            .bind(site.as_str())
+            .bind(&ids)
+            .bind(&occurred)
+            .bind(&recorded)
+            .bind(&kinds)
+            .bind(&equipment)
+            .bind(&work_order)
+            .bind(&operator)
+            .bind(&good)
+            .bind(&scrap)
+            .bind(&bodies)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(IngestReport {
+            inserted: inserted as u64,
+            duplicates: (n as u64).saturating_sub(inserted as u64),
+        })
+    }
+
+    async fn apply_changes(
+        &self,
+        site: &SiteId,
+        changes: &[RecordChange],
+    ) -> Result<(), HubStoreError> {
+        let mut tx = scoped(&self.pool, site).await?;
+        for c in changes {
+            merge_change(&mut tx, site, c, true).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn down_after(
+        &self,
+        site: &SiteId,
+        after_cursor: u64,
+        limit: usize,
+    ) -> Result<Vec<DownEntry>, HubStoreError> {
+        let mut tx = scoped(&self.pool, site).await?;
+        let rows = sqlx::query(
+            "SELECT cursor, item FROM down_log WHERE site_id = $1 AND cursor > $2 ORDER BY cursor LIMIT $3",
+        )
+        .bind(site.as_str())
+        .bind(after_cursor as i64)
+        .bind(limit.min(i64::MAX as usize) as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.into_iter()
+            .map(|r| {
+                let cursor: i64 = r.try_get("cursor")?;
+                let bytes: Vec<u8> = r.try_get("item")?;
+                let item = postcard::from_bytes(&bytes)
+                    .map_err(|e| HubStoreError::Corrupt(format!("down log entry {cursor}: {e}")))?;
+                Ok(DownEntry {
+                    cursor: cursor as u64,
+                    item,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_down_ack(&self, site: &SiteId, cursor: u64) -> Result<(), HubStoreError> {
+        let mut tx = scoped(&self.pool, site).await?;
+        sqlx::query(
+            "UPDATE sites SET down_acked = greatest(down_acked, $2), last_seen_at = now() WHERE site_id = $1",
+        )
+        .bind(site.as_str())
+        .bind(cursor as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_ids_between(
+        &self,
+        site: &SiteId,
+        after: Option<&RecordId>,
+        through: Option<&RecordId>,
+    ) -> Result<Vec<RecordId>, HubStoreError> {
+        let mut tx = scoped(&self.pool, site).await?;
+        let rows = sqlx::query("SELECT record_kind, record_id FROM records WHERE site_id = $1")
+            .bind(site.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut ids = rows
+            .into_iter()
+            .map(|r| {
+                let kind: String = r.try_get("record_kind")?;
+                let id: String = r.try_get("record_id")?;
+                RecordId::new(parse_kind(&kind)?, id).map_err(HubStoreError::Corrupt)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // RecordId's order (kind, then id) is the protocol's page order.
+        ids.retain(|r| after.is_none_or(|a| r > a) && through.is_none_or(|t| r <= t));
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn compare_heads(
+        &self,
+        site: &SiteId,
+        peer: &RecordHeads,
+    ) -> Result<HeadsComparison, HubStoreError> {
+        let mut tx = scoped(&self.pool, site).await?;
+        let doc: Option<Vec<u8>> = sqlx::query_scalar(
+            "SELECT doc FROM records WHERE site_id = $1 AND record_kind = $2 AND record_id = $3",
+        )
+        .bind(site.as_str())
+        .bind(kind_str(peer.record.kind))
+        .bind(peer.record.id())
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let Some(bytes) = doc else {
+            return Ok(HeadsComparison {
+                missing_at_peer: Vec::new(),
+                unknown_here: !peer.heads.is_empty(),
+                our_heads: Vec::new(),
+            });
+        };
+        let mut doc = AutoCommit::load(&bytes)
+            .map_err(|e| HubStoreError::Corrupt(format!("record {}: {e}", peer.record.id())))?;
+        let peer_heads: Vec<ChangeHash> = peer.heads.iter().map(|h| ChangeHash(*h)).collect();
+        let unknown_here = !doc.get_missing_deps(&peer_heads).is_empty();
+        let known: Vec<ChangeHash> = peer_heads
+            .iter()
+            .filter(|h| doc.get_change_by_hash(h).is_some())
+            .copied()
+            .collect();
+        let missing_at_peer = doc
+            .get_changes(&known)
+            .into_iter()
+            .map(|c| RecordChange::new(peer.record.clone(), c.raw_bytes().to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(HubStoreError::Corrupt)?;
+        Ok(HeadsComparison {
+            missing_at_peer,
+            unknown_here,
+            our_heads: heads_of(&mut doc),
+        })
+    }
+}
+
+/// Registers a site and creates its partitions (as the database owner, at `site add`).
+pub async fn add_site(
+    pool: &PgPool,
+    site: &SiteId,
+    name: &str,
+    region: &str,
+    timezone: &str,
+) -> Result<(), HubStoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO sites (site_id, name, region, timezone) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (site_id) DO UPDATE SET name = excluded.name, region = excluded.region,
+             timezone = excluded.timezone, revoked_at = NULL",
+    )
+    .bind(site.as_str())
+    .bind(name)
+    .bind(region)
+    .bind(timezone)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("SELECT mes_ensure_partitions($1, (now() AT TIME ZONE 'UTC')::date, $2)")
+        .bind(site.as_str())
+        .bind(PARTITION_MONTHS_AHEAD)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Creates the coming months' partitions for every site (the hub's periodic task).
+pub async fn ensure_partitions(pool: &PgPool, sites: &[SiteId]) -> Result<(), HubStoreError> {
+    for site in sites {
+        sqlx::query("SELECT mes_ensure_partitions($1, (now() AT TIME ZONE 'UTC')::date, $2)")
+            .bind(site.as_str())
+            .bind(PARTITION_MONTHS_AHEAD)
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
+}
