@@ -1,4 +1,6 @@
 //! Support code for the workspace's system tests: the layering rules read from
-//! `cargo metadata`. Later: the Postgres harness, the simulator and the chaos harness.
+//! `cargo metadata`, and the PostgreSQL harness ([`pg`]). Later: the simulator and the
+//! chaos harness.
 
 pub mod layering;
+pub mod pg;

@@ -22,6 +22,15 @@ use shared_model::work_order::TransitionError;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 pub(crate) use events::insert as insert_events;
+
+/// Stores already-built events with their outbox entries, bypassing the HTTP layer: for
+/// tests and benchmarks that need a filled outbox.
+pub fn insert_events_for_tests(
+    conn: &Connection,
+    events: &[shared_model::Event],
+) -> Result<EventsOutcome, StoreError> {
+    events::insert(conn, events, None, 0, |_| String::new())
+}
 pub use events::{EventsOutcome, RefCheck};
 pub use outbox::PendingCounts;
 pub(crate) use outbox::push_change as outbox_push_change;

@@ -1,0 +1,298 @@
+//! PostgreSQL for tests: one server per test process, one fresh database per test.
+//!
+//! The server is, in order: `DATABASE_URL` when set; `postgres://postgres@127.0.0.1:5432/postgres`
+//! when it answers; else a private cluster started with the local PostgreSQL binaries in a
+//! temporary directory (as the `postgres` user when running as root, since PostgreSQL refuses
+//! root). If none can be had the test fails with a message saying what was tried: a missing
+//! database is never a silently skipped test.
+//!
+//! Databases are named `mes_test_<pid>_<n>`; databases left by processes that no longer run
+//! are dropped when the harness starts, so reruns start clean and parallel test binaries never
+//! drop each other's databases.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sqlx::{Connection, Executor, PgConnection};
+
+const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+#[derive(Debug)]
+pub struct PgServer {
+    /// Admin URL ending in a database name (`.../postgres`).
+    admin_url: String,
+}
+
+/// A database of one test.
+#[derive(Debug, Clone)]
+pub struct TestDb {
+    pub name: String,
+    /// As the owner (superuser): for migrations and test setup.
+    pub admin_url: String,
+    /// As `mes_hub`, the role the hub runs as: neither owner nor superuser.
+    pub hub_url: String,
+}
+
+fn replace_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let base = match base.rfind('/') {
+        Some(i) if i > "postgres://".len() => &base[..i],
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+fn replace_user(url: &str, user: &str, password: &str) -> String {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .unwrap_or(url);
+    let host_part = rest.split_once('@').map_or(rest, |(_, h)| h);
+    format!("postgres://{user}:{password}@{host_part}")
+}
+
+async fn answers(url: &str) -> bool {
+    match tokio::time::timeout(Duration::from_secs(3), PgConnection::connect(url)).await {
+        Ok(Ok(mut c)) => c.execute("SELECT 1").await.is_ok(),
+        _ => false,
+    }
+}
+
+fn find_bin(name: &str) -> Option<PathBuf> {
+    let from_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    });
+    from_path.or_else(|| {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
+            .filter(|p| p.is_file())
+            .collect();
+        dirs.sort();
+        dirs.pop()
+    })
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Runs a PostgreSQL binary, as `postgres` when we are root.
+fn run_pg(bin: &Path, args: &[&str]) -> Result<(), String> {
+    let mut cmd = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    };
+    let out = cmd
+        .args(args)
+        .output()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} {args:?} failed: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
+/// Starts a throw-away cluster. It lives as long as the machine lets it: the test process
+/// cannot stop it from a static, so it is started with a short `idle_session_timeout`-free
+/// configuration in a temp dir that the OS cleans.
+fn start_private_cluster() -> Result<String, String> {
+    let initdb = find_bin("initdb").ok_or("initdb not found on PATH or in /usr/lib/postgresql")?;
+    let pg_ctl = find_bin("pg_ctl").ok_or("pg_ctl not found")?;
+    let dir = std::env::temp_dir().join(format!("mes-test-pg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    if is_root() {
+        Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status()
+            .map_err(|e| e.to_string())?;
+    }
+    let data = dir.join("data");
+    let data_s = data.to_string_lossy().to_string();
+    run_pg(
+        &initdb,
+        &[
+            "-D",
+            &data_s,
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+        ],
+    )?;
+    let port = free_port()?;
+    let opts = format!(
+        "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+        dir.to_string_lossy()
+    );
+    let log = dir.join("log").to_string_lossy().to_string();
+    run_pg(
+        &pg_ctl,
+        &["-D", &data_s, "-o", &opts, "-l", &log, "-w", "start"],
+    )?;
+    Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+}
+
+async fn locate() -> Result<String, String> {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        return if answers(&url).await {
+            Ok(url)
+        } else {
+            Err(format!("DATABASE_URL={url} does not answer"))
+        };
+    }
+    if answers(DEFAULT_URL).await {
+        return Ok(DEFAULT_URL.to_owned());
+    }
+    let url = tokio::task::spawn_blocking(start_private_cluster)
+        .await
+        .map_err(|e| e.to_string())??;
+    if answers(&url).await {
+        Ok(url)
+    } else {
+        Err(format!(
+            "started a private cluster at {url} but it does not answer"
+        ))
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+async fn drop_stale(admin_url: &str) -> Result<(), sqlx::Error> {
+    let mut c = PgConnection::connect(admin_url).await?;
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'mes_test_%'")
+            .fetch_all(&mut c)
+            .await?;
+    for name in names {
+        let pid = name
+            .strip_prefix("mes_test_")
+            .and_then(|r| r.split('_').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| !pid_alive(p)) {
+            let _ = c
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                )))
+                .await;
+        }
+    }
+    Ok(())
+}
+
+static SERVER: OnceLock<Result<PgServer, String>> = OnceLock::new();
+
+/// The test server; fails the test with what was tried if there is none.
+pub async fn server() -> &'static PgServer {
+    if SERVER.get().is_none() {
+        let located = match locate().await {
+            Ok(admin_url) => {
+                if let Err(e) = drop_stale(&admin_url).await {
+                    eprintln!("note: could not drop stale test databases: {e}");
+                }
+                Ok(PgServer { admin_url })
+            }
+            Err(e) => Err(e),
+        };
+        let _ = SERVER.set(located);
+    }
+    match SERVER.get() {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => panic!(
+            "no PostgreSQL for the tests: {e}. Set DATABASE_URL, run PostgreSQL on 127.0.0.1:5432, \
+             or install the PostgreSQL server binaries (initdb, pg_ctl)"
+        ),
+        None => panic!("PostgreSQL harness not initialised"),
+    }
+}
+
+static NEXT_DB: AtomicU64 = AtomicU64::new(0);
+static PASSWORD_SET: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+impl PgServer {
+    /// A new, empty database for one test.
+    pub async fn fresh_database(&self) -> TestDb {
+        let name = format!(
+            "mes_test_{}_{}_{}",
+            std::process::id(),
+            NEXT_DB.fetch_add(1, Ordering::Relaxed),
+            &uuid::Uuid::now_v7().simple().to_string()[20..]
+        );
+        let mut c = PgConnection::connect(&self.admin_url)
+            .await
+            .expect("connecting to the test server");
+        c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .await
+            .expect("creating the test database");
+        let admin_url = replace_database(&self.admin_url, &name);
+        TestDb {
+            hub_url: replace_user(&admin_url, "mes_hub", "mes_hub"),
+            admin_url,
+            name,
+        }
+    }
+}
+
+impl TestDb {
+    /// Creates the schema as the owner and gives the hub role a password, so the hub URL
+    /// works whatever the server's authentication method.
+    pub async fn migrate(&self) {
+        let pool = central_hub::db::connect(&self.admin_url)
+            .await
+            .expect("connecting as the owner");
+        central_hub::db::schema::migrate(&pool)
+            .await
+            .expect("migrating the test database");
+        // Roles are cluster-wide: set the password once per process, retrying the rare
+        // "tuple concurrently updated" when another test process does the same.
+        PASSWORD_SET
+            .get_or_init(|| async {
+                for attempt in 0..20 {
+                    match pool.execute("ALTER ROLE mes_hub PASSWORD 'mes_hub'").await {
+                        Ok(_) => return,
+                        Err(e) if attempt < 19 => {
+                            eprintln!("retrying ALTER ROLE: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => panic!("setting the hub role's password: {e}"),
+                    }
+                }
+            })
+            .await;
+        pool.close().await;
+    }
+}

@@ -1,0 +1,373 @@
+//! The hub's PostgreSQL store on a real server, through the role the hub runs as.
+//!
+//! Proves: migrations are repeatable and refuse a newer schema; the hub role is neither owner
+//! nor superuser; events land once, in their site's month partition (or its DEFAULT partition
+//! when out of range), with the rollup counting each event once; row-level security confines
+//! a transaction to its site; record changes are refused outside the site's key space or with
+//! another site's Automerge actor, writing nothing; and an edge's real SQLite store syncs
+//! through the real sessions into this store.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use automerge::transaction::Transactable;
+use central_hub::db::store::{PgHubStore, add_site, scoped};
+use central_hub::db::{connect, schema};
+use shared_model::event::ProductionCount;
+use shared_model::{EquipmentId, Event, EventBody, EventId, SiteId, Timestamp};
+use sqlx::{Executor, PgPool, Row};
+use sync_protocol::message::{DownItem, RecordChange, RecordId, RecordKind};
+use sync_protocol::store::HubStore;
+use system_tests::pg::{TestDb, server};
+
+fn site(s: &str) -> SiteId {
+    SiteId::new(s).unwrap()
+}
+
+fn count_event(site_id: &SiteId, n: u64, occurred_at: Timestamp, good: u32) -> Event {
+    Event {
+        event_id: EventId::from_parts(1_795_000_000_000 + n, [n as u8; 10]),
+        site_id: site_id.clone(),
+        occurred_at,
+        recorded_at: occurred_at,
+        operator: None,
+        body: EventBody::ProductionCount(ProductionCount {
+            equipment: EquipmentId::new("PRESS-01").unwrap(),
+            work_order: None,
+            good,
+            scrap: 1,
+            rework: 0,
+            scrap_reason: None,
+        }),
+    }
+}
+
+/// A migrated database with SITE_A and SITE_B, and a pool as the hub role.
+async fn setup() -> (TestDb, PgPool, PgHubStore) {
+    let db = server().await.fresh_database().await;
+    db.migrate().await;
+    let admin = connect(&db.admin_url).await.unwrap();
+    for s in ["SITE_A", "SITE_B"] {
+        add_site(&admin, &site(s), "Plant", "EU", "UTC")
+            .await
+            .unwrap();
+    }
+    let hub = connect(&db.hub_url).await.unwrap();
+    (db, admin, PgHubStore::new(hub))
+}
+
+const NOV_2026: Timestamp = Timestamp::from_millis(1_795_000_000_000); // 2026-11-17
+
+#[tokio::test]
+async fn migrations_are_repeatable_and_refuse_a_newer_schema() {
+    let (_db, admin, _) = setup().await;
+    assert_eq!(
+        schema::migrate(&admin).await.unwrap(),
+        schema::SCHEMA_VERSION
+    );
+    admin
+        .execute("INSERT INTO schema_migrations (version) VALUES (9999)")
+        .await
+        .unwrap();
+    let err = schema::migrate(&admin).await.unwrap_err();
+    assert!(err.to_string().contains("upgrade central-hub"), "{err}");
+}
+
+#[tokio::test]
+async fn the_hub_role_is_neither_owner_nor_superuser() {
+    let (_db, admin, _) = setup().await;
+    let row = sqlx::query(
+        "SELECT rolsuper, rolbypassrls, (SELECT tableowner FROM pg_tables WHERE tablename = 'events') AS owner
+         FROM pg_roles WHERE rolname = 'mes_hub'",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert!(!row.get::<bool, _>("rolsuper"));
+    assert!(!row.get::<bool, _>("rolbypassrls"));
+    assert_ne!(row.get::<String, _>("owner"), "mes_hub");
+}
+
+#[tokio::test]
+async fn events_land_once_in_their_partitions_with_the_rollup_counted_once() {
+    let (_db, admin, store) = setup().await;
+    let a = site("SITE_A");
+    let far_future = Timestamp::parse_rfc3339("2031-05-01T00:00:00Z").unwrap();
+    let long_ago = Timestamp::parse_rfc3339("2001-01-01T00:00:00Z").unwrap();
+    let mut events: Vec<Event> = (0..100).map(|n| count_event(&a, n, NOV_2026, 10)).collect();
+    events.push(count_event(&a, 100, far_future, 10));
+    events.push(count_event(&a, 101, long_ago, 10));
+    let first = store.ingest_events(&a, &events).await.unwrap();
+    assert_eq!((first.inserted, first.duplicates), (102, 0));
+    // The same batch again (a lost ack): nothing new.
+    let again = store.ingest_events(&a, &events).await.unwrap();
+    assert_eq!((again.inserted, again.duplicates), (0, 102));
+
+    let rows = sqlx::query(
+        "SELECT tableoid::regclass::text AS part, count(*) AS n FROM events GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    let parts: Vec<(String, i64)> = rows.iter().map(|r| (r.get("part"), r.get("n"))).collect();
+    assert_eq!(
+        parts,
+        vec![
+            ("events_p_site_a_202611".to_owned(), 100),
+            ("events_p_site_a_default".to_owned(), 2),
+        ]
+    );
+    let (good, scrap): (i64, i64) =
+        sqlx::query_as("SELECT sum(good)::int8, sum(scrap)::int8 FROM production_hourly")
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    assert_eq!((good, scrap), (1020, 102), "rollup counted duplicates");
+}
+
+#[tokio::test]
+async fn row_level_security_confines_a_transaction_to_its_site() {
+    let (db, _admin, store) = setup().await;
+    let (a, b) = (site("SITE_A"), site("SITE_B"));
+    store
+        .ingest_events(&a, &[count_event(&a, 1, NOV_2026, 5)])
+        .await
+        .unwrap();
+    store
+        .ingest_events(&b, &[count_event(&b, 2, NOV_2026, 7)])
+        .await
+        .unwrap();
+    let hub = connect(&db.hub_url).await.unwrap();
+    // Scoped to A: only A's rows, in every site-scoped table.
+    let mut tx = scoped(&hub, &a).await.unwrap();
+    for table in ["events", "production_hourly", "sites"] {
+        let sites: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT DISTINCT site_id::text FROM {table}"
+        )))
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+        assert_eq!(sites, vec!["SITE_A".to_owned()], "{table}");
+    }
+    // Writing B's row from A's scope is refused by the policy's WITH CHECK.
+    let err = sqlx::query("INSERT INTO down_log (site_id, item) VALUES ('SITE_B', '\\x00')")
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("row-level security"), "{err}");
+    drop(tx);
+    // Unscoped, the hub role sees nothing at all.
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&hub)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    // And it cannot read a partition directly, around the parent's policies.
+    let err = sqlx::query("SELECT count(*) FROM events_p_site_b")
+        .fetch_one(&hub)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("permission denied"), "{err}");
+}
+
+fn work_order_change(id: &str, actor: &automerge::ActorId, quantity: u64) -> RecordChange {
+    let mut doc = automerge::AutoCommit::new().with_actor(actor.clone());
+    doc.put(automerge::ROOT, "planned_quantity", quantity)
+        .unwrap();
+    doc.commit();
+    RecordChange::new(
+        RecordId::new(RecordKind::WorkOrder, id).unwrap(),
+        doc.get_last_local_change().unwrap().raw_bytes().to_vec(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn foreign_records_and_actors_are_refused_and_write_nothing() {
+    let (_db, admin, store) = setup().await;
+    let (a, b) = (site("SITE_A"), site("SITE_B"));
+    let actor_a = automerge::ActorId::random();
+    store
+        .apply_changes(&a, &[work_order_change("SITE_A-WO-1", &actor_a, 10)])
+        .await
+        .unwrap();
+    // B names A's work order: refused.
+    let foreign = store
+        .apply_changes(
+            &b,
+            &[work_order_change(
+                "SITE_A-WO-1",
+                &automerge::ActorId::random(),
+                1,
+            )],
+        )
+        .await
+        .unwrap_err();
+    assert!(foreign.to_string().contains("another site"), "{foreign}");
+    // B reuses A's actor on its own record: refused, and the record is not created.
+    let reused = store
+        .apply_changes(&b, &[work_order_change("SITE_B-WO-9", &actor_a, 1)])
+        .await
+        .unwrap_err();
+    assert!(
+        reused.to_string().contains("bound to another site"),
+        "{reused}"
+    );
+    let records: Vec<String> = sqlx::query_scalar("SELECT record_id FROM records ORDER BY 1")
+        .fetch_all(&admin)
+        .await
+        .unwrap();
+    assert_eq!(records, vec!["SITE_A-WO-1".to_owned()]);
+}
+
+#[tokio::test]
+async fn down_log_is_per_site_and_acks_are_kept() {
+    let (_db, admin, store) = setup().await;
+    let (a, b) = (site("SITE_A"), site("SITE_B"));
+    let item = |n| DownItem::MasterDelete {
+        version: n,
+        kind: shared_model::master::MasterKind::Material,
+        key: format!("M{n}"),
+    };
+    let c1 = store.publish(&a, &item(1)).await.unwrap();
+    let _ = store.publish(&b, &item(2)).await.unwrap();
+    let c3 = store.publish(&a, &item(3)).await.unwrap();
+    let entries = store.down_after(&a, 0, 100).await.unwrap();
+    assert_eq!(
+        entries.iter().map(|e| e.cursor).collect::<Vec<_>>(),
+        vec![c1, c3]
+    );
+    assert_eq!(store.down_after(&a, c1, 100).await.unwrap().len(), 1);
+    store.record_down_ack(&a, c3).await.unwrap();
+    let acked: i64 = sqlx::query_scalar("SELECT down_acked FROM sites WHERE site_id = 'SITE_A'")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!(acked as u64, c3);
+}
+
+/// The edge's SQLite store and this Postgres store, joined by the real sessions (frames
+/// passed in memory instead of over QUIC): events and a work order go up, an HQ edit comes
+/// down, both copies end with the same Automerge heads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_store_syncs_into_postgres_through_the_sessions() {
+    use edge_agent::metrics::Metrics;
+    use edge_agent::store::Store;
+    use sync_protocol::driver::{drive_edge, drive_hub};
+    use sync_protocol::session::{EdgeSession, HubSession, SessionConfig};
+    use sync_protocol::store::EdgeStore;
+
+    let (_db, admin, hub) = setup().await;
+    let a = site("SITE_A");
+    let dir = std::env::temp_dir().join(format!("mes-edge-{}", uuid::Uuid::now_v7().simple()));
+    let edge = Store::open(&dir, a.clone(), std::sync::Arc::new(Metrics::default())).unwrap();
+    {
+        let mut c = edge_agent::store::open_write_connection(edge.path()).unwrap();
+        let md: edge_agent::master::MasterFile = serde_json::from_str(
+            r#"{"equipment":[{"id":"SITE_A","parent":null,"level":"site","name":"P","class":"site"},
+                              {"id":"PRESS-01","parent":"SITE_A","level":"work_unit","name":"P1","class":"press"}],
+                "materials":[{"id":"BRACKET-7","name":"Bracket","unit":"pcs","tracking":"lot"}]}"#,
+        )
+        .unwrap();
+        edge_agent::master::import(&mut c, &md.into_records()).unwrap();
+    }
+    let events: Vec<Event> = (0..300).map(|n| count_event(&a, n, NOV_2026, 1)).collect();
+    edge.write(move |c| edge_agent::store::insert_events_for_tests(c, &events))
+        .await
+        .unwrap();
+    let view = sync_protocol::records::WorkOrderView {
+        order: shared_model::work_order::WorkOrder {
+            id: shared_model::WorkOrderId::new("SITE_A-WO-1").unwrap(),
+            site_id: a.clone(),
+            erp_ref: None,
+            material: shared_model::MaterialId::new("BRACKET-7").unwrap(),
+            routing_version: 1,
+            planned_quantity: 100,
+            due: None,
+            priority: 5,
+            state: shared_model::work_order::WorkOrderState::AllowedToStart,
+            actual_start: None,
+            actual_end: None,
+            operations: Vec::new(),
+            notes: String::new(),
+            good_count: 0,
+            scrap_count: 0,
+        },
+        work_unit: None,
+    };
+    edge.write(move |c| edge_agent::records::create(c, &view))
+        .await
+        .unwrap();
+
+    let cfg = SessionConfig::default();
+    let now = Duration::ZERO;
+    let mut edge_session = EdgeSession::new(cfg.clone(), edge.down_cursor().await.unwrap(), now);
+    let mut hub_session = HubSession::new(cfg, a.clone(), NOV_2026, now);
+    let pump = |edge_session: &mut EdgeSession, hub_session: &mut HubSession| {
+        let mut moved = false;
+        while let Some(f) = edge_session.poll_transmit() {
+            hub_session.handle_frame(now, &f);
+            moved = true;
+        }
+        while let Some(f) = hub_session.poll_transmit() {
+            edge_session.handle_frame(now, &f);
+            moved = true;
+        }
+        moved
+    };
+    for _ in 0..1_000 {
+        drive_edge(&mut edge_session, &edge, now).await.unwrap();
+        drive_hub(&mut hub_session, &hub, now).await.unwrap();
+        if !pump(&mut edge_session, &mut hub_session) {
+            break;
+        }
+    }
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE site_id = 'SITE_A'")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!(n, 300);
+    let pending = edge.pending().await.unwrap();
+    assert_eq!((pending.events, pending.changes), (0, 0));
+
+    // HQ re-plans the order on the hub's copy; the edit flows down and merges.
+    let doc: Vec<u8> =
+        sqlx::query_scalar("SELECT doc FROM records WHERE record_id = 'SITE_A-WO-1'")
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    let mut hq = automerge::AutoCommit::load(&doc).unwrap();
+    hq.put(automerge::ROOT, "planned_quantity", 250u64).unwrap();
+    hq.commit();
+    let change = RecordChange::new(
+        RecordId::new(RecordKind::WorkOrder, "SITE_A-WO-1").unwrap(),
+        hq.get_last_local_change().unwrap().raw_bytes().to_vec(),
+    )
+    .unwrap();
+    hub.publish(&a, &DownItem::RecordChange(change))
+        .await
+        .unwrap();
+    hub_session.down_available();
+    for _ in 0..1_000 {
+        drive_edge(&mut edge_session, &edge, now).await.unwrap();
+        drive_hub(&mut hub_session, &hub, now).await.unwrap();
+        if !pump(&mut edge_session, &mut hub_session) {
+            break;
+        }
+    }
+    let at_edge = edge
+        .read(|c| edge_agent::records::get(c, "SITE_A-WO-1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(at_edge.order.planned_quantity, 250);
+    let hub_qty: i64 =
+        sqlx::query_scalar("SELECT planned_quantity FROM work_orders WHERE id = 'SITE_A-WO-1'")
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    assert_eq!(hub_qty, 250);
+    edge.close();
+    let _ = std::fs::remove_dir_all(dir);
+}
