@@ -11,7 +11,8 @@ use std::sync::OnceLock;
 use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, Change, ChangeHash, ROOT};
 use rusqlite::{Connection, OptionalExtension, params};
-use shared_model::work_order::{WorkOrderAction, WorkOrderState};
+use shared_model::master::MasterRecord;
+use shared_model::work_order::{OperationProgress, WorkOrderAction, WorkOrderState};
 use shared_model::{EquipmentId, Timestamp, WorkOrderId};
 use sync_protocol::message::{RecordChange, RecordHeads, RecordId, RecordKind};
 use sync_protocol::store::HeadsComparison;
@@ -119,6 +120,39 @@ fn commit_local(
     crate::store::outbox_push_change(conn, &change)
 }
 
+fn routing_snapshot(
+    conn: &Connection,
+    material: &shared_model::MaterialId,
+    version: u32,
+) -> Result<Vec<OperationProgress>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT json FROM master WHERE kind = 'routings' AND key LIKE ?1 ESCAPE '\\' AND json IS NOT NULL",
+    )?;
+    let prefix = format!(
+        "{}@{version}#",
+        material.as_str().replace('%', "\\%").replace('_', "\\_")
+    );
+    let rows = stmt.query_map([format!("{prefix}%")], |r| r.get::<_, String>(0))?;
+    let mut ops = Vec::new();
+    for row in rows {
+        let record: MasterRecord = serde_json::from_str(&row?)
+            .map_err(|e| StoreError::Corrupt(format!("routing: {e}")))?;
+        if let MasterRecord::RoutingStep(step) = record {
+            ops.push(OperationProgress {
+                seq: step.seq,
+                operation_code: step.operation_code,
+                work_center_class: step.work_center_class,
+                ideal_cycle_time_ms: step.ideal_cycle_time_ms,
+                good: 0,
+                scrap: 0,
+                done: false,
+            });
+        }
+    }
+    ops.sort_by_key(|o| o.seq);
+    Ok(ops)
+}
+
 fn require_equipment(conn: &Connection, w: &EquipmentId) -> Result<(), StoreError> {
     let found: Option<()> = conn
         .prepare_cached(
@@ -173,8 +207,14 @@ pub fn create(conn: &Connection, view: &WorkOrderView) -> Result<WorkOrderView, 
             });
         }
     }
+    // Snapshot the routing into the order, so later routing changes do not rewrite it.
+    let mut view = view.clone();
+    if view.order.operations.is_empty() {
+        view.order.operations =
+            routing_snapshot(conn, &view.order.material, view.order.routing_version)?;
+    }
     let mut doc = AutoCommit::new().with_actor(actor());
-    write_all(&mut doc, view).map_err(doc_err)?;
+    write_all(&mut doc, &view).map_err(doc_err)?;
     commit_local(conn, &record, &mut doc)?;
     let stored = read_view(&doc)?;
     materialize(conn, &stored)?;

@@ -238,7 +238,8 @@ impl Event {
     /// Full validation at the point of entry (the edge API): structure, plus `occurred_at` and
     /// `recorded_at` no further than [`FUTURE_SKEW_MICROS_MAX`] ahead of `now`.
     pub fn validate(&self, now: Timestamp) -> Result<(), ValidationError> {
-        self.validate_structure()?;
+        // The clock check comes first: "6 minutes in the future" is the message a sender with
+        // a drifting clock needs, not the structural "later than recorded_at" it implies.
         for (field, t) in [
             ("occurred_at", self.occurred_at),
             ("recorded_at", self.recorded_at),
@@ -254,7 +255,7 @@ impl Event {
                 ));
             }
         }
-        Ok(())
+        self.validate_structure()
     }
 
     /// Validation that does not depend on a clock. The hub uses this one: an event the edge

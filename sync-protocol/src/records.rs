@@ -68,6 +68,11 @@ pub fn write_all(doc: &mut AutoCommit, v: &WorkOrderView) -> Result<(), DocError
     doc.put(ROOT, "notes", o.notes.as_str()).map_err(am)?;
     doc.put(ROOT, "good_count", o.good_count).map_err(am)?;
     doc.put(ROOT, "scrap_count", o.scrap_count).map_err(am)?;
+    // The routing snapshot is one value (postcard bytes): it is written at release and then
+    // only by the site, so field-level merge inside it buys nothing.
+    let ops = postcard::to_stdvec(&o.operations).map_err(|_| DocError::Field("operations"))?;
+    doc.put(ROOT, "operations", ScalarValue::Bytes(ops))
+        .map_err(am)?;
     put_opt_str(doc, "work_unit", v.work_unit.as_ref().map(|w| w.as_str()))
 }
 
@@ -118,7 +123,12 @@ pub fn read_view(doc: &AutoCommit) -> Result<WorkOrderView, DocError> {
         state: WorkOrderState::parse(&text("state")?).ok_or_else(|| corrupt("state"))?,
         actual_start: get_ts(doc, "actual_start")?,
         actual_end: get_ts(doc, "actual_end")?,
-        operations: Vec::new(),
+        operations: match scalar(doc, "operations")? {
+            Some(ScalarValue::Bytes(b)) => {
+                postcard::from_bytes(&b).map_err(|_| corrupt("operations"))?
+            }
+            _ => Vec::new(),
+        },
         notes: get_str(doc, "notes")?.unwrap_or_default(),
         good_count: get_u64(doc, "good_count")?.unwrap_or(0),
         scrap_count: get_u64(doc, "scrap_count")?.unwrap_or(0),

@@ -14,6 +14,9 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// The request body was not read to its end: the connection must close, or the client's
+    /// next request on it would be read from the middle of this one's body.
+    pub close_connection: bool,
 }
 
 impl ApiError {
@@ -23,7 +26,13 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            close_connection: false,
         }
+    }
+
+    pub fn closing(mut self) -> Self {
+        self.close_connection = true;
+        self
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
@@ -101,6 +110,13 @@ impl IntoResponse for ApiError {
         if let Some(f) = self.field {
             error["field"] = json!(f);
         }
-        (self.status, Json(json!({ "error": error }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        if self.close_connection {
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 }

@@ -176,7 +176,8 @@ pub(crate) async fn read_json_body(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 format!("the body must be application/json, not {ct:?}"),
-            ));
+            )
+            .closing());
         }
     }
     let too_large = || {
@@ -185,6 +186,7 @@ pub(crate) async fn read_json_body(
             "body_too_large",
             format!("the body is over the {BODY_BYTES_MAX} bytes accepted"),
         )
+        .closing()
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)

@@ -24,7 +24,14 @@ pub async fn create(
     let value = read_json_body(&headers, body).await?;
     let mut o = Obj::new(&value, "")?;
     let site = state.store.site().clone();
-    let id: WorkOrderId = match o.opt("id")? {
+    let id: WorkOrderId = match o.opt::<WorkOrderId>("id")? {
+        // Work-order ids are global: the hub accepts a site's orders only in its key space.
+        Some(id) if !id.as_str().starts_with(&format!("{site}-")) => {
+            return Err(ApiError::invalid(
+                "id",
+                format!("must start with {site}- (work-order ids are global across sites)"),
+            ));
+        }
         Some(id) => id,
         None => {
             let n = uuid::Uuid::now_v7().simple().to_string();
