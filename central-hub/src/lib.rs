@@ -6,3 +6,4 @@
 //! The QUIC sync server, the HQ API and reporting, and enrollment arrive with their issues.
 
 pub mod db;
+pub mod pki;

@@ -1,0 +1,221 @@
+//! The hub's certificate authority: one CA per deployment, created on first use in the state
+//! directory. It issues a client certificate per site (the site id is the certificate's
+//! common name, the only place the hub takes a site identity from) and the hub's own server
+//! certificate.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use shared_model::SiteId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("certificate: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("the client certificate is not readable: {0}")]
+    BadCertificate(String),
+    #[error("the client certificate's common name {0:?} is not a site id")]
+    NotASite(String),
+}
+
+const CA_CERT: &str = "ca.crt.pem";
+const CA_KEY: &str = "ca.key.pem";
+
+/// A certificate and its private key, PEM-encoded.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+pub struct Ca {
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca").finish_non_exhaustive()
+    }
+}
+
+fn read(path: &Path) -> Result<String, PkiError> {
+    std::fs::read_to_string(path).map_err(|source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Writes a file readable by its owner only (private keys).
+pub fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
+    let io = |source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    #[cfg(unix)]
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        f.write_all(contents.as_bytes()).map_err(io)
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::write(path, contents).map_err(io)
+    }
+}
+
+fn write_public(path: &Path, contents: &str) -> Result<(), PkiError> {
+    let io = |source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    std::fs::write(path, contents).map_err(io)
+}
+
+impl Ca {
+    /// Loads the CA from `dir`, creating it on first use.
+    pub fn load_or_create(dir: &Path) -> Result<Self, PkiError> {
+        let cert_path = dir.join(CA_CERT);
+        let key_path = dir.join(CA_KEY);
+        if cert_path.exists() && key_path.exists() {
+            let cert_pem = read(&cert_path)?;
+            let key = KeyPair::from_pem(&read(&key_path)?)?;
+            let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
+            return Ok(Self { cert_pem, issuer });
+        }
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "MES sync CA");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key)?;
+        let cert_pem = cert.pem();
+        write_private(&key_path, &key.serialize_pem())?;
+        write_public(&cert_path, &cert_pem)?;
+        Ok(Self {
+            cert_pem,
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// A client certificate whose common name is the site id.
+    pub fn issue_site(&self, site: &SiteId) -> Result<Issued, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, site.as_str());
+        dn.push(DnType::OrganizationalUnitName, "site");
+        params.distinguished_name = dn;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// The hub's server certificate for the given DNS names and IP addresses.
+    pub fn issue_server(&self, names: &[String]) -> Result<Issued, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "mes-hub");
+        params.distinguished_name = dn;
+        for n in names {
+            params
+                .subject_alt_names
+                .push(match n.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => SanType::DnsName(n.clone().try_into()?),
+                });
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Writes a site's enrollment bundle (`ca.crt.pem`, `client.crt.pem`, `client.key.pem`)
+    /// into `dir`, the layout the edge agent reads from its TLS directory.
+    pub fn write_site_bundle(&self, site: &SiteId, dir: &Path) -> Result<(), PkiError> {
+        let issued = self.issue_site(site)?;
+        write_public(&dir.join("ca.crt.pem"), &self.cert_pem)?;
+        write_public(&dir.join("client.crt.pem"), &issued.cert_pem)?;
+        write_private(&dir.join("client.key.pem"), &issued.key_pem)
+    }
+}
+
+/// The site a verified client certificate names: its common name, validated as a site id.
+pub fn site_from_cert(der: &[u8]) -> Result<SiteId, PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .ok_or_else(|| PkiError::BadCertificate("no common name".into()))?
+        .as_str()
+        .map_err(|e| PkiError::BadCertificate(e.to_string()))?
+        .to_owned();
+    SiteId::new(cn.clone()).map_err(|_| PkiError::NotASite(cn))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn site_certificates_name_their_site_and_the_ca_persists() {
+        let dir = std::env::temp_dir().join(format!("hub-pki-{}", std::process::id()));
+        let ca = Ca::load_or_create(&dir).unwrap();
+        let site = SiteId::new("SITE_042").unwrap();
+        let issued = ca.issue_site(&site).unwrap();
+        let der = rustls::pki_types::pem::PemObject::from_pem_slice(issued.cert_pem.as_bytes())
+            .map(|c: rustls::pki_types::CertificateDer<'_>| c.to_vec())
+            .unwrap();
+        assert_eq!(site_from_cert(&der).unwrap(), site);
+        // Loading again gives the same CA, not a new one.
+        let again = Ca::load_or_create(&dir).unwrap();
+        assert_eq!(again.cert_pem(), ca.cert_pem());
+        // The server certificate is not a site.
+        let server = ca
+            .issue_server(&["localhost".into(), "127.0.0.1".into()])
+            .unwrap();
+        let der = rustls::pki_types::pem::PemObject::from_pem_slice(server.cert_pem.as_bytes())
+            .map(|c: rustls::pki_types::CertificateDer<'_>| c.to_vec())
+            .unwrap();
+        assert!(matches!(site_from_cert(&der), Err(PkiError::NotASite(_))));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
