@@ -7,3 +7,5 @@
 
 pub mod db;
 pub mod pki;
+pub mod serve;
+pub mod sync;

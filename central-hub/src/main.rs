@@ -1,10 +1,13 @@
 //! `central-hub`: the central sync and reporting service.
 //!
-//! Built so far: `migrate` and `site add` against PostgreSQL. `serve` (QUIC sync server and
-//! HTTP API), enrollment certificates and tokens arrive with the sync issue; until then
-//! `serve` says so and exits non-zero rather than pretending.
+//! `migrate` (as the database owner), `site add` (registers a site, creates its partitions and
+//! writes its enrollment bundle), and `serve` (QUIC sync server plus health, readiness and
+//! metrics over HTTP). The HQ API, reporting and API tokens arrive with their issues.
 
-use anyhow::{Context, bail};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
 use central_hub::db::{self, schema, store};
 use clap::{Parser, Subcommand};
 use shared_model::SiteId;
@@ -32,8 +35,22 @@ enum Command {
         #[command(subcommand)]
         command: SiteCommand,
     },
-    /// Serve sync and HTTP (not built yet).
-    Serve,
+    /// Serve QUIC sync and HTTP.
+    Serve {
+        /// As the hub role `mes_hub` (neither owner nor superuser).
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        #[arg(long, env = "HUB_QUIC_LISTEN", default_value = "0.0.0.0:4433")]
+        quic_listen: SocketAddr,
+        #[arg(long, env = "HUB_HTTP_LISTEN", default_value = "0.0.0.0:8090")]
+        http_listen: SocketAddr,
+        /// Directory of the CA (created on first use).
+        #[arg(long, env = "HUB_STATE_DIR", default_value = "hub-state")]
+        state_dir: PathBuf,
+        /// Names the server certificate is valid for (repeatable).
+        #[arg(long = "server-name", default_values = ["localhost", "127.0.0.1"])]
+        server_names: Vec<String>,
+    },
     /// Print the build and protocol versions.
     Version,
 }
@@ -52,6 +69,9 @@ enum SiteCommand {
         timezone: String,
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
+        /// Directory of the CA; the site's enrollment bundle goes to `<state-dir>/sites/<SITE>`.
+        #[arg(long, env = "HUB_STATE_DIR", default_value = "hub-state")]
+        state_dir: PathBuf,
     },
 }
 
@@ -88,6 +108,7 @@ fn main() -> anyhow::Result<()> {
                     region,
                     timezone,
                     database_url,
+                    state_dir,
                 },
         } => {
             let site = SiteId::new(site).context("invalid site id")?;
@@ -98,11 +119,38 @@ fn main() -> anyhow::Result<()> {
                 store::add_site(&pool, &site, &name, &region, &timezone)
                     .await
                     .context("adding the site")?;
+                let ca = central_hub::pki::Ca::load_or_create(&state_dir)
+                    .with_context(|| format!("loading the CA in {}", state_dir.display()))?;
+                let bundle = state_dir.join("sites").join(site.as_str());
+                ca.write_site_bundle(&site, &bundle)
+                    .context("issuing the site certificate")?;
                 println!("site {site} added with partitions");
+                println!("enrollment bundle: {}", bundle.display());
                 Ok(())
             })
         }
-        Command::Serve => bail!("`central-hub serve` is not implemented yet (issue 4)"),
+        Command::Serve {
+            database_url,
+            quic_listen,
+            http_listen,
+            state_dir,
+            server_names,
+        } => runtime()?.block_on(async {
+            let running = central_hub::serve::start(central_hub::serve::ServeConfig {
+                database_url,
+                quic_listen,
+                http_listen,
+                state_dir,
+                server_names,
+            })
+            .await?;
+            println!(
+                "central-hub sync on quic://{} http on http://{}",
+                running.quic_addr, running.http_addr
+            );
+            shutdown_signal().await;
+            running.stop().await
+        }),
         Command::Version => {
             println!(
                 "central-hub {} (sync protocol v{}, ALPN {}, schema v{})",
@@ -113,5 +161,26 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
     }
 }

@@ -31,6 +31,10 @@ pub struct RunArgs {
     /// Days to keep events the hub has acknowledged.
     #[arg(long, env = "EDGE_RETENTION_DAYS")]
     pub retention_days: Option<u32>,
+    /// Directory with the enrollment files (`ca.crt.pem`, `client.crt.pem`,
+    /// `client.key.pem`); default `<data-dir>/tls`.
+    #[arg(long, env = "EDGE_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
     /// A TOML file with any of the above (flags and environment win).
     #[arg(long, env = "EDGE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -44,6 +48,7 @@ struct FileConfig {
     http_listen: Option<SocketAddr>,
     hub: Option<String>,
     retention_days: Option<u32>,
+    tls_dir: Option<PathBuf>,
 }
 
 /// The resolved configuration.
@@ -54,6 +59,7 @@ pub struct RunConfig {
     pub http_listen: SocketAddr,
     pub hub: Option<String>,
     pub retention_days: u32,
+    pub tls_dir: PathBuf,
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -92,12 +98,17 @@ impl RunArgs {
         if retention_days == 0 {
             bail!("retention_days must be at least 1");
         }
+        let tls_dir = self
+            .tls_dir
+            .or(file.tls_dir)
+            .unwrap_or_else(|| data_dir.join("tls"));
         Ok(RunConfig {
             site,
             data_dir,
             http_listen,
             hub: self.hub.or(file.hub),
             retention_days,
+            tls_dir,
         })
     }
 }

@@ -7,7 +7,8 @@
 //! * [`master`]: master data import.
 //! * [`metrics`]: Prometheus counters and histograms.
 //! * [`config`]: flags, environment and TOML configuration of `edge-agent run`.
-//! * [`server`]: wiring for `run`: store, API, retention, graceful shutdown.
+//! * [`server`]: wiring for `run`: store, API, retention, sync, graceful shutdown.
+//! * [`sync`]: the QUIC sync client.
 
 pub mod api;
 pub mod config;
@@ -16,3 +17,4 @@ pub mod metrics;
 pub mod records;
 pub mod server;
 pub mod store;
+pub mod sync;

@@ -1,21 +1,37 @@
-//! `edge-agent run`: open the store, serve the API, prune in the background, shut down
-//! gracefully on SIGTERM or Ctrl-C.
+//! `edge-agent run`: open the store, serve the API, sync with the hub when one is configured,
+//! prune in the background, and shut down gracefully on SIGTERM or Ctrl-C.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState, Clock, SystemClock};
 use crate::config::RunConfig;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::sync::{self, HubTarget};
 
 /// How often retention runs.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
-pub async fn run(config: RunConfig) -> anyhow::Result<()> {
+/// A started agent: its HTTP address, its state, and the handle to stop it.
+#[derive(Debug)]
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub state: AppState,
+    shutdown: watch::Sender<bool>,
+    http: JoinHandle<anyhow::Result<()>>,
+    sync: Option<JoinHandle<()>>,
+    retention: JoinHandle<()>,
+}
+
+/// Opens the store, binds the API and starts sync; returns once everything runs.
+pub async fn start(config: RunConfig) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::default());
     let store = Store::open(&config.data_dir, config.site.clone(), metrics)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
@@ -24,27 +40,81 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("binding {}", config.http_listen))?;
-    let addr = listener.local_addr().context("reading the bound address")?;
-    if config.hub.is_some() {
-        tracing::warn!("--hub is set but the sync client is not built yet; running standalone");
-    }
+    let http_addr = listener.local_addr().context("reading the bound address")?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let sync = match &config.hub {
+        Some(address) => {
+            // Missing enrollment files are a startup error, not an endless retry loop.
+            let endpoint = sync::client_endpoint(&config.tls_dir).with_context(|| {
+                format!(
+                    "setting up sync with {address}: enroll the agent or point --tls-dir at its files"
+                )
+            })?;
+            let target = HubTarget {
+                address: address.clone(),
+                tls_dir: config.tls_dir.clone(),
+            };
+            Some(tokio::spawn(sync::run(
+                state.clone(),
+                endpoint,
+                target,
+                Default::default(),
+                shutdown_rx.clone(),
+            )))
+        }
+        None => None,
+    };
     let retention = tokio::spawn(retention_loop(
         store.clone(),
         clock,
         i64::from(config.retention_days) * 86_400 * 1_000_000,
     ));
+    let mut http_shutdown = shutdown_rx;
+    let router = api::router(state.clone());
+    let http = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.wait_for(|stop| *stop).await;
+            })
+            .await
+            .context("serving HTTP")
+    });
+    tracing::info!(site = %config.site, %http_addr, hub = ?config.hub, "edge agent started");
+    Ok(Running {
+        http_addr,
+        state,
+        shutdown,
+        http,
+        sync,
+        retention,
+    })
+}
+
+impl Running {
+    /// Stops accepting requests, lets in-flight ones finish, closes the sync session, and
+    /// lets the writer commit what it holds.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        let http = self.http.await.context("joining the HTTP server")?;
+        if let Some(sync) = self.sync {
+            let _ = tokio::time::timeout(Duration::from_secs(5), sync).await;
+        }
+        self.retention.abort();
+        let store = self.state.store.clone();
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .context("closing the store")?;
+        http
+    }
+}
+
+/// `edge-agent run`: start, announce, wait for a signal, stop.
+pub async fn run(config: RunConfig) -> anyhow::Result<()> {
+    let running = start(config).await?;
     // The one line tests and installers wait for: the store is open and the socket bound.
-    println!("edge-agent listening on http://{addr}");
-    tracing::info!(site = %config.site, %addr, "edge agent started");
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
-    retention.abort();
-    // In-flight requests have finished; let the writer commit what it holds, then exit.
-    tokio::task::spawn_blocking(move || store.close())
-        .await
-        .context("closing the store")?;
+    println!("edge-agent listening on http://{}", running.http_addr);
+    shutdown_signal().await;
+    running.stop().await?;
     tracing::info!("edge agent stopped");
     Ok(())
 }

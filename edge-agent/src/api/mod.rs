@@ -78,8 +78,10 @@ impl AppState {
             .unwrap_or_else(|_| EventId::from_parts(self.now().as_millis().max(0) as u64, [0; 10]))
     }
 
+    /// Wakes the sync client. `notify_one` stores a permit when nobody waits, so a write
+    /// between two waits is not missed.
     pub fn notify_outbox(&self) {
-        self.outbox_notify.notify_waiters();
+        self.outbox_notify.notify_one();
     }
 }
 

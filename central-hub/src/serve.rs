@@ -1,0 +1,204 @@
+//! `central-hub serve`: the QUIC sync server and the HTTP endpoints of one stateless hub
+//! instance. Several instances may run against one database.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use sqlx::PgPool;
+use sync_protocol::session::SessionConfig;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::db::store::{PgHubStore, ensure_partitions};
+use crate::pki::Ca;
+use crate::sync::{self, SyncMetrics};
+
+/// How often the coming months' partitions are checked.
+pub const PARTITION_INTERVAL: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// As the hub role (`mes_hub`): neither owner nor superuser.
+    pub database_url: String,
+    pub quic_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    /// Holds the CA (created on first use).
+    pub state_dir: PathBuf,
+    /// DNS names and IPs the server certificate is valid for.
+    pub server_names: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Running {
+    pub quic_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub metrics: Arc<SyncMetrics>,
+    shutdown: watch::Sender<bool>,
+    quic: JoinHandle<()>,
+    http: JoinHandle<anyhow::Result<()>>,
+    partitions: JoinHandle<()>,
+}
+
+#[derive(Clone, Debug)]
+struct HttpState {
+    pool: PgPool,
+    metrics: Arc<SyncMetrics>,
+}
+
+pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
+    let pool = crate::db::connect(&config.database_url)
+        .await
+        .context("connecting to PostgreSQL")?;
+    let ca = Ca::load_or_create(&config.state_dir)
+        .with_context(|| format!("loading the CA in {}", config.state_dir.display()))?;
+    let endpoint = sync::endpoint(&ca, &config.server_names, config.quic_listen)
+        .context("starting the QUIC endpoint")?;
+    let quic_addr = endpoint.local_addr().context("QUIC address")?;
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("binding {}", config.http_listen))?;
+    let http_addr = listener.local_addr().context("HTTP address")?;
+    let metrics = Arc::new(SyncMetrics::default());
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let store = PgHubStore::new(pool.clone());
+    let quic = tokio::spawn(sync::serve(
+        endpoint,
+        store,
+        SessionConfig::default(),
+        metrics.clone(),
+        shutdown_rx.clone(),
+    ));
+    let partitions = tokio::spawn(partition_loop(pool.clone()));
+    let router = Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics_text))
+        .with_state(HttpState {
+            pool,
+            metrics: metrics.clone(),
+        });
+    let mut http_shutdown = shutdown_rx;
+    let http = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.wait_for(|s| *s).await;
+            })
+            .await
+            .context("serving HTTP")
+    });
+    tracing::info!(%quic_addr, %http_addr, "hub started");
+    Ok(Running {
+        quic_addr,
+        http_addr,
+        metrics,
+        shutdown,
+        quic,
+        http,
+        partitions,
+    })
+}
+
+impl Running {
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.quic).await;
+        self.partitions.abort();
+        self.http.await.context("joining HTTP")?
+    }
+}
+
+async fn partition_loop(pool: PgPool) {
+    loop {
+        // The hub role reads only its scoped rows, so it asks the SECURITY DEFINER function
+        // per site id it knows from the partition catalogue instead of the sites table.
+        let sites: Result<Vec<String>, _> = sqlx::query_scalar(
+            "SELECT upper(substr(c.relname, 10)) FROM pg_inherits i
+             JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+             WHERE p.relname = 'events'",
+        )
+        .fetch_all(&pool)
+        .await;
+        match sites {
+            Ok(sites) => {
+                let ids: Vec<_> = sites
+                    .into_iter()
+                    .filter_map(|s| shared_model::SiteId::new(s).ok())
+                    .collect();
+                if let Err(e) = ensure_partitions(&pool, &ids).await {
+                    tracing::warn!(error = %e, "creating partitions failed; will retry");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "listing partitions failed; will retry"),
+        }
+        tokio::time::sleep(PARTITION_INTERVAL).await;
+    }
+}
+
+async fn ready(State(s): State<HttpState>) -> impl IntoResponse {
+    match sqlx::query("SELECT 1").execute(&s.pool).await {
+        Ok(_) => (StatusCode::OK, Json(json!({"status": "ready"}))),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "error": e.to_string()})),
+        ),
+    }
+}
+
+async fn metrics_text(State(s): State<HttpState>) -> impl IntoResponse {
+    let m = &s.metrics;
+    let mut out = String::new();
+    for (name, help, kind, v) in [
+        (
+            "hub_sync_connections_open",
+            "Open sync connections.",
+            "gauge",
+            &m.connections_open,
+        ),
+        (
+            "hub_sync_connections_total",
+            "Sync connections accepted.",
+            "counter",
+            &m.connections_total,
+        ),
+        (
+            "hub_sync_connections_refused_total",
+            "Connections refused at the limit.",
+            "counter",
+            &m.connections_refused,
+        ),
+        (
+            "hub_sync_sessions_failed_total",
+            "Sessions ended by a store failure.",
+            "counter",
+            &m.sessions_failed,
+        ),
+        (
+            "hub_sync_protocol_errors_total",
+            "Sessions closed for a protocol violation.",
+            "counter",
+            &m.protocol_errors,
+        ),
+        (
+            "hub_events_ingested_total",
+            "Events inserted (duplicates excluded).",
+            "counter",
+            &m.events_ingested,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n",
+            v.load(Ordering::Relaxed)
+        ));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}

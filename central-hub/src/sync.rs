@@ -1,0 +1,270 @@
+//! The QUIC sync server: TLS 1.3 with required client certificates, ALPN per protocol major
+//! version, one `HubSession` per connection driven against the Postgres store.
+//!
+//! The site of a connection comes only from its verified client certificate. A connection
+//! limit bounds the number of sessions; each session's memory is bounded by the protocol
+//! limits (frame size, window, transmit queue) and a fixed read buffer. A bad frame closes
+//! that session with an error frame and is counted; other sessions are not affected.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use quinn::{Endpoint, Incoming, TransportConfig};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use rustls::server::WebPkiClientVerifier;
+use shared_model::{SiteId, Timestamp};
+use sync_protocol::driver::drive_hub;
+use sync_protocol::message::ErrorCode;
+use sync_protocol::session::{CloseReason, HubSession, SessionConfig};
+use tokio::sync::{Semaphore, watch};
+
+use crate::db::store::{PgHubStore, scoped};
+use crate::pki::{Ca, site_from_cert};
+
+/// Concurrent connections per hub instance.
+pub const CONNECTIONS_MAX: usize = 1_024;
+/// Bytes read from a stream at a time: the per-connection read buffer.
+pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// How often a connected session looks for new down-sync entries written by any hub instance.
+pub const DOWN_POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// QUIC idle timeout; the edge pings every 10 s.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("tls: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("tls: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("pki: {0}")]
+    Pki(#[from] crate::pki::PkiError),
+    #[error("pem: {0}")]
+    Pem(String),
+    #[error("quic: {0}")]
+    Quic(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Counters the hub's `/metrics` shows.
+#[derive(Debug, Default)]
+pub struct SyncMetrics {
+    pub connections_open: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub sessions_failed: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub events_ingested: AtomicU64,
+}
+
+fn ring() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds the QUIC server endpoint with a fresh server certificate from the CA.
+pub fn endpoint(
+    ca: &Ca,
+    server_names: &[String],
+    listen: std::net::SocketAddr,
+) -> Result<Endpoint, ServerError> {
+    let issued = ca.issue_server(server_names)?;
+    let cert = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes())
+        .map_err(|e| ServerError::Pem(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())
+        .map_err(|e| ServerError::Pem(e.to_string()))?;
+    let ca_cert = CertificateDer::from_pem_slice(ca.cert_pem().as_bytes())
+        .map_err(|e| ServerError::Pem(e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_cert)?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), ring()).build()?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(ring())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![cert], key)?;
+    tls.alpn_protocols = vec![sync_protocol::ALPN_V1.to_vec()];
+    // No 0-RTT: early data is replayable and every message is an authenticated write.
+    tls.max_early_data_size = 0;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| ServerError::Quic(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = TransportConfig::default();
+    transport.max_concurrent_bidi_streams(1u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.max_idle_timeout(Some(
+        IDLE_TIMEOUT
+            .try_into()
+            .map_err(|_| ServerError::Quic("idle timeout out of range".into()))?,
+    ));
+    config.transport_config(Arc::new(transport));
+    Ok(Endpoint::server(config, listen)?)
+}
+
+fn wall_now() -> Timestamp {
+    Timestamp::from_micros(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0),
+    )
+}
+
+/// Accepts connections until `shutdown` turns true, then closes them with `shutting_down`.
+pub async fn serve(
+    endpoint: Endpoint,
+    store: PgHubStore,
+    config: SessionConfig,
+    metrics: Arc<SyncMetrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => i,
+            _ = shutdown.changed() => None,
+        };
+        let Some(incoming) = incoming else { break };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
+            incoming.refuse();
+            continue;
+        };
+        let (store, config, metrics, shutdown) = (
+            store.clone(),
+            config.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+            metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = connection(incoming, &store, config, &metrics, shutdown).await {
+                tracing::info!(error = %e, "sync connection ended");
+            }
+            metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+    endpoint.close(0u32.into(), b"shutting down");
+    endpoint.wait_idle().await;
+}
+
+async fn set_connected(store: &PgHubStore, site: &SiteId, connected: bool, agent: Option<&str>) {
+    let result = async {
+        let mut tx = scoped(store.pool(), site).await?;
+        sqlx::query(
+            "UPDATE sites SET connected = $2, last_seen_at = now(),
+                 agent_version = coalesce($3, agent_version) WHERE site_id = $1",
+        )
+        .bind(site.as_str())
+        .bind(connected)
+        .bind(agent)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(site = %site, error = %e, "could not update site status");
+    }
+}
+
+/// Whether the site is registered and not revoked.
+async fn site_allowed(store: &PgHubStore, site: &SiteId) -> Result<bool, sqlx::Error> {
+    let mut tx = scoped(store.pool(), site).await?;
+    let ok: Option<bool> =
+        sqlx::query_scalar("SELECT revoked_at IS NULL FROM sites WHERE site_id = $1")
+            .bind(site.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    Ok(ok == Some(true))
+}
+
+async fn connection(
+    incoming: Incoming,
+    store: &PgHubStore,
+    config: SessionConfig,
+    metrics: &SyncMetrics,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let conn = incoming.await.map_err(|e| e.to_string())?;
+    let certs = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or("no client certificate")?;
+    let leaf = certs.first().ok_or("empty client certificate chain")?;
+    let site = site_from_cert(leaf).map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+    let origin = Instant::now();
+    let now = || origin.elapsed();
+    let mut session = HubSession::new(config, site.clone(), wall_now(), now());
+    match site_allowed(store, &site).await {
+        Ok(true) => {}
+        Ok(false) => session.close(
+            now(),
+            ErrorCode::Unauthorized,
+            format!("site {site} is not registered or is revoked"),
+        ),
+        Err(e) => session.close(now(), ErrorCode::Internal, format!("database: {e}")),
+    }
+    tracing::info!(site = %site, remote = %conn.remote_address(), "sync connection");
+    let mut buf = vec![0u8; READ_BUFFER_BYTES];
+    let mut out = Vec::with_capacity(READ_BUFFER_BYTES);
+    let mut down_poll = tokio::time::interval(DOWN_POLL_INTERVAL);
+    down_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut connected = false;
+    loop {
+        match drive_hub(&mut session, store, now()).await {
+            Ok(report) => {
+                metrics
+                    .events_ingested
+                    .fetch_add(report.events_ingested, Ordering::Relaxed);
+                if report.connected {
+                    connected = true;
+                    set_connected(store, &site, true, None).await;
+                }
+            }
+            Err(e) => {
+                metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(site = %site, error = %e, "sync store failure; session closed");
+            }
+        }
+        out.clear();
+        while let Some(frame) = session.poll_transmit() {
+            out.extend_from_slice(&frame);
+        }
+        if !out.is_empty() && send.write_all(&out).await.is_err() {
+            break;
+        }
+        if session.is_closed() {
+            if let Some(CloseReason::Local { code, message }) = session.close_reason() {
+                if *code != ErrorCode::ShuttingDown && *code != ErrorCode::Timeout {
+                    metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::info!(site = %site, ?code, %message, "session closed by the hub");
+            }
+            let _ = send.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+            break;
+        }
+        let deadline = session
+            .poll_timeout()
+            .map(|t| origin + t)
+            .unwrap_or_else(|| Instant::now() + IDLE_TIMEOUT);
+        tokio::select! {
+            r = recv.read(&mut buf) => match r {
+                Ok(Some(n)) => session.handle_stream_bytes(now(), &buf[..n]),
+                Ok(None) | Err(_) => break,
+            },
+            () = tokio::time::sleep_until(deadline.into()) => session.handle_timeout(now()),
+            _ = down_poll.tick() => session.down_available(),
+            _ = shutdown.changed() => session.close(now(), ErrorCode::ShuttingDown, "hub shutting down"),
+        }
+    }
+    if connected {
+        set_connected(store, &site, false, None).await;
+    }
+    conn.close(0u32.into(), b"");
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! The QUIC sync client: connects to the hub with the site's client certificate, drives an
+//! `EdgeSession` against the SQLite store, and reconnects with capped exponential backoff and
+//! jitter after any failure. Cursors live in the store, so every connection resumes where the
+//! last one stopped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use quinn::{Endpoint, TransportConfig};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use sync_protocol::driver::drive_edge;
+use sync_protocol::message::ErrorCode;
+use sync_protocol::session::{EdgeSession, SessionConfig};
+use sync_protocol::store::EdgeStore;
+use tokio::sync::watch;
+
+use crate::api::AppState;
+
+/// First retry delay after a failed connection.
+pub const RETRY_DELAY_MIN: Duration = Duration::from_millis(250);
+/// Longest retry delay: a WAN back after hours is used within half a minute.
+pub const RETRY_DELAY_MAX: Duration = Duration::from_secs(30);
+/// QUIC keep-alive: below NAT timeouts and the hub's 30 s idle timeout.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// Bytes read from the stream at a time.
+pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Safety net for a missed outbox notification.
+pub const OUTBOX_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Tls(String),
+    #[error("cannot resolve hub address {0}")]
+    Resolve(String),
+    #[error("quic: {0}")]
+    Quic(String),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Where the hub is and how to prove who we are.
+#[derive(Debug, Clone)]
+pub struct HubTarget {
+    /// `host:port` as configured.
+    pub address: String,
+    /// Directory with `ca.crt.pem`, `client.crt.pem`, `client.key.pem` from enrollment.
+    pub tls_dir: PathBuf,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, SyncError> {
+    std::fs::read(path).map_err(|source| SyncError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Builds the client endpoint; fails early (at startup) when enrollment files are missing.
+pub fn client_endpoint(tls_dir: &Path) -> Result<Endpoint, SyncError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let ca = CertificateDer::from_pem_slice(&read(&tls_dir.join("ca.crt.pem"))?)
+        .map_err(|e| SyncError::Tls(format!("ca.crt.pem: {e}")))?;
+    let cert = CertificateDer::from_pem_slice(&read(&tls_dir.join("client.crt.pem"))?)
+        .map_err(|e| SyncError::Tls(format!("client.crt.pem: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(&read(&tls_dir.join("client.key.pem"))?)
+        .map_err(|e| SyncError::Tls(format!("client.key.pem: {e}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(ca)
+        .map_err(|e| SyncError::Tls(format!("ca.crt.pem: {e}")))?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| SyncError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![cert], key)
+        .map_err(|e| SyncError::Tls(e.to_string()))?;
+    tls.alpn_protocols = vec![sync_protocol::ALPN_V1.to_vec()];
+    // Never 0-RTT: replayable early data is no place for writes.
+    tls.enable_early_data = false;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| SyncError::Tls(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = TransportConfig::default();
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    transport.max_idle_timeout(Some(
+        Duration::from_secs(30)
+            .try_into()
+            .map_err(|_| SyncError::Quic("idle timeout out of range".into()))?,
+    ));
+    config.transport_config(Arc::new(transport));
+    let bind: SocketAddr = "0.0.0.0:0"
+        .parse()
+        .map_err(|_| SyncError::Quic("bind address".into()))?;
+    let mut endpoint = Endpoint::client(bind).map_err(|e| SyncError::Quic(e.to_string()))?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
+/// A small jitter source: the sub-second clock, mixed. Backoff jitter only has to keep many
+/// sites from reconnecting in lockstep, not be unpredictable.
+fn jitter(max: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mixed = u64::from(nanos).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    let max_ms = max.as_millis().max(1) as u64;
+    Duration::from_millis(mixed % max_ms)
+}
+
+/// Runs until `shutdown` turns true: connect, sync, and back off after failures.
+pub async fn run(
+    state: AppState,
+    endpoint: Endpoint,
+    target: HubTarget,
+    config: SessionConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut delay = RETRY_DELAY_MIN;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let started = Instant::now();
+        match connect_and_sync(&state, &endpoint, &target, config.clone(), &mut shutdown).await {
+            Ok(()) => tracing::info!("sync connection closed"),
+            Err(e) => tracing::warn!(error = %e, hub = %target.address, "sync connection failed"),
+        }
+        state.connected.store(false, Ordering::Relaxed);
+        // A connection that lived a while resets the backoff.
+        if started.elapsed() > RETRY_DELAY_MAX {
+            delay = RETRY_DELAY_MIN;
+        }
+        let wait = delay + jitter(delay / 2 + Duration::from_millis(1));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => {}
+        }
+        delay = (delay * 2).min(RETRY_DELAY_MAX);
+    }
+    endpoint.close(0u32.into(), b"shutting down");
+    endpoint.wait_idle().await;
+}
+
+async fn connect_and_sync(
+    state: &AppState,
+    endpoint: &Endpoint,
+    target: &HubTarget,
+    config: SessionConfig,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), SyncError> {
+    let addr = tokio::net::lookup_host(&target.address)
+        .await
+        .map_err(|_| SyncError::Resolve(target.address.clone()))?
+        .next()
+        .ok_or_else(|| SyncError::Resolve(target.address.clone()))?;
+    let host = target
+        .address
+        .rsplit_once(':')
+        .map_or(target.address.as_str(), |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let server_name = ServerName::try_from(host.clone())
+        .map_err(|_| SyncError::Tls(format!("{host} is not a valid server name")))?;
+    let conn = endpoint
+        .connect(addr, &server_name.to_str())
+        .map_err(|e| SyncError::Quic(e.to_string()))?
+        .await
+        .map_err(|e| SyncError::Quic(e.to_string()))?;
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| SyncError::Quic(e.to_string()))?;
+    let store = &state.store;
+    let origin = Instant::now();
+    let now = || origin.elapsed();
+    let mut session = EdgeSession::new(config, store.down_cursor().await?, now());
+    let mut buf = vec![0u8; READ_BUFFER_BYTES];
+    let mut out = Vec::with_capacity(READ_BUFFER_BYTES);
+    let mut outbox_poll = tokio::time::interval(OUTBOX_POLL_INTERVAL);
+    loop {
+        match drive_edge(&mut session, store, now()).await {
+            Ok(report) => {
+                if report.connected {
+                    state.connected.store(true, Ordering::Relaxed);
+                    tracing::info!(hub = %target.address, "connected to the hub");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "store failure during sync; reconnecting"),
+        }
+        out.clear();
+        while let Some(frame) = session.poll_transmit() {
+            out.extend_from_slice(&frame);
+        }
+        if !out.is_empty() {
+            send.write_all(&out)
+                .await
+                .map_err(|e| SyncError::Quic(e.to_string()))?;
+        }
+        if session.is_closed() {
+            if let Some(reason) = session.close_reason() {
+                tracing::info!(?reason, "sync session closed");
+            }
+            let _ = send.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+            conn.close(0u32.into(), b"");
+            return Ok(());
+        }
+        let deadline = session
+            .poll_timeout()
+            .map(|t| origin + t)
+            .unwrap_or_else(|| Instant::now() + KEEP_ALIVE);
+        tokio::select! {
+            r = recv.read(&mut buf) => match r {
+                Ok(Some(n)) => session.handle_stream_bytes(now(), &buf[..n]),
+                Ok(None) => return Err(SyncError::Quic("the hub finished the stream".into())),
+                Err(e) => return Err(SyncError::Quic(e.to_string())),
+            },
+            () = tokio::time::sleep_until(deadline.into()) => session.handle_timeout(now()),
+            () = state.outbox_notify.notified() => session.outbox_grew(),
+            _ = outbox_poll.tick() => session.outbox_grew(),
+            _ = shutdown.changed() => session.close(now(), ErrorCode::ShuttingDown, "edge agent shutting down"),
+        }
+    }
+}
