@@ -3,10 +3,8 @@
 //! HQ and the site edit the same order while disconnected (HQ re-plans quantity and due date,
 //! the site starts and completes it); Automerge merges both. Each local edit commits one
 //! Automerge change, which goes to the outbox in the same SQLite transaction as the saved
-//! document and the materialized `work_orders` row. The actor id is random per process start:
-//! a persisted actor reused after a lost commit would produce duplicate sequence numbers.
-
-use std::sync::OnceLock;
+//! document and the materialized `work_orders` row. The actor id is the store's, random per
+//! open: a persisted actor reused after a lost commit would produce duplicate sequence numbers.
 
 use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, Change, ChangeHash, ROOT};
@@ -18,11 +16,6 @@ use sync_protocol::message::{RecordChange, RecordHeads, RecordId, RecordKind};
 use sync_protocol::store::HeadsComparison;
 
 use crate::store::StoreError;
-
-fn actor() -> ActorId {
-    static ACTOR: OnceLock<ActorId> = OnceLock::new();
-    ACTOR.get_or_init(ActorId::random).clone()
-}
 
 pub fn kind_str(kind: RecordKind) -> &'static str {
     match kind {
@@ -58,7 +51,11 @@ fn read_view(doc: &AutoCommit) -> Result<WorkOrderView, StoreError> {
     read_doc(doc).map_err(doc_err)
 }
 
-fn load(conn: &Connection, record: &RecordId) -> Result<Option<AutoCommit>, StoreError> {
+fn load(
+    conn: &Connection,
+    record: &RecordId,
+    actor: &ActorId,
+) -> Result<Option<AutoCommit>, StoreError> {
     let bytes: Option<Vec<u8>> = conn
         .prepare_cached("SELECT doc FROM records WHERE record_kind = ?1 AND record_id = ?2")?
         .query_row(params![kind_str(record.kind), record.id()], |r| r.get(0))
@@ -66,7 +63,7 @@ fn load(conn: &Connection, record: &RecordId) -> Result<Option<AutoCommit>, Stor
     bytes
         .map(|b| {
             AutoCommit::load(&b)
-                .map(|d| d.with_actor(actor()))
+                .map(|d| d.with_actor(actor.clone()))
                 .map_err(am)
         })
         .transpose()
@@ -171,9 +168,13 @@ fn require_equipment(conn: &Connection, w: &EquipmentId) -> Result<(), StoreErro
 }
 
 /// Creates a work order (a new document). Fails if the id exists.
-pub fn create(conn: &Connection, view: &WorkOrderView) -> Result<WorkOrderView, StoreError> {
+pub fn create(
+    conn: &Connection,
+    view: &WorkOrderView,
+    actor: &ActorId,
+) -> Result<WorkOrderView, StoreError> {
     let record = RecordId::work_order(&view.order.id);
-    if load(conn, &record)?.is_some() {
+    if load(conn, &record, actor)?.is_some() {
         return Err(StoreError::AlreadyExists {
             what: "work order",
             id: view.order.id.to_string(),
@@ -213,7 +214,7 @@ pub fn create(conn: &Connection, view: &WorkOrderView) -> Result<WorkOrderView, 
         view.order.operations =
             routing_snapshot(conn, &view.order.material, view.order.routing_version)?;
     }
-    let mut doc = AutoCommit::new().with_actor(actor());
+    let mut doc = AutoCommit::new().with_actor(actor.clone());
     write_all(&mut doc, &view).map_err(doc_err)?;
     commit_local(conn, &record, &mut doc)?;
     let stored = read_view(&doc)?;
@@ -228,9 +229,10 @@ pub fn transition(
     action: WorkOrderAction,
     work_unit: Option<EquipmentId>,
     now: Timestamp,
+    actor: &ActorId,
 ) -> Result<WorkOrderView, StoreError> {
     let record = RecordId::work_order(id);
-    let mut doc = load(conn, &record)?.ok_or_else(|| StoreError::NotFound {
+    let mut doc = load(conn, &record, actor)?.ok_or_else(|| StoreError::NotFound {
         what: "work order",
         id: id.to_string(),
     })?;
@@ -260,10 +262,12 @@ pub fn transition(
 /// Applies changes from the hub (down-sync or repair); idempotent, as Automerge ignores
 /// changes it already has.
 pub fn apply_remote(conn: &Connection, changes: &[RecordChange]) -> Result<(), StoreError> {
+    // Remote changes are applied, never authored here: any actor will do for the handle.
+    let actor = ActorId::random();
     for c in changes {
-        let mut doc = match load(conn, &c.record)? {
+        let mut doc = match load(conn, &c.record, &actor)? {
             Some(d) => d,
-            None => AutoCommit::new().with_actor(actor()),
+            None => AutoCommit::new(),
         };
         let change = Change::from_bytes(c.bytes().to_vec())
             .map_err(|e| StoreError::Corrupt(format!("change does not decode: {e}")))?;
@@ -322,7 +326,7 @@ pub fn heads_page(
 }
 
 pub fn compare_heads(conn: &Connection, peer: &RecordHeads) -> Result<HeadsComparison, StoreError> {
-    let Some(mut doc) = load(conn, &peer.record)? else {
+    let Some(mut doc) = load(conn, &peer.record, &ActorId::random())? else {
         return Ok(HeadsComparison {
             missing_at_peer: Vec::new(),
             unknown_here: !peer.heads.is_empty(),

@@ -119,7 +119,11 @@ pub async fn drive_hub<S: HubStore>(
     match drive_hub_inner(session, store, now, &mut report).await {
         Ok(()) => Ok(report),
         Err(e) => {
-            session.close(now, ErrorCode::Internal, e.to_string());
+            let code = match &e {
+                DriveError::Store(s) => S::error_code(s),
+                DriveError::Session(_) => ErrorCode::Internal,
+            };
+            session.close(now, code, e.to_string());
             Err(e)
         }
     }

@@ -12,7 +12,9 @@ use std::future::Future;
 
 use shared_model::{Event, SiteId};
 
-use crate::message::{ChangeHash, DownBatch, DownItem, RecordChange, RecordHeads, RecordId};
+use crate::message::{
+    ChangeHash, DownBatch, DownItem, ErrorCode, RecordChange, RecordHeads, RecordId,
+};
 
 /// One entry of the edge's outbox, in the order it was recorded.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,6 +106,12 @@ pub trait EdgeStore {
 /// certificate; an implementation must never read or write another site's rows.
 pub trait HubStore {
     type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The error code a session closes with when this store refuses or fails: `internal` by
+    /// default; a store that refuses a write for isolation reasons says `unauthorized`.
+    fn error_code(_error: &Self::Error) -> ErrorCode {
+        ErrorCode::Internal
+    }
 
     /// Stores events idempotently on `event_id` (a re-sent event is a duplicate, not a row).
     fn ingest_events(

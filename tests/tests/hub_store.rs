@@ -296,7 +296,8 @@ async fn an_edge_store_syncs_into_postgres_through_the_sessions() {
         },
         work_unit: None,
     };
-    edge.write(move |c| edge_agent::records::create(c, &view))
+    let actor = edge.actor().clone();
+    edge.write(move |c| edge_agent::records::create(c, &view, &actor))
         .await
         .unwrap();
 

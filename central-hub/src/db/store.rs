@@ -8,7 +8,9 @@
 use automerge::{AutoCommit, Change, ChangeHash};
 use shared_model::{Event, EventBody, SiteId};
 use sqlx::{PgPool, Postgres, Row, Transaction};
-use sync_protocol::message::{DownItem, RecordChange, RecordHeads, RecordId, RecordKind};
+use sync_protocol::message::{
+    DownItem, ErrorCode, RecordChange, RecordHeads, RecordId, RecordKind,
+};
 use sync_protocol::records::read_view;
 use sync_protocol::store::{DownEntry, HeadsComparison, HubStore, IngestReport};
 use time::OffsetDateTime;
@@ -239,6 +241,16 @@ fn heads_of(doc: &mut AutoCommit) -> Vec<[u8; 32]> {
 
 impl HubStore for PgHubStore {
     type Error = HubStoreError;
+
+    fn error_code(e: &HubStoreError) -> ErrorCode {
+        match e {
+            HubStoreError::ForeignRecord { .. } | HubStoreError::ForeignActor { .. } => {
+                ErrorCode::Unauthorized
+            }
+            HubStoreError::BadChange { .. } => ErrorCode::MalformedFrame,
+            HubStoreError::Db(_) | HubStoreError::Corrupt(_) => ErrorCode::Internal,
+        }
+    }
 
     async fn ingest_events(
         &self,

@@ -62,9 +62,10 @@ pub async fn create(
         .validate()
         .map_err(|e| ApiError::invalid(e.field, e.problem.to_string()))?;
     let view = WorkOrderView { order, work_unit };
+    let actor = state.store.actor().clone();
     let stored = state
         .store
-        .write(move |c| records::create(c, &view))
+        .write(move |c| records::create(c, &view, &actor))
         .await?;
     state.notify_outbox();
     Ok((StatusCode::CREATED, Json(stored)))
@@ -155,9 +156,10 @@ pub async fn act(
         }
     };
     let now = state.now();
+    let actor = state.store.actor().clone();
     let view = state
         .store
-        .write(move |c| records::transition(c, &id, action, work_unit, now))
+        .write(move |c| records::transition(c, &id, action, work_unit, now, &actor))
         .await?;
     state.notify_outbox();
     Ok(Json(view))

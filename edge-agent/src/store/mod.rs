@@ -93,6 +93,8 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     reader_permits: Semaphore,
     metrics: Arc<Metrics>,
+    /// The Automerge actor of local edits: random per open, never persisted.
+    actor: automerge::ActorId,
 }
 
 fn configure(conn: &Connection) -> Result<(), StoreError> {
@@ -138,6 +140,7 @@ impl Store {
                 readers: Mutex::new(Vec::new()),
                 reader_permits: Semaphore::new(READERS_MAX),
                 metrics,
+                actor: automerge::ActorId::random(),
             }),
         })
     }
@@ -152,6 +155,10 @@ impl Store {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+
+    pub fn actor(&self) -> &automerge::ActorId {
+        &self.inner.actor
     }
 
     /// Runs `f` in the writer's next transaction (in its own savepoint) and resolves after

@@ -219,8 +219,9 @@ async fn sqlite_store_syncs_through_the_sessions() {
         },
         work_unit: None,
     };
+    let actor = store.actor().clone();
     let created = store
-        .write(move |c| crate::records::create(c, &view))
+        .write(move |c| crate::records::create(c, &view, &actor))
         .await
         .unwrap();
     assert_eq!(store.pending().await.unwrap().changes, 1);

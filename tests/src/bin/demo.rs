@@ -1,0 +1,231 @@
+//! `mes-demo`: the whole system on one machine, for a first look.
+//!
+//! Uses `DATABASE_URL`, or PostgreSQL on 127.0.0.1:5432, or starts a private cluster; creates
+//! a fresh database, migrates it, registers three sites, starts the hub and three edge agents
+//! (real QUIC with mutual TLS on loopback), feeds them sample production, prints the URLs,
+//! and stops everything cleanly on Ctrl-C.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use central_hub::db::store::add_site;
+use central_hub::pki::Ca;
+use central_hub::serve::{self, ServeConfig};
+use edge_agent::config::RunConfig;
+use shared_model::SiteId;
+use system_tests::pg::server;
+
+const SITES: [(&str, &str, &str); 3] = [
+    ("SITE_001", "Plant Lyon", "EU"),
+    ("SITE_002", "Plant Porto", "EU"),
+    ("SITE_003", "Plant Monterrey", "NA"),
+];
+
+fn master_data(site: &str) -> String {
+    format!(
+        r#"{{
+  "materials": [{{"id": "BRACKET-7", "name": "Bracket", "unit": "pcs", "tracking": "lot"}}],
+  "routings": [{{"material": "BRACKET-7", "version": 1, "seq": 10, "operation_code": "PRESS",
+                 "work_center_class": "press", "ideal_cycle_time_ms": 2000, "setup_time_ms": 0}}],
+  "reason_codes": [{{"code": "DOWN.JAM", "parent": null, "name": "Jam", "loss_category": "unplanned",
+                     "counts_against_availability": true}},
+                   {{"code": "SCRAP.BURR", "parent": null, "name": "Burr", "loss_category": "quality",
+                     "counts_against_availability": false}}],
+  "equipment": [{{"id": "{site}", "parent": null, "level": "site", "name": "Plant", "class": "site"}},
+                {{"id": "PRESS-01", "parent": "{site}", "level": "work_unit", "name": "Press 1", "class": "press"}},
+                {{"id": "PRESS-02", "parent": "{site}", "level": "work_unit", "name": "Press 2", "class": "press"}}]
+}}"#
+    )
+}
+
+/// Posts a production count now and then, like a line gateway would.
+async fn feed(
+    base: String,
+    key: String,
+    site: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{site}: no HTTP client: {e}");
+            return;
+        }
+    };
+    let order = format!("{site}-WO-0001");
+    let _ = client
+        .post(format!("{base}/api/v1/work-orders"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"id": order, "material": "BRACKET-7", "planned_quantity": 5000, "work_unit": "PRESS-01"}))
+        .send()
+        .await;
+    let _ = client
+        .post(format!("{base}/api/v1/work-orders/{order}/start"))
+        .bearer_auth(&key)
+        .send()
+        .await;
+    let mut n: u64 = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        n += 1;
+        let scrap = u32::from(n.is_multiple_of(17));
+        let mut event = serde_json::json!({
+            "type": "production_count",
+            "equipment": if n.is_multiple_of(2) { "PRESS-01" } else { "PRESS-02" },
+            "work_order": order,
+            "good": 3 + (n % 4),
+            "scrap": scrap,
+        });
+        if scrap > 0 {
+            event["scrap_reason"] = "SCRAP.BURR".into();
+        }
+        if let Err(e) = client
+            .post(format!("{base}/api/v1/events"))
+            .bearer_auth(&key)
+            .json(&event)
+            .send()
+            .await
+        {
+            eprintln!("{site}: posting an event failed: {e}");
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let root: PathBuf = std::env::var_os("MES_DEMO_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("mes-demo-{}", std::process::id())));
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    println!("== preparing PostgreSQL");
+    let db = server().await.fresh_database().await;
+    db.migrate().await;
+    let admin = central_hub::db::connect(&db.admin_url)
+        .await
+        .context("connecting as the owner")?;
+    let state_dir = root.join("hub");
+    let ca = Ca::load_or_create(&state_dir)?;
+    for (site, name, region) in SITES {
+        let id = SiteId::new(site)?;
+        add_site(&admin, &id, name, region, "UTC").await?;
+        ca.write_site_bundle(&id, &state_dir.join("sites").join(site))?;
+    }
+    println!("== starting the hub");
+    let hub = serve::start(ServeConfig {
+        database_url: db.hub_url.clone(),
+        quic_listen: "127.0.0.1:0".parse()?,
+        http_listen: "127.0.0.1:0".parse()?,
+        state_dir: state_dir.clone(),
+        server_names: vec!["127.0.0.1".into(), "localhost".into()],
+    })
+    .await?;
+    println!("== starting three edge agents");
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut edges = Vec::new();
+    let mut feeders = Vec::new();
+    let mut lines = Vec::new();
+    for (site, name, _) in SITES {
+        let data_dir = root.join(site.to_lowercase());
+        std::fs::create_dir_all(&data_dir)?;
+        let md_path = data_dir.join("master-data.json");
+        std::fs::write(&md_path, master_data(site))?;
+        let records = edge_agent::master::read_file(&md_path)?;
+        let mut conn =
+            edge_agent::store::open_write_connection(&data_dir.join(edge_agent::store::DB_FILE))?;
+        edge_agent::master::import(&mut conn, &records)?;
+        let key = edge_agent::store::keys::create(&conn, "demo", 0)?;
+        drop(conn);
+        let edge = edge_agent::server::start(RunConfig {
+            site: SiteId::new(site)?,
+            data_dir: data_dir.clone(),
+            http_listen: "127.0.0.1:0".parse()?,
+            hub: Some(hub.quic_addr.to_string()),
+            retention_days: 30,
+            tls_dir: state_dir.join("sites").join(site),
+        })
+        .await?;
+        let base = format!("http://{}", edge.http_addr);
+        lines.push(format!("  {site} ({name}): {base}   API key: {key}"));
+        feeders.push(tokio::spawn(feed(
+            base,
+            key,
+            site.to_owned(),
+            stop_rx.clone(),
+        )));
+        edges.push(edge);
+    }
+    println!();
+    println!("The system is running. Sample production flows into each edge and up to the hub.");
+    println!("Edge agents (send the key as 'Authorization: Bearer KEY'):");
+    for l in &lines {
+        println!("{l}");
+    }
+    println!("  e.g. curl -H 'Authorization: Bearer KEY' http://.../api/v1/sync/status");
+    println!(
+        "Hub: sync on quic://{}, health http://{}/health, metrics http://{}/metrics",
+        hub.quic_addr, hub.http_addr, hub.http_addr
+    );
+    println!("PostgreSQL database (owner URL): {}", db.admin_url);
+    println!("Data under {}. Press Ctrl-C to stop.", root.display());
+    // A status line every few seconds, so the flow is visible without opening anything.
+    let mut status = tokio::time::interval(Duration::from_secs(5));
+    status.tick().await;
+    loop {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => {
+                r.context("waiting for Ctrl-C")?;
+                break;
+            }
+            _ = status.tick() => {
+                let at_hub: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+                    .fetch_one(&admin)
+                    .await
+                    .unwrap_or(-1);
+                let mut line = format!("hub holds {at_hub} events;");
+                for (e, (site, _, _)) in edges.iter().zip(SITES) {
+                    let pending = e.state.store.pending().await.map(|p| p.events).unwrap_or(0);
+                    let up = e.state.connected.load(std::sync::atomic::Ordering::Relaxed);
+                    line.push_str(&format!(
+                        " {site} {} ({pending} pending)",
+                        if up { "connected" } else { "OFFLINE" }
+                    ));
+                }
+                println!("{line}");
+            }
+        }
+    }
+    println!("\n== stopping");
+    let _ = stop.send(true);
+    for f in feeders {
+        let _ = f.await;
+    }
+    for e in edges {
+        e.stop().await?;
+    }
+    hub.stop().await?;
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&admin)
+        .await
+        .unwrap_or(0);
+    println!("stopped cleanly; the hub holds {events} events");
+    if std::env::var_os("MES_DEMO_DIR").is_none() {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    Ok(())
+}
