@@ -5,6 +5,7 @@
 //!
 //! The QUIC sync server, the HQ API and reporting, and enrollment arrive with their issues.
 
+pub mod api;
 pub mod db;
 pub mod pki;
 pub mod serve;

@@ -40,6 +40,9 @@ enum Command {
         /// As the hub role `mes_hub` (neither owner nor superuser).
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
+        /// As the reporting role `mes_reporting` (a read replica may serve it).
+        #[arg(long, env = "READ_DATABASE_URL")]
+        read_database_url: Option<String>,
         #[arg(long, env = "HUB_QUIC_LISTEN", default_value = "0.0.0.0:4433")]
         quic_listen: SocketAddr,
         #[arg(long, env = "HUB_HTTP_LISTEN", default_value = "0.0.0.0:8090")]
@@ -51,8 +54,30 @@ enum Command {
         #[arg(long = "server-name", default_values = ["localhost", "127.0.0.1"])]
         server_names: Vec<String>,
     },
+    /// Manage HQ API tokens.
+    ApiToken {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Print the build and protocol versions.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it once.
+    Create {
+        /// hq:read or hq:write.
+        #[arg(long, value_parser = ["hq:read", "hq:write"])]
+        scope: String,
+        /// Limit the token to one site.
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long, default_value = "hq")]
+        name: String,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,6 +156,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Serve {
             database_url,
+            read_database_url,
             quic_listen,
             http_listen,
             state_dir,
@@ -138,6 +164,7 @@ fn main() -> anyhow::Result<()> {
         } => runtime()?.block_on(async {
             let running = central_hub::serve::start(central_hub::serve::ServeConfig {
                 database_url,
+                read_database_url,
                 quic_listen,
                 http_listen,
                 state_dir,
@@ -151,6 +178,31 @@ fn main() -> anyhow::Result<()> {
             shutdown_signal().await;
             running.stop().await
         }),
+        Command::ApiToken {
+            command:
+                TokenCommand::Create {
+                    scope,
+                    site,
+                    name,
+                    database_url,
+                },
+        } => {
+            let site = site
+                .map(SiteId::new)
+                .transpose()
+                .context("invalid --site")?;
+            runtime()?.block_on(async {
+                let pool = db::connect(&database_url)
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                let token = central_hub::api::create_token(&pool, &name, &scope, site.as_ref())
+                    .await
+                    .context("creating the token")?;
+                println!("{token}");
+                eprintln!("token {name:?} ({scope}) created; it is shown only this once");
+                Ok(())
+            })
+        }
         Command::Version => {
             println!(
                 "central-hub {} (sync protocol v{}, ALPN {}, schema v{})",

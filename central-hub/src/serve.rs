@@ -30,6 +30,9 @@ pub const PARTITION_INTERVAL: Duration = Duration::from_secs(3600);
 pub struct ServeConfig {
     /// As the hub role (`mes_hub`): neither owner nor superuser.
     pub database_url: String,
+    /// As the reporting role (`mes_reporting`), possibly a read replica: cross-site reads of
+    /// the HQ API. Without it those endpoints answer 503.
+    pub read_database_url: Option<String>,
     pub quic_listen: SocketAddr,
     pub http_listen: SocketAddr,
     /// Holds the CA (created on first use).
@@ -70,7 +73,20 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let http_addr = listener.local_addr().context("HTTP address")?;
     let metrics = Arc::new(SyncMetrics::default());
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let read_pool = match &config.read_database_url {
+        Some(url) => Some(
+            crate::db::connect(url)
+                .await
+                .context("connecting to the read database")?,
+        ),
+        None => None,
+    };
     let store = PgHubStore::new(pool.clone());
+    let api = crate::api::router(crate::api::ApiState {
+        pool: pool.clone(),
+        read_pool,
+        store: store.clone(),
+    });
     let quic = tokio::spawn(sync::serve(
         endpoint,
         store,
@@ -86,7 +102,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         .with_state(HttpState {
             pool,
             metrics: metrics.clone(),
-        });
+        })
+        .merge(api);
     let mut http_shutdown = shutdown_rx;
     let http = tokio::spawn(async move {
         axum::serve(listener, router)

@@ -142,7 +142,8 @@ pub async fn run(
         let wait = delay + jitter(delay / 2 + Duration::from_millis(1));
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            _ = shutdown.changed() => {}
+            // A dropped sender is a shutdown too; without this the loop would spin.
+            changed = shutdown.changed() => if changed.is_err() { break },
         }
         delay = (delay * 2).min(RETRY_DELAY_MAX);
     }

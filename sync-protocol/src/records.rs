@@ -210,3 +210,76 @@ mod tests {
         assert_eq!(read_view(&doc), Err(DocError::Field("site_id")));
     }
 }
+
+/// Business conflicts a merge left in a work-order document: Automerge keeps concurrent
+/// values of a field side by side, and two concurrent states that contradict each other (HQ
+/// cancelled what the site completed) must go to a person, not be settled by whichever value
+/// Automerge happens to show. Returns one description per contradicting pair.
+pub fn state_conflicts(doc: &AutoCommit) -> Result<Vec<String>, DocError> {
+    let values: Vec<WorkOrderState> = doc
+        .get_all(ROOT, "state")
+        .map_err(am)?
+        .into_iter()
+        .filter_map(|(v, _)| {
+            v.as_scalar()
+                .and_then(|s| s.as_str())
+                .and_then(WorkOrderState::parse)
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (i, a) in values.iter().enumerate() {
+        for b in &values[i + 1..] {
+            if shared_model::work_order::concurrent_state_conflict(*a, *b) {
+                let (x, y) = if a.as_str() <= b.as_str() {
+                    (a, b)
+                } else {
+                    (b, a)
+                };
+                out.push(format!(
+                    "concurrent edits left the order both {} and {}",
+                    x.as_str(),
+                    y.as_str()
+                ));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod conflict_tests {
+    use super::*;
+    use automerge::ActorId;
+
+    /// HQ cancels while the site, offline, completes: after the merge the conflict is found on
+    /// both copies, and a merge of compatible edits finds none.
+    #[test]
+    fn cancel_against_complete_is_a_conflict_on_both_sides() {
+        let mut base = AutoCommit::new().with_actor(ActorId::random());
+        base.put(ROOT, "state", "running").unwrap();
+        base.commit();
+        let mut hq = AutoCommit::load(&base.save())
+            .unwrap()
+            .with_actor(ActorId::random());
+        let mut site = AutoCommit::load(&base.save())
+            .unwrap()
+            .with_actor(ActorId::random());
+        assert!(state_conflicts(&hq).unwrap().is_empty());
+        hq.put(ROOT, "state", "aborted").unwrap();
+        hq.commit();
+        site.put(ROOT, "state", "ended").unwrap();
+        site.commit();
+        let (h, s) = (hq.get_changes(&[]), site.get_changes(&[]));
+        hq.apply_changes(s).unwrap();
+        site.apply_changes(h).unwrap();
+        let expected = vec!["concurrent edits left the order both aborted and ended".to_owned()];
+        assert_eq!(state_conflicts(&hq).unwrap(), expected);
+        assert_eq!(state_conflicts(&site).unwrap(), expected);
+        // A later edit that settles the state resolves it in the document.
+        hq.put(ROOT, "state", "ended").unwrap();
+        hq.commit();
+        assert!(state_conflicts(&hq).unwrap().is_empty());
+    }
+}

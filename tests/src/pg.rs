@@ -34,6 +34,8 @@ pub struct TestDb {
     pub admin_url: String,
     /// As `mes_hub`, the role the hub runs as: neither owner nor superuser.
     pub hub_url: String,
+    /// As `mes_reporting`, the read-only cross-site role of HQ reads.
+    pub reporting_url: String,
 }
 
 fn replace_database(url: &str, db: &str) -> String {
@@ -261,6 +263,7 @@ impl PgServer {
         let admin_url = replace_database(&self.admin_url, &name);
         TestDb {
             hub_url: replace_user(&admin_url, "mes_hub", "mes_hub"),
+            reporting_url: replace_user(&admin_url, "mes_reporting", "mes_reporting"),
             admin_url,
             name,
         }
@@ -282,7 +285,13 @@ impl TestDb {
         PASSWORD_SET
             .get_or_init(|| async {
                 for attempt in 0..20 {
-                    match pool.execute("ALTER ROLE mes_hub PASSWORD 'mes_hub'").await {
+                    let set = async {
+                        pool.execute("ALTER ROLE mes_hub PASSWORD 'mes_hub'")
+                            .await?;
+                        pool.execute("ALTER ROLE mes_reporting PASSWORD 'mes_reporting'")
+                            .await
+                    };
+                    match set.await {
                         Ok(_) => return,
                         Err(e) if attempt < 19 => {
                             eprintln!("retrying ALTER ROLE: {e}");

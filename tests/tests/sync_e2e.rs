@@ -73,6 +73,18 @@ fn events(site: &SiteId, from: u64, n: u64) -> Vec<Event> {
         .collect()
 }
 
+/// Crypto provider and logs (warnings, or `RUST_LOG`) for a test.
+fn init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
 async fn wait_for<F, Fut>(what: &str, limit: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
@@ -102,7 +114,7 @@ fn free_udp_port() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_edge_catches_up_and_hq_releases_come_down() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    init();
     let db = server().await.fresh_database().await;
     db.migrate().await;
     let admin = central_hub::db::connect(&db.admin_url).await.unwrap();
@@ -134,6 +146,7 @@ async fn offline_edge_catches_up_and_hq_releases_come_down() {
     // The hub starts on the port the edge is trying.
     let hub = serve::start(ServeConfig {
         database_url: db.hub_url.clone(),
+        read_database_url: Some(db.reporting_url.clone()),
         quic_listen: hub_addr.parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
         state_dir: state_dir.clone(),
@@ -225,6 +238,223 @@ async fn offline_edge_catches_up_and_hq_releases_come_down() {
     .await;
     eprintln!("release reached the edge after {:?}", released.elapsed());
 
+    edge.stop().await.unwrap();
+    hub.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(edge_dir);
+    let _ = std::fs::remove_dir_all(state_dir);
+}
+
+/// HQ releases through the API, then HQ cancels while the site, offline, starts and completes
+/// the same order: after reconnecting both copies have the same Automerge heads, both edits
+/// are in the history, and the hub lists a conflict instead of silently picking a state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hq_cancel_against_offline_completion_becomes_a_conflict() {
+    init();
+    let db = server().await.fresh_database().await;
+    db.migrate().await;
+    let admin = central_hub::db::connect(&db.admin_url).await.unwrap();
+    let state_dir = temp_dir("hub2");
+    let ca = Ca::load_or_create(&state_dir).unwrap();
+    let a = SiteId::new("SITE_A").unwrap();
+    let b = SiteId::new("SITE_B").unwrap();
+    for s in [&a, &b] {
+        add_site(&admin, s, "Plant", "EU", "UTC").await.unwrap();
+    }
+    let tls_a = state_dir.join("sites/SITE_A");
+    ca.write_site_bundle(&a, &tls_a).unwrap();
+    let hub = serve::start(ServeConfig {
+        database_url: db.hub_url.clone(),
+        read_database_url: Some(db.reporting_url.clone()),
+        quic_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state_dir.clone(),
+        server_names: vec!["127.0.0.1".into()],
+    })
+    .await
+    .unwrap();
+    let api = format!("http://{}", hub.http_addr);
+    let hq = central_hub::api::create_token(&admin, "hq", "hq:write", None)
+        .await
+        .unwrap();
+    let b_only = central_hub::api::create_token(&admin, "b", "hq:write", Some(&b))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+
+    // Tokens are required and scoped.
+    let r = http
+        .get(format!("{api}/api/v1/sites"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .post(format!("{api}/api/v1/sites/SITE_A/work-orders"))
+        .bearer_auth(&b_only)
+        .json(&serde_json::json!({"material": "BRACKET-7", "planned_quantity": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    let edge_dir = temp_dir("edge-conflict");
+    let config = edge_config("SITE_A", &edge_dir, &hub.quic_addr.to_string(), &tls_a);
+    let edge = edge_agent::server::start(config.clone()).await.unwrap();
+    let r = http
+        .post(format!("{api}/api/v1/sites/SITE_A/work-orders"))
+        .bearer_auth(&hq)
+        .json(&serde_json::json!({"id": "SITE_A-WO-5", "material": "BRACKET-7", "planned_quantity": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let store = edge.state.store.clone();
+    wait_for("the release at the edge", Duration::from_secs(10), || {
+        let store = store.clone();
+        async move {
+            store
+                .read(|c| edge_agent::records::get(c, "SITE_A-WO-5"))
+                .await
+                .unwrap()
+                .is_some()
+        }
+    })
+    .await;
+    let sites: serde_json::Value = http
+        .get(format!("{api}/api/v1/sites"))
+        .bearer_auth(&hq)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let site_a = sites["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["site_id"] == "SITE_A")
+        .unwrap();
+    assert_eq!(site_a["connected"], true, "{sites}");
+    assert_eq!(site_a["down_backlog"], 0, "{sites}");
+
+    // The site goes offline and completes the order; HQ meanwhile cancels it.
+    edge.stop().await.unwrap();
+    let r = http
+        .patch(format!("{api}/api/v1/work-orders/SITE_A-WO-5"))
+        .bearer_auth(&hq)
+        .json(&serde_json::json!({"cancel": true, "planned_quantity": 12}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    {
+        let offline = edge_agent::store::Store::open(
+            &edge_dir,
+            a.clone(),
+            std::sync::Arc::new(edge_agent::metrics::Metrics::default()),
+        )
+        .unwrap();
+        for action in [
+            shared_model::work_order::WorkOrderAction::Start,
+            shared_model::work_order::WorkOrderAction::Complete,
+        ] {
+            let actor = offline.actor().clone();
+            offline
+                .write(move |c| {
+                    edge_agent::records::transition(
+                        c,
+                        &shared_model::WorkOrderId::new("SITE_A-WO-5").unwrap(),
+                        action,
+                        None,
+                        Timestamp::parse_rfc3339("2026-11-20T09:00:00Z").unwrap(),
+                        &actor,
+                    )
+                })
+                .await
+                .unwrap();
+        }
+        offline.close();
+    }
+    // Back online: the edits cross.
+    let edge = edge_agent::server::start(config).await.unwrap();
+    let store = edge.state.store.clone();
+    wait_for("HQ's edit at the edge", Duration::from_secs(10), || {
+        let store = store.clone();
+        async move {
+            store
+                .read(|c| edge_agent::records::get(c, "SITE_A-WO-5"))
+                .await
+                .unwrap()
+                .is_some_and(|w| w.order.planned_quantity == 12)
+        }
+    })
+    .await;
+    wait_for(
+        "the edge's outbox to drain",
+        Duration::from_secs(10),
+        || async { edge.state.store.pending().await.unwrap().changes == 0 },
+    )
+    .await;
+    let hub_doc: Vec<u8> =
+        sqlx::query_scalar("SELECT doc FROM records WHERE record_id = 'SITE_A-WO-5'")
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    let states: Vec<String> = automerge::ReadDoc::get_all(
+        &automerge::AutoCommit::load(&hub_doc).unwrap(),
+        automerge::ROOT,
+        "state",
+    )
+    .unwrap()
+    .into_iter()
+    .map(|(v, _)| v.to_string())
+    .collect();
+    eprintln!("hub's concurrent states: {states:?}");
+    assert_eq!(
+        count(
+            &admin,
+            "SELECT count(*) FROM conflicts WHERE resolved_at IS NULL"
+        )
+        .await,
+        1,
+        "states at the hub: {states:?}"
+    );
+    let conflicts: serde_json::Value = http
+        .get(format!("{api}/api/v1/conflicts"))
+        .bearer_auth(&hq)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        conflicts["conflicts"][0]["description"],
+        "concurrent edits left the order both aborted and ended",
+        "{conflicts}"
+    );
+    // Same heads on both sides.
+    let hub_doc: Vec<u8> =
+        sqlx::query_scalar("SELECT doc FROM records WHERE record_id = 'SITE_A-WO-5'")
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    let edge_doc: Vec<u8> = edge
+        .state
+        .store
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT doc FROM records WHERE record_id = 'SITE_A-WO-5'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+        .unwrap();
+    let mut h = automerge::AutoCommit::load(&hub_doc).unwrap();
+    let mut e = automerge::AutoCommit::load(&edge_doc).unwrap();
+    assert_eq!(h.get_heads(), e.get_heads());
     edge.stop().await.unwrap();
     hub.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(edge_dir);

@@ -18,7 +18,8 @@ pub const HUB_ROLE: &str = "mes_hub";
 /// The role reporting queries use (read-only, across sites).
 pub const REPORTING_ROLE: &str = "mes_reporting";
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 DO $$ BEGIN
     CREATE ROLE mes_hub LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS;
 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
@@ -189,7 +190,24 @@ GRANT SELECT, INSERT, UPDATE ON production_hourly, records, work_orders, conflic
 GRANT SELECT, INSERT ON actors, down_log TO mes_hub;
 GRANT USAGE ON SEQUENCE down_log_cursor_seq, conflicts_id_seq TO mes_hub;
 GRANT SELECT ON master_data TO mes_hub, mes_reporting;
-"#];
+"#,
+    r#"
+-- HQ API tokens: HQ-wide or one site, read or write. Only a SHA-256 of each token is kept.
+CREATE TABLE api_tokens (
+    hash           bytea PRIMARY KEY,
+    name           text NOT NULL,
+    scope          text NOT NULL CHECK (scope IN ('hq:read', 'hq:write')),
+    site_id        varchar(20) REFERENCES sites (site_id),
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    revoked_at     timestamptz
+);
+GRANT SELECT ON api_tokens TO mes_hub;
+
+-- One open conflict per record and contradiction, however often the merge sees it.
+CREATE UNIQUE INDEX conflicts_open_once ON conflicts (site_id, record_kind, record_id, description)
+    WHERE resolved_at IS NULL;
+"#,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {

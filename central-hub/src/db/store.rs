@@ -204,6 +204,37 @@ async fn merge_change(
     .bind(doc.save())
     .execute(&mut **tx)
     .await?;
+    if record.kind == RecordKind::WorkOrder {
+        let conflicts = sync_protocol::records::state_conflicts(&doc)
+            .map_err(|e| HubStoreError::Corrupt(format!("record {}: {e}", record.id())))?;
+        // A conflict the document no longer shows (a later edit settled the state, or it was
+        // only an intermediate step of a batch) is resolved; the current ones are open.
+        sqlx::query(
+            "UPDATE conflicts SET resolved_at = now()
+             WHERE site_id = $1 AND record_kind = $2 AND record_id = $3 AND resolved_at IS NULL
+               AND NOT (description = ANY($4))",
+        )
+        .bind(site.as_str())
+        .bind(kind_str(record.kind))
+        .bind(record.id())
+        .bind(&conflicts)
+        .execute(&mut **tx)
+        .await?;
+        for description in conflicts {
+            sqlx::query(
+                "INSERT INTO conflicts (site_id, record_kind, record_id, description)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (site_id, record_kind, record_id, description) WHERE resolved_at IS NULL
+                 DO NOTHING",
+            )
+            .bind(site.as_str())
+            .bind(kind_str(record.kind))
+            .bind(record.id())
+            .bind(description)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
     if record.kind == RecordKind::WorkOrder
         && let Ok(v) = read_view(&doc)
     {
@@ -458,6 +489,25 @@ impl HubStore for PgHubStore {
             our_heads: heads_of(&mut doc),
         })
     }
+}
+
+/// The hub's copy of a record's document, for an HQ edit.
+pub async fn load_record(
+    pool: &PgPool,
+    site: &SiteId,
+    record: &RecordId,
+) -> Result<Option<Vec<u8>>, HubStoreError> {
+    let mut tx = scoped(pool, site).await?;
+    let doc: Option<Vec<u8>> = sqlx::query_scalar(
+        "SELECT doc FROM records WHERE site_id = $1 AND record_kind = $2 AND record_id = $3",
+    )
+    .bind(site.as_str())
+    .bind(kind_str(record.kind))
+    .bind(record.id())
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(doc)
 }
 
 /// Registers a site and creates its partitions (as the database owner, at `site add`).

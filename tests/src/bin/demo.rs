@@ -129,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
     println!("== starting the hub");
     let hub = serve::start(ServeConfig {
         database_url: db.hub_url.clone(),
+        read_database_url: Some(db.reporting_url.clone()),
         quic_listen: "127.0.0.1:0".parse()?,
         http_listen: "127.0.0.1:0".parse()?,
         state_dir: state_dir.clone(),

@@ -1,0 +1,482 @@
+//! The hub's HQ API: sites with their sync status, work-order releases and edits, conflicts.
+//!
+//! Every `/api/v1` request needs a bearer token (`central-hub api-token create`) with a scope:
+//! `hq:read` or `hq:write`, HQ-wide or for one site. Writes go through the site-scoped store
+//! (row-level security as the hub role); cross-site reads use the reporting connection
+//! (`--read-database-url`, role `mes_reporting`), never the sync path.
+
+use automerge::transaction::Transactable;
+use automerge::{AutoCommit, ROOT, ScalarValue};
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use shared_model::work_order::{WorkOrder, WorkOrderAction, WorkOrderState};
+use shared_model::{MaterialId, SiteId, Timestamp, WorkOrderId};
+use sqlx::{PgPool, Row};
+use sync_protocol::message::{DownItem, RecordChange, RecordId};
+use sync_protocol::records::{WorkOrderView, read_view, write_all};
+
+use crate::db::store::{PgHubStore, load_record};
+
+/// Largest request body of the HQ API.
+pub const BODY_BYTES_MAX: usize = 256 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct ApiState {
+    pub pool: PgPool,
+    pub read_pool: Option<PgPool>,
+    pub store: PgHubStore,
+}
+
+/// What a token may do.
+#[derive(Clone, Debug)]
+pub struct Scope {
+    pub write: bool,
+    pub site: Option<SiteId>,
+}
+
+impl Scope {
+    fn allows(&self, site: &SiteId) -> bool {
+        self.site.as_ref().is_none_or(|s| s == site)
+    }
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field),
+            ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
+        }
+    }
+
+    fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "HQ API failure");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )
+    }
+
+    fn forbidden() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the token's scope does not allow this",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(f) = self.field {
+            error["field"] = json!(f);
+        }
+        (self.status, Json(json!({ "error": error }))).into_response()
+    }
+}
+
+pub fn token_hash(token: &str) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+/// Creates a token (as the database owner) and returns it; only its hash is stored.
+pub async fn create_token(
+    pool: &PgPool,
+    name: &str,
+    scope: &str,
+    site: Option<&SiteId>,
+) -> Result<String, sqlx::Error> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 24];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| sqlx::Error::Protocol("no randomness available".into()))?;
+    let token: String = std::iter::once("hub_".to_owned())
+        .chain(bytes.iter().map(|b| format!("{b:02x}")))
+        .collect();
+    sqlx::query("INSERT INTO api_tokens (hash, name, scope, site_id) VALUES ($1, $2, $3, $4)")
+        .bind(token_hash(&token))
+        .bind(name)
+        .bind(scope)
+        .bind(site.map(|s| s.as_str().to_owned()))
+        .execute(pool)
+        .await?;
+    Ok(token)
+}
+
+async fn require_token(State(state): State<ApiState>, mut req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 128)
+        .map(str::to_owned);
+    let Some(token) = token else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a bearer token is required (central-hub api-token create)",
+        )
+        .into_response();
+    };
+    let row =
+        sqlx::query("SELECT scope, site_id FROM api_tokens WHERE hash = $1 AND revoked_at IS NULL")
+            .bind(token_hash(&token))
+            .fetch_optional(&state.pool)
+            .await;
+    match row {
+        Ok(Some(r)) => {
+            let scope: String = r.get("scope");
+            let site: Option<String> = r.get("site_id");
+            req.extensions_mut().insert(Scope {
+                write: scope == "hq:write",
+                site: site.and_then(|s| SiteId::new(s).ok()),
+            });
+            next.run(req).await
+        }
+        Ok(None) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unknown or revoked token",
+        )
+        .into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/v1/sites", get(sites))
+        .route("/api/v1/sites/{site}/work-orders", post(release))
+        .route("/api/v1/work-orders/{id}", patch(edit))
+        .route("/api/v1/conflicts", get(conflicts))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(state)
+}
+
+fn read_pool(state: &ApiState) -> Result<&PgPool, ApiError> {
+    state.read_pool.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "cross-site reads need --read-database-url (role mes_reporting)",
+        )
+    })
+}
+
+fn ts_json(t: Option<time::OffsetDateTime>) -> Value {
+    t.and_then(|t| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    })
+    .map_or(Value::Null, Value::String)
+}
+
+async fn sites(
+    State(state): State<ApiState>,
+    Extension(scope): Extension<Scope>,
+) -> Result<Json<Value>, ApiError> {
+    let rows = sqlx::query(
+        "SELECT s.site_id, s.name, s.region, s.timezone, s.connected, s.last_seen_at,
+                s.agent_version, s.down_acked, s.revoked_at IS NOT NULL AS revoked,
+                coalesce((SELECT max(d.cursor) FROM down_log d WHERE d.site_id = s.site_id), 0) AS down_head,
+                (SELECT max(e.received_at) FROM events e WHERE e.site_id = s.site_id) AS last_event_at
+         FROM sites s ORDER BY s.site_id",
+    )
+    .fetch_all(read_pool(&state)?)
+    .await
+    .map_err(ApiError::internal)?;
+    let sites: Vec<Value> = rows
+        .iter()
+        .filter(|r| {
+            SiteId::new(r.get::<String, _>("site_id"))
+                .map(|s| scope.allows(&s))
+                .unwrap_or(false)
+        })
+        .map(|r| {
+            let head: i64 = r.get("down_head");
+            let acked: i64 = r.get("down_acked");
+            json!({
+                "site_id": r.get::<String, _>("site_id"),
+                "name": r.get::<String, _>("name"),
+                "region": r.get::<String, _>("region"),
+                "timezone": r.get::<String, _>("timezone"),
+                "revoked": r.get::<bool, _>("revoked"),
+                "connected": r.get::<bool, _>("connected"),
+                "last_seen_at": ts_json(r.get("last_seen_at")),
+                "last_event_at": ts_json(r.get("last_event_at")),
+                "agent_version": r.get::<Option<String>, _>("agent_version"),
+                "down_backlog": (head - acked).max(0),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "sites": sites })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    id: Option<String>,
+    material: String,
+    planned_quantity: u32,
+    due: Option<String>,
+    priority: Option<u8>,
+    erp_ref: Option<String>,
+    notes: Option<String>,
+    routing_version: Option<u32>,
+}
+
+fn parse_due(due: Option<&str>) -> Result<Option<Timestamp>, ApiError> {
+    due.map(|d| Timestamp::parse_rfc3339(d).map_err(|e| ApiError::invalid("due", e.to_string())))
+        .transpose()
+}
+
+async fn publish_change(
+    state: &ApiState,
+    site: &SiteId,
+    record: RecordId,
+    doc: &mut AutoCommit,
+) -> Result<(), ApiError> {
+    doc.commit();
+    let bytes = doc
+        .get_last_local_change()
+        .ok_or_else(|| ApiError::internal("automerge produced no change"))?
+        .raw_bytes()
+        .to_vec();
+    let change = RecordChange::new(record, bytes).map_err(ApiError::internal)?;
+    state
+        .store
+        .publish(site, &DownItem::RecordChange(change))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(())
+}
+
+/// Releases a new work order to a site: an Automerge document in state `allowed_to_start`,
+/// sent down on the site's down log.
+async fn release(
+    State(state): State<ApiState>,
+    Extension(scope): Extension<Scope>,
+    Path(site): Path<String>,
+    body: Result<Json<Release>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<WorkOrderView>), ApiError> {
+    let site = SiteId::new(site)
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()))?;
+    if !scope.write || !scope.allows(&site) {
+        return Err(ApiError::forbidden());
+    }
+    let Json(r) = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            e.body_text(),
+        )
+    })?;
+    let id = match r.id {
+        Some(id) => id,
+        None => format!(
+            "{site}-WO-{}",
+            &uuid::Uuid::now_v7().simple().to_string()[..16]
+        ),
+    };
+    if !id.starts_with(&format!("{site}-")) {
+        return Err(ApiError::invalid("id", format!("must start with {site}-")));
+    }
+    let order = WorkOrder {
+        id: WorkOrderId::new(id).map_err(|e| ApiError::invalid("id", e.to_string()))?,
+        site_id: site.clone(),
+        erp_ref: r.erp_ref,
+        material: MaterialId::new(r.material)
+            .map_err(|e| ApiError::invalid("material", e.to_string()))?,
+        routing_version: r.routing_version.unwrap_or(1),
+        planned_quantity: r.planned_quantity,
+        due: parse_due(r.due.as_deref())?,
+        priority: r.priority.unwrap_or(5),
+        state: WorkOrderState::AllowedToStart,
+        actual_start: None,
+        actual_end: None,
+        operations: Vec::new(),
+        notes: r.notes.unwrap_or_default(),
+        good_count: 0,
+        scrap_count: 0,
+    };
+    order.validate().map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            e.to_string(),
+        )
+    })?;
+    let record = RecordId::work_order(&order.id);
+    if load_record(&state.pool, &site, &record)
+        .await
+        .map_err(ApiError::internal)?
+        .is_some()
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("work order {} already exists", order.id),
+        ));
+    }
+    let view = WorkOrderView {
+        order,
+        work_unit: None,
+    };
+    let mut doc = AutoCommit::new();
+    write_all(&mut doc, &view).map_err(ApiError::internal)?;
+    publish_change(&state, &site, record, &mut doc).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Edit {
+    planned_quantity: Option<u32>,
+    due: Option<String>,
+    priority: Option<u8>,
+    notes: Option<String>,
+    /// `true` cancels the order (ISA-95 Aborted).
+    cancel: Option<bool>,
+}
+
+/// HQ edits an order: re-plan, re-prioritise, or cancel. The edit is one Automerge change on
+/// the hub's copy, merged and sent down like a release.
+async fn edit(
+    State(state): State<ApiState>,
+    Extension(scope): Extension<Scope>,
+    Path(id): Path<String>,
+    body: Result<Json<Edit>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<WorkOrderView>, ApiError> {
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("work order {id} not found"),
+        )
+    };
+    let wo = WorkOrderId::new(id.clone()).map_err(|_| not_found())?;
+    let site = id
+        .split_once('-')
+        .and_then(|(s, _)| SiteId::new(s).ok())
+        .ok_or_else(not_found)?;
+    if !scope.write || !scope.allows(&site) {
+        return Err(ApiError::forbidden());
+    }
+    let Json(e) = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            e.body_text(),
+        )
+    })?;
+    let record = RecordId::work_order(&wo);
+    let bytes = load_record(&state.pool, &site, &record)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(not_found)?;
+    let mut doc = AutoCommit::load(&bytes).map_err(ApiError::internal)?;
+    let current = read_view(&doc).map_err(ApiError::internal)?;
+    let am = |r: Result<(), automerge::AutomergeError>| r.map_err(ApiError::internal);
+    if let Some(q) = e.planned_quantity {
+        if q == 0 || q > shared_model::work_order::PLANNED_QUANTITY_MAX {
+            return Err(ApiError::invalid(
+                "planned_quantity",
+                "must be 1 to 10,000,000",
+            ));
+        }
+        am(doc.put(ROOT, "planned_quantity", u64::from(q)))?;
+    }
+    if let Some(due) = parse_due(e.due.as_deref())? {
+        am(doc.put(ROOT, "due", due.as_micros()))?;
+    }
+    if let Some(p) = e.priority {
+        if p > shared_model::work_order::PRIORITY_MAX {
+            return Err(ApiError::invalid("priority", "must be 0 to 9"));
+        }
+        am(doc.put(ROOT, "priority", u64::from(p)))?;
+    }
+    if let Some(n) = e.notes {
+        am(doc.put(ROOT, "notes", n))?;
+    }
+    if e.cancel == Some(true) {
+        let next = current
+            .order
+            .state
+            .apply(WorkOrderAction::Abort)
+            .map_err(|t| {
+                ApiError::new(StatusCode::CONFLICT, "illegal_transition", t.to_string())
+            })?;
+        am(doc.put(ROOT, "state", next.as_str()))?;
+        let now = Timestamp::from_micros(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as i64)
+                .unwrap_or(0),
+        );
+        am(doc.put(ROOT, "actual_end", ScalarValue::Int(now.as_micros())))?;
+    }
+    publish_change(&state, &site, record, &mut doc).await?;
+    Ok(Json(read_view(&doc).map_err(ApiError::internal)?))
+}
+
+async fn conflicts(
+    State(state): State<ApiState>,
+    Extension(scope): Extension<Scope>,
+) -> Result<Json<Value>, ApiError> {
+    let rows = sqlx::query(
+        "SELECT id, site_id, record_kind, record_id, description, detected_at
+         FROM conflicts WHERE resolved_at IS NULL ORDER BY detected_at DESC LIMIT 1000",
+    )
+    .fetch_all(read_pool(&state)?)
+    .await
+    .map_err(ApiError::internal)?;
+    let list: Vec<Value> = rows
+        .iter()
+        .filter(|r| {
+            SiteId::new(r.get::<String, _>("site_id"))
+                .map(|s| scope.allows(&s))
+                .unwrap_or(false)
+        })
+        .map(|r| {
+            json!({
+                "id": r.get::<i64, _>("id"),
+                "site_id": r.get::<String, _>("site_id"),
+                "record_kind": r.get::<String, _>("record_kind"),
+                "record_id": r.get::<String, _>("record_id"),
+                "description": r.get::<String, _>("description"),
+                "detected_at": ts_json(r.get("detected_at")),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "conflicts": list })))
+}
