@@ -460,3 +460,182 @@ async fn hq_cancel_against_offline_completion_becomes_a_conflict() {
     let _ = std::fs::remove_dir_all(edge_dir);
     let _ = std::fs::remove_dir_all(state_dir);
 }
+
+/// Opens a raw sync stream with a site's certificate, sends `frames`, and returns the error
+/// frame the hub answers with (or `None` if it closed without one).
+async fn raw_session(
+    tls_dir: &Path,
+    hub: std::net::SocketAddr,
+    frames: Vec<Vec<u8>>,
+) -> Option<sync_protocol::message::ErrorFrame> {
+    let endpoint = edge_agent::sync::client_endpoint(tls_dir).unwrap();
+    let conn = endpoint.connect(hub, "127.0.0.1").unwrap().await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    for f in frames {
+        if send.write_all(&f).await.is_err() {
+            break;
+        }
+    }
+    let mut decoder = sync_protocol::frame::FrameDecoder::new(1 << 22);
+    let mut buf = vec![0u8; 65536];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let read = tokio::time::timeout(Duration::from_secs(5), recv.read(&mut buf)).await;
+        match read {
+            Ok(Ok(Some(n))) => decoder.push(&buf[..n]),
+            _ => break,
+        }
+        while let Ok(Some(m)) = decoder.next_message() {
+            if let sync_protocol::message::Message::Error(e) = m {
+                return Some(e);
+            }
+        }
+    }
+    None
+}
+
+fn hello() -> Vec<u8> {
+    sync_protocol::frame::encode(
+        &sync_protocol::message::Message::Hello(sync_protocol::message::Hello {
+            protocol_version: 1,
+            agent_version: "rogue".into(),
+            capabilities: sync_protocol::message::capability::ALL_V1,
+            down_cursor: 0,
+        }),
+        1 << 22,
+    )
+    .unwrap()
+}
+
+/// Hostile or broken peers: garbage, another site's events, another site's work order, an
+/// unregistered site. Each gets an error frame with the right code and nothing is written,
+/// while a well-behaved site keeps syncing throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peers_are_cut_off_and_other_sites_keep_syncing() {
+    use sync_protocol::message::{ErrorCode, EventBatch, Message, RecordChanges};
+    init();
+    let db = server().await.fresh_database().await;
+    db.migrate().await;
+    let admin = central_hub::db::connect(&db.admin_url).await.unwrap();
+    let state_dir = temp_dir("hub3");
+    let ca = Ca::load_or_create(&state_dir).unwrap();
+    let (a, b) = (
+        SiteId::new("SITE_A").unwrap(),
+        SiteId::new("SITE_B").unwrap(),
+    );
+    for s in [&a, &b] {
+        add_site(&admin, s, "Plant", "EU", "UTC").await.unwrap();
+        ca.write_site_bundle(s, &state_dir.join("sites").join(s.as_str()))
+            .unwrap();
+    }
+    // A site the CA signed but the hub never registered.
+    let ghost = SiteId::new("SITE_GHOST").unwrap();
+    ca.write_site_bundle(&ghost, &state_dir.join("sites/SITE_GHOST"))
+        .unwrap();
+    let hub = serve::start(ServeConfig {
+        database_url: db.hub_url.clone(),
+        read_database_url: None,
+        quic_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state_dir.clone(),
+        server_names: vec!["127.0.0.1".into()],
+    })
+    .await
+    .unwrap();
+    let edge_dir = temp_dir("edge-good");
+    let edge = edge_agent::server::start(edge_config(
+        "SITE_A",
+        &edge_dir,
+        &hub.quic_addr.to_string(),
+        &state_dir.join("sites/SITE_A"),
+    ))
+    .await
+    .unwrap();
+
+    let tls_b = state_dir.join("sites/SITE_B");
+    let garbage = raw_session(
+        &tls_b,
+        hub.quic_addr,
+        vec![hello(), vec![0, 0, 0, 4, 0, 0x10, 1, 2, 3, 4]],
+    )
+    .await;
+    assert_eq!(garbage.map(|e| e.code), Some(ErrorCode::MalformedFrame));
+    let unknown = raw_session(
+        &tls_b,
+        hub.quic_addr,
+        vec![hello(), vec![0, 0, 0, 0, 0x7A, 0x7A]],
+    )
+    .await;
+    assert_eq!(unknown.map(|e| e.code), Some(ErrorCode::UnknownMessageType));
+    let oversized = raw_session(
+        &tls_b,
+        hub.quic_addr,
+        vec![hello(), vec![0xFF, 0xFF, 0xFF, 0xFF, 0, 0x10]],
+    )
+    .await;
+    assert_eq!(oversized.map(|e| e.code), Some(ErrorCode::FrameTooLarge));
+    // B's certificate, A's events.
+    let foreign_events = sync_protocol::frame::encode(
+        &Message::EventBatch(EventBatch {
+            last_seq: 1,
+            events: events(&a, 9_000, 3),
+        }),
+        1 << 22,
+    )
+    .unwrap();
+    let mismatch = raw_session(&tls_b, hub.quic_addr, vec![hello(), foreign_events]).await;
+    assert_eq!(mismatch.map(|e| e.code), Some(ErrorCode::SiteMismatch));
+    // B's certificate, a change to A's work order.
+    let mut doc = automerge::AutoCommit::new();
+    doc.put(automerge::ROOT, "state", "aborted").unwrap();
+    doc.commit();
+    let change = RecordChange::new(
+        RecordId::new(RecordKind::WorkOrder, "SITE_A-WO-1").unwrap(),
+        doc.get_last_local_change().unwrap().raw_bytes().to_vec(),
+    )
+    .unwrap();
+    let foreign_record = sync_protocol::frame::encode(
+        &Message::RecordChanges(RecordChanges {
+            last_seq: 1,
+            changes: vec![change],
+        }),
+        1 << 22,
+    )
+    .unwrap();
+    let refused = raw_session(&tls_b, hub.quic_addr, vec![hello(), foreign_record]).await;
+    assert_eq!(refused.map(|e| e.code), Some(ErrorCode::Unauthorized));
+    // A site that is not registered.
+    let ghost_answer = raw_session(
+        &state_dir.join("sites/SITE_GHOST"),
+        hub.quic_addr,
+        vec![hello()],
+    )
+    .await;
+    assert_eq!(ghost_answer.map(|e| e.code), Some(ErrorCode::Unauthorized));
+
+    assert_eq!(count(&admin, "SELECT count(*) FROM events").await, 0);
+    assert_eq!(count(&admin, "SELECT count(*) FROM records").await, 0);
+    assert!(hub.metrics.protocol_errors.load(Ordering::Relaxed) >= 4);
+
+    // Meanwhile site A syncs as usual.
+    let batch = events(&a, 0, 100);
+    edge.state
+        .store
+        .write(move |c| edge_agent::store::insert_events_for_tests(c, &batch))
+        .await
+        .unwrap();
+    edge.state.notify_outbox();
+    wait_for("site A's events", Duration::from_secs(15), || async {
+        count(
+            &admin,
+            "SELECT count(*) FROM events WHERE site_id = 'SITE_A'",
+        )
+        .await
+            == 100
+    })
+    .await;
+    edge.stop().await.unwrap();
+    hub.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(edge_dir);
+    let _ = std::fs::remove_dir_all(state_dir);
+}
