@@ -639,3 +639,112 @@ async fn hostile_peers_are_cut_off_and_other_sites_keep_syncing() {
     let _ = std::fs::remove_dir_all(edge_dir);
     let _ = std::fs::remove_dir_all(state_dir);
 }
+
+/// Two hub instances on one database, an edge on each: both sites' events land, and a
+/// release made through one instance reaches the edge connected to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hub_instances_serve_one_database() {
+    init();
+    let db = server().await.fresh_database().await;
+    db.migrate().await;
+    let admin = central_hub::db::connect(&db.admin_url).await.unwrap();
+    let state_dir = temp_dir("hub4");
+    let ca = Ca::load_or_create(&state_dir).unwrap();
+    let sites = [
+        SiteId::new("SITE_A").unwrap(),
+        SiteId::new("SITE_B").unwrap(),
+    ];
+    for s in &sites {
+        add_site(&admin, s, "Plant", "EU", "UTC").await.unwrap();
+        ca.write_site_bundle(s, &state_dir.join("sites").join(s.as_str()))
+            .unwrap();
+    }
+    let mut hubs = Vec::new();
+    for _ in 0..2 {
+        hubs.push(
+            serve::start(ServeConfig {
+                database_url: db.hub_url.clone(),
+                read_database_url: Some(db.reporting_url.clone()),
+                quic_listen: "127.0.0.1:0".parse().unwrap(),
+                http_listen: "127.0.0.1:0".parse().unwrap(),
+                state_dir: state_dir.clone(),
+                server_names: vec!["127.0.0.1".into()],
+            })
+            .await
+            .unwrap(),
+        );
+    }
+    let mut edges = Vec::new();
+    let mut dirs = Vec::new();
+    for (site, hub) in sites.iter().zip(&hubs) {
+        let dir = temp_dir(&format!("edge-{site}"));
+        let edge = edge_agent::server::start(edge_config(
+            site.as_str(),
+            &dir,
+            &hub.quic_addr.to_string(),
+            &state_dir.join("sites").join(site.as_str()),
+        ))
+        .await
+        .unwrap();
+        let batch = events(site, 0, 200);
+        edge.state
+            .store
+            .write(move |c| edge_agent::store::insert_events_for_tests(c, &batch))
+            .await
+            .unwrap();
+        edge.state.notify_outbox();
+        edges.push(edge);
+        dirs.push(dir);
+    }
+    wait_for("both sites' events", Duration::from_secs(20), || async {
+        count(&admin, "SELECT count(*) FROM events").await == 400
+    })
+    .await;
+    // Release to SITE_B through the hub SITE_B is not connected to.
+    let token = central_hub::api::create_token(&admin, "hq", "hq:write", None)
+        .await
+        .unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/sites/SITE_B/work-orders", hubs[0].http_addr))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"id": "SITE_B-WO-9", "material": "BRACKET-7", "planned_quantity": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let store = edges[1].state.store.clone();
+    wait_for(
+        "the release at SITE_B via the other hub",
+        Duration::from_secs(10),
+        || {
+            let store = store.clone();
+            async move {
+                store
+                    .read(|c| edge_agent::records::get(c, "SITE_B-WO-9"))
+                    .await
+                    .unwrap()
+                    .is_some()
+            }
+        },
+    )
+    .await;
+    let per_site: Vec<(String, i64)> =
+        sqlx::query_as("SELECT site_id::text, count(*) FROM events GROUP BY 1 ORDER BY 1")
+            .fetch_all(&admin)
+            .await
+            .unwrap();
+    assert_eq!(
+        per_site,
+        vec![("SITE_A".to_owned(), 200), ("SITE_B".to_owned(), 200)]
+    );
+    for e in edges {
+        e.stop().await.unwrap();
+    }
+    for h in hubs {
+        h.stop().await.unwrap();
+    }
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let _ = std::fs::remove_dir_all(state_dir);
+}
