@@ -178,6 +178,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/sites/{site}/work-orders", post(release))
         .route("/api/v1/work-orders/{id}", patch(edit))
         .route("/api/v1/conflicts", get(conflicts))
+        .route(
+            "/api/v1/master-data/{kind}",
+            axum::routing::put(put_master_data),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(state)
@@ -479,4 +483,98 @@ async fn conflicts(
         })
         .collect();
     Ok(Json(json!({ "conflicts": list })))
+}
+
+/// Uploads master data of one kind (a JSON array of records) and sends it down to the sites.
+async fn put_master_data(
+    State(state): State<ApiState>,
+    Extension(scope): Extension<Scope>,
+    Path(kind): Path<String>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    use shared_model::master::{
+        Equipment, MasterKind, MasterRecord, Material, ReasonCode, RoutingStep, ShiftCalendar,
+    };
+    if !scope.write || scope.site.is_some() {
+        return Err(ApiError::forbidden());
+    }
+    let kind = crate::db::master::kind_from_path(&kind).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no master-data kind {kind:?}; kinds are materials, routings, reason-codes, equipment, shift-calendars"),
+        )
+    })?;
+    let Json(value) = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            e.body_text(),
+        )
+    })?;
+    let items = value
+        .as_array()
+        .ok_or_else(|| ApiError::invalid("body", "must be a JSON array of records"))?;
+    if items.len() > crate::db::master::RECORDS_PER_UPLOAD_MAX {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_records",
+            format!(
+                "at most {} records per upload",
+                crate::db::master::RECORDS_PER_UPLOAD_MAX
+            ),
+        ));
+    }
+    let mut records = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let parsed = match kind {
+            MasterKind::Material => {
+                serde_json::from_value::<Material>(item.clone()).map(MasterRecord::Material)
+            }
+            MasterKind::RoutingStep => {
+                serde_json::from_value::<RoutingStep>(item.clone()).map(MasterRecord::RoutingStep)
+            }
+            MasterKind::ReasonCode => {
+                serde_json::from_value::<ReasonCode>(item.clone()).map(MasterRecord::ReasonCode)
+            }
+            MasterKind::Equipment => {
+                serde_json::from_value::<Equipment>(item.clone()).map(MasterRecord::Equipment)
+            }
+            MasterKind::ShiftCalendar => serde_json::from_value::<ShiftCalendar>(item.clone())
+                .map(MasterRecord::ShiftCalendar),
+        };
+        let record = parsed.map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                format!("record {i}: {e}"),
+            )
+        })?;
+        record.validate().map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                format!("record {i}: {e}"),
+            )
+        })?;
+        records.push(record);
+    }
+    let sites: Vec<SiteId> = sqlx::query_scalar::<_, String>(
+        "SELECT site_id FROM sites WHERE revoked_at IS NULL ORDER BY site_id",
+    )
+    .fetch_all(read_pool(&state)?)
+    .await
+    .map_err(ApiError::internal)?
+    .into_iter()
+    .filter_map(|s| SiteId::new(s).ok())
+    .collect();
+    let versions = crate::db::master::publish(&state.pool, &sites, &records)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({
+        "kind": kind.as_str(),
+        "stored": records.len(),
+        "sites": sites.len(),
+        "versions": versions,
+    })))
 }

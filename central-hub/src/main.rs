@@ -54,6 +54,12 @@ enum Command {
         #[arg(long = "server-name", default_values = ["localhost", "127.0.0.1"])]
         server_names: Vec<String>,
     },
+    /// Upload master data (JSON, or TOML by extension) and send it down to the sites.
+    ImportMasterData {
+        file: PathBuf,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
     /// Manage HQ API tokens.
     ApiToken {
         #[command(subcommand)]
@@ -200,6 +206,47 @@ fn main() -> anyhow::Result<()> {
                     .context("creating the token")?;
                 println!("{token}");
                 eprintln!("token {name:?} ({scope}) created; it is shown only this once");
+                Ok(())
+            })
+        }
+        Command::ImportMasterData { file, database_url } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let parsed: shared_model::master::MasterFile = if file
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("toml"))
+            {
+                toml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?
+            } else {
+                serde_json::from_str(&text)
+                    .with_context(|| format!("parsing {}", file.display()))?
+            };
+            let records = parsed.into_records();
+            for r in &records {
+                r.validate()
+                    .with_context(|| format!("{} {}", r.kind().as_str(), r.key()))?;
+            }
+            runtime()?.block_on(async {
+                let pool = db::connect(&database_url)
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                let sites: Vec<SiteId> = sqlx::query_scalar::<_, String>(
+                    "SELECT site_id FROM sites WHERE revoked_at IS NULL",
+                )
+                .fetch_all(&pool)
+                .await
+                .context("listing sites")?
+                .into_iter()
+                .filter_map(|s| SiteId::new(s).ok())
+                .collect();
+                db::master::publish(&pool, &sites, &records)
+                    .await
+                    .context("publishing master data")?;
+                println!(
+                    "{} records stored and sent to {} sites",
+                    records.len(),
+                    sites.len()
+                );
                 Ok(())
             })
         }

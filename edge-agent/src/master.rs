@@ -4,47 +4,14 @@
 use std::path::Path;
 
 use rusqlite::{Connection, params};
-use serde::Deserialize;
-use shared_model::master::{
-    Equipment, MasterKind, MasterRecord, Material, ReasonCode, RoutingStep, ShiftCalendar,
-};
+use shared_model::master::{MasterKind, MasterRecord};
 
 use crate::store::StoreError;
 
 /// Largest import file accepted: master data of a plant is kilobytes to a few megabytes.
 pub const IMPORT_FILE_BYTES_MAX: u64 = 64 << 20;
 
-/// The import file: every list optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MasterFile {
-    #[serde(default)]
-    pub materials: Vec<Material>,
-    #[serde(default)]
-    pub routings: Vec<RoutingStep>,
-    #[serde(default)]
-    pub reason_codes: Vec<ReasonCode>,
-    #[serde(default)]
-    pub equipment: Vec<Equipment>,
-    #[serde(default)]
-    pub shift_calendars: Vec<ShiftCalendar>,
-}
-
-impl MasterFile {
-    pub fn into_records(self) -> Vec<MasterRecord> {
-        let mut out = Vec::new();
-        out.extend(self.materials.into_iter().map(MasterRecord::Material));
-        out.extend(self.routings.into_iter().map(MasterRecord::RoutingStep));
-        out.extend(self.reason_codes.into_iter().map(MasterRecord::ReasonCode));
-        out.extend(self.equipment.into_iter().map(MasterRecord::Equipment));
-        out.extend(
-            self.shift_calendars
-                .into_iter()
-                .map(MasterRecord::ShiftCalendar),
-        );
-        out
-    }
-}
+pub use shared_model::master::MasterFile;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {

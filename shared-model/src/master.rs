@@ -181,6 +181,38 @@ pub enum MasterRecord {
     ShiftCalendar(ShiftCalendar),
 }
 
+/// A master-data file (`import-master-data` on the edge and the hub): every list optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterFile {
+    #[serde(default)]
+    pub materials: Vec<Material>,
+    #[serde(default)]
+    pub routings: Vec<RoutingStep>,
+    #[serde(default)]
+    pub reason_codes: Vec<ReasonCode>,
+    #[serde(default)]
+    pub equipment: Vec<Equipment>,
+    #[serde(default)]
+    pub shift_calendars: Vec<ShiftCalendar>,
+}
+
+impl MasterFile {
+    pub fn into_records(self) -> Vec<MasterRecord> {
+        let mut out = Vec::new();
+        out.extend(self.materials.into_iter().map(MasterRecord::Material));
+        out.extend(self.routings.into_iter().map(MasterRecord::RoutingStep));
+        out.extend(self.reason_codes.into_iter().map(MasterRecord::ReasonCode));
+        out.extend(self.equipment.into_iter().map(MasterRecord::Equipment));
+        out.extend(
+            self.shift_calendars
+                .into_iter()
+                .map(MasterRecord::ShiftCalendar),
+        );
+        out
+    }
+}
+
 fn invalid(field: impl Into<String>, problem: Problem) -> ValidationError {
     ValidationError {
         field: field.into(),

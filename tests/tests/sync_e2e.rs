@@ -640,8 +640,9 @@ async fn hostile_peers_are_cut_off_and_other_sites_keep_syncing() {
     let _ = std::fs::remove_dir_all(state_dir);
 }
 
-/// Two hub instances on one database, an edge on each: both sites' events land, and a
-/// release made through one instance reaches the edge connected to the other.
+/// Two hub instances on one database, an edge on each: both sites' events land, a release
+/// made through one instance reaches the edge connected to the other, and master data
+/// uploaded to either reaches both sites.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hub_instances_serve_one_database() {
     init();
@@ -728,6 +729,35 @@ async fn two_hub_instances_serve_one_database() {
         },
     )
     .await;
+    // HQ master data reaches both sites, whichever hub they are connected to.
+    let r = reqwest::Client::new()
+        .put(format!("http://{}/api/v1/master-data/materials", hubs[1].http_addr))
+        .bearer_auth(&token)
+        .json(&serde_json::json!([{"id": "GASKET-3", "name": "Gasket", "unit": "pcs", "tracking": "none"}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    for edge in &edges {
+        let store = edge.state.store.clone();
+        wait_for("master data at the edge", Duration::from_secs(10), || {
+            let store = store.clone();
+            async move {
+                store
+                    .read(|c| {
+                        Ok(c.query_row(
+                            "SELECT count(*) FROM master WHERE kind = 'materials' AND key = 'GASKET-3' AND json IS NOT NULL",
+                            [],
+                            |r| r.get::<_, i64>(0),
+                        )?)
+                    })
+                    .await
+                    .unwrap()
+                    == 1
+            }
+        })
+        .await;
+    }
     let per_site: Vec<(String, i64)> =
         sqlx::query_as("SELECT site_id::text, count(*) FROM events GROUP BY 1 ORDER BY 1")
             .fetch_all(&admin)

@@ -1,5 +1,6 @@
 //! PostgreSQL: schema, connection setup, and the site-scoped store.
 
+pub mod master;
 pub mod schema;
 pub mod store;
 

@@ -207,6 +207,12 @@ GRANT SELECT ON api_tokens TO mes_hub;
 CREATE UNIQUE INDEX conflicts_open_once ON conflicts (site_id, record_kind, record_id, description)
     WHERE resolved_at IS NULL;
 "#,
+    r#"
+-- Master data versions: one sequence, so a newer version always has a larger number.
+CREATE SEQUENCE master_version_seq;
+GRANT USAGE ON SEQUENCE master_version_seq TO mes_hub;
+GRANT INSERT, UPDATE ON master_data TO mes_hub;
+"#,
 ];
 
 #[derive(Debug, thiserror::Error)]
