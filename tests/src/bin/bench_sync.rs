@@ -1,0 +1,397 @@
+//! `bench-sync`: the whole sync path, edge outbox → QUIC (mutual TLS, loopback) → hub →
+//! partitioned PostgreSQL with row-level security and the rollup, in one process.
+//!
+//! 1. Backlog drain: SITE_001's edge starts with a week of backlog (`--backlog` events, default
+//!    500,000) while SITE_002 and SITE_003 stream live events; time until every backlog event
+//!    is committed at the hub, and the edge's outbox is empty.
+//! 2. Baseline, same run, same tables: a plain `INSERT … SELECT FROM UNNEST` of the same rows
+//!    (the hub's own statement, in the same batch size) for a fresh site: the ratio.
+//! 3. Propagation online: single events written at an idle edge, time until the hub's ingest
+//!    transaction (`received_at − recorded_at`, one clock); HQ releases published at the hub,
+//!    time until they are applied at the connected edge.
+//! 4. Wire cost: bytes per event in a full event batch frame.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use central_hub::db::store::add_site;
+use central_hub::pki::Ca;
+use central_hub::serve::{self, ServeConfig};
+use edge_agent::config::RunConfig;
+use shared_model::event::ProductionCount;
+use shared_model::{EquipmentId, Event, EventBody, EventId, SiteId, Timestamp, WorkOrderId};
+use sqlx::PgPool;
+use sync_protocol::message::{DownItem, RecordChange, RecordId, RecordKind};
+use sync_protocol::store::HubStore;
+use system_tests::pg::server;
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// A typical production count: equipment, work order, counts, an operator.
+fn event(site: &SiteId, n: u64, at: Timestamp) -> Event {
+    let mut rnd = [0u8; 10];
+    rnd[..8].copy_from_slice(&n.to_be_bytes());
+    rnd[8] = site.as_str().len() as u8;
+    rnd[9] = site.as_str().as_bytes()[site.as_str().len() - 1];
+    Event {
+        event_id: EventId::from_parts((at.as_micros() / 1000) as u64, rnd),
+        site_id: site.clone(),
+        occurred_at: at,
+        recorded_at: at,
+        operator: Some(shared_model::BadgeId::new("B-0042").unwrap_or_else(|_| unreachable!())),
+        body: EventBody::ProductionCount(ProductionCount {
+            equipment: EquipmentId::new(format!("PRESS-{:02}", n % 40 + 1))
+                .unwrap_or_else(|_| unreachable!()),
+            work_order: Some(
+                WorkOrderId::new(format!("{site}-WO-{:06}", n % 100))
+                    .unwrap_or_else(|_| unreachable!()),
+            ),
+            good: 1 + (n % 5) as u32,
+            scrap: u32::from(n.is_multiple_of(23)),
+            rework: 0,
+            scrap_reason: None,
+        }),
+    }
+}
+
+fn master(site: &str) -> String {
+    let mut eq = vec![format!(
+        r#"{{"id":"{site}","parent":null,"level":"site","name":"Plant","class":"site"}}"#
+    )];
+    for i in 1..=40 {
+        eq.push(format!(
+            r#"{{"id":"PRESS-{i:02}","parent":"{site}","level":"work_unit","name":"Press","class":"press"}}"#
+        ));
+    }
+    format!(
+        r#"{{"materials":[{{"id":"BRACKET-7","name":"Bracket","unit":"pcs","tracking":"lot"}}],"equipment":[{}]}}"#,
+        eq.join(",")
+    )
+}
+
+async fn count(admin: &PgPool, site: &str) -> anyhow::Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE site_id = $1")
+            .bind(site)
+            .fetch_one(admin)
+            .await?,
+    )
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let backlog: u64 = std::env::args()
+        .skip_while(|a| a != "--backlog")
+        .nth(1)
+        .map(|v| v.parse())
+        .transpose()?
+        .unwrap_or(500_000);
+    let root = std::env::temp_dir().join(format!("bench-sync-{}", std::process::id()));
+    std::fs::create_dir_all(&root)?;
+    let db = server().await.fresh_database().await;
+    db.migrate().await;
+    let admin = central_hub::db::connect(&db.admin_url).await?;
+    let state_dir = root.join("hub");
+    let ca = Ca::load_or_create(&state_dir)?;
+    let sites: Vec<SiteId> = ["SITE_001", "SITE_002", "SITE_003", "SITE_004"]
+        .into_iter()
+        .map(SiteId::new)
+        .collect::<Result<_, _>>()?;
+    for s in &sites {
+        add_site(&admin, s, "Plant", "EU", "UTC").await?;
+        ca.write_site_bundle(s, &state_dir.join("sites").join(s.as_str()))?;
+    }
+    let hub = serve::start(ServeConfig {
+        database_url: db.hub_url.clone(),
+        read_database_url: None,
+        quic_listen: "127.0.0.1:0".parse()?,
+        http_listen: "127.0.0.1:0".parse()?,
+        state_dir: state_dir.clone(),
+        server_names: vec!["127.0.0.1".into()],
+    })
+    .await?;
+
+    // Prepare the three edges' stores; SITE_001 gets the backlog before it starts.
+    let t0 = Timestamp::from_micros(now_micros() - 7 * 86_400_000_000);
+    let mut configs = Vec::new();
+    for s in &sites[..3] {
+        let dir = root.join(s.as_str().to_lowercase());
+        std::fs::create_dir_all(&dir)?;
+        let md: shared_model::master::MasterFile = serde_json::from_str(&master(s.as_str()))?;
+        let mut c =
+            edge_agent::store::open_write_connection(&dir.join(edge_agent::store::DB_FILE))?;
+        edge_agent::master::import(&mut c, &md.into_records())?;
+        // The 100 work orders the events refer to.
+        let actor = automerge::ActorId::random();
+        for k in 0..100 {
+            let view = sync_protocol::records::WorkOrderView {
+                order: shared_model::work_order::WorkOrder {
+                    id: WorkOrderId::new(format!("{s}-WO-{k:06}"))?,
+                    site_id: s.clone(),
+                    erp_ref: None,
+                    material: shared_model::MaterialId::new("BRACKET-7")?,
+                    routing_version: 1,
+                    planned_quantity: 1000,
+                    due: None,
+                    priority: 5,
+                    state: shared_model::work_order::WorkOrderState::AllowedToStart,
+                    actual_start: None,
+                    actual_end: None,
+                    operations: Vec::new(),
+                    notes: String::new(),
+                    good_count: 0,
+                    scrap_count: 0,
+                },
+                work_unit: None,
+            };
+            edge_agent::records::create(&c, &view, &actor)?;
+        }
+        configs.push(RunConfig {
+            site: s.clone(),
+            data_dir: dir,
+            http_listen: "127.0.0.1:0".parse()?,
+            hub: Some(hub.quic_addr.to_string()),
+            retention_days: 30,
+            tls_dir: state_dir.join("sites").join(s.as_str()),
+        });
+    }
+    {
+        let store = edge_agent::store::Store::open(
+            &configs[0].data_dir,
+            sites[0].clone(),
+            Arc::new(edge_agent::metrics::Metrics::default()),
+        )?;
+        let fill = Instant::now();
+        let step = 604_800_000_000 / backlog.max(1) as i64;
+        for chunk in 0..backlog.div_ceil(10_000) {
+            let site = sites[0].clone();
+            let batch: Vec<Event> = (chunk * 10_000..((chunk + 1) * 10_000).min(backlog))
+                .map(|n| event(&site, n, t0.saturating_add_micros(n as i64 * step)))
+                .collect();
+            store
+                .write(move |c| edge_agent::store::insert_events_for_tests(c, &batch))
+                .await?;
+        }
+        store.close();
+        println!(
+            "backlog of {backlog} events written at SITE_001 in {:.1} s",
+            fill.elapsed().as_secs_f64()
+        );
+    }
+
+    // Two edges stream live, then the backlogged one connects.
+    let mut edges = Vec::new();
+    for c in &configs[1..] {
+        edges.push(edge_agent::server::start(c.clone()).await?);
+    }
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut live = Vec::new();
+    for (i, e) in edges.iter().enumerate() {
+        let store = e.state.store.clone();
+        let state = e.state.clone();
+        let site = sites[i + 1].clone();
+        let mut stop_rx = stop_rx.clone();
+        live.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tokio::select! { _ = tick.tick() => {}, _ = stop_rx.changed() => return n }
+                let site = site.clone();
+                let from = n;
+                let batch: Vec<Event> = (from..from + 10)
+                    .map(|k| event(&site, 10_000_000 + k, Timestamp::from_micros(now_micros())))
+                    .collect();
+                if store
+                    .write(move |c| edge_agent::store::insert_events_for_tests(c, &batch))
+                    .await
+                    .is_ok()
+                {
+                    n += 10;
+                    state.notify_outbox();
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let backlogged = edge_agent::server::start(configs[0].clone()).await?;
+    loop {
+        let n = count(&admin, "SITE_001").await?;
+        if n as u64 >= backlog {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "backlog did not drain in 10 min ({n} of {backlog})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drain = started.elapsed().as_secs_f64();
+    let _ = stop.send(true);
+    let mut streamed = 0;
+    for l in live {
+        streamed += l.await.unwrap_or(0);
+    }
+    let pending = backlogged.state.store.pending().await?;
+    println!(
+        "backlog drained: {backlog} events in {drain:.2} s = {:.0} events/s (outbox left {}); {streamed} live events streamed by two other sites meanwhile",
+        backlog as f64 / drain,
+        pending.events
+    );
+
+    // Baseline: the same rows through the hub's own INSERT … UNNEST, in the driver's batch
+    // size, for a fresh site, as the hub role with row-level security.
+    let plain =
+        central_hub::db::store::PgHubStore::new(central_hub::db::connect(&db.hub_url).await?);
+    let site4 = sites[3].clone();
+    let rows: Vec<Event> = (0..backlog)
+        .map(|n| {
+            let step = 604_800_000_000 / backlog.max(1) as i64;
+            event(&site4, n, t0.saturating_add_micros(n as i64 * step))
+        })
+        .collect();
+    let base = Instant::now();
+    for chunk in rows.chunks(sync_protocol::session::Limits::default().batch_items_max) {
+        plain.ingest_events(&site4, chunk).await?;
+    }
+    let base_s = base.elapsed().as_secs_f64();
+    println!(
+        "plain INSERT … UNNEST of the same {backlog} rows: {base_s:.2} s = {:.0} events/s; full path / plain = {:.2}",
+        backlog as f64 / base_s,
+        base_s / drain
+    );
+
+    // Propagation, edge → hub, when online and idle.
+    let site2 = sites[1].clone();
+    let store2 = edges[0].state.store.clone();
+    let mut ids = Vec::new();
+    for k in 0..200u64 {
+        let e = event(&site2, 20_000_000 + k, Timestamp::from_micros(now_micros()));
+        ids.push(*e.event_id.as_uuid());
+        let batch = vec![e];
+        store2
+            .write(move |c| edge_agent::store::insert_events_for_tests(c, &batch))
+            .await?;
+        edges[0].state.notify_outbox();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut lat: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM received_at - recorded_at)::float8 * 1000 FROM events WHERE event_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&admin)
+    .await?;
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "edge → hub propagation ({} events, one at a time): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        lat.len(),
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+
+    // Propagation, HQ release → connected edge.
+    let hq = central_hub::db::store::PgHubStore::new(central_hub::db::connect(&db.hub_url).await?);
+    let site3 = sites[2].clone();
+    let store3 = edges[1].state.store.clone();
+    let mut rel = Vec::new();
+    for k in 0..50 {
+        let id = format!("SITE_003-WO-R{k:03}");
+        let mut doc = automerge::AutoCommit::new();
+        let view = sync_protocol::records::WorkOrderView {
+            order: shared_model::work_order::WorkOrder {
+                id: WorkOrderId::new(id.clone())?,
+                site_id: site3.clone(),
+                erp_ref: None,
+                material: shared_model::MaterialId::new("BRACKET-7")?,
+                routing_version: 1,
+                planned_quantity: 10,
+                due: None,
+                priority: 5,
+                state: shared_model::work_order::WorkOrderState::AllowedToStart,
+                actual_start: None,
+                actual_end: None,
+                operations: Vec::new(),
+                notes: String::new(),
+                good_count: 0,
+                scrap_count: 0,
+            },
+            work_unit: None,
+        };
+        sync_protocol::records::write_all(&mut doc, &view).map_err(|e| anyhow::anyhow!("{e}"))?;
+        doc.commit();
+        let change = RecordChange::new(
+            RecordId::new(RecordKind::WorkOrder, id.clone()).map_err(|e| anyhow::anyhow!(e))?,
+            doc.get_last_local_change()
+                .context("no change")?
+                .raw_bytes()
+                .to_vec(),
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+        let t = Instant::now();
+        hq.publish(&site3, &DownItem::RecordChange(change)).await?;
+        loop {
+            let id2 = id.clone();
+            let found = store3
+                .read(move |c| edge_agent::records::get(c, &id2))
+                .await?
+                .is_some();
+            if found {
+                break;
+            }
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(10),
+                "release {id} never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        rel.push(t.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(37)).await;
+    }
+    rel.sort_by(f64::total_cmp);
+    println!(
+        "HQ release → connected edge ({} releases): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        rel.len(),
+        pct(&rel, 0.5),
+        pct(&rel, 0.99),
+        rel.last().copied().unwrap_or(f64::NAN)
+    );
+
+    // Wire cost of a full batch of typical events.
+    let batch: Vec<Event> = (0..2_048).map(|n| event(&sites[0], n, t0)).collect();
+    let frame = sync_protocol::frame::encode(
+        &sync_protocol::message::Message::EventBatch(sync_protocol::message::EventBatch {
+            last_seq: 1_000_000,
+            events: batch,
+        }),
+        sync_protocol::frame::FRAME_BODY_BYTES_MAX_DEFAULT,
+    )?;
+    println!(
+        "wire cost: {} bytes for a frame of 2,048 events = {:.1} bytes per event (before QUIC/TLS framing)",
+        frame.len(),
+        frame.len() as f64 / 2048.0
+    );
+
+    backlogged.stop().await?;
+    for e in edges {
+        e.stop().await?;
+    }
+    hub.stop().await?;
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
