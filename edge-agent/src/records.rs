@@ -97,6 +97,67 @@ fn materialize(conn: &Connection, v: &WorkOrderView) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Records the business conflicts the document shows now, and resolves the ones it no longer
+/// shows (a later edit settled the state). Same rules as the hub's, so both sides list the
+/// same conflicts once they hold the same document.
+fn record_conflicts(
+    conn: &Connection,
+    record: &RecordId,
+    doc: &AutoCommit,
+) -> Result<(), StoreError> {
+    if record.kind != RecordKind::WorkOrder {
+        return Ok(());
+    }
+    let current = sync_protocol::records::state_conflicts(doc).map_err(doc_err)?;
+    const NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)";
+    let open: Vec<(i64, String)> = {
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, description FROM conflicts
+             WHERE record_kind = ?1 AND record_id = ?2 AND resolved_at IS NULL",
+        )?;
+        let rows = stmt.query_map(params![kind_str(record.kind), record.id()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for (id, description) in open {
+        if !current.contains(&description) {
+            conn.execute(
+                &format!("UPDATE conflicts SET resolved_at = {NOW} WHERE id = ?1"),
+                [id],
+            )?;
+        }
+    }
+    for description in current {
+        conn.execute(
+            &format!(
+                "INSERT OR IGNORE INTO conflicts (record_kind, record_id, description, detected_at)
+                 VALUES (?1, ?2, ?3, {NOW})"
+            ),
+            params![kind_str(record.kind), record.id(), description],
+        )?;
+    }
+    Ok(())
+}
+
+/// Open conflicts, newest first.
+pub fn open_conflicts(conn: &Connection) -> Result<Vec<serde_json::Value>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, record_kind, record_id, description, detected_at FROM conflicts
+         WHERE resolved_at IS NULL ORDER BY detected_at DESC LIMIT 1000",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(serde_json::json!({
+            "id": r.get::<_, i64>(0)?,
+            "record_kind": r.get::<_, String>(1)?,
+            "record_id": r.get::<_, String>(2)?,
+            "description": r.get::<_, String>(3)?,
+            "detected_at": Timestamp::from_micros(r.get::<_, i64>(4)?).to_rfc3339(),
+        }))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Commits the document's pending local edit and queues the change for the hub.
 fn commit_local(
     conn: &Connection,
@@ -114,6 +175,7 @@ fn commit_local(
         }
     })?;
     save(conn, record, doc)?;
+    record_conflicts(conn, record, doc)?;
     crate::store::outbox_push_change(conn, &change)
 }
 
@@ -273,6 +335,7 @@ pub fn apply_remote(conn: &Connection, changes: &[RecordChange]) -> Result<(), S
             .map_err(|e| StoreError::Corrupt(format!("change does not decode: {e}")))?;
         doc.apply_changes([change]).map_err(am)?;
         save(conn, &c.record, &mut doc)?;
+        record_conflicts(conn, &c.record, &doc)?;
         // A document whose first changes have not all arrived yet has no readable order;
         // it is materialized once it does.
         if c.record.kind == RecordKind::WorkOrder

@@ -89,6 +89,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/v1/sync/status", get(sync_status))
+        .route("/api/v1/conflicts", get(conflicts))
         .route("/api/v1/events", post(events::post_events))
         .route(
             "/api/v1/work-orders",
@@ -114,6 +115,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         Some("/health") => "/health",
         Some("/metrics") => "/metrics",
         Some("/api/v1/sync/status") => "/api/v1/sync/status",
+        Some("/api/v1/conflicts") => "/api/v1/conflicts",
         Some("/api/v1/events") => "/api/v1/events",
         Some("/api/v1/work-orders") => "/api/v1/work-orders",
         Some("/api/v1/work-orders/{id}") => "/api/v1/work-orders/{id}",
@@ -231,4 +233,10 @@ async fn sync_status(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
         "pending_changes": p.changes,
         "last_sync_at": last,
     })))
+}
+
+/// Business conflicts found after merges (e.g. HQ cancelled what the site completed).
+async fn conflicts(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let list = state.store.read(crate::records::open_conflicts).await?;
+    Ok(Json(json!({ "conflicts": list })))
 }

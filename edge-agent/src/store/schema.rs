@@ -77,6 +77,19 @@ const MIGRATIONS: &[&str] = &[
         value        TEXT NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 2: business conflicts found after merging shared records (shown to supervisors).
+    r#"
+    CREATE TABLE conflicts (
+        id           INTEGER PRIMARY KEY,
+        record_kind  TEXT NOT NULL,
+        record_id    TEXT NOT NULL,
+        description  TEXT NOT NULL,
+        detected_at  INTEGER NOT NULL,
+        resolved_at  INTEGER
+    );
+    CREATE UNIQUE INDEX conflicts_open_once ON conflicts (record_kind, record_id, description)
+        WHERE resolved_at IS NULL;
+    "#,
 ];
 
 /// The schema version this binary writes.
