@@ -88,6 +88,12 @@ enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 enum SiteCommand {
+    /// Revoke a site: its certificate is refused from now on and a live session is cut.
+    Revoke {
+        site: String,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
     /// Register a site and create its event partitions.
     Add {
         site: String,
@@ -157,6 +163,25 @@ fn main() -> anyhow::Result<()> {
                     .context("issuing the site certificate")?;
                 println!("site {site} added with partitions");
                 println!("enrollment bundle: {}", bundle.display());
+                Ok(())
+            })
+        }
+        Command::Site {
+            command: SiteCommand::Revoke { site, database_url },
+        } => {
+            let site = SiteId::new(site).context("invalid site id")?;
+            runtime()?.block_on(async {
+                let pool = db::connect(&database_url)
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                let n = sqlx::query("UPDATE sites SET revoked_at = now() WHERE site_id = $1")
+                    .bind(site.as_str())
+                    .execute(&pool)
+                    .await
+                    .context("revoking")?
+                    .rows_affected();
+                anyhow::ensure!(n == 1, "no site {site}");
+                println!("site {site} revoked; its sessions end within seconds");
                 Ok(())
             })
         }

@@ -28,6 +28,8 @@ pub const CONNECTIONS_MAX: usize = 1_024;
 pub const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// How often a connected session looks for new down-sync entries written by any hub instance.
 pub const DOWN_POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// Down polls between two checks that the site is still allowed (25 × 200 ms = 5 s).
+pub const REVOCATION_CHECK_TICKS: u64 = 25;
 /// QUIC idle timeout; the edge pings every 10 s.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -214,6 +216,7 @@ async fn connection(
     let mut down_poll = tokio::time::interval(DOWN_POLL_INTERVAL);
     down_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut connected = false;
+    let mut ticks: u64 = 0;
     loop {
         match drive_hub(&mut session, store, now()).await {
             Ok(report) => {
@@ -258,7 +261,17 @@ async fn connection(
                 Ok(None) | Err(_) => break,
             },
             () = tokio::time::sleep_until(deadline.into()) => session.handle_timeout(now()),
-            _ = down_poll.tick() => session.down_available(),
+            _ = down_poll.tick() => {
+                session.down_available();
+                ticks += 1;
+                // A revoked site is cut off within seconds, not at its next reconnect.
+                if ticks % REVOCATION_CHECK_TICKS == 0
+                    && session.is_established()
+                    && !site_allowed(store, &site).await.unwrap_or(true)
+                {
+                    session.close(now(), ErrorCode::Unauthorized, format!("site {site} was revoked"));
+                }
+            }
             _ = shutdown.changed() => session.close(now(), ErrorCode::ShuttingDown, "hub shutting down"),
         }
     }

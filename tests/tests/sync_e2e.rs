@@ -658,6 +658,22 @@ async fn hostile_peers_are_cut_off_and_other_sites_keep_syncing() {
             == 100
     })
     .await;
+    // Revoking site A cuts its live session within seconds, and it cannot come back.
+    sqlx::query("UPDATE sites SET revoked_at = now() WHERE site_id = 'SITE_A'")
+        .execute(&admin)
+        .await
+        .unwrap();
+    wait_for(
+        "the revoked site to be cut off",
+        Duration::from_secs(15),
+        || async { !edge.state.connected.load(Ordering::Relaxed) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !edge.state.connected.load(Ordering::Relaxed),
+        "a revoked site reconnected"
+    );
     edge.stop().await.unwrap();
     hub.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(edge_dir);
