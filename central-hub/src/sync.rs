@@ -265,7 +265,7 @@ async fn connection(
                 session.down_available();
                 ticks += 1;
                 // A revoked site is cut off within seconds, not at its next reconnect.
-                if ticks % REVOCATION_CHECK_TICKS == 0
+                if ticks.is_multiple_of(REVOCATION_CHECK_TICKS)
                     && session.is_established()
                     && !site_allowed(store, &site).await.unwrap_or(true)
                 {
