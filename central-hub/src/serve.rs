@@ -48,6 +48,7 @@ pub struct Running {
     pub metrics: Arc<SyncMetrics>,
     shutdown: watch::Sender<bool>,
     quic: JoinHandle<()>,
+    listener: JoinHandle<()>,
     http: JoinHandle<anyhow::Result<()>>,
     partitions: JoinHandle<()>,
 }
@@ -87,11 +88,18 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         read_pool,
         store: store.clone(),
     });
+    let signals = Arc::new(sync::DownSignals::default());
+    let down_listener = tokio::spawn(sync::listen_down(
+        pool.clone(),
+        signals.clone(),
+        shutdown_rx.clone(),
+    ));
     let quic = tokio::spawn(sync::serve(
         endpoint,
         store,
         SessionConfig::default(),
         metrics.clone(),
+        signals,
         shutdown_rx.clone(),
     ));
     let partitions = tokio::spawn(partition_loop(pool.clone()));
@@ -120,6 +128,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         metrics,
         shutdown,
         quic,
+        listener: down_listener,
         http,
         partitions,
     })
@@ -129,6 +138,7 @@ impl Running {
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.quic).await;
+        self.listener.abort();
         self.partitions.abort();
         self.http.await.context("joining HTTP")?
     }

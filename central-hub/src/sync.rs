@@ -26,10 +26,13 @@ use crate::pki::{Ca, site_from_cert};
 pub const CONNECTIONS_MAX: usize = 1_024;
 /// Bytes read from a stream at a time: the per-connection read buffer.
 pub const READ_BUFFER_BYTES: usize = 64 * 1024;
-/// How often a connected session looks for new down-sync entries written by any hub instance.
-pub const DOWN_POLL_INTERVAL: Duration = Duration::from_millis(200);
-/// Down polls between two checks that the site is still allowed (25 × 200 ms = 5 s).
-pub const REVOCATION_CHECK_TICKS: u64 = 25;
+/// How often a connected session looks for new down-sync entries even without a wake-up: the
+/// fallback when a notification was lost (the listener reconnecting, say).
+pub const DOWN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// The PostgreSQL channel on which every hub instance hears "SITE has new down-sync entries".
+pub const DOWN_CHANNEL: &str = "mes_down";
+/// Down polls between two checks that the site is still allowed (5 × 1 s).
+pub const REVOCATION_CHECK_TICKS: u64 = 5;
 /// QUIC idle timeout; the edge pings every 10 s.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -47,6 +50,86 @@ pub enum ServerError {
     Quic(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Wake-ups for connected sessions when their site's down log grows, fed by PostgreSQL
+/// `NOTIFY` so a release made through any hub instance reaches the edge at once. A watch
+/// channel per site never loses a wake-up between two waits.
+#[derive(Debug, Default)]
+pub struct DownSignals {
+    sites: std::sync::Mutex<std::collections::HashMap<String, watch::Sender<u64>>>,
+}
+
+impl DownSignals {
+    pub fn subscribe(&self, site: &SiteId) -> watch::Receiver<u64> {
+        self.sites
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(site.as_str().to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    pub fn signal(&self, site: &str) {
+        if let Some(tx) = self
+            .sites
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(site)
+        {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Wakes every session (after the listener reconnected and may have missed some).
+    pub fn signal_all(&self) {
+        for tx in self
+            .sites
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+}
+
+/// Listens for down-log notifications until `shutdown`; reconnects after errors.
+pub async fn listen_down(
+    pool: sqlx::PgPool,
+    signals: Arc<DownSignals>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "down-log listener cannot connect; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            }
+        };
+        if let Err(e) = listener.listen(DOWN_CHANNEL).await {
+            tracing::warn!(error = %e, "LISTEN failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        signals.signal_all();
+        loop {
+            tokio::select! {
+                n = listener.recv() => match n {
+                    Ok(n) => signals.signal(n.payload()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "down-log listener lost; reconnecting");
+                        break;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
 }
 
 /// Counters the hub's `/metrics` shows.
@@ -117,6 +200,7 @@ pub async fn serve(
     store: PgHubStore,
     config: SessionConfig,
     metrics: Arc<SyncMetrics>,
+    signals: Arc<DownSignals>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
@@ -137,10 +221,12 @@ pub async fn serve(
             metrics.clone(),
             shutdown.clone(),
         );
+        let signals = signals.clone();
         tokio::spawn(async move {
             metrics.connections_open.fetch_add(1, Ordering::Relaxed);
             metrics.connections_total.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = connection(incoming, &store, config, &metrics, shutdown).await {
+            if let Err(e) = connection(incoming, &store, config, &metrics, &signals, shutdown).await
+            {
                 tracing::info!(error = %e, "sync connection ended");
             }
             metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
@@ -188,6 +274,7 @@ async fn connection(
     store: &PgHubStore,
     config: SessionConfig,
     metrics: &SyncMetrics,
+    signals: &DownSignals,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let conn = incoming.await.map_err(|e| e.to_string())?;
@@ -213,6 +300,7 @@ async fn connection(
     tracing::info!(site = %site, remote = %conn.remote_address(), "sync connection");
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
     let mut out = Vec::with_capacity(READ_BUFFER_BYTES);
+    let mut down_wake = signals.subscribe(&site);
     let mut down_poll = tokio::time::interval(DOWN_POLL_INTERVAL);
     down_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut connected = false;
@@ -261,6 +349,7 @@ async fn connection(
                 Ok(None) | Err(_) => break,
             },
             () = tokio::time::sleep_until(deadline.into()) => session.handle_timeout(now()),
+            _ = down_wake.changed() => session.down_available(),
             _ = down_poll.tick() => {
                 session.down_available();
                 ticks += 1;

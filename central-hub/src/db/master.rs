@@ -60,6 +60,7 @@ pub async fn publish(
                 .bind(bytes)
                 .execute(&mut *tx)
                 .await?;
+            super::store::notify_down(&mut tx, site).await?;
         }
     }
     tx.commit().await?;

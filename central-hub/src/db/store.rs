@@ -131,7 +131,20 @@ async fn append_down(
             .bind(bytes)
             .fetch_one(&mut **tx)
             .await?;
+    notify_down(tx, site).await?;
     Ok(cursor as u64)
+}
+
+/// Wakes the site's sessions on every hub instance, at commit (NOTIFY is transactional).
+pub async fn notify_down(
+    tx: &mut Transaction<'static, Postgres>,
+    site: &SiteId,
+) -> Result<(), HubStoreError> {
+    sqlx::query("SELECT pg_notify('mes_down', $1)")
+        .bind(site.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Merges one change into the hub's copy of its record. `from_edge` changes are checked for
