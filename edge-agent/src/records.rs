@@ -7,7 +7,7 @@
 //! open: a persisted actor reused after a lost commit would produce duplicate sequence numbers.
 
 use automerge::transaction::Transactable;
-use automerge::{ActorId, AutoCommit, Change, ChangeHash, ROOT};
+use automerge::{ActorId, AutoCommit, Change, ROOT};
 use rusqlite::{Connection, OptionalExtension, params};
 use shared_model::master::MasterRecord;
 use shared_model::work_order::{OperationProgress, WorkOrderAction, WorkOrderState};
@@ -389,32 +389,8 @@ pub fn heads_page(
 }
 
 pub fn compare_heads(conn: &Connection, peer: &RecordHeads) -> Result<HeadsComparison, StoreError> {
-    let Some(mut doc) = load(conn, &peer.record, &ActorId::random())? else {
-        return Ok(HeadsComparison {
-            missing_at_peer: Vec::new(),
-            unknown_here: !peer.heads.is_empty(),
-            our_heads: Vec::new(),
-        });
-    };
-    let peer_heads: Vec<ChangeHash> = peer.heads.iter().map(|h| ChangeHash(*h)).collect();
-    let unknown_here = !doc.get_missing_deps(&peer_heads).is_empty();
-    // Changes the peer lacks: everything not an ancestor of the heads it has that we know.
-    let known: Vec<ChangeHash> = peer_heads
-        .iter()
-        .filter(|h| doc.get_change_by_hash(h).is_some())
-        .copied()
-        .collect();
-    let missing_at_peer = doc
-        .get_changes(&known)
-        .into_iter()
-        .map(|c| RecordChange::new(peer.record.clone(), c.raw_bytes().to_vec()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(StoreError::Corrupt)?;
-    Ok(HeadsComparison {
-        missing_at_peer,
-        unknown_here,
-        our_heads: hashes(&mut doc),
-    })
+    let mut doc = load(conn, &peer.record, &ActorId::random())?;
+    sync_protocol::records::compare_heads(doc.as_mut(), peer).map_err(doc_err)
 }
 
 /// Reads one order from the materialized table.

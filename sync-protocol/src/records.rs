@@ -211,6 +211,42 @@ mod tests {
     }
 }
 
+/// Compares a peer's heads of a record with our document (`None` when we do not have the
+/// record): which of our changes the peer lacks, and whether it knows changes we lack. Both
+/// ends of a repair use this, so they agree on what "lacks" means.
+pub fn compare_heads(
+    doc: Option<&mut AutoCommit>,
+    peer: &crate::message::RecordHeads,
+) -> Result<crate::store::HeadsComparison, DocError> {
+    use automerge::ChangeHash;
+    let Some(doc) = doc else {
+        return Ok(crate::store::HeadsComparison {
+            missing_at_peer: Vec::new(),
+            unknown_here: !peer.heads.is_empty(),
+            our_heads: Vec::new(),
+        });
+    };
+    let peer_heads: Vec<ChangeHash> = peer.heads.iter().map(|h| ChangeHash(*h)).collect();
+    let unknown_here = !doc.get_missing_deps(&peer_heads).is_empty();
+    // Changes the peer lacks: everything not an ancestor of the heads it has that we know.
+    let known: Vec<ChangeHash> = peer_heads
+        .iter()
+        .filter(|h| doc.get_change_by_hash(h).is_some())
+        .copied()
+        .collect();
+    let missing_at_peer = doc
+        .get_changes(&known)
+        .into_iter()
+        .map(|c| crate::message::RecordChange::new(peer.record.clone(), c.raw_bytes().to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(DocError::Automerge)?;
+    Ok(crate::store::HeadsComparison {
+        missing_at_peer,
+        unknown_here,
+        our_heads: doc.get_heads().into_iter().map(|h| h.0).collect(),
+    })
+}
+
 /// Business conflicts a merge left in a work-order document: Automerge keeps concurrent
 /// values of a field side by side, and two concurrent states that contradict each other (HQ
 /// cancelled what the site completed) must go to a person, not be settled by whichever value

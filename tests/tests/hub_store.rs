@@ -372,3 +372,106 @@ async fn an_edge_store_syncs_into_postgres_through_the_sessions() {
     edge.close();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Repair between the real stores: the edge holds a change the hub never got (its outbox entry
+/// lost with an old backup) and the hub holds one the edge never got (not in any down log);
+/// a heads exchange through the sessions leaves both documents with the same heads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_heals_divergent_sqlite_and_postgres_copies() {
+    use edge_agent::metrics::Metrics;
+    use edge_agent::store::Store;
+    use sync_protocol::driver::{drive_edge, drive_hub};
+    use sync_protocol::session::{EdgeSession, HubSession, SessionConfig};
+    use sync_protocol::store::EdgeStore;
+
+    let (_db, admin, hub) = setup().await;
+    let a = site("SITE_A");
+    let dir = std::env::temp_dir().join(format!("mes-repair-{}", uuid::Uuid::now_v7().simple()));
+    let edge = Store::open(&dir, a.clone(), std::sync::Arc::new(Metrics::default())).unwrap();
+    // A common ancestor at both ends: one change, applied at the hub and the edge.
+    let base = work_order_change("SITE_A-WO-3", &automerge::ActorId::random(), 5);
+    hub.apply_changes(&a, std::slice::from_ref(&base))
+        .await
+        .unwrap();
+    let b2 = base.clone();
+    edge.write(move |c| edge_agent::records::apply_remote(c, &[b2]))
+        .await
+        .unwrap();
+    // Diverge: each side gets a change the other will never be sent.
+    let record = RecordId::new(RecordKind::WorkOrder, "SITE_A-WO-3").unwrap();
+    let fork = |quantity: u64| {
+        let mut d = automerge::AutoCommit::new();
+        d.apply_changes([automerge::Change::from_bytes(base.bytes().to_vec()).unwrap()])
+            .unwrap();
+        d.put(automerge::ROOT, "planned_quantity", quantity)
+            .unwrap();
+        d.commit();
+        RecordChange::new(
+            record.clone(),
+            d.get_last_local_change().unwrap().raw_bytes().to_vec(),
+        )
+        .unwrap()
+    };
+    let at_edge = fork(7);
+    let at_hub = fork(9);
+    edge.write(move |c| edge_agent::records::apply_remote(c, &[at_edge]))
+        .await
+        .unwrap();
+    hub.apply_changes(&a, &[at_hub]).await.unwrap();
+
+    let heads = |bytes: Vec<u8>| automerge::AutoCommit::load(&bytes).unwrap().get_heads();
+    let hub_doc = || async {
+        let d: Vec<u8> =
+            sqlx::query_scalar("SELECT doc FROM records WHERE record_id = 'SITE_A-WO-3'")
+                .fetch_one(&admin)
+                .await
+                .unwrap();
+        d
+    };
+    let edge_doc = || async {
+        edge.read(|c| {
+            Ok(c.query_row(
+                "SELECT doc FROM records WHERE record_id = 'SITE_A-WO-3'",
+                [],
+                |r| r.get::<_, Vec<u8>>(0),
+            )?)
+        })
+        .await
+        .unwrap()
+    };
+    assert_ne!(heads(hub_doc().await), heads(edge_doc().await));
+
+    let cfg = SessionConfig::default();
+    let now = Duration::ZERO;
+    let mut e = EdgeSession::new(cfg.clone(), edge.down_cursor().await.unwrap(), now);
+    let mut h = HubSession::new(cfg, a.clone(), NOV_2026, now);
+    let mut repair_started = false;
+    for i in 0..1_000 {
+        drive_edge(&mut e, &edge, now).await.unwrap();
+        drive_hub(&mut h, &hub, now).await.unwrap();
+        if e.is_established() && !repair_started {
+            e.start_repair();
+            repair_started = true;
+            continue;
+        }
+        let mut moved = false;
+        while let Some(f) = e.poll_transmit() {
+            h.handle_frame(now, &f);
+            moved = true;
+        }
+        while let Some(f) = h.poll_transmit() {
+            e.handle_frame(now, &f);
+            moved = true;
+        }
+        if !moved && repair_started && !e.repair_in_progress() {
+            eprintln!("settled after {i} rounds");
+            break;
+        }
+    }
+    assert!(!e.is_closed(), "{:?}", e.close_reason());
+    let (hh, eh) = (heads(hub_doc().await), heads(edge_doc().await));
+    assert_eq!(hh, eh);
+    assert_eq!(hh.len(), 2, "both branches kept");
+    edge.close();
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -5,7 +5,7 @@
 //! the next user of a pooled or PgBouncer connection), does its work, and commits before
 //! returning: the session acks only after that.
 
-use automerge::{AutoCommit, Change, ChangeHash};
+use automerge::{AutoCommit, Change};
 use shared_model::{Event, EventBody, SiteId};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use sync_protocol::message::{
@@ -279,10 +279,6 @@ async fn merge_change(
     Ok(())
 }
 
-fn heads_of(doc: &mut AutoCommit) -> Vec<[u8; 32]> {
-    doc.get_heads().into_iter().map(|h| h.0).collect()
-}
-
 impl HubStore for PgHubStore {
     type Error = HubStoreError;
 
@@ -474,33 +470,15 @@ impl HubStore for PgHubStore {
         .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
-        let Some(bytes) = doc else {
-            return Ok(HeadsComparison {
-                missing_at_peer: Vec::new(),
-                unknown_here: !peer.heads.is_empty(),
-                our_heads: Vec::new(),
-            });
-        };
-        let mut doc = AutoCommit::load(&bytes)
-            .map_err(|e| HubStoreError::Corrupt(format!("record {}: {e}", peer.record.id())))?;
-        let peer_heads: Vec<ChangeHash> = peer.heads.iter().map(|h| ChangeHash(*h)).collect();
-        let unknown_here = !doc.get_missing_deps(&peer_heads).is_empty();
-        let known: Vec<ChangeHash> = peer_heads
-            .iter()
-            .filter(|h| doc.get_change_by_hash(h).is_some())
-            .copied()
-            .collect();
-        let missing_at_peer = doc
-            .get_changes(&known)
-            .into_iter()
-            .map(|c| RecordChange::new(peer.record.clone(), c.raw_bytes().to_vec()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(HubStoreError::Corrupt)?;
-        Ok(HeadsComparison {
-            missing_at_peer,
-            unknown_here,
-            our_heads: heads_of(&mut doc),
-        })
+        let mut doc = doc
+            .map(|bytes| {
+                AutoCommit::load(&bytes).map_err(|e| {
+                    HubStoreError::Corrupt(format!("record {}: {e}", peer.record.id()))
+                })
+            })
+            .transpose()?;
+        sync_protocol::records::compare_heads(doc.as_mut(), peer)
+            .map_err(|e| HubStoreError::Corrupt(format!("record {}: {e}", peer.record.id())))
     }
 }
 
