@@ -213,6 +213,9 @@ async fn sites(
         "SELECT s.site_id, s.name, s.region, s.timezone, s.connected, s.last_seen_at,
                 s.agent_version, s.down_acked, s.revoked_at IS NOT NULL AS revoked,
                 coalesce((SELECT max(d.cursor) FROM down_log d WHERE d.site_id = s.site_id), 0) AS down_head,
+                s.edge_pending_events, s.edge_pending_changes,
+                extract(epoch FROM now() - s.edge_oldest_pending_at)::float8 AS lag_seconds,
+                s.edge_status_at,
                 (SELECT max(e.received_at) FROM events e WHERE e.site_id = s.site_id) AS last_event_at
          FROM sites s ORDER BY s.site_id",
     )
@@ -240,6 +243,10 @@ async fn sites(
                 "last_event_at": ts_json(r.get("last_event_at")),
                 "agent_version": r.get::<Option<String>, _>("agent_version"),
                 "down_backlog": (head - acked).max(0),
+                "backlog_events": r.get::<Option<i64>, _>("edge_pending_events"),
+                "backlog_changes": r.get::<Option<i64>, _>("edge_pending_changes"),
+                "lag_seconds": r.get::<Option<f64>, _>("lag_seconds").unwrap_or(0.0).max(0.0),
+                "status_reported_at": ts_json(r.get("edge_status_at")),
             })
         })
         .collect();

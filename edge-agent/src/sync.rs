@@ -27,6 +27,8 @@ pub const RETRY_DELAY_MAX: Duration = Duration::from_secs(30);
 pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// Bytes read from the stream at a time.
 pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Outbox polls between two status reports to the hub (5 × 1 s).
+pub const STATUS_EVERY_TICKS: u64 = 5;
 /// Safety net for a missed outbox notification.
 pub const OUTBOX_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -188,12 +190,17 @@ async fn connect_and_sync(
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
     let mut out = Vec::with_capacity(READ_BUFFER_BYTES);
     let mut outbox_poll = tokio::time::interval(OUTBOX_POLL_INTERVAL);
+    let mut ticks: u64 = 0;
     loop {
         match drive_edge(&mut session, store, now()).await {
             Ok(report) => {
                 if report.connected {
                     state.connected.store(true, Ordering::Relaxed);
                     tracing::info!(hub = %target.address, "connected to the hub");
+                    // The hub learns the backlog at once, then every few seconds.
+                    if let Ok(status) = store.sync_status().await {
+                        session.send_status(now(), status);
+                    }
                 }
             }
             Err(e) => tracing::warn!(error = %e, "store failure during sync; reconnecting"),
@@ -228,7 +235,16 @@ async fn connect_and_sync(
             },
             () = tokio::time::sleep_until(deadline.into()) => session.handle_timeout(now()),
             () = state.outbox_notify.notified() => session.outbox_grew(),
-            _ = outbox_poll.tick() => session.outbox_grew(),
+            _ = outbox_poll.tick() => {
+                session.outbox_grew();
+                ticks += 1;
+                if ticks.is_multiple_of(STATUS_EVERY_TICKS) {
+                    match store.sync_status().await {
+                        Ok(status) => session.send_status(now(), status),
+                        Err(e) => tracing::warn!(error = %e, "cannot read the outbox status"),
+                    }
+                }
+            }
             _ = shutdown.changed() => session.close(now(), ErrorCode::ShuttingDown, "edge agent shutting down"),
         }
     }

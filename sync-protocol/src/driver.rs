@@ -249,6 +249,12 @@ async fn drive_hub_inner<S: HubStore>(
                     .await
                     .map_err(DriveError::Store)?;
             }
+            HubEvent::EdgeStatus(status) => {
+                store
+                    .record_edge_status(&site, status)
+                    .await
+                    .map_err(DriveError::Store)?;
+            }
         }
     }
     Ok(())

@@ -21,8 +21,10 @@ pub mod capability {
     pub const DOWN_SYNC: u64 = 1 << 2;
     /// Heads summary and repair changes.
     pub const REPAIR: u64 = 1 << 3;
+    /// Edge status reports (outbox depth and age) for the hub's per-site view.
+    pub const STATUS: u64 = 1 << 4;
     /// Everything this build implements.
-    pub const ALL_V1: u64 = EVENTS | RECORD_CHANGES | DOWN_SYNC | REPAIR;
+    pub const ALL_V1: u64 = EVENTS | RECORD_CHANGES | DOWN_SYNC | REPAIR | STATUS;
 }
 
 /// Longest record id, like the other textual ids.
@@ -51,13 +53,14 @@ pub enum MessageType {
     DownAck = 0x0021,
     HeadsSummary = 0x0030,
     RepairChanges = 0x0031,
+    EdgeStatus = 0x0040,
     Error = 0x00F0,
     Ping = 0x00F1,
     Pong = 0x00F2,
 }
 
 impl MessageType {
-    pub const ALL: [MessageType; 12] = [
+    pub const ALL: [MessageType; 13] = [
         MessageType::Hello,
         MessageType::Welcome,
         MessageType::EventBatch,
@@ -67,6 +70,7 @@ impl MessageType {
         MessageType::DownAck,
         MessageType::HeadsSummary,
         MessageType::RepairChanges,
+        MessageType::EdgeStatus,
         MessageType::Error,
         MessageType::Ping,
         MessageType::Pong,
@@ -87,6 +91,7 @@ impl MessageType {
             MessageType::DownAck => "down_ack",
             MessageType::HeadsSummary => "heads_summary",
             MessageType::RepairChanges => "repair_changes",
+            MessageType::EdgeStatus => "edge_status",
             MessageType::Error => "error",
             MessageType::Ping => "ping",
             MessageType::Pong => "pong",
@@ -296,6 +301,16 @@ pub struct RepairChanges {
     pub changes: Vec<RecordChange>,
 }
 
+/// The edge's view of its own backlog, sent every few seconds (capability `STATUS`), so the
+/// hub can show per-site backlog and lag without asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeStatus {
+    pub pending_events: u64,
+    pub pending_changes: u64,
+    /// `recorded_at` of the oldest event still waiting for the hub's ack.
+    pub oldest_pending_at: Option<Timestamp>,
+}
+
 /// Why a session is being closed. The numeric values are on the wire and never change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
@@ -414,6 +429,7 @@ pub enum Message {
     DownAck(DownAck),
     HeadsSummary(HeadsSummary),
     RepairChanges(RepairChanges),
+    EdgeStatus(EdgeStatus),
     Error(ErrorFrame),
     Ping(Ping),
     Pong(Pong),
@@ -431,6 +447,7 @@ impl Message {
             Message::DownAck(_) => MessageType::DownAck,
             Message::HeadsSummary(_) => MessageType::HeadsSummary,
             Message::RepairChanges(_) => MessageType::RepairChanges,
+            Message::EdgeStatus(_) => MessageType::EdgeStatus,
             Message::Error(_) => MessageType::Error,
             Message::Ping(_) => MessageType::Ping,
             Message::Pong(_) => MessageType::Pong,
@@ -449,6 +466,7 @@ impl Message {
             Message::DownAck(m) => postcard::to_extend(m, out),
             Message::HeadsSummary(m) => postcard::to_extend(m, out),
             Message::RepairChanges(m) => postcard::to_extend(m, out),
+            Message::EdgeStatus(m) => postcard::to_extend(m, out),
             Message::Error(m) => postcard::to_extend(m, out),
             Message::Ping(m) => postcard::to_extend(m, out),
             Message::Pong(m) => postcard::to_extend(m, out),
@@ -476,6 +494,7 @@ impl Message {
             MessageType::DownAck => Message::DownAck(exact(body)?),
             MessageType::HeadsSummary => Message::HeadsSummary(exact(body)?),
             MessageType::RepairChanges => Message::RepairChanges(exact(body)?),
+            MessageType::EdgeStatus => Message::EdgeStatus(exact(body)?),
             MessageType::Error => Message::Error(exact(body)?),
             MessageType::Ping => Message::Ping(exact(body)?),
             MessageType::Pong => Message::Pong(exact(body)?),

@@ -13,7 +13,7 @@ use std::future::Future;
 use shared_model::{Event, SiteId};
 
 use crate::message::{
-    ChangeHash, DownBatch, DownItem, ErrorCode, RecordChange, RecordHeads, RecordId,
+    ChangeHash, DownBatch, DownItem, EdgeStatus, ErrorCode, RecordChange, RecordHeads, RecordId,
 };
 
 /// One entry of the edge's outbox, in the order it was recorded.
@@ -156,4 +156,13 @@ pub trait HubStore {
         site: &SiteId,
         peer: &RecordHeads,
     ) -> impl Future<Output = Result<HeadsComparison, Self::Error>> + Send;
+
+    /// Keeps the edge's last reported backlog for the per-site status. Default: ignored.
+    fn record_edge_status(
+        &self,
+        _site: &SiteId,
+        _status: EdgeStatus,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        std::future::ready(Ok(()))
+    }
 }

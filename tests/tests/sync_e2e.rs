@@ -176,6 +176,18 @@ async fn offline_edge_catches_up_and_hq_releases_come_down() {
             .unwrap();
     assert!(connected, "per-site status not updated");
 
+    // The edge reports its backlog: known at once on connect, zero once drained.
+    wait_for("the edge's status report of an empty outbox", Duration::from_secs(15), || async {
+        let reported: Option<i64> = sqlx::query_scalar(
+            "SELECT edge_pending_events FROM sites WHERE site_id = 'SITE_A' AND edge_status_at IS NOT NULL",
+        )
+        .fetch_optional(&admin)
+        .await
+        .unwrap()
+        .flatten();
+        reported == Some(0)
+    })
+    .await;
     // More events while connected arrive too, still exactly once.
     let more = events(&a, 500, 50);
     edge.state

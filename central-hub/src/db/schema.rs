@@ -213,6 +213,14 @@ CREATE SEQUENCE master_version_seq;
 GRANT USAGE ON SEQUENCE master_version_seq TO mes_hub;
 GRANT INSERT, UPDATE ON master_data TO mes_hub;
 "#,
+    r#"
+-- The edge's own report of its backlog (protocol capability STATUS).
+ALTER TABLE sites
+    ADD COLUMN edge_pending_events bigint,
+    ADD COLUMN edge_pending_changes bigint,
+    ADD COLUMN edge_oldest_pending_at timestamptz,
+    ADD COLUMN edge_status_at timestamptz;
+"#,
 ];
 
 #[derive(Debug, thiserror::Error)]

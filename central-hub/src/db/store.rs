@@ -429,6 +429,27 @@ impl HubStore for PgHubStore {
         Ok(())
     }
 
+    async fn record_edge_status(
+        &self,
+        site: &SiteId,
+        status: sync_protocol::message::EdgeStatus,
+    ) -> Result<(), HubStoreError> {
+        let mut tx = scoped(&self.pool, site).await?;
+        sqlx::query(
+            "UPDATE sites SET edge_pending_events = $2, edge_pending_changes = $3,
+                 edge_oldest_pending_at = $4, edge_status_at = now(), last_seen_at = now()
+             WHERE site_id = $1",
+        )
+        .bind(site.as_str())
+        .bind(status.pending_events.min(i64::MAX as u64) as i64)
+        .bind(status.pending_changes.min(i64::MAX as u64) as i64)
+        .bind(status.oldest_pending_at.map(ts))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn record_ids_between(
         &self,
         site: &SiteId,

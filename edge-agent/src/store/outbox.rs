@@ -163,6 +163,27 @@ impl Store {
         self.read(pending).await
     }
 
+    /// The outbox's depth and the age of its oldest event, for the hub's per-site status.
+    pub async fn sync_status(&self) -> Result<sync_protocol::message::EdgeStatus, StoreError> {
+        self.read(|c| {
+            let p = pending(c)?;
+            let oldest: Option<i64> = c
+                .query_row(
+                    "SELECT e.recorded_at FROM outbox o JOIN events e ON e.event_id = o.event_id
+                     ORDER BY o.seq LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(sync_protocol::message::EdgeStatus {
+                pending_events: p.events,
+                pending_changes: p.changes,
+                oldest_pending_at: oldest.map(shared_model::Timestamp::from_micros),
+            })
+        })
+        .await
+    }
+
     /// Forgets idempotency keys older than a day.
     pub async fn prune_idempotency_keys(&self, now_micros: i64) -> Result<usize, StoreError> {
         self.write(move |c| prune_idempotency(c, now_micros)).await

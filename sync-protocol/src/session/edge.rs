@@ -8,8 +8,8 @@ use shared_model::{SiteId, Timestamp};
 use super::{BatchPacker, CloseReason, Core, SessionConfig, SessionError, decode_error_code};
 use crate::PROTOCOL_VERSION;
 use crate::message::{
-    Ack, DownAck, DownBatch, ErrorCode, Hello, Message, MessageType, Pong, RecordChange,
-    RecordHeads, RecordId, capability,
+    Ack, DownAck, DownBatch, EdgeStatus, ErrorCode, Hello, Message, MessageType, Pong,
+    RecordChange, RecordHeads, RecordId, capability,
 };
 use crate::store::{OutboxEntry, OutboxItem};
 
@@ -398,6 +398,15 @@ impl EdgeSession {
             return Err(SessionError::Closed);
         }
         send_repair_frames(&mut self.core, now, changes)
+    }
+
+    /// Reports the outbox's depth and age to the hub (ignored unless both sides speak
+    /// `STATUS`). The driver calls it every few seconds.
+    pub fn send_status(&mut self, now: Duration, status: EdgeStatus) {
+        if self.state == State::Established && self.capabilities & capability::STATUS != 0 {
+            // A status frame is a few bytes; it cannot exceed a frame.
+            let _ = self.core.send(now, &Message::EdgeStatus(status));
+        }
     }
 
     /// Ends the session on our side (shutdown): the hub gets an error frame saying why.

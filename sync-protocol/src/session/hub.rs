@@ -9,8 +9,8 @@ use super::edge::{send_heads_frames, send_repair_frames};
 use super::{BatchPacker, CloseReason, Core, SessionConfig, SessionError, decode_error_code};
 use crate::PROTOCOL_VERSION;
 use crate::message::{
-    Ack, DownItem, ErrorCode, HEADS_PER_RECORD_MAX, Message, MessageType, Pong, RecordChange,
-    RecordHeads, RecordId, Welcome, capability,
+    Ack, DownItem, EdgeStatus, ErrorCode, HEADS_PER_RECORD_MAX, Message, MessageType, Pong,
+    RecordChange, RecordHeads, RecordId, Welcome, capability,
 };
 use crate::store::DownEntry;
 
@@ -58,6 +58,8 @@ pub enum HubEvent {
     RepairChanges {
         changes: Vec<RecordChange>,
     },
+    /// The edge reported its backlog.
+    EdgeStatus(EdgeStatus),
     Closed(CloseReason),
 }
 
@@ -545,6 +547,11 @@ impl HubSession {
             {
                 self.events
                     .push_back(HubEvent::RepairChanges { changes: r.changes });
+            }
+            (State::Established, Message::EdgeStatus(status))
+                if self.capabilities & capability::STATUS != 0 =>
+            {
+                self.events.push_back(HubEvent::EdgeStatus(status));
             }
             (state, _) => self.fail(
                 now,

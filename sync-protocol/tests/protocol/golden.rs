@@ -83,6 +83,7 @@ fn type_numbers_are_stable() {
         (MessageType::DownAck, 0x0021),
         (MessageType::HeadsSummary, 0x0030),
         (MessageType::RepairChanges, 0x0031),
+        (MessageType::EdgeStatus, 0x0040),
         (MessageType::Error, 0x00F0),
         (MessageType::Ping, 0x00F1),
         (MessageType::Pong, 0x00F2),
