@@ -212,6 +212,33 @@ pub struct WorkOrder {
 }
 
 impl WorkOrder {
+    /// A new order as released to the floor: allowed to start, nothing produced yet, default
+    /// priority 5 and routing version 1. Callers set the optional fields they have.
+    pub fn released(
+        id: WorkOrderId,
+        site_id: SiteId,
+        material: MaterialId,
+        planned_quantity: u32,
+    ) -> Self {
+        Self {
+            id,
+            site_id,
+            erp_ref: None,
+            material,
+            routing_version: 1,
+            planned_quantity,
+            due: None,
+            priority: 5,
+            state: WorkOrderState::AllowedToStart,
+            actual_start: None,
+            actual_end: None,
+            operations: Vec::new(),
+            notes: String::new(),
+            good_count: 0,
+            scrap_count: 0,
+        }
+    }
+
     /// Applies `action` at `now`: the first Start sets `actual_start`, Complete and Abort set
     /// `actual_end`. On error the record is left untouched.
     pub fn transition(

@@ -277,23 +277,12 @@ async fn an_edge_store_syncs_into_postgres_through_the_sessions() {
         .await
         .unwrap();
     let view = sync_protocol::records::WorkOrderView {
-        order: shared_model::work_order::WorkOrder {
-            id: shared_model::WorkOrderId::new("SITE_A-WO-1").unwrap(),
-            site_id: a.clone(),
-            erp_ref: None,
-            material: shared_model::MaterialId::new("BRACKET-7").unwrap(),
-            routing_version: 1,
-            planned_quantity: 100,
-            due: None,
-            priority: 5,
-            state: shared_model::work_order::WorkOrderState::AllowedToStart,
-            actual_start: None,
-            actual_end: None,
-            operations: Vec::new(),
-            notes: String::new(),
-            good_count: 0,
-            scrap_count: 0,
-        },
+        order: shared_model::work_order::WorkOrder::released(
+            shared_model::WorkOrderId::new("SITE_A-WO-1").unwrap(),
+            a.clone(),
+            shared_model::MaterialId::new("BRACKET-7").unwrap(),
+            100,
+        ),
         work_unit: None,
     };
     let actor = edge.actor().clone();

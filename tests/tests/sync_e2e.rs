@@ -206,21 +206,13 @@ async fn offline_edge_catches_up_and_hq_releases_come_down() {
     let mut doc = automerge::AutoCommit::new();
     let view = sync_protocol::records::WorkOrderView {
         order: shared_model::work_order::WorkOrder {
-            id: shared_model::WorkOrderId::new("SITE_A-WO-77").unwrap(),
-            site_id: a.clone(),
-            erp_ref: None,
-            material: shared_model::MaterialId::new("BRACKET-7").unwrap(),
-            routing_version: 1,
-            planned_quantity: 40,
-            due: None,
             priority: 1,
-            state: shared_model::work_order::WorkOrderState::AllowedToStart,
-            actual_start: None,
-            actual_end: None,
-            operations: Vec::new(),
-            notes: String::new(),
-            good_count: 0,
-            scrap_count: 0,
+            ..shared_model::work_order::WorkOrder::released(
+                shared_model::WorkOrderId::new("SITE_A-WO-77").unwrap(),
+                a.clone(),
+                shared_model::MaterialId::new("BRACKET-7").unwrap(),
+                40,
+            )
         },
         work_unit: None,
     };

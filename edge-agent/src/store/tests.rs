@@ -200,23 +200,12 @@ async fn sqlite_store_syncs_through_the_sessions() {
     let store = open(&dir);
     store_events(&store, (0..25).map(|n| event(n, T0)).collect()).await;
     let view = crate::records::WorkOrderView {
-        order: shared_model::work_order::WorkOrder {
-            id: shared_model::WorkOrderId::new("SITE_001-WO-1").unwrap(),
-            site_id: site(),
-            erp_ref: None,
-            material: shared_model::MaterialId::new("BRACKET-7").unwrap(),
-            routing_version: 1,
-            planned_quantity: 100,
-            due: None,
-            priority: 5,
-            state: shared_model::work_order::WorkOrderState::AllowedToStart,
-            actual_start: None,
-            actual_end: None,
-            operations: Vec::new(),
-            notes: String::new(),
-            good_count: 0,
-            scrap_count: 0,
-        },
+        order: shared_model::work_order::WorkOrder::released(
+            shared_model::WorkOrderId::new("SITE_001-WO-1").unwrap(),
+            site(),
+            shared_model::MaterialId::new("BRACKET-7").unwrap(),
+            100,
+        ),
         work_unit: None,
     };
     let actor = store.actor().clone();

@@ -139,23 +139,12 @@ async fn main() -> anyhow::Result<()> {
         let actor = automerge::ActorId::random();
         for k in 0..100 {
             let view = sync_protocol::records::WorkOrderView {
-                order: shared_model::work_order::WorkOrder {
-                    id: WorkOrderId::new(format!("{s}-WO-{k:06}"))?,
-                    site_id: s.clone(),
-                    erp_ref: None,
-                    material: shared_model::MaterialId::new("BRACKET-7")?,
-                    routing_version: 1,
-                    planned_quantity: 1000,
-                    due: None,
-                    priority: 5,
-                    state: shared_model::work_order::WorkOrderState::AllowedToStart,
-                    actual_start: None,
-                    actual_end: None,
-                    operations: Vec::new(),
-                    notes: String::new(),
-                    good_count: 0,
-                    scrap_count: 0,
-                },
+                order: shared_model::work_order::WorkOrder::released(
+                    WorkOrderId::new(format!("{s}-WO-{k:06}"))?,
+                    s.clone(),
+                    shared_model::MaterialId::new("BRACKET-7")?,
+                    1000,
+                ),
                 work_unit: None,
             };
             edge_agent::records::create(&c, &view, &actor)?;
@@ -314,23 +303,12 @@ async fn main() -> anyhow::Result<()> {
         let id = format!("SITE_003-WO-R{k:03}");
         let mut doc = automerge::AutoCommit::new();
         let view = sync_protocol::records::WorkOrderView {
-            order: shared_model::work_order::WorkOrder {
-                id: WorkOrderId::new(id.clone())?,
-                site_id: site3.clone(),
-                erp_ref: None,
-                material: shared_model::MaterialId::new("BRACKET-7")?,
-                routing_version: 1,
-                planned_quantity: 10,
-                due: None,
-                priority: 5,
-                state: shared_model::work_order::WorkOrderState::AllowedToStart,
-                actual_start: None,
-                actual_end: None,
-                operations: Vec::new(),
-                notes: String::new(),
-                good_count: 0,
-                scrap_count: 0,
-            },
+            order: shared_model::work_order::WorkOrder::released(
+                WorkOrderId::new(id.clone())?,
+                site3.clone(),
+                shared_model::MaterialId::new("BRACKET-7")?,
+                10,
+            ),
             work_unit: None,
         };
         sync_protocol::records::write_all(&mut doc, &view).map_err(|e| anyhow::anyhow!("{e}"))?;
