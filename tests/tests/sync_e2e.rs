@@ -73,6 +73,56 @@ fn events(site: &SiteId, from: u64, n: u64) -> Vec<Event> {
         .collect()
 }
 
+/// A migrated database, the hub's CA in a state directory, and registered sites with their
+/// enrollment bundles in `<state_dir>/sites/<SITE>`: what every test here starts from.
+struct Fixture {
+    db: system_tests::pg::TestDb,
+    admin: PgPool,
+    state_dir: PathBuf,
+    ca: Ca,
+}
+
+async fn fixture(name: &str, sites: &[&str]) -> Fixture {
+    init();
+    let db = server().await.fresh_database().await;
+    db.migrate().await;
+    let admin = central_hub::db::connect(&db.admin_url).await.unwrap();
+    let state_dir = temp_dir(name);
+    let ca = Ca::load_or_create(&state_dir).unwrap();
+    for s in sites {
+        let site = SiteId::new(*s).unwrap();
+        add_site(&admin, &site, "Plant", "EU", "UTC").await.unwrap();
+        ca.write_site_bundle(&site, &state_dir.join("sites").join(s))
+            .unwrap();
+    }
+    Fixture {
+        db,
+        admin,
+        state_dir,
+        ca,
+    }
+}
+
+impl Fixture {
+    fn tls(&self, site: &str) -> PathBuf {
+        self.state_dir.join("sites").join(site)
+    }
+
+    /// A hub instance on this database (as the hub role, with the reporting connection).
+    async fn start_hub(&self, quic_listen: &str) -> serve::Running {
+        serve::start(ServeConfig {
+            database_url: self.db.hub_url.clone(),
+            read_database_url: Some(self.db.reporting_url.clone()),
+            quic_listen: quic_listen.parse().unwrap(),
+            http_listen: "127.0.0.1:0".parse().unwrap(),
+            state_dir: self.state_dir.clone(),
+            server_names: vec!["127.0.0.1".into(), "localhost".into()],
+        })
+        .await
+        .unwrap()
+    }
+}
+
 /// Crypto provider and logs (warnings, or `RUST_LOG`) for a test.
 fn init() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -114,16 +164,10 @@ fn free_udp_port() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_edge_catches_up_and_hq_releases_come_down() {
-    init();
-    let db = server().await.fresh_database().await;
-    db.migrate().await;
-    let admin = central_hub::db::connect(&db.admin_url).await.unwrap();
-    let state_dir = temp_dir("hub");
-    let ca = Ca::load_or_create(&state_dir).unwrap();
+    let f = fixture("hub", &["SITE_A"]).await;
+    let (db, admin, state_dir) = (&f.db, f.admin.clone(), f.state_dir.clone());
     let a = SiteId::new("SITE_A").unwrap();
-    add_site(&admin, &a, "Plant A", "EU", "UTC").await.unwrap();
-    let tls_a = state_dir.join("sites/SITE_A");
-    ca.write_site_bundle(&a, &tls_a).unwrap();
+    let tls_a = f.tls("SITE_A");
 
     // The edge starts first; the hub is down.
     let port = free_udp_port();
@@ -144,16 +188,7 @@ async fn offline_edge_catches_up_and_hq_releases_come_down() {
     assert_eq!(edge.state.store.pending().await.unwrap().events, 500);
 
     // The hub starts on the port the edge is trying.
-    let hub = serve::start(ServeConfig {
-        database_url: db.hub_url.clone(),
-        read_database_url: Some(db.reporting_url.clone()),
-        quic_listen: hub_addr.parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: state_dir.clone(),
-        server_names: vec!["127.0.0.1".into(), "localhost".into()],
-    })
-    .await
-    .unwrap();
+    let hub = f.start_hub(&hub_addr).await;
     wait_for("the backlog to land", Duration::from_secs(45), || async {
         count(&admin, "SELECT count(*) FROM events").await == 500
     })
@@ -254,29 +289,12 @@ async fn offline_edge_catches_up_and_hq_releases_come_down() {
 /// picking a state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hq_cancel_against_offline_completion_becomes_a_conflict() {
-    init();
-    let db = server().await.fresh_database().await;
-    db.migrate().await;
-    let admin = central_hub::db::connect(&db.admin_url).await.unwrap();
-    let state_dir = temp_dir("hub2");
-    let ca = Ca::load_or_create(&state_dir).unwrap();
+    let f = fixture("hub2", &["SITE_A", "SITE_B"]).await;
+    let (admin, state_dir) = (f.admin.clone(), f.state_dir.clone());
     let a = SiteId::new("SITE_A").unwrap();
     let b = SiteId::new("SITE_B").unwrap();
-    for s in [&a, &b] {
-        add_site(&admin, s, "Plant", "EU", "UTC").await.unwrap();
-    }
-    let tls_a = state_dir.join("sites/SITE_A");
-    ca.write_site_bundle(&a, &tls_a).unwrap();
-    let hub = serve::start(ServeConfig {
-        database_url: db.hub_url.clone(),
-        read_database_url: Some(db.reporting_url.clone()),
-        quic_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: state_dir.clone(),
-        server_names: vec!["127.0.0.1".into()],
-    })
-    .await
-    .unwrap();
+    let tls_a = f.tls("SITE_A");
+    let hub = f.start_hub("127.0.0.1:0").await;
     let api = format!("http://{}", hub.http_addr);
     let hq = central_hub::api::create_token(&admin, "hq", "hq:write", None)
         .await
@@ -535,35 +553,14 @@ fn hello() -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_peers_are_cut_off_and_other_sites_keep_syncing() {
     use sync_protocol::message::{ErrorCode, EventBatch, Message, RecordChanges};
-    init();
-    let db = server().await.fresh_database().await;
-    db.migrate().await;
-    let admin = central_hub::db::connect(&db.admin_url).await.unwrap();
-    let state_dir = temp_dir("hub3");
-    let ca = Ca::load_or_create(&state_dir).unwrap();
-    let (a, b) = (
-        SiteId::new("SITE_A").unwrap(),
-        SiteId::new("SITE_B").unwrap(),
-    );
-    for s in [&a, &b] {
-        add_site(&admin, s, "Plant", "EU", "UTC").await.unwrap();
-        ca.write_site_bundle(s, &state_dir.join("sites").join(s.as_str()))
-            .unwrap();
-    }
+    let f = fixture("hub3", &["SITE_A", "SITE_B"]).await;
+    let (admin, state_dir, ca) = (f.admin.clone(), f.state_dir.clone(), &f.ca);
+    let a = SiteId::new("SITE_A").unwrap();
     // A site the CA signed but the hub never registered.
     let ghost = SiteId::new("SITE_GHOST").unwrap();
     ca.write_site_bundle(&ghost, &state_dir.join("sites/SITE_GHOST"))
         .unwrap();
-    let hub = serve::start(ServeConfig {
-        database_url: db.hub_url.clone(),
-        read_database_url: None,
-        quic_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: state_dir.clone(),
-        server_names: vec!["127.0.0.1".into()],
-    })
-    .await
-    .unwrap();
+    let hub = f.start_hub("127.0.0.1:0").await;
     let edge_dir = temp_dir("edge-good");
     let edge = edge_agent::server::start(edge_config(
         "SITE_A",
@@ -689,35 +686,15 @@ async fn hostile_peers_are_cut_off_and_other_sites_keep_syncing() {
 /// uploaded to either reaches both sites.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hub_instances_serve_one_database() {
-    init();
-    let db = server().await.fresh_database().await;
-    db.migrate().await;
-    let admin = central_hub::db::connect(&db.admin_url).await.unwrap();
-    let state_dir = temp_dir("hub4");
-    let ca = Ca::load_or_create(&state_dir).unwrap();
+    let f = fixture("hub4", &["SITE_A", "SITE_B"]).await;
+    let (admin, state_dir) = (f.admin.clone(), f.state_dir.clone());
     let sites = [
         SiteId::new("SITE_A").unwrap(),
         SiteId::new("SITE_B").unwrap(),
     ];
-    for s in &sites {
-        add_site(&admin, s, "Plant", "EU", "UTC").await.unwrap();
-        ca.write_site_bundle(s, &state_dir.join("sites").join(s.as_str()))
-            .unwrap();
-    }
     let mut hubs = Vec::new();
     for _ in 0..2 {
-        hubs.push(
-            serve::start(ServeConfig {
-                database_url: db.hub_url.clone(),
-                read_database_url: Some(db.reporting_url.clone()),
-                quic_listen: "127.0.0.1:0".parse().unwrap(),
-                http_listen: "127.0.0.1:0".parse().unwrap(),
-                state_dir: state_dir.clone(),
-                server_names: vec!["127.0.0.1".into()],
-            })
-            .await
-            .unwrap(),
-        );
+        hubs.push(f.start_hub("127.0.0.1:0").await);
     }
     let mut edges = Vec::new();
     let mut dirs = Vec::new();
