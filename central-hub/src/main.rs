@@ -200,6 +200,7 @@ fn main() -> anyhow::Result<()> {
                 http_listen,
                 state_dir,
                 server_names,
+                reports: Default::default(),
             })
             .await?;
             println!(

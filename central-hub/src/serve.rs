@@ -39,6 +39,30 @@ pub struct ServeConfig {
     pub state_dir: PathBuf,
     /// DNS names and IPs the server certificate is valid for.
     pub server_names: Vec<String>,
+    /// Report cache, rate limits and their shared state.
+    pub reports: ReportSettings,
+}
+
+/// Settings of the reporting API's cache and rate limiter (see `docs/reports.md`).
+#[derive(Debug, Clone)]
+pub struct ReportSettings {
+    /// With it, cached reports, site data versions and rate-limit counters live in Redis and
+    /// are shared by every hub instance; without it each instance keeps its own.
+    pub redis_url: Option<String>,
+    /// How long a cached report may be served: reports depend on "now" as well as on data.
+    pub cache_ttl: Duration,
+    /// Requests per second (and burst) one token may make to `/api/v1`.
+    pub rate_limit_per_second: u32,
+}
+
+impl Default for ReportSettings {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            cache_ttl: Duration::from_secs(10),
+            rate_limit_per_second: 50,
+        }
+    }
 }
 
 #[derive(Debug)]
