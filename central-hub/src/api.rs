@@ -21,7 +21,13 @@ use sqlx::{PgPool, Row};
 use sync_protocol::message::{DownItem, RecordChange, RecordId};
 use sync_protocol::records::{WorkOrderView, read_view, write_all};
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use crate::db::store::{PgHubStore, load_record};
+use crate::reports::ReportCtx;
+use crate::reports::cache::Admit;
 
 /// Largest request body of the HQ API.
 pub const BODY_BYTES_MAX: usize = 256 * 1024;
@@ -31,7 +37,18 @@ pub struct ApiState {
     pub pool: PgPool,
     pub read_pool: Option<PgPool>,
     pub store: PgHubStore,
+    pub reports: Arc<ReportCtx>,
+    /// Token hash → scope (or `None`: unknown or revoked), for [`TOKEN_CACHE_TTL`].
+    pub tokens: Arc<TokenCache>,
 }
+
+/// Token hash → when it was looked up, and its scope (`None`: unknown or revoked).
+pub type TokenCache = Mutex<HashMap<Vec<u8>, (Instant, Option<Scope>)>>;
+
+/// How long a token lookup is trusted: a revoked token stops working within this time.
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
+/// Most tokens remembered.
+const TOKEN_CACHE_MAX: usize = 10_000;
 
 /// What a token may do.
 #[derive(Clone, Debug)]
@@ -41,7 +58,7 @@ pub struct Scope {
 }
 
 impl Scope {
-    fn allows(&self, site: &SiteId) -> bool {
+    pub(crate) fn allows(&self, site: &SiteId) -> bool {
         self.site.as_ref().is_none_or(|s| s == site)
     }
 }
@@ -55,7 +72,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -71,7 +88,15 @@ impl ApiError {
         }
     }
 
-    fn internal(e: impl std::fmt::Display) -> Self {
+    /// A bad query parameter: `400` naming it.
+    pub(crate) fn bad_request(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field),
+            ..Self::new(StatusCode::BAD_REQUEST, "bad_parameter", message)
+        }
+    }
+
+    pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "HQ API failure");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -80,7 +105,7 @@ impl ApiError {
         )
     }
 
-    fn forbidden() -> Self {
+    pub(crate) fn forbidden() -> Self {
         Self::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -147,29 +172,68 @@ async fn require_token(State(state): State<ApiState>, mut req: Request, next: Ne
         )
         .into_response();
     };
-    let row =
-        sqlx::query("SELECT scope, site_id FROM api_tokens WHERE hash = $1 AND revoked_at IS NULL")
-            .bind(token_hash(&token))
+    let hash = token_hash(&token);
+    let cached = state.tokens.lock().ok().and_then(|m| {
+        m.get(&hash)
+            .filter(|(at, _)| at.elapsed() < TOKEN_CACHE_TTL)
+            .map(|(_, s)| s.clone())
+    });
+    let scope = match cached {
+        Some(s) => s,
+        None => {
+            let row = sqlx::query(
+                "SELECT scope, site_id FROM api_tokens WHERE hash = $1 AND revoked_at IS NULL",
+            )
+            .bind(&hash)
             .fetch_optional(&state.pool)
             .await;
-    match row {
-        Ok(Some(r)) => {
-            let scope: String = r.get("scope");
-            let site: Option<String> = r.get("site_id");
-            req.extensions_mut().insert(Scope {
-                write: scope == "hq:write",
-                site: site.and_then(|s| SiteId::new(s).ok()),
-            });
-            next.run(req).await
+            let scope = match row {
+                Ok(Some(r)) => {
+                    let scope: String = r.get("scope");
+                    let site: Option<String> = r.get("site_id");
+                    Some(Scope {
+                        write: scope == "hq:write",
+                        site: site.and_then(|s| SiteId::new(s).ok()),
+                    })
+                }
+                Ok(None) => None,
+                Err(e) => return ApiError::internal(e).into_response(),
+            };
+            if let Ok(mut m) = state.tokens.lock() {
+                if m.len() >= TOKEN_CACHE_MAX {
+                    m.clear();
+                }
+                m.insert(hash.clone(), (Instant::now(), scope.clone()));
+            }
+            scope
         }
-        Ok(None) => ApiError::new(
+    };
+    let Some(scope) = scope else {
+        return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "unknown or revoked token",
         )
-        .into_response(),
-        Err(e) => ApiError::internal(e).into_response(),
+        .into_response();
+    };
+    let token_id: String = hash.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    if let Admit::No(retry) = state.reports.shared.admit(&token_id).await {
+        let mut r = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "more than {} requests per second with this token; retry after {retry} s",
+                state.reports.shared.rate_per_second
+            ),
+        )
+        .into_response();
+        if let Ok(v) = header::HeaderValue::from_str(&retry.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
     }
+    req.extensions_mut().insert(scope);
+    next.run(req).await
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -178,13 +242,131 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/sites/{site}/work-orders", post(release))
         .route("/api/v1/work-orders/{id}", patch(edit))
         .route("/api/v1/conflicts", get(conflicts))
+        .route("/api/v1/work-orders", get(list_work_orders))
+        .route(
+            "/api/v1/reports/genealogy/{lot}",
+            get(crate::reports::genealogy),
+        )
+        .route("/api/v1/reports/{report}", get(crate::reports::report))
         .route(
             "/api/v1/master-data/{kind}",
             axum::routing::put(put_master_data),
         )
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .route("/api/v1/openapi.json", get(crate::reports::openapi))
         .with_state(state)
+}
+
+/// Most work orders one list returns.
+pub const WORK_ORDER_LIST_MAX: i64 = 1_000;
+
+/// `GET /api/v1/work-orders`: open orders (or all) with their due dates and an at-risk flag.
+async fn list_work_orders(
+    State(state): State<ApiState>,
+    Extension(scope): Extension<Scope>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let mut sites: Vec<String> = Vec::new();
+    let mut open_only = true;
+    let mut limit: i64 = 100;
+    for (k, v) in form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes()) {
+        match &*k {
+            "site" => {
+                for s in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    let id = SiteId::new(s)
+                        .map_err(|e| ApiError::bad_request("site", format!("{s:?}: {e}")))?;
+                    if !scope.allows(&id) {
+                        return Err(ApiError::forbidden());
+                    }
+                    sites.push(id.as_str().to_owned());
+                }
+            }
+            "state" => {
+                open_only = match &*v {
+                    "open" => true,
+                    "all" => false,
+                    other => {
+                        return Err(ApiError::bad_request(
+                            "state",
+                            format!("{other:?}: use open or all"),
+                        ));
+                    }
+                }
+            }
+            "limit" => {
+                limit = v
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|l| (1..=WORK_ORDER_LIST_MAX).contains(l))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "limit",
+                            format!("limit must be 1..={WORK_ORDER_LIST_MAX}"),
+                        )
+                    })?;
+            }
+            other => {
+                return Err(ApiError::bad_request(
+                    "query",
+                    format!("unknown parameter {other:?}"),
+                ));
+            }
+        }
+    }
+    if let Some(own) = &scope.site
+        && sites.is_empty()
+    {
+        sites.push(own.as_str().to_owned());
+    }
+    let pool = read_pool(&state)?;
+    let mut tx = pool.begin().await.map_err(ApiError::internal)?;
+    if let Some(own) = &scope.site {
+        sqlx::query("SELECT set_config('app.report_site', $1, true)")
+            .bind(own.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    let rows = sqlx::query(
+        "SELECT site_id, id, state, material, planned_quantity, good_count, scrap_count, due, priority,
+                state NOT IN ('ended', 'aborted')
+                  AND due IS NOT NULL AND planned_quantity > good_count
+                  AND due < now() + interval '24 hours' AS at_risk
+         FROM work_orders
+         WHERE (cardinality($1::text[]) = 0 OR site_id = ANY($1))
+           AND (NOT $2 OR state IN ('not_allowed_to_start', 'allowed_to_start', 'running', 'interrupted'))
+         ORDER BY at_risk DESC, due NULLS LAST, priority, id
+         LIMIT $3",
+    )
+    .bind(&sites)
+    .bind(open_only)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(ApiError::internal)?;
+    let _ = tx.commit().await;
+    let orders: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let planned: i64 = r.get("planned_quantity");
+            let good: i64 = r.get("good_count");
+            json!({
+                "id": r.get::<String, _>("id"),
+                "site": r.get::<String, _>("site_id"),
+                "state": r.get::<String, _>("state"),
+                "material": r.get::<String, _>("material"),
+                "planned_quantity": planned,
+                "good": good,
+                "scrap": r.get::<i64, _>("scrap_count"),
+                "remaining": (planned - good).max(0),
+                "due": ts_json(r.get("due")),
+                "priority": r.get::<i32, _>("priority"),
+                "at_risk": r.get::<bool, _>("at_risk"),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "work_orders": orders })))
 }
 
 fn read_pool(state: &ApiState) -> Result<&PgPool, ApiError> {
@@ -216,7 +398,7 @@ async fn sites(
                 s.edge_pending_events, s.edge_pending_changes,
                 extract(epoch FROM now() - s.edge_oldest_pending_at)::float8 AS lag_seconds,
                 s.edge_status_at,
-                (SELECT max(e.received_at) FROM events e WHERE e.site_id = s.site_id) AS last_event_at
+                s.last_event_at
          FROM sites s ORDER BY s.site_id",
     )
     .fetch_all(read_pool(&state)?)

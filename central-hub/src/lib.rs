@@ -3,10 +3,12 @@
 //! * [`db`]: the schema and migrations ([`db::schema`]) and the `sync_protocol::store::HubStore`
 //!   implementation on PostgreSQL with row-level security ([`db::store`]).
 //!
-//! The QUIC sync server, the HQ API and reporting, and enrollment arrive with their issues.
+//! * [`sync`]: the QUIC sync server; [`api`]: the HQ API; [`reports`]: the reporting API with
+//!   its cache and rate limits; [`serve`]: one hub instance; [`pki`]: the CA and certificates.
 
 pub mod api;
 pub mod db;
 pub mod pki;
+pub mod reports;
 pub mod serve;
 pub mod sync;

@@ -73,6 +73,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     quic: JoinHandle<()>,
     listener: JoinHandle<()>,
+    versions_listener: JoinHandle<()>,
     http: JoinHandle<anyhow::Result<()>>,
     partitions: JoinHandle<()>,
 }
@@ -81,6 +82,7 @@ pub struct Running {
 struct HttpState {
     pool: PgPool,
     metrics: Arc<SyncMetrics>,
+    reports: Arc<crate::reports::ReportCtx>,
 }
 
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
@@ -107,10 +109,25 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         None => None,
     };
     let store = PgHubStore::new(pool.clone());
+    let shared = crate::reports::cache::Shared::new(
+        config.reports.redis_url.as_deref(),
+        config.reports.cache_ttl,
+        config.reports.rate_limit_per_second,
+    )
+    .await
+    .context("setting up the report cache")?;
+    let reports = Arc::new(crate::reports::ReportCtx::new(shared));
+    let versions_listener = tokio::spawn(crate::reports::cache::listen(
+        pool.clone(),
+        reports.clone(),
+        shutdown_rx.clone(),
+    ));
     let api = crate::api::router(crate::api::ApiState {
         pool: pool.clone(),
         read_pool,
         store: store.clone(),
+        reports: reports.clone(),
+        tokens: Arc::default(),
     });
     let signals = Arc::new(sync::DownSignals::default());
     let down_listener = tokio::spawn(sync::listen_down(
@@ -134,6 +151,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         .with_state(HttpState {
             pool,
             metrics: metrics.clone(),
+            reports: reports.clone(),
         })
         .merge(api);
     let mut http_shutdown = shutdown_rx;
@@ -153,6 +171,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         shutdown,
         quic,
         listener: down_listener,
+        versions_listener,
         http,
         partitions,
     })
@@ -163,6 +182,7 @@ impl Running {
         let _ = self.shutdown.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.quic).await;
         self.listener.abort();
+        self.versions_listener.abort();
         self.partitions.abort();
         self.http.await.context("joining HTTP")?
     }
@@ -251,5 +271,45 @@ async fn metrics_text(State(s): State<HttpState>) -> impl IntoResponse {
             v.load(Ordering::Relaxed)
         ));
     }
+    let r = &s.reports.shared.metrics;
+    for (name, help, v) in [
+        (
+            "mes_report_cache_hits_total",
+            "Report requests answered from the cache.",
+            &r.cache_hits,
+        ),
+        (
+            "mes_report_cache_misses_total",
+            "Report requests computed from the database.",
+            &r.cache_misses,
+        ),
+        (
+            "mes_rate_limited_total",
+            "API requests refused with 429.",
+            &r.rate_limited,
+        ),
+        (
+            "mes_redis_errors_total",
+            "Redis commands that failed or timed out (the request went on without).",
+            &r.redis_errors,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+            v.load(Ordering::Relaxed)
+        ));
+    }
+    let (hits, misses) = (
+        r.cache_hits.load(Ordering::Relaxed),
+        r.cache_misses.load(Ordering::Relaxed),
+    );
+    let rate = if hits + misses > 0 {
+        hits as f64 / (hits + misses) as f64
+    } else {
+        0.0
+    };
+    out.push_str(&format!(
+        "# HELP mes_report_cache_hit_ratio Cache hits over lookups since start.\n# TYPE mes_report_cache_hit_ratio gauge\nmes_report_cache_hit_ratio {rate}\n"
+    ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -115,6 +115,19 @@ pub enum MachineState {
     PlannedStop,
 }
 
+impl MachineState {
+    /// The name used in JSON, metrics and the hub's rollups.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MachineState::Running => "running",
+            MachineState::Idle => "idle",
+            MachineState::Down => "down",
+            MachineState::Setup => "setup",
+            MachineState::PlannedStop => "planned_stop",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EquipmentStateChange {
     pub equipment: EquipmentId,

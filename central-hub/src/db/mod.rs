@@ -1,6 +1,7 @@
 //! PostgreSQL: schema, connection setup, and the site-scoped store.
 
 pub mod master;
+pub mod rollup;
 pub mod schema;
 pub mod store;
 

@@ -221,6 +221,161 @@ ALTER TABLE sites
     ADD COLUMN edge_oldest_pending_at timestamptz,
     ADD COLUMN edge_status_at timestamptz;
 "#,
+    r#"
+-- Reporting rollups, maintained on ingest (docs/reports.md). Hour buckets are the start of the
+-- site-local hour, as an instant.
+ALTER TABLE production_hourly ADD COLUMN scrap_reason text NOT NULL DEFAULT '';
+ALTER TABLE production_hourly DROP CONSTRAINT production_hourly_pkey;
+ALTER TABLE production_hourly ADD PRIMARY KEY (site_id, hour, equipment, work_order, scrap_reason);
+
+-- Each equipment's state timeline: one row per effective state change (an original event, or
+-- the replacement of the correction that won for it, keyed by the correction's id).
+CREATE TABLE state_changes (
+    site_id        varchar(20) NOT NULL,
+    equipment      text NOT NULL,
+    at             timestamptz NOT NULL,
+    fact_id        uuid NOT NULL,
+    state          text NOT NULL,
+    reason         text,
+    PRIMARY KEY (site_id, equipment, at, fact_id)
+);
+
+-- Reasons (a scrap reason, a state's reason) as a column: the rollups need them at ingest.
+ALTER TABLE events ADD COLUMN reason text;
+-- When a site's last new event arrived, kept on ingest (the site list must not scan events).
+ALTER TABLE sites ADD COLUMN last_event_at timestamptz;
+-- Corrections name the event they correct by id alone.
+CREATE INDEX events_event_id ON events (event_id);
+
+-- Time per state and reason in each site-local hour, from closed intervals of the timeline;
+-- `starts` counts intervals that begin in the hour, `small` marks stops under 120 s.
+CREATE TABLE state_hourly (
+    site_id        varchar(20) NOT NULL,
+    hour           timestamptz NOT NULL,
+    equipment      text NOT NULL,
+    state          text NOT NULL,
+    reason         text NOT NULL DEFAULT '',
+    small          boolean NOT NULL,
+    micros         bigint NOT NULL DEFAULT 0,
+    starts         bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (site_id, hour, equipment, state, reason, small)
+);
+
+-- The last point of each timeline: the interval that is still open (until now).
+CREATE TABLE state_current (
+    site_id        varchar(20) NOT NULL,
+    equipment      text NOT NULL,
+    at             timestamptz NOT NULL,
+    state          text NOT NULL,
+    reason         text,
+    PRIMARY KEY (site_id, equipment)
+);
+
+-- Microseconds two half-open intervals share.
+CREATE FUNCTION mes_overlap_us(a1 timestamptz, a2 timestamptz, b1 timestamptz, b2 timestamptz)
+RETURNS bigint LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $f$
+    SELECT greatest(0, (extract(epoch FROM least(a2, b2) - greatest(a1, b1)) * 1000000)::bigint)
+$f$;
+
+-- Lot genealogy edges: material consumed into and produced by work orders.
+CREATE TABLE lot_movements (
+    site_id        varchar(20) NOT NULL,
+    fact_id        uuid NOT NULL,
+    direction      text NOT NULL CHECK (direction IN ('consumed', 'produced')),
+    lot            text NOT NULL,
+    material       text NOT NULL,
+    quantity       float8 NOT NULL,
+    work_order     text,
+    occurred_at    timestamptz NOT NULL,
+    PRIMARY KEY (site_id, fact_id)
+);
+CREATE INDEX lot_movements_lot ON lot_movements (lot, direction);
+CREATE INDEX lot_movements_order ON lot_movements (work_order, direction);
+
+-- Which corrections reference which event; the greatest correction id wins.
+CREATE TABLE corrections (
+    site_id        varchar(20) NOT NULL,
+    corrects       uuid NOT NULL,
+    correction     uuid NOT NULL,
+    PRIMARY KEY (site_id, corrects, correction)
+);
+
+-- The first site-local hour each piece of equipment reported in: where its planned
+-- production time starts.
+CREATE TABLE equipment_seen (
+    site_id        varchar(20) NOT NULL,
+    equipment      text NOT NULL,
+    first_hour     timestamptz NOT NULL,
+    PRIMARY KEY (site_id, equipment)
+);
+
+DO $$
+DECLARE t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['state_changes', 'state_hourly', 'lot_movements', 'corrections',
+                             'equipment_seen', 'state_current'] LOOP
+        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE format($p$CREATE POLICY site_scope ON %I TO mes_hub
+                          USING (site_id = current_setting('app.current_site_id', true))
+                          WITH CHECK (site_id = current_setting('app.current_site_id', true))$p$, t);
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %I TO mes_hub', t);
+        EXECUTE format('GRANT SELECT ON %I TO mes_reporting', t);
+    END LOOP;
+END $$;
+GRANT DELETE ON production_hourly TO mes_hub;
+
+-- Reporting sees every site unless the request is scoped to one: a site-scoped HQ token sets
+-- app.report_site, and these policies then hide the other sites' rows in SQL, not only in Rust.
+DO $$
+DECLARE t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['sites', 'events', 'production_hourly', 'records', 'work_orders',
+                             'actors', 'down_log', 'conflicts', 'state_changes', 'state_hourly',
+                             'lot_movements', 'corrections', 'equipment_seen',
+                             'state_current'] LOOP
+        EXECUTE format('DROP POLICY IF EXISTS hq_read ON %I', t);
+        EXECUTE format($p$CREATE POLICY hq_read ON %I FOR SELECT TO mes_reporting
+                          USING (coalesce(current_setting('app.report_site', true), '') = ''
+                                 OR site_id = current_setting('app.report_site', true))$p$, t);
+    END LOOP;
+END $$;
+
+-- Master data as columns for the report queries.
+CREATE VIEW md_equipment AS
+    SELECT key AS equipment, json->'equipment'->>'parent' AS parent,
+           json->'equipment'->>'class' AS class, json->'equipment'->>'name' AS name
+    FROM master_data WHERE kind = 'equipment';
+CREATE VIEW md_reasons AS
+    SELECT key AS code, json->'reason_code'->>'name' AS name,
+           json->'reason_code'->>'loss_category' AS loss_category,
+           (json->'reason_code'->>'counts_against_availability')::boolean AS counts_against_availability
+    FROM master_data WHERE kind = 'reason-codes';
+CREATE VIEW md_routing AS
+    SELECT json->'routing_step'->>'material' AS material,
+           (json->'routing_step'->>'version')::int AS version,
+           (json->'routing_step'->>'seq')::int AS seq,
+           json->'routing_step'->>'work_center_class' AS work_center_class,
+           (json->'routing_step'->>'ideal_cycle_time_ms')::bigint AS ideal_ms
+    FROM master_data WHERE kind = 'routings';
+-- The ideal cycle time of a material on equipment of a class: the step of that class, else the
+-- material's first step.
+CREATE VIEW md_ideal AS
+    SELECT m.material, c.class,
+           coalesce((SELECT r.ideal_ms FROM md_routing r
+                     WHERE r.material = m.material AND r.work_center_class = c.class
+                     ORDER BY r.version, r.seq LIMIT 1),
+                    (SELECT r.ideal_ms FROM md_routing r WHERE r.material = m.material
+                     ORDER BY r.version, r.seq LIMIT 1)) AS ideal_ms
+    FROM (SELECT DISTINCT material FROM md_routing) m
+    CROSS JOIN (SELECT DISTINCT class FROM md_equipment UNION SELECT '') c;
+CREATE VIEW md_shifts AS
+    SELECT split_part(md.key, '/', 1) AS site_id, s->>'name' AS shift_name,
+           (s->>'start')::timestamptz AS start_at, (s->>'end')::timestamptz AS end_at,
+           s->'planned_breaks' AS breaks
+    FROM master_data md, jsonb_array_elements(md.json->'shift_calendar'->'shifts') s
+    WHERE md.kind = 'shift-calendars';
+GRANT SELECT ON md_equipment, md_reasons, md_routing, md_ideal, md_shifts TO mes_reporting, mes_hub;
+"#,
 ];
 
 #[derive(Debug, thiserror::Error)]

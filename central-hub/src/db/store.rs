@@ -5,6 +5,9 @@
 //! the next user of a pooled or PgBouncer connection), does its work, and commits before
 //! returning: the session acks only after that.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
 use automerge::{AutoCommit, Change};
 use shared_model::{Event, EventBody, SiteId};
 use sqlx::{PgPool, Postgres, Row, Transaction};
@@ -14,6 +17,9 @@ use sync_protocol::message::{
 use sync_protocol::records::read_view;
 use sync_protocol::store::{DownEntry, HeadsComparison, HubStore, IngestReport};
 use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::rollup::{self, SiteClock};
 
 /// Months of partitions created ahead of the current one.
 pub const PARTITION_MONTHS_AHEAD: i32 = 3;
@@ -35,6 +41,25 @@ pub enum HubStoreError {
 #[derive(Debug, Clone)]
 pub struct PgHubStore {
     pool: PgPool,
+    /// Each site's time zone, read once: it decides the rollups' hour buckets.
+    clocks: Arc<Mutex<HashMap<SiteId, SiteClock>>>,
+}
+
+/// The channel on which every data change of a site is announced (payload `SITE:txid`, or
+/// `*:txid` for master data): report caches of all hub instances listen to it.
+pub const DATA_CHANNEL: &str = "mes_data";
+
+/// Announces, at commit, that `site`'s data (or with `None` master data) changed.
+pub async fn notify_data(
+    tx: &mut Transaction<'static, Postgres>,
+    site: Option<&SiteId>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2 || ':' || txid_current())")
+        .bind(DATA_CHANNEL)
+        .bind(site.map_or("*", |s| s.as_str()))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Begins a transaction scoped to `site` by row-level security.
@@ -50,7 +75,7 @@ pub async fn scoped(
     Ok(tx)
 }
 
-fn ts(t: shared_model::Timestamp) -> OffsetDateTime {
+pub(crate) fn ts(t: shared_model::Timestamp) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.as_micros()) * 1000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
@@ -74,31 +99,93 @@ fn parse_kind(s: &str) -> Result<RecordKind, HubStoreError> {
     }
 }
 
+/// The ingest statement: inserts the new events (duplicates skipped by their key), rolls the
+/// new production counts into `production_hourly` by site-local hour, notes the first hour
+/// each piece of equipment reported, and returns what the slower rollups need: the new events
+/// that are not production counts, and new events a correction had named before they arrived.
 const INGEST_SQL: &str = r#"
 WITH ins AS (
     INSERT INTO events (site_id, event_id, occurred_at, recorded_at, kind, equipment, work_order,
-                        operator, good, scrap, body)
+                        operator, good, scrap, body, reason)
     SELECT $1, u.* FROM UNNEST($2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::text[],
                                $6::text[], $7::text[], $8::text[], $9::int8[], $10::int8[],
-                               $11::bytea[]) AS u
+                               $11::bytea[], $12::text[]) AS u
     ON CONFLICT DO NOTHING
-    RETURNING occurred_at, kind, equipment, work_order, good, scrap
+    RETURNING event_id, occurred_at, kind, equipment, work_order, good, scrap, reason
+), fl AS (
+    SELECT ins.*, date_trunc('hour', ins.occurred_at, $13) AS hour,
+           (SELECT EXISTS (SELECT 1 FROM corrections WHERE site_id = $1))
+           AND EXISTS (SELECT 1 FROM corrections c
+                       WHERE c.site_id = $1 AND c.corrects = ins.event_id) AS corrected
+    FROM ins
 ), roll AS (
-    INSERT INTO production_hourly AS p (site_id, hour, equipment, work_order, good, scrap, events)
-    SELECT $1, date_trunc('hour', occurred_at, 'UTC'), equipment, coalesce(work_order, ''),
+    INSERT INTO production_hourly AS p (site_id, hour, equipment, work_order, scrap_reason,
+                                        good, scrap, events)
+    SELECT $1, hour, equipment, coalesce(work_order, ''), coalesce(reason, ''),
            sum(good), sum(scrap), count(*)
-    FROM ins WHERE kind = 'production_count'
-    GROUP BY 2, 3, 4
-    ON CONFLICT (site_id, hour, equipment, work_order) DO UPDATE
+    FROM fl WHERE kind = 'production_count' AND NOT corrected
+    GROUP BY 2, 3, 4, 5
+    ON CONFLICT (site_id, hour, equipment, work_order, scrap_reason) DO UPDATE
         SET good = p.good + excluded.good, scrap = p.scrap + excluded.scrap,
             events = p.events + excluded.events
+), seen AS (
+    INSERT INTO equipment_seen AS s (site_id, equipment, first_hour)
+    SELECT $1, equipment, min(hour) FROM fl
+    WHERE kind IN ('production_count', 'equipment_state') AND equipment IS NOT NULL
+    GROUP BY equipment
+    ON CONFLICT (site_id, equipment) DO UPDATE SET first_hour = excluded.first_hour
+        WHERE excluded.first_hour < s.first_hour
+), touched AS (
+    UPDATE sites SET last_event_at = now()
+    WHERE site_id = $1 AND EXISTS (SELECT 1 FROM ins)
 )
-SELECT count(*) FROM ins
+SELECT count(*) AS inserted,
+       coalesce(array_agg(event_id) FILTER (WHERE kind <> 'production_count'), '{}') AS others,
+       coalesce(array_agg(event_id) FILTER (WHERE corrected), '{}') AS corrected
+FROM fl
 "#;
 
 impl PgHubStore {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            clocks: Arc::default(),
+        }
+    }
+
+    /// The site's time zone and how its local hours fall on UTC.
+    pub async fn clock(&self, site: &SiteId) -> Result<SiteClock, HubStoreError> {
+        if let Some(c) = self.clocks.lock().ok().and_then(|m| m.get(site).cloned()) {
+            return Ok(c);
+        }
+        let mut tx = scoped(&self.pool, site).await?;
+        let row = sqlx::query(
+            "SELECT timezone,
+                    extract(epoch FROM (now() AT TIME ZONE timezone) - (now() AT TIME ZONE 'UTC'))::int8
+                        AS offset_seconds
+             FROM sites WHERE site_id = $1",
+        )
+        .bind(site.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let clock = match row {
+            Some(r) => {
+                let offset: i64 = r.try_get("offset_seconds")?;
+                SiteClock {
+                    timezone: r.try_get("timezone")?,
+                    hour_offset_micros: offset.rem_euclid(3600) * 1_000_000,
+                }
+            }
+            None => SiteClock {
+                timezone: "UTC".into(),
+                hour_offset_micros: 0,
+            },
+        };
+        if let Ok(mut m) = self.clocks.lock() {
+            m.insert(site.clone(), clock.clone());
+        }
+        Ok(clock)
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -307,6 +394,7 @@ impl HubStore for PgHubStore {
         let mut operator: Vec<Option<String>> = Vec::with_capacity(n);
         let mut good: Vec<Option<i64>> = Vec::with_capacity(n);
         let mut scrap: Vec<Option<i64>> = Vec::with_capacity(n);
+        let mut reason: Vec<Option<String>> = Vec::with_capacity(n);
         let mut bodies = Vec::with_capacity(n);
         for e in events {
             ids.push(*e.event_id.as_uuid());
@@ -342,6 +430,11 @@ impl HubStore for PgHubStore {
                 ),
                 EventBody::Correction(_) => (None, None, None, None),
             };
+            reason.push(match &e.body {
+                EventBody::ProductionCount(p) => p.scrap_reason.as_ref().map(|r| r.to_string()),
+                EventBody::EquipmentState(s) => s.reason.as_ref().map(|r| r.to_string()),
+                _ => None,
+            });
             equipment.push(eq);
             work_order.push(wo);
             good.push(g);
@@ -351,8 +444,9 @@ impl HubStore for PgHubStore {
                     HubStoreError::Corrupt(format!("cannot encode event: {err}"))
                 })?);
         }
+        let clock = self.clock(site).await?;
         let mut tx = scoped(&self.pool, site).await?;
-        let inserted: i64 = sqlx::query_scalar(INGEST_SQL)
+        let row = sqlx::query(INGEST_SQL)
             .bind(site.as_str())
             .bind(&ids)
             .bind(&occurred)
@@ -364,8 +458,21 @@ impl HubStore for PgHubStore {
             .bind(&good)
             .bind(&scrap)
             .bind(&bodies)
+            .bind(&reason)
+            .bind(&clock.timezone)
             .fetch_one(&mut *tx)
             .await?;
+        let inserted: i64 = row.try_get("inserted")?;
+        let others: Vec<Uuid> = row.try_get("others")?;
+        let corrected: Vec<Uuid> = row.try_get("corrected")?;
+        if !others.is_empty() || !corrected.is_empty() {
+            let others: HashSet<Uuid> = others.into_iter().collect();
+            let corrected: HashSet<Uuid> = corrected.into_iter().collect();
+            rollup::apply(&mut tx, site, &clock, events, &others, &corrected).await?;
+        }
+        if inserted > 0 {
+            notify_data(&mut tx, Some(site)).await?;
+        }
         tx.commit().await?;
         Ok(IngestReport {
             inserted: inserted as u64,

@@ -1,0 +1,666 @@
+//! The reporting API (`docs/reports.md`): cross-site KPIs from rollups, as JSON or CSV, cached
+//! per data version and rate limited per token.
+
+pub mod cache;
+pub mod openapi;
+pub mod params;
+pub mod sql;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde_json::{Map, Value, json};
+use shared_model::{SiteId, Timestamp};
+use sqlx::{PgPool, Postgres, Transaction};
+
+use crate::api::{ApiError, ApiState, Scope};
+use cache::{Cached, Shared};
+use params::{Direction, Format, Query, Report};
+use sql::SqlRow;
+
+/// Everything the report handlers share.
+#[derive(Debug)]
+pub struct ReportCtx {
+    pub shared: Shared,
+}
+
+impl ReportCtx {
+    pub fn new(shared: Shared) -> Self {
+        Self { shared }
+    }
+
+    async fn cached(&self, key: &str) -> Option<Cached> {
+        self.shared.get(key).await
+    }
+}
+
+/// The wall clock, read here at the edge of the API (the model crates take time as input).
+pub fn now() -> Timestamp {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    Timestamp::from_micros(micros)
+}
+
+fn bad(e: params::ParamError) -> ApiError {
+    ApiError::bad_request(e.field, e.message)
+}
+
+fn wants_csv(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/csv"))
+}
+
+/// "Now" rounded down to the cache TTL, so that requests with a default range share entries.
+fn rounded_now(ttl: std::time::Duration) -> Timestamp {
+    let now = now();
+    let step = i64::try_from(ttl.as_micros()).unwrap_or(1).max(1_000_000);
+    Timestamp::from_micros(now.as_micros() - now.as_micros().rem_euclid(step))
+}
+
+/// A read transaction on the reporting connection; a site-scoped token's transaction is
+/// limited to its site by row-level security as well.
+async fn read_tx(pool: &PgPool, scope: &Scope) -> Result<Transaction<'static, Postgres>, ApiError> {
+    let mut tx = pool.begin().await.map_err(ApiError::internal)?;
+    if let Some(site) = &scope.site {
+        sqlx::query("SELECT set_config('app.report_site', $1, true)")
+            .bind(site.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    Ok(tx)
+}
+
+/// The sites a request covers: those it names (each must exist and be visible to the token),
+/// else every site the token may see.
+async fn resolve_sites(
+    pool: &PgPool,
+    scope: &Scope,
+    asked: &[SiteId],
+) -> Result<Vec<String>, ApiError> {
+    let known: Vec<String> = sqlx::query_scalar("SELECT site_id FROM sites ORDER BY site_id")
+        .fetch_all(pool)
+        .await
+        .map_err(ApiError::internal)?;
+    if asked.is_empty() {
+        return Ok(known
+            .into_iter()
+            .filter(|s| scope.site.as_ref().is_none_or(|own| own.as_str() == s))
+            .collect());
+    }
+    let mut out = Vec::with_capacity(asked.len());
+    for s in asked {
+        if !known.iter().any(|k| k == s.as_str()) {
+            return Err(ApiError::bad_request("site", format!("unknown site {s}")));
+        }
+        if !scope.allows(s) {
+            return Err(ApiError::forbidden());
+        }
+        out.push(s.as_str().to_owned());
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn respond(c: Cached, hit: bool) -> Response {
+    let mut r = (StatusCode::OK, c.body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&c.content_type) {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    r.headers_mut().insert(
+        "x-cache",
+        HeaderValue::from_static(if hit { "hit" } else { "miss" }),
+    );
+    r
+}
+
+fn ratio(num: f64, den: f64) -> Value {
+    if den > 0.0 {
+        json!(num / den)
+    } else {
+        Value::Null
+    }
+}
+
+fn int(v: f64) -> Value {
+    json!(v.round() as i64)
+}
+
+/// A finished table: column names, rows, and a total.
+struct Table {
+    columns: Vec<String>,
+    rows: Vec<Vec<Value>>,
+    total: Value,
+}
+
+fn key_values(row: &SqlRow) -> Vec<Value> {
+    row.keys
+        .iter()
+        .map(|k| k.clone().map_or(Value::Null, Value::String))
+        .collect()
+}
+
+fn group_columns(q: &Query) -> Vec<String> {
+    q.groups.iter().map(|g| g.as_str().to_owned()).collect()
+}
+
+fn oee_measures(ppt: f64, stop: f64, ideal: f64, good: f64, scrap: f64) -> Vec<Value> {
+    let run = (ppt - stop).max(0.0);
+    let total = good + scrap;
+    let a = if ppt > 0.0 { Some(run / ppt) } else { None };
+    let p = if run > 0.0 { Some(ideal / run) } else { None };
+    let q = if total > 0.0 {
+        Some(good / total)
+    } else {
+        None
+    };
+    let oee = match (a, p, q) {
+        (Some(a), Some(p), Some(q)) => json!(a * p * q),
+        // With no run time at all, OEE is simply good × ideal / PPT = 0 when PPT > 0.
+        _ if ppt > 0.0 => json!(ideal * if total > 0.0 { good / total } else { 0.0 } / ppt),
+        _ => Value::Null,
+    };
+    vec![
+        json!(ppt / 1e6),
+        json!(run / 1e6),
+        json!(stop / 1e6),
+        json!(ideal / 1e6),
+        int(good),
+        int(scrap),
+        int(total),
+        a.map_or(Value::Null, |v| json!(v)),
+        p.map_or(Value::Null, |v| json!(v)),
+        q.map_or(Value::Null, |v| json!(v)),
+        oee,
+    ]
+}
+
+const OEE_COLUMNS: [&str; 11] = [
+    "planned_production_seconds",
+    "run_seconds",
+    "stop_seconds",
+    "ideal_seconds",
+    "good",
+    "scrap",
+    "total_count",
+    "availability",
+    "performance",
+    "quality",
+    "oee",
+];
+
+fn table_of(
+    columns: Vec<String>,
+    rows: Vec<Vec<Value>>,
+    total_cols: &[&str],
+    total: Vec<Value>,
+) -> Table {
+    let mut t = Map::new();
+    for (c, v) in total_cols.iter().zip(total) {
+        t.insert((*c).to_owned(), v);
+    }
+    Table {
+        columns,
+        rows,
+        total: Value::Object(t),
+    }
+}
+
+fn sum_col(rows: &[SqlRow], i: usize) -> f64 {
+    rows.iter().map(|r| r.values[i]).sum()
+}
+
+async fn compute(
+    report: Report,
+    tx: &mut Transaction<'static, Postgres>,
+    sites: &[String],
+    q: &Query,
+) -> Result<Table, sqlx::Error> {
+    let mut columns = group_columns(q);
+    Ok(match report {
+        Report::Oee => {
+            let rows = sql::oee(tx, sites, q).await?;
+            columns.extend(OEE_COLUMNS.iter().map(|s| (*s).to_owned()));
+            let out = rows
+                .iter()
+                .map(|r| {
+                    let v = &r.values;
+                    let mut cells = key_values(r);
+                    cells.extend(oee_measures(v[0], v[1], v[2], v[3], v[4]));
+                    cells
+                })
+                .collect();
+            let s: Vec<f64> = (0..5).map(|i| sum_col(&rows, i)).collect();
+            table_of(
+                columns,
+                out,
+                &OEE_COLUMNS,
+                oee_measures(s[0], s[1], s[2], s[3], s[4]),
+            )
+        }
+        Report::Production => {
+            let rows = sql::production(tx, sites, q).await?;
+            let measures = |good: f64, scrap: f64| {
+                vec![
+                    int(good),
+                    int(scrap),
+                    int(good + scrap),
+                    ratio(scrap, good + scrap),
+                ]
+            };
+            let cols = ["good", "scrap", "total_count", "scrap_rate"];
+            columns.extend(cols.iter().map(|s| (*s).to_owned()));
+            let out = rows
+                .iter()
+                .map(|r| {
+                    let mut cells = key_values(r);
+                    cells.extend(measures(r.values[0], r.values[1]));
+                    cells
+                })
+                .collect();
+            let total = measures(sum_col(&rows, 0), sum_col(&rows, 1));
+            table_of(columns, out, &cols, total)
+        }
+        Report::Scrap => {
+            let mut rows = sql::scrap(tx, sites, q).await?;
+            let n = q.groups.len();
+            // Within each group: scrap descending, then reason.
+            rows.sort_by(|a, b| {
+                a.keys[..n]
+                    .cmp(&b.keys[..n])
+                    .then(b.values[0].total_cmp(&a.values[0]))
+                    .then(a.keys[n].cmp(&b.keys[n]))
+            });
+            columns.extend(["reason", "scrap", "share"].iter().map(|s| (*s).to_owned()));
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let group_total: f64 = rows
+                    .iter()
+                    .filter(|o| o.keys[..n] == r.keys[..n])
+                    .map(|o| o.values[0])
+                    .sum();
+                let mut cells = key_values(r);
+                cells.push(int(r.values[0]));
+                cells.push(ratio(r.values[0], group_total));
+                out.push(cells);
+            }
+            let unfiltered = Query {
+                groups: Vec::new(),
+                ..q.clone()
+            };
+            let totals = sql::production(tx, sites, &unfiltered).await?;
+            let (good, scrap) = (sum_col(&totals, 0), sum_col(&totals, 1));
+            table_of(
+                columns,
+                out,
+                &["good", "scrap", "scrap_rate"],
+                vec![int(good), int(scrap), ratio(scrap, good + scrap)],
+            )
+        }
+        Report::DowntimePareto => {
+            let mut rows = sql::pareto(tx, sites, q).await?;
+            let n = q.groups.len();
+            rows.sort_by(|a, b| {
+                a.keys[..n]
+                    .cmp(&b.keys[..n])
+                    .then(b.values[0].total_cmp(&a.values[0]))
+                    .then(match (&a.keys[n], &b.keys[n]) {
+                        (Some(x), Some(y)) => x.cmp(y),
+                        (Some(_), None) => std::cmp::Ordering::Less,
+                        (None, Some(_)) => std::cmp::Ordering::Greater,
+                        (None, None) => std::cmp::Ordering::Equal,
+                    })
+            });
+            columns.extend(
+                [
+                    "reason",
+                    "reason_name",
+                    "loss_category",
+                    "seconds",
+                    "stops",
+                    "share",
+                    "cumulative_share",
+                ]
+                .iter()
+                .map(|s| (*s).to_owned()),
+            );
+            let mut out = Vec::with_capacity(rows.len());
+            let mut cumulative = 0.0;
+            let mut last_group: Option<&[Option<String>]> = None;
+            for r in &rows {
+                if last_group != Some(&r.keys[..n]) {
+                    cumulative = 0.0;
+                    last_group = Some(&r.keys[..n]);
+                }
+                let group_total: f64 = rows
+                    .iter()
+                    .filter(|o| o.keys[..n] == r.keys[..n])
+                    .map(|o| o.values[0])
+                    .sum();
+                cumulative += r.values[0];
+                let mut cells = key_values(r);
+                cells.push(json!(r.values[0] / 1e6));
+                cells.push(int(r.values[1]));
+                cells.push(ratio(r.values[0], group_total));
+                cells.push(ratio(cumulative, group_total));
+                out.push(cells);
+            }
+            table_of(
+                columns,
+                out,
+                &["seconds", "stops"],
+                vec![json!(sum_col(&rows, 0) / 1e6), int(sum_col(&rows, 1))],
+            )
+        }
+        Report::OnTime => {
+            let rows = sql::on_time(tx, sites, q).await?;
+            let cols = ["due", "on_time", "late", "open", "on_time_rate"];
+            columns.extend(cols.iter().map(|s| (*s).to_owned()));
+            let measures = |v: &[f64]| {
+                vec![
+                    int(v[0]),
+                    int(v[1]),
+                    int(v[2]),
+                    int(v[3]),
+                    ratio(v[1], v[0]),
+                ]
+            };
+            let out = rows
+                .iter()
+                .map(|r| {
+                    let mut cells = key_values(r);
+                    cells.extend(measures(&r.values));
+                    cells
+                })
+                .collect();
+            let s: Vec<f64> = (0..4).map(|i| sum_col(&rows, i)).collect();
+            table_of(columns, out, &cols, measures(&s))
+        }
+        Report::Wip => {
+            let rows = sql::wip(tx, sites, q).await?;
+            columns.extend(sql::WIP_MEASURES.iter().map(|s| (*s).to_owned()));
+            let out = rows
+                .iter()
+                .map(|r| {
+                    let mut cells = key_values(r);
+                    cells.extend(r.values.iter().map(|v| int(*v)));
+                    cells
+                })
+                .collect();
+            // Lots are counted once even when several groups share them, so the total asks again.
+            let ungrouped = Query {
+                groups: Vec::new(),
+                ..q.clone()
+            };
+            let all = sql::wip(tx, sites, &ungrouped).await?;
+            let total = (0..sql::WIP_MEASURES.len())
+                .map(|i| int(sum_col(&all, i)))
+                .collect();
+            table_of(columns, out, &sql::WIP_MEASURES, total)
+        }
+    })
+}
+
+fn csv_field(v: &Value) -> String {
+    let s = match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
+fn csv(columns: &[String], rows: &[Vec<Value>]) -> Vec<u8> {
+    let mut out = String::new();
+    out.push_str(
+        &columns
+            .iter()
+            .map(|c| csv_field(&Value::String(c.clone())))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    out.push_str("\r\n");
+    for r in rows {
+        out.push_str(&r.iter().map(csv_field).collect::<Vec<_>>().join(","));
+        out.push_str("\r\n");
+    }
+    out.into_bytes()
+}
+
+fn render(report: &str, q: &Query, sites: &[String], t: Table) -> Cached {
+    match q.format {
+        Format::Csv => Cached {
+            content_type: "text/csv; charset=utf-8".into(),
+            body: csv(&t.columns, &t.rows),
+        },
+        Format::Json => {
+            let rows: Vec<Value> = t
+                .rows
+                .into_iter()
+                .map(|cells| {
+                    let mut m = Map::new();
+                    for (c, v) in t.columns.iter().zip(cells) {
+                        m.insert(c.clone(), v);
+                    }
+                    Value::Object(m)
+                })
+                .collect();
+            let body = json!({
+                "report": report,
+                "from": q.from.to_json(),
+                "to": q.to.to_json(),
+                "sites": sites,
+                "group_by": q.groups.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
+                "columns": t.columns,
+                "rows": rows,
+                "total": t.total,
+                "generated_at": now().to_rfc3339(),
+            });
+            Cached {
+                content_type: "application/json".into(),
+                body: serde_json::to_vec(&body).unwrap_or_default(),
+            }
+        }
+    }
+}
+
+fn read_pool(state: &ApiState) -> Result<&PgPool, ApiError> {
+    state.read_pool.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "reports need --read-database-url (role mes_reporting)",
+        )
+    })
+}
+
+/// `GET /api/v1/reports/{report}`
+pub async fn report(
+    State(state): State<ApiState>,
+    Extension(scope): Extension<Scope>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let report = Report::parse(&name).ok_or_else(|| {
+        ApiError::bad_request(
+            "report",
+            format!(
+                "unknown report {name:?}; reports are oee, production, scrap, downtime-pareto, on-time, wip, genealogy/{{lot}}"
+            ),
+        )
+    })?;
+    let ctx = &state.reports;
+    let q = params::parse(
+        Some(report),
+        raw.as_deref(),
+        wants_csv(&headers),
+        rounded_now(ctx.shared.ttl),
+    )
+    .map_err(bad)?;
+    let pool = read_pool(&state)?;
+    let sites = resolve_sites(pool, &scope, &q.sites).await?;
+    let key = ctx
+        .shared
+        .versions_key(&sites)
+        .await
+        .map(|v| format!("{}|{:?}|{:?}|{v}", report.as_str(), scope.site, q));
+    if let Some(key) = &key
+        && let Some(c) = ctx.cached(key).await
+    {
+        return Ok(respond(c, true));
+    }
+    let mut tx = read_tx(pool, &scope).await?;
+    let table = compute(report, &mut tx, &sites, &q)
+        .await
+        .map_err(ApiError::internal)?;
+    let _ = tx.commit().await;
+    if table.rows.len() > sql::ROWS_MAX {
+        return Err(ApiError::bad_request(
+            "group_by",
+            format!(
+                "the answer has {} rows, more than {}: narrow the range, the sites or the groups",
+                table.rows.len(),
+                sql::ROWS_MAX
+            ),
+        ));
+    }
+    let rendered = render(report.as_str(), &q, &sites, table);
+    if let Some(key) = &key {
+        ctx.shared.put(key, &rendered).await;
+    }
+    Ok(respond(rendered, false))
+}
+
+/// Longest lot id accepted in a path.
+const LOT_BYTES_MAX: usize = 100;
+
+/// `GET /api/v1/reports/genealogy/{lot}`
+pub async fn genealogy(
+    State(state): State<ApiState>,
+    Extension(scope): Extension<Scope>,
+    Path(lot): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if lot.is_empty() || lot.len() > LOT_BYTES_MAX {
+        return Err(ApiError::bad_request(
+            "lot",
+            format!("a lot id is 1 to {LOT_BYTES_MAX} bytes"),
+        ));
+    }
+    let ctx = &state.reports;
+    let q = params::parse(None, raw.as_deref(), wants_csv(&headers), now()).map_err(bad)?;
+    let pool = read_pool(&state)?;
+    let all_sites = resolve_sites(pool, &scope, &[]).await?;
+    let key = ctx.shared.versions_key(&all_sites).await.map(|v| {
+        format!(
+            "genealogy|{lot}|{:?}|{:?}|{:?}|{v}",
+            scope.site, q.direction, q.format
+        )
+    });
+    if let Some(key) = &key
+        && let Some(c) = ctx.cached(key).await
+    {
+        return Ok(respond(c, true));
+    }
+    let mut tx = read_tx(pool, &scope).await?;
+    let g = sql::genealogy(&mut tx, &lot, q.direction)
+        .await
+        .map_err(ApiError::internal)?;
+    let _ = tx.commit().await;
+    let Some(g) = g else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no movements of lot {lot:?} are known"),
+        ));
+    };
+    let direction = match q.direction {
+        Direction::Backward => "backward",
+        Direction::Forward => "forward",
+    };
+    let edge_columns: Vec<String> = [
+        "from_lot",
+        "to_lot",
+        "work_order",
+        "site",
+        "quantity",
+        "depth",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let edge_rows: Vec<Vec<Value>> = g
+        .edges
+        .iter()
+        .map(|e| {
+            vec![
+                json!(e.from_lot),
+                json!(e.to_lot),
+                json!(e.work_order),
+                json!(e.site),
+                json!(e.quantity),
+                json!(e.depth),
+            ]
+        })
+        .collect();
+    let rendered = match q.format {
+        Format::Csv => Cached {
+            content_type: "text/csv; charset=utf-8".into(),
+            body: csv(&edge_columns, &edge_rows),
+        },
+        Format::Json => {
+            let mut nodes = vec![json!({"lot": lot, "material": g.root_material, "depth": 0})];
+            for (l, material) in &g.materials {
+                if l == &lot {
+                    continue;
+                }
+                let depth = g
+                    .edges
+                    .iter()
+                    .filter(|e| &e.to_lot == l)
+                    .map(|e| e.depth)
+                    .min()
+                    .unwrap_or(0);
+                nodes.push(json!({"lot": l, "material": material, "depth": depth}));
+            }
+            let edges: Vec<Value> = edge_rows
+                .into_iter()
+                .map(|cells| {
+                    let mut m = Map::new();
+                    for (c, v) in edge_columns.iter().zip(cells) {
+                        m.insert(c.clone(), v);
+                    }
+                    Value::Object(m)
+                })
+                .collect();
+            Cached {
+                content_type: "application/json".into(),
+                body: serde_json::to_vec(&json!({
+                    "lot": lot, "direction": direction, "nodes": nodes, "edges": edges,
+                    "truncated": g.edges.len() as i64 >= sql::GENEALOGY_EDGES_MAX,
+                }))
+                .unwrap_or_default(),
+            }
+        }
+    };
+    if let Some(key) = &key {
+        ctx.shared.put(key, &rendered).await;
+    }
+    Ok(respond(rendered, false))
+}
+
+/// `GET /api/v1/openapi.json`
+pub async fn openapi() -> Json<Value> {
+    Json(openapi::document())
+}

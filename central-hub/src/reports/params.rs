@@ -1,0 +1,386 @@
+//! Parsing and checking report query parameters (`docs/reports.md`, "Parameters").
+
+use shared_model::{SiteId, Timestamp};
+
+/// Longest range a report may cover.
+pub const RANGE_DAYS_MAX: i64 = 400;
+/// Range when `from` is not given.
+pub const DEFAULT_RANGE_DAYS: i64 = 7;
+/// Most sites one request may name.
+pub const SITES_MAX: usize = 1_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Report {
+    Oee,
+    Production,
+    Scrap,
+    DowntimePareto,
+    OnTime,
+    Wip,
+}
+
+impl Report {
+    pub const ALL: [Report; 6] = [
+        Report::Oee,
+        Report::Production,
+        Report::Scrap,
+        Report::DowntimePareto,
+        Report::OnTime,
+        Report::Wip,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Report::Oee => "oee",
+            Report::Production => "production",
+            Report::Scrap => "scrap",
+            Report::DowntimePareto => "downtime-pareto",
+            Report::OnTime => "on-time",
+            Report::Wip => "wip",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// The groups the report can be split by.
+    pub fn groups(self) -> &'static [Group] {
+        use Group::*;
+        match self {
+            Report::Oee | Report::DowntimePareto => &[Site, WorkCenter, Equipment, Day, Shift],
+            Report::Production | Report::Scrap => {
+                &[Site, WorkCenter, Equipment, Product, Day, Shift]
+            }
+            Report::OnTime => &[Site, Product, Day],
+            Report::Wip => &[Site, Product],
+        }
+    }
+
+    pub fn default_groups(self) -> Vec<Group> {
+        match self {
+            Report::DowntimePareto => Vec::new(),
+            _ => vec![Group::Site],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Group {
+    Site,
+    WorkCenter,
+    Equipment,
+    Product,
+    Day,
+    Shift,
+}
+
+impl Group {
+    pub const ALL: [Group; 6] = [
+        Group::Site,
+        Group::WorkCenter,
+        Group::Equipment,
+        Group::Product,
+        Group::Day,
+        Group::Shift,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Group::Site => "site",
+            Group::WorkCenter => "work_center",
+            Group::Equipment => "equipment",
+            Group::Product => "product",
+            Group::Day => "day",
+            Group::Shift => "shift",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|g| g.as_str() == s)
+    }
+}
+
+/// One end of the range: an instant, or a date meaning local midnight at each site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Bound {
+    Instant(Timestamp),
+    Date(time::Date),
+}
+
+impl Bound {
+    fn parse(field: &'static str, s: &str) -> Result<Self, ParamError> {
+        let date_format = time::macros::format_description!("[year]-[month]-[day]");
+        if s.len() == 10
+            && let Ok(d) = time::Date::parse(s, &date_format)
+        {
+            return Ok(Bound::Date(d));
+        }
+        Timestamp::parse_rfc3339(s)
+            .map(Bound::Instant)
+            .map_err(|_| {
+                ParamError::new(
+                    field,
+                    format!("{s:?} is neither an RFC 3339 instant nor a date YYYY-MM-DD"),
+                )
+            })
+    }
+
+    /// Approximate microseconds since the epoch, for range checks (dates at UTC midnight; the
+    /// per-site shift is at most a day).
+    fn approx_micros(self) -> i64 {
+        match self {
+            Bound::Instant(t) => t.as_micros(),
+            Bound::Date(d) => {
+                let secs = d.midnight().assume_utc().unix_timestamp();
+                secs.saturating_mul(1_000_000)
+            }
+        }
+    }
+
+    pub fn to_json(self) -> String {
+        match self {
+            Bound::Instant(t) => t.to_rfc3339(),
+            Bound::Date(d) => {
+                let f = time::macros::format_description!("[year]-[month]-[day]");
+                d.format(&f).unwrap_or_default()
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Backward,
+    Forward,
+}
+
+/// A checked report request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Query {
+    pub from: Bound,
+    pub to: Bound,
+    /// Empty: every site the caller may see.
+    pub sites: Vec<SiteId>,
+    pub groups: Vec<Group>,
+    pub format: Format,
+    pub include_planned: bool,
+    pub direction: Direction,
+}
+
+#[derive(Debug, Clone)]
+pub struct ParamError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl ParamError {
+    fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses the raw query string. `report` is `None` for genealogy; `accept_csv` tells whether
+/// the `Accept` header asked for CSV.
+pub fn parse(
+    report: Option<Report>,
+    raw: Option<&str>,
+    accept_csv: bool,
+    now: Timestamp,
+) -> Result<Query, ParamError> {
+    let mut from = None;
+    let mut to = None;
+    let mut sites: Vec<SiteId> = Vec::new();
+    let mut groups: Option<Vec<Group>> = None;
+    let mut format = if accept_csv {
+        Format::Csv
+    } else {
+        Format::Json
+    };
+    let mut include_planned = false;
+    let mut direction = Direction::Backward;
+    let raw = raw.unwrap_or("");
+    if raw.len() > 8 * 1024 {
+        return Err(ParamError::new(
+            "query",
+            "the query string is longer than 8 KiB",
+        ));
+    }
+    for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+        match &*k {
+            "from" => from = Some(Bound::parse("from", &v)?),
+            "to" => to = Some(Bound::parse("to", &v)?),
+            "site" => {
+                for s in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    let id = SiteId::new(s)
+                        .map_err(|e| ParamError::new("site", format!("{s:?}: {e}")))?;
+                    if !sites.contains(&id) {
+                        sites.push(id);
+                    }
+                }
+                if sites.len() > SITES_MAX {
+                    return Err(ParamError::new(
+                        "site",
+                        format!("at most {SITES_MAX} sites per request"),
+                    ));
+                }
+            }
+            "group_by" => {
+                let list = groups.get_or_insert_with(Vec::new);
+                for g in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    let group = Group::parse(g).ok_or_else(|| {
+                        ParamError::new(
+                            "group_by",
+                            format!(
+                                "unknown group {g:?}; groups are site, work_center, equipment, product, day, shift"
+                            ),
+                        )
+                    })?;
+                    if let Some(r) = report
+                        && !r.groups().contains(&group)
+                    {
+                        let allowed: Vec<&str> = r.groups().iter().map(|g| g.as_str()).collect();
+                        return Err(ParamError::new(
+                            "group_by",
+                            format!(
+                                "the {} report cannot be grouped by {g}; it can by {}",
+                                r.as_str(),
+                                allowed.join(", ")
+                            ),
+                        ));
+                    }
+                    if !list.contains(&group) {
+                        list.push(group);
+                    }
+                }
+            }
+            "format" => {
+                format = match &*v {
+                    "json" => Format::Json,
+                    "csv" => Format::Csv,
+                    other => {
+                        return Err(ParamError::new(
+                            "format",
+                            format!("unknown format {other:?}; use json or csv"),
+                        ));
+                    }
+                }
+            }
+            "include_planned" => {
+                include_planned = match &*v {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    other => {
+                        return Err(ParamError::new(
+                            "include_planned",
+                            format!("{other:?} is not true or false"),
+                        ));
+                    }
+                }
+            }
+            "direction" => {
+                direction = match &*v {
+                    "backward" => Direction::Backward,
+                    "forward" => Direction::Forward,
+                    other => {
+                        return Err(ParamError::new(
+                            "direction",
+                            format!("unknown direction {other:?}; use backward or forward"),
+                        ));
+                    }
+                }
+            }
+            // Cache busters and the like are harmless but unknown names are most often typos.
+            other => {
+                return Err(ParamError::new(
+                    "query",
+                    format!("unknown parameter {other:?}"),
+                ));
+            }
+        }
+    }
+    let to = to.unwrap_or(Bound::Instant(now));
+    let from = match from {
+        Some(f) => f,
+        None => match to {
+            Bound::Instant(t) => {
+                Bound::Instant(t.saturating_add_micros(-DEFAULT_RANGE_DAYS * 24 * 3600 * 1_000_000))
+            }
+            Bound::Date(d) => Bound::Date(d - time::Duration::days(DEFAULT_RANGE_DAYS)),
+        },
+    };
+    let (a, b) = (from.approx_micros(), to.approx_micros());
+    if a >= b {
+        return Err(ParamError::new("from", "from must be before to"));
+    }
+    if b - a > RANGE_DAYS_MAX * 24 * 3600 * 1_000_000 {
+        return Err(ParamError::new(
+            "to",
+            format!("the range is longer than the maximum of {RANGE_DAYS_MAX} days"),
+        ));
+    }
+    let groups = groups.unwrap_or_else(|| report.map(Report::default_groups).unwrap_or_default());
+    Ok(Query {
+        from,
+        to,
+        sites,
+        groups,
+        format,
+        include_planned,
+        direction,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn now() -> Timestamp {
+        Timestamp::parse_rfc3339("2026-11-28T12:00:00Z").unwrap()
+    }
+
+    #[test]
+    fn defaults_and_lists() {
+        let q = parse(
+            Some(Report::Production),
+            Some("site=A,B&site=C&group_by=site,day&from=2026-11-01&to=2026-11-02"),
+            false,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(q.sites.len(), 3);
+        assert_eq!(q.groups, vec![Group::Site, Group::Day]);
+        assert!(matches!(q.from, Bound::Date(_)));
+        let q = parse(Some(Report::DowntimePareto), None, true, now()).unwrap();
+        assert!(q.groups.is_empty());
+        assert_eq!(q.format, Format::Csv);
+    }
+
+    #[test]
+    fn bad_parameters_name_their_field() {
+        for (report, raw, field) in [
+            (Report::Oee, "from=2026-11-02&to=2026-11-01", "from"),
+            (Report::Oee, "from=2024-01-01&to=2026-01-01", "to"),
+            (Report::Oee, "group_by=colour", "group_by"),
+            (Report::Oee, "group_by=product", "group_by"),
+            (Report::Wip, "group_by=shift", "group_by"),
+            (Report::Oee, "from=yesterday", "from"),
+            (Report::Oee, "site=lower", "site"),
+            (Report::Oee, "format=xml", "format"),
+            (Report::Oee, "sight=A", "query"),
+        ] {
+            let e = parse(Some(report), Some(raw), false, now()).unwrap_err();
+            assert_eq!(e.field, field, "{raw}: {}", e.message);
+        }
+    }
+}

@@ -1,0 +1,576 @@
+//! The reporting API's behaviour over real PostgreSQL and HTTP: the domain's worked OEE example
+//! end to end (master data and a release through the HQ API, events through the ingest path),
+//! the response cache and its invalidation on ingest, CSV, bad parameters, scopes, rate limits,
+//! and — with the machine's Redis — cache and rate-limit state shared by two hub instances.
+//! The exhaustive figure checks are the oracle tests in `reports_oracle.rs`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use central_hub::db::store::{PgHubStore, add_site};
+use central_hub::serve::{self, ReportSettings, ServeConfig};
+use serde_json::{Value, json};
+use shared_model::event::{EquipmentStateChange, MachineState, ProductionCount};
+use shared_model::{
+    EquipmentId, Event, EventBody, EventId, ReasonCodeId, SiteId, Timestamp, WorkOrderId,
+};
+use sqlx::PgPool;
+use sync_protocol::store::HubStore;
+use system_tests::pg::server;
+
+fn init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("mes-rep-{name}-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+struct Hq {
+    db: system_tests::pg::TestDb,
+    admin: PgPool,
+    store: PgHubStore,
+    state_dir: PathBuf,
+}
+
+async fn hq(name: &str, sites: &[(&str, &str)]) -> Hq {
+    init();
+    let db = server().await.fresh_database().await;
+    db.migrate().await;
+    let admin = central_hub::db::connect(&db.admin_url).await.unwrap();
+    for (s, tz) in sites {
+        add_site(&admin, &SiteId::new(*s).unwrap(), "Plant", "EU", tz)
+            .await
+            .unwrap();
+    }
+    let store = PgHubStore::new(central_hub::db::connect(&db.hub_url).await.unwrap());
+    Hq {
+        db,
+        admin,
+        store,
+        state_dir: temp_dir(name),
+    }
+}
+
+impl Hq {
+    async fn hub(&self, reports: ReportSettings) -> serve::Running {
+        serve::start(ServeConfig {
+            database_url: self.db.hub_url.clone(),
+            read_database_url: Some(self.db.reporting_url.clone()),
+            quic_listen: "127.0.0.1:0".parse().unwrap(),
+            http_listen: "127.0.0.1:0".parse().unwrap(),
+            state_dir: self.state_dir.clone(),
+            server_names: vec!["127.0.0.1".into()],
+            reports,
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn token(&self, scope: &str, site: Option<&str>) -> String {
+        let site = site.map(|s| SiteId::new(s).unwrap());
+        central_hub::api::create_token(&self.admin, "test", scope, site.as_ref())
+            .await
+            .unwrap()
+    }
+}
+
+fn t(s: &str) -> Timestamp {
+    Timestamp::parse_rfc3339(s).unwrap()
+}
+
+fn event(site: &SiteId, n: u64, at: Timestamp, body: EventBody) -> Event {
+    Event {
+        event_id: EventId::from_parts(1_790_000_000_000 + n, [(n % 200) as u8; 10]),
+        site_id: site.clone(),
+        occurred_at: at,
+        recorded_at: at,
+        operator: None,
+        body,
+    }
+}
+
+fn state(eq: &str, s: MachineState, reason: Option<&str>) -> EventBody {
+    EventBody::EquipmentState(EquipmentStateChange {
+        equipment: EquipmentId::new(eq).unwrap(),
+        state: s,
+        reason: reason.map(|r| ReasonCodeId::new(r).unwrap()),
+    })
+}
+
+fn count(eq: &str, wo: &str, good: u32, scrap: u32) -> EventBody {
+    EventBody::ProductionCount(ProductionCount {
+        equipment: EquipmentId::new(eq).unwrap(),
+        work_order: Some(WorkOrderId::new(wo).unwrap()),
+        good,
+        scrap,
+        rework: 0,
+        scrap_reason: (scrap > 0).then(|| ReasonCodeId::new("SCRAP.BURR").unwrap()),
+    })
+}
+
+async fn get(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    path: &str,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let r = http
+        .get(format!("{base}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.text().await.unwrap();
+    let v = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    (status, v, headers)
+}
+
+async fn put_master(http: &reqwest::Client, base: &str, token: &str, kind: &str, body: Value) {
+    let r = http
+        .put(format!("{base}/api/v1/master-data/{kind}"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "{kind}: {}",
+        r.text().await.unwrap()
+    );
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-4
+}
+
+/// The worked example of domain.md at a Berlin plant on 2026-11-02 (UTC+01:00): shift 06:00 to
+/// 14:00 local with a 30 min break, 45 min down on a jam, 10,800 parts of which 216 scrap at an
+/// ideal 2.0 s: A 90.0 %, P 88.89 %, Q 98.0 %, OEE 78.4 %.
+async fn seed_worked_example(h: &Hq, http: &reqwest::Client, base: &str, writer: &str) {
+    let site = SiteId::new("SITE_A").unwrap();
+    put_master(
+        http,
+        base,
+        writer,
+        "materials",
+        json!([
+        {"id": "BRACKET-7", "name": "Bracket", "unit": "pcs", "tracking": "lot"}]),
+    )
+    .await;
+    put_master(
+        http,
+        base,
+        writer,
+        "routings",
+        json!([
+        {"material": "BRACKET-7", "version": 1, "seq": 10, "operation_code": "PRESS",
+         "work_center_class": "press", "ideal_cycle_time_ms": 2000, "setup_time_ms": 0}]),
+    )
+    .await;
+    put_master(http, base, writer, "equipment", json!([
+        {"id": "PRESS-01", "parent": "WC-PRESSES", "level": "work_unit", "name": "Press 1", "class": "press"}])).await;
+    put_master(http, base, writer, "reason-codes", json!([
+        {"code": "DOWN.JAM", "parent": null, "name": "Material jam", "loss_category": "unplanned", "counts_against_availability": true},
+        {"code": "SCRAP.BURR", "parent": null, "name": "Burr", "loss_category": "quality", "counts_against_availability": false}])).await;
+    put_master(http, base, writer, "shift-calendars", json!([
+        {"site_id": "SITE_A", "name": "main", "shifts": [
+            {"name": "Early", "start": "2026-11-02T05:00:00Z", "end": "2026-11-02T13:00:00Z",
+             "planned_breaks": [{"start": "2026-11-02T09:00:00Z", "end": "2026-11-02T09:30:00Z"}]}]}])).await;
+    let r = http
+        .post(format!("{base}/api/v1/sites/SITE_A/work-orders"))
+        .bearer_auth(writer)
+        .json(
+            &json!({"id": "SITE_A-WO-1", "material": "BRACKET-7", "planned_quantity": 12000,
+                      "due": "2026-11-02T13:00:00Z"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
+
+    let mut events = vec![
+        event(
+            &site,
+            1,
+            t("2026-11-02T05:00:00Z"),
+            state("PRESS-01", MachineState::Running, None),
+        ),
+        event(
+            &site,
+            2,
+            t("2026-11-02T07:00:00Z"),
+            state("PRESS-01", MachineState::Down, Some("DOWN.JAM")),
+        ),
+        event(
+            &site,
+            3,
+            t("2026-11-02T07:45:00Z"),
+            state("PRESS-01", MachineState::Running, None),
+        ),
+        // After the shift the press is stopped as planned; that time is outside PPT anyway.
+        event(
+            &site,
+            4,
+            t("2026-11-02T13:00:00Z"),
+            state("PRESS-01", MachineState::PlannedStop, None),
+        ),
+    ];
+    // 108 counts of 98 good + 2 scrap spread over the shift: 10,584 good, 216 scrap.
+    for i in 0..108u64 {
+        let at = t("2026-11-02T05:00:00Z").saturating_add_micros(i as i64 * 4 * 60_000_000);
+        events.push(event(
+            &site,
+            100 + i,
+            at,
+            count("PRESS-01", "SITE_A-WO-1", 98, 2),
+        ));
+    }
+    // Two batches, the second re-sent: duplicates must not count twice.
+    h.store.ingest_events(&site, &events[..60]).await.unwrap();
+    h.store.ingest_events(&site, &events[40..]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worked_example_cache_csv_errors_and_scopes() {
+    let h = hq(
+        "worked",
+        &[("SITE_A", "Europe/Berlin"), ("SITE_B", "Asia/Kolkata")],
+    )
+    .await;
+    let hub = h
+        .hub(ReportSettings {
+            rate_limit_per_second: 1000,
+            ..ReportSettings::default()
+        })
+        .await;
+    let base = format!("http://{}", hub.http_addr);
+    let http = reqwest::Client::new();
+    let writer = h.token("hq:write", None).await;
+    let reader = h.token("hq:read", None).await;
+    seed_worked_example(&h, &http, &base, &writer).await;
+
+    let path = "/api/v1/reports/oee?site=SITE_A&from=2026-11-02&to=2026-11-03&group_by=site";
+    let (status, v, headers) = get(&http, &base, &reader, path).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(headers["x-cache"], "miss");
+    let row = &v["rows"][0];
+    assert_eq!(row["site"], "SITE_A");
+    assert!(
+        close(
+            row["planned_production_seconds"].as_f64().unwrap(),
+            27_000.0
+        ),
+        "{row}"
+    );
+    assert!(
+        close(row["run_seconds"].as_f64().unwrap(), 24_300.0),
+        "{row}"
+    );
+    assert_eq!(row["good"], 10_584);
+    assert_eq!(row["scrap"], 216);
+    assert!(close(row["availability"].as_f64().unwrap(), 0.9), "{row}");
+    assert!(
+        close(row["performance"].as_f64().unwrap(), 21_600.0 / 24_300.0),
+        "{row}"
+    );
+    assert!(close(row["quality"].as_f64().unwrap(), 0.98), "{row}");
+    assert!(close(row["oee"].as_f64().unwrap(), 0.784), "{row}");
+    assert!(close(v["total"]["oee"].as_f64().unwrap(), 0.784));
+
+    // The same request again is a cache hit; new data for the site invalidates it.
+    let (_, again, headers) = get(&http, &base, &reader, path).await;
+    assert_eq!(headers["x-cache"], "hit");
+    assert_eq!(again["rows"], v["rows"]);
+    let site = SiteId::new("SITE_A").unwrap();
+    h.store
+        .ingest_events(
+            &site,
+            &[event(
+                &site,
+                900,
+                t("2026-11-02T12:59:00Z"),
+                count("PRESS-01", "SITE_A-WO-1", 10, 0),
+            )],
+        )
+        .await
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let (_, v2, headers) = get(&http, &base, &reader, path).await;
+        if headers["x-cache"] == "miss" {
+            assert_eq!(v2["rows"][0]["good"], 10_594);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "ingest did not invalidate the cache"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Shift and day groups in the site's zone; CSV by parameter and by Accept.
+    let (_, v, _) = get(&http, &base, &reader,
+        "/api/v1/reports/production?site=SITE_A&from=2026-11-02&to=2026-11-03&group_by=shift,product").await;
+    assert_eq!(v["rows"][0]["shift"], "2026-11-02 Early", "{v}");
+    assert_eq!(v["rows"][0]["product"], "BRACKET-7");
+    let r = http
+        .get(format!("{base}/api/v1/reports/production?site=SITE_A&from=2026-11-02&to=2026-11-03&group_by=day"))
+        .bearer_auth(&reader)
+        .header("accept", "text/csv")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    let text = r.text().await.unwrap();
+    let rate = json!(216.0f64 / 10_810.0).to_string();
+    assert_eq!(
+        text,
+        format!("day,good,scrap,total_count,scrap_rate\r\n2026-11-02,10594,216,10810,{rate}\r\n")
+    );
+
+    // Pareto: the jam, 45 min, one stop.
+    let (_, v, _) = get(
+        &http,
+        &base,
+        &reader,
+        "/api/v1/reports/downtime-pareto?from=2026-11-02&to=2026-11-03",
+    )
+    .await;
+    let first = &v["rows"][0];
+    assert_eq!(first["reason"], "DOWN.JAM", "{v}");
+    assert!(close(first["seconds"].as_f64().unwrap(), 2_700.0));
+    assert_eq!(first["stops"], 1);
+    assert_eq!(
+        v["rows"].as_array().unwrap().len(),
+        1,
+        "the planned stop is left out: {v}"
+    );
+
+    // Bad parameters: 400 with the field named.
+    for (q, field) in [
+        ("oee?site=NOPE", "site"),
+        ("oee?from=2026-11-03&to=2026-11-02", "from"),
+        ("oee?from=2024-01-01&to=2026-01-01", "to"),
+        ("oee?group_by=colour", "group_by"),
+        ("nonsense", "report"),
+    ] {
+        let (status, v, _) = get(&http, &base, &reader, &format!("/api/v1/reports/{q}")).await;
+        assert_eq!(status, 400, "{q}: {v}");
+        assert_eq!(v["error"]["field"], field, "{q}: {v}");
+    }
+
+    // A site token sees its site only; naming another is 403; a read token cannot release.
+    let b_token = h.token("hq:read", Some("SITE_B")).await;
+    let (status, _, _) = get(
+        &http,
+        &base,
+        &b_token,
+        "/api/v1/reports/production?site=SITE_A",
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, v, _) = get(
+        &http,
+        &base,
+        &b_token,
+        "/api/v1/reports/production?from=2026-11-02&to=2026-11-03",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(v["sites"], json!(["SITE_B"]));
+    assert_eq!(v["rows"], json!([]));
+    let r = http
+        .post(format!("{base}/api/v1/sites/SITE_A/work-orders"))
+        .bearer_auth(&reader)
+        .json(&json!({"material": "BRACKET-7", "planned_quantity": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+
+    // Row-level security binds the reporting role too: scoped to SITE_B, SITE_A's rows vanish.
+    let reporting = central_hub::db::connect(&h.db.reporting_url).await.unwrap();
+    let mut tx = reporting.begin().await.unwrap();
+    sqlx::query("SELECT set_config('app.report_site', 'SITE_B', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let visible: i64 = sqlx::query_scalar("SELECT count(*) FROM production_hourly")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(visible, 0);
+
+    // The description of the API needs no token.
+    let r = http
+        .get(format!("{base}/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    let doc: Value = r.json().await.unwrap();
+    assert!(doc["paths"]["/api/v1/reports/{report}"].is_object());
+
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_answers_429_with_retry_after() {
+    let h = hq("rate", &[("SITE_A", "UTC")]).await;
+    let hub = h
+        .hub(ReportSettings {
+            rate_limit_per_second: 5,
+            ..ReportSettings::default()
+        })
+        .await;
+    let base = format!("http://{}", hub.http_addr);
+    let http = reqwest::Client::new();
+    let reader = h.token("hq:read", None).await;
+    let mut codes = Vec::new();
+    for _ in 0..12 {
+        let (status, v, headers) = get(&http, &base, &reader, "/api/v1/sites").await;
+        if status == 429 {
+            assert_eq!(v["error"]["code"], "rate_limited");
+            assert!(
+                headers["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()
+                    >= 1
+            );
+        }
+        codes.push(status);
+    }
+    assert!(
+        codes.iter().filter(|c| **c == 200).count() >= 5,
+        "{codes:?}"
+    );
+    assert!(codes.contains(&429), "{codes:?}");
+    hub.stop().await.unwrap();
+}
+
+/// Redis on 127.0.0.1:6379 (the machine's; CI's too). A missing Redis fails the test.
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hubs_share_cache_and_rate_limits_through_redis() {
+    let h = hq("redis", &[("SITE_A", "Europe/Berlin")]).await;
+    let settings = ReportSettings {
+        redis_url: Some(redis_url()),
+        rate_limit_per_second: 8,
+        cache_ttl: Duration::from_secs(30),
+    };
+    let one = serve::start(ServeConfig {
+        database_url: h.db.hub_url.clone(),
+        read_database_url: Some(h.db.reporting_url.clone()),
+        quic_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: h.state_dir.clone(),
+        server_names: vec!["127.0.0.1".into()],
+        reports: settings.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the hub needs Redis at {}: {e:#}", redis_url()));
+    let two = h.hub(settings).await;
+    let (a, b) = (
+        format!("http://{}", one.http_addr),
+        format!("http://{}", two.http_addr),
+    );
+    let http = reqwest::Client::new();
+    let writer = h.token("hq:write", None).await;
+    seed_worked_example(&h, &http, &a, &writer).await;
+    let reader = h.token("hq:read", None).await;
+    // Let the listeners of both instances settle on the same data versions.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let path = "/api/v1/reports/oee?from=2026-11-02&to=2026-11-03";
+    let (s1, v1, h1) = get(&http, &a, &reader, path).await;
+    assert_eq!(s1, 200, "{v1}");
+    assert_eq!(h1["x-cache"], "miss");
+    let (s2, v2, h2) = get(&http, &b, &reader, path).await;
+    assert_eq!(s2, 200);
+    assert_eq!(
+        h2["x-cache"], "hit",
+        "the second hub answers from the shared cache"
+    );
+    assert_eq!(v1["rows"], v2["rows"]);
+
+    // New data through either instance's database invalidates the entry for both.
+    let site = SiteId::new("SITE_A").unwrap();
+    h.store
+        .ingest_events(
+            &site,
+            &[event(
+                &site,
+                901,
+                t("2026-11-02T12:00:00Z"),
+                count("PRESS-01", "SITE_A-WO-1", 1, 0),
+            )],
+        )
+        .await
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let (_, _, hb) = get(&http, &b, &reader, path).await;
+        if hb["x-cache"] == "miss" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the shared entry was not invalidated"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // One token's budget is shared: 8 a second across both instances together.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let fresh = h.token("hq:read", None).await;
+    let mut ok = 0;
+    let mut limited = 0;
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for i in 0..20 {
+        let base = if i % 2 == 0 { &a } else { &b };
+        let (status, _, _) = get(&http, base, &fresh, "/api/v1/sites").await;
+        match status {
+            200 => ok += 1,
+            429 => limited += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let same_second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        == second;
+    if same_second {
+        assert_eq!(
+            ok, 8,
+            "8 admitted across two hubs within one second ({limited} refused)"
+        );
+    }
+    assert!(
+        limited >= 1,
+        "the shared budget never ran out: {ok} admitted"
+    );
+    one.stop().await.unwrap();
+    two.stop().await.unwrap();
+}
