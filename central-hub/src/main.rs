@@ -53,6 +53,15 @@ enum Command {
         /// Names the server certificate is valid for (repeatable).
         #[arg(long = "server-name", default_values = ["localhost", "127.0.0.1"])]
         server_names: Vec<String>,
+        /// Redis for the report cache, data versions and rate limits shared by all instances.
+        #[arg(long, env = "REDIS_URL")]
+        redis_url: Option<String>,
+        /// Seconds a cached report may be served.
+        #[arg(long, env = "HUB_REPORT_CACHE_TTL", default_value_t = 10)]
+        report_cache_ttl: u64,
+        /// API requests per second (and burst) per token.
+        #[arg(long, env = "HUB_RATE_LIMIT", default_value_t = 50)]
+        rate_limit: u32,
     },
     /// Upload master data (JSON, or TOML by extension) and send it down to the sites.
     ImportMasterData {
@@ -192,6 +201,9 @@ fn main() -> anyhow::Result<()> {
             http_listen,
             state_dir,
             server_names,
+            redis_url,
+            report_cache_ttl,
+            rate_limit,
         } => runtime()?.block_on(async {
             let running = central_hub::serve::start(central_hub::serve::ServeConfig {
                 database_url,
@@ -200,7 +212,11 @@ fn main() -> anyhow::Result<()> {
                 http_listen,
                 state_dir,
                 server_names,
-                reports: Default::default(),
+                reports: central_hub::serve::ReportSettings {
+                    redis_url,
+                    cache_ttl: std::time::Duration::from_secs(report_cache_ttl.max(1)),
+                    rate_limit_per_second: rate_limit.max(1),
+                },
             })
             .await?;
             println!(
