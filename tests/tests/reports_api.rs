@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use central_hub::db::store::{PgHubStore, add_site};
 use central_hub::serve::{self, ReportSettings, ServeConfig};
 use serde_json::{Value, json};
-use shared_model::event::{EquipmentStateChange, MachineState, ProductionCount};
+use shared_model::event::{EquipmentStateChange, MachineState, MaterialMovement, ProductionCount};
 use shared_model::{
-    EquipmentId, Event, EventBody, EventId, ReasonCodeId, SiteId, Timestamp, WorkOrderId,
+    EquipmentId, Event, EventBody, EventId, LotId, MaterialId, ReasonCodeId, SiteId, Timestamp,
+    WorkOrderId,
 };
 use sqlx::PgPool;
 use sync_protocol::store::HubStore;
@@ -234,6 +235,31 @@ async fn seed_worked_example(h: &Hq, http: &reqwest::Client, base: &str, writer:
             count("PRESS-01", "SITE_A-WO-1", 98, 2),
         ));
     }
+    // The order consumed a coil and produced a lot of brackets.
+    for (n, body) in [
+        (
+            300,
+            EventBody::MaterialConsumed(MaterialMovement {
+                lot: LotId::new("LOT-STEEL-1").unwrap(),
+                material: MaterialId::new("STEEL-S235").unwrap(),
+                quantity: 250.5,
+                work_order: Some(WorkOrderId::new("SITE_A-WO-1").unwrap()),
+                equipment: None,
+            }),
+        ),
+        (
+            301,
+            EventBody::MaterialProduced(MaterialMovement {
+                lot: LotId::new("LOT-FG-1").unwrap(),
+                material: MaterialId::new("BRACKET-7").unwrap(),
+                quantity: 10_584.0,
+                work_order: Some(WorkOrderId::new("SITE_A-WO-1").unwrap()),
+                equipment: None,
+            }),
+        ),
+    ] {
+        events.push(event(&site, n, t("2026-11-02T12:00:00Z"), body));
+    }
     // Two batches, the second re-sent: duplicates must not count twice.
     h.store.ingest_events(&site, &events[..60]).await.unwrap();
     h.store.ingest_events(&site, &events[40..]).await.unwrap();
@@ -359,6 +385,55 @@ async fn worked_example_cache_csv_errors_and_scopes() {
         1,
         "the planned stop is left out: {v}"
     );
+
+    // The order is due in the range and still open; it holds one lot in process.
+    let (_, v, _) = get(
+        &http,
+        &base,
+        &reader,
+        "/api/v1/reports/on-time?from=2026-11-02&to=2026-11-03",
+    )
+    .await;
+    assert_eq!(v["rows"][0]["due"], 1, "{v}");
+    assert_eq!(v["rows"][0]["open"], 1);
+    assert_eq!(v["rows"][0]["on_time_rate"], 0.0);
+    let (status, v, _) = get(
+        &http,
+        &base,
+        &reader,
+        "/api/v1/reports/wip?group_by=site,product",
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["rows"][0]["orders"], 1, "{v}");
+    assert_eq!(v["rows"][0]["lots_in_process"], 1);
+    assert_eq!(
+        v["rows"][0]["remaining"],
+        12_000 - v["rows"][0]["good"].as_i64().unwrap()
+    );
+    let (_, v, _) = get(&http, &base, &reader, "/api/v1/reports/genealogy/LOT-FG-1").await;
+    assert_eq!(
+        v["edges"],
+        json!([{"from_lot": "LOT-FG-1", "to_lot": "LOT-STEEL-1",
+        "work_order": "SITE_A-WO-1", "site": "SITE_A", "quantity": 250.5, "depth": 1}]),
+        "{v}"
+    );
+    let (_, v, _) = get(
+        &http,
+        &base,
+        &reader,
+        "/api/v1/reports/genealogy/LOT-STEEL-1?direction=forward",
+    )
+    .await;
+    assert_eq!(v["edges"][0]["to_lot"], "LOT-FG-1", "{v}");
+    let (status, _, _) = get(
+        &http,
+        &base,
+        &reader,
+        "/api/v1/reports/genealogy/NO-SUCH-LOT",
+    )
+    .await;
+    assert_eq!(status, 404);
 
     // Bad parameters: 400 with the field named.
     for (q, field) in [

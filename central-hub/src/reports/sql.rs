@@ -391,42 +391,46 @@ pub async fn wip(
     query: &Query,
 ) -> Result<Vec<SqlRow>, sqlx::Error> {
     let k = keys(&query.groups, "x.material", "x.updated_at");
+    let key_cols: Vec<String> = (0..k.n).map(|i| format!("k{i}")).collect();
+    let on = if key_cols.is_empty() {
+        "true".to_owned()
+    } else {
+        key_cols
+            .iter()
+            .map(|c| format!("a.{c} IS NOT DISTINCT FROM l.{c}"))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let a_keys: String = key_cols.iter().map(|c| format!("a.{c}, ")).collect();
+    // Orders and their lots are aggregated apart: a lot consumed by two orders of a group
+    // counts once, and the join must not multiply the order sums.
     let sql = format!(
         "WITH {BOUNDS},
          w AS (SELECT * FROM work_orders wo
                WHERE wo.site_id = ANY($1) AND wo.state IN ('allowed_to_start', 'running', 'interrupted')),
-         lots AS (SELECT DISTINCT w.site_id, w.id, w.material, lm.lot
-               FROM w JOIN lot_movements lm ON lm.site_id = w.site_id AND lm.work_order = w.id
-               WHERE lm.direction = 'consumed')
-         SELECT {sel} count(*)::float8 AS orders,
-                count(*) FILTER (WHERE x.state = 'running')::float8 AS running,
-                count(*) FILTER (WHERE x.state = 'interrupted')::float8 AS interrupted,
-                sum(x.planned_quantity)::float8 AS planned_quantity,
-                sum(x.good_count)::float8 AS good,
-                sum(greatest(0, x.planned_quantity - x.good_count))::float8 AS remaining,
-                (SELECT count(DISTINCT (y.site_id, y.lot)) FROM lots y
-                 WHERE {lot_match})::float8 AS lots_in_process
-         FROM w x JOIN b ON b.site_id = x.site_id {joins} {group_by} {order}",
+         a AS (
+            SELECT {sel} count(*)::float8 AS orders,
+                   count(*) FILTER (WHERE x.state = 'running')::float8 AS running,
+                   count(*) FILTER (WHERE x.state = 'interrupted')::float8 AS interrupted,
+                   sum(x.planned_quantity)::float8 AS planned_quantity,
+                   sum(x.good_count)::float8 AS good,
+                   sum(greatest(0, x.planned_quantity - x.good_count))::float8 AS remaining
+            FROM w x JOIN b ON b.site_id = x.site_id {joins} {group_by}),
+         l AS (
+            SELECT {sel} count(DISTINCT (lm.site_id, lm.lot))::float8 AS lots
+            FROM w x JOIN b ON b.site_id = x.site_id
+            JOIN lot_movements lm ON lm.site_id = x.site_id AND lm.work_order = x.id
+                                 AND lm.direction = 'consumed'
+            {joins} {group_by})
+         SELECT {a_keys} a.orders, a.running, a.interrupted, a.planned_quantity, a.good,
+                a.remaining, coalesce(l.lots, 0) AS lots_in_process
+         FROM a LEFT JOIN l ON {on} {order}",
         sel = k.select,
         joins = k.joins,
         group_by = k.group_by,
         order = order_by(k.n),
-        lot_match = wip_lot_match(&query.groups),
     );
     run(tx, sql, sites, query, k.n, &WIP_MEASURES).await
-}
-
-/// Matches the `lots` rows of the same group as the outer row (keys site and product).
-fn wip_lot_match(groups: &[Group]) -> String {
-    let mut conds = vec!["true".to_owned()];
-    for g in groups {
-        match g {
-            Group::Site => conds.push("y.site_id = x.site_id".into()),
-            Group::Product => conds.push("y.material = x.material".into()),
-            _ => {}
-        }
-    }
-    conds.join(" AND ")
 }
 
 /// One edge of a genealogy walk.

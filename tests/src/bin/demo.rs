@@ -16,10 +16,10 @@ use edge_agent::config::RunConfig;
 use shared_model::SiteId;
 use system_tests::pg::server;
 
-const SITES: [(&str, &str, &str); 3] = [
-    ("SITE_001", "Plant Lyon", "EU"),
-    ("SITE_002", "Plant Porto", "EU"),
-    ("SITE_003", "Plant Monterrey", "NA"),
+const SITES: [(&str, &str, &str, &str); 3] = [
+    ("SITE_001", "Plant Lyon", "EU", "Europe/Paris"),
+    ("SITE_002", "Plant Porto", "EU", "Europe/Lisbon"),
+    ("SITE_003", "Plant Monterrey", "NA", "America/Monterrey"),
 ];
 
 fn master_data(site: &str) -> String {
@@ -33,8 +33,8 @@ fn master_data(site: &str) -> String {
                    {{"code": "SCRAP.BURR", "parent": null, "name": "Burr", "loss_category": "quality",
                      "counts_against_availability": false}}],
   "equipment": [{{"id": "{site}", "parent": null, "level": "site", "name": "Plant", "class": "site"}},
-                {{"id": "PRESS-01", "parent": "{site}", "level": "work_unit", "name": "Press 1", "class": "press"}},
-                {{"id": "PRESS-02", "parent": "{site}", "level": "work_unit", "name": "Press 2", "class": "press"}}]
+                {{"id": "PRESS-01", "parent": "WC-PRESSES", "level": "work_unit", "name": "Press 1", "class": "press"}},
+                {{"id": "PRESS-02", "parent": "WC-PRESSES", "level": "work_unit", "name": "Press 2", "class": "press"}}]
 }}"#
     )
 }
@@ -68,6 +68,32 @@ async fn feed(
         .bearer_auth(&key)
         .send()
         .await;
+    let post = |event: serde_json::Value| {
+        let (client, base, key, site) = (&client, &base, &key, &site);
+        async move {
+            if let Err(e) = client
+                .post(format!("{base}/api/v1/events"))
+                .bearer_auth(key)
+                .json(&event)
+                .send()
+                .await
+            {
+                eprintln!("{site}: posting an event failed: {e}");
+            }
+        }
+    };
+    for press in ["PRESS-01", "PRESS-02"] {
+        post(
+            serde_json::json!({"type": "equipment_state", "equipment": press, "state": "running"}),
+        )
+        .await;
+    }
+    // Each site jams now and then, at its own rhythm, so the dashboard has stops to show.
+    let digit = site
+        .bytes()
+        .last()
+        .map_or(0, |b| u64::from(b.saturating_sub(b'0')));
+    let jam_every = 60 + digit * 20; // ticks of 250 ms: a jam every 20 to 30 s
     let mut n: u64 = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
@@ -76,6 +102,20 @@ async fn feed(
             _ = stop.changed() => return,
         }
         n += 1;
+        if n.is_multiple_of(jam_every) {
+            post(
+                serde_json::json!({"type": "equipment_state", "equipment": "PRESS-02",
+                                    "state": "down", "reason": "DOWN.JAM"}),
+            )
+            .await;
+        }
+        if n % jam_every == jam_every / 3 {
+            post(
+                serde_json::json!({"type": "equipment_state", "equipment": "PRESS-02",
+                                    "state": "running"}),
+            )
+            .await;
+        }
         let scrap = u32::from(n.is_multiple_of(17));
         let mut event = serde_json::json!({
             "type": "production_count",
@@ -87,15 +127,7 @@ async fn feed(
         if scrap > 0 {
             event["scrap_reason"] = "SCRAP.BURR".into();
         }
-        if let Err(e) = client
-            .post(format!("{base}/api/v1/events"))
-            .bearer_auth(&key)
-            .json(&event)
-            .send()
-            .await
-        {
-            eprintln!("{site}: posting an event failed: {e}");
-        }
+        post(event).await;
     }
 }
 
@@ -121,11 +153,19 @@ async fn main() -> anyhow::Result<()> {
         .context("connecting as the owner")?;
     let state_dir = root.join("hub");
     let ca = Ca::load_or_create(&state_dir)?;
-    for (site, name, region) in SITES {
+    let mut ids = Vec::new();
+    for (site, name, region, tz) in SITES {
         let id = SiteId::new(site)?;
-        add_site(&admin, &id, name, region, "UTC").await?;
+        add_site(&admin, &id, name, region, tz).await?;
         ca.write_site_bundle(&id, &state_dir.join("sites").join(site))?;
+        ids.push(id);
     }
+    // HQ's master data (routings with ideal cycle times, reasons, equipment) at the hub, for
+    // the reports; the same file goes to each edge below.
+    let md: shared_model::master::MasterFile = serde_json::from_str(&master_data("SITE_001"))?;
+    central_hub::db::master::publish(&admin, &ids, &md.into_records()).await?;
+    let hq_token =
+        central_hub::api::create_token(&admin, "demo dashboard", "hq:read", None).await?;
     println!("== starting the hub");
     let hub = serve::start(ServeConfig {
         database_url: db.hub_url.clone(),
@@ -142,7 +182,7 @@ async fn main() -> anyhow::Result<()> {
     let mut edges = Vec::new();
     let mut feeders = Vec::new();
     let mut lines = Vec::new();
-    for (site, name, _) in SITES {
+    for (site, name, _, _) in SITES {
         let data_dir = root.join(site.to_lowercase());
         std::fs::create_dir_all(&data_dir)?;
         let md_path = data_dir.join("master-data.json");
@@ -183,6 +223,10 @@ async fn main() -> anyhow::Result<()> {
         "Hub: sync on quic://{}, health http://{}/health, metrics http://{}/metrics",
         hub.quic_addr, hub.http_addr, hub.http_addr
     );
+    println!(
+        "HQ dashboard: http://{}/#token={hq_token}   (reports: http://{}/api/v1/openapi.json)",
+        hub.http_addr, hub.http_addr
+    );
     println!("PostgreSQL database (owner URL): {}", db.admin_url);
     println!("Data under {}. Press Ctrl-C to stop.", root.display());
     // A status line every few seconds, so the flow is visible without opening anything.
@@ -200,7 +244,7 @@ async fn main() -> anyhow::Result<()> {
                     .await
                     .unwrap_or(-1);
                 let mut line = format!("hub holds {at_hub} events;");
-                for (e, (site, _, _)) in edges.iter().zip(SITES) {
+                for (e, (site, _, _, _)) in edges.iter().zip(SITES) {
                     let pending = e.state.store.pending().await.map(|p| p.events).unwrap_or(0);
                     let up = e.state.connected.load(std::sync::atomic::Ordering::Relaxed);
                     line.push_str(&format!(
