@@ -63,6 +63,8 @@ pub async fn publish(
             super::store::notify_down(&mut tx, site).await?;
         }
     }
+    // Reports read master data (reasons, routings, calendars): cached answers are stale now.
+    super::store::notify_data(&mut tx, None).await?;
     tx.commit().await?;
     Ok(versions)
 }

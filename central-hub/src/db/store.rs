@@ -335,6 +335,8 @@ async fn merge_change(
             .await?;
         }
     }
+    // Work orders feed the on-time, WIP and product reports.
+    notify_data(tx, Some(site)).await?;
     if record.kind == RecordKind::WorkOrder
         && let Ok(v) = read_view(&doc)
     {
