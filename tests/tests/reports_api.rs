@@ -649,3 +649,142 @@ async fn two_hubs_share_cache_and_rate_limits_through_redis() {
     one.stop().await.unwrap();
     two.stop().await.unwrap();
 }
+
+fn correction(of: &Event, replacement: Option<shared_model::event::Replacement>) -> EventBody {
+    EventBody::Correction(shared_model::event::Correction {
+        corrects: of.event_id,
+        replacement,
+        note: "fixed by the supervisor".into(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrections_replace_the_corrected_event_in_place() {
+    use shared_model::event::Replacement;
+    let h = hq("corr", &[("SITE_A", "UTC")]).await;
+    let hub = h.hub(ReportSettings::default()).await;
+    let base = format!("http://{}", hub.http_addr);
+    let http = reqwest::Client::new();
+    let writer = h.token("hq:write", None).await;
+    put_master(&http, &base, &writer, "reason-codes", json!([
+        {"code": "DOWN.JAM", "parent": null, "name": "Jam", "loss_category": "unplanned", "counts_against_availability": true}])).await;
+    let reader = h.token("hq:read", None).await;
+    let site = SiteId::new("SITE_A").unwrap();
+    let plain = |good: u32, scrap: u32| {
+        EventBody::ProductionCount(ProductionCount {
+            equipment: EquipmentId::new("PRESS-01").unwrap(),
+            work_order: None,
+            good,
+            scrap,
+            rework: 0,
+            scrap_reason: None,
+        })
+    };
+    let as_replacement = |b: EventBody| match b {
+        EventBody::ProductionCount(p) => Replacement::ProductionCount(p),
+        EventBody::EquipmentState(s) => Replacement::EquipmentState(s),
+        _ => unreachable!(),
+    };
+    let x1 = event(&site, 1, t("2026-11-01T01:00:00Z"), plain(10, 0));
+    let x3 = event(&site, 3, t("2026-11-01T01:30:00Z"), plain(100, 0));
+    let s1 = event(
+        &site,
+        10,
+        t("2026-11-01T00:00:00Z"),
+        state("PRESS-01", MachineState::Running, None),
+    );
+    let s2 = event(
+        &site,
+        11,
+        t("2026-11-01T01:00:00Z"),
+        state("PRESS-01", MachineState::Down, None),
+    );
+    let s3 = event(
+        &site,
+        12,
+        t("2026-11-01T02:00:00Z"),
+        state("PRESS-01", MachineState::Running, None),
+    );
+    let s4 = event(
+        &site,
+        13,
+        t("2026-11-01T03:00:00Z"),
+        state("PRESS-01", MachineState::PlannedStop, None),
+    );
+    // Correction ids are later (their time part) than the events they correct.
+    let c1 = event(
+        &site,
+        20,
+        t("2026-11-01T05:00:00Z"),
+        correction(&x1, Some(as_replacement(plain(7, 1)))),
+    );
+    let c2 = event(
+        &site,
+        21,
+        t("2026-11-01T05:01:00Z"),
+        correction(&x1, Some(as_replacement(plain(5, 0)))),
+    );
+    let c3 = event(
+        &site,
+        22,
+        t("2026-11-01T05:02:00Z"),
+        correction(&x3, Some(as_replacement(plain(2, 0)))),
+    );
+    let c4 = event(
+        &site,
+        23,
+        t("2026-11-01T05:03:00Z"),
+        correction(
+            &s2,
+            Some(as_replacement(state(
+                "PRESS-01",
+                MachineState::Down,
+                Some("DOWN.JAM"),
+            ))),
+        ),
+    );
+    let c5 = event(&site, 24, t("2026-11-01T05:04:00Z"), correction(&s3, None));
+
+    // x1 then its two corrections, the later one first; c3 before the event it corrects.
+    for batch in [
+        vec![x1.clone(), s1.clone(), s2.clone(), s3.clone(), s4.clone()],
+        vec![c2.clone(), c3.clone()],
+        vec![c1.clone(), c4.clone()],
+        vec![x3.clone(), c5.clone()],
+        // A re-sent batch changes nothing.
+        vec![c1.clone(), c2.clone(), x3.clone(), c5.clone()],
+    ] {
+        h.store.ingest_events(&site, &batch).await.unwrap();
+    }
+    let range = "from=2026-11-01T00:00:00Z&to=2026-11-01T04:00:00Z";
+    let (_, v, _) = get(
+        &http,
+        &base,
+        &reader,
+        &format!("/api/v1/reports/production?{range}"),
+    )
+    .await;
+    assert_eq!(
+        v["rows"][0]["good"], 7,
+        "x1 → c2's 5 (the latest correction), x3 → c3's 2: {v}"
+    );
+    assert_eq!(v["rows"][0]["scrap"], 0, "{v}");
+    let (_, v, _) = get(
+        &http,
+        &base,
+        &reader,
+        &format!("/api/v1/reports/downtime-pareto?{range}"),
+    )
+    .await;
+    assert_eq!(v["rows"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(
+        v["rows"][0]["reason"], "DOWN.JAM",
+        "c4 gave the stop its reason: {v}"
+    );
+    assert!(
+        close(v["rows"][0]["seconds"].as_f64().unwrap(), 7_200.0),
+        "c5 voided the restart: {v}"
+    );
+    assert_eq!(v["rows"][0]["stops"], 1);
+    hub.stop().await.unwrap();
+}

@@ -86,28 +86,77 @@ fn facts_of_body(id: Uuid, at: Timestamp, body: &EventBody) -> Option<Fact> {
     Some(Fact { id, at, body })
 }
 
+/// How far before the time in its UUIDv7 an event's `occurred_at` is first looked for.
+const LOOKUP_BEFORE_MICROS: i64 = 31 * 24 * 3600 * 1_000_000;
+/// How far after it (edge clocks drift).
+const LOOKUP_AFTER_MICROS: i64 = 24 * 3600 * 1_000_000;
+
+/// The creation time an edge wrote into a UUIDv7 event id, in microseconds.
+fn uuid_micros(id: &Uuid) -> i64 {
+    let b = id.as_bytes();
+    let mut ms = [0u8; 8];
+    ms[2..].copy_from_slice(&b[..6]);
+    i64::try_from(u64::from_be_bytes(ms))
+        .unwrap_or(i64::MAX / 1000)
+        .saturating_mul(1000)
+}
+
 /// Loads stored events by id (corrected events, earlier winning corrections).
+///
+/// `events` has no index on `event_id` alone (it would cost every insert for the sake of rare
+/// corrections). An event id is a UUIDv7 whose time is when the edge created it, and an event
+/// is created at or after it occurred, so the key `(site_id, occurred_at, event_id)` is first
+/// searched in a window before that time; what is not found there (a far backdated event, a
+/// sender with a wrong clock) is searched without the window.
 async fn load_events(
     tx: &mut Transaction<'static, Postgres>,
     site: &SiteId,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, Event>, HubStoreError> {
+    let mut out = HashMap::with_capacity(ids.len());
     if ids.is_empty() {
-        return Ok(HashMap::new());
+        return Ok(out);
     }
-    let rows = sqlx::query("SELECT body FROM events WHERE site_id = $1 AND event_id = ANY($2)")
-        .bind(site.as_str())
-        .bind(ids)
-        .fetch_all(&mut **tx)
-        .await?;
-    let mut out = HashMap::with_capacity(rows.len());
+    let lo = ids.iter().map(uuid_micros).min().unwrap_or(0) - LOOKUP_BEFORE_MICROS;
+    let hi = ids.iter().map(uuid_micros).max().unwrap_or(0) + LOOKUP_AFTER_MICROS;
+    let windowed = sqlx::query(
+        "SELECT body FROM events
+         WHERE site_id = $1 AND event_id = ANY($2) AND occurred_at >= $3 AND occurred_at <= $4",
+    )
+    .bind(site.as_str())
+    .bind(ids)
+    .bind(crate::db::store::ts(Timestamp::from_micros(lo)))
+    .bind(crate::db::store::ts(Timestamp::from_micros(hi)))
+    .fetch_all(&mut **tx)
+    .await?;
+    decode_into(&mut out, windowed)?;
+    let missing: Vec<Uuid> = ids
+        .iter()
+        .filter(|i| !out.contains_key(i))
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        let rest = sqlx::query("SELECT body FROM events WHERE site_id = $1 AND event_id = ANY($2)")
+            .bind(site.as_str())
+            .bind(&missing)
+            .fetch_all(&mut **tx)
+            .await?;
+        decode_into(&mut out, rest)?;
+    }
+    Ok(out)
+}
+
+fn decode_into(
+    out: &mut HashMap<Uuid, Event>,
+    rows: Vec<sqlx::postgres::PgRow>,
+) -> Result<(), HubStoreError> {
     for r in rows {
         let bytes: Vec<u8> = r.try_get("body")?;
         let e: Event = postcard::from_bytes(&bytes)
             .map_err(|e| HubStoreError::Corrupt(format!("stored event does not decode: {e}")))?;
         out.insert(*e.event_id.as_uuid(), e);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Applies the rollups of a batch whose rows were just inserted. `inserted` holds the ids of
@@ -145,7 +194,7 @@ pub async fn apply(
         HashMap::new()
     } else {
         sqlx::query(
-            "SELECT corrects, max(correction) AS winner FROM corrections
+            "SELECT corrects, (array_agg(correction ORDER BY correction DESC))[1] AS winner FROM corrections
              WHERE site_id = $1 AND corrects = ANY($2) GROUP BY corrects",
         )
         .bind(site.as_str())
@@ -285,7 +334,7 @@ async fn load_winners(
         return Ok(HashMap::new());
     }
     Ok(sqlx::query(
-        "SELECT corrects, max(correction) AS winner FROM corrections
+        "SELECT corrects, (array_agg(correction ORDER BY correction DESC))[1] AS winner FROM corrections
          WHERE site_id = $1 AND corrects = ANY($2) GROUP BY corrects",
     )
     .bind(site.as_str())
@@ -682,6 +731,12 @@ async fn apply_states(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uuid_time_is_the_creation_millis() {
+        let id = shared_model::EventId::from_parts(1_795_000_000_123, [7; 10]);
+        assert_eq!(uuid_micros(id.as_uuid()), 1_795_000_000_123_000);
+    }
 
     fn p(at_min: i64, state: &str) -> Point {
         Point {

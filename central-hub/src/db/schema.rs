@@ -244,8 +244,6 @@ CREATE TABLE state_changes (
 ALTER TABLE events ADD COLUMN reason text;
 -- When a site's last new event arrived, kept on ingest (the site list must not scan events).
 ALTER TABLE sites ADD COLUMN last_event_at timestamptz;
--- Corrections name the event they correct by id alone.
-CREATE INDEX events_event_id ON events (event_id);
 
 -- Time per state and reason in each site-local hour, from closed intervals of the timeline;
 -- `starts` counts intervals that begin in the hour, `small` marks stops under 120 s.
