@@ -153,7 +153,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             metrics: metrics.clone(),
             reports: reports.clone(),
         })
-        .merge(api);
+        .merge(api)
+        .merge(crate::dashboard::router());
     let mut http_shutdown = shutdown_rx;
     let http = tokio::spawn(async move {
         axum::serve(listener, router)

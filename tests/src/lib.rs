@@ -1,6 +1,7 @@
 //! Support code for the workspace's system tests: the layering rules read from
-//! `cargo metadata`, and the PostgreSQL harness ([`pg`]). Later: the simulator and the
+//! `cargo metadata`, the PostgreSQL harness ([`pg`]) and the HQ fixture ([`hq`]). Later: the simulator and the
 //! chaos harness.
 
+pub mod hq;
 pub mod layering;
 pub mod pg;

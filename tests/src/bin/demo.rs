@@ -27,7 +27,7 @@ fn master_data(site: &str) -> String {
         r#"{{
   "materials": [{{"id": "BRACKET-7", "name": "Bracket", "unit": "pcs", "tracking": "lot"}}],
   "routings": [{{"material": "BRACKET-7", "version": 1, "seq": 10, "operation_code": "PRESS",
-                 "work_center_class": "press", "ideal_cycle_time_ms": 2000, "setup_time_ms": 0}}],
+                 "work_center_class": "press", "ideal_cycle_time_ms": 100, "setup_time_ms": 0}}],
   "reason_codes": [{{"code": "DOWN.JAM", "parent": null, "name": "Jam", "loss_category": "unplanned",
                      "counts_against_availability": true}},
                    {{"code": "SCRAP.BURR", "parent": null, "name": "Burr", "loss_category": "quality",
