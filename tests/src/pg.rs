@@ -246,6 +246,17 @@ static NEXT_DB: AtomicU64 = AtomicU64::new(0);
 static PASSWORD_SET: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 
 impl PgServer {
+    /// An existing database (a benchmark's dataset kept from an earlier run).
+    pub fn database(&self, name: &str) -> TestDb {
+        let admin_url = replace_database(&self.admin_url, name);
+        TestDb {
+            hub_url: replace_user(&admin_url, "mes_hub", "mes_hub"),
+            reporting_url: replace_user(&admin_url, "mes_reporting", "mes_reporting"),
+            admin_url,
+            name: name.to_owned(),
+        }
+    }
+
     /// A new, empty database for one test.
     pub async fn fresh_database(&self) -> TestDb {
         let name = format!(

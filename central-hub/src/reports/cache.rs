@@ -284,7 +284,24 @@ impl Shared {
     }
 
     pub async fn get(&self, key: &str) -> Option<Cached> {
-        let found = match &self.backend {
+        let found = self.lookup(key).await;
+        let counter = if found.is_some() {
+            &self.metrics.cache_hits
+        } else {
+            &self.metrics.cache_misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// A lookup that is not counted as a hit or miss (the re-check after waiting for another
+    /// request's computation).
+    pub async fn peek(&self, key: &str) -> Option<Cached> {
+        self.lookup(key).await
+    }
+
+    async fn lookup(&self, key: &str) -> Option<Cached> {
+        match &self.backend {
             Backend::Local(m) => m.lock().ok().and_then(|m| {
                 m.get(key)
                     .filter(|(at, _)| at.elapsed() < self.ttl)
@@ -303,14 +320,7 @@ impl Shared {
                     }
                 }
             }
-        };
-        let counter = if found.is_some() {
-            &self.metrics.cache_hits
-        } else {
-            &self.metrics.cache_misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        found
+        }
     }
 
     pub async fn put(&self, key: &str, value: &Cached) {

@@ -6,6 +6,8 @@ pub mod openapi;
 pub mod params;
 pub mod sql;
 
+use std::sync::Arc;
+
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -23,11 +25,31 @@ use sql::SqlRow;
 #[derive(Debug)]
 pub struct ReportCtx {
     pub shared: Shared,
+    /// One computation per cache key at a time: when an entry expires under load, the
+    /// requests that miss together wait for the first one instead of all querying.
+    inflight: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// Most distinct keys being computed at once before the single-flight table is trimmed.
+const INFLIGHT_MAX: usize = 10_000;
 
 impl ReportCtx {
     pub fn new(shared: Shared) -> Self {
-        Self { shared }
+        Self {
+            shared,
+            inflight: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The lock that serializes computations of `key`.
+    fn flight(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let Ok(mut m) = self.inflight.lock() else {
+            return Arc::default();
+        };
+        if m.len() > INFLIGHT_MAX {
+            m.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        m.entry(key.to_owned()).or_default().clone()
     }
 
     async fn cached(&self, key: &str) -> Option<Cached> {
@@ -516,6 +538,18 @@ pub async fn report(
         .map(|v| format!("{}|{:?}|{:?}|{v}", report.as_str(), scope.site, q));
     if let Some(key) = &key
         && let Some(c) = ctx.cached(key).await
+    {
+        return Ok(respond(c, true));
+    }
+    let flight = key.as_deref().map(|k| ctx.flight(k));
+    let _computing = match &flight {
+        Some(f) => Some(f.lock().await),
+        None => None,
+    };
+    // Whoever held the lock before us may have filled the entry.
+    if flight.is_some()
+        && let Some(key) = &key
+        && let Some(c) = ctx.shared.peek(key).await
     {
         return Ok(respond(c, true));
     }

@@ -1,0 +1,491 @@
+//! `bench-reports`: the reporting API under an HQ morning peak.
+//!
+//! 1. Dataset: `--sites` sites (default 30) × 40 work units, `--events` events in all (default
+//!    10,000,000) over the last 30 days, loaded through the hub's real ingest path
+//!    (`PgHubStore::ingest_events`: partitioned events, row-level security, every rollup):
+//!    production counts with scrap reasons, state changes with reasons, material movements,
+//!    and released work orders. `--database NAME` reuses a dataset loaded before.
+//! 2. Cold: each report once, computed from the rollups (the cache is empty).
+//! 3. Load: `--connections` (default 6,000) keep-alive HTTP/1.1 connections, each sending the
+//!    next request of an HQ mix as soon as the last one is answered, for `--seconds`: req/s,
+//!    latency percentiles, errors by status, the hub's cache hit ratio.
+//!
+//! The hub runs in this process (its own runtime threads share the 2 cores with the load
+//! generator, which the figures include). `--quick` is the CI smoke: a small dataset, 200
+//! connections, 3 seconds.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use central_hub::db::store::{PgHubStore, add_site};
+use central_hub::serve::{self, ReportSettings, ServeConfig};
+use shared_model::event::{EquipmentStateChange, MachineState, MaterialMovement, ProductionCount};
+use shared_model::{
+    EquipmentId, Event, EventBody, EventId, LotId, MaterialId, ReasonCodeId, SiteId, Timestamp,
+    WorkOrderId,
+};
+use sync_protocol::store::HubStore;
+use system_tests::pg::server;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+struct Args {
+    events: u64,
+    sites: usize,
+    connections: usize,
+    seconds: u64,
+    database: Option<String>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        events: 10_000_000,
+        sites: 30,
+        connections: 6_000,
+        seconds: 20,
+        database: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--events" => a.events = value()?.parse()?,
+            "--sites" => a.sites = value()?.parse()?,
+            "--connections" => a.connections = value()?.parse()?,
+            "--seconds" => a.seconds = value()?.parse::<u64>()?.clamp(1, 600),
+            "--database" => a.database = Some(value()?),
+            "--quick" => {
+                a.events = 50_000;
+                a.sites = 3;
+                a.connections = 200;
+                a.seconds = 3;
+            }
+            other => bail!(
+                "unknown argument {other}; use --events N --sites N --connections N --seconds N --database NAME --quick"
+            ),
+        }
+    }
+    if a.sites == 0 || a.sites > 999 {
+        bail!("--sites must be 1..=999");
+    }
+    Ok(a)
+}
+
+const UNITS: u64 = 40;
+const DAY_MICROS: i64 = 24 * 3600 * 1_000_000;
+
+fn site_id(i: usize) -> anyhow::Result<SiteId> {
+    Ok(SiteId::new(format!("SITE_{:03}", i + 1))?)
+}
+
+/// The `n`-th event of a site: mostly production counts, a state change every 25th, a
+/// material movement every 200th; time advances evenly over 30 days.
+fn event(site: &SiteId, n: u64, per_site: u64, start: i64) -> anyhow::Result<Event> {
+    let at = Timestamp::from_micros(
+        start + (n as i128 * 30 * DAY_MICROS as i128 / per_site.max(1) as i128) as i64,
+    );
+    let unit = n % UNITS;
+    let equipment = EquipmentId::new(format!("WU-{:02}", unit + 1))?;
+    let day = (n * 30 / per_site.max(1)).min(29);
+    let order = WorkOrderId::new(format!("{site}-WO-{day:02}"))?;
+    let body = if n.is_multiple_of(25) {
+        let down = (n / 25) % 3 == 1;
+        EventBody::EquipmentState(EquipmentStateChange {
+            equipment,
+            state: if down {
+                MachineState::Down
+            } else {
+                MachineState::Running
+            },
+            reason: if down {
+                Some(ReasonCodeId::new(
+                    ["DOWN.JAM", "DOWN.TOOL", "WAIT.MAT"][(n % 3) as usize],
+                )?)
+            } else {
+                None
+            },
+        })
+    } else if n % 200 == 1 {
+        EventBody::MaterialConsumed(MaterialMovement {
+            lot: LotId::new(format!("{site}-COIL-{day}"))?,
+            material: MaterialId::new("STEEL")?,
+            quantity: 12.5,
+            work_order: Some(order),
+            equipment: Some(equipment),
+        })
+    } else {
+        let scrap = u32::from(n.is_multiple_of(31));
+        EventBody::ProductionCount(ProductionCount {
+            equipment,
+            work_order: Some(order),
+            good: 1 + (n % 7) as u32,
+            scrap,
+            rework: 0,
+            scrap_reason: if scrap > 0 {
+                Some(ReasonCodeId::new("SCRAP.BURR")?)
+            } else {
+                None
+            },
+        })
+    };
+    let mut rnd = [0u8; 10];
+    rnd[..8].copy_from_slice(&n.to_be_bytes());
+    rnd[8] = (site.as_str().len() % 256) as u8;
+    rnd[9] = site.as_str().as_bytes().last().copied().unwrap_or(0);
+    Ok(Event {
+        event_id: EventId::from_parts((at.as_micros() / 1000) as u64, rnd),
+        site_id: site.clone(),
+        occurred_at: at,
+        recorded_at: at,
+        operator: None,
+        body,
+    })
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+async fn load(
+    args: &Args,
+    admin: &sqlx::PgPool,
+    hub_url: &str,
+    base: &str,
+    writer: &str,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    for (kind, body) in [
+        ("materials", serde_json::json!([{"id": "BRACKET", "name": "Bracket", "unit": "pcs", "tracking": "lot"}])),
+        ("routings", serde_json::json!([{"material": "BRACKET", "version": 1, "seq": 10, "operation_code": "PRESS",
+            "work_center_class": "press", "ideal_cycle_time_ms": 3000, "setup_time_ms": 0}])),
+        ("reason-codes", serde_json::json!([
+            {"code": "DOWN.JAM", "parent": null, "name": "Jam", "loss_category": "unplanned", "counts_against_availability": true},
+            {"code": "DOWN.TOOL", "parent": null, "name": "Tool change", "loss_category": "changeover", "counts_against_availability": true},
+            {"code": "WAIT.MAT", "parent": null, "name": "No material", "loss_category": "unplanned", "counts_against_availability": true},
+            {"code": "SCRAP.BURR", "parent": null, "name": "Burr", "loss_category": "quality", "counts_against_availability": false}])),
+        ("equipment", serde_json::json!((1..=UNITS).map(|u| serde_json::json!(
+            {"id": format!("WU-{u:02}"), "parent": format!("WC-{}", (u - 1) / 10 + 1), "level": "work_unit", "name": format!("Unit {u}"), "class": "press"})).collect::<Vec<_>>())),
+    ] {
+        let r = http.put(format!("{base}/api/v1/master-data/{kind}")).bearer_auth(writer).json(&body).send().await?;
+        if !r.status().is_success() {
+            bail!("master data {kind}: {}", r.text().await?);
+        }
+    }
+    let start = now_micros() - 30 * DAY_MICROS;
+    let per_site = args.events / args.sites as u64;
+    for s in 0..args.sites {
+        let site = site_id(s)?;
+        for day in 0..30 {
+            let due = Timestamp::from_micros(start + (day + 1) * DAY_MICROS).to_rfc3339();
+            let r = http
+                .post(format!("{base}/api/v1/sites/{site}/work-orders"))
+                .bearer_auth(writer)
+                .json(
+                    &serde_json::json!({"id": format!("{site}-WO-{day:02}"), "material": "BRACKET",
+                                          "planned_quantity": per_site / 30 * 4, "due": due}),
+                )
+                .send()
+                .await?;
+            if !r.status().is_success() {
+                bail!("release: {}", r.text().await?);
+            }
+        }
+    }
+    let _ = admin;
+    let store = PgHubStore::new(central_hub::db::connect(hub_url).await?);
+    let t0 = Instant::now();
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Four sites at a time, as four edges draining at once would.
+    let mut tasks = Vec::new();
+    let sites: Vec<usize> = (0..args.sites).collect();
+    for chunk in sites.chunks(args.sites.div_ceil(4)) {
+        let (store, done, chunk) = (store.clone(), done.clone(), chunk.to_vec());
+        tasks.push(tokio::spawn(async move {
+            for s in chunk {
+                let site = site_id(s)?;
+                let mut n = 0;
+                while n < per_site {
+                    let end = (n + 2_000).min(per_site);
+                    let batch = (n..end)
+                        .map(|i| event(&site, i, per_site, start))
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    store
+                        .ingest_events(&site, &batch)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("ingest: {e}"))?;
+                    done.fetch_add(end - n, std::sync::atomic::Ordering::Relaxed);
+                    n = end;
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let total = per_site * args.sites as u64;
+    let progress = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let d = done.load(std::sync::atomic::Ordering::Relaxed);
+                println!(
+                    "  loading: {d} / {total} events ({:.0}/s)",
+                    d as f64 / t0.elapsed().as_secs_f64()
+                );
+            }
+        })
+    };
+    for t in tasks {
+        t.await??;
+    }
+    progress.abort();
+    println!(
+        "dataset: {total} events across {} sites loaded through the ingest path in {:.1} s = {:.0} events/s",
+        args.sites,
+        t0.elapsed().as_secs_f64(),
+        total as f64 / t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// One keep-alive HTTP/1.1 connection: sends `paths` round-robin until `deadline`.
+async fn connection(
+    addr: std::net::SocketAddr,
+    paths: Arc<Vec<(String, String)>>,
+    offset: usize,
+    start_at: Instant,
+    deadline: Instant,
+) -> (Vec<u32>, BTreeMap<u16, u64>) {
+    let mut lat = Vec::new();
+    let mut errors = BTreeMap::new();
+    let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+        errors.insert(0, 1);
+        return (lat, errors);
+    };
+    // Every connection is open before the clock starts.
+    tokio::time::sleep_until(start_at.into()).await;
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut i = offset;
+    let mut line = String::new();
+    while Instant::now() < deadline {
+        let (path, token) = &paths[i % paths.len()];
+        i += 1;
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {token}\r\n\r\n");
+        let t = Instant::now();
+        if w.write_all(req.as_bytes()).await.is_err() {
+            *errors.entry(0).or_default() += 1;
+            break;
+        }
+        let mut status = 0u16;
+        let mut length = 0usize;
+        let mut first = true;
+        loop {
+            line.clear();
+            match r.read_line(&mut line).await {
+                Ok(0) | Err(_) => {
+                    *errors.entry(0).or_default() += 1;
+                    return (lat, errors);
+                }
+                Ok(_) => {}
+            }
+            if first {
+                status = line
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                first = false;
+            } else if line == "\r\n" {
+                break;
+            } else if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; length.min(64 << 20)];
+        if r.read_exact(&mut body).await.is_err() {
+            *errors.entry(0).or_default() += 1;
+            break;
+        }
+        lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        if status != 200 {
+            *errors.entry(status).or_default() += 1;
+        }
+    }
+    (lat, errors)
+}
+
+fn pct(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i]) / 1000.0
+}
+
+async fn metric(base: &str, name: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = parse_args()?;
+    let pg = server().await;
+    let (db, fresh) = match &args.database {
+        Some(name) => (pg.database(name), false),
+        None => (pg.fresh_database().await, true),
+    };
+    if fresh {
+        db.migrate().await;
+    }
+    let admin = central_hub::db::connect(&db.admin_url).await?;
+    if fresh {
+        for s in 0..args.sites {
+            add_site(
+                &admin,
+                &site_id(s)?,
+                "Plant",
+                "EU",
+                ["Europe/Berlin", "America/Chicago", "Asia/Kolkata"][s % 3],
+            )
+            .await?;
+        }
+    }
+    let state_dir = std::env::temp_dir().join(format!("bench-reports-{}", std::process::id()));
+    let hub = serve::start(ServeConfig {
+        database_url: db.hub_url.clone(),
+        read_database_url: Some(db.reporting_url.clone()),
+        quic_listen: "127.0.0.1:0".parse()?,
+        http_listen: "127.0.0.1:0".parse()?,
+        state_dir,
+        server_names: vec!["127.0.0.1".into()],
+        reports: ReportSettings {
+            rate_limit_per_second: 1_000_000,
+            ..ReportSettings::default()
+        },
+    })
+    .await?;
+    let base = format!("http://{}", hub.http_addr);
+    let writer = central_hub::api::create_token(&admin, "bench", "hq:write", None).await?;
+    if fresh {
+        load(&args, &admin, &db.hub_url, &base, &writer).await?;
+        println!("database {} (reuse with --database {})", db.name, db.name);
+    }
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&admin)
+        .await?;
+    println!("events at the hub: {events}");
+
+    // The HQ mix: HQ-wide and site-scoped tokens, dashboards and drill-downs.
+    let hq = central_hub::api::create_token(&admin, "bench-hq", "hq:read", None).await?;
+    let mut paths: Vec<(String, String)> = [
+        "/api/v1/reports/oee?group_by=site",
+        "/api/v1/reports/oee?group_by=site,day",
+        "/api/v1/reports/downtime-pareto",
+        "/api/v1/reports/production?group_by=site,day",
+        "/api/v1/reports/scrap?group_by=site",
+        "/api/v1/reports/on-time?group_by=site",
+        "/api/v1/reports/wip?group_by=site",
+        "/api/v1/sites",
+        "/api/v1/work-orders?limit=50",
+    ]
+    .iter()
+    .map(|p| ((*p).to_owned(), hq.clone()))
+    .collect();
+    for s in 0..args.sites.min(5) {
+        let site = site_id(s)?;
+        let t =
+            central_hub::api::create_token(&admin, "bench-site", "hq:read", Some(&site)).await?;
+        paths.push(("/api/v1/reports/oee?group_by=equipment".into(), t.clone()));
+        paths.push((
+            "/api/v1/reports/downtime-pareto?group_by=work_center".into(),
+            t,
+        ));
+    }
+
+    // Cold: every distinct request once, computed from the rollups.
+    let http = reqwest::Client::new();
+    println!("cold (cache empty), over {events} events:");
+    let mut cold = Vec::new();
+    for (p, t) in &paths {
+        let t0 = Instant::now();
+        let r = http.get(format!("{base}{p}")).bearer_auth(t).send().await?;
+        let status = r.status();
+        let _ = r.bytes().await?;
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        cold.push(ms);
+        println!("  {ms:9.1} ms  {status}  {p}");
+    }
+    cold.sort_by(f64::total_cmp);
+    println!(
+        "cold: median {:.1} ms, max {:.1} ms",
+        cold[cold.len() / 2],
+        cold[cold.len() - 1]
+    );
+
+    let hits0 = metric(&base, "mes_report_cache_hits_total").await?;
+    let misses0 = metric(&base, "mes_report_cache_misses_total").await?;
+    let paths = Arc::new(paths);
+    let start_at = Instant::now() + Duration::from_millis(500 + args.connections as u64 / 2);
+    let deadline = start_at + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::with_capacity(args.connections);
+    for c in 0..args.connections {
+        tasks.push(tokio::spawn(connection(
+            hub.http_addr,
+            paths.clone(),
+            c,
+            start_at,
+            deadline,
+        )));
+    }
+    let mut lat = Vec::new();
+    let mut errors: BTreeMap<u16, u64> = BTreeMap::new();
+    for t in tasks {
+        let (l, e) = t.await?;
+        lat.extend(l);
+        for (k, v) in e {
+            *errors.entry(k).or_default() += v;
+        }
+    }
+    let elapsed = start_at.elapsed().as_secs_f64().max(0.001);
+    lat.sort_unstable();
+    let hits = metric(&base, "mes_report_cache_hits_total").await? - hits0;
+    let misses = metric(&base, "mes_report_cache_misses_total").await? - misses0;
+    println!(
+        "load: {} connections for {} s: {} requests = {:.0} req/s; latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        args.connections,
+        args.seconds,
+        lat.len(),
+        lat.len() as f64 / elapsed,
+        pct(&lat, 0.50),
+        pct(&lat, 0.95),
+        pct(&lat, 0.99),
+        pct(&lat, 1.0),
+    );
+    println!(
+        "errors by status (0 = connection): {errors:?}; report cache during the load: {hits:.0} hits, {misses:.0} misses ({:.1} % hits)",
+        if hits + misses > 0.0 {
+            hits * 100.0 / (hits + misses)
+        } else {
+            0.0
+        }
+    );
+    hub.stop().await?;
+    Ok(())
+}
