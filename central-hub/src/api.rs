@@ -322,9 +322,7 @@ async fn list_work_orders(
     let pool = read_pool(&state)?;
     let mut tx = pool.begin().await.map_err(ApiError::internal)?;
     if let Some(own) = &scope.site {
-        sqlx::query("SELECT set_config('app.report_site', $1, true)")
-            .bind(own.as_str())
-            .execute(&mut *tx)
+        crate::reports::scope_to_site(&mut tx, own)
             .await
             .map_err(ApiError::internal)?;
     }

@@ -246,6 +246,28 @@ static NEXT_DB: AtomicU64 = AtomicU64::new(0);
 static PASSWORD_SET: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 
 impl PgServer {
+    /// A new database with a chosen name that the harness's clean-up leaves alone (a
+    /// benchmark's dataset, kept for later runs); dropped first if it exists.
+    pub async fn named_database(&self, name: &str) -> TestDb {
+        assert!(
+            !name.starts_with("mes_test_")
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "a kept database needs a plain name outside mes_test_*"
+        );
+        let mut c = PgConnection::connect(&self.admin_url)
+            .await
+            .expect("connecting to the test server");
+        c.execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+        )))
+        .await
+        .expect("dropping the old dataset");
+        c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .await
+            .expect("creating the dataset's database");
+        self.database(name)
+    }
+
     /// An existing database (a benchmark's dataset kept from an earlier run).
     pub fn database(&self, name: &str) -> TestDb {
         let admin_url = replace_database(&self.admin_url, name);

@@ -230,15 +230,25 @@ async fn worked_example_cache_csv_errors_and_scopes() {
     // Row-level security binds the reporting role too: scoped to SITE_B, SITE_A's rows vanish.
     let reporting = central_hub::db::connect(&h.db.reporting_url).await.unwrap();
     let mut tx = reporting.begin().await.unwrap();
-    sqlx::query("SELECT set_config('app.report_site', 'SITE_B', true)")
-        .execute(&mut *tx)
+    central_hub::reports::scope_to_site(&mut tx, &SiteId::new("SITE_B").unwrap())
         .await
         .unwrap();
     let visible: i64 = sqlx::query_scalar("SELECT count(*) FROM production_hourly")
         .fetch_one(&mut *tx)
         .await
         .unwrap();
-    assert_eq!(visible, 0);
+    assert_eq!(visible, 0, "SITE_A's rollup rows leak into a SITE_B scope");
+    let sites: Vec<String> = sqlx::query_scalar("SELECT site_id FROM sites")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(sites, vec!["SITE_B".to_owned()]);
+    tx.rollback().await.unwrap();
+    let unscoped: i64 = sqlx::query_scalar("SELECT count(*) FROM production_hourly")
+        .fetch_one(&reporting)
+        .await
+        .unwrap();
+    assert!(unscoped > 0, "HQ-wide, the same role sees SITE_A's rows");
 
     // The description of the API needs no token.
     let r = http

@@ -322,8 +322,14 @@ BEGIN
 END $$;
 GRANT DELETE ON production_hourly TO mes_hub;
 
--- Reporting sees every site unless the request is scoped to one: a site-scoped HQ token sets
--- app.report_site, and these policies then hide the other sites' rows in SQL, not only in Rust.
+-- A site-scoped HQ token's reports run as mes_reporting_site (SET LOCAL ROLE inside the
+-- transaction, with app.report_site set): row-level security then hides the other sites in
+-- SQL, not only in Rust. HQ-wide reads keep a policy of plain `true`, which the planner drops,
+-- so their row estimates (and plans) stay those of the tables.
+DO $$ BEGIN
+    CREATE ROLE mes_reporting_site NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+GRANT mes_reporting_site TO mes_reporting;
 DO $$
 DECLARE t text;
 BEGIN
@@ -332,11 +338,13 @@ BEGIN
                              'lot_movements', 'corrections', 'equipment_seen',
                              'state_current'] LOOP
         EXECUTE format('DROP POLICY IF EXISTS hq_read ON %I', t);
-        EXECUTE format($p$CREATE POLICY hq_read ON %I FOR SELECT TO mes_reporting
-                          USING (coalesce(current_setting('app.report_site', true), '') = ''
-                                 OR site_id = current_setting('app.report_site', true))$p$, t);
+        EXECUTE format('CREATE POLICY hq_read ON %I FOR SELECT TO mes_reporting USING (true)', t);
+        EXECUTE format($p$CREATE POLICY site_read ON %I FOR SELECT TO mes_reporting_site
+                          USING (site_id = current_setting('app.report_site', true))$p$, t);
+        EXECUTE format('GRANT SELECT ON %I TO mes_reporting_site', t);
     END LOOP;
 END $$;
+GRANT SELECT ON master_data TO mes_reporting_site;
 
 -- Master data as columns for the report queries.
 CREATE VIEW md_equipment AS
@@ -372,7 +380,8 @@ CREATE VIEW md_shifts AS
            s->'planned_breaks' AS breaks
     FROM master_data md, jsonb_array_elements(md.json->'shift_calendar'->'shifts') s
     WHERE md.kind = 'shift-calendars';
-GRANT SELECT ON md_equipment, md_reasons, md_routing, md_ideal, md_shifts TO mes_reporting, mes_hub;
+GRANT SELECT ON md_equipment, md_reasons, md_routing, md_ideal, md_shifts
+    TO mes_reporting, mes_reporting_site, mes_hub;
 "#,
 ];
 

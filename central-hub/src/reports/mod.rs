@@ -84,14 +84,28 @@ fn rounded_now(ttl: std::time::Duration) -> Timestamp {
     Timestamp::from_micros(now.as_micros() - now.as_micros().rem_euclid(step))
 }
 
+/// Limits a reporting transaction to one site by row-level security: the role whose policies
+/// filter on `app.report_site`, both transaction-local (safe behind PgBouncer).
+pub async fn scope_to_site(
+    tx: &mut Transaction<'static, Postgres>,
+    site: &SiteId,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SET LOCAL ROLE mes_reporting_site")
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("SELECT set_config('app.report_site', $1, true)")
+        .bind(site.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// A read transaction on the reporting connection; a site-scoped token's transaction is
 /// limited to its site by row-level security as well.
 async fn read_tx(pool: &PgPool, scope: &Scope) -> Result<Transaction<'static, Postgres>, ApiError> {
     let mut tx = pool.begin().await.map_err(ApiError::internal)?;
     if let Some(site) = &scope.site {
-        sqlx::query("SELECT set_config('app.report_site', $1, true)")
-            .bind(site.as_str())
-            .execute(&mut *tx)
+        scope_to_site(&mut tx, site)
             .await
             .map_err(ApiError::internal)?;
     }

@@ -134,7 +134,7 @@ ppt AS MATERIALIZED (
     SELECT s.site_id, e.equipment, s.hour, s.us
     FROM sched s JOIN equipment_seen e ON e.site_id = s.site_id AND e.first_hour <= s.hour
 ),
-openiv AS (
+openiv AS MATERIALIZED (
     SELECT c.site_id, c.equipment, h AS hour, c.state, coalesce(c.reason, '') AS reason,
            (c.state <> 'running' AND now() - c.at < interval '120 seconds') AS small,
            mes_overlap_us(c.at, now(), h, h + interval '1 hour') AS us,
@@ -144,21 +144,21 @@ openiv AS (
                          least(now(), b.hi), interval '1 hour') h
     WHERE c.at < now() AND h >= b.lo AND h < b.hi AND h < now()
 ),
-stt AS (
+stt AS MATERIALIZED (
     SELECT x.site_id, x.equipment, x.hour, x.state, x.reason, x.small, x.micros AS us, x.starts
     FROM state_hourly x JOIN b ON b.site_id = x.site_id
     WHERE x.hour >= b.lo AND x.hour < b.hi
     UNION ALL
     SELECT site_id, equipment, hour, state, reason, small, us, starts FROM openiv
 ),
-stops AS (
+stops AS MATERIALIZED (
     SELECT t.site_id, t.equipment, t.hour, sum(t.us) AS us
     FROM stt t LEFT JOIN md_reasons r ON r.code = t.reason
     WHERE t.state NOT IN ('running', 'planned_stop') AND NOT t.small
       AND (t.reason = '' OR coalesce(r.counts_against_availability, true))
     GROUP BY 1, 2, 3
 ),
-stopc AS (
+stopc AS MATERIALIZED (
     SELECT st.site_id, st.equipment, st.hour, least(st.us, coalesce(p.us, 0)) AS us
     FROM stops st LEFT JOIN ppt p
       ON p.site_id = st.site_id AND p.equipment = st.equipment AND p.hour = st.hour
@@ -167,7 +167,7 @@ stopc AS (
 /// Production rows in the range with the ideal time of their counts.
 const PROD_CTES: &str = "
 ideal AS MATERIALIZED (SELECT * FROM md_ideal),
-prod AS (
+prod AS MATERIALIZED (
     SELECT p.site_id, p.equipment, p.hour, p.work_order, p.scrap_reason, p.good, p.scrap,
            wo.material,
            (p.good + p.scrap)::numeric * coalesce(i.ideal_ms, 0) * 1000 AS ideal_us
@@ -250,7 +250,7 @@ pub async fn oee(
     let k = keys(&query.groups, "NULL::text", "x.hour");
     let sql = format!(
         "WITH {BOUNDS}, {SHIFTS}, {TIME_CTES}, {PROD_CTES},
-         u AS (
+         u AS MATERIALIZED (
             SELECT site_id, equipment, hour, us::numeric AS ppt, 0::numeric AS stop, 0::numeric AS ideal,
                    0::bigint AS good, 0::bigint AS scrap FROM ppt
             UNION ALL SELECT site_id, equipment, hour, 0, us, 0, 0, 0 FROM stopc

@@ -349,7 +349,11 @@ async fn main() -> anyhow::Result<()> {
     let pg = server().await;
     let (db, fresh) = match &args.database {
         Some(name) => (pg.database(name), false),
-        None => (pg.fresh_database().await, true),
+        None => (
+            pg.named_database(&format!("mes_bench_reports_{}", std::process::id()))
+                .await,
+            true,
+        ),
     };
     if fresh {
         db.migrate().await;
