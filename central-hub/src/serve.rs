@@ -285,6 +285,11 @@ async fn metrics_text(State(s): State<HttpState>) -> impl IntoResponse {
             &r.cache_misses,
         ),
         (
+            "mes_report_cache_stale_total",
+            "Cached reports served past their TTL while one request refreshed them.",
+            &r.cache_stale,
+        ),
+        (
             "mes_rate_limited_total",
             "API requests refused with 429.",
             &r.rate_limited,

@@ -548,3 +548,36 @@ async fn corrections_replace_the_corrected_event_in_place() {
     assert_eq!(v["rows"][0]["stops"], 1);
     hub.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_default_range_is_served_stale_while_one_request_refreshes_it() {
+    let h = hq("stale", &[("SITE_A", "UTC")]).await;
+    let hub = h
+        .hub(ReportSettings {
+            cache_ttl: Duration::from_secs(1),
+            ..ReportSettings::default()
+        })
+        .await;
+    let base = format!("http://{}", hub.http_addr);
+    let http = reqwest::Client::new();
+    let reader = h.token("hq:read", None).await;
+    let path = "/api/v1/reports/production?group_by=site";
+    let (_, _, first) = get(&http, &base, &reader, path).await;
+    assert_eq!(first["x-cache"], "miss");
+    let (_, _, second) = get(&http, &base, &reader, path).await;
+    assert_eq!(second["x-cache"], "hit");
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let (status, _, third) = get(&http, &base, &reader, path).await;
+    assert_eq!((status, third["x-cache"].to_str().unwrap()), (200, "stale"));
+    // The background refresh lands; the entry is fresh again.
+    let start = Instant::now();
+    loop {
+        let (_, _, h) = get(&http, &base, &reader, path).await;
+        if h["x-cache"] == "hit" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "never refreshed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    hub.stop().await.unwrap();
+}

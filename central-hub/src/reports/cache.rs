@@ -32,6 +32,7 @@ pub const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 pub struct ReportMetrics {
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
+    pub cache_stale: AtomicU64,
     pub rate_limited: AtomicU64,
     pub redis_errors: AtomicU64,
 }
@@ -140,6 +141,25 @@ pub async fn listen(
 pub struct Cached {
     pub content_type: String,
     pub body: Vec<u8>,
+    /// When it was computed (Unix milliseconds): entries older than the TTL are served stale
+    /// while one request recomputes them.
+    pub computed_ms: i64,
+}
+
+/// How many TTLs an entry may be served stale (while a refresh runs) before a request waits.
+pub const STALE_TTLS: u32 = 6;
+
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Cached {
+    pub fn age(&self) -> Duration {
+        Duration::from_millis(u64::try_from(unix_ms() - self.computed_ms).unwrap_or(0))
+    }
 }
 
 enum Backend {
@@ -304,7 +324,7 @@ impl Shared {
         match &self.backend {
             Backend::Local(m) => m.lock().ok().and_then(|m| {
                 m.get(key)
-                    .filter(|(at, _)| at.elapsed() < self.ttl)
+                    .filter(|(at, _)| at.elapsed() < self.ttl * STALE_TTLS)
                     .map(|(_, c)| c.clone())
             }),
             Backend::Redis(conn) => {
@@ -331,8 +351,8 @@ impl Shared {
             Backend::Local(m) => {
                 if let Ok(mut m) = m.lock() {
                     if m.len() >= LOCAL_ENTRIES_MAX {
-                        let ttl = self.ttl;
-                        m.retain(|_, (at, _)| at.elapsed() < ttl);
+                        let keep = self.ttl * STALE_TTLS;
+                        m.retain(|_, (at, _)| at.elapsed() < keep);
                         if m.len() >= LOCAL_ENTRIES_MAX {
                             m.clear();
                         }
@@ -343,7 +363,7 @@ impl Shared {
             Backend::Redis(conn) => {
                 let mut conn = conn.clone();
                 let k = format!("mes:report:{}", digest(key));
-                let secs = self.ttl.as_secs().max(1);
+                let secs = (self.ttl * STALE_TTLS).as_secs().max(1);
                 let r = tokio::time::timeout(
                     REDIS_TIMEOUT,
                     conn.set_ex::<_, _, ()>(&k, encode_entry(value), secs),
@@ -414,18 +434,20 @@ impl Shared {
 }
 
 fn encode_entry(c: &Cached) -> Vec<u8> {
-    let mut out = Vec::with_capacity(c.content_type.len() + 1 + c.body.len());
-    out.extend_from_slice(c.content_type.as_bytes());
-    out.push(b'\n');
+    let head = format!("{}\n{}\n", c.computed_ms, c.content_type);
+    let mut out = Vec::with_capacity(head.len() + c.body.len());
+    out.extend_from_slice(head.as_bytes());
     out.extend_from_slice(&c.body);
     out
 }
 
 fn decode_entry(bytes: &[u8]) -> Option<Cached> {
     let i = bytes.iter().position(|b| *b == b'\n')?;
+    let j = i + 1 + bytes[i + 1..].iter().position(|b| *b == b'\n')?;
     Some(Cached {
-        content_type: String::from_utf8(bytes[..i].to_vec()).ok()?,
-        body: bytes[i + 1..].to_vec(),
+        computed_ms: std::str::from_utf8(&bytes[..i]).ok()?.parse().ok()?,
+        content_type: String::from_utf8(bytes[i + 1..j].to_vec()).ok()?,
+        body: bytes[j + 1..].to_vec(),
     })
 }
 
@@ -470,9 +492,11 @@ mod tests {
         let entry = Cached {
             content_type: "text/csv".into(),
             body: b"a\nb".to_vec(),
+            computed_ms: 1_795_000_000_000,
         };
         let back = decode_entry(&encode_entry(&entry)).unwrap();
         assert_eq!(back.body, entry.body);
         assert_eq!(back.content_type, "text/csv");
+        assert_eq!(back.computed_ms, 1_795_000_000_000);
     }
 }

@@ -77,13 +77,6 @@ fn wants_csv(headers: &HeaderMap) -> bool {
         .is_some_and(|a| a.contains("text/csv"))
 }
 
-/// "Now" rounded down to the cache TTL, so that requests with a default range share entries.
-fn rounded_now(ttl: std::time::Duration) -> Timestamp {
-    let now = now();
-    let step = i64::try_from(ttl.as_micros()).unwrap_or(1).max(1_000_000);
-    Timestamp::from_micros(now.as_micros() - now.as_micros().rem_euclid(step))
-}
-
 /// Limits a reporting transaction to one site by row-level security: the role whose policies
 /// filter on `app.report_site`, both transaction-local (safe behind PgBouncer).
 pub async fn scope_to_site(
@@ -143,15 +136,13 @@ async fn resolve_sites(
     Ok(out)
 }
 
-fn respond(c: Cached, hit: bool) -> Response {
+fn respond(c: Cached, how: &'static str) -> Response {
     let mut r = (StatusCode::OK, c.body).into_response();
     if let Ok(v) = HeaderValue::from_str(&c.content_type) {
         r.headers_mut().insert(header::CONTENT_TYPE, v);
     }
-    r.headers_mut().insert(
-        "x-cache",
-        HeaderValue::from_static(if hit { "hit" } else { "miss" }),
-    );
+    r.headers_mut()
+        .insert("x-cache", HeaderValue::from_static(how));
     r
 }
 
@@ -477,6 +468,7 @@ fn render(report: &str, q: &Query, sites: &[String], t: Table) -> Cached {
         Format::Csv => Cached {
             content_type: "text/csv; charset=utf-8".into(),
             body: csv(&t.columns, &t.rows),
+            computed_ms: cache::unix_ms(),
         },
         Format::Json => {
             let rows: Vec<Value> = t
@@ -504,6 +496,7 @@ fn render(report: &str, q: &Query, sites: &[String], t: Table) -> Cached {
             Cached {
                 content_type: "application/json".into(),
                 body: serde_json::to_vec(&body).unwrap_or_default(),
+                computed_ms: cache::unix_ms(),
             }
         }
     }
@@ -536,39 +529,78 @@ pub async fn report(
         )
     })?;
     let ctx = &state.reports;
-    let q = params::parse(
-        Some(report),
-        raw.as_deref(),
-        wants_csv(&headers),
-        rounded_now(ctx.shared.ttl),
-    )
-    .map_err(bad)?;
+    let q = params::parse(Some(report), raw.as_deref(), wants_csv(&headers), now()).map_err(bad)?;
     let pool = read_pool(&state)?;
     let sites = resolve_sites(pool, &scope, &q.sites).await?;
+    let logical = format!(
+        "{}|{:?}|{}",
+        report.as_str(),
+        scope.site,
+        q.cache_key(&sites)
+    );
     let key = ctx
         .shared
         .versions_key(&sites)
         .await
-        .map(|v| format!("{}|{:?}|{:?}|{v}", report.as_str(), scope.site, q));
-    if let Some(key) = &key
-        && let Some(c) = ctx.cached(key).await
-    {
-        return Ok(respond(c, true));
-    }
-    let flight = key.as_deref().map(|k| ctx.flight(k));
-    let _computing = match &flight {
-        Some(f) => Some(f.lock().await),
-        None => None,
+        .map(|v| format!("{logical}|{v}"));
+    let Some(key) = key else {
+        // Redis cannot tell the data versions: answer uncached rather than risk stale data.
+        let rendered = compute_report(&state, &scope, report, &sites, &q).await?;
+        return Ok(respond(rendered, "miss"));
     };
-    // Whoever held the lock before us may have filled the entry.
-    if flight.is_some()
-        && let Some(key) = &key
-        && let Some(c) = ctx.shared.peek(key).await
-    {
-        return Ok(respond(c, true));
+    if let Some(c) = ctx.cached(&key).await {
+        if c.age() < ctx.shared.ttl {
+            return Ok(respond(c, "hit"));
+        }
+        // Only "now" moved since it was computed (the data versions are in the key): serve it
+        // and let one request recompute it in the background.
+        let flight = ctx.flight(&key);
+        if let Ok(guard) = flight.try_lock_owned() {
+            let (state, scope, sites, q, key) = (
+                state.clone(),
+                scope.clone(),
+                sites.clone(),
+                q.clone(),
+                key.clone(),
+            );
+            tokio::spawn(async move {
+                let _guard = guard;
+                match compute_report(&state, &scope, report, &sites, &q).await {
+                    Ok(fresh) => state.reports.shared.put(&key, &fresh).await,
+                    Err(e) => tracing::warn!(?e, "refreshing a cached report failed"),
+                }
+            });
+        }
+        ctx.shared
+            .metrics
+            .cache_stale
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Ok(respond(c, "stale"));
     }
-    let mut tx = read_tx(pool, &scope).await?;
-    let table = compute(report, &mut tx, &sites, &q)
+    let flight = ctx.flight(&key);
+    let _computing = flight.lock().await;
+    // Whoever held the lock before us may have filled the entry.
+    if let Some(c) = ctx.shared.peek(&key).await
+        && c.age() < ctx.shared.ttl
+    {
+        return Ok(respond(c, "hit"));
+    }
+    let rendered = compute_report(&state, &scope, report, &sites, &q).await?;
+    ctx.shared.put(&key, &rendered).await;
+    Ok(respond(rendered, "miss"))
+}
+
+/// Computes a report from the rollups and renders it.
+async fn compute_report(
+    state: &ApiState,
+    scope: &Scope,
+    report: Report,
+    sites: &[String],
+    q: &Query,
+) -> Result<Cached, ApiError> {
+    let pool = read_pool(state)?;
+    let mut tx = read_tx(pool, scope).await?;
+    let table = compute(report, &mut tx, sites, q)
         .await
         .map_err(ApiError::internal)?;
     let _ = tx.commit().await;
@@ -582,11 +614,7 @@ pub async fn report(
             ),
         ));
     }
-    let rendered = render(report.as_str(), &q, &sites, table);
-    if let Some(key) = &key {
-        ctx.shared.put(key, &rendered).await;
-    }
-    Ok(respond(rendered, false))
+    Ok(render(report.as_str(), q, sites, table))
 }
 
 /// Longest lot id accepted in a path.
@@ -619,7 +647,7 @@ pub async fn genealogy(
     if let Some(key) = &key
         && let Some(c) = ctx.cached(key).await
     {
-        return Ok(respond(c, true));
+        return Ok(respond(c, "hit"));
     }
     let mut tx = read_tx(pool, &scope).await?;
     let g = sql::genealogy(&mut tx, &lot, q.direction)
@@ -666,6 +694,7 @@ pub async fn genealogy(
         Format::Csv => Cached {
             content_type: "text/csv; charset=utf-8".into(),
             body: csv(&edge_columns, &edge_rows),
+            computed_ms: cache::unix_ms(),
         },
         Format::Json => {
             let mut nodes = vec![json!({"lot": lot, "material": g.root_material, "depth": 0})];
@@ -699,13 +728,14 @@ pub async fn genealogy(
                     "truncated": g.edges.len() as i64 >= sql::GENEALOGY_EDGES_MAX,
                 }))
                 .unwrap_or_default(),
+                computed_ms: cache::unix_ms(),
             }
         }
     };
     if let Some(key) = &key {
         ctx.shared.put(key, &rendered).await;
     }
-    Ok(respond(rendered, false))
+    Ok(respond(rendered, "miss"))
 }
 
 /// `GET /api/v1/openapi.json`

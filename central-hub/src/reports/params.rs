@@ -172,6 +172,33 @@ pub struct Query {
     pub format: Format,
     pub include_planned: bool,
     pub direction: Direction,
+    /// Whether `from` / `to` were given; a default is relative to now.
+    pub from_given: bool,
+    pub to_given: bool,
+}
+
+impl Query {
+    /// What identifies the answer in a cache: the query with defaulted bounds written as
+    /// "now" (such an answer is relative to when it was computed), and the sites resolved.
+    pub fn cache_key(&self, sites: &[String]) -> String {
+        let bound = |given: bool, b: Bound, default: &str| {
+            if given {
+                b.to_json()
+            } else {
+                default.to_owned()
+            }
+        };
+        format!(
+            "{}..{}|{}|{:?}|{:?}|{}|{:?}",
+            bound(self.from_given, self.from, "now-7d"),
+            bound(self.to_given, self.to, "now"),
+            sites.join(","),
+            self.groups,
+            self.format,
+            self.include_planned,
+            self.direction
+        )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -308,6 +335,7 @@ pub fn parse(
             }
         }
     }
+    let (from_given, to_given) = (from.is_some(), to.is_some());
     let to = to.unwrap_or(Bound::Instant(now));
     let from = match from {
         Some(f) => f,
@@ -337,6 +365,8 @@ pub fn parse(
         format,
         include_planned,
         direction,
+        from_given,
+        to_given,
     })
 }
 
