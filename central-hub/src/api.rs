@@ -266,11 +266,27 @@ async fn list_work_orders(
     State(state): State<ApiState>,
     Extension(scope): Extension<Scope>,
     axum::extract::RawQuery(raw): axum::extract::RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    let key = format!(
+        "api-work-orders|{:?}|{}",
+        scope.site,
+        raw.as_deref().unwrap_or("")
+    );
+    crate::reports::micro_cached(&state.reports, &key, MICRO_CACHE_AGE, async {
+        work_orders_uncached(&state, &scope, raw.as_deref()).await
+    })
+    .await
+}
+
+async fn work_orders_uncached(
+    state: &ApiState,
+    scope: &Scope,
+    raw: Option<&str>,
+) -> Result<Value, ApiError> {
     let mut sites: Vec<String> = Vec::new();
     let mut open_only = true;
     let mut limit: i64 = 100;
-    for (k, v) in form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes()) {
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         match &*k {
             "site" => {
                 for s in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -319,7 +335,7 @@ async fn list_work_orders(
     {
         sites.push(own.as_str().to_owned());
     }
-    let pool = read_pool(&state)?;
+    let pool = read_pool(state)?;
     let mut tx = pool.begin().await.map_err(ApiError::internal)?;
     if let Some(own) = &scope.site {
         crate::reports::scope_to_site(&mut tx, own)
@@ -364,7 +380,7 @@ async fn list_work_orders(
             })
         })
         .collect();
-    Ok(Json(json!({ "work_orders": orders })))
+    Ok(json!({ "work_orders": orders }))
 }
 
 fn read_pool(state: &ApiState) -> Result<&PgPool, ApiError> {
@@ -385,10 +401,23 @@ fn ts_json(t: Option<time::OffsetDateTime>) -> Value {
     .map_or(Value::Null, Value::String)
 }
 
+/// `GET /api/v1/sites`, answered from a one-second micro-cache: a wall of dashboards must not
+/// turn into a query per request, and sync status a second old is still news.
 async fn sites(
     State(state): State<ApiState>,
     Extension(scope): Extension<Scope>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    let key = format!("api-sites|{:?}", scope.site);
+    crate::reports::micro_cached(&state.reports, &key, MICRO_CACHE_AGE, async {
+        sites_uncached(&state, &scope).await
+    })
+    .await
+}
+
+/// How old a micro-cached answer (`/sites`, `/work-orders`) may be.
+pub const MICRO_CACHE_AGE: Duration = Duration::from_secs(1);
+
+async fn sites_uncached(state: &ApiState, scope: &Scope) -> Result<Value, ApiError> {
     let rows = sqlx::query(
         "SELECT s.site_id, s.name, s.region, s.timezone, s.connected, s.last_seen_at,
                 s.agent_version, s.down_acked, s.revoked_at IS NOT NULL AS revoked,
@@ -399,7 +428,7 @@ async fn sites(
                 s.last_event_at
          FROM sites s ORDER BY s.site_id",
     )
-    .fetch_all(read_pool(&state)?)
+    .fetch_all(read_pool(state)?)
     .await
     .map_err(ApiError::internal)?;
     let sites: Vec<Value> = rows
@@ -430,7 +459,7 @@ async fn sites(
             })
         })
         .collect();
-    Ok(Json(json!({ "sites": sites })))
+    Ok(json!({ "sites": sites }))
 }
 
 #[derive(Debug, Deserialize)]

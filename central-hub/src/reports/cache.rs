@@ -140,7 +140,8 @@ pub async fn listen(
 #[derive(Debug, Clone)]
 pub struct Cached {
     pub content_type: String,
-    pub body: Vec<u8>,
+    /// Shared, so a cache hit does not copy the body.
+    pub body: bytes::Bytes,
     /// When it was computed (Unix milliseconds): entries older than the TTL are served stale
     /// while one request recomputes them.
     pub computed_ms: i64,
@@ -447,7 +448,7 @@ fn decode_entry(bytes: &[u8]) -> Option<Cached> {
     Some(Cached {
         computed_ms: std::str::from_utf8(&bytes[..i]).ok()?.parse().ok()?,
         content_type: String::from_utf8(bytes[i + 1..j].to_vec()).ok()?,
-        body: bytes[j + 1..].to_vec(),
+        body: bytes::Bytes::copy_from_slice(&bytes[j + 1..]),
     })
 }
 
@@ -491,7 +492,7 @@ mod tests {
         );
         let entry = Cached {
             content_type: "text/csv".into(),
-            body: b"a\nb".to_vec(),
+            body: bytes::Bytes::from_static(b"a\nb"),
             computed_ms: 1_795_000_000_000,
         };
         let back = decode_entry(&encode_entry(&entry)).unwrap();

@@ -28,7 +28,12 @@ pub struct ReportCtx {
     /// One computation per cache key at a time: when an entry expires under load, the
     /// requests that miss together wait for the first one instead of all querying.
     inflight: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The registered sites, read at most every [`SITES_TTL`]: every report names them.
+    sites: std::sync::Mutex<Option<(std::time::Instant, Arc<Vec<String>>)>>,
 }
+
+/// How long the list of registered sites is reused (a new site shows up in reports after it).
+pub const SITES_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Most distinct keys being computed at once before the single-flight table is trimmed.
 const INFLIGHT_MAX: usize = 10_000;
@@ -38,7 +43,26 @@ impl ReportCtx {
         Self {
             shared,
             inflight: std::sync::Mutex::default(),
+            sites: std::sync::Mutex::default(),
         }
+    }
+
+    async fn known_sites(&self, pool: &PgPool) -> Result<Arc<Vec<String>>, ApiError> {
+        if let Ok(g) = self.sites.lock()
+            && let Some((at, list)) = g.as_ref()
+            && at.elapsed() < SITES_TTL
+        {
+            return Ok(list.clone());
+        }
+        let list: Vec<String> = sqlx::query_scalar("SELECT site_id FROM sites ORDER BY site_id")
+            .fetch_all(pool)
+            .await
+            .map_err(ApiError::internal)?;
+        let list = Arc::new(list);
+        if let Ok(mut g) = self.sites.lock() {
+            *g = Some((std::time::Instant::now(), list.clone()));
+        }
+        Ok(list)
     }
 
     /// The lock that serializes computations of `key`.
@@ -108,18 +132,22 @@ async fn read_tx(pool: &PgPool, scope: &Scope) -> Result<Transaction<'static, Po
 /// The sites a request covers: those it names (each must exist and be visible to the token),
 /// else every site the token may see.
 async fn resolve_sites(
+    ctx: &ReportCtx,
     pool: &PgPool,
     scope: &Scope,
     asked: &[SiteId],
 ) -> Result<Vec<String>, ApiError> {
-    let known: Vec<String> = sqlx::query_scalar("SELECT site_id FROM sites ORDER BY site_id")
-        .fetch_all(pool)
-        .await
-        .map_err(ApiError::internal)?;
+    let known = ctx.known_sites(pool).await?;
     if asked.is_empty() {
         return Ok(known
-            .into_iter()
-            .filter(|s| scope.site.as_ref().is_none_or(|own| own.as_str() == s))
+            .iter()
+            .filter(|s| {
+                scope
+                    .site
+                    .as_ref()
+                    .is_none_or(|own| own.as_str() == s.as_str())
+            })
+            .cloned()
             .collect());
     }
     let mut out = Vec::with_capacity(asked.len());
@@ -467,7 +495,7 @@ fn render(report: &str, q: &Query, sites: &[String], t: Table) -> Cached {
     match q.format {
         Format::Csv => Cached {
             content_type: "text/csv; charset=utf-8".into(),
-            body: csv(&t.columns, &t.rows),
+            body: csv(&t.columns, &t.rows).into(),
             computed_ms: cache::unix_ms(),
         },
         Format::Json => {
@@ -495,7 +523,7 @@ fn render(report: &str, q: &Query, sites: &[String], t: Table) -> Cached {
             });
             Cached {
                 content_type: "application/json".into(),
-                body: serde_json::to_vec(&body).unwrap_or_default(),
+                body: serde_json::to_vec(&body).unwrap_or_default().into(),
                 computed_ms: cache::unix_ms(),
             }
         }
@@ -531,7 +559,7 @@ pub async fn report(
     let ctx = &state.reports;
     let q = params::parse(Some(report), raw.as_deref(), wants_csv(&headers), now()).map_err(bad)?;
     let pool = read_pool(&state)?;
-    let sites = resolve_sites(pool, &scope, &q.sites).await?;
+    let sites = resolve_sites(ctx, pool, &scope, &q.sites).await?;
     let logical = format!(
         "{}|{:?}|{}",
         report.as_str(),
@@ -637,7 +665,7 @@ pub async fn genealogy(
     let ctx = &state.reports;
     let q = params::parse(None, raw.as_deref(), wants_csv(&headers), now()).map_err(bad)?;
     let pool = read_pool(&state)?;
-    let all_sites = resolve_sites(pool, &scope, &[]).await?;
+    let all_sites = resolve_sites(ctx, pool, &scope, &[]).await?;
     let key = ctx.shared.versions_key(&all_sites).await.map(|v| {
         format!(
             "genealogy|{lot}|{:?}|{:?}|{:?}|{v}",
@@ -693,7 +721,7 @@ pub async fn genealogy(
     let rendered = match q.format {
         Format::Csv => Cached {
             content_type: "text/csv; charset=utf-8".into(),
-            body: csv(&edge_columns, &edge_rows),
+            body: csv(&edge_columns, &edge_rows).into(),
             computed_ms: cache::unix_ms(),
         },
         Format::Json => {
@@ -727,7 +755,8 @@ pub async fn genealogy(
                     "lot": lot, "direction": direction, "nodes": nodes, "edges": edges,
                     "truncated": g.edges.len() as i64 >= sql::GENEALOGY_EDGES_MAX,
                 }))
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                .into(),
                 computed_ms: cache::unix_ms(),
             }
         }
@@ -736,6 +765,40 @@ pub async fn genealogy(
         ctx.shared.put(key, &rendered).await;
     }
     Ok(respond(rendered, "miss"))
+}
+
+/// Answers from the cache when an entry for `key` is younger than `max_age`, else computes
+/// it once (concurrent requests wait for that one) and caches it. For small, hot, uncached
+/// answers (`/sites`, `/work-orders`) where a second of staleness is harmless.
+pub async fn micro_cached<F>(
+    ctx: &ReportCtx,
+    key: &str,
+    max_age: std::time::Duration,
+    compute: F,
+) -> Result<Response, ApiError>
+where
+    F: std::future::Future<Output = Result<Value, ApiError>>,
+{
+    if let Some(c) = ctx.shared.peek(key).await
+        && c.age() < max_age
+    {
+        return Ok(respond(c, "hit"));
+    }
+    let flight = ctx.flight(key);
+    let _computing = flight.lock().await;
+    if let Some(c) = ctx.shared.peek(key).await
+        && c.age() < max_age
+    {
+        return Ok(respond(c, "hit"));
+    }
+    let value = compute.await?;
+    let c = Cached {
+        content_type: "application/json".into(),
+        body: serde_json::to_vec(&value).unwrap_or_default().into(),
+        computed_ms: cache::unix_ms(),
+    };
+    ctx.shared.put(key, &c).await;
+    Ok(respond(c, "miss"))
 }
 
 /// `GET /api/v1/openapi.json`
