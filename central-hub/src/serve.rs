@@ -85,6 +85,22 @@ struct HttpState {
     reports: Arc<crate::reports::ReportCtx>,
 }
 
+/// Pending connections the HTTP listener queues: a wall of dashboards reconnecting at once
+/// (thousands) must not overflow it into SYN retries of seconds. The kernel caps it at
+/// `net.core.somaxconn`.
+pub const HTTP_BACKLOG: u32 = 4096;
+
+fn http_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(HTTP_BACKLOG)
+}
+
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let pool = crate::db::connect(&config.database_url)
         .await
@@ -94,8 +110,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let endpoint = sync::endpoint(&ca, &config.server_names, config.quic_listen)
         .context("starting the QUIC endpoint")?;
     let quic_addr = endpoint.local_addr().context("QUIC address")?;
-    let listener = tokio::net::TcpListener::bind(config.http_listen)
-        .await
+    let listener = http_listener(config.http_listen)
         .with_context(|| format!("binding {}", config.http_listen))?;
     let http_addr = listener.local_addr().context("HTTP address")?;
     let metrics = Arc::new(SyncMetrics::default());

@@ -20,7 +20,7 @@ fn bench_reports_quick_mode_runs_without_errors() {
     );
     let load = stdout
         .lines()
-        .find(|l| l.starts_with("load: "))
+        .find(|l| l.starts_with("load ("))
         .unwrap_or_else(|| panic!("no load figures:\n{stdout}"));
     assert!(!load.contains(": 0 requests"), "{load}");
     assert!(

@@ -31,6 +31,9 @@ use system_tests::pg::server;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 struct Args {
+    /// Offered load in requests per second over all connections (open loop); 0 = closed loop
+    /// (every connection sends its next request as soon as the last one is answered).
+    rate: f64,
     events: u64,
     sites: usize,
     connections: usize,
@@ -40,6 +43,7 @@ struct Args {
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut a = Args {
+        rate: 10_000.0,
         events: 10_000_000,
         sites: 30,
         connections: 6_000,
@@ -55,11 +59,13 @@ fn parse_args() -> anyhow::Result<Args> {
             "--connections" => a.connections = value()?.parse()?,
             "--seconds" => a.seconds = value()?.parse::<u64>()?.clamp(1, 600),
             "--database" => a.database = Some(value()?),
+            "--rate" => a.rate = value()?.parse::<f64>()?.clamp(0.0, 1e6),
             "--quick" => {
                 a.events = 50_000;
                 a.sites = 3;
                 a.connections = 200;
                 a.seconds = 3;
+                a.rate = 1_000.0;
             }
             other => bail!(
                 "unknown argument {other}; use --events N --sites N --connections N --seconds N --database NAME --quick"
@@ -251,32 +257,66 @@ async fn load(
     Ok(())
 }
 
-/// One keep-alive HTTP/1.1 connection: sends `paths` round-robin until `deadline`.
+/// One keep-alive HTTP/1.1 connection: sends `paths` round-robin until `deadline`. Open loop
+/// (`rate` > 0): its k-th request is due at `start_at + (offset + k·n) / rate`, and latency is
+/// measured from that due time, so a slow answer delays (and is charged to) the next ones
+/// instead of hiding them (no coordinated omission). Closed loop: back to back.
+#[allow(clippy::too_many_arguments)] // one connection's whole brief, called once
 async fn connection(
     addr: std::net::SocketAddr,
     paths: Arc<Vec<(String, String)>>,
     offset: usize,
-    start_at: Instant,
-    deadline: Instant,
+    n: usize,
+    rate: f64,
+    connecting: Arc<tokio::sync::Semaphore>,
+    opened: Arc<std::sync::atomic::AtomicUsize>,
+    mut start: tokio::sync::watch::Receiver<Option<Instant>>,
+    run_for: Duration,
 ) -> (Vec<u32>, BTreeMap<u16, u64>) {
+    let fallback = Instant::now();
     let mut lat = Vec::new();
     let mut errors = BTreeMap::new();
-    let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+    let stream = {
+        // Connections open a few hundred at a time, as browsers of a plant would.
+        let _permit = connecting.acquire().await;
+        tokio::net::TcpStream::connect(addr).await
+    };
+    let Ok(stream) = stream else {
         errors.insert(0, 1);
         return (lat, errors);
     };
     // Every connection is open before the clock starts.
-    tokio::time::sleep_until(start_at.into()).await;
+    opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let Ok(start_at) = start
+        .wait_for(|s| s.is_some())
+        .await
+        .map(|s| s.unwrap_or(fallback))
+    else {
+        return (lat, errors);
+    };
+    let deadline = start_at + run_for;
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     let mut i = offset;
+    let mut k: u64 = 0;
     let mut line = String::new();
     while Instant::now() < deadline {
         let (path, token) = &paths[i % paths.len()];
         i += 1;
         let req =
             format!("GET {path} HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {token}\r\n\r\n");
-        let t = Instant::now();
+        let t = if rate > 0.0 {
+            let due =
+                start_at + Duration::from_secs_f64((offset as f64 + (k * n as u64) as f64) / rate);
+            k += 1;
+            if due >= deadline {
+                break;
+            }
+            tokio::time::sleep_until(due.into()).await;
+            due
+        } else {
+            Instant::now()
+        };
         if w.write_all(req.as_bytes()).await.is_err() {
             *errors.entry(0).or_default() += 1;
             break;
@@ -446,18 +486,38 @@ async fn main() -> anyhow::Result<()> {
     let hits0 = metric(&base, "mes_report_cache_hits_total").await?;
     let misses0 = metric(&base, "mes_report_cache_misses_total").await?;
     let paths = Arc::new(paths);
-    let start_at = Instant::now() + Duration::from_millis(500 + args.connections as u64 / 2);
-    let deadline = start_at + Duration::from_secs(args.seconds);
+    let connecting = Arc::new(tokio::sync::Semaphore::new(256));
+    let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (start_tx, start_rx) = tokio::sync::watch::channel(None);
+    let run_for = Duration::from_secs(args.seconds);
     let mut tasks = Vec::with_capacity(args.connections);
     for c in 0..args.connections {
         tasks.push(tokio::spawn(connection(
             hub.http_addr,
             paths.clone(),
             c,
-            start_at,
-            deadline,
+            args.connections,
+            args.rate,
+            connecting.clone(),
+            opened.clone(),
+            start_rx.clone(),
+            run_for,
         )));
     }
+    let t_open = Instant::now();
+    while opened.load(std::sync::atomic::Ordering::Relaxed) < args.connections
+        && t_open.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "{} of {} connections open in {:.1} s",
+        opened.load(std::sync::atomic::Ordering::Relaxed),
+        args.connections,
+        t_open.elapsed().as_secs_f64()
+    );
+    let start_at = Instant::now() + Duration::from_millis(200);
+    let _ = start_tx.send(Some(start_at));
     let mut lat = Vec::new();
     let mut errors: BTreeMap<u16, u64> = BTreeMap::new();
     for t in tasks {
@@ -471,8 +531,13 @@ async fn main() -> anyhow::Result<()> {
     lat.sort_unstable();
     let hits = metric(&base, "mes_report_cache_hits_total").await? - hits0;
     let misses = metric(&base, "mes_report_cache_misses_total").await? - misses0;
+    let mode = if args.rate > 0.0 {
+        format!("open loop, {:.0} req/s offered", args.rate)
+    } else {
+        "closed loop".to_owned()
+    };
     println!(
-        "load: {} connections for {} s: {} requests = {:.0} req/s; latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "load ({mode}): {} connections for {} s: {} requests = {:.0} req/s; latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         args.connections,
         args.seconds,
         lat.len(),
