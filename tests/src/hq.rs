@@ -262,3 +262,26 @@ pub async fn seed_worked_example(h: &Hq, http: &reqwest::Client, base: &str, wri
     h.store.ingest_events(&site, &events[..60]).await.unwrap();
     h.store.ingest_events(&site, &events[40..]).await.unwrap();
 }
+
+/// Requests `path` until the hub answers it with `X-Cache: want` (bounded: 5 s); returns that
+/// answer's body. Cache changes are asynchronous (a NOTIFY, a background refresh).
+pub async fn wait_for_x_cache(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    path: &str,
+    want: &str,
+) -> Value {
+    let start = std::time::Instant::now();
+    loop {
+        let (_, v, headers) = get(http, base, token, path).await;
+        if headers["x-cache"] == want {
+            return v;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "{path} never answered with X-Cache: {want}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -6,14 +6,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use central_hub::serve::{self, ReportSettings, ServeConfig};
 use serde_json::{Value, json};
 use shared_model::event::{MachineState, ProductionCount};
 use shared_model::{EquipmentId, Event, EventBody, SiteId};
 use sync_protocol::store::HubStore;
-use system_tests::hq::{close, count, event, get, hq, put_master, seed_worked_example, state, t};
+use system_tests::hq::{
+    close, count, event, get, hq, put_master, seed_worked_example, state, t, wait_for_x_cache,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worked_example_cache_csv_errors_and_scopes() {
@@ -79,19 +81,11 @@ async fn worked_example_cache_csv_errors_and_scopes() {
         )
         .await
         .unwrap();
-    let start = Instant::now();
-    loop {
-        let (_, v2, headers) = get(&http, &base, &reader, path).await;
-        if headers["x-cache"] == "miss" {
-            assert_eq!(v2["rows"][0]["good"], 10_594);
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "ingest did not invalidate the cache"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let v2 = wait_for_x_cache(&http, &base, &reader, path, "miss").await;
+    assert_eq!(
+        v2["rows"][0]["good"], 10_594,
+        "the recomputed answer has the new count"
+    );
 
     // Shift and day groups in the site's zone; CSV by parameter and by Accept.
     let (_, v, _) = get(&http, &base, &reader,
@@ -360,18 +354,8 @@ async fn two_hubs_share_cache_and_rate_limits_through_redis() {
         )
         .await
         .unwrap();
-    let start = Instant::now();
-    loop {
-        let (_, _, hb) = get(&http, &b, &reader, path).await;
-        if hb["x-cache"] == "miss" {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "the shared entry was not invalidated"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // New data invalidates the shared entry for the other hub too.
+    wait_for_x_cache(&http, &b, &reader, path, "miss").await;
 
     // One token's budget is shared: 8 a second across both instances together.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -570,14 +554,6 @@ async fn an_expired_default_range_is_served_stale_while_one_request_refreshes_it
     let (status, _, third) = get(&http, &base, &reader, path).await;
     assert_eq!((status, third["x-cache"].to_str().unwrap()), (200, "stale"));
     // The background refresh lands; the entry is fresh again.
-    let start = Instant::now();
-    loop {
-        let (_, _, h) = get(&http, &base, &reader, path).await;
-        if h["x-cache"] == "hit" {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(5), "never refreshed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_x_cache(&http, &base, &reader, path, "hit").await;
     hub.stop().await.unwrap();
 }
