@@ -152,7 +152,7 @@ impl Browser {
         .await
     }
 
-    async fn click(&self, css: &str) {
+    async fn find(&self, css: &str) -> String {
         let e = self
             .session_call(
                 "POST",
@@ -160,11 +160,26 @@ impl Browser {
                 json!({"using": "css selector", "value": css}),
             )
             .await;
-        let id = e["element-6066-11e4-a52e-4f735466cecf"]
+        e["element-6066-11e4-a52e-4f735466cecf"]
             .as_str()
-            .unwrap_or_else(|| panic!("finding {css:?}: {e}"));
+            .unwrap_or_else(|| panic!("finding {css:?}: {e}"))
+            .to_owned()
+    }
+
+    async fn click(&self, css: &str) {
+        let id = self.find(css).await;
         self.session_call("POST", &format!("/element/{id}/click"), json!({}))
             .await;
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let id = self.find(css).await;
+        self.session_call(
+            "POST",
+            &format!("/element/{id}/value"),
+            json!({ "text": text }),
+        )
+        .await;
     }
 
     async fn refreshes(&self) -> u64 {
@@ -553,18 +568,26 @@ async fn dashboard_shows_the_figures_in_chromium() {
     assert!(!page.has("status-SITE_A"));
     assert!(page.0["href"].as_str().unwrap().ends_with("&site=SITE_B"));
 
-    // A range button leaves the fixed range for a rolling one.
-    let seen = browser.refreshes().await;
-    browser.click("[data-testid=range-24h]").await;
-    let page = browser.rendered_after(seen).await;
-    page.assert_loaded();
-    assert_eq!(page.text("range"), "last 24 h");
-    assert!(
-        page.0["href"]
-            .as_str()
-            .unwrap()
-            .ends_with("#range=24h&site=SITE_B")
-    );
+    // A range button leaves the fixed range for a rolling one (7 days is the API's default
+    // range, the others start at a whole hour).
+    for (button, label) in [
+        ("24h", "last 24 h"),
+        ("30d", "last 30 days"),
+        ("7d", "last 7 days"),
+    ] {
+        let seen = browser.refreshes().await;
+        browser
+            .click(&format!("[data-testid=range-{button}]"))
+            .await;
+        let page = browser.rendered_after(seen).await;
+        page.assert_loaded();
+        assert_eq!(page.text("range"), label);
+        let href = page.0["href"].as_str().unwrap().to_owned();
+        assert!(
+            href.ends_with(&format!("#range={button}&site=SITE_B")),
+            "{href}"
+        );
+    }
     drop(browser);
 
     // Failures are told in words: a token the hub refuses...
@@ -580,6 +603,14 @@ async fn dashboard_shows_the_figures_in_chromium() {
         !page.get("login")["hidden"].as_bool().unwrap(),
         "the token form is not shown"
     );
+    // The form takes a good token instead.
+    let seen = browser.refreshes().await;
+    browser.type_into("#token", &reader).await;
+    browser.click("#login button[type=submit]").await;
+    let page = browser.rendered_after(seen).await;
+    page.assert_loaded();
+    assert!(page.get("login")["hidden"].as_bool().unwrap());
+    assert_eq!(page.text("status-SITE_A"), "online");
 
     // ... a hub without its reporting database ...
     let blind = serve::start(ServeConfig {
