@@ -131,29 +131,39 @@ function rangeText() {
 }
 
 // OEE by site: one bar per site on a 0–100 % track with the threshold marked, its A, P and Q
-// as small bars beneath, the figures written next to them.
+// as small bars beneath, the figures written next to them. Beyond four sites each site gets
+// one compact line (A, P and Q as text) so a wall screen still shows them all.
 function renderOee(report) {
   const box = $("oee");
   const rows = report.rows.filter((r) => r.planned_production_seconds > 0);
   const idle = report.rows.filter((r) => !(r.planned_production_seconds > 0)).map((r) => r.site);
   if (!rows.length) return empty(box, "No planned production time in this range.");
-  const width = 1000, labelW = 130, trackW = 560, rowH = 78, top = 6;
-  const height = top + rows.length * rowH + 30;
+  const compact = rows.length > 4;
+  const width = 1000, labelW = 130, trackW = compact ? 480 : 560, rowH = compact ? 34 : 78, barH = compact ? 24 : 28, top = 6;
+  const height = top + rows.length * rowH + (compact ? 34 : 30);
   const svg = el("svg:svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "OEE by site" });
   const x0 = labelW, tx = x0 + trackW + 16;
+  const components = [["A", "availability"], ["P", "performance"], ["Q", "quality"]];
   rows.forEach((r, i) => {
     const y = top + i * rowH;
     const low = r.oee !== null && r.oee < OEE_LOW;
     const w = Math.max(0, Math.min(1, r.oee || 0)) * trackW;
     svg.append(
-      el("svg:text", { x: 0, y: y + 20, class: "big" }, r.site),
-      el("svg:rect", { x: x0, y, width: trackW, height: 28, class: "track" }),
-      el("svg:rect", { x: x0, y, width: w, height: 28, class: low ? "bar low" : "bar",
-        "data-testid": "oee-bar-" + r.site, "data-low": String(low), "data-track": trackW }),
-      el("svg:text", { x: tx, y: y + 21, class: low ? "big low" : "big", "data-testid": "oee-" + r.site }, "OEE " + pct(r.oee)),
+      el("svg:text", { x: 0, y: y + barH - 6, class: compact ? "" : "big" }, r.site),
+      el("svg:rect", { x: x0, y, width: trackW, height: barH, class: "track" }),
+      el("svg:rect", { x: x0, y, width: w, height: barH, class: low ? "bar low" : "bar",
+        "data-testid": "oee-bar-" + r.site, "data-low": String(low), "data-track": trackW },
+        el("svg:title", {}, `${r.site}: ${num(r.good)} good of ${num(r.total_count)}, ${duration(r.stop_seconds)} stopped`)),
+      el("svg:text", { x: tx, y: y + barH - 6, class: low ? "big low" : "big", "data-testid": "oee-" + r.site }, "OEE " + pct(r.oee)),
     );
+    if (compact) {
+      svg.append(el("svg:text", { x: tx + 150, y: y + barH - 7, class: "small muted" },
+        ...components.flatMap(([k, f], j) => [j ? " · " : "",
+          el("svg:tspan", { "data-testid": `oee-${k.toLowerCase()}-${r.site}` }, `${k} ${pct(r[f])}`)])));
+      return;
+    }
     const seg = trackW / 3;
-    [["A", "availability"], ["P", "performance"], ["Q", "quality"]].forEach(([k, f], j) => {
+    components.forEach(([k, f], j) => {
       const sx = x0 + j * seg, sy = y + 38, mini = seg - 96;
       svg.append(
         el("svg:rect", { x: sx, y: sy, width: mini, height: 12, class: "track" }),
@@ -166,7 +176,7 @@ function renderOee(report) {
   });
   // The threshold as a dashed line across every track.
   const lx = x0 + OEE_LOW * trackW;
-  svg.append(el("svg:line", { x1: lx, y1: top - 4, x2: lx, y2: top + rows.length * rowH - 40, class: "grid" }));
+  svg.append(el("svg:line", { x1: lx, y1: top - 4, x2: lx, y2: top + rows.length * rowH - (compact ? 8 : 40), class: "grid" }));
   const t = report.total;
   svg.append(el("svg:text", { x: 0, y: height - 8, "data-testid": "oee-total" },
     `${rows.length > 1 ? "All sites shown" : rows[0].site}: OEE ${pct(t.oee)} (A ${pct(t.availability)} · P ${pct(t.performance)} · Q ${pct(t.quality)}), from summed time and counts`));
@@ -223,13 +233,24 @@ function renderPareto(report) {
 // Production per day: one stacked bar per site and day, good below and scrap on top.
 function renderTrend(report) {
   const box = $("trend");
-  const days = [...new Set(report.rows.map((r) => r.day))].sort();
-  const sites = [...new Set(report.rows.map((r) => r.site))].sort();
+  let rows = report.rows;
+  // Beyond six sites the bars would be too thin to read: one series of all sites together.
+  if (new Set(rows.map((r) => r.site)).size > 6) {
+    const byDay = new Map();
+    for (const r of rows) {
+      const d = byDay.get(r.day) || { site: "all sites", day: r.day, good: 0, scrap: 0 };
+      d.good += r.good; d.scrap += r.scrap;
+      byDay.set(r.day, d);
+    }
+    rows = [...byDay.values()];
+  }
+  const days = [...new Set(rows.map((r) => r.day))].sort();
+  const sites = [...new Set(rows.map((r) => r.site))].sort();
   if (!days.length) return empty(box, "No production in this range.");
   const width = 470, height = 330, left = 52, bottom = 58, top = 24;
   const plotW = width - left - 10, plotH = height - top - bottom;
-  const at = new Map(report.rows.map((r) => [r.site + "|" + r.day, r]));
-  const max = Math.max(1, ...report.rows.map((r) => r.good + r.scrap));
+  const at = new Map(rows.map((r) => [r.site + "|" + r.day, r]));
+  const max = Math.max(1, ...rows.map((r) => r.good + r.scrap));
   const svg = el("svg:svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "Production per day" });
   svg.append(
     el("svg:line", { x1: left, y1: top + plotH, x2: left + plotW, y2: top + plotH, class: "axis" }),
@@ -306,18 +327,22 @@ function fillSiteFilter(list) {
 function renderSync(list) {
   fillSiteFilter(list);
   const box = $("sync");
-  const sites = list.sites.filter((s) => !site || s.site_id === site);
-  if (!sites.length) return empty(box, "No sites registered (central-hub site add).");
+  const health = (s) => (s.revoked ? ["offline", "revoked"] : !s.connected ? ["offline", "offline"]
+    : (s.lag_seconds || 0) > LAG_WARN_SECONDS ? ["lagging", "lagging"] : ["ok", "online"]);
+  const rank = { offline: 0, lagging: 1, ok: 2 };
+  // Abnormal sites first; with many sites the healthy ones are only counted.
+  const all = list.sites.filter((s) => !site || s.site_id === site)
+    .sort((a, b) => rank[health(a)[0]] - rank[health(b)[0]] || (a.site_id < b.site_id ? -1 : 1));
+  if (!all.length) return empty(box, "No sites registered (central-hub site add).");
+  let healthy = 0;
+  const sites = all.length > 8 ? all.filter((s) => health(s)[0] !== "ok" || healthy++ < 3) : all;
   const table = el("table", {}, el("thead", {}, el("tr", {},
     ...[["Site"], ["Status"], ["Last seen"], ["Backlog", "events waiting in the edge's outbox"],
       ["Lag", "age of the oldest event not yet synced"], ["Down", "changes sent down but not applied yet"]]
       .map(([h, title], i) => el("th", { class: i >= 3 ? "num" : null, title }, h)))));
   const body = el("tbody");
   for (const s of sites) {
-    let status = "ok", text = "online";
-    if (s.revoked) { status = "offline"; text = "revoked"; }
-    else if (!s.connected) { status = "offline"; text = "offline"; }
-    else if ((s.lag_seconds || 0) > LAG_WARN_SECONDS) { status = "lagging"; text = "lagging"; }
+    const [status, text] = health(s);
     const backlog = s.backlog_events === null || s.backlog_events === undefined ? "–" : num(s.backlog_events);
     body.append(el("tr", { "data-testid": "sync-" + s.site_id },
       el("td", {}, s.site_id, el("br"), el("small", {}, s.name)),
@@ -329,6 +354,8 @@ function renderSync(list) {
   }
   table.append(body);
   box.replaceChildren(table);
+  if (sites.length < all.length)
+    box.append(el("p", { class: "more", "data-testid": "sync-more" }, `and ${all.length - sites.length} more sites online and in sync`));
 }
 
 let generation = 0, timer = null, lastOk = null;
