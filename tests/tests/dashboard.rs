@@ -588,6 +588,18 @@ async fn dashboard_shows_the_figures_in_chromium() {
             "{href}"
         );
     }
+    // "7 days" asks for the API's default range, so every screen on it shares one cached
+    // answer: the same question right after the page's is not computed again.
+    let r = reqwest::Client::new()
+        .get(format!(
+            "{base}/api/v1/reports/oee?group_by=site&site=SITE_B"
+        ))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    let cache = r.headers()["x-cache"].to_str().unwrap().to_owned();
+    assert!(cache == "hit" || cache == "stale", "X-Cache: {cache}");
 
     // Many sites, drawn by the page's own functions from made-up answers: OEE rows turn
     // compact (A/P/Q as text), the sync table puts the abnormal first and only counts the
