@@ -64,10 +64,12 @@ async fn worked_example_cache_csv_errors_and_scopes() {
     assert!(close(row["oee"].as_f64().unwrap(), 0.784), "{row}");
     assert!(close(v["total"]["oee"].as_f64().unwrap(), 0.784));
 
-    // The same request again is a cache hit; new data for the site invalidates it.
-    let (_, again, headers) = get(&http, &base, &reader, path).await;
-    assert_eq!(headers["x-cache"], "hit");
+    // The same request again is a cache hit (once the seeding's version announcements, which
+    // arrive asynchronously, are all in); new data for the site invalidates it.
+    let again = wait_for_x_cache(&http, &base, &reader, path, "hit").await;
     assert_eq!(again["rows"], v["rows"]);
+    let (_, _, headers) = get(&http, &base, &reader, path).await;
+    assert_eq!(headers["x-cache"], "hit", "a settled entry stays a hit");
     let site = SiteId::new("SITE_A").unwrap();
     h.store
         .ingest_events(
@@ -325,8 +327,11 @@ async fn two_hubs_share_cache_and_rate_limits_through_redis() {
     let writer = h.token("hq:write", None).await;
     seed_worked_example(&h, &http, &a, &writer).await;
     let reader = h.token("hq:read", None).await;
-    // Let the listeners of both instances settle on the same data versions.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The seeding's commits announce new data versions asynchronously (NOTIFY): wait until
+    // both instances have heard them all, i.e. a warm-up query is a hit on each.
+    let warm = "/api/v1/reports/production?from=2026-11-02&to=2026-11-03";
+    wait_for_x_cache(&http, &a, &reader, warm, "hit").await;
+    wait_for_x_cache(&http, &b, &reader, warm, "hit").await;
 
     let path = "/api/v1/reports/oee?from=2026-11-02&to=2026-11-03";
     let (s1, v1, h1) = get(&http, &a, &reader, path).await;
