@@ -59,6 +59,8 @@ struct Fact {
     body: FactBody,
 }
 
+/// A replacement's facts take the corrected event's place: its time *and* its id, which orders
+/// simultaneous state changes and names the fact when a later correction swaps it again.
 fn facts_of_replacement(id: Uuid, at: Timestamp, r: &Replacement) -> Option<Fact> {
     facts_of_body(id, at, &r.to_body())
 }
@@ -268,7 +270,7 @@ pub async fn apply(
                 .get(w)
                 .or_else(|| batch_by_id.get(w).copied())
             && let Some(r) = replacement_of(wc)
-            && let Some(f) = facts_of_replacement(*w, e.occurred_at, &r)
+            && let Some(f) = facts_of_replacement(*x, e.occurred_at, &r)
         {
             adds.push(f);
         }
@@ -297,7 +299,7 @@ pub async fn apply(
             Some(p) => {
                 if let Some(pc) = find(&p)
                     && let Some(r) = replacement_of(pc)
-                    && let Some(f) = facts_of_replacement(p, at, &r)
+                    && let Some(f) = facts_of_replacement(*x, at, &r)
                 {
                     removes.push(f);
                 }
@@ -313,7 +315,7 @@ pub async fn apply(
         }
         if let Some(wc) = batch_by_id.get(&best_new)
             && let Some(r) = replacement_of(wc)
-            && let Some(f) = facts_of_replacement(best_new, at, &r)
+            && let Some(f) = facts_of_replacement(*x, at, &r)
         {
             adds.push(f);
         }
