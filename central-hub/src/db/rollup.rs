@@ -192,21 +192,7 @@ pub async fn apply(
     // Earlier winners, before this batch's corrections are recorded.
     let mut targets: Vec<Uuid> = batch_corrections.keys().copied().collect();
     targets.extend(corrected.iter().copied());
-    let prior: HashMap<Uuid, Uuid> = if targets.is_empty() {
-        HashMap::new()
-    } else {
-        sqlx::query(
-            "SELECT corrects, (array_agg(correction ORDER BY correction DESC))[1] AS winner FROM corrections
-             WHERE site_id = $1 AND corrects = ANY($2) GROUP BY corrects",
-        )
-        .bind(site.as_str())
-        .bind(&targets)
-        .fetch_all(&mut **tx)
-        .await?
-        .into_iter()
-        .map(|r| Ok((r.try_get("corrects")?, r.try_get("winner")?)))
-        .collect::<Result<_, sqlx::Error>>()?
-    };
+    let prior = load_winners(tx, site, &targets).await?;
     if !batch_corrections.is_empty() {
         let (corrects, by): (Vec<Uuid>, Vec<Uuid>) = batch_corrections
             .iter()
