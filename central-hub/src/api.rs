@@ -709,7 +709,8 @@ async fn put_master_data(
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     use shared_model::master::{
-        Equipment, MasterKind, MasterRecord, Material, ReasonCode, RoutingStep, ShiftCalendar,
+        Equipment, InspectionPlan, MasterKind, MasterRecord, Material, Personnel, ReasonCode,
+        RoutingStep, ShiftCalendar,
     };
     if !scope.write || scope.site.is_some() {
         return Err(ApiError::forbidden());
@@ -758,6 +759,11 @@ async fn put_master_data(
             }
             MasterKind::ShiftCalendar => serde_json::from_value::<ShiftCalendar>(item.clone())
                 .map(MasterRecord::ShiftCalendar),
+            MasterKind::Personnel => {
+                serde_json::from_value::<Personnel>(item.clone()).map(MasterRecord::Personnel)
+            }
+            MasterKind::InspectionPlan => serde_json::from_value::<InspectionPlan>(item.clone())
+                .map(MasterRecord::InspectionPlan),
         };
         let record = parsed.map_err(|e| {
             ApiError::new(

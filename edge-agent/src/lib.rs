@@ -9,6 +9,7 @@
 //! * [`config`]: flags, environment and TOML configuration of `edge-agent run`.
 //! * [`server`]: wiring for `run`: store, API, retention, sync, graceful shutdown.
 //! * [`sync`]: the QUIC sync client.
+//! * [`ui`]: the operator terminal's page and message catalogs, embedded.
 
 pub mod api;
 pub mod config;
@@ -18,3 +19,4 @@ pub mod records;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod ui;

@@ -28,7 +28,13 @@ enum Command {
         #[command(subcommand)]
         command: ApiKeyCommand,
     },
-    /// Load master data (materials, routings, reason codes, equipment, shift calendars).
+    /// Set supervisors' PINs for the operator terminal.
+    SupervisorPin {
+        #[command(subcommand)]
+        command: PinCommand,
+    },
+    /// Load master data (materials, routings, reason codes, equipment, shift calendars,
+    /// personnel, inspection plans).
     ImportMasterData {
         /// A JSON file, or TOML with a .toml extension.
         file: PathBuf,
@@ -48,6 +54,21 @@ enum ApiKeyCommand {
         /// What the key is for, e.g. the gateway's name.
         #[arg(long)]
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PinCommand {
+    /// Set or replace a supervisor's PIN (4 to 12 digits, read from standard input so it
+    /// stays out of the shell history). The badge must be a supervisor of this site in the
+    /// personnel master data.
+    Set {
+        #[arg(long, env = "EDGE_DATA_DIR")]
+        data_dir: PathBuf,
+        #[arg(long, env = "EDGE_SITE")]
+        site: String,
+        #[arg(long)]
+        badge: String,
     },
 }
 
@@ -90,6 +111,27 @@ fn main() -> anyhow::Result<()> {
             let key = keys::create(&conn, &name, now_micros()).context("creating the key")?;
             println!("{key}");
             eprintln!("API key {name:?} created; it is shown only this once");
+            Ok(())
+        }
+        Command::SupervisorPin {
+            command:
+                PinCommand::Set {
+                    data_dir,
+                    site,
+                    badge,
+                },
+        } => {
+            let site = shared_model::SiteId::new(site).context("invalid --site")?;
+            let badge = shared_model::BadgeId::new(badge).context("invalid --badge")?;
+            eprintln!("PIN for {badge} (4 to 12 digits), then Enter:");
+            let mut pin = String::new();
+            std::io::stdin()
+                .read_line(&mut pin)
+                .context("reading the PIN from standard input")?;
+            let conn = open_db(&data_dir)?;
+            edge_agent::store::people::set_pin(&conn, &site, &badge, pin.trim(), now_micros())
+                .with_context(|| format!("setting the PIN of {badge}"))?;
+            eprintln!("PIN of {badge} set; a running agent uses it from the next login");
             Ok(())
         }
         Command::ImportMasterData { file, data_dir } => {

@@ -139,7 +139,7 @@ mod tests {
     fn the_example_file_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/master-data.json");
         let records = read_file(&path).unwrap();
-        assert_eq!(records.len(), 12);
+        assert_eq!(records.len(), 15);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! open: a persisted actor reused after a lost commit would produce duplicate sequence numbers.
 
 use automerge::transaction::Transactable;
-use automerge::{ActorId, AutoCommit, Change, ROOT};
+use automerge::{ActorId, AutoCommit, Change, ROOT, ReadDoc};
 use rusqlite::{Connection, OptionalExtension, params};
 use shared_model::master::MasterRecord;
 use shared_model::work_order::{OperationProgress, WorkOrderAction, WorkOrderState};
@@ -315,6 +315,66 @@ pub fn transition(
     if let Some(w) = work_unit {
         put_opt_str(&mut doc, "work_unit", Some(w.as_str())).map_err(doc_err)?;
     }
+    // Pausing and completing carry the terminal's totals into the shared record, so HQ sees
+    // progress without a document change per count.
+    if matches!(action, WorkOrderAction::Pause | WorkOrderAction::Complete) {
+        let (good, scrap, _) = crate::store::counts::order_totals(conn, id.as_str())?;
+        let (good, scrap) = (good.max(0) as u64, scrap.max(0) as u64);
+        if good != before.good_count {
+            doc.put(ROOT, "good_count", good).map_err(am)?;
+        }
+        if scrap != before.scrap_count {
+            doc.put(ROOT, "scrap_count", scrap).map_err(am)?;
+        }
+    }
+    commit_local(conn, &record, &mut doc)?;
+    let stored = read_view(&doc)?;
+    materialize(conn, &stored)?;
+    Ok(stored)
+}
+
+/// A supervisor settles a state conflict by choosing which of the concurrent states stands:
+/// one new edit that overwrites them all, which resolves the conflict here and, once synced,
+/// at the hub.
+pub fn settle_conflict(
+    conn: &Connection,
+    conflict: i64,
+    keep: WorkOrderState,
+    actor: &ActorId,
+) -> Result<WorkOrderView, StoreError> {
+    let row: Option<(String, String)> = conn
+        .prepare_cached(
+            "SELECT record_kind, record_id FROM conflicts WHERE id = ?1 AND resolved_at IS NULL",
+        )?
+        .query_row([conflict], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let not_found = || StoreError::NotFound {
+        what: "open conflict",
+        id: conflict.to_string(),
+    };
+    let (kind, id) = row.ok_or_else(not_found)?;
+    if parse_kind(&kind)? != RecordKind::WorkOrder {
+        return Err(not_found());
+    }
+    let id = WorkOrderId::new(id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let record = RecordId::work_order(&id);
+    let mut doc = load(conn, &record, actor)?.ok_or_else(not_found)?;
+    let states: Vec<String> = doc
+        .get_all(ROOT, "state")
+        .map_err(am)?
+        .into_iter()
+        .filter_map(|(v, _)| v.as_scalar().and_then(|s| s.as_str()).map(str::to_owned))
+        .collect();
+    if !states.iter().any(|s| s == keep.as_str()) {
+        return Err(StoreError::Invalid {
+            field: "state".into(),
+            message: format!(
+                "choose one of the conflicting states: {}",
+                states.join(", ")
+            ),
+        });
+    }
+    doc.put(ROOT, "state", keep.as_str()).map_err(am)?;
     commit_local(conn, &record, &mut doc)?;
     let stored = read_view(&doc)?;
     materialize(conn, &stored)?;

@@ -36,7 +36,8 @@ pub async fn start(config: RunConfig) -> anyhow::Result<Running> {
     let store = Store::open(&config.data_dir, config.site.clone(), metrics)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let state = AppState::new(store.clone(), clock.clone());
+    let mut state = AppState::new(store.clone(), clock.clone());
+    state.hub_configured = config.hub.is_some();
     let listener = TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("binding {}", config.http_listen))?;

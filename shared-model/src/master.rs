@@ -1,5 +1,6 @@
 //! Master data owned by HQ and pushed down to sites: materials, routings with ideal cycle
-//! times, the reason-code tree, the equipment hierarchy and shift calendars.
+//! times, the reason-code tree, the equipment hierarchy, shift calendars, personnel (badges of
+//! operators and supervisors) and inspection plans (a characteristic's limits).
 //!
 //! Each record has a stable key within its kind, so a site can upsert or delete it on
 //! down-sync without knowing anything else. These types travel on the wire: fields and
@@ -8,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Problem, ValidationError};
-use crate::ids::{EquipmentId, MaterialId, ReasonCodeId, SiteId};
+use crate::ids::{BadgeId, CharacteristicId, EquipmentId, MaterialId, ReasonCodeId, SiteId};
 use crate::timestamp::Timestamp;
 
 /// Longest display name of any master record.
@@ -26,15 +27,19 @@ pub enum MasterKind {
     ReasonCode,
     Equipment,
     ShiftCalendar,
+    Personnel,
+    InspectionPlan,
 }
 
 impl MasterKind {
-    pub const ALL: [MasterKind; 5] = [
+    pub const ALL: [MasterKind; 7] = [
         MasterKind::Material,
         MasterKind::RoutingStep,
         MasterKind::ReasonCode,
         MasterKind::Equipment,
         MasterKind::ShiftCalendar,
+        MasterKind::Personnel,
+        MasterKind::InspectionPlan,
     ];
 
     /// The name used in `PUT /api/v1/master-data/{kind}` and in import files.
@@ -45,6 +50,8 @@ impl MasterKind {
             MasterKind::ReasonCode => "reason-codes",
             MasterKind::Equipment => "equipment",
             MasterKind::ShiftCalendar => "shift-calendars",
+            MasterKind::Personnel => "personnel",
+            MasterKind::InspectionPlan => "inspection-plans",
         }
     }
 
@@ -170,6 +177,49 @@ pub struct ShiftCalendar {
     pub shifts: Vec<ShiftInstance>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Operator,
+    /// May also correct counts and settle conflicts, with a PIN set on the site's edge.
+    Supervisor,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Operator => "operator",
+            Role::Supervisor => "supervisor",
+        }
+    }
+}
+
+/// A person who may log in at a site's terminals by badge. Site-owned: sent to its site only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Personnel {
+    /// What the badge's barcode or RFID reader types.
+    pub badge: BadgeId,
+    pub site_id: SiteId,
+    pub name: String,
+    pub role: Role,
+    /// Work-center classes the person is qualified for; empty means no restriction.
+    #[serde(default)]
+    pub qualifications: Vec<String>,
+}
+
+/// What to measure on a material and its limits; the terminal judges samples against them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InspectionPlan {
+    pub material: MaterialId,
+    pub characteristic: CharacteristicId,
+    pub unit: String,
+    pub lower_limit: Option<f64>,
+    pub upper_limit: Option<f64>,
+    /// One sample every so many good parts, when the plan asks for a frequency.
+    #[serde(default)]
+    pub sample_every: Option<u32>,
+}
+
 /// Any master record, as it travels down to a site.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -179,6 +229,8 @@ pub enum MasterRecord {
     ReasonCode(ReasonCode),
     Equipment(Equipment),
     ShiftCalendar(ShiftCalendar),
+    Personnel(Personnel),
+    InspectionPlan(InspectionPlan),
 }
 
 /// A master-data file (`import-master-data` on the edge and the hub): every list optional.
@@ -195,6 +247,10 @@ pub struct MasterFile {
     pub equipment: Vec<Equipment>,
     #[serde(default)]
     pub shift_calendars: Vec<ShiftCalendar>,
+    #[serde(default)]
+    pub personnel: Vec<Personnel>,
+    #[serde(default)]
+    pub inspection_plans: Vec<InspectionPlan>,
 }
 
 impl MasterFile {
@@ -208,6 +264,12 @@ impl MasterFile {
             self.shift_calendars
                 .into_iter()
                 .map(MasterRecord::ShiftCalendar),
+        );
+        out.extend(self.personnel.into_iter().map(MasterRecord::Personnel));
+        out.extend(
+            self.inspection_plans
+                .into_iter()
+                .map(MasterRecord::InspectionPlan),
         );
         out
     }
@@ -244,6 +306,8 @@ impl MasterRecord {
             MasterRecord::ReasonCode(_) => MasterKind::ReasonCode,
             MasterRecord::Equipment(_) => MasterKind::Equipment,
             MasterRecord::ShiftCalendar(_) => MasterKind::ShiftCalendar,
+            MasterRecord::Personnel(_) => MasterKind::Personnel,
+            MasterRecord::InspectionPlan(_) => MasterKind::InspectionPlan,
         }
     }
 
@@ -255,6 +319,8 @@ impl MasterRecord {
             MasterRecord::ReasonCode(r) => r.code.to_string(),
             MasterRecord::Equipment(e) => e.id.to_string(),
             MasterRecord::ShiftCalendar(c) => format!("{}/{}", c.site_id, c.name),
+            MasterRecord::Personnel(p) => personnel_key(&p.site_id, &p.badge),
+            MasterRecord::InspectionPlan(p) => format!("{}#{}", p.material, p.characteristic),
         }
     }
 
@@ -350,8 +416,37 @@ impl MasterRecord {
                 }
                 Ok(())
             }
+            MasterRecord::Personnel(p) => check_name("name", &p.name),
+            MasterRecord::InspectionPlan(p) => {
+                check_name("unit", &p.unit)?;
+                for (field, v) in [
+                    ("lower_limit", p.lower_limit),
+                    ("upper_limit", p.upper_limit),
+                ] {
+                    if v.is_some_and(|v| !v.is_finite()) {
+                        return Err(invalid(field, Problem::NotFinite));
+                    }
+                }
+                if let (Some(l), Some(u)) = (p.lower_limit, p.upper_limit)
+                    && l > u
+                {
+                    return Err(invalid(
+                        "upper_limit",
+                        Problem::Inconsistent("is below lower_limit"),
+                    ));
+                }
+                if p.sample_every == Some(0) {
+                    return Err(invalid("sample_every", Problem::NotPositive));
+                }
+                Ok(())
+            }
         }
     }
+}
+
+/// The key of a person: badges are unique within a site.
+pub fn personnel_key(site: &SiteId, badge: &BadgeId) -> String {
+    format!("{site}/{badge}")
 }
 
 #[cfg(test)]

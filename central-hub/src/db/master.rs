@@ -1,7 +1,7 @@
 //! HQ master data: stored versioned in `master_data` and sent down to the sites it concerns.
 //!
 //! Materials, routings, reason codes and equipment go to every site (the equipment hierarchy
-//! is small and a site ignores other plants' units); a shift calendar goes to its own site.
+//! is small and a site ignores other plants' units); a shift calendar and a person go to their own site.
 //! Each upsert gets a new version from one sequence, and the edge keeps the newest version
 //! per key, so replays and reorderings are harmless.
 
@@ -39,9 +39,13 @@ pub async fn publish(
         .await?;
         versions.push(version as u64);
         for site in sites {
-            if let MasterRecord::ShiftCalendar(c) = record
-                && &c.site_id != site
-            {
+            // Site-owned records go to their own site only.
+            let owner = match record {
+                MasterRecord::ShiftCalendar(c) => Some(&c.site_id),
+                MasterRecord::Personnel(p) => Some(&p.site_id),
+                _ => None,
+            };
+            if owner.is_some_and(|o| o != site) {
                 continue;
             }
             // Each site's rows are written under that site's row-level-security scope.

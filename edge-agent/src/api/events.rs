@@ -12,6 +12,7 @@ use shared_model::{Event, EventBody, EventId, EventKind, Timestamp};
 
 use super::error::ApiError;
 use super::json::{Obj, choice};
+use super::session::{Caller, require_supervisor};
 use super::{AppState, read_json_body};
 use crate::store::{EventsOutcome, insert_events};
 
@@ -180,28 +181,34 @@ fn parse_event(state: &AppState, v: &Value, path: &str, now: Timestamp) -> Resul
     Ok(event)
 }
 
+/// The request's `Idempotency-Key`, checked.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .filter(|k| !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_BYTES_MAX)
+            .map(|k| Some(k.to_owned()))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_header",
+                    format!(
+                        "Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters"
+                    ),
+                )
+            }),
+    }
+}
+
 pub async fn post_events(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let idempotency_key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => {
-            let k = v
-                .to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_BYTES_MAX)
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_header",
-                        format!("Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters"),
-                    )
-                })?;
-            Some(k.to_owned())
-        }
-    };
+    let idempotency_key = idempotency_key(&headers)?;
     let value = read_json_body(&headers, body).await?;
     let now = state.now();
     // One event, or {"events": [...]}; field paths follow the shape the sender used.
@@ -238,6 +245,20 @@ pub async fn post_events(
         }
         _ => (vec![parse_event(&state, &value, "", now)?], false),
     };
+    // At a terminal the logged-in person is the operator, whatever the body says, and a
+    // correction is the supervisor's.
+    let mut events = events;
+    if let Caller::Terminal { session, .. } = &caller {
+        let now_micros = now.as_micros();
+        for e in &mut events {
+            let badge = if e.kind() == EventKind::Correction {
+                require_supervisor(&caller, now_micros)?.unwrap_or_else(|| session.badge.clone())
+            } else {
+                session.badge.clone()
+            };
+            e.operator = Some(badge);
+        }
+    }
     let count = events.len();
     let outcome = state
         .store

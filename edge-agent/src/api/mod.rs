@@ -4,6 +4,8 @@
 pub mod error;
 pub mod events;
 mod json;
+pub mod session;
+pub mod terminal;
 pub mod work_orders;
 
 use std::collections::HashSet;
@@ -26,6 +28,8 @@ use crate::store::{Store, keys};
 
 /// Largest request body.
 pub const BODY_BYTES_MAX: usize = 1 << 20;
+/// Largest too-large body still read to its end before the 413 (see [`read_json_body`]).
+pub const BODY_DRAIN_BYTES_MAX: usize = 4 << 20;
 
 /// Where the agent gets the time; a test or simulator can substitute its own.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -55,6 +59,10 @@ pub struct AppState {
     /// Woken when the outbox grows, for the sync client.
     pub outbox_notify: Arc<Notify>,
     pub connected: Arc<std::sync::atomic::AtomicBool>,
+    /// Badge sessions of the terminals.
+    pub sessions: Arc<session::Sessions>,
+    /// Whether a hub is configured at all (a standalone edge shows no "offline" alarm).
+    pub hub_configured: bool,
 }
 
 impl AppState {
@@ -65,7 +73,30 @@ impl AppState {
             known_keys: Arc::default(),
             outbox_notify: Arc::default(),
             connected: Arc::default(),
+            sessions: Arc::default(),
+            hub_configured: false,
         }
+    }
+
+    /// Whether an API key is one the CLI created (cached once seen valid).
+    pub async fn key_is_valid(&self, key: String) -> Result<bool, ApiError> {
+        let hash = keys::hash(&key);
+        if self
+            .known_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&hash)
+        {
+            return Ok(true);
+        }
+        let valid = self.store.read(move |c| keys::exists(c, &key)).await?;
+        if valid {
+            self.known_keys
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(hash);
+        }
+        Ok(valid)
     }
 
     pub fn now(&self) -> Timestamp {
@@ -85,43 +116,75 @@ impl AppState {
     }
 }
 
+/// Every API route with its metrics label (the route pattern).
+const ROUTES: &[&str] = &[
+    "/health",
+    "/metrics",
+    "/api/v1/session",
+    "/api/v1/session/supervisor",
+    "/api/v1/sync/status",
+    "/api/v1/conflicts",
+    "/api/v1/conflicts/{id}/resolve",
+    "/api/v1/events",
+    "/api/v1/terminal",
+    "/api/v1/master-data/{kind}",
+    "/api/v1/work-orders",
+    "/api/v1/work-orders/{id}",
+    "/api/v1/work-orders/{id}/{action}",
+];
+
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/metrics", get(metrics))
+        .route(
+            "/api/v1/session",
+            get(session::current).delete(session::logout),
+        )
+        .route(
+            "/api/v1/session/supervisor",
+            post(session::raise).delete(session::lower),
+        )
         .route("/api/v1/sync/status", get(sync_status))
         .route("/api/v1/conflicts", get(conflicts))
-        .route("/api/v1/events", post(events::post_events))
+        .route("/api/v1/conflicts/{id}/resolve", post(terminal::resolve))
+        .route(
+            "/api/v1/events",
+            get(terminal::recent_events).post(events::post_events),
+        )
+        .route("/api/v1/terminal", get(terminal::snapshot))
+        .route("/api/v1/master-data/{kind}", get(terminal::master_data))
         .route(
             "/api/v1/work-orders",
             get(work_orders::list).post(work_orders::create),
         )
         .route("/api/v1/work-orders/{id}", get(work_orders::get_one))
         .route("/api/v1/work-orders/{id}/{action}", post(work_orders::act))
-        .layer(middleware::from_fn_with_state(state.clone(), require_key));
-    Router::new()
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            session::authenticate,
+        ));
+    // Open: the health check, the badge login, and the terminal's page and assets.
+    let open = Router::new()
         .route("/health", get(health))
+        .route("/api/v1/session", post(session::login));
+    Router::new()
+        .merge(open)
         .merge(api)
+        .merge(crate::ui::router())
         .fallback(|| async { ApiError::not_found("no such path") })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = match req
+    let matched = req
         .extensions()
         .get::<MatchedPath>()
-        .map(MatchedPath::as_str)
-    {
-        Some("/health") => "/health",
-        Some("/metrics") => "/metrics",
-        Some("/api/v1/sync/status") => "/api/v1/sync/status",
-        Some("/api/v1/conflicts") => "/api/v1/conflicts",
-        Some("/api/v1/events") => "/api/v1/events",
-        Some("/api/v1/work-orders") => "/api/v1/work-orders",
-        Some("/api/v1/work-orders/{id}") => "/api/v1/work-orders/{id}",
-        Some("/api/v1/work-orders/{id}/{action}") => "/api/v1/work-orders/{id}/{action}",
-        _ => "other",
-    };
+        .map(MatchedPath::as_str);
+    let route = matched
+        .and_then(|m| ROUTES.iter().find(|r| **r == m))
+        .copied()
+        .unwrap_or(if matched.is_some() { "ui" } else { "other" });
     let started = Instant::now();
     let response = next.run(req).await;
     state.store.metrics().record_request(
@@ -130,40 +193,6 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         started.elapsed().as_secs_f64(),
     );
     response
-}
-
-async fn require_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let key = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| req.headers().get("x-api-key").and_then(|v| v.to_str().ok()))
-        .map(str::trim)
-        .map(str::to_owned);
-    let Some(key) = key.filter(|k| !k.is_empty() && k.len() <= 128) else {
-        return ApiError::unauthorized().into_response();
-    };
-    let hash = keys::hash(&key);
-    let cached = state
-        .known_keys
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .contains(&hash);
-    if !cached {
-        match state.store.read(move |c| keys::exists(c, &key)).await {
-            Ok(true) => {
-                state
-                    .known_keys
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(hash);
-            }
-            Ok(false) => return ApiError::unauthorized().into_response(),
-            Err(e) => return ApiError::from(e).into_response(),
-        }
-    }
-    next.run(req).await
 }
 
 /// Reads a JSON body: `413` over [`BODY_BYTES_MAX`], `415` for another content type, `400`
@@ -196,7 +225,19 @@ pub(crate) async fn read_json_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > BODY_BYTES_MAX as u64) {
+    if let Some(n) = declared.filter(|n| *n > BODY_BYTES_MAX as u64) {
+        // A body a little too large is read and dropped, so the client sending it gets the
+        // 413 instead of a reset connection; a far larger one is refused unread.
+        if n <= BODY_DRAIN_BYTES_MAX as u64
+            && axum::body::to_bytes(body, BODY_DRAIN_BYTES_MAX)
+                .await
+                .is_ok()
+        {
+            return Err(ApiError {
+                close_connection: false,
+                ..too_large()
+            });
+        }
         return Err(too_large());
     }
     let bytes = axum::body::to_bytes(body, BODY_BYTES_MAX)

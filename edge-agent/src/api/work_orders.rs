@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shared_model::work_order::{WorkOrder, WorkOrderAction, WorkOrderState};
@@ -12,6 +13,7 @@ use super::error::ApiError;
 use super::json::Obj;
 use super::{AppState, read_json_body};
 use crate::records::{self, WorkOrderView};
+use crate::store::{StoreError, idempotency};
 
 /// Most orders one list request returns.
 pub const LIST_LIMIT_MAX: usize = 500;
@@ -123,7 +125,7 @@ pub async fn act(
     Path((id, action)): Path<(String, String)>,
     headers: HeaderMap,
     body: axum::body::Body,
-) -> Result<Json<WorkOrderView>, ApiError> {
+) -> Result<Response, ApiError> {
     let action = match action.as_str() {
         "start" => WorkOrderAction::Start,
         "pause" => WorkOrderAction::Pause,
@@ -155,12 +157,33 @@ pub async fn act(
             Err(e) => return Err(e),
         }
     };
+    // A repeated tap with the same key gets the first answer instead of a 409 for an order
+    // that already moved on. Keys are namespaced, so an events key cannot answer here.
+    let key = super::events::idempotency_key(&headers)?
+        .map(|k| format!("work-order:{id}:{}:{k}", action.as_str()));
     let now = state.now();
     let actor = state.store.actor().clone();
-    let view = state
+    let response = state
         .store
-        .write(move |c| records::transition(c, &id, action, work_unit, now, &actor))
+        .write(move |c| {
+            if let Some(k) = &key
+                && let Some(previous) = idempotency::lookup(c, k)?
+            {
+                return Ok(previous);
+            }
+            let view = records::transition(c, &id, action, work_unit, now, &actor)?;
+            let json = serde_json::to_string(&view)
+                .map_err(|e| StoreError::Corrupt(format!("cannot encode work order: {e}")))?;
+            if let Some(k) = &key {
+                idempotency::remember(c, k, &json, now.as_micros())?;
+            }
+            Ok(json)
+        })
         .await?;
     state.notify_outbox();
-    Ok(Json(view))
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        response,
+    )
+        .into_response())
 }

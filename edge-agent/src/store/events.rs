@@ -123,14 +123,10 @@ pub(crate) fn insert(
     now_micros: i64,
     respond: impl FnOnce(&[EventId]) -> String,
 ) -> Result<EventsOutcome, StoreError> {
-    if let Some(key) = idempotency_key {
-        let previous: Option<String> = conn
-            .prepare_cached("SELECT response FROM idempotency WHERE key = ?1")?
-            .query_row([key], |r| r.get(0))
-            .optional()?;
-        if let Some(response) = previous {
-            return Ok(EventsOutcome::Replayed(response));
-        }
+    if let Some(key) = idempotency_key
+        && let Some(response) = super::idempotency::lookup(conn, key)?
+    {
+        return Ok(EventsOutcome::Replayed(response));
     }
     for (index, e) in events.iter().enumerate() {
         for (field, check, value) in references(&e.body) {
@@ -166,15 +162,13 @@ pub(crate) fn insert(
         ])?;
         if inserted == 1 {
             insert_outbox.execute([&id])?;
+            super::counts::apply(conn, e)?;
             new += 1;
         }
         ids.push(e.event_id);
     }
     if let Some(key) = idempotency_key {
-        conn.prepare_cached(
-            "INSERT INTO idempotency (key, response, created_at) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(params![key, respond(&ids), now_micros])?;
+        super::idempotency::remember(conn, key, &respond(&ids), now_micros)?;
     }
     Ok(EventsOutcome::Stored { ids, new })
 }

@@ -8,8 +8,10 @@
 //! request's failure rolls back only its own rows. Reads use a few read-only connections on
 //! blocking threads, which WAL lets run beside the writer.
 
+pub mod counts;
 mod events;
 mod outbox;
+pub mod people;
 pub mod schema;
 mod writer;
 
@@ -32,6 +34,11 @@ pub fn insert_events_for_tests(
     events::insert(conn, events, None, 0, |_| String::new())
 }
 pub use events::{EventsOutcome, RefCheck};
+
+/// Decodes (and re-validates) an event as stored.
+pub fn decode_event(body: &[u8]) -> Result<shared_model::Event, StoreError> {
+    events::decode(body)
+}
 pub use outbox::PendingCounts;
 pub(crate) use outbox::push_change as outbox_push_change;
 pub(crate) use writer::WriteJob;
@@ -259,6 +266,43 @@ impl Store {
     }
 }
 
+/// `bytes` random bytes as hex: session tokens and API keys.
+pub fn random_hex(bytes: usize) -> Result<String, StoreError> {
+    use ring::rand::SecureRandom;
+    let mut buf = vec![0u8; bytes];
+    ring::rand::SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| StoreError::Corrupt("no randomness available".into()))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Idempotency keys: the first response to a keyed request, replayed for a repeat of it.
+pub mod idempotency {
+    use rusqlite::{Connection, OptionalExtension, params};
+
+    use super::StoreError;
+
+    pub fn lookup(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(conn
+            .prepare_cached("SELECT response FROM idempotency WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn remember(
+        conn: &Connection,
+        key: &str,
+        response: &str,
+        now_micros: i64,
+    ) -> Result<(), StoreError> {
+        conn.prepare_cached(
+            "INSERT INTO idempotency (key, response, created_at) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![key, response, now_micros])?;
+        Ok(())
+    }
+}
+
 /// API keys: created by the CLI, checked by the API. Only a SHA-256 of each key is stored.
 pub mod keys {
     use rusqlite::{Connection, OptionalExtension};
@@ -273,14 +317,7 @@ pub mod keys {
 
     /// Creates a key, returns it. It is shown once; only its hash is stored.
     pub fn create(conn: &Connection, name: &str, now_micros: i64) -> Result<String, StoreError> {
-        use ring::rand::SecureRandom;
-        let mut bytes = [0u8; 24];
-        ring::rand::SystemRandom::new()
-            .fill(&mut bytes)
-            .map_err(|_| StoreError::Corrupt("no randomness available".into()))?;
-        let key: String = std::iter::once("edge_".to_string())
-            .chain(bytes.iter().map(|b| format!("{b:02x}")))
-            .collect();
+        let key = format!("edge_{}", super::random_hex(24)?);
         conn.execute(
             "INSERT INTO api_keys (hash, name, created_at) VALUES (?1, ?2, ?3)",
             rusqlite::params![hash(&key), name, now_micros],

@@ -90,6 +90,38 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX conflicts_open_once ON conflicts (record_kind, record_id, description)
         WHERE resolved_at IS NULL;
     "#,
+    // 3: the operator terminal: supervisor PINs, running totals per work order (kept in the
+    // insert transaction), and the latest state of a work unit found by index.
+    r#"
+    CREATE TABLE pins (
+        badge        TEXT PRIMARY KEY,
+        salt         BLOB NOT NULL,
+        hash         BLOB NOT NULL,          -- PBKDF2-HMAC-SHA256 of the PIN; the PIN is not kept
+        iterations   INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE order_counts (
+        work_order   TEXT PRIMARY KEY,
+        good         INTEGER NOT NULL DEFAULT 0,
+        scrap        INTEGER NOT NULL DEFAULT 0,
+        rework       INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+
+    -- The correction in force for each corrected production count, and the counts it put in
+    -- place (latest correction id wins, as at the hub).
+    CREATE TABLE count_corrections (
+        corrected    TEXT PRIMARY KEY,
+        correction   TEXT NOT NULL,
+        work_order   TEXT,
+        good         INTEGER NOT NULL,
+        scrap        INTEGER NOT NULL,
+        rework       INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE INDEX events_equipment_latest ON events (equipment, kind, occurred_at)
+        WHERE equipment IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -275,3 +275,74 @@ async fn sqlite_store_syncs_through_the_sessions() {
     assert!(store.meta("last_sync_at").await.unwrap().is_some());
     store.close();
 }
+
+/// HQ cancels an order the site completed while apart: the merge shows the conflict, and a
+/// supervisor's choice settles it with one new edit (which is queued for the hub).
+#[test]
+fn a_supervisor_settles_a_state_conflict() {
+    use automerge::transaction::Transactable;
+    use shared_model::WorkOrderId;
+    use shared_model::work_order::{WorkOrder, WorkOrderAction, WorkOrderState};
+    use sync_protocol::message::{RecordChange, RecordId};
+
+    let dir = TempDir::new("settle");
+    let store = open(&dir);
+    let conn = open_write_connection(store.path()).unwrap();
+    let actor = automerge::ActorId::random();
+    let id = WorkOrderId::new("SITE_001-WO-9").unwrap();
+    let order = WorkOrder::released(
+        id.clone(),
+        site(),
+        shared_model::MaterialId::new("BRACKET-7").unwrap(),
+        10,
+    );
+    let view = crate::records::WorkOrderView {
+        order,
+        work_unit: None,
+    };
+    crate::records::create(&conn, &view, &actor).unwrap();
+    let record = RecordId::work_order(&id);
+    let saved: Vec<u8> = conn
+        .query_row(
+            "SELECT doc FROM records WHERE record_id = ?1",
+            [id.as_str()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    // HQ, from the released order, cancels it.
+    let mut hq = automerge::AutoCommit::load(&saved)
+        .unwrap()
+        .with_actor(automerge::ActorId::random());
+    hq.put(automerge::ROOT, "state", "aborted").unwrap();
+    hq.commit();
+    let cancel = hq.get_last_local_change().unwrap().raw_bytes().to_vec();
+    // The site, meanwhile, starts and completes it.
+    for a in [WorkOrderAction::Start, WorkOrderAction::Complete] {
+        crate::records::transition(&conn, &id, a, None, T0, &actor).unwrap();
+    }
+    crate::records::apply_remote(&conn, &[RecordChange::new(record, cancel).unwrap()]).unwrap();
+    let open_conflicts = crate::records::open_conflicts(&conn).unwrap();
+    assert_eq!(open_conflicts.len(), 1, "{open_conflicts:?}");
+    let conflict = open_conflicts[0]["id"].as_i64().unwrap();
+    let pending_before = outbox::pending(&conn).unwrap().changes;
+
+    // Only one of the conflicting states may be chosen.
+    let err = crate::records::settle_conflict(&conn, conflict, WorkOrderState::Running, &actor)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("aborted, ended") || err.to_string().contains("ended, aborted"),
+        "{err}"
+    );
+    let settled =
+        crate::records::settle_conflict(&conn, conflict, WorkOrderState::Ended, &actor).unwrap();
+    assert_eq!(settled.order.state, WorkOrderState::Ended);
+    assert!(crate::records::open_conflicts(&conn).unwrap().is_empty());
+    assert_eq!(outbox::pending(&conn).unwrap().changes, pending_before + 1);
+    // A settled conflict cannot be settled again.
+    assert!(matches!(
+        crate::records::settle_conflict(&conn, conflict, WorkOrderState::Ended, &actor),
+        Err(StoreError::NotFound { .. })
+    ));
+    drop(conn);
+    store.close();
+}

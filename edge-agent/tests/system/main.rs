@@ -12,3 +12,4 @@
 mod api;
 mod crash;
 mod support;
+mod terminal;

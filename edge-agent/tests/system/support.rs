@@ -70,7 +70,8 @@ pub(crate) fn bin() -> &'static str {
 }
 
 /// The master data every test agent knows: two materials, a site with two presses, and a small
-/// reason tree (a downtime parent with a leaf, and a quality reason).
+/// reason tree (a downtime parent with a leaf, and a quality reason), an operator and two
+/// supervisors of this site and a person of another site.
 pub(crate) fn master_data() -> Value {
     json!({
         "materials": [
@@ -96,7 +97,13 @@ pub(crate) fn master_data() -> Value {
             {"id": "PRESS-02", "parent": "SITE_001", "level": "work_unit", "name": "Press 2",
              "class": "press"}
         ],
-        "shift_calendars": []
+        "shift_calendars": [],
+        "personnel": [
+            {"badge": "B1", "site_id": "SITE_001", "name": "Olga Operator", "role": "operator"},
+            {"badge": "S1", "site_id": "SITE_001", "name": "Sam Supervisor", "role": "supervisor"},
+            {"badge": "S2", "site_id": "SITE_001", "name": "Sue Supervisor", "role": "supervisor"},
+            {"badge": "X9", "site_id": "SITE_002", "name": "Elsewhere", "role": "supervisor"}
+        ]
     })
 }
 

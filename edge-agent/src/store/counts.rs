@@ -1,0 +1,118 @@
+//! Running totals of good, scrap and rework per work order, kept in the same transaction as
+//! the events, so the terminal shows an order's progress without summing its history (and
+//! still knows it after retention pruned the acknowledged events).
+//!
+//! A correction replaces the counts of the production event it names: the totals lose what
+//! was in force for that event and gain the replacement's. As at the hub, the latest
+//! correction (by id, i.e. by time) wins, and corrections of corrections are ignored.
+//! Totals cover events stored since schema version 3.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use shared_model::event::Replacement;
+use shared_model::{Event, EventBody};
+
+use super::StoreError;
+
+/// good, scrap, rework of one production count, and its order.
+type Counts = (Option<String>, i64, i64, i64);
+
+/// Totals of one order: (good, scrap, rework).
+pub fn order_totals(conn: &Connection, work_order: &str) -> Result<(i64, i64, i64), StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT good, scrap, rework FROM order_counts WHERE work_order = ?1")?
+        .query_row([work_order], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?
+        .unwrap_or((0, 0, 0)))
+}
+
+fn add(conn: &Connection, c: &Counts, sign: i64) -> Result<(), StoreError> {
+    let (Some(order), good, scrap, rework) = c else {
+        return Ok(());
+    };
+    conn.prepare_cached(
+        "INSERT INTO order_counts (work_order, good, scrap, rework) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (work_order) DO UPDATE SET good = good + excluded.good,
+           scrap = scrap + excluded.scrap, rework = rework + excluded.rework",
+    )?
+    .execute(params![order, sign * good, sign * scrap, sign * rework])?;
+    Ok(())
+}
+
+fn of_body(body: &EventBody) -> Option<Counts> {
+    match body {
+        EventBody::ProductionCount(p) => Some((
+            p.work_order.as_ref().map(|w| w.to_string()),
+            i64::from(p.good),
+            i64::from(p.scrap),
+            i64::from(p.rework),
+        )),
+        _ => None,
+    }
+}
+
+/// Applies one newly stored event to the totals.
+pub(crate) fn apply(conn: &Connection, e: &Event) -> Result<(), StoreError> {
+    match &e.body {
+        EventBody::ProductionCount(_) => {
+            if let Some(c) = of_body(&e.body) {
+                add(conn, &c, 1)?;
+            }
+            Ok(())
+        }
+        EventBody::Correction(c) => {
+            let corrected = c.corrects.to_string();
+            let in_force: Option<(String, Counts)> = conn
+                .prepare_cached(
+                    "SELECT correction, work_order, good, scrap, rework FROM count_corrections
+                     WHERE corrected = ?1",
+                )?
+                .query_row([&corrected], |r| {
+                    Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+                })
+                .optional()?;
+            let before = match in_force {
+                // A later correction already stands: this older one changes nothing.
+                Some((by, _)) if by > e.event_id.to_string() => return Ok(()),
+                Some((_, counts)) => counts,
+                None => {
+                    let body: Option<Vec<u8>> = conn
+                        .prepare_cached("SELECT body FROM events WHERE event_id = ?1")?
+                        .query_row([&corrected], |r| r.get(0))
+                        .optional()?;
+                    // Not held here (pruned, or another kind of event): nothing to adjust.
+                    let Some(body) = body else { return Ok(()) };
+                    match of_body(&super::events::decode(&body)?.body) {
+                        Some(counts) => counts,
+                        None => return Ok(()),
+                    }
+                }
+            };
+            let after = match &c.replacement {
+                Some(Replacement::ProductionCount(p)) => {
+                    of_body(&EventBody::ProductionCount(p.clone())).unwrap_or((None, 0, 0, 0))
+                }
+                // A void (or a replacement of another kind) leaves nothing counted.
+                _ => (before.0.clone(), 0, 0, 0),
+            };
+            add(conn, &before, -1)?;
+            add(conn, &after, 1)?;
+            conn.prepare_cached(
+                "INSERT INTO count_corrections (corrected, correction, work_order, good, scrap, rework)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (corrected) DO UPDATE SET correction = excluded.correction,
+                   work_order = excluded.work_order, good = excluded.good,
+                   scrap = excluded.scrap, rework = excluded.rework",
+            )?
+            .execute(params![
+                corrected,
+                e.event_id.to_string(),
+                after.0,
+                after.1,
+                after.2,
+                after.3
+            ])?;
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
