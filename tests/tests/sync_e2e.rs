@@ -800,3 +800,136 @@ async fn two_hub_instances_serve_one_database() {
     }
     let _ = std::fs::remove_dir_all(state_dir);
 }
+
+/// HQ publishes the people of two sites: each edge gets only its own, a badge works at its
+/// own site's terminal only, and the terminal's view reports the live connection and an
+/// emptied outbox after an operator's entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn personnel_reach_their_own_site_and_the_terminal_shows_online() {
+    let f = fixture("hub5", &["SITE_A", "SITE_B"]).await;
+    let (admin, state_dir) = (f.admin.clone(), f.state_dir.clone());
+    let hub = f.start_hub("127.0.0.1:0").await;
+    let mut edges = Vec::new();
+    let mut dirs = Vec::new();
+    for site in ["SITE_A", "SITE_B"] {
+        let dir = temp_dir(&format!("edge-people-{site}"));
+        edges.push(
+            edge_agent::server::start(edge_config(
+                site,
+                &dir,
+                &hub.quic_addr.to_string(),
+                &f.tls(site),
+            ))
+            .await
+            .unwrap(),
+        );
+        dirs.push(dir);
+    }
+    let token = central_hub::api::create_token(&admin, "hq", "hq:write", None)
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let r = http
+        .put(format!(
+            "http://{}/api/v1/master-data/personnel",
+            hub.http_addr
+        ))
+        .bearer_auth(&token)
+        .json(&serde_json::json!([
+            {"badge": "A-100", "site_id": "SITE_A", "name": "Ada", "role": "operator"},
+            {"badge": "B-200", "site_id": "SITE_B", "name": "Ben", "role": "supervisor"}
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let people = |edge: &edge_agent::server::Running| {
+        let store = edge.state.store.clone();
+        async move {
+            store
+                .read(|c| {
+                    let mut s = c.prepare("SELECT key FROM master WHERE kind = 'personnel'")?;
+                    let keys = s.query_map([], |r| r.get::<_, String>(0))?;
+                    Ok(keys.collect::<Result<Vec<_>, _>>()?)
+                })
+                .await
+                .unwrap()
+        }
+    };
+    wait_for(
+        "personnel at both edges",
+        Duration::from_secs(10),
+        || async { !people(&edges[0]).await.is_empty() && !people(&edges[1]).await.is_empty() },
+    )
+    .await;
+    assert_eq!(people(&edges[0]).await, vec!["SITE_A/A-100".to_owned()]);
+    assert_eq!(people(&edges[1]).await, vec!["SITE_B/B-200".to_owned()]);
+
+    // At SITE_A's terminal: Ada logs in, Ben does not.
+    let base = format!("http://{}", edges[0].http_addr);
+    let login = |badge: &'static str| {
+        http.post(format!("{base}/api/v1/session"))
+            .json(&serde_json::json!({ "badge": badge }))
+            .send()
+    };
+    assert_eq!(login("B-200").await.unwrap().status(), 401);
+    let r = login("A-100").await.unwrap();
+    assert_eq!(r.status(), 201);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let r = http
+        .post(format!("{base}/api/v1/events"))
+        .header("cookie", &cookie)
+        .header("x-mes-terminal", "1")
+        .json(&serde_json::json!({"type": "production_count", "equipment": "PRESS-01", "good": 4}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    wait_for(
+        "the operator's count at the hub",
+        Duration::from_secs(10),
+        || async {
+            count(
+                &admin,
+                "SELECT count(*) FROM events WHERE operator = 'A-100'",
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    wait_for(
+        "the terminal to show everything sent",
+        Duration::from_secs(10),
+        || async {
+            let v: serde_json::Value = http
+                .get(format!("{base}/api/v1/terminal?work_unit=PRESS-01"))
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let s = &v["sync"];
+            s["connected"] == serde_json::json!(true)
+                && s["pending_events"] == serde_json::json!(0)
+                && s["last_sync_at"].is_string()
+        },
+    )
+    .await;
+    for e in edges {
+        e.stop().await.unwrap();
+    }
+    hub.stop().await.unwrap();
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let _ = std::fs::remove_dir_all(state_dir);
+}

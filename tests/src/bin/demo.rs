@@ -22,21 +22,64 @@ const SITES: [(&str, &str, &str, &str); 3] = [
     ("SITE_003", "Plant Monterrey", "NA", "America/Monterrey"),
 ];
 
+/// Badges of the demo's people at every site, and the supervisor's PIN.
+const OPERATOR_BADGE: &str = "1001";
+const SUPERVISOR_BADGE: &str = "9001";
+const SUPERVISOR_PIN: &str = "1234";
+
 fn master_data(site: &str) -> String {
     format!(
         r#"{{
-  "materials": [{{"id": "BRACKET-7", "name": "Bracket", "unit": "pcs", "tracking": "lot"}}],
+  "materials": [{{"id": "BRACKET-7", "name": "Bracket", "unit": "pcs", "tracking": "lot"}},
+                {{"id": "STEEL-S235", "name": "Steel sheet S235", "unit": "kg", "tracking": "lot"}}],
   "routings": [{{"material": "BRACKET-7", "version": 1, "seq": 10, "operation_code": "PRESS",
                  "work_center_class": "press", "ideal_cycle_time_ms": 100, "setup_time_ms": 0}}],
-  "reason_codes": [{{"code": "DOWN.JAM", "parent": null, "name": "Jam", "loss_category": "unplanned",
+  "reason_codes": [{{"code": "DOWN", "parent": null, "name": "Unplanned stop", "loss_category": "unplanned",
                      "counts_against_availability": true}},
+                   {{"code": "DOWN.JAM", "parent": "DOWN", "name": "Jam", "loss_category": "unplanned",
+                     "counts_against_availability": true}},
+                   {{"code": "DOWN.TOOL", "parent": "DOWN", "name": "Tool broken", "loss_category": "unplanned",
+                     "counts_against_availability": true}},
+                   {{"code": "BREAK", "parent": null, "name": "Planned break", "loss_category": "planned",
+                     "counts_against_availability": false}},
                    {{"code": "SCRAP.BURR", "parent": null, "name": "Burr", "loss_category": "quality",
+                     "counts_against_availability": false}},
+                   {{"code": "SCRAP.CRACK", "parent": null, "name": "Crack", "loss_category": "quality",
                      "counts_against_availability": false}}],
   "equipment": [{{"id": "{site}", "parent": null, "level": "site", "name": "Plant", "class": "site"}},
                 {{"id": "PRESS-01", "parent": "WC-PRESSES", "level": "work_unit", "name": "Press 1", "class": "press"}},
-                {{"id": "PRESS-02", "parent": "WC-PRESSES", "level": "work_unit", "name": "Press 2", "class": "press"}}]
+                {{"id": "PRESS-02", "parent": "WC-PRESSES", "level": "work_unit", "name": "Press 2", "class": "press"}}],
+  "personnel": [{{"badge": "{OPERATOR_BADGE}", "site_id": "{site}", "name": "Demo Operator", "role": "operator"}},
+                {{"badge": "{SUPERVISOR_BADGE}", "site_id": "{site}", "name": "Demo Supervisor", "role": "supervisor"}}],
+  "inspection_plans": [{{"material": "BRACKET-7", "characteristic": "hole_diameter", "unit": "mm",
+                         "lower_limit": 7.9, "upper_limit": 8.1, "sample_every": 500}}]
 }}"#
     )
+}
+
+/// Three released orders for PRESS-02, the press the sample feed leaves to people at the
+/// terminal.
+async fn release_demo_orders(base: &str, key: &str, site: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    for (n, qty) in [(1, 120), (2, 80), (3, 200)] {
+        let r = http
+            .post(format!("{base}/api/v1/work-orders"))
+            .bearer_auth(key)
+            .json(&serde_json::json!({
+                "id": format!("{site}-WO-T{n}"), "material": "BRACKET-7",
+                "planned_quantity": qty, "priority": n, "work_unit": "PRESS-02",
+            }))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            r.status().is_success(),
+            "releasing a demo order at {site}: {}",
+            r.text().await.unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 /// Posts a production count now and then, like a line gateway would.
@@ -192,6 +235,13 @@ async fn main() -> anyhow::Result<()> {
             edge_agent::store::open_write_connection(&data_dir.join(edge_agent::store::DB_FILE))?;
         edge_agent::master::import(&mut conn, &records)?;
         let key = edge_agent::store::keys::create(&conn, "demo", 0)?;
+        edge_agent::store::people::set_pin(
+            &conn,
+            &SiteId::new(site)?,
+            &shared_model::BadgeId::new(SUPERVISOR_BADGE)?,
+            SUPERVISOR_PIN,
+            0,
+        )?;
         drop(conn);
         let edge = edge_agent::server::start(RunConfig {
             site: SiteId::new(site)?,
@@ -203,7 +253,10 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
         let base = format!("http://{}", edge.http_addr);
-        lines.push(format!("  {site} ({name}): {base}   API key: {key}"));
+        release_demo_orders(&base, &key, site).await?;
+        lines.push(format!(
+            "  {site} ({name}): operator terminal {base}/#station=PRESS-02   API key: {key}"
+        ));
         feeders.push(tokio::spawn(feed(
             base,
             key,
@@ -214,10 +267,15 @@ async fn main() -> anyhow::Result<()> {
     }
     println!();
     println!("The system is running. Sample production flows into each edge and up to the hub.");
-    println!("Edge agents (send the key as 'Authorization: Bearer KEY'):");
+    println!(
+        "Edge agents (operator terminal in a browser; machines send the key as 'Authorization: Bearer KEY'):"
+    );
     for l in &lines {
         println!("{l}");
     }
+    println!(
+        "  terminal badges: {OPERATOR_BADGE} (operator), {SUPERVISOR_BADGE} (supervisor, PIN {SUPERVISOR_PIN})"
+    );
     println!("  e.g. curl -H 'Authorization: Bearer KEY' http://.../api/v1/sync/status");
     println!(
         "Hub: sync on quic://{}, health http://{}/health, metrics http://{}/metrics",
