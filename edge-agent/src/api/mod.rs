@@ -259,7 +259,14 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let p = state.store.pending().await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.store.metrics().render(p.events, p.changes),
+        {
+            let mut text = state.store.metrics().render(p.events, p.changes);
+            text.push_str(&format!(
+                "# HELP edge_terminal_sessions Badge sessions of operator terminals.\n# TYPE edge_terminal_sessions gauge\nedge_terminal_sessions {}\n",
+                state.sessions.len()
+            ));
+            text
+        },
     )
         .into_response())
 }

@@ -217,6 +217,16 @@ async fn a_badge_session_records_as_its_operator() {
         (json!("Olga Operator"), json!("operator"))
     );
     assert!(p.cookie.is_some());
+    let metrics = h
+        .client
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("edge_terminal_sessions 1"), "{metrics}");
 
     // A changing request without the terminal header is refused (cross-site forms cannot
     // set it), and stores nothing.
