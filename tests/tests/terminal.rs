@@ -9,7 +9,8 @@
 //!   the way: the offline banner, colour only for the abnormal machine state, German.
 //! * `barcode_flow_with_the_keyboard_only`: no clicks at all: badge, order and lot come from
 //!   a "scanner" (keys ending in Enter), the quantity is typed; then a supervisor (badge and
-//!   PIN) corrects a count, after a wrong PIN is told in words.
+//!   PIN) corrects a count, after a wrong PIN is told in words; settles a conflict with HQ;
+//!   and when the agent itself stops, the page says so.
 //!
 //! Screenshots of the main screens go to `target/test-artifacts/terminal-*.png`
 //! (`UPDATE_SCREENSHOTS=1` refreshes the copies in `docs/screenshots/` the README links).
@@ -421,6 +422,15 @@ async fn operator_flow_in_chromium() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn barcode_flow_with_the_keyboard_only() {
     let t = terminal("terminal-keys").await;
+    // WO-2 as released, for HQ's concurrent edit below.
+    let released_doc: Vec<u8> = rusqlite::Connection::open(&t.db)
+        .unwrap()
+        .query_row(
+            "SELECT doc FROM records WHERE record_id = 'SITE_001-WO-2'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     let b = Browser::start().await;
     b.goto(&format!("{}/#station=PRESS-01", t.base)).await;
     b.wait_until(
@@ -537,6 +547,65 @@ async fn barcode_flow_with_the_keyboard_only() {
     let counts = t.events("type=production_count").await;
     assert_eq!(counts.len(), 1);
     assert_eq!(counts[0]["in_force"]["good"], json!(6), "{}", counts[0]);
+
+    // HQ cancelled WO-2 while the site ran it: the merge is a conflict, announced on the
+    // Supervisor button and settled by the supervisor keeping "running".
+    let mut hq = automerge::AutoCommit::load(&released_doc)
+        .unwrap()
+        .with_actor(automerge::ActorId::random());
+    automerge::transaction::Transactable::put(&mut hq, automerge::ROOT, "state", "aborted")
+        .unwrap();
+    hq.commit();
+    let change = sync_protocol::message::RecordChange::new(
+        sync_protocol::message::RecordId::work_order(
+            &shared_model::WorkOrderId::new("SITE_001-WO-2").unwrap(),
+        ),
+        hq.get_last_local_change().unwrap().raw_bytes().to_vec(),
+    )
+    .unwrap();
+    t.running
+        .as_ref()
+        .unwrap()
+        .state
+        .store
+        .write(move |c| edge_agent::records::apply_remote(c, &[change]))
+        .await
+        .unwrap();
+    b.wait_until(
+        "document.getElementById('btn-supervisor').dataset.conflicts === '1' && document.querySelector('[data-testid^=\"resolve-\"][data-testid$=\"-running\"]')",
+        "the conflict on the Supervisor button and in the panel",
+    )
+    .await;
+    assert!(text(&b, "btn-supervisor").await.contains("conflicts: 1"));
+    b.keep_screenshot("terminal-conflict").await;
+    b.click("[data-testid^=\"resolve-\"][data-testid$=\"-running\"]")
+        .await;
+    b.wait_until(
+        "document.getElementById('btn-supervisor').dataset.conflicts === '0'",
+        "the conflict to be settled",
+    )
+    .await;
+    let (_, conflicts) = t.call("GET", "/api/v1/conflicts", None).await;
+    assert_eq!(conflicts["conflicts"], json!([]));
+    let (_, wo) = t
+        .call("GET", "/api/v1/work-orders/SITE_001-WO-2", None)
+        .await;
+    assert_eq!(wo["state"], json!("running"), "{wo}");
+
+    // The agent itself goes away: the page says in words that nothing can be saved.
+    let mut t = t;
+    t.running.take().unwrap().stop().await.unwrap();
+    b.wait_until(
+        "document.getElementById('sync').dataset.state === 'unreachable' && !document.getElementById('error').hidden",
+        "the page to tell that the edge agent is gone",
+    )
+    .await;
+    assert!(
+        text(&b, "sync")
+            .await
+            .contains("No connection to the edge agent")
+    );
+    assert!(text(&b, "error").await.contains("does not answer"));
     drop(b);
     t.stop().await;
 }

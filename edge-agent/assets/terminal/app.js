@@ -274,6 +274,11 @@ function render() {
   ms.dataset.reason = s && s.reason ? s.reason : "";
   $("machine-since").textContent = s ? t("state.since", { time: fmtTime(s.since) }) : "";
   $("btn-running").hidden = !!s && s.state === "running";
+  // Open conflicts with HQ wait for a supervisor: the button says so to everyone.
+  const sup = $("btn-supervisor");
+  sup.textContent = v.open_conflicts > 0 ? t("supervisor.button_conflicts", { n: v.open_conflicts }) : t("supervisor.button");
+  sup.classList.toggle("attention", v.open_conflicts > 0);
+  sup.dataset.conflicts = String(v.open_conflicts);
   $("shift").textContent = v.shift ? t("shift", { name: v.shift.name, end: fmtTime(v.shift.end) }) : "";
   // The active order.
   const o = v.active;
