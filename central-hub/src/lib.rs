@@ -9,6 +9,7 @@
 pub mod api;
 pub mod dashboard;
 pub mod db;
+pub mod enroll;
 pub mod pki;
 pub mod reports;
 pub mod serve;

@@ -53,6 +53,9 @@ enum Command {
         /// Names the server certificate is valid for (repeatable).
         #[arg(long = "server-name", default_values = ["localhost", "127.0.0.1"])]
         server_names: Vec<String>,
+        /// HTTPS enrollment endpoint for `edge-agent install`.
+        #[arg(long, env = "HUB_ENROLL_LISTEN", default_value = "0.0.0.0:8443")]
+        enroll_listen: SocketAddr,
         /// Redis for the report cache, data versions and rate limits shared by all instances.
         #[arg(long, env = "REDIS_URL")]
         redis_url: Option<String>,
@@ -68,6 +71,18 @@ enum Command {
         file: PathBuf,
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
+    },
+    /// Make a one-time enrollment token for a site's edge agent (`edge-agent install`).
+    EnrollToken {
+        site: String,
+        /// How long the token is valid, e.g. 30m, 24h, 7d (at most 30 days).
+        #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+        ttl: std::time::Duration,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// Directory of the CA whose fingerprint the token pins.
+        #[arg(long, env = "HUB_STATE_DIR", default_value = "hub-state")]
+        state_dir: PathBuf,
     },
     /// Manage HQ API tokens.
     ApiToken {
@@ -119,6 +134,25 @@ enum SiteCommand {
         #[arg(long, env = "HUB_STATE_DIR", default_value = "hub-state")]
         state_dir: PathBuf,
     },
+}
+
+/// `30m`, `24h`, `7d` or plain seconds.
+fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected e.g. 30m, 24h or 7d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: the unit is s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_secs(n.saturating_mul(secs)))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -175,6 +209,30 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
+        Command::EnrollToken {
+            site,
+            ttl,
+            database_url,
+            state_dir,
+        } => {
+            let site = SiteId::new(site).context("invalid site id")?;
+            runtime()?.block_on(async {
+                let pool = db::connect(&database_url)
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                let ca = central_hub::pki::Ca::load_or_create(&state_dir)
+                    .with_context(|| format!("loading the CA in {}", state_dir.display()))?;
+                let token = central_hub::enroll::create_token(&pool, &ca, &site, ttl)
+                    .await
+                    .context("creating the enrollment token")?;
+                println!("{token}");
+                eprintln!(
+                    "one-time enrollment token for {site}, valid for {} min; on the edge box run:\n  edge-agent install --hub HUB_HOST:8443 --token {token}",
+                    ttl.as_secs() / 60
+                );
+                Ok(())
+            })
+        }
         Command::Site {
             command: SiteCommand::Revoke { site, database_url },
         } => {
@@ -201,6 +259,7 @@ fn main() -> anyhow::Result<()> {
             http_listen,
             state_dir,
             server_names,
+            enroll_listen,
             redis_url,
             report_cache_ttl,
             rate_limit,
@@ -212,6 +271,7 @@ fn main() -> anyhow::Result<()> {
                 http_listen,
                 state_dir,
                 server_names,
+                enroll_listen: Some(enroll_listen),
                 reports: central_hub::serve::ReportSettings {
                     redis_url,
                     cache_ttl: std::time::Duration::from_secs(report_cache_ttl.max(1)),

@@ -9,6 +9,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
+use rustls::pki_types::pem::PemObject;
 use shared_model::SiteId;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,8 @@ pub enum PkiError {
 }
 
 const CA_CERT: &str = "ca.crt.pem";
+/// How long a site certificate is valid; `edge-agent doctor` warns 30 days before the end.
+pub const SITE_CERT_VALIDITY_DAYS: i64 = 365;
 const CA_KEY: &str = "ca.key.pem";
 
 /// A certificate and its private key, PEM-encoded.
@@ -125,21 +128,53 @@ impl Ca {
         &self.cert_pem
     }
 
-    /// A client certificate whose common name is the site id.
-    pub fn issue_site(&self, site: &SiteId) -> Result<Issued, PkiError> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
+    /// SHA-256 of the CA certificate (DER): what an enrollment token pins.
+    pub fn fingerprint(&self) -> Result<[u8; 32], PkiError> {
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+            .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_ref());
+        Ok(out)
+    }
+
+    /// What a site certificate says, whoever made the key: the site as common name, client
+    /// authentication only, valid from an hour ago (clocks differ a little) for
+    /// [`SITE_CERT_VALIDITY_DAYS`].
+    fn site_params(site: &SiteId, params: &mut CertificateParams) {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, site.as_str());
         dn.push(DnType::OrganizationalUnitName, "site");
         params.distinguished_name = dn;
+        params.subject_alt_names = Vec::new();
+        params.is_ca = IsCa::ExplicitNoCa;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(SITE_CERT_VALIDITY_DAYS);
+    }
+
+    /// A client certificate whose common name is the site id, with a key made here.
+    pub fn issue_site(&self, site: &SiteId) -> Result<Issued, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        Self::site_params(site, &mut params);
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Issued {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
+    }
+
+    /// Signs a site's certificate signing request (the key never left the edge). Whatever
+    /// the request asks for, the certificate names the site of the enrollment token and
+    /// allows client authentication only.
+    pub fn sign_site_csr(&self, site: &SiteId, csr_pem: &str) -> Result<String, PkiError> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::BadCertificate(format!("certificate signing request: {e}")))?;
+        Self::site_params(site, &mut csr.params);
+        Ok(csr.signed_by(&self.issuer)?.pem())
     }
 
     /// The hub's server certificate for the given DNS names and IP addresses.

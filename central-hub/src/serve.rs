@@ -39,6 +39,8 @@ pub struct ServeConfig {
     pub state_dir: PathBuf,
     /// DNS names and IPs the server certificate is valid for.
     pub server_names: Vec<String>,
+    /// The HTTPS enrollment endpoint (`edge-agent install`); none without it.
+    pub enroll_listen: Option<SocketAddr>,
     /// Report cache, rate limits and their shared state.
     pub reports: ReportSettings,
 }
@@ -69,6 +71,8 @@ impl Default for ReportSettings {
 pub struct Running {
     pub quic_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub enroll_addr: Option<SocketAddr>,
+    enroll: Option<JoinHandle<()>>,
     pub metrics: Arc<SyncMetrics>,
     shutdown: watch::Sender<bool>,
     quic: JoinHandle<()>,
@@ -159,6 +163,25 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         shutdown_rx.clone(),
     ));
     let partitions = tokio::spawn(partition_loop(pool.clone()));
+    let (enroll_addr, enroll) = match config.enroll_listen {
+        Some(listen) => {
+            let ca =
+                Arc::new(Ca::load_or_create(&config.state_dir).with_context(|| {
+                    format!("loading the CA in {}", config.state_dir.display())
+                })?);
+            let (addr, task) = crate::enroll::start(
+                pool.clone(),
+                ca,
+                &config.server_names,
+                listen,
+                quic_addr.port(),
+                shutdown_rx.clone(),
+            )
+            .await?;
+            (Some(addr), Some(task))
+        }
+        None => (None, None),
+    };
     let router = Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready))
@@ -179,10 +202,12 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             .await
             .context("serving HTTP")
     });
-    tracing::info!(%quic_addr, %http_addr, "hub started");
+    tracing::info!(%quic_addr, %http_addr, ?enroll_addr, "hub started");
     Ok(Running {
         quic_addr,
         http_addr,
+        enroll_addr,
+        enroll,
         metrics,
         shutdown,
         quic,
@@ -196,6 +221,9 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
 impl Running {
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
+        if let Some(e) = self.enroll {
+            let _ = tokio::time::timeout(Duration::from_secs(5), e).await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(10), self.quic).await;
         self.listener.abort();
         self.versions_listener.abort();

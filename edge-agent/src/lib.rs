@@ -10,9 +10,14 @@
 //! * [`server`]: wiring for `run`: store, API, retention, sync, graceful shutdown.
 //! * [`sync`]: the QUIC sync client.
 //! * [`ui`]: the operator terminal's page and message catalogs, embedded.
+//! * [`install`]: `edge-agent install` (enrollment, files, service); [`doctor`]: the health
+//!   check; [`backup`]: online backup and restore.
 
 pub mod api;
+pub mod backup;
 pub mod config;
+pub mod doctor;
+pub mod install;
 pub mod master;
 pub mod metrics;
 pub mod records;

@@ -1,6 +1,7 @@
 //! `edge-agent`: the per-factory agent. See `docs/edge-api.md` for the commands and the API.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -27,6 +28,53 @@ enum Command {
     ApiKey {
         #[command(subcommand)]
         command: ApiKeyCommand,
+    },
+    /// Enroll this box with the hub and install the agent as a service.
+    Install {
+        /// The hub's enrollment endpoint, host:port (HTTPS; port 8443 by default).
+        #[arg(long)]
+        hub: String,
+        /// The one-time token from `central-hub enroll-token SITE`.
+        #[arg(long, env = "EDGE_ENROLL_TOKEN")]
+        token: String,
+        /// Install under this root instead of / (for tests and images).
+        #[arg(long, default_value = "/")]
+        prefix: PathBuf,
+        /// Address of the local API and operator terminal.
+        #[arg(long, default_value = edge_agent::config::HTTP_LISTEN_DEFAULT)]
+        http_listen: std::net::SocketAddr,
+        /// The hub's QUIC sync address, when not the hub's host and advertised port.
+        #[arg(long)]
+        hub_quic: Option<String>,
+        /// Free disk space required, in MB.
+        #[arg(long, default_value_t = 1024)]
+        min_free_mb: u64,
+        /// Write everything but do not start the service.
+        #[arg(long)]
+        no_start: bool,
+    },
+    /// Check this agent's health: configuration, certificate, hub, clock, disk, store, outbox.
+    Doctor {
+        #[arg(long, env = "EDGE_CONFIG", default_value = edge_agent::doctor::CONFIG_DEFAULT)]
+        config: PathBuf,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a consistent copy of the store to FILE (while the agent runs).
+    Backup {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, env = "EDGE_DATA_DIR", default_value = "/var/lib/mes-edge")]
+        data_dir: PathBuf,
+    },
+    /// Put a backup in place of the store (the agent must be stopped); the next connection
+    /// repairs against the hub.
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long, env = "EDGE_DATA_DIR", default_value = "/var/lib/mes-edge")]
+        data_dir: PathBuf,
     },
     /// Set supervisors' PINs for the operator terminal.
     SupervisorPin {
@@ -86,7 +134,33 @@ fn open_db(data_dir: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
         .with_context(|| format!("opening the store in {}", data_dir.display()))
 }
 
-fn main() -> anyhow::Result<()> {
+/// A test hook: seconds added to this box's clock by `install` and `doctor`.
+fn clock_offset_micros() -> i64 {
+    std::env::var("EDGE_CLOCK_SKEW_SECS")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+        .map_or(0, |s| s.saturating_mul(1_000_000))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -103,6 +177,7 @@ fn main() -> anyhow::Result<()> {
                 .build()
                 .context("starting the runtime")?
                 .block_on(server::run(config))
+                .map(|()| ExitCode::SUCCESS)
         }
         Command::ApiKey {
             command: ApiKeyCommand::Create { data_dir, name },
@@ -111,7 +186,7 @@ fn main() -> anyhow::Result<()> {
             let key = keys::create(&conn, &name, now_micros()).context("creating the key")?;
             println!("{key}");
             eprintln!("API key {name:?} created; it is shown only this once");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::SupervisorPin {
             command:
@@ -132,7 +207,115 @@ fn main() -> anyhow::Result<()> {
             edge_agent::store::people::set_pin(&conn, &site, &badge, pin.trim(), now_micros())
                 .with_context(|| format!("setting the PIN of {badge}"))?;
             eprintln!("PIN of {badge} set; a running agent uses it from the next login");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Install {
+            hub,
+            token,
+            prefix,
+            http_listen,
+            hub_quic,
+            min_free_mb,
+            no_start,
+        } => {
+            let opts = edge_agent::install::InstallOptions {
+                hub,
+                token,
+                prefix,
+                http_listen,
+                hub_quic,
+                min_free_bytes: min_free_mb.saturating_mul(1 << 20),
+                clock_offset_micros: clock_offset_micros(),
+                start_service: !no_start,
+            };
+            let mut open_step = false;
+            let result =
+                runtime()?.block_on(edge_agent::install::install(&opts, |n, total, what| {
+                    if open_step {
+                        eprintln!("ok");
+                    }
+                    eprint!("[{n}/{total}] {what} ... ");
+                    open_step = true;
+                }));
+            match result {
+                Ok(done) => {
+                    eprintln!("ok");
+                    println!(
+                        "edge agent installed for {}{}",
+                        done.site,
+                        if done.enrolled_now {
+                            ""
+                        } else {
+                            " (kept the existing enrollment)"
+                        }
+                    );
+                    println!("  configuration: {}", done.layout.config_file().display());
+                    println!("  data:          {}", done.layout.data_dir().display());
+                    println!("  service:       {}", done.layout.unit_file().display());
+                    println!("  {}", done.start_hint);
+                    println!(
+                        "  check it any time with: edge-agent doctor --config {}",
+                        done.layout.config_file().display()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("failed");
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Doctor { config, json } => {
+            let checks =
+                runtime()?.block_on(edge_agent::doctor::run(&config, clock_offset_micros()));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "ok": edge_agent::doctor::all_passed(&checks),
+                        "checks": checks,
+                    })
+                );
+            } else {
+                print!("{}", edge_agent::doctor::render(&checks));
+            }
+            Ok(if edge_agent::doctor::all_passed(&checks) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Backup { out, data_dir } => {
+            let c = edge_agent::backup::backup(&data_dir, &out)
+                .with_context(|| format!("backing up {}", data_dir.display()))?;
+            println!(
+                "backup written to {}: {} events ({} waiting for the hub), {} shared records, {} KB",
+                out.display(),
+                c.events,
+                c.pending,
+                c.records,
+                c.bytes / 1024
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore { from, data_dir } => {
+            let (c, kept) = edge_agent::backup::restore(&data_dir, &from)
+                .with_context(|| format!("restoring {}", from.display()))?;
+            println!(
+                "restored {} events ({} waiting for the hub) and {} shared records from {}",
+                c.events,
+                c.pending,
+                c.records,
+                from.display()
+            );
+            if let Some(k) = kept {
+                println!("the replaced store is kept as {}", k.display());
+            }
+            println!(
+                "on its next connection the agent repairs against the hub; the hub keeps one copy of every event"
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::ImportMasterData { file, data_dir } => {
             let records = master::read_file(&file)?;
@@ -141,7 +324,7 @@ fn main() -> anyhow::Result<()> {
             for (kind, n) in counts {
                 println!("{:>16}: {n}", kind.as_str());
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Version => {
             println!(
@@ -151,7 +334,7 @@ fn main() -> anyhow::Result<()> {
                 String::from_utf8_lossy(sync_protocol::ALPN_V1),
                 edge_agent::store::schema::SCHEMA_VERSION
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

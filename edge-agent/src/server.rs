@@ -28,10 +28,13 @@ pub struct Running {
     http: JoinHandle<anyhow::Result<()>>,
     sync: Option<JoinHandle<()>>,
     retention: JoinHandle<()>,
+    _lock: crate::backup::AgentLock,
 }
 
 /// Opens the store, binds the API and starts sync; returns once everything runs.
 pub async fn start(config: RunConfig) -> anyhow::Result<Running> {
+    // One agent per data directory; `restore` checks the same lock.
+    let lock = crate::backup::lock(&config.data_dir)?;
     let metrics = Arc::new(Metrics::default());
     let store = Store::open(&config.data_dir, config.site.clone(), metrics)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
@@ -88,6 +91,7 @@ pub async fn start(config: RunConfig) -> anyhow::Result<Running> {
         http,
         sync,
         retention,
+        _lock: lock,
     })
 }
 

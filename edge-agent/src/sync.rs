@@ -191,12 +191,19 @@ async fn connect_and_sync(
     let mut out = Vec::with_capacity(READ_BUFFER_BYTES);
     let mut outbox_poll = tokio::time::interval(OUTBOX_POLL_INTERVAL);
     let mut ticks: u64 = 0;
+    let mut repairing = false;
     loop {
         match drive_edge(&mut session, store, now()).await {
             Ok(report) => {
                 if report.connected {
                     state.connected.store(true, Ordering::Relaxed);
                     tracing::info!(hub = %target.address, "connected to the hub");
+                    // After a restore, compare every record with the hub's copy.
+                    if matches!(store.meta(crate::backup::REPAIR_PENDING).await, Ok(Some(_))) {
+                        tracing::info!("store restored from a backup: repairing against the hub");
+                        session.start_repair();
+                        repairing = true;
+                    }
                     // The hub learns the backlog at once, then every few seconds.
                     if let Ok(status) = store.sync_status().await {
                         session.send_status(now(), status);
@@ -204,6 +211,15 @@ async fn connect_and_sync(
                 }
             }
             Err(e) => tracing::warn!(error = %e, "store failure during sync; reconnecting"),
+        }
+        if repairing && !session.repair_in_progress() {
+            repairing = false;
+            match store.delete_meta(crate::backup::REPAIR_PENDING).await {
+                Ok(()) => tracing::info!("repair finished"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot clear the repair mark; will repair again")
+                }
+            }
         }
         out.clear();
         while let Some(frame) = session.poll_transmit() {
@@ -247,5 +263,133 @@ async fn connect_and_sync(
             }
             _ = shutdown.changed() => session.close(now(), ErrorCode::ShuttingDown, "edge agent shutting down"),
         }
+    }
+}
+
+/// What a probe of the hub found: it accepted this site and told its time.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub site_id: shared_model::SiteId,
+    pub hub_time: shared_model::Timestamp,
+    pub round_trip: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{0}")]
+    Setup(#[from] SyncError),
+    #[error("no answer from {address} over QUIC (UDP) within {secs} s")]
+    NoAnswer { address: String, secs: u64 },
+    #[error("QUIC connection to {address} failed: {message}")]
+    Connect { address: String, message: String },
+    #[error("the hub refused the session: {code:?}: {message}")]
+    Refused { code: ErrorCode, message: String },
+}
+
+/// Connects with the enrollment files, says hello and waits for the hub's welcome, then
+/// closes: what `edge-agent doctor` and `install` use to prove sync will work (UDP open,
+/// certificate accepted, site not revoked) and to read the hub's clock.
+pub async fn probe(tls_dir: &Path, address: &str, timeout: Duration) -> Result<Probe, ProbeError> {
+    let endpoint = client_endpoint(tls_dir)?;
+    let started = Instant::now();
+    let no_answer = || ProbeError::NoAnswer {
+        address: address.to_owned(),
+        secs: timeout.as_secs(),
+    };
+    let result = tokio::time::timeout(timeout, async {
+        let addr = tokio::net::lookup_host(address)
+            .await
+            .map_err(|_| SyncError::Resolve(address.to_owned()))?
+            .next()
+            .ok_or_else(|| SyncError::Resolve(address.to_owned()))?;
+        let host = address
+            .rsplit_once(':')
+            .map_or(address, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let connect_err = |e: String| ProbeError::Connect {
+            address: address.to_owned(),
+            message: e,
+        };
+        let conn = endpoint
+            .connect(addr, &host)
+            .map_err(|e| connect_err(e.to_string()))?
+            .await
+            .map_err(|e| match e {
+                quinn::ConnectionError::TimedOut => no_answer(),
+                other => connect_err(other.to_string()),
+            })?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        let origin = Instant::now();
+        let mut session = EdgeSession::new(SessionConfig::default(), 0, Duration::ZERO);
+        let mut buf = vec![0u8; READ_BUFFER_BYTES];
+        loop {
+            let mut out = Vec::new();
+            while let Some(frame) = session.poll_transmit() {
+                out.extend_from_slice(&frame);
+            }
+            if !out.is_empty() {
+                send.write_all(&out)
+                    .await
+                    .map_err(|e| connect_err(e.to_string()))?;
+            }
+            while let Some(event) = session.poll_event() {
+                match event {
+                    sync_protocol::EdgeEvent::Connected {
+                        site_id, hub_time, ..
+                    } => {
+                        let round_trip = started.elapsed();
+                        session.close(origin.elapsed(), ErrorCode::ShuttingDown, "probe done");
+                        let mut out = Vec::new();
+                        while let Some(frame) = session.poll_transmit() {
+                            out.extend_from_slice(&frame);
+                        }
+                        let _ = send.write_all(&out).await;
+                        let _ = send.finish();
+                        conn.close(0u32.into(), b"probe done");
+                        return Ok(Probe {
+                            site_id,
+                            hub_time,
+                            round_trip,
+                        });
+                    }
+                    sync_protocol::EdgeEvent::Closed(reason) => {
+                        let (code, message) = match reason {
+                            sync_protocol::CloseReason::Local { code, message }
+                            | sync_protocol::CloseReason::Remote { code, message } => {
+                                (code, message)
+                            }
+                        };
+                        return Err(ProbeError::Refused { code, message });
+                    }
+                    _ => {}
+                }
+            }
+            match recv.read(&mut buf).await {
+                Ok(Some(n)) => session.handle_stream_bytes(origin.elapsed(), &buf[..n]),
+                Ok(None) => {
+                    return Err(connect_err("the hub closed the stream".into()));
+                }
+                Err(quinn::ReadError::ConnectionLost(
+                    quinn::ConnectionError::ApplicationClosed(c),
+                )) => {
+                    return Err(ProbeError::Refused {
+                        code: ErrorCode::Unauthorized,
+                        message: String::from_utf8_lossy(&c.reason).into_owned(),
+                    });
+                }
+                Err(e) => return Err(connect_err(e.to_string())),
+            }
+        }
+    })
+    .await;
+    endpoint.close(0u32.into(), b"");
+    match result {
+        Ok(r) => r,
+        Err(_) => Err(no_answer()),
     }
 }

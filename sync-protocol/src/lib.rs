@@ -13,8 +13,10 @@
 //!   the glue that pumps session events into a store.
 //! * [`memory`]: in-memory stores for tests and the simulator.
 //! * [`records`]: the Automerge document layout of shared records, used by both ends.
+//! * [`enroll`]: the enrollment token and the JSON of the hub's enrollment endpoint.
 
 pub mod driver;
+pub mod enroll;
 pub mod frame;
 pub mod memory;
 pub mod message;

@@ -64,6 +64,7 @@ impl Hq {
             http_listen: "127.0.0.1:0".parse().unwrap(),
             state_dir: self.state_dir.clone(),
             server_names: vec!["127.0.0.1".into()],
+            enroll_listen: None,
             reports,
         })
         .await

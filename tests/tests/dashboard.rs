@@ -352,6 +352,7 @@ async fn dashboard_shows_the_figures_in_chromium() {
         http_listen: "127.0.0.1:0".parse().unwrap(),
         state_dir: h.state_dir.clone(),
         server_names: vec!["127.0.0.1".into()],
+        enroll_listen: None,
         reports: ReportSettings::default(),
     })
     .await

@@ -314,6 +314,7 @@ async fn two_hubs_share_cache_and_rate_limits_through_redis() {
         http_listen: "127.0.0.1:0".parse().unwrap(),
         state_dir: h.state_dir.clone(),
         server_names: vec!["127.0.0.1".into()],
+        enroll_listen: None,
         reports: settings.clone(),
     })
     .await

@@ -117,6 +117,7 @@ impl Fixture {
             http_listen: "127.0.0.1:0".parse().unwrap(),
             state_dir: self.state_dir.clone(),
             server_names: vec!["127.0.0.1".into(), "localhost".into()],
+            enroll_listen: None,
             reports: Default::default(),
         })
         .await

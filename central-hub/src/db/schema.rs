@@ -383,6 +383,18 @@ CREATE VIEW md_shifts AS
 GRANT SELECT ON md_equipment, md_reasons, md_routing, md_ideal, md_shifts
     TO mes_reporting, mes_reporting_site, mes_hub;
 "#,
+    r#"
+-- Enrollment: one-time, expiring tokens (only their SHA-256 is kept), each for one site.
+CREATE TABLE enroll_tokens (
+    hash           bytea PRIMARY KEY,
+    site_id        varchar(20) NOT NULL REFERENCES sites (site_id),
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    expires_at     timestamptz NOT NULL,
+    used_at        timestamptz,
+    used_by        text
+);
+GRANT SELECT, UPDATE ON enroll_tokens TO mes_hub;
+"#,
 ];
 
 #[derive(Debug, thiserror::Error)]

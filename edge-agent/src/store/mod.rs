@@ -250,6 +250,15 @@ impl Store {
         }
     }
 
+    /// Removes a key from the `meta` table.
+    pub async fn delete_meta(&self, key: &'static str) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.execute("DELETE FROM meta WHERE key = ?1", [key])?;
+            Ok(())
+        })
+        .await
+    }
+
     /// A value from the `meta` table.
     pub async fn meta(&self, key: &'static str) -> Result<Option<String>, StoreError> {
         self.read(move |c| {

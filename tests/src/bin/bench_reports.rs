@@ -419,6 +419,7 @@ async fn main() -> anyhow::Result<()> {
         http_listen: "127.0.0.1:0".parse()?,
         state_dir,
         server_names: vec!["127.0.0.1".into()],
+        enroll_listen: None,
         reports: ReportSettings {
             rate_limit_per_second: 1_000_000,
             ..ReportSettings::default()

@@ -217,6 +217,7 @@ async fn main() -> anyhow::Result<()> {
         http_listen: "127.0.0.1:0".parse()?,
         state_dir: state_dir.clone(),
         server_names: vec!["127.0.0.1".into(), "localhost".into()],
+        enroll_listen: None,
         reports: Default::default(),
     })
     .await?;

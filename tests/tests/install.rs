@@ -1,0 +1,511 @@
+//! The field installer against a running hub on real PostgreSQL, over real HTTPS and QUIC:
+//!
+//! * a full install into a temporary prefix (files, modes, the systemd unit), a re-run that
+//!   keeps the enrollment, and the agent started from the written configuration syncing
+//!   events to the hub;
+//! * every failure a field engineer can meet, each with its own words: a wrong, a reused and
+//!   an expired token, a token from another hub (pin mismatch), an unreachable hub, UDP
+//!   blocked while HTTPS works, a revoked site, a clock too far off, too little disk;
+//! * `doctor` passing on the fresh install, then failing on an injected clock skew, a hub
+//!   that does not answer, and a revoked certificate;
+//! * a restore from a backup taken before 1,000 further events: the edge and the hub end with
+//!   the same records and no event twice.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use central_hub::db::store::add_site;
+use central_hub::serve::{self, ServeConfig};
+use edge_agent::config::RunArgs;
+use edge_agent::doctor::{self, Status};
+use edge_agent::install::{InstallError, InstallOptions, install};
+use shared_model::SiteId;
+use sqlx::PgPool;
+use system_tests::hq::{init, temp_dir};
+use system_tests::pg::server;
+
+struct Hub {
+    _db: system_tests::pg::TestDb,
+    admin: PgPool,
+    state_dir: PathBuf,
+    running: Option<serve::Running>,
+    hub_url: String,
+    reporting_url: String,
+}
+
+async fn hub(name: &str) -> Hub {
+    init();
+    let db = server().await.fresh_database().await;
+    db.migrate().await;
+    let admin = central_hub::db::connect(&db.admin_url).await.unwrap();
+    for s in ["SITE_A", "SITE_B", "SITE_C"] {
+        add_site(&admin, &SiteId::new(s).unwrap(), "Plant", "EU", "UTC")
+            .await
+            .unwrap();
+    }
+    let state_dir = temp_dir(name);
+    let mut h = Hub {
+        hub_url: db.hub_url.clone(),
+        reporting_url: db.reporting_url.clone(),
+        _db: db,
+        admin,
+        state_dir,
+        running: None,
+    };
+    h.start("127.0.0.1:0").await;
+    h
+}
+
+impl Hub {
+    async fn start(&mut self, quic: &str) {
+        self.running = Some(
+            serve::start(ServeConfig {
+                database_url: self.hub_url.clone(),
+                read_database_url: Some(self.reporting_url.clone()),
+                quic_listen: quic.parse().unwrap(),
+                http_listen: "127.0.0.1:0".parse().unwrap(),
+                state_dir: self.state_dir.clone(),
+                server_names: vec!["127.0.0.1".into()],
+                enroll_listen: Some("127.0.0.1:0".parse().unwrap()),
+                reports: Default::default(),
+            })
+            .await
+            .unwrap(),
+        );
+    }
+
+    fn running(&self) -> &serve::Running {
+        self.running.as_ref().unwrap()
+    }
+
+    fn enroll_addr(&self) -> String {
+        self.running().enroll_addr.unwrap().to_string()
+    }
+
+    async fn token(&self, site: &str) -> String {
+        let ca = central_hub::pki::Ca::load_or_create(&self.state_dir).unwrap();
+        central_hub::enroll::create_token(
+            &self.admin,
+            &ca,
+            &SiteId::new(site).unwrap(),
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap()
+        .to_string()
+    }
+
+    async fn events(&self, site: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE site_id = $1")
+            .bind(site)
+            .fetch_one(&self.admin)
+            .await
+            .unwrap()
+    }
+
+    async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await.unwrap();
+        }
+    }
+}
+
+fn options(h: &Hub, token: String, prefix: &Path) -> InstallOptions {
+    InstallOptions {
+        hub: h.enroll_addr(),
+        token,
+        prefix: prefix.to_owned(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        hub_quic: None,
+        min_free_bytes: 1 << 20,
+        clock_offset_micros: 0,
+        start_service: true,
+    }
+}
+
+async fn wait_for<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(unix)]
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// Posts `n` production counts through the agent's API with a fresh key.
+async fn post_counts(agent: &edge_agent::server::Running, data_dir: &Path, n: usize) {
+    let key = {
+        let conn =
+            edge_agent::store::open_write_connection(&data_dir.join(edge_agent::store::DB_FILE))
+                .unwrap();
+        edge_agent::store::keys::create(&conn, "test", 0).unwrap()
+    };
+    let http = reqwest::Client::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let events: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(|_| serde_json::json!({"type": "production_count", "equipment": "PRESS-01", "good": 1}))
+            .collect();
+        let r = http
+            .post(format!("http://{}/api/v1/events", agent.http_addr))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({ "events": events }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+}
+
+/// The agent as `systemd` would start it: from the written configuration, plus the master
+/// data a production count refers to.
+async fn start_installed(config: &Path) -> (edge_agent::server::Running, PathBuf) {
+    let cfg = RunArgs {
+        config: Some(config.to_owned()),
+        ..RunArgs::default()
+    }
+    .resolve()
+    .unwrap();
+    let data_dir = cfg.data_dir.clone();
+    {
+        let mut conn =
+            edge_agent::store::open_write_connection(&data_dir.join(edge_agent::store::DB_FILE))
+                .unwrap();
+        let md: edge_agent::master::MasterFile = serde_json::from_str(
+            r#"{"equipment": [{"id": "PRESS-01", "parent": "PLANT", "level": "work_unit", "name": "Press", "class": "press"}]}"#,
+        )
+        .unwrap();
+        edge_agent::master::import(&mut conn, &md.into_records()).unwrap();
+    }
+    (edge_agent::server::start(cfg).await.unwrap(), data_dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_enrolls_writes_a_service_and_the_agent_syncs() {
+    let mut h = hub("install-ok").await;
+    let prefix = temp_dir("prefix-ok");
+    let token = h.token("SITE_A").await;
+    let mut steps = Vec::new();
+    let done = install(&options(&h, token.clone(), &prefix), |n, total, what| {
+        steps.push(format!("[{n}/{total}] {what}"));
+    })
+    .await
+    .unwrap();
+    assert_eq!(done.site, "SITE_A");
+    assert!(done.enrolled_now);
+    assert!(!done.started, "never started under a prefix");
+    assert!(
+        done.start_hint.contains("run --config"),
+        "{}",
+        done.start_hint
+    );
+    assert_eq!(steps.len(), 9, "{steps:?}");
+    let l = &done.layout;
+    for f in [
+        l.config_file(),
+        l.unit_file(),
+        l.tls_dir().join("ca.crt.pem"),
+        l.tls_dir().join("client.crt.pem"),
+    ] {
+        assert!(f.exists(), "{} missing", f.display());
+    }
+    assert!(l.data_dir().is_dir());
+    #[cfg(unix)]
+    assert_eq!(mode(&l.tls_dir().join("client.key.pem")), 0o600);
+    let unit = std::fs::read_to_string(l.unit_file()).unwrap();
+    for line in [
+        "Restart=on-failure",
+        "User=mes-edge",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        &format!("ReadWritePaths={}", l.data_dir().display()),
+        &format!("run --config {}", l.config_file().display()),
+    ] {
+        assert!(unit.contains(line), "the unit lacks {line:?}:\n{unit}");
+    }
+    // The token is spent (stored as a hash, with who used it).
+    let (used, by): (bool, Option<String>) =
+        sqlx::query_as("SELECT used_at IS NOT NULL, used_by FROM enroll_tokens")
+            .fetch_one(&h.admin)
+            .await
+            .unwrap();
+    assert!(used && by.unwrap().contains("edge-agent"));
+    let stored: Vec<u8> = sqlx::query_scalar("SELECT hash FROM enroll_tokens")
+        .fetch_one(&h.admin)
+        .await
+        .unwrap();
+    assert!(!token.contains(&sync_protocol::enroll::hex(&stored)));
+
+    // Re-running is safe: the enrollment is kept, the token is not needed again.
+    let again = install(&options(&h, token, &prefix), |_, _, _| {})
+        .await
+        .unwrap();
+    assert!(!again.enrolled_now);
+
+    // Doctor is happy with a fresh installation.
+    let checks = doctor::run(&l.config_file(), 0).await;
+    assert!(doctor::all_passed(&checks), "{}", doctor::render(&checks));
+
+    // The agent, started from what install wrote, syncs.
+    let (agent, data_dir) = start_installed(&l.config_file()).await;
+    post_counts(&agent, &data_dir, 25).await;
+    wait_for("the events at the hub", Duration::from_secs(20), || async {
+        h.events("SITE_A").await == 25
+    })
+    .await;
+    agent.stop().await.unwrap();
+    h.stop().await;
+    let _ = std::fs::remove_dir_all(prefix);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_install_failure_is_told_in_words() {
+    let mut h = hub("install-errors").await;
+    async fn fails(o: InstallOptions) -> String {
+        let prefix = o.prefix.clone();
+        let e: InstallError = install(&o, |_, _, _| {}).await.unwrap_err();
+        let _ = std::fs::remove_dir_all(prefix);
+        e.to_string()
+    }
+    let p = |n: &str| temp_dir(&format!("prefix-{n}"));
+
+    // Not a token at all.
+    let m = fails(options(&h, "hello".into(), &p("format"))).await;
+    assert!(m.contains("not an enrollment token"), "{m}");
+    // A well-formed token this hub never issued.
+    let real = h.token("SITE_A").await;
+    let parsed = sync_protocol::enroll::EnrollToken::parse(&real).unwrap();
+    let forged = sync_protocol::enroll::EnrollToken {
+        secret: "0123456789abcdef0123456789abcdef".into(),
+        ca_fingerprint: parsed.ca_fingerprint,
+    };
+    let m = fails(options(&h, forged.to_string(), &p("wrong"))).await;
+    assert!(m.contains("did not issue that token"), "{m}");
+    // A token made for another hub (its CA): caught before the token is sent.
+    let other = sync_protocol::enroll::EnrollToken {
+        ca_fingerprint: [7; 32],
+        ..parsed.clone()
+    };
+    let m = fails(options(&h, other.to_string(), &p("pin"))).await;
+    assert!(m.contains("not the hub this token was made for"), "{m}");
+    // Used twice.
+    install(&options(&h, real.clone(), &p("first")), |_, _, _| {})
+        .await
+        .unwrap();
+    let m = fails(options(&h, real, &p("reused"))).await;
+    assert!(m.contains("already used"), "{m}");
+    // Expired.
+    let t = h.token("SITE_B").await;
+    sqlx::query(
+        "UPDATE enroll_tokens SET expires_at = now() - interval '1 minute' WHERE used_at IS NULL",
+    )
+    .execute(&h.admin)
+    .await
+    .unwrap();
+    let m = fails(options(&h, t, &p("expired"))).await;
+    assert!(m.contains("expired"), "{m}");
+    // The hub's address is wrong or down.
+    let t = h.token("SITE_B").await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut o = options(&h, t.clone(), &p("unreachable"));
+    o.hub = closed.to_string();
+    let m = fails(o).await;
+    assert!(
+        m.contains("cannot reach the hub") && m.contains("connection refused"),
+        "{m}"
+    );
+    // HTTPS works, UDP does not: nothing answers on the QUIC port.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut o = options(&h, t.clone(), &p("udp"));
+    o.hub_quic = Some(udp.local_addr().unwrap().to_string());
+    let m = fails(o).await;
+    drop(udp);
+    assert!(
+        m.contains("UDP") && m.contains("the token was not used"),
+        "{m}"
+    );
+    // A clock an hour ahead.
+    let mut o = options(&h, t.clone(), &p("clock"));
+    o.clock_offset_micros = 3_600_000_000;
+    let m = fails(o).await;
+    assert!(m.contains("clock is 3600 s ahead of the hub's"), "{m}");
+    // Too little disk (more than any test machine has free).
+    let mut o = options(&h, t.clone(), &p("disk"));
+    o.min_free_bytes = u64::MAX / 2;
+    let m = fails(o).await;
+    assert!(
+        m.contains("MB are free") && m.contains("larger disk"),
+        "{m}"
+    );
+    // None of those spent the token: it still enrolls.
+    install(&options(&h, t, &p("after")), |_, _, _| {})
+        .await
+        .unwrap();
+    // A revoked site.
+    let t = h.token("SITE_C").await;
+    sqlx::query("UPDATE sites SET revoked_at = now() WHERE site_id = 'SITE_C'")
+        .execute(&h.admin)
+        .await
+        .unwrap();
+    let m = fails(options(&h, t, &p("revoked"))).await;
+    assert!(m.contains("SITE_C is revoked"), "{m}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_finds_clock_skew_an_unreachable_hub_and_a_revoked_certificate() {
+    let mut h = hub("doctor").await;
+    let prefix = temp_dir("prefix-doctor");
+    let done = install(&options(&h, h.token("SITE_A").await, &prefix), |_, _, _| {})
+        .await
+        .unwrap();
+    let config = done.layout.config_file();
+    let status = |checks: &[doctor::Check], name: &str| {
+        checks
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no {name} check"))
+            .clone()
+    };
+    let checks = doctor::run(&config, 0).await;
+    assert!(doctor::all_passed(&checks), "{}", doctor::render(&checks));
+
+    // The box's clock 10 minutes behind.
+    let checks = doctor::run(&config, -600_000_000).await;
+    let clock = status(&checks, "clock");
+    assert_eq!(clock.status, Status::Fail, "{}", doctor::render(&checks));
+    assert!(clock.detail.contains("behind") && clock.remedy.unwrap().contains("timedatectl"));
+
+    // The hub is down.
+    let quic = h.running().quic_addr.to_string();
+    h.stop().await;
+    let checks = doctor::run(&config, 0).await;
+    let hub_check = status(&checks, "hub");
+    assert_eq!(hub_check.status, Status::Fail);
+    assert!(
+        hub_check.remedy.unwrap().contains("UDP port"),
+        "{}",
+        doctor::render(&checks)
+    );
+    assert_eq!(status(&checks, "clock").status, Status::Skip);
+    assert!(!doctor::all_passed(&checks));
+
+    // Back, but the site is revoked.
+    h.start(&quic).await;
+    sqlx::query("UPDATE sites SET revoked_at = now() WHERE site_id = 'SITE_A'")
+        .execute(&h.admin)
+        .await
+        .unwrap();
+    let checks = doctor::run(&config, 0).await;
+    let hub_check = status(&checks, "hub");
+    assert_eq!(
+        hub_check.status,
+        Status::Fail,
+        "{}",
+        doctor::render(&checks)
+    );
+    assert!(
+        hub_check.remedy.unwrap().contains("revoked"),
+        "{}",
+        doctor::render(&checks)
+    );
+    // The other checks still pass, and JSON carries the same.
+    for name in ["config", "certificate", "disk", "database"] {
+        assert_eq!(
+            status(&checks, name).status,
+            Status::Pass,
+            "{}",
+            doctor::render(&checks)
+        );
+    }
+    // The agent never ran here, so there is no outbox to look at yet.
+    assert_eq!(status(&checks, "outbox").status, Status::Skip);
+    let json = serde_json::to_value(&checks).unwrap();
+    assert_eq!(json[2]["name"], "hub");
+    assert_eq!(json[2]["status"], "fail");
+    h.stop().await;
+    let _ = std::fs::remove_dir_all(prefix);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_from_an_old_backup_converges_without_duplicates() {
+    let mut h = hub("restore").await;
+    let prefix = temp_dir("prefix-restore");
+    let done = install(&options(&h, h.token("SITE_A").await, &prefix), |_, _, _| {})
+        .await
+        .unwrap();
+    let (agent, data_dir) = start_installed(&done.layout.config_file()).await;
+    post_counts(&agent, &data_dir, 100).await;
+    wait_for("100 events at the hub", Duration::from_secs(20), || async {
+        h.events("SITE_A").await == 100
+    })
+    .await;
+    let backup = prefix.join("backup.db");
+    let c = edge_agent::backup::backup(&data_dir, &backup).unwrap();
+    assert_eq!(c.events, 100);
+    // A backup never overwrites.
+    assert!(edge_agent::backup::backup(&data_dir, &backup).is_err());
+    // Restoring while the agent runs is refused in words.
+    let e = edge_agent::backup::restore(&data_dir, &backup).unwrap_err();
+    assert!(e.to_string().contains("stop it first"), "{e}");
+
+    // 1,000 further events reach the hub.
+    post_counts(&agent, &data_dir, 1000).await;
+    wait_for(
+        "1,100 events at the hub",
+        Duration::from_secs(30),
+        || async { h.events("SITE_A").await == 1100 },
+    )
+    .await;
+    agent.stop().await.unwrap();
+
+    // The box's disk is replaced by the old backup.
+    let (restored, kept) = edge_agent::backup::restore(&data_dir, &backup).unwrap();
+    assert_eq!(restored.events, 100);
+    assert!(kept.is_some());
+    let (agent, _) = start_installed(&done.layout.config_file()).await;
+    wait_for("the repair to finish", Duration::from_secs(20), || async {
+        agent
+            .state
+            .store
+            .meta("repair_pending")
+            .await
+            .unwrap()
+            .is_none()
+            && agent.state.store.pending().await.unwrap().events == 0
+    })
+    .await;
+    // New events after the restore sync as usual; nothing is there twice.
+    post_counts(&agent, &data_dir, 10).await;
+    wait_for(
+        "1,110 events at the hub",
+        Duration::from_secs(20),
+        || async { h.events("SITE_A").await == 1110 },
+    )
+    .await;
+    let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT event_id) FROM events")
+        .fetch_one(&h.admin)
+        .await
+        .unwrap();
+    assert_eq!(distinct, 1110);
+    agent.stop().await.unwrap();
+    h.stop().await;
+    let _ = std::fs::remove_dir_all(prefix);
+}
