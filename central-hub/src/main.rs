@@ -283,6 +283,9 @@ fn main() -> anyhow::Result<()> {
                 "central-hub sync on quic://{} http on http://{}",
                 running.quic_addr, running.http_addr
             );
+            if let Some(e) = running.enroll_addr {
+                println!("enrollment (edge-agent install) on https://{e}");
+            }
             shutdown_signal().await;
             running.stop().await
         }),

@@ -186,7 +186,8 @@ async fn start_installed(config: &Path) -> (edge_agent::server::Running, PathBuf
             edge_agent::store::open_write_connection(&data_dir.join(edge_agent::store::DB_FILE))
                 .unwrap();
         let md: edge_agent::master::MasterFile = serde_json::from_str(
-            r#"{"equipment": [{"id": "PRESS-01", "parent": "PLANT", "level": "work_unit", "name": "Press", "class": "press"}]}"#,
+            r#"{"equipment": [{"id": "PRESS-01", "parent": "PLANT", "level": "work_unit", "name": "Press", "class": "press"}],
+                "materials": [{"id": "BRACKET-7", "name": "Bracket", "unit": "pcs", "tracking": "lot"}]}"#,
         )
         .unwrap();
         edge_agent::master::import(&mut conn, &md.into_records()).unwrap();
@@ -457,6 +458,35 @@ async fn restore_from_an_old_backup_converges_without_duplicates() {
         h.events("SITE_A").await == 100
     })
     .await;
+    // A shared record, synced before the backup.
+    let key = {
+        let conn =
+            edge_agent::store::open_write_connection(&data_dir.join(edge_agent::store::DB_FILE))
+                .unwrap();
+        edge_agent::store::keys::create(&conn, "orders", 0).unwrap()
+    };
+    let http = reqwest::Client::new();
+    let edge_url = format!("http://{}", agent.http_addr);
+    let r = http
+        .post(format!("{edge_url}/api/v1/work-orders"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"id": "SITE_A-WO-R1", "material": "BRACKET-7", "planned_quantity": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let hub_state = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT state FROM work_orders WHERE site_id = 'SITE_A' AND id = 'SITE_A-WO-R1'",
+        )
+        .fetch_optional(&h.admin)
+        .await
+        .unwrap()
+    };
+    wait_for("the order at the hub", Duration::from_secs(20), || async {
+        hub_state().await.is_some()
+    })
+    .await;
     let backup = prefix.join("backup.db");
     let c = edge_agent::backup::backup(&data_dir, &backup).unwrap();
     assert_eq!(c.events, 100);
@@ -466,7 +496,33 @@ async fn restore_from_an_old_backup_converges_without_duplicates() {
     let e = edge_agent::backup::restore(&data_dir, &backup).unwrap_err();
     assert!(e.to_string().contains("stop it first"), "{e}");
 
-    // 1,000 further events reach the hub.
+    // After the backup: the site starts the order, HQ re-prioritises it, and 1,000 further
+    // events reach the hub.
+    let r = http
+        .post(format!("{edge_url}/api/v1/work-orders/SITE_A-WO-R1/start"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let hq = central_hub::api::create_token(&h.admin, "hq", "hq:write", None)
+        .await
+        .unwrap();
+    let r = http
+        .patch(format!(
+            "http://{}/api/v1/work-orders/SITE_A-WO-R1",
+            h.running().http_addr
+        ))
+        .bearer_auth(&hq)
+        .json(&serde_json::json!({"priority": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    wait_for("the start at the hub", Duration::from_secs(20), || async {
+        hub_state().await.as_deref() == Some("running")
+    })
+    .await;
     post_counts(&agent, &data_dir, 1000).await;
     wait_for(
         "1,100 events at the hub",
@@ -492,6 +548,46 @@ async fn restore_from_an_old_backup_converges_without_duplicates() {
             && agent.state.store.pending().await.unwrap().events == 0
     })
     .await;
+    // The record converged: the site's own start (lost with the disk) came back from the
+    // hub, HQ's priority too, and both copies have the same Automerge heads.
+    let store = agent.state.store.clone();
+    wait_for(
+        "the order back to running with HQ's priority",
+        Duration::from_secs(20),
+        || {
+            let store = store.clone();
+            async move {
+                let o = store
+                    .read(|c| edge_agent::records::get(c, "SITE_A-WO-R1"))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                o.order.state == shared_model::work_order::WorkOrderState::Running
+                    && o.order.priority == 1
+            }
+        },
+    )
+    .await;
+    let edge_heads = agent
+        .state
+        .store
+        .read(|c| edge_agent::records::heads_page(c, None, 100))
+        .await
+        .unwrap();
+    let hub_doc: Vec<u8> = sqlx::query_scalar(
+        "SELECT doc FROM records WHERE site_id = 'SITE_A' AND record_id = 'SITE_A-WO-R1'",
+    )
+    .fetch_one(&h.admin)
+    .await
+    .unwrap();
+    let mut hub_doc = automerge::AutoCommit::load(&hub_doc).unwrap();
+    let mut hub_heads: Vec<[u8; 32]> = hub_doc.get_heads().into_iter().map(|x| x.0).collect();
+    let mut heads = edge_heads[0].heads.clone();
+    hub_heads.sort();
+    heads.sort();
+    assert_eq!(edge_heads.len(), 1);
+    assert_eq!(heads, hub_heads, "edge and hub hold different histories");
+
     // New events after the restore sync as usual; nothing is there twice.
     post_counts(&agent, &data_dir, 10).await;
     wait_for(

@@ -11,5 +11,6 @@
 
 mod api;
 mod crash;
+mod install;
 mod support;
 mod terminal;
