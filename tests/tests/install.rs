@@ -26,6 +26,36 @@ use sqlx::PgPool;
 use system_tests::hq::{init, temp_dir};
 use system_tests::pg::server;
 
+/// The `edge-agent` binary of this build: built once (cargo skips it when it is current), as
+/// this package cannot name another package's binary.
+fn edge_agent_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let status = std::process::Command::new(env!("CARGO"))
+                .args([
+                    "build",
+                    "--quiet",
+                    "--locked",
+                    "-p",
+                    "edge-agent",
+                    "--bin",
+                    "edge-agent",
+                ])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("running cargo build");
+            assert!(status.success(), "building edge-agent failed");
+            let dir = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+            let bin = dir.join("debug/edge-agent");
+            assert!(bin.exists(), "{} missing", bin.display());
+            bin
+        })
+        .clone()
+}
+
 struct Hub {
     _db: system_tests::pg::TestDb,
     admin: PgPool,
@@ -276,9 +306,44 @@ async fn install_enrolls_writes_a_service_and_the_agent_syncs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_install_failure_is_told_in_words() {
     let mut h = hub("install-errors").await;
+    // Each case runs the real binary: its words on stderr and exit status 1; the library's
+    // error must say the same.
     async fn fails(o: InstallOptions) -> String {
         let prefix = o.prefix.clone();
         let e: InstallError = install(&o, |_, _, _| {}).await.unwrap_err();
+        let mut cmd = std::process::Command::new(edge_agent_bin());
+        cmd.args([
+            "install",
+            "--hub",
+            &o.hub,
+            "--token",
+            &o.token,
+            "--no-start",
+        ])
+        .arg("--prefix")
+        .arg(&prefix)
+        .args(["--http-listen", &o.http_listen.to_string()])
+        .args([
+            "--min-free-mb",
+            &(o.min_free_bytes >> 20).max(1).to_string(),
+        ])
+        .env(
+            "EDGE_CLOCK_SKEW_SECS",
+            (o.clock_offset_micros / 1_000_000).to_string(),
+        )
+        .env_remove("EDGE_ENROLL_TOKEN");
+        if let Some(q) = &o.hub_quic {
+            cmd.args(["--hub-quic", q]);
+        }
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("error: {e}")),
+            "the binary says\n{stderr}\nthe library says\n{e}"
+        );
         let _ = std::fs::remove_dir_all(prefix);
         e.to_string()
     }
