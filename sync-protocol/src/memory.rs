@@ -162,6 +162,18 @@ impl MemoryEdgeStore {
         self.lock().events.values().cloned().collect()
     }
 
+    /// Events still waiting in the outbox (not acknowledged by the hub).
+    pub fn pending_event_ids(&self) -> BTreeSet<EventId> {
+        self.lock()
+            .outbox
+            .values()
+            .filter_map(|item| match item {
+                OutboxItem::Event(e) => Some(e.event_id),
+                OutboxItem::Change(_) => None,
+            })
+            .collect()
+    }
+
     /// Every record with the hashes of its changes.
     pub fn record_hashes(&self) -> BTreeMap<RecordId, BTreeSet<ChangeHash>> {
         self.lock()
