@@ -7,4 +7,5 @@ pub mod browser;
 pub mod hq;
 pub mod layering;
 pub mod pg;
+pub mod procs;
 pub mod sim;

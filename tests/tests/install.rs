@@ -26,34 +26,8 @@ use sqlx::PgPool;
 use system_tests::hq::{init, temp_dir};
 use system_tests::pg::server;
 
-/// The `edge-agent` binary of this build: built once (cargo skips it when it is current), as
-/// this package cannot name another package's binary.
 fn edge_agent_bin() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let status = std::process::Command::new(env!("CARGO"))
-                .args([
-                    "build",
-                    "--quiet",
-                    "--locked",
-                    "-p",
-                    "edge-agent",
-                    "--bin",
-                    "edge-agent",
-                ])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("running cargo build");
-            assert!(status.success(), "building edge-agent failed");
-            let dir = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-            let bin = dir.join("debug/edge-agent");
-            assert!(bin.exists(), "{} missing", bin.display());
-            bin
-        })
-        .clone()
+    system_tests::procs::workspace_bin("edge-agent", "edge-agent")
 }
 
 struct Hub {
