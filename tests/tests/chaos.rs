@@ -409,3 +409,149 @@ async fn kill_9_of_hub_and_edge_during_sync_loses_nothing() {
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_dir_all(state_dir);
 }
+
+/// A small tmpfs mounted for the test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = temp_dir("tmpfs");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "the disk-full test mounts a small tmpfs and needs root (CAP_SYS_ADMIN); mount failed on {}",
+            dir.display()
+        );
+        Tmpfs(dir)
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "remounting {} failed", self.0.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The edge's disk fills up: writes are refused with a clear error (and store nothing), the
+/// agent keeps serving, and when space returns writes are taken again; every event answered
+/// 201 is in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_clearly_and_recovers() {
+    init();
+    let disk = Tmpfs::mount("3m");
+    let data = disk.0.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut cfg = edge_config("SITE_001", &data, "unused", &data.join("tls"));
+    cfg.hub = None;
+    let key = {
+        let conn = edge_agent::store::open_write_connection(&data.join(edge_agent::store::DB_FILE))
+            .unwrap();
+        edge_agent::store::keys::create(&conn, "chaos", 0).unwrap()
+    };
+    let edge = edge_agent::server::start(cfg).await.unwrap();
+    let base = format!("http://{}", edge.http_addr);
+    let http = reqwest::Client::new();
+    let post = |n: usize| {
+        let events: Vec<serde_json::Value> = (0..n)
+            .map(|_| {
+                serde_json::json!({"type": "production_count", "equipment": "PRESS-01", "good": 1,
+                                        "scrap": 0, "rework": 0})
+            })
+            .collect();
+        http.post(format!("{base}/api/v1/events"))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({ "events": events }))
+            .send()
+    };
+    let mut acked: Vec<String> = Vec::new();
+    let mut refusal = None;
+    for _ in 0..2_000 {
+        let r = post(200).await.unwrap();
+        let status = r.status().as_u16();
+        let v: serde_json::Value = r.json().await.unwrap();
+        if status == 201 {
+            acked.extend(
+                v["event_ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_str().unwrap().to_owned()),
+            );
+        } else {
+            refusal = Some((status, v));
+            break;
+        }
+    }
+    let (status, body) = refusal.expect("3 MB never filled up");
+    assert_eq!(status, 507, "{body}");
+    assert_eq!(body["error"]["code"], "disk_full", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("free space")
+    );
+    // Still serving, still refusing while full, and nothing half-stored.
+    let health = http.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(post(200).await.unwrap().status(), 507);
+    // Space returns: writes are taken again.
+    disk.resize("64m");
+    let r = post(200).await.unwrap();
+    assert_eq!(
+        r.status(),
+        201,
+        "after space returned: {}",
+        r.text().await.unwrap()
+    );
+    let v: serde_json::Value = r.json().await.unwrap();
+    acked.extend(
+        v["event_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_owned()),
+    );
+    edge.stop().await.unwrap();
+    let conn = rusqlite::Connection::open_with_flags(
+        data.join(edge_agent::store::DB_FILE),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let stored: std::collections::BTreeSet<String> = conn
+        .prepare("SELECT event_id FROM events")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let lost = acked.iter().filter(|id| !stored.contains(*id)).count();
+    println!(
+        "disk full: {} events acknowledged before and after, {} stored, lost {lost}; refused with 507 disk_full while full",
+        acked.len(),
+        stored.len()
+    );
+    assert_eq!(lost, 0);
+    assert_eq!(
+        stored.len(),
+        acked.len(),
+        "a refused request left rows behind"
+    );
+}

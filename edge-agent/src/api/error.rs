@@ -86,6 +86,21 @@ impl ApiError {
                 "unavailable",
                 "the agent is shutting down",
             ),
+            StoreError::Sqlite(ref x)
+                if x.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) =>
+            {
+                tracing::error!(error = %e, "disk full: writes are refused until space returns");
+                Self::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "disk_full",
+                    "the edge's disk is full: nothing of this request was stored; free space on the agent's data disk (it keeps running and takes writes again as soon as there is room)",
+                )
+            }
+            StoreError::Io(ref x) if x.kind() == std::io::ErrorKind::StorageFull => Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "disk_full",
+                "the edge's disk is full: nothing of this request was stored; free space on the agent's data disk",
+            ),
             other => {
                 tracing::error!(error = %other, "store failure");
                 Self::new(

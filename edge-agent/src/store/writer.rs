@@ -15,7 +15,7 @@ pub(crate) trait WriteJob: Send {
 
 /// Delivers a job's result after the commit (or the commit's error).
 pub(crate) trait Reply: Send {
-    fn send(self: Box<Self>, commit: &Result<(), String>);
+    fn send(self: Box<Self>, commit: &Result<(), CommitError>);
 }
 
 struct Job<F, R> {
@@ -61,13 +61,11 @@ where
 }
 
 impl<R: Send> Reply for Pending<R> {
-    fn send(self: Box<Self>, commit: &Result<(), String>) {
+    fn send(self: Box<Self>, commit: &Result<(), CommitError>) {
         let result = match commit {
             Ok(()) => self.result,
             // The job's own error is more useful than the commit's when it already failed.
-            Err(e) => self
-                .result
-                .and_then(|_| Err(StoreError::Corrupt(format!("commit failed: {e}")))),
+            Err(e) => self.result.and_then(|_| Err(e.to_store_error())),
         };
         // The requester may have gone away (client disconnected); its rows are committed.
         let _ = self.done.send(result);
@@ -94,23 +92,51 @@ pub(crate) fn run(
         let mut tx = match conn.transaction() {
             Ok(tx) => tx,
             Err(e) => {
-                let msg = e.to_string();
+                let e = CommitError::from(e);
                 for j in jobs.drain(..) {
-                    j.fail(StoreError::Corrupt(format!(
-                        "cannot begin a transaction: {msg}"
-                    )));
+                    j.fail(e.to_store_error());
                 }
                 continue;
             }
         };
         let replies: Vec<Box<dyn Reply>> = jobs.drain(..).map(|j| j.run(&mut tx)).collect();
-        let commit = tx.commit().map_err(|e| e.to_string());
+        let commit = tx.commit().map_err(CommitError::from);
         if commit.is_err() {
             metrics.commit_failures.inc();
         }
         metrics.commit_batch_size.observe(n as f64);
         for r in replies {
             r.send(&commit);
+        }
+    }
+}
+
+/// Why a group commit failed, kept so every job of the group gets the same answer. A full
+/// disk stays a full disk (the API answers `507 disk_full`), not "corrupt".
+#[derive(Debug, Clone)]
+pub(crate) struct CommitError {
+    message: String,
+    disk_full: bool,
+}
+
+impl From<rusqlite::Error> for CommitError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self {
+            disk_full: e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl CommitError {
+    fn to_store_error(&self) -> StoreError {
+        if self.disk_full {
+            StoreError::Io(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!("commit failed: {}", self.message),
+            ))
+        } else {
+            StoreError::Corrupt(format!("commit failed: {}", self.message))
         }
     }
 }
