@@ -125,46 +125,101 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Starts a throw-away cluster. It lives as long as the machine lets it: the test process
-/// cannot stop it from a static, so it is started with a short `idle_session_timeout`-free
-/// configuration in a temp dir that the OS cleans.
-fn start_private_cluster() -> Result<String, String> {
-    let initdb = find_bin("initdb").ok_or("initdb not found on PATH or in /usr/lib/postgresql")?;
-    let pg_ctl = find_bin("pg_ctl").ok_or("pg_ctl not found")?;
-    let dir = std::env::temp_dir().join(format!("mes-test-pg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    if is_root() {
-        Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(&dir)
-            .status()
-            .map_err(|e| e.to_string())?;
+/// A cluster of its own, which a test may crash (`pg_ctl stop -m immediate`) and start again;
+/// stopped and removed when dropped. The process-wide fallback server is one of these that is
+/// never dropped.
+#[derive(Debug)]
+pub struct PrivateCluster {
+    pub admin_url: String,
+    dir: PathBuf,
+    data: String,
+    opts: String,
+    log: String,
+    pg_ctl: PathBuf,
+    keep: bool,
+}
+
+impl PrivateCluster {
+    /// `initdb` and start on a free port; `fsync` on for crash tests, off for speed.
+    pub fn start(fsync: bool) -> Result<PrivateCluster, String> {
+        let initdb =
+            find_bin("initdb").ok_or("initdb not found on PATH or in /usr/lib/postgresql")?;
+        let pg_ctl = find_bin("pg_ctl").ok_or("pg_ctl not found")?;
+        let dir = std::env::temp_dir().join(format!(
+            "mes-test-pg-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::now_v7().simple().to_string()[20..]
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        if is_root() {
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .map_err(|e| e.to_string())?;
+        }
+        let data = dir.join("data").to_string_lossy().to_string();
+        run_pg(
+            &initdb,
+            &["-D", &data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        )?;
+        let port = free_port()?;
+        let opts = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync={}",
+            dir.to_string_lossy(),
+            if fsync { "on" } else { "off" }
+        );
+        let log = dir.join("log").to_string_lossy().to_string();
+        let c = PrivateCluster {
+            admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            dir,
+            data,
+            opts,
+            log,
+            pg_ctl,
+            keep: false,
+        };
+        c.start_again()?;
+        Ok(c)
     }
-    let data = dir.join("data");
-    let data_s = data.to_string_lossy().to_string();
-    run_pg(
-        &initdb,
-        &[
-            "-D",
-            &data_s,
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-        ],
-    )?;
-    let port = free_port()?;
-    let opts = format!(
-        "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
-        dir.to_string_lossy()
-    );
-    let log = dir.join("log").to_string_lossy().to_string();
-    run_pg(
-        &pg_ctl,
-        &["-D", &data_s, "-o", &opts, "-l", &log, "-w", "start"],
-    )?;
-    Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+
+    pub fn start_again(&self) -> Result<(), String> {
+        run_pg(
+            &self.pg_ctl,
+            &[
+                "-D", &self.data, "-o", &self.opts, "-l", &self.log, "-w", "start",
+            ],
+        )
+    }
+
+    /// Like a power cut for the database: no checkpoint, no clean shutdown.
+    pub fn stop_immediate(&self) -> Result<(), String> {
+        run_pg(&self.pg_ctl, &["-D", &self.data, "-m", "immediate", "stop"])
+    }
+
+    /// A test server on this cluster, for `fresh_database`.
+    pub fn server(&self) -> PgServer {
+        PgServer {
+            admin_url: self.admin_url.clone(),
+        }
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = self.stop_immediate();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Starts a throw-away cluster for the whole test process (never stopped: the OS cleans the
+/// temporary directory).
+fn start_private_cluster() -> Result<String, String> {
+    let mut c = PrivateCluster::start(false)?;
+    c.keep = true;
+    Ok(c.admin_url.clone())
 }
 
 async fn locate() -> Result<String, String> {

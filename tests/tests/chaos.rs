@@ -555,3 +555,110 @@ async fn a_full_disk_refuses_writes_clearly_and_recovers() {
         "a refused request left rows behind"
     );
 }
+
+/// PostgreSQL stopped with `pg_ctl stop -m immediate` while the hub ingests, then started
+/// again: the hub keeps running, the edge keeps taking writes, and once the database is back
+/// every acknowledged event is at the hub exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_crash_during_ingest_loses_nothing() {
+    init();
+    let cluster = std::sync::Arc::new(
+        tokio::task::spawn_blocking(|| system_tests::pg::PrivateCluster::start(true))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("a private PostgreSQL cluster for the crash test: {e}")),
+    );
+    let db = cluster.server().fresh_database().await;
+    db.migrate().await;
+    let admin = central_hub::db::connect(&db.admin_url).await.unwrap();
+    let state_dir = temp_dir("chaos-pg");
+    let site = SiteId::new("SITE_PG").unwrap();
+    add_site(&admin, &site, "Plant", "EU", "UTC").await.unwrap();
+    let ca = Ca::load_or_create(&state_dir).unwrap();
+    let tls = state_dir.join("sites/SITE_PG");
+    ca.write_site_bundle(&site, &tls).unwrap();
+    let hub = serve::start(ServeConfig {
+        database_url: db.hub_url.clone(),
+        read_database_url: Some(db.reporting_url.clone()),
+        quic_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state_dir.clone(),
+        server_names: vec!["127.0.0.1".into()],
+        enroll_listen: None,
+        reports: Default::default(),
+    })
+    .await
+    .unwrap();
+    let dir = temp_dir("chaos-pg-edge");
+    let edge = edge_agent::server::start(edge_config(
+        "SITE_PG",
+        &dir,
+        &hub.quic_addr.to_string(),
+        &tls,
+    ))
+    .await
+    .unwrap();
+    let key = {
+        let conn = edge_agent::store::open_write_connection(&dir.join(edge_agent::store::DB_FILE))
+            .unwrap();
+        edge_agent::store::keys::create(&conn, "chaos", 0).unwrap()
+    };
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", edge.http_addr);
+    let mut acked = write_rounds(&http, &base, &key, 10).await;
+    // The database goes down hard in the middle of the stream.
+    let c = cluster.clone();
+    let writes = write_rounds(&http, &base, &key, 10);
+    let crash = tokio::task::spawn_blocking(move || c.stop_immediate());
+    acked.extend(writes.await);
+    crash.await.unwrap().unwrap();
+    acked.extend(write_rounds(&http, &base, &key, 10).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.start_again())
+        .await
+        .unwrap()
+        .unwrap();
+    acked.extend(write_rounds(&http, &base, &key, 5).await);
+    let started = Instant::now();
+    let (n, distinct) = loop {
+        let r: Result<(i64, i64), sqlx::Error> = sqlx::query_as(
+            "SELECT count(*), count(DISTINCT event_id) FROM events WHERE site_id = 'SITE_PG'",
+        )
+        .fetch_one(&admin)
+        .await;
+        if let Ok((n, d)) = r
+            && (d as usize >= acked.len() || started.elapsed() > Duration::from_secs(120))
+        {
+            break (n, d);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(150),
+            "the database never answered again"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let at_hub: std::collections::BTreeSet<String> = sqlx::query_scalar::<_, uuid::Uuid>(
+        "SELECT event_id FROM events WHERE site_id = 'SITE_PG'",
+    )
+    .fetch_all(&admin)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|u| u.to_string())
+    .collect();
+    let lost = acked.iter().filter(|id| !at_hub.contains(*id)).count();
+    println!(
+        "PostgreSQL stop -m immediate during ingest: acknowledged {}, at the hub {n} ({distinct} distinct), lost {lost}, duplicated {}, caught up {:.1} s after the restart",
+        acked.len(),
+        n - distinct,
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(acked.len(), 700);
+    assert_eq!(lost, 0);
+    assert_eq!(n, distinct);
+    edge.stop().await.unwrap();
+    hub.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(state_dir);
+}
