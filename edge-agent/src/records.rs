@@ -7,7 +7,7 @@
 //! open: a persisted actor reused after a lost commit would produce duplicate sequence numbers.
 
 use automerge::transaction::Transactable;
-use automerge::{ActorId, AutoCommit, Change, ROOT, ReadDoc};
+use automerge::{ActorId, AutoCommit, ROOT, ReadDoc};
 use rusqlite::{Connection, OptionalExtension, params};
 use shared_model::master::MasterRecord;
 use shared_model::work_order::{OperationProgress, WorkOrderAction, WorkOrderState};
@@ -391,9 +391,8 @@ pub fn apply_remote(conn: &Connection, changes: &[RecordChange]) -> Result<(), S
             Some(d) => d,
             None => AutoCommit::new(),
         };
-        let change = Change::from_bytes(c.bytes().to_vec())
-            .map_err(|e| StoreError::Corrupt(format!("change does not decode: {e}")))?;
-        doc.apply_changes([change]).map_err(am)?;
+        let change = sync_protocol::records::decode_untrusted(c.bytes()).map_err(doc_err)?;
+        sync_protocol::records::apply_untrusted(&mut doc, vec![change]).map_err(doc_err)?;
         save(conn, &c.record, &mut doc)?;
         record_conflicts(conn, &c.record, &doc)?;
         // A document whose first changes have not all arrived yet has no readable order;

@@ -18,6 +18,7 @@
 pub mod driver;
 pub mod enroll;
 pub mod frame;
+pub mod fuzzing;
 pub mod memory;
 pub mod message;
 pub mod records;

@@ -21,6 +21,50 @@ pub enum DocError {
     Field(&'static str),
 }
 
+/// Decodes a change that came from another node. automerge 0.12 panics on some malformed
+/// bytes (fuzz fixtures `change_ingest/crash-199f…`, `crash-a81d…`): caught and refused here.
+pub fn decode_untrusted(bytes: &[u8]) -> Result<automerge::Change, DocError> {
+    // Only a plain change chunk (magic, checksum, type 1) is what an edge or the hub sends
+    // (`Change::raw_bytes`). Bundles and compressed chunks are refused before automerge sees
+    // them: a 67-byte bundle made automerge 0.12 allocate 2 GiB (fuzz/findings/), and a
+    // compressed chunk could inflate far beyond the frame limit.
+    const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+    const CHUNK_TYPE_CHANGE: u8 = 1;
+    if bytes.len() < 9 || bytes[..4] != MAGIC || bytes[8] != CHUNK_TYPE_CHANGE {
+        return Err(DocError::Automerge(
+            "not an Automerge change (a single uncompressed change chunk is expected)".into(),
+        ));
+    }
+    let bytes = bytes.to_vec();
+    match std::panic::catch_unwind(move || automerge::Change::from_bytes(bytes)) {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(DocError::Automerge(format!(
+            "the change does not decode: {e}"
+        ))),
+        Err(_) => Err(DocError::Automerge(
+            "the change is malformed (the Automerge library could not decode it)".into(),
+        )),
+    }
+}
+
+/// Applies changes that came from another node. automerge 0.12 panics on some malformed
+/// changes instead of returning an error (found by the `change_ingest` fuzz target; the
+/// crasher is `fuzz/fixtures/change_ingest/`): such a change is refused like any invalid one
+/// rather than taking the session or the process down. After a refusal the document must be
+/// dropped, not saved — every caller loads it afresh per change and aborts on error.
+pub fn apply_untrusted(
+    doc: &mut AutoCommit,
+    changes: Vec<automerge::Change>,
+) -> Result<(), DocError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| doc.apply_changes(changes))) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(DocError::Automerge(e.to_string())),
+        Err(_) => Err(DocError::Automerge(
+            "the change is malformed (the Automerge library could not apply it)".into(),
+        )),
+    }
+}
+
 /// A work order as the API shows it: the shared record plus where it runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkOrderView {

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use automerge::{AutoCommit, Change};
+use automerge::AutoCommit;
 use shared_model::{Event, EventBody, SiteId};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use sync_protocol::message::{
@@ -250,9 +250,11 @@ async fn merge_change(
             record: record.id().to_owned(),
         });
     }
-    let change = Change::from_bytes(c.bytes().to_vec()).map_err(|e| HubStoreError::BadChange {
-        record: record.id().to_owned(),
-        reason: e.to_string(),
+    let change = sync_protocol::records::decode_untrusted(c.bytes()).map_err(|e| {
+        HubStoreError::BadChange {
+            record: record.id().to_owned(),
+            reason: e.to_string(),
+        }
     })?;
     if from_edge {
         let actor = change.actor_id().to_bytes().to_vec();
@@ -289,11 +291,12 @@ async fn merge_change(
             .map_err(|e| HubStoreError::Corrupt(format!("record {}: {e}", record.id())))?,
         None => AutoCommit::new(),
     };
-    doc.apply_changes([change])
-        .map_err(|e| HubStoreError::BadChange {
+    sync_protocol::records::apply_untrusted(&mut doc, vec![change]).map_err(|e| {
+        HubStoreError::BadChange {
             record: record.id().to_owned(),
             reason: e.to_string(),
-        })?;
+        }
+    })?;
     sqlx::query(
         "INSERT INTO records (site_id, record_kind, record_id, doc) VALUES ($1, $2, $3, $4)
          ON CONFLICT (site_id, record_kind, record_id) DO UPDATE SET doc = excluded.doc, updated_at = now()",
