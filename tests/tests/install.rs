@@ -314,8 +314,22 @@ async fn every_install_failure_is_told_in_words() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(out.status.code(), Some(1), "{stderr}");
+        // Figures may differ between the two runs (free disk space moves): compare words.
+        let words = |s: &str| -> String {
+            let mut out = String::new();
+            for c in s.chars() {
+                if c.is_ascii_digit() {
+                    if !out.ends_with('#') {
+                        out.push('#');
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        };
         assert!(
-            stderr.contains(&format!("error: {e}")),
+            words(&stderr).contains(&words(&format!("error: {e}"))),
             "the binary says\n{stderr}\nthe library says\n{e}"
         );
         let _ = std::fs::remove_dir_all(prefix);
