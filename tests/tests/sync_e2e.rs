@@ -934,3 +934,360 @@ async fn personnel_reach_their_own_site_and_the_terminal_shows_online() {
     }
     let _ = std::fs::remove_dir_all(state_dir);
 }
+
+/// Panics anywhere in this test process (the hub runs in it): a hostile frame must never
+/// cause one, even where tokio would quietly drop the panicking task.
+static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn count_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+            previous(info);
+        }));
+    });
+}
+
+fn p99(mut v: Vec<Duration>) -> (Duration, Duration) {
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+/// How long one event takes from SITE_A's store to the hub, `n` times.
+async fn propagation(
+    edge: &edge_agent::server::Running,
+    admin: &PgPool,
+    site: &SiteId,
+    from: u64,
+    n: u64,
+) -> Vec<Duration> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let before = count(
+            admin,
+            "SELECT count(*) FROM events WHERE site_id = 'SITE_A'",
+        )
+        .await;
+        let one = events(site, from + i, 1);
+        let started = Instant::now();
+        edge.state
+            .store
+            .write(move |c| edge_agent::store::insert_events_for_tests(c, &one))
+            .await
+            .unwrap();
+        edge.state.notify_outbox();
+        wait_for(
+            "an event of SITE_A at the hub",
+            Duration::from_secs(20),
+            || async {
+                count(
+                    admin,
+                    "SELECT count(*) FROM events WHERE site_id = 'SITE_A'",
+                )
+                .await
+                    > before
+            },
+        )
+        .await;
+        out.push(started.elapsed());
+    }
+    out
+}
+
+/// The hostile-edge suite: a valid certificate for SITE_B sending frames for SITE_A, reusing
+/// SITE_A's Automerge actor, a duplicate (actor, seq), replays of old frames, a change with
+/// unknown dependencies, an enormous change, timestamps outside every partition. Nothing is
+/// written across sites, nothing panics, and SITE_A's sync latency is measured before and
+/// during the attack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_edge_suite_writes_nothing_across_sites_and_spares_the_others() {
+    use automerge::transaction::Transactable;
+    use sync_protocol::message::{ErrorCode, EventBatch, Message, RecordChanges};
+    count_panics();
+    let f = fixture("hub6", &["SITE_A", "SITE_B"]).await;
+    let (admin, state_dir) = (f.admin.clone(), f.state_dir.clone());
+    let (a, b) = (
+        SiteId::new("SITE_A").unwrap(),
+        SiteId::new("SITE_B").unwrap(),
+    );
+    let hub = f.start_hub("127.0.0.1:0").await;
+    let edge_dir = temp_dir("edge-victim");
+    let edge = edge_agent::server::start(edge_config(
+        "SITE_A",
+        &edge_dir,
+        &hub.quic_addr.to_string(),
+        &f.tls("SITE_A"),
+    ))
+    .await
+    .unwrap();
+    // SITE_A's own work order binds its edge's actor to SITE_A at the hub.
+    let view = sync_protocol::records::WorkOrderView {
+        order: shared_model::work_order::WorkOrder::released(
+            shared_model::WorkOrderId::new("SITE_A-WO-1").unwrap(),
+            a.clone(),
+            shared_model::MaterialId::new("BRACKET-7").unwrap(),
+            5,
+        ),
+        work_unit: None,
+    };
+    let actor = edge.state.store.actor().clone();
+    let actor2 = actor.clone();
+    edge.state
+        .store
+        .write(move |c| edge_agent::records::create(c, &view, &actor2))
+        .await
+        .unwrap();
+    edge.state.notify_outbox();
+    wait_for(
+        "SITE_A's order at the hub",
+        Duration::from_secs(15),
+        || async {
+            count(
+                &admin,
+                "SELECT count(*) FROM records WHERE site_id = 'SITE_A'",
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    let baseline = propagation(&edge, &admin, &a, 0, 20).await;
+
+    let tls_b = f.tls("SITE_B");
+    let enc = |m: Message| sync_protocol::frame::encode(&m, 1 << 22).unwrap();
+    let change_for = |record: &str, doc: &mut automerge::AutoCommit| {
+        RecordChange::new(
+            RecordId::new(RecordKind::WorkOrder, record).unwrap(),
+            doc.get_last_local_change().unwrap().raw_bytes().to_vec(),
+        )
+        .unwrap()
+    };
+    // Every hostile session, with what the hub must answer (None: either a clean session or
+    // any error frame, as long as nothing crosses sites and nothing panics).
+    type Attack = (&'static str, Vec<Vec<u8>>, Option<ErrorCode>);
+    let mut attacks: Vec<Attack> = Vec::new();
+    attacks.push((
+        "SITE_A's events under SITE_B's certificate",
+        vec![
+            hello(),
+            enc(Message::EventBatch(EventBatch {
+                last_seq: 1,
+                events: events(&a, 50_000, 5),
+            })),
+        ],
+        Some(ErrorCode::SiteMismatch),
+    ));
+    {
+        let mut doc = automerge::AutoCommit::new().with_actor(actor.clone());
+        doc.put(automerge::ROOT, "state", "aborted").unwrap();
+        doc.commit();
+        attacks.push((
+            "SITE_A's actor id on SITE_B's record",
+            vec![
+                hello(),
+                enc(Message::RecordChanges(RecordChanges {
+                    last_seq: 1,
+                    changes: vec![change_for("SITE_B-WO-1", &mut doc)],
+                })),
+            ],
+            Some(ErrorCode::Unauthorized),
+        ));
+    }
+    {
+        let y = automerge::ActorId::random();
+        let mut one = automerge::AutoCommit::new().with_actor(y.clone());
+        one.put(automerge::ROOT, "notes", "first").unwrap();
+        one.commit();
+        let mut two = automerge::AutoCommit::new().with_actor(y);
+        two.put(automerge::ROOT, "notes", "second, same actor and seq")
+            .unwrap();
+        two.commit();
+        attacks.push((
+            "a duplicate (actor, seq)",
+            vec![
+                hello(),
+                enc(Message::RecordChanges(RecordChanges {
+                    last_seq: 1,
+                    changes: vec![
+                        change_for("SITE_B-WO-2", &mut one),
+                        change_for("SITE_B-WO-2", &mut two),
+                    ],
+                })),
+            ],
+            None,
+        ));
+    }
+    {
+        let mut doc = automerge::AutoCommit::new();
+        doc.put(automerge::ROOT, "notes", "base").unwrap();
+        doc.commit();
+        doc.put(
+            automerge::ROOT,
+            "notes",
+            "depends on a change the hub never saw",
+        )
+        .unwrap();
+        doc.commit();
+        attacks.push((
+            "a change with unknown dependencies",
+            vec![
+                hello(),
+                enc(Message::RecordChanges(RecordChanges {
+                    last_seq: 1,
+                    changes: vec![change_for("SITE_B-WO-3", &mut doc)],
+                })),
+            ],
+            None,
+        ));
+    }
+    {
+        let mut doc = automerge::AutoCommit::new();
+        let list = doc
+            .put_object(automerge::ROOT, "ops", automerge::ObjType::List)
+            .unwrap();
+        for i in 0..20_000u64 {
+            doc.insert(&list, i as usize, i).unwrap();
+        }
+        doc.commit();
+        let bytes = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+        if let Ok(c) = RecordChange::new(
+            RecordId::new(RecordKind::WorkOrder, "SITE_B-WO-4").unwrap(),
+            bytes,
+        ) {
+            attacks.push((
+                "an enormous number of operations",
+                vec![
+                    hello(),
+                    enc(Message::RecordChanges(RecordChanges {
+                        last_seq: 1,
+                        changes: vec![c],
+                    })),
+                ],
+                None,
+            ));
+        }
+    }
+    {
+        let mut far = events(&b, 70_000, 5);
+        for e in &mut far {
+            e.occurred_at = Timestamp::from_micros(4_100_000_000_000_000); // the year 2099
+            e.recorded_at = e.occurred_at;
+        }
+        attacks.push((
+            "timestamps outside every partition",
+            vec![
+                hello(),
+                enc(Message::EventBatch(EventBatch {
+                    last_seq: 1,
+                    events: far,
+                })),
+            ],
+            None,
+        ));
+    }
+    let own = enc(Message::EventBatch(EventBatch {
+        last_seq: 1,
+        events: events(&b, 80_000, 5),
+    }));
+    attacks.push(("SITE_B's own batch", vec![hello(), own.clone()], None));
+    attacks.push(("the same batch replayed", vec![hello(), own], None));
+    attacks.push((
+        "an oversized length",
+        vec![hello(), vec![0xFF, 0xFF, 0xFF, 0xF0, 0, 0x10]],
+        Some(ErrorCode::FrameTooLarge),
+    ));
+
+    // The attack runs (two rounds) while SITE_A's latency is measured again.
+    let hub_addr = hub.quic_addr;
+    let attack = tokio::spawn(async move {
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            for (name, frames, expected) in &attacks {
+                // A session the hub keeps open (nothing wrong in it) is left after 3 s.
+                let got = tokio::time::timeout(
+                    Duration::from_secs(3),
+                    raw_session(&tls_b, hub_addr, frames.clone()),
+                )
+                .await
+                .ok()
+                .flatten()
+                .map(|e| e.code);
+                answers.push((*name, got, *expected));
+            }
+        }
+        answers
+    });
+    // SITE_A keeps syncing, one event at a time, for as long as the attack lasts.
+    let mut during = Vec::new();
+    let mut sent_a: u64 = 20;
+    while !attack.is_finished() || during.len() < 20 {
+        during.extend(propagation(&edge, &admin, &a, 1_000 + sent_a, 5).await);
+        sent_a += 5;
+    }
+    let answers = attack.await.unwrap();
+    for (name, got, expected) in &answers {
+        if let Some(e) = expected {
+            assert_eq!(got.as_ref(), Some(e), "{name}");
+        }
+    }
+    let (b50, b99) = p99(baseline);
+    let (d50, d99) = p99(during);
+    println!(
+        "hostile edge suite: {} hostile sessions; SITE_A edge->hub p50/p99 {:.1}/{:.1} ms before, {:.1}/{:.1} ms during the attack ({} events)",
+        answers.len(),
+        b50.as_secs_f64() * 1e3,
+        b99.as_secs_f64() * 1e3,
+        d50.as_secs_f64() * 1e3,
+        d99.as_secs_f64() * 1e3,
+        sent_a - 20
+    );
+    for (name, got, _) in &answers[..answers.len() / 2] {
+        println!("  {name}: {got:?}");
+    }
+    // Nothing crossed sites: SITE_A holds exactly what its own edge sent, and one record.
+    assert_eq!(
+        count(
+            &admin,
+            "SELECT count(*) FROM events WHERE site_id = 'SITE_A'"
+        )
+        .await,
+        sent_a as i64
+    );
+    assert_eq!(
+        count(
+            &admin,
+            "SELECT count(*) FROM records WHERE site_id = 'SITE_A'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &admin,
+            "SELECT count(*) FROM events WHERE site_id = 'SITE_B' AND event_id::text LIKE '%'"
+        )
+        .await,
+        count(
+            &admin,
+            "SELECT count(DISTINCT event_id) FROM events WHERE site_id = 'SITE_B'"
+        )
+        .await,
+        "a replayed batch was stored twice"
+    );
+    assert_eq!(
+        PANICS.load(Ordering::SeqCst),
+        0,
+        "a hostile frame caused a panic"
+    );
+    assert!(
+        d99 < Duration::from_secs(2),
+        "SITE_A's p99 during the attack: {d99:?}"
+    );
+    edge.stop().await.unwrap();
+    hub.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(edge_dir);
+    let _ = std::fs::remove_dir_all(state_dir);
+}
