@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::{RunArgs, RunConfig};
-use crate::install::{CERT_RENEW_BEFORE, CLOCK_SKEW_MAX, certificate_facts, free_bytes};
+use crate::install::{
+    CERT_RENEW_BEFORE, CLOCK_SKEW_MAX, certificate_facts, free_bytes, now_micros,
+};
 
 /// Free space below which the disk check fails.
 pub const FREE_BYTES_MIN: u64 = 512 << 20;
@@ -64,14 +66,6 @@ impl Check {
 
 /// The default configuration file of an installed agent.
 pub const CONFIG_DEFAULT: &str = "/etc/mes-edge/edge.toml";
-
-fn now_micros(offset: i64) -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-        + offset
-}
 
 /// Runs every check. `clock_offset_micros` shifts this box's clock (a test hook).
 pub async fn run(config: &Path, clock_offset_micros: i64) -> Vec<Check> {

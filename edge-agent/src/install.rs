@@ -270,7 +270,8 @@ fn port_of(address: &str) -> String {
         .to_owned()
 }
 
-fn now_micros(offset: i64) -> i64 {
+/// This box's clock, shifted by `offset` (the clock-skew test hook).
+pub(crate) fn now_micros(offset: i64) -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
