@@ -2,6 +2,7 @@
 //! the recent counts a supervisor may correct, and conflict resolution.
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -23,6 +24,18 @@ pub const QUEUE_MAX: usize = 20;
 pub const MASTER_LIST_MAX: usize = 10_000;
 /// Most events one recent-events request returns.
 pub const RECENT_EVENTS_MAX: usize = 100;
+
+/// A query string that does not fit is a JSON `400` naming the problem, like every other
+/// error, not axum's plain-text rejection.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_query",
+            e.body_text(),
+        )
+    })
+}
 
 #[derive(Debug, Deserialize)]
 pub struct UnitQuery {
@@ -167,9 +180,9 @@ fn terminal_view(conn: &Connection, unit: &str, now: Timestamp) -> Result<Value,
 /// with the sync state, in one read.
 pub async fn snapshot(
     State(state): State<AppState>,
-    Query(q): Query<UnitQuery>,
+    q: Result<Query<UnitQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let unit = q.work_unit;
+    let unit = query(q)?.work_unit;
     let now = state.now();
     let mut view = state
         .store
@@ -242,8 +255,9 @@ pub struct RecentQuery {
 /// here, each with the counts in force after corrections (`in_force`) for production counts.
 pub async fn recent_events(
     State(state): State<AppState>,
-    Query(q): Query<RecentQuery>,
+    q: Result<Query<RecentQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
     let kind = match &q.kind {
         None => None,
         Some(t) => Some(EventKind::parse(t).ok_or_else(|| {
@@ -304,10 +318,13 @@ pub async fn recent_events(
 pub async fn resolve(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Json<WorkOrderView>, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("no open conflict {id:?}")))?;
     let now: Timestamp = state.now();
     require_supervisor(&caller, now.as_micros())?;
     let value = read_json_body(&headers, body).await?;

@@ -270,6 +270,35 @@ async fn a_badge_session_records_as_its_operator() {
         .send(&h, "GET", "/api/v1/master-data/personnel", None, &[])
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+    // Bad query strings and ids are JSON errors, not plain-text rejections.
+    for (path, status, code) in [
+        ("/api/v1/terminal", StatusCode::BAD_REQUEST, "invalid_query"),
+        (
+            "/api/v1/events?limit=many",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            "/api/v1/terminal?work_unit=NOPE",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_reference",
+        ),
+    ] {
+        let (s, v) = p.send(&h, "GET", path, None, &[]).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{path}: {v}"
+        );
+    }
+    let (s, v) = p
+        .post(
+            &h,
+            "/api/v1/conflicts/abc/resolve",
+            json!({"state": "ended"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
 
     // Logging out ends the session.
     let (s, _) = p
