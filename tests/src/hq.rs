@@ -286,3 +286,19 @@ pub async fn wait_for_x_cache(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Polls `check` until it holds, failing the test with `what` after `limit`.
+pub async fn wait_for<F, Fut>(what: &str, limit: std::time::Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

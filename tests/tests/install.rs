@@ -14,7 +14,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use central_hub::db::store::add_site;
 use central_hub::serve::{self, ServeConfig};
@@ -23,7 +23,7 @@ use edge_agent::doctor::{self, Status};
 use edge_agent::install::{InstallError, InstallOptions, install};
 use shared_model::SiteId;
 use sqlx::PgPool;
-use system_tests::hq::{init, temp_dir};
+use system_tests::hq::{init, temp_dir, wait_for};
 use system_tests::pg::server;
 
 fn edge_agent_bin() -> PathBuf {
@@ -126,21 +126,6 @@ fn options(h: &Hub, token: String, prefix: &Path) -> InstallOptions {
         min_free_bytes: 1 << 20,
         clock_offset_micros: 0,
         start_service: true,
-    }
-}
-
-async fn wait_for<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

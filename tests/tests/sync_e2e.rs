@@ -21,6 +21,7 @@ use shared_model::event::ProductionCount;
 use shared_model::{EquipmentId, Event, EventBody, EventId, SiteId, Timestamp};
 use sqlx::PgPool;
 use sync_protocol::message::{DownItem, RecordChange, RecordId, RecordKind};
+use system_tests::hq::wait_for;
 use system_tests::pg::server;
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -135,21 +136,6 @@ fn init() {
         )
         .with_test_writer()
         .try_init();
-}
-
-async fn wait_for<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn count(admin: &PgPool, sql: &'static str) -> i64 {
