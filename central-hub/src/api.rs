@@ -145,13 +145,15 @@ pub async fn create_token(
     let token: String = std::iter::once("hub_".to_owned())
         .chain(bytes.iter().map(|b| format!("{b:02x}")))
         .collect();
-    sqlx::query("INSERT INTO api_tokens (hash, name, scope, site_id) VALUES ($1, $2, $3, $4)")
+    let mut tx = pool.begin().await?;
+    crate::db::query("INSERT INTO api_tokens (hash, name, scope, site_id) VALUES ($1, $2, $3, $4)")
         .bind(token_hash(&token))
         .bind(name)
         .bind(scope)
         .bind(site.map(|s| s.as_str().to_owned()))
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
     Ok(token)
 }
 
@@ -181,11 +183,19 @@ async fn require_token(State(state): State<ApiState>, mut req: Request, next: Ne
     let scope = match cached {
         Some(s) => s,
         None => {
-            let row = sqlx::query(
-                "SELECT scope, site_id FROM api_tokens WHERE hash = $1 AND revoked_at IS NULL",
-            )
-            .bind(&hash)
-            .fetch_optional(&state.pool)
+            // In a transaction so that, behind PgBouncer, its unnamed statement is parsed
+            // and executed on the same server connection.
+            let row = async {
+                let mut tx = crate::db::begin(&state.pool, crate::db::PoolRole::Write).await?;
+                let row = crate::db::query(
+                    "SELECT scope, site_id FROM api_tokens WHERE hash = $1 AND revoked_at IS NULL",
+                )
+                .bind(&hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(row)
+            }
             .await;
             let scope = match row {
                 Ok(Some(r)) => {
@@ -342,7 +352,7 @@ async fn work_orders_uncached(
             .await
             .map_err(ApiError::internal)?;
     }
-    let rows = sqlx::query(
+    let rows = crate::db::query(
         "SELECT site_id, id, state, material, planned_quantity, good_count, scrap_count, due, priority,
                 state NOT IN ('ended', 'aborted')
                   AND due IS NOT NULL AND planned_quantity > good_count
@@ -383,6 +393,20 @@ async fn work_orders_uncached(
     Ok(json!({ "work_orders": orders }))
 }
 
+/// Runs a read on the reporting connection inside a transaction: behind PgBouncer an
+/// unnamed statement is parsed and executed on one server connection only within one.
+async fn read_rows(
+    state: &ApiState,
+    q: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+) -> Result<Vec<sqlx::postgres::PgRow>, ApiError> {
+    let mut tx = crate::db::begin(read_pool(state)?, crate::db::PoolRole::Read)
+        .await
+        .map_err(ApiError::internal)?;
+    let rows = q.fetch_all(&mut *tx).await.map_err(ApiError::internal)?;
+    tx.commit().await.map_err(ApiError::internal)?;
+    Ok(rows)
+}
+
 fn read_pool(state: &ApiState) -> Result<&PgPool, ApiError> {
     state.read_pool.as_ref().ok_or_else(|| {
         ApiError::new(
@@ -418,7 +442,9 @@ async fn sites(
 pub const MICRO_CACHE_AGE: Duration = Duration::from_secs(1);
 
 async fn sites_uncached(state: &ApiState, scope: &Scope) -> Result<Value, ApiError> {
-    let rows = sqlx::query(
+    let rows = read_rows(
+        state,
+        crate::db::query(
         "SELECT s.site_id, s.name, s.region, s.timezone, s.connected, s.last_seen_at,
                 s.agent_version, s.down_acked, s.revoked_at IS NOT NULL AS revoked,
                 coalesce((SELECT max(d.cursor) FROM down_log d WHERE d.site_id = s.site_id), 0) AS down_head,
@@ -427,10 +453,9 @@ async fn sites_uncached(state: &ApiState, scope: &Scope) -> Result<Value, ApiErr
                 s.edge_status_at,
                 s.last_event_at
          FROM sites s ORDER BY s.site_id",
+    ),
     )
-    .fetch_all(read_pool(state)?)
-    .await
-    .map_err(ApiError::internal)?;
+    .await?;
     let sites: Vec<Value> = rows
         .iter()
         .filter(|r| {
@@ -673,13 +698,14 @@ async fn conflicts(
     State(state): State<ApiState>,
     Extension(scope): Extension<Scope>,
 ) -> Result<Json<Value>, ApiError> {
-    let rows = sqlx::query(
-        "SELECT id, site_id, record_kind, record_id, description, detected_at
+    let rows = read_rows(
+        &state,
+        crate::db::query(
+            "SELECT id, site_id, record_kind, record_id, description, detected_at
          FROM conflicts WHERE resolved_at IS NULL ORDER BY detected_at DESC LIMIT 1000",
+        ),
     )
-    .fetch_all(read_pool(&state)?)
-    .await
-    .map_err(ApiError::internal)?;
+    .await?;
     let list: Vec<Value> = rows
         .iter()
         .filter(|r| {
@@ -781,14 +807,13 @@ async fn put_master_data(
         })?;
         records.push(record);
     }
-    let sites: Vec<SiteId> = sqlx::query_scalar::<_, String>(
-        "SELECT site_id FROM sites WHERE revoked_at IS NULL ORDER BY site_id",
+    let sites: Vec<SiteId> = read_rows(
+        &state,
+        crate::db::query("SELECT site_id FROM sites WHERE revoked_at IS NULL ORDER BY site_id"),
     )
-    .fetch_all(read_pool(&state)?)
-    .await
-    .map_err(ApiError::internal)?
-    .into_iter()
-    .filter_map(|s| SiteId::new(s).ok())
+    .await?
+    .iter()
+    .filter_map(|r| SiteId::new(r.get::<String, _>(0)).ok())
     .collect();
     let versions = crate::db::master::publish(&state.pool, &sites, &records)
         .await

@@ -64,12 +64,12 @@ async fn site_status(
     site: &SiteId,
 ) -> Result<Option<Option<time::OffsetDateTime>>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config('app.current_site_id', $1, true)")
+    crate::db::query("SELECT set_config('app.current_site_id', $1, true)")
         .bind(site.as_str())
         .execute(&mut *tx)
         .await?;
     let row: Option<Option<time::OffsetDateTime>> =
-        sqlx::query_scalar("SELECT revoked_at FROM sites WHERE site_id = $1")
+        crate::db::query_scalar("SELECT revoked_at FROM sites WHERE site_id = $1")
             .bind(site.as_str())
             .fetch_optional(&mut *tx)
             .await?;
@@ -98,15 +98,17 @@ pub async fn create_token(
         .fill(&mut bytes)
         .map_err(|_| sqlx::Error::Protocol("no randomness available".into()))?;
     let secret = hex(&bytes);
-    sqlx::query(
+    let mut tx = pool.begin().await?;
+    crate::db::query(
         "INSERT INTO enroll_tokens (hash, site_id, expires_at)
          VALUES ($1, $2, now() + make_interval(secs => $3))",
     )
     .bind(secret_hash(&secret))
     .bind(site.as_str())
     .bind(ttl.as_secs_f64())
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(EnrollToken {
         secret,
         ca_fingerprint: ca.fingerprint()?,
@@ -190,7 +192,7 @@ async fn redeem(
         bool,
         time::OffsetDateTime,
         Option<time::OffsetDateTime>,
-    )> = sqlx::query_as(
+    )> = crate::db::query_as(
         "SELECT site_id, used_at IS NOT NULL, expires_at <= now(), expires_at, used_at
              FROM enroll_tokens WHERE hash = $1 FOR UPDATE",
     )
@@ -244,7 +246,7 @@ async fn redeem(
     let certificate_pem =
         s.ca.sign_site_csr(&site, csr_pem)
             .map_err(|e| error(StatusCode::BAD_REQUEST, codes::BAD_CSR, e.to_string()))?;
-    sqlx::query("UPDATE enroll_tokens SET used_at = now(), used_by = $2 WHERE hash = $1")
+    crate::db::query("UPDATE enroll_tokens SET used_at = now(), used_by = $2 WHERE hash = $1")
         .bind(secret_hash(secret))
         .bind(agent)
         .execute(&mut *tx)

@@ -21,6 +21,33 @@ use shared_model::SiteId;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr as text or JSON.
+    #[arg(
+        long,
+        global = true,
+        env = "HUB_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: central_hub::telemetry::LogFormat,
+    /// OTLP/HTTP collector base URL (spans go to <URL>/v1/traces); no tracing without it.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Share of traces sent, 0.0–1.0 (the deployment guide samples 10 %).
+    #[arg(
+        long,
+        global = true,
+        env = "OTEL_TRACES_SAMPLER_ARG",
+        default_value_t = 0.1
+    )]
+    trace_sample_ratio: f64,
+    #[arg(
+        long,
+        global = true,
+        env = "OTEL_SERVICE_NAME",
+        default_value = "central-hub"
+    )]
+    service_name: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,9 +77,24 @@ enum Command {
         /// Directory of the CA (created on first use).
         #[arg(long, env = "HUB_STATE_DIR", default_value = "hub-state")]
         state_dir: PathBuf,
-        /// Names the server certificate is valid for (repeatable).
-        #[arg(long = "server-name", default_values = ["localhost", "127.0.0.1"])]
+        /// Names the server certificate is valid for (repeatable, or comma-separated in the
+        /// environment).
+        #[arg(long = "server-name", env = "HUB_SERVER_NAMES", value_delimiter = ',',
+              default_values = ["localhost", "127.0.0.1"])]
         server_names: Vec<String>,
+        /// PgBouncer in transaction mode sits in front of --database-url and
+        /// --read-database-url: no prepared-statement cache (see docs/operations.md).
+        #[arg(long, env = "HUB_PGBOUNCER", value_parser = clap::builder::FalseyValueParser::new(),
+              default_value = "false", num_args = 0..=1, default_missing_value = "true")]
+        pgbouncer: bool,
+        /// A session connection for LISTEN/NOTIFY (PostgreSQL itself or a session-mode
+        /// PgBouncer database); required with --pgbouncer.
+        #[arg(long, env = "LISTEN_DATABASE_URL")]
+        listen_database_url: Option<String>,
+        /// Connections per pool (write and read each) of this instance.
+        #[arg(long, env = "HUB_DB_POOL_SIZE", default_value_t = central_hub::db::POOL_CONNECTIONS_MAX,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(central_hub::db::POOL_CONNECTIONS_LIMIT)))]
+        db_pool_size: u32,
         /// HTTPS enrollment endpoint for `edge-agent install`.
         #[arg(long, env = "HUB_ENROLL_LISTEN", default_value = "0.0.0.0:8443")]
         enroll_listen: SocketAddr,
@@ -84,6 +126,11 @@ enum Command {
         #[arg(long, env = "HUB_STATE_DIR", default_value = "hub-state")]
         state_dir: PathBuf,
     },
+    /// Partition lifecycle (retention).
+    Partitions {
+        #[command(subcommand)]
+        command: PartitionCommand,
+    },
     /// Manage HQ API tokens.
     ApiToken {
         #[command(subcommand)]
@@ -91,6 +138,23 @@ enum Command {
     },
     /// Print the build and protocol versions.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum PartitionCommand {
+    /// Archive event partitions older than the retention age to CSV files, then drop them
+    /// (as the schema owner, directly against PostgreSQL).
+    Retire {
+        #[arg(long, env = "HUB_RETENTION_MONTHS")]
+        older_than_months: u32,
+        #[arg(long, env = "HUB_ARCHIVE_DIR")]
+        archive_dir: PathBuf,
+        /// List what would be retired and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -164,14 +228,53 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let _telemetry = central_hub::telemetry::init(
+        cli.log_format,
+        cli.otlp_endpoint.filter(|e| !e.is_empty()).map(|endpoint| {
+            central_hub::telemetry::TraceSettings {
+                endpoint,
+                sample_ratio: cli.trace_sample_ratio,
+                service_name: cli.service_name.clone(),
+            }
+        }),
+    )
+    .context("setting up logs and traces")?;
     match cli.command {
+        Command::Partitions {
+            command:
+                PartitionCommand::Retire {
+                    older_than_months,
+                    archive_dir,
+                    dry_run,
+                    database_url,
+                },
+        } => runtime()?.block_on(async {
+            let pool = db::connect(&database_url)
+                .await
+                .context("connecting to PostgreSQL")?;
+            let now = time::OffsetDateTime::now_utc();
+            if dry_run {
+                let due = db::retention::due(&pool, older_than_months, now).await?;
+                for (table, _, month) in &due {
+                    println!("would retire {table} ({month})");
+                }
+                println!("{} partition(s) due", due.len());
+                return Ok(());
+            }
+            let done = db::retention::retire(&pool, older_than_months, &archive_dir, now).await?;
+            for r in &done {
+                println!(
+                    "retired {} ({} rows, {} bytes) -> {} sha256 {}",
+                    r.table,
+                    r.rows,
+                    r.bytes,
+                    r.file.display(),
+                    r.sha256
+                );
+            }
+            println!("{} partition(s) retired", done.len());
+            Ok(())
+        }),
         Command::Migrate { database_url } => runtime()?.block_on(async {
             let pool = db::connect(&database_url)
                 .await
@@ -259,6 +362,9 @@ fn main() -> anyhow::Result<()> {
             http_listen,
             state_dir,
             server_names,
+            pgbouncer,
+            listen_database_url,
+            db_pool_size,
             enroll_listen,
             redis_url,
             report_cache_ttl,
@@ -276,6 +382,11 @@ fn main() -> anyhow::Result<()> {
                     redis_url,
                     cache_ttl: std::time::Duration::from_secs(report_cache_ttl.max(1)),
                     rate_limit_per_second: rate_limit.max(1),
+                },
+                db: central_hub::db::DbSettings {
+                    pool_size: db_pool_size,
+                    pgbouncer,
+                    listen_url: listen_database_url,
                 },
             })
             .await?;

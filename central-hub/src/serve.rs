@@ -43,6 +43,8 @@ pub struct ServeConfig {
     pub enroll_listen: Option<SocketAddr>,
     /// Report cache, rate limits and their shared state.
     pub reports: ReportSettings,
+    /// Pool sizes, PgBouncer mode and the LISTEN connection.
+    pub db: crate::db::DbSettings,
 }
 
 /// Settings of the reporting API's cache and rate limiter (see `docs/reports.md`).
@@ -85,9 +87,16 @@ pub struct Running {
 #[derive(Clone, Debug)]
 struct HttpState {
     pool: PgPool,
+    read_pool: Option<PgPool>,
     metrics: Arc<SyncMetrics>,
     reports: Arc<crate::reports::ReportCtx>,
+    /// The per-site gauges, computed at most every [`SITE_GAUGES_AGE`].
+    site_gauges: Arc<tokio::sync::Mutex<Option<(std::time::Instant, String)>>>,
 }
+
+/// How long the per-site gauges of `/metrics` are reused: every pod is scraped every 15 s or
+/// so, and the queries behind them read the sites, orders and recent events of every site.
+pub const SITE_GAUGES_AGE: Duration = Duration::from_secs(10);
 
 /// Pending connections the HTTP listener queues: a wall of dashboards reconnecting at once
 /// (thousands) must not overflow it into SYN retries of seconds. The kernel caps it at
@@ -106,9 +115,28 @@ fn http_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 }
 
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
-    let pool = crate::db::connect(&config.database_url)
+    if config.db.pgbouncer && config.db.listen_url.is_none() {
+        anyhow::bail!(
+            "behind PgBouncer in transaction mode LISTEN/NOTIFY needs a session connection: \
+             set --listen-database-url (LISTEN_DATABASE_URL) to PostgreSQL itself or to a \
+             session-mode PgBouncer database"
+        );
+    }
+    let pool = crate::db::connect_with(&config.database_url, &config.db)
         .await
         .context("connecting to PostgreSQL")?;
+    let listen_pool = match &config.db.listen_url {
+        Some(url) => crate::db::connect_with(
+            url,
+            &crate::db::DbSettings {
+                pool_size: 2,
+                ..crate::db::DbSettings::default()
+            },
+        )
+        .await
+        .context("connecting to PostgreSQL for LISTEN")?,
+        None => pool.clone(),
+    };
     let ca = Ca::load_or_create(&config.state_dir)
         .with_context(|| format!("loading the CA in {}", config.state_dir.display()))?;
     let endpoint = sync::endpoint(&ca, &config.server_names, config.quic_listen)
@@ -121,7 +149,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let read_pool = match &config.read_database_url {
         Some(url) => Some(
-            crate::db::connect(url)
+            crate::db::connect_with(url, &config.db)
                 .await
                 .context("connecting to the read database")?,
         ),
@@ -137,20 +165,20 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     .context("setting up the report cache")?;
     let reports = Arc::new(crate::reports::ReportCtx::new(shared));
     let versions_listener = tokio::spawn(crate::reports::cache::listen(
-        pool.clone(),
+        listen_pool.clone(),
         reports.clone(),
         shutdown_rx.clone(),
     ));
     let api = crate::api::router(crate::api::ApiState {
         pool: pool.clone(),
-        read_pool,
+        read_pool: read_pool.clone(),
         store: store.clone(),
         reports: reports.clone(),
         tokens: Arc::default(),
     });
     let signals = Arc::new(sync::DownSignals::default());
     let down_listener = tokio::spawn(sync::listen_down(
-        pool.clone(),
+        listen_pool,
         signals.clone(),
         shutdown_rx.clone(),
     ));
@@ -188,11 +216,14 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         .route("/metrics", get(metrics_text))
         .with_state(HttpState {
             pool,
+            read_pool,
             metrics: metrics.clone(),
             reports: reports.clone(),
+            site_gauges: Arc::default(),
         })
         .merge(api)
-        .merge(crate::dashboard::router());
+        .merge(crate::dashboard::router())
+        .layer(axum::middleware::from_fn(crate::metrics::track));
     let mut http_shutdown = shutdown_rx;
     let http = tokio::spawn(async move {
         axum::serve(listener, router)
@@ -236,12 +267,18 @@ async fn partition_loop(pool: PgPool) {
     loop {
         // The hub role reads only its scoped rows, so it asks the SECURITY DEFINER function
         // per site id it knows from the partition catalogue instead of the sites table.
-        let sites: Result<Vec<String>, _> = sqlx::query_scalar(
-            "SELECT upper(substr(c.relname, 10)) FROM pg_inherits i
-             JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
-             WHERE p.relname = 'events'",
-        )
-        .fetch_all(&pool)
+        let sites: Result<Vec<String>, _> = async {
+            let mut tx = crate::db::begin(&pool, crate::db::PoolRole::Write).await?;
+            let sites = crate::db::query_scalar(
+                "SELECT upper(substr(c.relname, 10)) FROM pg_inherits i
+                 JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+                 WHERE p.relname = 'events'",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(sites)
+        }
         .await;
         match sites {
             Ok(sites) => {
@@ -259,20 +296,232 @@ async fn partition_loop(pool: PgPool) {
     }
 }
 
+/// Replication lag of the read database in seconds: 0 on a primary, and 0 on a replica that
+/// has replayed everything it received (an idle primary must not look like lag).
+const REPLICATION_LAG_SQL: &str = "SELECT pg_is_in_recovery() AS replica,
+    (CASE WHEN NOT pg_is_in_recovery() THEN 0
+          WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0
+          ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)
+     END)::float8 AS lag";
+
+/// `(is a replica, lag seconds)` of the read database.
+async fn replication_lag(pool: &PgPool) -> Result<(bool, f64), sqlx::Error> {
+    use sqlx::Row as _;
+    let row = crate::db::timed("replication_lag", async {
+        let mut tx = crate::db::begin(pool, crate::db::PoolRole::Read).await?;
+        let row = crate::db::query(REPLICATION_LAG_SQL)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(row)
+    })
+    .await?;
+    Ok((
+        row.try_get("replica")?,
+        row.try_get::<f64, _>("lag")?.max(0.0),
+    ))
+}
+
+/// Ready when the write database answers: that is what sync and the HQ writes need. The read
+/// database (often a replica) is reported beside it with its replication lag, but does not
+/// take the instance out of the load balancer: sync keeps working while a replica is down.
 async fn ready(State(s): State<HttpState>) -> impl IntoResponse {
-    match sqlx::query("SELECT 1").execute(&s.pool).await {
-        Ok(_) => (StatusCode::OK, Json(json!({"status": "ready"}))),
+    let read = match &s.read_pool {
+        None => json!({"configured": false}),
+        Some(pool) => match replication_lag(pool).await {
+            Ok((replica, lag)) => json!({
+                "configured": true, "ok": true, "replica": replica,
+                "replication_lag_seconds": lag,
+            }),
+            Err(e) => json!({"configured": true, "ok": false, "error": e.to_string()}),
+        },
+    };
+    match crate::db::timed("ready", sqlx::raw_sql("SELECT 1").execute(&s.pool)).await {
+        Ok(_) => (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "read_database": read})),
+        ),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "error": e.to_string()})),
+            Json(json!({"status": "not ready", "error": e.to_string(), "read_database": read})),
         ),
     }
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, samples: &[(String, f64)]) {
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+    for (labels, v) in samples {
+        if labels.is_empty() {
+            out.push_str(&format!("{name} {v}\n"));
+        } else {
+            out.push_str(&format!("{name}{{{labels}}} {v}\n"));
+        }
+    }
+}
+
+/// Per-site gauges from the read database: sync status as `/api/v1/sites` shows it, work
+/// orders running or paused, failed quality samples of the last 8 hours (one shift; the
+/// guide's "quality alerts"), and operators who recorded something in the last 15 minutes.
+const SITE_GAUGES_SQL: &str = "SELECT s.site_id, s.connected::int::float8 AS connected,
+    coalesce(extract(epoch FROM now() - s.last_seen_at), -1)::float8 AS last_seen,
+    coalesce(s.edge_pending_events, 0)::float8 AS backlog,
+    greatest(coalesce(extract(epoch FROM now() - s.edge_oldest_pending_at), 0), 0)::float8 AS lag,
+    (SELECT count(*) FROM work_orders w
+      WHERE w.site_id = s.site_id AND w.state IN ('running', 'interrupted'))::float8 AS orders,
+    (SELECT count(*) FROM events e
+      WHERE e.site_id = s.site_id AND e.kind = 'quality_sample' AND e.reason = 'out_of_spec'
+        AND e.occurred_at > now() - interval '8 hours')::float8 AS quality,
+    (SELECT count(DISTINCT e.operator) FROM events e
+      WHERE e.site_id = s.site_id AND e.operator IS NOT NULL
+        AND e.occurred_at > now() - interval '15 minutes')::float8 AS users
+  FROM sites s WHERE s.revoked_at IS NULL ORDER BY s.site_id";
+
+async fn site_gauges(pool: &PgPool) -> Result<String, sqlx::Error> {
+    use sqlx::Row as _;
+    let rows = crate::db::timed("site_gauges", async {
+        let mut tx = crate::db::begin(pool, crate::db::PoolRole::Read).await?;
+        let rows = crate::db::query(SITE_GAUGES_SQL)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(rows)
+    })
+    .await?;
+    let mut cols: [Vec<(String, f64)>; 7] = Default::default();
+    for r in &rows {
+        let site: String = r.try_get("site_id")?;
+        let label = format!("site=\"{}\"", crate::metrics::escape(&site));
+        for (i, c) in [
+            "connected",
+            "last_seen",
+            "backlog",
+            "lag",
+            "orders",
+            "quality",
+            "users",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let v: f64 = r.try_get(*c)?;
+            // A site never seen has no age: leave it out rather than report -1 s.
+            if *c == "last_seen" && v < 0.0 {
+                continue;
+            }
+            cols[i].push((label.clone(), v));
+        }
+    }
+    let mut out = String::new();
+    let [connected, last_seen, backlog, lag, orders, quality, users] = cols;
+    gauge(
+        &mut out,
+        "mes_sync_site_connected",
+        "1 when the site's edge holds a sync session (any hub instance).",
+        &connected,
+    );
+    gauge(
+        &mut out,
+        "mes_sync_site_last_seen_seconds",
+        "Seconds since the site's edge was last seen.",
+        &last_seen,
+    );
+    gauge(
+        &mut out,
+        "mes_sync_backlog_events",
+        "Events the site's edge reported as not yet acknowledged.",
+        &backlog,
+    );
+    gauge(
+        &mut out,
+        "mes_sync_lag_seconds",
+        "Age of the oldest event the site's edge still holds for the hub.",
+        &lag,
+    );
+    gauge(
+        &mut out,
+        "mes_work_orders_active",
+        "Work orders running or paused.",
+        &orders,
+    );
+    gauge(
+        &mut out,
+        "mes_quality_alerts_active",
+        "Failed quality samples in the last 8 hours.",
+        &quality,
+    );
+    gauge(
+        &mut out,
+        "mes_active_users_by_site",
+        "Operators who recorded an event in the last 15 minutes.",
+        &users,
+    );
+    Ok(out)
+}
+
+fn pool_gauges(out: &mut String, pools: &[(&str, &PgPool)]) {
+    let mut active = Vec::new();
+    let mut idle = Vec::new();
+    let mut limit = Vec::new();
+    let mut waiting = Vec::new();
+    for (role, pool) in pools {
+        let label = format!("pool=\"{role}\"");
+        let size = f64::from(pool.size());
+        let free = pool.num_idle() as f64;
+        active.push((label.clone(), (size - free).max(0.0)));
+        idle.push((label.clone(), free));
+        limit.push((
+            label.clone(),
+            f64::from(pool.options().get_max_connections()),
+        ));
+        let w = if *role == "read" {
+            &crate::db::WAITING.read
+        } else {
+            &crate::db::WAITING.write
+        };
+        waiting.push((label, w.load(Ordering::Relaxed).max(0) as f64));
+    }
+    gauge(
+        out,
+        "mes_db_connections_active",
+        "Pooled connections in use.",
+        &active,
+    );
+    gauge(
+        out,
+        "mes_db_connections_idle",
+        "Pooled connections open and idle.",
+        &idle,
+    );
+    gauge(
+        out,
+        "mes_db_connections_waiting",
+        "Transactions waiting for a pooled connection.",
+        &waiting,
+    );
+    gauge(
+        out,
+        "mes_db_connections_limit",
+        "Most connections the pool opens.",
+        &limit,
+    );
 }
 
 async fn metrics_text(State(s): State<HttpState>) -> impl IntoResponse {
     let m = &s.metrics;
     let mut out = String::new();
     for (name, help, kind, v) in [
+        (
+            "mes_sync_edges_connected",
+            "Sync sessions open on this instance.",
+            "gauge",
+            &m.connections_open,
+        ),
+        (
+            "mes_sync_events_ingested_total",
+            "Events stored (duplicates excluded).",
+            "counter",
+            &m.events_ingested,
+        ),
         (
             "hub_sync_connections_open",
             "Open sync connections.",
@@ -348,6 +597,61 @@ async fn metrics_text(State(s): State<HttpState>) -> impl IntoResponse {
             v.load(Ordering::Relaxed)
         ));
     }
+    crate::metrics::FRAMES_REJECTED.render(
+        &mut out,
+        "mes_sync_frames_rejected_total",
+        "Sync sessions closed or refused for a protocol violation, by error code.",
+        &["reason"],
+    );
+    crate::metrics::HTTP_REQUESTS.render(
+        &mut out,
+        "mes_http_requests_total",
+        "HTTP requests by method, route pattern and status.",
+        &["method", "route", "status"],
+    );
+    crate::metrics::HTTP_DURATION.render(
+        &mut out,
+        "mes_http_request_duration_seconds",
+        "HTTP request latency by route pattern.",
+        "route",
+    );
+    crate::metrics::QUERIES.render(
+        &mut out,
+        "mes_db_query_duration_seconds",
+        "Database operations (one transaction or statement) by name.",
+        "query",
+    );
+    let mut pools = vec![("write", &s.pool)];
+    if let Some(read) = &s.read_pool {
+        pools.push(("read", read));
+    }
+    pool_gauges(&mut out, &pools);
+    if let Some(read) = &s.read_pool {
+        match replication_lag(read).await {
+            Ok((_, lag)) => gauge(
+                &mut out,
+                "mes_db_replication_lag_seconds",
+                "Replication lag of the read database (0 on a primary or a caught-up replica).",
+                &[(String::new(), lag)],
+            ),
+            Err(e) => tracing::warn!(error = %e, "replication lag query failed"),
+        }
+        let mut cached = s.site_gauges.lock().await;
+        let fresh = cached
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < SITE_GAUGES_AGE)
+            .map(|(_, text)| text.clone());
+        match fresh {
+            Some(text) => out.push_str(&text),
+            None => match site_gauges(read).await {
+                Ok(text) => {
+                    out.push_str(&text);
+                    *cached = Some((std::time::Instant::now(), text));
+                }
+                Err(e) => tracing::warn!(error = %e, "per-site gauges failed"),
+            },
+        }
+    }
     let (hits, misses) = (
         r.cache_hits.load(Ordering::Relaxed),
         r.cache_misses.load(Ordering::Relaxed),
@@ -357,6 +661,21 @@ async fn metrics_text(State(s): State<HttpState>) -> impl IntoResponse {
     } else {
         0.0
     };
+    gauge(
+        &mut out,
+        "mes_cache_hit_rate",
+        "Share of report lookups answered from the cache since start.",
+        &[(String::new(), rate)],
+    );
+    gauge(
+        &mut out,
+        "mes_cache_miss_rate",
+        "Share of report lookups computed from the database since start.",
+        &[(
+            String::new(),
+            if hits + misses > 0 { 1.0 - rate } else { 0.0 },
+        )],
+    );
     out.push_str(&format!(
         "# HELP mes_report_cache_hit_ratio Cache hits over lookups since start.\n# TYPE mes_report_cache_hit_ratio gauge\nmes_report_cache_hit_ratio {rate}\n"
     ));

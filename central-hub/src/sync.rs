@@ -132,6 +132,27 @@ pub async fn listen_down(
     }
 }
 
+/// The `reason` label of `mes_sync_frames_rejected_total`.
+pub fn reason_name(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::UnsupportedVersion => "unsupported_version",
+        ErrorCode::MalformedFrame => "malformed_frame",
+        ErrorCode::FrameTooLarge => "frame_too_large",
+        ErrorCode::UnknownMessageType => "unknown_message_type",
+        ErrorCode::UnexpectedMessage => "unexpected_message",
+        ErrorCode::InvalidEvent => "invalid_event",
+        ErrorCode::SiteMismatch => "site_mismatch",
+        ErrorCode::WindowExceeded => "window_exceeded",
+        ErrorCode::SequenceViolation => "sequence_violation",
+        ErrorCode::LimitExceeded => "limit_exceeded",
+        ErrorCode::Timeout => "timeout",
+        ErrorCode::Internal => "internal",
+        ErrorCode::Unauthorized => "unauthorized",
+        ErrorCode::ShuttingDown => "shutting_down",
+        ErrorCode::Other(_) => "other",
+    }
+}
+
 /// Counters the hub's `/metrics` shows.
 #[derive(Debug, Default)]
 pub struct SyncMetrics {
@@ -212,6 +233,7 @@ pub async fn serve(
         let Some(incoming) = incoming else { break };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::FRAMES_REJECTED.add(&["connection_limit"], 1);
             incoming.refuse();
             continue;
         };
@@ -240,7 +262,7 @@ pub async fn serve(
 async fn set_connected(store: &PgHubStore, site: &SiteId, connected: bool, agent: Option<&str>) {
     let result = async {
         let mut tx = scoped(store.pool(), site).await?;
-        sqlx::query(
+        crate::db::query(
             "UPDATE sites SET connected = $2, last_seen_at = now(),
                  agent_version = coalesce($3, agent_version) WHERE site_id = $1",
         )
@@ -261,7 +283,7 @@ async fn set_connected(store: &PgHubStore, site: &SiteId, connected: bool, agent
 async fn site_allowed(store: &PgHubStore, site: &SiteId) -> Result<bool, sqlx::Error> {
     let mut tx = scoped(store.pool(), site).await?;
     let ok: Option<bool> =
-        sqlx::query_scalar("SELECT revoked_at IS NULL FROM sites WHERE site_id = $1")
+        crate::db::query_scalar("SELECT revoked_at IS NULL FROM sites WHERE site_id = $1")
             .bind(site.as_str())
             .fetch_optional(&mut *tx)
             .await?;
@@ -332,6 +354,7 @@ async fn connection(
             if let Some(CloseReason::Local { code, message }) = session.close_reason() {
                 if *code != ErrorCode::ShuttingDown && *code != ErrorCode::Timeout {
                     metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::FRAMES_REJECTED.add(&[reason_name(*code)], 1);
                 }
                 tracing::info!(site = %site, ?code, %message, "session closed by the hub");
             }

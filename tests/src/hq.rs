@@ -58,6 +58,7 @@ pub async fn hq(name: &str, sites: &[(&str, &str)]) -> Hq {
 impl Hq {
     pub async fn hub(&self, reports: ReportSettings) -> serve::Running {
         serve::start(ServeConfig {
+            db: Default::default(),
             database_url: self.db.hub_url.clone(),
             read_database_url: Some(self.db.reporting_url.clone()),
             quic_listen: "127.0.0.1:0".parse().unwrap(),

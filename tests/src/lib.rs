@@ -7,5 +7,6 @@ pub mod browser;
 pub mod hq;
 pub mod layering;
 pub mod pg;
+pub mod pgbouncer;
 pub mod procs;
 pub mod sim;

@@ -69,7 +69,7 @@ async fn answers(url: &str) -> bool {
     }
 }
 
-fn find_bin(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_bin(name: &str) -> Option<PathBuf> {
     let from_path = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|p| p.join(name))
@@ -86,7 +86,7 @@ fn find_bin(name: &str) -> Option<PathBuf> {
     })
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -118,7 +118,7 @@ fn run_pg(bin: &Path, args: &[&str]) -> Result<(), String> {
     }
 }
 
-fn free_port() -> Result<u16, String> {
+pub(crate) fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -195,6 +195,78 @@ impl PrivateCluster {
     /// Like a power cut for the database: no checkpoint, no clean shutdown.
     pub fn stop_immediate(&self) -> Result<(), String> {
         run_pg(&self.pg_ctl, &["-D", &self.data, "-m", "immediate", "stop"])
+    }
+
+    /// A streaming replica of this cluster on its own port: `pg_basebackup -R` (which writes
+    /// `standby.signal` and the primary's connection) into a new directory, then started as a
+    /// hot standby. Stopped and removed when dropped.
+    pub fn start_replica(&self) -> Result<PrivateCluster, String> {
+        let basebackup = find_bin("pg_basebackup").ok_or("pg_basebackup not found")?;
+        let dir = std::env::temp_dir().join(format!(
+            "mes-test-replica-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::now_v7().simple().to_string()[20..]
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        if is_root() {
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .map_err(|e| e.to_string())?;
+        }
+        let data = dir.join("data").to_string_lossy().to_string();
+        let primary_port = self
+            .admin_url
+            .rsplit_once(':')
+            .and_then(|(_, rest)| rest.split('/').next())
+            .ok_or("primary URL has no port")?
+            .to_owned();
+        run_pg(
+            &basebackup,
+            &[
+                "-D",
+                &data,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary_port,
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ],
+        )?;
+        let port = free_port()?;
+        let opts = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c hot_standby=on \
+             -c hot_standby_feedback=on",
+            dir.to_string_lossy(),
+        );
+        let log = dir.join("log").to_string_lossy().to_string();
+        let c = PrivateCluster {
+            admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            dir,
+            data,
+            opts,
+            log,
+            pg_ctl: self.pg_ctl.clone(),
+            keep: false,
+        };
+        c.start_again()?;
+        Ok(c)
+    }
+
+    /// The cluster's port.
+    pub fn port(&self) -> u16 {
+        self.admin_url
+            .rsplit_once(':')
+            .and_then(|(_, rest)| rest.split('/').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
     }
 
     /// A test server on this cluster, for `fresh_database`.
@@ -301,6 +373,11 @@ static NEXT_DB: AtomicU64 = AtomicU64::new(0);
 static PASSWORD_SET: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 
 impl PgServer {
+    /// The server's admin URL (ends in `/postgres`).
+    pub fn admin_url(&self) -> &str {
+        &self.admin_url
+    }
+
     /// A new database with a chosen name that the harness's clean-up leaves alone (a
     /// benchmark's dataset, kept for later runs); dropped first if it exists.
     pub async fn named_database(&self, name: &str) -> TestDb {

@@ -152,6 +152,7 @@ async fn lossy_duplicating_reordering_network_loses_nothing() {
             .unwrap();
     }
     let hub = serve::start(ServeConfig {
+        db: Default::default(),
         database_url: db.hub_url.clone(),
         read_database_url: Some(db.reporting_url.clone()),
         quic_listen: "127.0.0.1:0".parse().unwrap(),
@@ -578,6 +579,7 @@ async fn postgres_crash_during_ingest_loses_nothing() {
     let tls = state_dir.join("sites/SITE_PG");
     ca.write_site_bundle(&site, &tls).unwrap();
     let hub = serve::start(ServeConfig {
+        db: Default::default(),
         database_url: db.hub_url.clone(),
         read_database_url: Some(db.reporting_url.clone()),
         quic_listen: "127.0.0.1:0".parse().unwrap(),

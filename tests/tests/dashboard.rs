@@ -346,6 +346,7 @@ async fn dashboard_shows_the_figures_in_chromium() {
 
     // ... a hub without its reporting database ...
     let blind = serve::start(ServeConfig {
+        db: Default::default(),
         database_url: h.db.hub_url.clone(),
         read_database_url: None,
         quic_listen: "127.0.0.1:0".parse().unwrap(),

@@ -66,6 +66,7 @@ impl Hub {
     async fn start(&mut self, quic: &str) {
         self.running = Some(
             serve::start(ServeConfig {
+                db: Default::default(),
                 database_url: self.hub_url.clone(),
                 read_database_url: Some(self.reporting_url.clone()),
                 quic_listen: quic.parse().unwrap(),

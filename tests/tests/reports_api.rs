@@ -308,6 +308,7 @@ async fn two_hubs_share_cache_and_rate_limits_through_redis() {
         cache_ttl: Duration::from_secs(30),
     };
     let one = serve::start(ServeConfig {
+        db: Default::default(),
         database_url: h.db.hub_url.clone(),
         read_database_url: Some(h.db.reporting_url.clone()),
         quic_listen: "127.0.0.1:0".parse().unwrap(),

@@ -112,6 +112,7 @@ impl Fixture {
     /// A hub instance on this database (as the hub role, with the reporting connection).
     async fn start_hub(&self, quic_listen: &str) -> serve::Running {
         serve::start(ServeConfig {
+            db: Default::default(),
             database_url: self.db.hub_url.clone(),
             read_database_url: Some(self.db.reporting_url.clone()),
             quic_listen: quic_listen.parse().unwrap(),

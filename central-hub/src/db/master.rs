@@ -26,7 +26,7 @@ pub async fn publish(
     for record in records {
         let json = serde_json::to_value(record)
             .map_err(|e| HubStoreError::Corrupt(format!("master record: {e}")))?;
-        let version: i64 = sqlx::query_scalar(
+        let version: i64 = crate::db::query_scalar(
             "INSERT INTO master_data (kind, key, version, json)
              VALUES ($1, $2, nextval('master_version_seq'), $3)
              ON CONFLICT (kind, key) DO UPDATE SET version = excluded.version, json = excluded.json
@@ -49,7 +49,7 @@ pub async fn publish(
                 continue;
             }
             // Each site's rows are written under that site's row-level-security scope.
-            sqlx::query("SELECT set_config('app.current_site_id', $1, true)")
+            crate::db::query("SELECT set_config('app.current_site_id', $1, true)")
                 .bind(site.as_str())
                 .execute(&mut *tx)
                 .await?;
@@ -59,7 +59,7 @@ pub async fn publish(
             };
             let bytes = postcard::to_stdvec(&item)
                 .map_err(|e| HubStoreError::Corrupt(format!("cannot encode down item: {e}")))?;
-            sqlx::query("INSERT INTO down_log (site_id, item) VALUES ($1, $2)")
+            crate::db::query("INSERT INTO down_log (site_id, item) VALUES ($1, $2)")
                 .bind(site.as_str())
                 .bind(bytes)
                 .execute(&mut *tx)

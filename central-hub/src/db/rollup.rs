@@ -121,7 +121,7 @@ async fn load_events(
     }
     let lo = ids.iter().map(uuid_micros).min().unwrap_or(0) - LOOKUP_BEFORE_MICROS;
     let hi = ids.iter().map(uuid_micros).max().unwrap_or(0) + LOOKUP_AFTER_MICROS;
-    let windowed = sqlx::query(
+    let windowed = crate::db::query(
         "SELECT body FROM events
          WHERE site_id = $1 AND event_id = ANY($2) AND occurred_at >= $3 AND occurred_at <= $4",
     )
@@ -138,11 +138,12 @@ async fn load_events(
         .copied()
         .collect();
     if !missing.is_empty() {
-        let rest = sqlx::query("SELECT body FROM events WHERE site_id = $1 AND event_id = ANY($2)")
-            .bind(site.as_str())
-            .bind(&missing)
-            .fetch_all(&mut **tx)
-            .await?;
+        let rest =
+            crate::db::query("SELECT body FROM events WHERE site_id = $1 AND event_id = ANY($2)")
+                .bind(site.as_str())
+                .bind(&missing)
+                .fetch_all(&mut **tx)
+                .await?;
         decode_into(&mut out, rest)?;
     }
     Ok(out)
@@ -198,7 +199,7 @@ pub async fn apply(
             .iter()
             .flat_map(|(x, cs)| cs.iter().map(|c| (*x, *c.event_id.as_uuid())))
             .unzip();
-        sqlx::query(
+        crate::db::query(
             "INSERT INTO corrections (site_id, corrects, correction)
              SELECT $1, x, c FROM UNNEST($2::uuid[], $3::uuid[]) AS u(x, c)
              ON CONFLICT DO NOTHING",
@@ -321,7 +322,7 @@ async fn load_winners(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    Ok(sqlx::query(
+    Ok(crate::db::query(
         "SELECT corrects, (array_agg(correction ORDER BY correction DESC))[1] AS winner FROM corrections
          WHERE site_id = $1 AND corrects = ANY($2) GROUP BY corrects",
     )
@@ -372,7 +373,7 @@ async fn apply_production(
     if at.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    crate::db::query(
         "INSERT INTO production_hourly AS p
              (site_id, hour, equipment, work_order, scrap_reason, good, scrap, events)
          SELECT $1, date_trunc('hour', u.at, $2), u.eq, u.wo, u.reason, sum(u.good), sum(u.scrap),
@@ -410,7 +411,7 @@ async fn apply_lots(
         .map(|f| f.id)
         .collect();
     if !gone.is_empty() {
-        sqlx::query("DELETE FROM lot_movements WHERE site_id = $1 AND fact_id = ANY($2)")
+        crate::db::query("DELETE FROM lot_movements WHERE site_id = $1 AND fact_id = ANY($2)")
             .bind(site.as_str())
             .bind(&gone)
             .execute(&mut **tx)
@@ -441,7 +442,7 @@ async fn apply_lots(
     if ids.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    crate::db::query(
         "INSERT INTO lot_movements (site_id, fact_id, direction, lot, material, quantity,
                                     work_order, occurred_at)
          SELECT $1, u.* FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[],
@@ -546,14 +547,14 @@ async fn apply_states(
     let mut acc: HashMap<Bucket, (i64, i64)> = HashMap::new();
     for (equipment, list) in &edits {
         // Two instances ingesting for one site must not interleave their view of a timeline.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1 || '/' || $2))")
+        crate::db::query("SELECT pg_advisory_xact_lock(hashtext($1 || '/' || $2))")
             .bind(site.as_str())
             .bind(equipment)
             .execute(&mut **tx)
             .await?;
         let lo = list.iter().map(|(p, _)| p.at).min().unwrap_or(0);
         let hi = list.iter().map(|(p, _)| p.at).max().unwrap_or(0);
-        let rows = sqlx::query(
+        let rows = crate::db::query(
             "SELECT at, fact_id, state, reason FROM state_changes
              WHERE site_id = $1 AND equipment = $2
                AND at >= coalesce((SELECT max(at) FROM state_changes
@@ -598,7 +599,7 @@ async fn apply_states(
         contribute(&mut acc, clock, equipment, &new, 1);
         // Without a later point the window reaches the end of the timeline: its last point is
         // the current state.
-        let at_end: bool = sqlx::query_scalar(
+        let at_end: bool = crate::db::query_scalar(
             "SELECT NOT EXISTS (SELECT 1 FROM state_changes
                                 WHERE site_id = $1 AND equipment = $2 AND at > $3)",
         )
@@ -610,7 +611,7 @@ async fn apply_states(
         if at_end {
             match new.last() {
                 Some(last) => {
-                    sqlx::query(
+                    crate::db::query(
                         "INSERT INTO state_current (site_id, equipment, at, state, reason)
                          VALUES ($1, $2, $3, $4, $5)
                          ON CONFLICT (site_id, equipment) DO UPDATE
@@ -625,11 +626,13 @@ async fn apply_states(
                     .await?;
                 }
                 None => {
-                    sqlx::query("DELETE FROM state_current WHERE site_id = $1 AND equipment = $2")
-                        .bind(site.as_str())
-                        .bind(equipment)
-                        .execute(&mut **tx)
-                        .await?;
+                    crate::db::query(
+                        "DELETE FROM state_current WHERE site_id = $1 AND equipment = $2",
+                    )
+                    .bind(site.as_str())
+                    .bind(equipment)
+                    .execute(&mut **tx)
+                    .await?;
                 }
             }
         }
@@ -640,7 +643,7 @@ async fn apply_states(
                 .iter()
                 .map(|(a, i)| (crate::db::store::ts(Timestamp::from_micros(*a)), *i))
                 .unzip();
-            sqlx::query(
+            crate::db::query(
                 "DELETE FROM state_changes s USING UNNEST($3::timestamptz[], $4::uuid[]) AS u(at, id)
                  WHERE s.site_id = $1 AND s.equipment = $2 AND s.at = u.at AND s.fact_id = u.id",
             )
@@ -660,7 +663,7 @@ async fn apply_states(
             let ids: Vec<Uuid> = ins.iter().map(|p| p.id).collect();
             let states: Vec<&str> = ins.iter().map(|p| p.state.as_str()).collect();
             let reasons: Vec<Option<&str>> = ins.iter().map(|p| p.reason.as_deref()).collect();
-            sqlx::query(
+            crate::db::query(
                 "INSERT INTO state_changes (site_id, equipment, at, fact_id, state, reason)
                  SELECT $1, $2, u.* FROM UNNEST($3::timestamptz[], $4::uuid[], $5::text[],
                                                 $6::text[]) AS u
@@ -696,7 +699,7 @@ async fn apply_states(
         micros.push(us);
         starts.push(n);
     }
-    sqlx::query(
+    crate::db::query(
         "INSERT INTO state_hourly AS s (site_id, equipment, hour, state, reason, small, micros, starts)
          SELECT $1, u.* FROM UNNEST($2::text[], $3::timestamptz[], $4::text[], $5::text[],
                                     $6::bool[], $7::int8[], $8::int8[]) AS u

@@ -426,7 +426,7 @@ async fn migrate_locked(conn: &mut sqlx::PgConnection) -> Result<i64, MigrateErr
     )
     .await?;
     let current: i64 =
-        sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        crate::db::query_scalar("SELECT coalesce(max(version), 0) FROM schema_migrations")
             .fetch_one(&mut *conn)
             .await?;
     if current > SCHEMA_VERSION {
@@ -438,7 +438,7 @@ async fn migrate_locked(conn: &mut sqlx::PgConnection) -> Result<i64, MigrateErr
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         tx.execute(*sql).await?;
-        sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1)")
+        crate::db::query("INSERT INTO schema_migrations (version) VALUES ($1)")
             .bind(i as i64 + 1)
             .execute(&mut *tx)
             .await?;

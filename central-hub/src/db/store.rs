@@ -54,7 +54,7 @@ pub async fn notify_data(
     tx: &mut Transaction<'static, Postgres>,
     site: Option<&SiteId>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_notify($1, $2 || ':' || txid_current())")
+    crate::db::query("SELECT pg_notify($1, $2 || ':' || txid_current())")
         .bind(DATA_CHANNEL)
         .bind(site.map_or("*", |s| s.as_str()))
         .execute(&mut **tx)
@@ -67,8 +67,8 @@ pub async fn scoped(
     pool: &PgPool,
     site: &SiteId,
 ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config('app.current_site_id', $1, true)")
+    let mut tx = crate::db::begin(pool, crate::db::PoolRole::Write).await?;
+    crate::db::query("SELECT set_config('app.current_site_id', $1, true)")
         .bind(site.as_str())
         .execute(&mut *tx)
         .await?;
@@ -159,7 +159,7 @@ impl PgHubStore {
             return Ok(c);
         }
         let mut tx = scoped(&self.pool, site).await?;
-        let row = sqlx::query(
+        let row = crate::db::query(
             "SELECT timezone,
                     extract(epoch FROM (now() AT TIME ZONE timezone) - (now() AT TIME ZONE 'UTC'))::int8
                         AS offset_seconds
@@ -212,12 +212,13 @@ async fn append_down(
 ) -> Result<u64, HubStoreError> {
     let bytes = postcard::to_stdvec(item)
         .map_err(|e| HubStoreError::Corrupt(format!("cannot encode down item: {e}")))?;
-    let cursor: i64 =
-        sqlx::query_scalar("INSERT INTO down_log (site_id, item) VALUES ($1, $2) RETURNING cursor")
-            .bind(site.as_str())
-            .bind(bytes)
-            .fetch_one(&mut **tx)
-            .await?;
+    let cursor: i64 = crate::db::query_scalar(
+        "INSERT INTO down_log (site_id, item) VALUES ($1, $2) RETURNING cursor",
+    )
+    .bind(site.as_str())
+    .bind(bytes)
+    .fetch_one(&mut **tx)
+    .await?;
     notify_down(tx, site).await?;
     Ok(cursor as u64)
 }
@@ -227,7 +228,7 @@ pub async fn notify_down(
     tx: &mut Transaction<'static, Postgres>,
     site: &SiteId,
 ) -> Result<(), HubStoreError> {
-    sqlx::query("SELECT pg_notify('mes_down', $1)")
+    crate::db::query("SELECT pg_notify('mes_down', $1)")
         .bind(site.as_str())
         .execute(&mut **tx)
         .await?;
@@ -258,7 +259,7 @@ async fn merge_change(
     })?;
     if from_edge {
         let actor = change.actor_id().to_bytes().to_vec();
-        sqlx::query(
+        crate::db::query(
             "INSERT INTO actors (actor_id, site_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
         .bind(&actor)
@@ -268,7 +269,7 @@ async fn merge_change(
         // Row-level security hides another site's binding: not seeing the row we just tried
         // to insert means the actor is taken.
         let bound: Option<String> =
-            sqlx::query_scalar("SELECT site_id FROM actors WHERE actor_id = $1")
+            crate::db::query_scalar("SELECT site_id FROM actors WHERE actor_id = $1")
                 .bind(&actor)
                 .fetch_optional(&mut **tx)
                 .await?;
@@ -278,7 +279,7 @@ async fn merge_change(
             });
         }
     }
-    let existing: Option<Vec<u8>> = sqlx::query_scalar(
+    let existing: Option<Vec<u8>> = crate::db::query_scalar(
         "SELECT doc FROM records WHERE site_id = $1 AND record_kind = $2 AND record_id = $3 FOR UPDATE",
     )
     .bind(site.as_str())
@@ -297,7 +298,7 @@ async fn merge_change(
             reason: e.to_string(),
         }
     })?;
-    sqlx::query(
+    crate::db::query(
         "INSERT INTO records (site_id, record_kind, record_id, doc) VALUES ($1, $2, $3, $4)
          ON CONFLICT (site_id, record_kind, record_id) DO UPDATE SET doc = excluded.doc, updated_at = now()",
     )
@@ -312,7 +313,7 @@ async fn merge_change(
             .map_err(|e| HubStoreError::Corrupt(format!("record {}: {e}", record.id())))?;
         // A conflict the document no longer shows (a later edit settled the state, or it was
         // only an intermediate step of a batch) is resolved; the current ones are open.
-        sqlx::query(
+        crate::db::query(
             "UPDATE conflicts SET resolved_at = now()
              WHERE site_id = $1 AND record_kind = $2 AND record_id = $3 AND resolved_at IS NULL
                AND NOT (description = ANY($4))",
@@ -324,7 +325,7 @@ async fn merge_change(
         .execute(&mut **tx)
         .await?;
         for description in conflicts {
-            sqlx::query(
+            crate::db::query(
                 "INSERT INTO conflicts (site_id, record_kind, record_id, description)
                  VALUES ($1, $2, $3, $4)
                  ON CONFLICT (site_id, record_kind, record_id, description) WHERE resolved_at IS NULL
@@ -344,7 +345,7 @@ async fn merge_change(
         && let Ok(v) = read_view(&doc)
     {
         let o = &v.order;
-        sqlx::query(
+        crate::db::query(
             "INSERT INTO work_orders (site_id, id, state, material, planned_quantity, due, priority,
                                       good_count, scrap_count, actual_start, actual_end)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
@@ -389,6 +390,7 @@ impl HubStore for PgHubStore {
         site: &SiteId,
         events: &[Event],
     ) -> Result<IngestReport, HubStoreError> {
+        let started = std::time::Instant::now();
         let n = events.len();
         let mut ids = Vec::with_capacity(n);
         let mut occurred = Vec::with_capacity(n);
@@ -438,6 +440,9 @@ impl HubStore for PgHubStore {
             reason.push(match &e.body {
                 EventBody::ProductionCount(p) => p.scrap_reason.as_ref().map(|r| r.to_string()),
                 EventBody::EquipmentState(s) => s.reason.as_ref().map(|r| r.to_string()),
+                // Failed samples are marked so the quality-alert gauge can count them without
+                // decoding bodies; no rollup reads a quality sample's reason.
+                EventBody::QualitySample(q) if !q.pass => Some("out_of_spec".to_owned()),
                 _ => None,
             });
             equipment.push(eq);
@@ -451,7 +456,7 @@ impl HubStore for PgHubStore {
         }
         let clock = self.clock(site).await?;
         let mut tx = scoped(&self.pool, site).await?;
-        let row = sqlx::query(INGEST_SQL)
+        let row = crate::db::query(INGEST_SQL)
             .bind(site.as_str())
             .bind(&ids)
             .bind(&occurred)
@@ -479,6 +484,7 @@ impl HubStore for PgHubStore {
             notify_data(&mut tx, Some(site)).await?;
         }
         tx.commit().await?;
+        crate::metrics::QUERIES.observe("ingest", started.elapsed());
         Ok(IngestReport {
             inserted: inserted as u64,
             duplicates: (n as u64).saturating_sub(inserted as u64),
@@ -505,7 +511,7 @@ impl HubStore for PgHubStore {
         limit: usize,
     ) -> Result<Vec<DownEntry>, HubStoreError> {
         let mut tx = scoped(&self.pool, site).await?;
-        let rows = sqlx::query(
+        let rows = crate::db::query(
             "SELECT cursor, item FROM down_log WHERE site_id = $1 AND cursor > $2 ORDER BY cursor LIMIT $3",
         )
         .bind(site.as_str())
@@ -530,7 +536,7 @@ impl HubStore for PgHubStore {
 
     async fn record_down_ack(&self, site: &SiteId, cursor: u64) -> Result<(), HubStoreError> {
         let mut tx = scoped(&self.pool, site).await?;
-        sqlx::query(
+        crate::db::query(
             "UPDATE sites SET down_acked = greatest(down_acked, $2), last_seen_at = now() WHERE site_id = $1",
         )
         .bind(site.as_str())
@@ -547,7 +553,7 @@ impl HubStore for PgHubStore {
         status: sync_protocol::message::EdgeStatus,
     ) -> Result<(), HubStoreError> {
         let mut tx = scoped(&self.pool, site).await?;
-        sqlx::query(
+        crate::db::query(
             "UPDATE sites SET edge_pending_events = $2, edge_pending_changes = $3,
                  edge_oldest_pending_at = $4, edge_status_at = now(), last_seen_at = now()
              WHERE site_id = $1",
@@ -569,10 +575,11 @@ impl HubStore for PgHubStore {
         through: Option<&RecordId>,
     ) -> Result<Vec<RecordId>, HubStoreError> {
         let mut tx = scoped(&self.pool, site).await?;
-        let rows = sqlx::query("SELECT record_kind, record_id FROM records WHERE site_id = $1")
-            .bind(site.as_str())
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows =
+            crate::db::query("SELECT record_kind, record_id FROM records WHERE site_id = $1")
+                .bind(site.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
         tx.commit().await?;
         let mut ids = rows
             .into_iter()
@@ -594,7 +601,7 @@ impl HubStore for PgHubStore {
         peer: &RecordHeads,
     ) -> Result<HeadsComparison, HubStoreError> {
         let mut tx = scoped(&self.pool, site).await?;
-        let doc: Option<Vec<u8>> = sqlx::query_scalar(
+        let doc: Option<Vec<u8>> = crate::db::query_scalar(
             "SELECT doc FROM records WHERE site_id = $1 AND record_kind = $2 AND record_id = $3",
         )
         .bind(site.as_str())
@@ -622,7 +629,7 @@ pub async fn load_record(
     record: &RecordId,
 ) -> Result<Option<Vec<u8>>, HubStoreError> {
     let mut tx = scoped(pool, site).await?;
-    let doc: Option<Vec<u8>> = sqlx::query_scalar(
+    let doc: Option<Vec<u8>> = crate::db::query_scalar(
         "SELECT doc FROM records WHERE site_id = $1 AND record_kind = $2 AND record_id = $3",
     )
     .bind(site.as_str())
@@ -643,7 +650,7 @@ pub async fn add_site(
     timezone: &str,
 ) -> Result<(), HubStoreError> {
     let mut tx = pool.begin().await?;
-    sqlx::query(
+    crate::db::query(
         "INSERT INTO sites (site_id, name, region, timezone) VALUES ($1, $2, $3, $4)
          ON CONFLICT (site_id) DO UPDATE SET name = excluded.name, region = excluded.region,
              timezone = excluded.timezone, revoked_at = NULL",
@@ -654,7 +661,7 @@ pub async fn add_site(
     .bind(timezone)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("SELECT mes_ensure_partitions($1, (now() AT TIME ZONE 'UTC')::date, $2)")
+    crate::db::query("SELECT mes_ensure_partitions($1, (now() AT TIME ZONE 'UTC')::date, $2)")
         .bind(site.as_str())
         .bind(PARTITION_MONTHS_AHEAD)
         .execute(&mut *tx)
@@ -666,11 +673,13 @@ pub async fn add_site(
 /// Creates the coming months' partitions for every site (the hub's periodic task).
 pub async fn ensure_partitions(pool: &PgPool, sites: &[SiteId]) -> Result<(), HubStoreError> {
     for site in sites {
-        sqlx::query("SELECT mes_ensure_partitions($1, (now() AT TIME ZONE 'UTC')::date, $2)")
+        let mut tx = pool.begin().await?;
+        crate::db::query("SELECT mes_ensure_partitions($1, (now() AT TIME ZONE 'UTC')::date, $2)")
             .bind(site.as_str())
             .bind(PARTITION_MONTHS_AHEAD)
-            .execute(pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
     }
     Ok(())
 }

@@ -54,10 +54,16 @@ impl ReportCtx {
         {
             return Ok(list.clone());
         }
-        let list: Vec<String> = sqlx::query_scalar("SELECT site_id FROM sites ORDER BY site_id")
-            .fetch_all(pool)
-            .await
-            .map_err(ApiError::internal)?;
+        let list: Vec<String> = async {
+            let mut tx = crate::db::begin(pool, crate::db::PoolRole::Read).await?;
+            let list = crate::db::query_scalar("SELECT site_id FROM sites ORDER BY site_id")
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(list)
+        }
+        .await
+        .map_err(ApiError::internal)?;
         let list = Arc::new(list);
         if let Ok(mut g) = self.sites.lock() {
             *g = Some((std::time::Instant::now(), list.clone()));
@@ -107,10 +113,10 @@ pub async fn scope_to_site(
     tx: &mut Transaction<'static, Postgres>,
     site: &SiteId,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("SET LOCAL ROLE mes_reporting_site")
+    crate::db::query("SET LOCAL ROLE mes_reporting_site")
         .execute(&mut **tx)
         .await?;
-    sqlx::query("SELECT set_config('app.report_site', $1, true)")
+    crate::db::query("SELECT set_config('app.report_site', $1, true)")
         .bind(site.as_str())
         .execute(&mut **tx)
         .await?;
@@ -120,7 +126,9 @@ pub async fn scope_to_site(
 /// A read transaction on the reporting connection; a site-scoped token's transaction is
 /// limited to its site by row-level security as well.
 async fn read_tx(pool: &PgPool, scope: &Scope) -> Result<Transaction<'static, Postgres>, ApiError> {
-    let mut tx = pool.begin().await.map_err(ApiError::internal)?;
+    let mut tx = crate::db::begin(pool, crate::db::PoolRole::Read)
+        .await
+        .map_err(ApiError::internal)?;
     if let Some(site) = &scope.site {
         scope_to_site(&mut tx, site)
             .await
@@ -628,7 +636,7 @@ async fn compute_report(
 ) -> Result<Cached, ApiError> {
     let pool = read_pool(state)?;
     let mut tx = read_tx(pool, scope).await?;
-    let table = compute(report, &mut tx, sites, q)
+    let table = crate::db::timed(report.as_str(), compute(report, &mut tx, sites, q))
         .await
         .map_err(ApiError::internal)?;
     let _ = tx.commit().await;
@@ -678,7 +686,7 @@ pub async fn genealogy(
         return Ok(respond(c, "hit"));
     }
     let mut tx = read_tx(pool, &scope).await?;
-    let g = sql::genealogy(&mut tx, &lot, q.direction)
+    let g = crate::db::timed("genealogy", sql::genealogy(&mut tx, &lot, q.direction))
         .await
         .map_err(ApiError::internal)?;
     let _ = tx.commit().await;

@@ -234,7 +234,7 @@ async fn run(
 ) -> Result<Vec<SqlRow>, sqlx::Error> {
     // Built only from constant fragments and enum-chosen column expressions; every value is a
     // bind parameter.
-    let rows = bind_range(sqlx::query(sqlx::AssertSqlSafe(sql)), sites, query)
+    let rows = bind_range(crate::db::query(sqlx::AssertSqlSafe(sql)), sites, query)
         .fetch_all(&mut **tx)
         .await?;
     read_rows(rows, n_keys, measures)
@@ -457,7 +457,7 @@ pub async fn genealogy(
     lot: &str,
     direction: Direction,
 ) -> Result<Option<Genealogy>, sqlx::Error> {
-    let root: Option<Option<String>> = sqlx::query_scalar(
+    let root: Option<Option<String>> = crate::db::query_scalar(
         "SELECT max(material) FROM lot_movements WHERE lot = $1 HAVING count(*) > 0",
     )
     .bind(lot)
@@ -500,7 +500,7 @@ pub async fn genealogy(
          FROM edges g ORDER BY g.depth, g.from_lot, g.to_lot, g.work_order
          LIMIT $3"
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let rows = crate::db::query(sqlx::AssertSqlSafe(sql))
         .bind(lot)
         .bind(GENEALOGY_DEPTH_MAX)
         .bind(GENEALOGY_EDGES_MAX)

@@ -413,6 +413,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let state_dir = std::env::temp_dir().join(format!("bench-reports-{}", std::process::id()));
     let hub = serve::start(ServeConfig {
+        db: Default::default(),
         database_url: db.hub_url.clone(),
         read_database_url: Some(db.reporting_url.clone()),
         quic_listen: "127.0.0.1:0".parse()?,

@@ -116,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
         ca.write_site_bundle(s, &state_dir.join("sites").join(s.as_str()))?;
     }
     let hub = serve::start(ServeConfig {
+        db: Default::default(),
         database_url: db.hub_url.clone(),
         read_database_url: None,
         quic_listen: "127.0.0.1:0".parse()?,

@@ -211,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
         central_hub::api::create_token(&admin, "demo dashboard", "hq:read", None).await?;
     println!("== starting the hub");
     let hub = serve::start(ServeConfig {
+        db: Default::default(),
         database_url: db.hub_url.clone(),
         read_database_url: Some(db.reporting_url.clone()),
         quic_listen: "127.0.0.1:0".parse()?,

@@ -1,0 +1,869 @@
+//! Operations: the hub behind a real PgBouncer in transaction mode, reports from a real
+//! streaming replica with its lag exported, partition retirement to archive files, and the
+//! operational metrics with their values.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use central_hub::db::DbSettings;
+use central_hub::db::store::{PgHubStore, add_site};
+use central_hub::pki::Ca;
+use central_hub::serve::{self, ReportSettings, ServeConfig};
+use edge_agent::config::RunConfig;
+use serde_json::Value;
+use shared_model::event::{ProductionCount, QualitySample};
+use shared_model::{
+    BadgeId, CharacteristicId, EquipmentId, Event, EventBody, EventId, SiteId, Timestamp,
+};
+use sqlx::PgPool;
+use sync_protocol::store::HubStore;
+use system_tests::hq::wait_for;
+use system_tests::pgbouncer::PgBouncer;
+
+fn init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("mes-ops-{name}-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+fn count_event(site: &SiteId, i: u64, at: Timestamp) -> Event {
+    Event {
+        event_id: EventId::from_parts(1_796_000_000_000 + i, [(i % 251) as u8; 10]),
+        site_id: site.clone(),
+        occurred_at: at,
+        recorded_at: at,
+        operator: None,
+        body: EventBody::ProductionCount(ProductionCount {
+            equipment: EquipmentId::new("PRESS-01").unwrap(),
+            work_order: None,
+            good: 1,
+            scrap: 0,
+            rework: 0,
+            scrap_reason: None,
+        }),
+    }
+}
+
+fn t(s: &str) -> Timestamp {
+    Timestamp::parse_rfc3339(s).unwrap()
+}
+
+const MASTER: &str = r#"{
+  "materials": [{"id": "BRACKET-7", "name": "Bracket", "unit": "pcs", "tracking": "lot"}],
+  "equipment": [{"id": "PRESS-01", "parent": "PLANT", "level": "work_unit", "name": "Press", "class": "press"}]
+}"#;
+
+fn edge_config(site: &str, data_dir: &Path, hub: &str, tls_dir: &Path) -> RunConfig {
+    std::fs::create_dir_all(data_dir).unwrap();
+    let md: edge_agent::master::MasterFile = serde_json::from_str(MASTER).unwrap();
+    let mut conn =
+        edge_agent::store::open_write_connection(&data_dir.join(edge_agent::store::DB_FILE))
+            .unwrap();
+    edge_agent::master::import(&mut conn, &md.into_records()).unwrap();
+    drop(conn);
+    RunConfig {
+        site: SiteId::new(site).unwrap(),
+        data_dir: data_dir.to_owned(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        hub: Some(hub.to_owned()),
+        retention_days: 30,
+        tls_dir: tls_dir.to_owned(),
+    }
+}
+
+async fn metrics(http: &reqwest::Client, base: &str) -> String {
+    http.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of one sample line (`name{labels} value`) of the exposition text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Without the PgBouncer mode sqlx names and caches its prepared statements per connection,
+/// and transaction pooling hands the next transaction another server connection: the
+/// statement is missing there (or its name is taken). With it (`DbSettings::pgbouncer`) the
+/// same load runs clean. This is the control that shows the hub test below can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_statements_break_behind_transaction_pooling_and_the_pgbouncer_mode_does_not() {
+    let server = system_tests::pg::server().await;
+    let db = server.fresh_database().await;
+    let bouncer = PgBouncer::start(server.admin_url(), "transaction", 4);
+    let url = bouncer.url(&db.admin_url);
+    let run = |settings: DbSettings| {
+        let url = url.clone();
+        async move {
+            let pool = central_hub::db::connect_with(&url, &settings)
+                .await
+                .unwrap();
+            // sqlx's own (named, cached) statements, or the hub's (unnamed in PgBouncer mode).
+            let pgbouncer = settings.pgbouncer;
+            let q = move |sql: &'static str| {
+                if pgbouncer {
+                    central_hub::db::query_scalar::<i64>(sql)
+                } else {
+                    sqlx::query_scalar::<sqlx::Postgres, i64>(sql)
+                }
+            };
+            let errors = Arc::new(AtomicU64::new(0));
+            let first = Arc::new(std::sync::Mutex::new(None::<String>));
+            let tasks: Vec<_> = (0..40)
+                .map(|task| {
+                    let (pool, errors, first) = (pool.clone(), errors.clone(), first.clone());
+                    tokio::spawn(async move {
+                        for i in 0..25i64 {
+                            let r: Result<i64, _> = async {
+                                let mut tx = pool.begin().await?;
+                                let v: i64 = q("SELECT $1::int8 + $2::int8")
+                                    .bind(task)
+                                    .bind(i)
+                                    .fetch_one(&mut *tx)
+                                    .await?;
+                                let w: i64 =
+                                    q("SELECT $1::int8 * 2").bind(v).fetch_one(&mut *tx).await?;
+                                tx.commit().await?;
+                                Ok::<_, sqlx::Error>(w)
+                            }
+                            .await;
+                            match r {
+                                Ok(w) => assert_eq!(w, (task + i) * 2),
+                                Err(e) => {
+                                    errors.fetch_add(1, Ordering::Relaxed);
+                                    first.lock().unwrap().get_or_insert(e.to_string());
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            pool.close().await;
+            let msg = first.lock().unwrap().take().unwrap_or_default();
+            (errors.load(Ordering::Relaxed), msg)
+        }
+    };
+    let (errors, msg) = run(DbSettings {
+        pool_size: 40,
+        ..DbSettings::default()
+    })
+    .await;
+    eprintln!("statement cache on, through transaction pooling: {errors} failed of 1000 ({msg})");
+    assert!(
+        errors > 0 && msg.contains("prepared statement"),
+        "expected prepared-statement errors without the PgBouncer mode, got {errors} ({msg})"
+    );
+    let (errors, msg) = run(DbSettings {
+        pool_size: 40,
+        pgbouncer: true,
+        listen_url: None,
+    })
+    .await;
+    assert_eq!(errors, 0, "PgBouncer mode still failed: {msg}");
+}
+
+/// Two hub instances whose write and read pools go through one PgBouncer in transaction mode
+/// (hundreds of client connections onto 20 server connections): three edges sync their
+/// backlogs over QUIC while 300 HQ clients read reports and the site list and HQ releases
+/// work orders. Every request answers 200, every event lands exactly once, no sync session
+/// fails, and PgBouncer saw the traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_sync_and_reports_run_through_pgbouncer_in_transaction_mode() {
+    init();
+    let server = system_tests::pg::server().await;
+    let db = server.fresh_database().await;
+    db.migrate().await;
+    let admin = central_hub::db::connect(&db.admin_url).await.unwrap();
+    let state_dir = temp_dir("pgb-hub");
+    let ca = Ca::load_or_create(&state_dir).unwrap();
+    let sites = ["SITE_A", "SITE_B", "SITE_C"];
+    for s in sites {
+        let site = SiteId::new(s).unwrap();
+        add_site(&admin, &site, "Plant", "EU", "UTC").await.unwrap();
+        ca.write_site_bundle(&site, &state_dir.join("sites").join(s))
+            .unwrap();
+    }
+    let bouncer = PgBouncer::start(server.admin_url(), "transaction", 20);
+    let start_hub = |quic: &str| {
+        serve::start(ServeConfig {
+            database_url: bouncer.url(&db.hub_url),
+            read_database_url: Some(bouncer.url(&db.reporting_url)),
+            quic_listen: quic.parse().unwrap(),
+            http_listen: "127.0.0.1:0".parse().unwrap(),
+            state_dir: state_dir.clone(),
+            server_names: vec!["127.0.0.1".into()],
+            enroll_listen: None,
+            reports: ReportSettings {
+                rate_limit_per_second: 1_000_000,
+                ..ReportSettings::default()
+            },
+            db: DbSettings {
+                pool_size: 120,
+                pgbouncer: true,
+                // LISTEN/NOTIFY cannot cross transaction pooling: straight to PostgreSQL.
+                listen_url: Some(db.hub_url.clone()),
+            },
+        })
+    };
+    // Refused without a session connection for LISTEN.
+    let refused = serve::start(ServeConfig {
+        db: DbSettings {
+            pgbouncer: true,
+            ..DbSettings::default()
+        },
+        database_url: bouncer.url(&db.hub_url),
+        read_database_url: None,
+        quic_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state_dir.clone(),
+        server_names: vec!["127.0.0.1".into()],
+        enroll_listen: None,
+        reports: ReportSettings::default(),
+    })
+    .await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| format!("{e:#}").contains("LISTEN_DATABASE_URL")),
+        "{refused:?}"
+    );
+    let one = start_hub("127.0.0.1:0").await.unwrap();
+    let two = start_hub("127.0.0.1:0").await.unwrap();
+    let writer = central_hub::api::create_token(&admin, "ops", "hq:write", None)
+        .await
+        .unwrap();
+
+    // Three edges with 1,500 events each, split over the two hubs.
+    const PER_SITE: u64 = 1_500;
+    let mut edges = Vec::new();
+    for (i, s) in sites.iter().enumerate() {
+        let hub = if i % 2 == 0 {
+            one.quic_addr
+        } else {
+            two.quic_addr
+        };
+        let dir = temp_dir(&format!("pgb-edge-{s}"));
+        let edge = edge_agent::server::start(edge_config(
+            s,
+            &dir,
+            &hub.to_string(),
+            &state_dir.join("sites").join(s),
+        ))
+        .await
+        .unwrap();
+        let site = SiteId::new(*s).unwrap();
+        let batch: Vec<Event> = (0..PER_SITE)
+            .map(|n| {
+                count_event(
+                    &site,
+                    n,
+                    t("2026-11-20T08:00:00Z").saturating_add_micros(n as i64 * 1_000_000),
+                )
+            })
+            .collect();
+        edge.state
+            .store
+            .write(move |c| edge_agent::store::insert_events_for_tests(c, &batch))
+            .await
+            .unwrap();
+        edge.state.notify_outbox();
+        edges.push((edge, dir));
+    }
+
+    // 300 HQ clients, 4 requests each, on both hubs: reports with distinct ranges (cache
+    // misses, so each one is a read transaction), the site list, and releases (writes).
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let bases = [
+        format!("http://{}", one.http_addr),
+        format!("http://{}", two.http_addr),
+    ];
+    let peak_clients = Arc::new(AtomicU64::new(0));
+    let sampling = {
+        let peak = peak_clients.clone();
+        let port = bouncer.port;
+        tokio::spawn(async move {
+            let b = PgBouncerConsole { port };
+            loop {
+                let n = b.clients().await;
+                peak.fetch_max(n, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut tasks = Vec::new();
+    for c in 0..300u32 {
+        let (http, writer, failures) = (http.clone(), writer.clone(), failures.clone());
+        let base = bases[c as usize % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let day = 1 + c % 28;
+            let paths = [
+                format!("/api/v1/reports/oee?from=2026-10-{day:02}&to=2026-11-29&group_by=site"),
+                format!("/api/v1/reports/production?from=2026-10-{day:02}&to=2026-11-28"),
+                "/api/v1/sites".to_owned(),
+            ];
+            for p in &paths {
+                let r = http
+                    .get(format!("{base}{p}"))
+                    .bearer_auth(&writer)
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().as_u16() == 200 => {}
+                    Ok(r) => {
+                        let msg =
+                            format!("{p}: {} {}", r.status(), r.text().await.unwrap_or_default());
+                        failures.lock().unwrap().push(msg);
+                    }
+                    Err(e) => failures.lock().unwrap().push(format!("{p}: {e}")),
+                }
+            }
+            let site = ["SITE_A", "SITE_B", "SITE_C"][c as usize % 3];
+            let r = http
+                .post(format!("{base}/api/v1/sites/{site}/work-orders"))
+                .bearer_auth(&writer)
+                .json(
+                    &serde_json::json!({"id": format!("{site}-PGB-{c}"), "material": "BRACKET-7",
+                                          "planned_quantity": 10}),
+                )
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status().as_u16() == 201 => {}
+                Ok(r) => {
+                    let msg = format!(
+                        "release: {} {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    );
+                    failures.lock().unwrap().push(msg);
+                }
+                Err(e) => failures.lock().unwrap().push(format!("release: {e}")),
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let failures = failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "{} of 1,200 HQ requests failed, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    wait_for("every backlog to land", Duration::from_secs(60), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+        n == 3 * PER_SITE as i64
+    })
+    .await;
+    for (edge, _) in &edges {
+        let store = edge.state.store.clone();
+        wait_for("the outbox to drain", Duration::from_secs(20), || {
+            let store = store.clone();
+            async move { store.pending().await.unwrap().events == 0 }
+        })
+        .await;
+    }
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM work_orders")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!(orders, 300, "every release stored once");
+    sampling.abort();
+    let peak = peak_clients.load(Ordering::Relaxed);
+    let console = PgBouncerConsole { port: bouncer.port };
+    let servers = console.servers().await;
+    eprintln!(
+        "PgBouncer: peak {peak} client connections, {servers} server connections to PostgreSQL"
+    );
+    assert!(peak >= 150, "expected hundreds of clients, peak was {peak}");
+    assert!(
+        servers <= 2 * (20 + 5) + 1,
+        "more server connections ({servers}) than the pools allow"
+    );
+    for h in [&one, &two] {
+        let text = metrics(&http, &format!("http://{}", h.http_addr)).await;
+        assert_eq!(
+            sample(&text, "hub_sync_sessions_failed_total"),
+            Some(0.0),
+            "a sync session failed on a store error"
+        );
+    }
+    let log = bouncer.log();
+    assert!(
+        !log.contains("prepared statement"),
+        "PgBouncer logged prepared-statement errors:\n{log}"
+    );
+    for (edge, dir) in edges {
+        edge.stop().await.unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    one.stop().await.unwrap();
+    two.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(state_dir);
+}
+
+/// The PgBouncer admin console, by port (it can be polled from a task).
+struct PgBouncerConsole {
+    port: u16,
+}
+
+impl PgBouncerConsole {
+    async fn rows(&self, what: &str) -> Vec<sqlx::postgres::PgRow> {
+        use sqlx::Connection as _;
+        let opts: sqlx::postgres::PgConnectOptions =
+            format!("postgres://postgres@127.0.0.1:{}/pgbouncer", self.port)
+                .parse()
+                .unwrap();
+        let mut c = sqlx::PgConnection::connect_with(&opts.statement_cache_capacity(0))
+            .await
+            .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SHOW {what}")))
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
+    }
+
+    /// Client connections except the console's own.
+    async fn clients(&self) -> u64 {
+        (self.rows("CLIENTS").await.len() as u64).saturating_sub(1)
+    }
+
+    async fn servers(&self) -> u64 {
+        self.rows("SERVERS").await.len() as u64
+    }
+}
+
+/// Reports read from a real streaming replica (`pg_basebackup -R`): with replay paused on the
+/// replica, new events are in the primary but not in the report, `/ready` and
+/// `mes_db_replication_lag_seconds` show the lag; resumed, the report catches up and the lag
+/// returns to zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_come_from_a_streaming_replica_and_its_lag_is_exported() {
+    init();
+    let primary = system_tests::pg::PrivateCluster::start(false).expect("a private primary");
+    let replica = primary.start_replica().expect("a streaming replica");
+    let db = primary.server().fresh_database().await;
+    db.migrate().await;
+    let on_replica = |url: &str| {
+        url.replace(
+            &format!(":{}/", primary.port()),
+            &format!(":{}/", replica.port()),
+        )
+    };
+    let admin = central_hub::db::connect(&db.admin_url).await.unwrap();
+    let site = SiteId::new("SITE_A").unwrap();
+    add_site(&admin, &site, "Plant", "EU", "UTC").await.unwrap();
+    // The replica replays the new database and its site asynchronously.
+    let replica_reporting = on_replica(&db.reporting_url);
+    wait_for(
+        "the site on the replica",
+        Duration::from_secs(30),
+        || async {
+            match central_hub::db::connect(&replica_reporting).await {
+                Ok(p) => {
+                    let n: Result<i64, _> = sqlx::query_scalar("SELECT count(*) FROM sites")
+                        .fetch_one(&p)
+                        .await;
+                    p.close().await;
+                    n.is_ok_and(|n| n == 1)
+                }
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+    let state_dir = temp_dir("replica");
+    let hub = serve::start(ServeConfig {
+        db: DbSettings::default(),
+        database_url: db.hub_url.clone(),
+        read_database_url: Some(on_replica(&db.reporting_url)),
+        quic_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state_dir.clone(),
+        server_names: vec!["127.0.0.1".into()],
+        enroll_listen: None,
+        reports: ReportSettings::default(),
+    })
+    .await
+    .unwrap();
+    let reader = central_hub::api::create_token(&admin, "ops", "hq:read", None)
+        .await
+        .unwrap();
+    let store = PgHubStore::new(central_hub::db::connect(&db.hub_url).await.unwrap());
+    let base = format!("http://{}", hub.http_addr);
+    let http = reqwest::Client::new();
+    let good = || {
+        let (http, base, reader) = (http.clone(), base.clone(), reader.clone());
+        async move {
+            let v: Value = http
+                .get(format!(
+                    "{base}/api/v1/reports/production?from=2026-11-20&to=2026-11-21&group_by=site"
+                ))
+                .bearer_auth(&reader)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["total"]["good"].as_f64().unwrap_or(-1.0)
+        }
+    };
+    let batch = |from: u64, n: u64| -> Vec<Event> {
+        (from..from + n)
+            .map(|i| {
+                count_event(
+                    &site,
+                    i,
+                    t("2026-11-20T08:00:00Z").saturating_add_micros(i as i64 * 1_000_000),
+                )
+            })
+            .collect()
+    };
+    store.ingest_events(&site, &batch(0, 100)).await.unwrap();
+    wait_for(
+        "the replica to have the first 100",
+        Duration::from_secs(20),
+        || async { good().await == 100.0 },
+    )
+    .await;
+    let ready: Value = http
+        .get(format!("{base}/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["read_database"]["replica"], true, "{ready}");
+
+    // Pause replay: the primary moves on, the replica (and so the report) does not.
+    let replica_admin = central_hub::db::connect(&on_replica(&db.admin_url))
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_wal_replay_pause()")
+        .execute(&replica_admin)
+        .await
+        .unwrap();
+    store.ingest_events(&site, &batch(100, 50)).await.unwrap();
+    let primary_good: i64 = sqlx::query_scalar("SELECT sum(good)::int8 FROM production_hourly")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!(primary_good, 150);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(good().await, 100.0, "the report must come from the replica");
+    let ready: Value = http
+        .get(format!("{base}/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lag = ready["read_database"]["replication_lag_seconds"]
+        .as_f64()
+        .unwrap();
+    assert!(lag >= 1.0, "lag with replay paused: {ready}");
+    let text = metrics(&http, &base).await;
+    let exported = sample(&text, "mes_db_replication_lag_seconds").unwrap();
+    assert!(exported >= 1.0, "mes_db_replication_lag_seconds {exported}");
+    eprintln!("replay paused: /ready lag {lag:.2} s, metric {exported:.2} s");
+
+    sqlx::query("SELECT pg_wal_replay_resume()")
+        .execute(&replica_admin)
+        .await
+        .unwrap();
+    wait_for(
+        "the replica to catch up",
+        Duration::from_secs(20),
+        || async { good().await == 150.0 },
+    )
+    .await;
+    wait_for(
+        "the lag to return to zero",
+        Duration::from_secs(10),
+        || async {
+            let text = metrics(&http, &base).await;
+            sample(&text, "mes_db_replication_lag_seconds") == Some(0.0)
+        },
+    )
+    .await;
+    hub.stop().await.unwrap();
+    replica_admin.close().await;
+    admin.close().await;
+    drop(replica);
+    let _ = std::fs::remove_dir_all(state_dir);
+}
+
+async fn partitions(admin: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+         JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'events_p_site_a'
+         ORDER BY 1",
+    )
+    .fetch_all(admin)
+    .await
+    .unwrap()
+}
+
+/// Months older than the retention age are copied to CSV files (row counts and SHA-256 in a
+/// manifest), then detached and dropped; newer months, the default partition and the rollups
+/// stay. A re-run does nothing; an archive loads back with the runbook's COPY + ATTACH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_partitions_are_archived_to_files_then_dropped() {
+    init();
+    let db = system_tests::pg::server().await.fresh_database().await;
+    db.migrate().await;
+    let admin = central_hub::db::connect(&db.admin_url).await.unwrap();
+    let site = SiteId::new("SITE_A").unwrap();
+    add_site(&admin, &site, "Plant", "EU", "UTC").await.unwrap();
+    // Partitions from January 2024 on (a site with history).
+    sqlx::query("SELECT mes_ensure_partitions('SITE_A', '2024-01-01', 36)")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let store = PgHubStore::new(central_hub::db::connect(&db.hub_url).await.unwrap());
+    let mut n = 0u64;
+    let mut at = |s: &str, k: u64| -> Vec<Event> {
+        (0..k)
+            .map(|i| {
+                n += 1;
+                count_event(&site, n, t(s).saturating_add_micros(i as i64 * 60_000_000))
+            })
+            .collect()
+    };
+    let jan24 = at("2024-01-10T08:00:00Z", 40);
+    let feb24 = at("2024-02-10T08:00:00Z", 25);
+    let dec24 = at("2024-12-10T08:00:00Z", 10);
+    let nov26 = at("2026-11-10T08:00:00Z", 5);
+    for b in [&jan24, &feb24, &dec24, &nov26] {
+        store.ingest_events(&site, b).await.unwrap();
+    }
+    let before = partitions(&admin).await;
+    assert!(before.contains(&"events_p_site_a_202401".to_owned()));
+    let rollup_before: i64 = sqlx::query_scalar("SELECT sum(good)::int8 FROM production_hourly")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    let archive = temp_dir("archive");
+    let now = time::macros::datetime!(2026-11-29 05:00 UTC);
+
+    let refused = central_hub::db::retention::retire(&admin, 2, &archive, now).await;
+    assert!(matches!(
+        refused,
+        Err(central_hub::db::retention::RetentionError::TooShort(2))
+    ));
+
+    // 24 months back from November 2026: everything that ended by 1 November 2024 goes.
+    let done = central_hub::db::retention::retire(&admin, 24, &archive, now)
+        .await
+        .unwrap();
+    let names: Vec<&str> = done.iter().map(|r| r.table.as_str()).collect();
+    assert_eq!(names.len(), 10, "{names:?}");
+    assert_eq!(names.first(), Some(&"events_p_site_a_202401"));
+    assert_eq!(names.last(), Some(&"events_p_site_a_202410"));
+    let jan = &done[0];
+    assert_eq!(jan.rows, 40);
+    assert_eq!(done[1].rows, 25);
+    assert!(done[2..].iter().all(|r| r.rows == 0));
+    // The file holds exactly the month's events, and its hash is the manifest's.
+    let csv = std::fs::read_to_string(&jan.file).unwrap();
+    let mut lines = csv.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("site_id,event_id,occurred_at")
+    );
+    let mut ids: Vec<String> = lines
+        .map(|l| l.split(',').nth(1).unwrap().to_owned())
+        .collect();
+    ids.sort();
+    let mut want: Vec<String> = jan24
+        .iter()
+        .map(|e| e.event_id.as_uuid().to_string())
+        .collect();
+    want.sort();
+    assert_eq!(ids, want);
+    let digest = ring::digest::digest(&ring::digest::SHA256, csv.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, jan.sha256);
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(jan.file.with_extension("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["rows"], 40);
+    assert_eq!(manifest["sha256"], jan.sha256.as_str());
+
+    let after = partitions(&admin).await;
+    assert!(
+        !after
+            .iter()
+            .any(|p| p.as_str() <= "events_p_site_a_202410"
+                && p.as_str() >= "events_p_site_a_202401")
+    );
+    assert!(after.contains(&"events_p_site_a_202411".to_owned()));
+    assert!(after.contains(&"events_p_site_a_default".to_owned()));
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!(left, 15, "December 2024 and November 2026 stay");
+    let rollup_after: i64 = sqlx::query_scalar("SELECT sum(good)::int8 FROM production_hourly")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!(rollup_after, rollup_before, "rollups are kept");
+
+    // Again: nothing is due.
+    let again = central_hub::db::retention::retire(&admin, 24, &archive, now)
+        .await
+        .unwrap();
+    assert!(again.is_empty());
+
+    // The runbook's restore: a table like the partition, COPY FROM the file, ATTACH.
+    let mut conn = admin.acquire().await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE events_p_site_a_202401 (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let mut copy = conn
+        .copy_in_raw("COPY events_p_site_a_202401 FROM STDIN WITH (FORMAT csv, HEADER)")
+        .await
+        .unwrap();
+    copy.send(csv.as_bytes()).await.unwrap();
+    assert_eq!(copy.finish().await.unwrap(), 40);
+    sqlx::raw_sql(
+        "ALTER TABLE events_p_site_a ATTACH PARTITION events_p_site_a_202401
+         FOR VALUES FROM ('2024-01-01 00:00:00+00') TO ('2024-02-01 00:00:00+00')",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    drop(conn);
+    let restored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE occurred_at < '2024-02-01' AND site_id = 'SITE_A'",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(restored, 40);
+    let _ = std::fs::remove_dir_all(archive);
+}
+
+/// The guide's metrics carry the values they claim: per-site gauges from the data (a failed
+/// quality sample, an operator at work, a running order), the HTTP counters by route pattern,
+/// the pool gauges with their limit, and the cache rates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_report_site_pool_and_http_figures() {
+    let h = system_tests::hq::hq("ops-metrics", &[("SITE_A", "UTC"), ("SITE_B", "UTC")]).await;
+    let hub = h.hub(ReportSettings::default()).await;
+    let base = format!("http://{}", hub.http_addr);
+    let http = reqwest::Client::new();
+    let site = SiteId::new("SITE_A").unwrap();
+    let now = Timestamp::from_micros(
+        (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64,
+    );
+    let sample_event = |n: u64, pass: bool, operator: &str| Event {
+        event_id: EventId::from_parts(1_797_000_000_000 + n, [n as u8; 10]),
+        site_id: site.clone(),
+        occurred_at: now.saturating_add_micros(-(n as i64) * 1_000_000),
+        recorded_at: now,
+        operator: Some(BadgeId::new(operator).unwrap()),
+        body: EventBody::QualitySample(QualitySample {
+            equipment: Some(EquipmentId::new("PRESS-01").unwrap()),
+            work_order: None,
+            lot: None,
+            characteristic: CharacteristicId::new("hole_diameter").unwrap(),
+            value: if pass { 8.0 } else { 8.4 },
+            lower_limit: Some(7.9),
+            upper_limit: Some(8.1),
+            pass,
+        }),
+    };
+    let events = vec![
+        sample_event(1, false, "B1001"),
+        sample_event(2, true, "B1001"),
+        sample_event(3, false, "B1002"),
+    ];
+    h.store.ingest_events(&site, &events).await.unwrap();
+    let writer = h.token("hq:write", None).await;
+    let (status, _, _) = system_tests::hq::get(&http, &base, &writer, "/api/v1/sites").await;
+    assert_eq!(status, 200);
+    let (status, _, _) = system_tests::hq::get(&http, &base, &writer, "/api/v1/no-such").await;
+    assert_eq!(status, 404);
+    let text = metrics(&http, &base).await;
+    assert_eq!(
+        sample(&text, "mes_quality_alerts_active{site=\"SITE_A\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "mes_quality_alerts_active{site=\"SITE_B\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, "mes_active_users_by_site{site=\"SITE_A\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&text, "mes_work_orders_active{site=\"SITE_A\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, "mes_sync_site_connected{site=\"SITE_A\"}"),
+        Some(0.0)
+    );
+    // Process-wide counters: other tests of this binary may have added to them.
+    assert!(
+        sample(
+            &text,
+            "mes_http_requests_total{method=\"GET\",route=\"/api/v1/sites\",status=\"200\"}"
+        )
+        .is_some_and(|n| n >= 1.0)
+    );
+    assert!(
+        text.contains("mes_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"}"),
+        "an unknown path is counted without its raw path"
+    );
+    assert!(
+        text.contains(
+            "mes_http_request_duration_seconds_bucket{route=\"/api/v1/sites\",le=\"+Inf\"}"
+        )
+    );
+    assert_eq!(
+        sample(&text, "mes_db_connections_limit{pool=\"write\"}"),
+        Some(f64::from(central_hub::db::POOL_CONNECTIONS_MAX))
+    );
+    assert!(sample(&text, "mes_db_connections_waiting{pool=\"read\"}").is_some());
+    assert!(text.contains("mes_db_query_duration_seconds_count{query=\"ingest\"}"));
+    assert!(sample(&text, "mes_cache_hit_rate").is_some());
+    assert!(sample(&text, "mes_sync_edges_connected").is_some());
+    hub.stop().await.unwrap();
+}
