@@ -61,6 +61,9 @@ pub fn init(format: LogFormat, traces: Option<TraceSettings>) -> Result<Guard, T
             if !(0.0..=1.0).contains(&t.sample_ratio) {
                 return Err(TelemetryError::Ratio(t.sample_ratio));
             }
+            // The exporter's HTTP client is reqwest with rustls and no provider of its own:
+            // ring is the only TLS provider of this workspace.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_endpoint(format!("{}/v1/traces", t.endpoint.trim_end_matches('/')))

@@ -36,10 +36,19 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(cmd: &mut Command) -> Proc {
+        Self::spawn(cmd.stderr(Stdio::null()))
+    }
+
+    /// Like [`Proc::start`], with standard error written to `path` (a binary's log).
+    pub fn start_logging(cmd: &mut Command, path: &Path) -> Proc {
+        let file = std::fs::File::create(path).expect("creating the log file");
+        Self::spawn(cmd.stderr(file))
+    }
+
+    fn spawn(cmd: &mut Command) -> Proc {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
             .spawn()
             .expect("starting a process");
         let (tx, rx) = mpsc::channel();
@@ -72,6 +81,24 @@ impl Proc {
                 }
                 Err(_) => panic!("no line {prefix:?} within {limit:?}; saw {:?}", self.seen),
             }
+        }
+    }
+
+    /// SIGTERM, as a service manager stops it, and waits (at most `limit`) for the exit.
+    pub fn terminate(mut self, limit: Duration) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit within {limit:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
