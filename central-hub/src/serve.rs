@@ -95,8 +95,9 @@ struct HttpState {
 }
 
 /// How long the per-site gauges of `/metrics` are reused: every pod is scraped every 15 s or
-/// so, and the queries behind them read the sites, orders and recent events of every site.
-pub const SITE_GAUGES_AGE: Duration = Duration::from_secs(10);
+/// so, and the queries behind them read the sites, the orders and the last 15 minutes of
+/// events of every site (failed quality samples come from a partial index).
+pub const SITE_GAUGES_AGE: Duration = Duration::from_secs(30);
 
 /// Pending connections the HTTP listener queues: a wall of dashboards reconnecting at once
 /// (thousands) must not overflow it into SYN retries of seconds. The kernel caps it at
