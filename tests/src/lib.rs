@@ -4,6 +4,7 @@
 //! the chaos harness.
 
 pub mod browser;
+pub mod edge;
 pub mod hq;
 pub mod layering;
 pub mod pg;

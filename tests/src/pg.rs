@@ -125,6 +125,25 @@ pub(crate) fn free_port() -> Result<u16, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A fresh temporary directory for a cluster's files, owned by `postgres` when we are root
+/// (PostgreSQL refuses to run as root).
+fn cluster_dir(prefix: &str) -> Result<PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    if is_root() {
+        Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status()
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(dir)
+}
+
 /// A cluster of its own, which a test may crash (`pg_ctl stop -m immediate`) and start again;
 /// stopped and removed when dropped. The process-wide fallback server is one of these that is
 /// never dropped.
@@ -145,19 +164,7 @@ impl PrivateCluster {
         let initdb =
             find_bin("initdb").ok_or("initdb not found on PATH or in /usr/lib/postgresql")?;
         let pg_ctl = find_bin("pg_ctl").ok_or("pg_ctl not found")?;
-        let dir = std::env::temp_dir().join(format!(
-            "mes-test-pg-{}-{}",
-            std::process::id(),
-            &uuid::Uuid::now_v7().simple().to_string()[20..]
-        ));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        if is_root() {
-            Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&dir)
-                .status()
-                .map_err(|e| e.to_string())?;
-        }
+        let dir = cluster_dir("mes-test-pg")?;
         let data = dir.join("data").to_string_lossy().to_string();
         run_pg(
             &initdb,
@@ -202,19 +209,7 @@ impl PrivateCluster {
     /// hot standby. Stopped and removed when dropped.
     pub fn start_replica(&self) -> Result<PrivateCluster, String> {
         let basebackup = find_bin("pg_basebackup").ok_or("pg_basebackup not found")?;
-        let dir = std::env::temp_dir().join(format!(
-            "mes-test-replica-{}-{}",
-            std::process::id(),
-            &uuid::Uuid::now_v7().simple().to_string()[20..]
-        ));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        if is_root() {
-            Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&dir)
-                .status()
-                .map_err(|e| e.to_string())?;
-        }
+        let dir = cluster_dir("mes-test-replica")?;
         let data = dir.join("data").to_string_lossy().to_string();
         let primary_port = self
             .admin_url

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use central_hub::db::store::add_site;
 use central_hub::pki::Ca;
 use central_hub::serve::{self, ServeConfig};
-use edge_agent::config::RunConfig;
 use shared_model::SiteId;
+use system_tests::edge::edge_config;
 use system_tests::hq::{init, temp_dir};
 use system_tests::pg::server;
 use system_tests::sim::Rng;
@@ -110,26 +110,6 @@ async fn lossy_proxy(upstream: SocketAddr, rate: u64, seed: u64) -> (SocketAddr,
         }
     });
     (addr, stats)
-}
-
-fn edge_config(site: &str, data_dir: &Path, hub: &str, tls_dir: &Path) -> RunConfig {
-    std::fs::create_dir_all(data_dir).unwrap();
-    let mut conn =
-        edge_agent::store::open_write_connection(&data_dir.join(edge_agent::store::DB_FILE))
-            .unwrap();
-    let md: edge_agent::master::MasterFile = serde_json::from_str(
-        r#"{"equipment": [{"id": "PRESS-01", "parent": "PLANT", "level": "work_unit", "name": "Press", "class": "press"}]}"#,
-    )
-    .unwrap();
-    edge_agent::master::import(&mut conn, &md.into_records()).unwrap();
-    RunConfig {
-        site: SiteId::new(site).unwrap(),
-        data_dir: data_dir.to_owned(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        hub: Some(hub.to_owned()),
-        retention_days: 30,
-        tls_dir: tls_dir.to_owned(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

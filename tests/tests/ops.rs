@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,7 +13,6 @@ use central_hub::db::DbSettings;
 use central_hub::db::store::{PgHubStore, add_site};
 use central_hub::pki::Ca;
 use central_hub::serve::{self, ReportSettings, ServeConfig};
-use edge_agent::config::RunConfig;
 use serde_json::Value;
 use shared_model::event::{ProductionCount, QualitySample};
 use shared_model::{
@@ -21,6 +20,7 @@ use shared_model::{
 };
 use sqlx::PgPool;
 use sync_protocol::store::HubStore;
+use system_tests::edge::edge_config;
 use system_tests::hq::wait_for;
 use system_tests::pgbouncer::PgBouncer;
 
@@ -54,29 +54,6 @@ fn count_event(site: &SiteId, i: u64, at: Timestamp) -> Event {
 
 fn t(s: &str) -> Timestamp {
     Timestamp::parse_rfc3339(s).unwrap()
-}
-
-const MASTER: &str = r#"{
-  "materials": [{"id": "BRACKET-7", "name": "Bracket", "unit": "pcs", "tracking": "lot"}],
-  "equipment": [{"id": "PRESS-01", "parent": "PLANT", "level": "work_unit", "name": "Press", "class": "press"}]
-}"#;
-
-fn edge_config(site: &str, data_dir: &Path, hub: &str, tls_dir: &Path) -> RunConfig {
-    std::fs::create_dir_all(data_dir).unwrap();
-    let md: edge_agent::master::MasterFile = serde_json::from_str(MASTER).unwrap();
-    let mut conn =
-        edge_agent::store::open_write_connection(&data_dir.join(edge_agent::store::DB_FILE))
-            .unwrap();
-    edge_agent::master::import(&mut conn, &md.into_records()).unwrap();
-    drop(conn);
-    RunConfig {
-        site: SiteId::new(site).unwrap(),
-        data_dir: data_dir.to_owned(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        hub: Some(hub.to_owned()),
-        retention_days: 30,
-        tls_dir: tls_dir.to_owned(),
-    }
 }
 
 async fn metrics(http: &reqwest::Client, base: &str) -> String {

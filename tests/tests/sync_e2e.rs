@@ -16,11 +16,11 @@ use automerge::transaction::Transactable;
 use central_hub::db::store::{PgHubStore, add_site};
 use central_hub::pki::Ca;
 use central_hub::serve::{self, ServeConfig};
-use edge_agent::config::RunConfig;
 use shared_model::event::ProductionCount;
 use shared_model::{EquipmentId, Event, EventBody, EventId, SiteId, Timestamp};
 use sqlx::PgPool;
 use sync_protocol::message::{DownItem, RecordChange, RecordId, RecordKind};
+use system_tests::edge::edge_config;
 use system_tests::hq::wait_for;
 use system_tests::pg::server;
 
@@ -28,29 +28,6 @@ fn temp_dir(name: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("mes-e2e-{name}-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&p).unwrap();
     p
-}
-
-const MASTER: &str = r#"{
-  "materials": [{"id": "BRACKET-7", "name": "Bracket", "unit": "pcs", "tracking": "lot"}],
-  "equipment": [{"id": "PRESS-01", "parent": "PLANT", "level": "work_unit", "name": "Press", "class": "press"}]
-}"#;
-
-fn edge_config(site: &str, data_dir: &Path, hub: &str, tls_dir: &Path) -> RunConfig {
-    let md: edge_agent::master::MasterFile = serde_json::from_str(MASTER).unwrap();
-    let mut conn = {
-        std::fs::create_dir_all(data_dir).unwrap();
-        edge_agent::store::open_write_connection(&data_dir.join(edge_agent::store::DB_FILE))
-            .unwrap()
-    };
-    edge_agent::master::import(&mut conn, &md.into_records()).unwrap();
-    RunConfig {
-        site: SiteId::new(site).unwrap(),
-        data_dir: data_dir.to_owned(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        hub: Some(hub.to_owned()),
-        retention_days: 30,
-        tls_dir: tls_dir.to_owned(),
-    }
 }
 
 fn events(site: &SiteId, from: u64, n: u64) -> Vec<Event> {
