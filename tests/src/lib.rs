@@ -3,6 +3,7 @@
 //! headless browser of the UI tests ([`browser`]) and the deterministic simulator ([`sim`]). Later:
 //! the chaos harness.
 
+pub mod benchout;
 pub mod browser;
 pub mod edge;
 pub mod hq;

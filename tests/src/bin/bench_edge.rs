@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use system_tests::benchout::figure;
 
 use anyhow::{Context, bail};
 
@@ -403,6 +404,20 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", p.report());
     }
     let a_rate = phases[0].events as f64 / phases[0].seconds;
+    for (p, key) in phases.iter().zip(["a", "b", "c"]) {
+        let l = &p.latencies_us;
+        figure(
+            &format!("edge.{key}_events_per_s"),
+            p.events as f64 / p.seconds,
+            "events/s",
+        );
+        figure(&format!("edge.{key}_p50_ms"), percentile(l, 0.50), "ms");
+        figure(&format!("edge.{key}_p99_ms"), percentile(l, 0.99), "ms");
+        figure(&format!("edge.{key}_errors"), p.errors as f64, "requests");
+    }
+    figure("edge.raw_1_row_per_tx_per_s", per_row, "events/s");
+    figure("edge.raw_1000_rows_per_tx_per_s", per_1000, "events/s");
+    figure("edge.api_a_over_raw_1_row", a_rate / per_row, "ratio");
     println!();
     println!("| baseline (same disk, WAL, synchronous=FULL) | events/s | API phase A / baseline |");
     println!("|---|---|---|");
@@ -417,6 +432,13 @@ async fn main() -> anyhow::Result<()> {
     println!();
     println!(
         "agent RSS after phase B: {rss:.1} MB (peak {hwm:.1} MB); rows stored {rows}, acknowledged {acknowledged}"
+    );
+    figure("edge.rss_mb", rss, "MB");
+    figure("edge.rss_peak_mb", hwm, "MB");
+    figure(
+        "edge.lost_events",
+        acknowledged as f64 - rows as f64,
+        "events",
     );
     let _ = std::fs::remove_dir_all(&dir);
     if rows as u64 != acknowledged {

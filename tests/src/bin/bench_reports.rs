@@ -27,6 +27,7 @@ use shared_model::{
     WorkOrderId,
 };
 use sync_protocol::store::HubStore;
+use system_tests::benchout::figure;
 use system_tests::pg::server;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -254,6 +255,11 @@ async fn load(
         t0.elapsed().as_secs_f64(),
         total as f64 / t0.elapsed().as_secs_f64()
     );
+    figure(
+        "reports.load_events_per_s",
+        total as f64 / t0.elapsed().as_secs_f64(),
+        "events/s",
+    );
     Ok(())
 }
 
@@ -437,6 +443,7 @@ async fn main() -> anyhow::Result<()> {
         .fetch_one(&admin)
         .await?;
     println!("events at the hub: {events}");
+    figure("reports.events", events as f64, "events");
 
     // The HQ mix: HQ-wide and site-scoped tokens, dashboards and drill-downs.
     let hq = central_hub::api::create_token(&admin, "bench-hq", "hq:read", None).await?;
@@ -484,6 +491,8 @@ async fn main() -> anyhow::Result<()> {
         cold[cold.len() / 2],
         cold[cold.len() - 1]
     );
+    figure("reports.cold_median_ms", cold[cold.len() / 2], "ms");
+    figure("reports.cold_max_ms", cold[cold.len() - 1], "ms");
 
     let hits0 = metric(&base, "mes_report_cache_hits_total").await?;
     let misses0 = metric(&base, "mes_report_cache_misses_total").await?;
@@ -556,6 +565,20 @@ async fn main() -> anyhow::Result<()> {
         } else {
             0.0
         }
+    );
+    figure(
+        "reports.connections",
+        args.connections as f64,
+        "connections",
+    );
+    figure("reports.offered_per_s", args.rate, "req/s");
+    figure("reports.req_per_s", lat.len() as f64 / elapsed, "req/s");
+    figure("reports.p50_ms", pct(&lat, 0.50), "ms");
+    figure("reports.p99_ms", pct(&lat, 0.99), "ms");
+    figure(
+        "reports.errors",
+        errors.values().sum::<u64>() as f64,
+        "requests",
     );
     hub.stop().await?;
     Ok(())

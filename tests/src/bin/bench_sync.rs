@@ -24,6 +24,7 @@ use shared_model::{EquipmentId, Event, EventBody, EventId, SiteId, Timestamp, Wo
 use sqlx::PgPool;
 use sync_protocol::message::{DownItem, RecordChange, RecordId, RecordKind};
 use sync_protocol::store::HubStore;
+use system_tests::benchout::figure;
 use system_tests::pg::server;
 
 fn now_micros() -> i64 {
@@ -219,6 +220,7 @@ async fn main() -> anyhow::Result<()> {
         }));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let drain_from = now_micros();
     let started = Instant::now();
     let backlogged = edge_agent::server::start(configs[0].clone()).await?;
     loop {
@@ -244,6 +246,33 @@ async fn main() -> anyhow::Result<()> {
         backlog as f64 / drain,
         pending.events
     );
+    // The live sites' edge → hub latency while the backlog drained (one clock: the hub's
+    // ingest time minus the edge's recording time, both on this machine).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut live_lat: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM received_at - recorded_at)::float8 * 1000 FROM events
+         WHERE site_id IN ('SITE_002', 'SITE_003')
+           AND recorded_at BETWEEN to_timestamp($1::float8 / 1e6) AND to_timestamp($2::float8 / 1e6)",
+    )
+    .bind(drain_from as f64)
+    .bind((drain_from as f64) + drain * 1e6)
+    .fetch_all(&admin)
+    .await?;
+    live_lat.sort_by(f64::total_cmp);
+    println!(
+        "live sites during the drain ({} events): edge → hub p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        live_lat.len(),
+        pct(&live_lat, 0.5),
+        pct(&live_lat, 0.99),
+        live_lat.last().copied().unwrap_or(f64::NAN)
+    );
+    figure("sync.drain_s", drain, "s");
+    figure(
+        "sync.drain_events_per_s",
+        backlog as f64 / drain,
+        "events/s",
+    );
+    figure("sync.live_p99_during_drain_ms", pct(&live_lat, 0.99), "ms");
 
     // Baseline: the same rows through the hub's own INSERT … UNNEST, in the driver's batch
     // size, for a fresh site, as the hub role with row-level security.
@@ -266,6 +295,12 @@ async fn main() -> anyhow::Result<()> {
         backlog as f64 / base_s,
         base_s / drain
     );
+    figure(
+        "sync.plain_events_per_s",
+        backlog as f64 / base_s,
+        "events/s",
+    );
+    figure("sync.full_over_plain", base_s / drain, "ratio");
 
     // Propagation, edge → hub, when online and idle.
     let site2 = sites[1].clone();
@@ -296,6 +331,8 @@ async fn main() -> anyhow::Result<()> {
         pct(&lat, 0.99),
         lat.last().copied().unwrap_or(f64::NAN)
     );
+    figure("sync.edge_hub_p50_ms", pct(&lat, 0.5), "ms");
+    figure("sync.edge_hub_p99_ms", pct(&lat, 0.99), "ms");
 
     // Propagation, HQ release → connected edge.
     let hq = central_hub::db::store::PgHubStore::new(central_hub::db::connect(&db.hub_url).await?);
@@ -352,6 +389,8 @@ async fn main() -> anyhow::Result<()> {
         pct(&rel, 0.99),
         rel.last().copied().unwrap_or(f64::NAN)
     );
+    figure("sync.release_p50_ms", pct(&rel, 0.5), "ms");
+    figure("sync.release_p99_ms", pct(&rel, 0.99), "ms");
 
     // Wire cost of a full batch of typical events.
     let batch: Vec<Event> = (0..2_048).map(|n| event(&sites[0], n, t0)).collect();
@@ -366,6 +405,11 @@ async fn main() -> anyhow::Result<()> {
         "wire cost: {} bytes for a frame of 2,048 events = {:.1} bytes per event (before QUIC/TLS framing)",
         frame.len(),
         frame.len() as f64 / 2048.0
+    );
+    figure(
+        "sync.wire_bytes_per_event",
+        frame.len() as f64 / 2048.0,
+        "B",
     );
 
     backlogged.stop().await?;
