@@ -448,8 +448,10 @@ fn main() -> anyhow::Result<()> {
     let mut commands: Vec<String> = Vec::new();
     let mut reports_db = args.reports_database.clone();
     for suite in &args.suites {
-        for run in 1..=args.runs {
-            println!("== {suite} run {run} of {}", args.runs);
+        // Sizes do not change between runs: measured once.
+        let runs = if suite == "sizes" { 1 } else { args.runs };
+        for run in 1..=runs {
+            println!("== {suite} run {run} of {runs}");
             match suite.as_str() {
                 "edge" => {
                     let mut a: Vec<String> = vec![
@@ -462,7 +464,7 @@ fn main() -> anyhow::Result<()> {
                                 .map(String::from),
                         );
                     }
-                    commands.push(format!("bench-edge {}", a[2..].join(" ")));
+                    commands.push(format!("bench-edge {}", a[2..].join(" ")).trim().to_owned());
                     record(run_program(&dir.join("bench-edge"), &a)?.0);
                 }
                 "sync" => {
@@ -481,7 +483,7 @@ fn main() -> anyhow::Result<()> {
                     if let Some(db) = &reports_db {
                         a.extend(["--database".to_owned(), db.clone()]);
                     }
-                    commands.push(format!("bench-reports {}", a.join(" ")));
+                    commands.push(format!("bench-reports {}", a.join(" ")).trim().to_owned());
                     let (got, stdout) = run_program(&dir.join("bench-reports"), &a)?;
                     if reports_db.is_none() && !args.quick {
                         // "database NAME (reuse with --database NAME)" after a fresh load.
@@ -493,11 +495,7 @@ fn main() -> anyhow::Result<()> {
                     }
                     record(got);
                 }
-                "sizes" => {
-                    if run == 1 {
-                        record(sizes(&dir)?);
-                    }
-                }
+                "sizes" => record(sizes(&dir)?),
                 other => bail!("unknown suite {other}"),
             }
         }
@@ -582,7 +580,30 @@ fn document(
         args.runs,
         took.as_secs_f64() / 60.0
     );
-    let _ = writeln!(d, "- programs run: {}\n", commands.join("; "));
+    // Each distinct command once, with how often it ran.
+    let mut distinct: Vec<(String, usize)> = Vec::new();
+    for c in commands {
+        match distinct.iter_mut().find(|(d, _)| d == c) {
+            Some((_, n)) => *n += 1,
+            None => distinct.push((c.clone(), 1)),
+        }
+    }
+    let list: Vec<String> = distinct
+        .iter()
+        .map(|(c, n)| {
+            if *n > 1 {
+                format!("`{c}` ×{n}")
+            } else {
+                format!("`{c}`")
+            }
+        })
+        .collect();
+    let _ = writeln!(
+        d,
+        "- programs run (each as its own process; the reporting dataset is loaded by the first \
+         `bench-reports` and reused): {}; stripped sizes measured by `bench` itself\n",
+        list.join(", ")
+    );
     let _ = writeln!(
         d,
         "| figure | min | median | max | unit | target | verdict |"

@@ -40,6 +40,7 @@ struct Args {
     connections: usize,
     seconds: u64,
     database: Option<String>,
+    quick: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -50,6 +51,7 @@ fn parse_args() -> anyhow::Result<Args> {
         connections: 6_000,
         seconds: 20,
         database: None,
+        quick: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -67,6 +69,7 @@ fn parse_args() -> anyhow::Result<Args> {
                 a.connections = 200;
                 a.seconds = 3;
                 a.rate = 1_000.0;
+                a.quick = true;
             }
             other => bail!(
                 "unknown argument {other}; use --events N --sites N --connections N --seconds N --database NAME --quick"
@@ -183,7 +186,8 @@ async fn load(
         }
     }
     let start = now_micros() - 30 * DAY_MICROS;
-    let per_site = args.events / args.sites as u64;
+    // Rounded up: at least the asked total (10M over 30 sites is 333,334 each).
+    let per_site = args.events.div_ceil(args.sites as u64);
     for s in 0..args.sites {
         let site = site_id(s)?;
         for day in 0..30 {
@@ -395,6 +399,9 @@ async fn main() -> anyhow::Result<()> {
     let pg = server().await;
     let (db, fresh) = match &args.database {
         Some(name) => (pg.database(name), false),
+        // A quick run's small dataset is not worth keeping: a test database, dropped by the
+        // harness once this process is gone.
+        None if args.quick => (pg.fresh_database().await, true),
         None => (
             pg.named_database(&format!("mes_bench_reports_{}", std::process::id()))
                 .await,
