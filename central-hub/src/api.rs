@@ -399,12 +399,9 @@ async fn read_rows(
     state: &ApiState,
     q: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
 ) -> Result<Vec<sqlx::postgres::PgRow>, ApiError> {
-    let mut tx = crate::db::begin(read_pool(state)?, crate::db::PoolRole::Read)
+    crate::db::fetch_all_in_tx(read_pool(state)?, crate::db::PoolRole::Read, q)
         .await
-        .map_err(ApiError::internal)?;
-    let rows = q.fetch_all(&mut *tx).await.map_err(ApiError::internal)?;
-    tx.commit().await.map_err(ApiError::internal)?;
-    Ok(rows)
+        .map_err(ApiError::internal)
 }
 
 fn read_pool(state: &ApiState) -> Result<&PgPool, ApiError> {

@@ -308,15 +308,16 @@ const REPLICATION_LAG_SQL: &str = "SELECT pg_is_in_recovery() AS replica,
 /// `(is a replica, lag seconds)` of the read database.
 async fn replication_lag(pool: &PgPool) -> Result<(bool, f64), sqlx::Error> {
     use sqlx::Row as _;
-    let row = crate::db::timed("replication_lag", async {
-        let mut tx = crate::db::begin(pool, crate::db::PoolRole::Read).await?;
-        let row = crate::db::query(REPLICATION_LAG_SQL)
-            .fetch_one(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok::<_, sqlx::Error>(row)
-    })
+    let rows = crate::db::timed(
+        "replication_lag",
+        crate::db::fetch_all_in_tx(
+            pool,
+            crate::db::PoolRole::Read,
+            crate::db::query(REPLICATION_LAG_SQL),
+        ),
+    )
     .await?;
+    let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
     Ok((
         row.try_get("replica")?,
         row.try_get::<f64, _>("lag")?.max(0.0),
@@ -379,14 +380,14 @@ const SITE_GAUGES_SQL: &str = "SELECT s.site_id, s.connected::int::float8 AS con
 
 async fn site_gauges(pool: &PgPool) -> Result<String, sqlx::Error> {
     use sqlx::Row as _;
-    let rows = crate::db::timed("site_gauges", async {
-        let mut tx = crate::db::begin(pool, crate::db::PoolRole::Read).await?;
-        let rows = crate::db::query(SITE_GAUGES_SQL)
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok::<_, sqlx::Error>(rows)
-    })
+    let rows = crate::db::timed(
+        "site_gauges",
+        crate::db::fetch_all_in_tx(
+            pool,
+            crate::db::PoolRole::Read,
+            crate::db::query(SITE_GAUGES_SQL),
+        ),
+    )
     .await?;
     let mut cols: [Vec<(String, f64)>; 7] = Default::default();
     for r in &rows {

@@ -170,11 +170,25 @@ impl PrivateCluster {
             &initdb,
             &["-D", &data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
         )?;
+        Self::launch(
+            dir,
+            data,
+            pg_ctl,
+            &format!("-c fsync={}", if fsync { "on" } else { "off" }),
+        )
+    }
+
+    /// Starts the cluster in `data` on a free port with `settings` (`-c` options) added.
+    fn launch(
+        dir: PathBuf,
+        data: String,
+        pg_ctl: PathBuf,
+        settings: &str,
+    ) -> Result<PrivateCluster, String> {
         let port = free_port()?;
         let opts = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync={}",
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} {settings}",
             dir.to_string_lossy(),
-            if fsync { "on" } else { "off" }
         );
         let log = dir.join("log").to_string_lossy().to_string();
         let c = PrivateCluster {
@@ -211,12 +225,7 @@ impl PrivateCluster {
         let basebackup = find_bin("pg_basebackup").ok_or("pg_basebackup not found")?;
         let dir = cluster_dir("mes-test-replica")?;
         let data = dir.join("data").to_string_lossy().to_string();
-        let primary_port = self
-            .admin_url
-            .rsplit_once(':')
-            .and_then(|(_, rest)| rest.split('/').next())
-            .ok_or("primary URL has no port")?
-            .to_owned();
+        let primary_port = self.port().to_string();
         run_pg(
             &basebackup,
             &[
@@ -235,24 +244,12 @@ impl PrivateCluster {
                 "fast",
             ],
         )?;
-        let port = free_port()?;
-        let opts = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c hot_standby=on \
-             -c hot_standby_feedback=on",
-            dir.to_string_lossy(),
-        );
-        let log = dir.join("log").to_string_lossy().to_string();
-        let c = PrivateCluster {
-            admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        Self::launch(
             dir,
             data,
-            opts,
-            log,
-            pg_ctl: self.pg_ctl.clone(),
-            keep: false,
-        };
-        c.start_again()?;
-        Ok(c)
+            self.pg_ctl.clone(),
+            "-c fsync=off -c hot_standby=on -c hot_standby_feedback=on",
+        )
     }
 
     /// The cluster's port.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection as _, PgConnection, Row as _};
+use sqlx::{Connection as _, PgConnection};
 
 /// One PgBouncer process and its files.
 #[derive(Debug)]
@@ -119,35 +119,43 @@ impl PgBouncer {
         via(url, self.port)
     }
 
-    /// One `SHOW` command on the admin console, as rows of (column, text value).
-    pub async fn show(&self, what: &str) -> Vec<Vec<(String, String)>> {
-        let admin = format!("postgres://postgres@127.0.0.1:{}/pgbouncer", self.port);
-        // The console speaks only the simple protocol: no parameters, no statement cache.
-        let opts: sqlx::postgres::PgConnectOptions = admin.parse().expect("PgBouncer admin URL");
+    /// The admin console (it can be handed to a task that polls it).
+    pub fn console(&self) -> Console {
+        Console { port: self.port }
+    }
+}
+
+/// PgBouncer's admin console (database `pgbouncer`), by port.
+#[derive(Debug, Clone, Copy)]
+pub struct Console {
+    port: u16,
+}
+
+impl Console {
+    /// The rows of one `SHOW` command. The console speaks only the simple protocol: no
+    /// parameters, no statement cache.
+    pub async fn show(&self, what: &str) -> Vec<sqlx::postgres::PgRow> {
+        let opts: sqlx::postgres::PgConnectOptions =
+            format!("postgres://postgres@127.0.0.1:{}/pgbouncer", self.port)
+                .parse()
+                .expect("PgBouncer admin URL");
         let mut c = PgConnection::connect_with(&opts.statement_cache_capacity(0))
             .await
             .expect("connecting to the PgBouncer console");
-        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SHOW {what}")))
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SHOW {what}")))
             .fetch_all(&mut c)
             .await
-            .expect("SHOW on the console");
-        rows.iter()
-            .map(|r| {
-                use sqlx::Column as _;
-                r.columns()
-                    .iter()
-                    .map(|col| {
-                        let i = col.ordinal();
-                        let v = r
-                            .try_get::<String, _>(i)
-                            .or_else(|_| r.try_get::<i64, _>(i).map(|n| n.to_string()))
-                            .or_else(|_| r.try_get::<i32, _>(i).map(|n| n.to_string()))
-                            .unwrap_or_default();
-                        (col.name().to_owned(), v)
-                    })
-                    .collect()
-            })
-            .collect()
+            .expect("SHOW on the console")
+    }
+
+    /// Client connections, not counting the console's own.
+    pub async fn clients(&self) -> u64 {
+        (self.show("CLIENTS").await.len() as u64).saturating_sub(1)
+    }
+
+    /// Server connections to PostgreSQL.
+    pub async fn servers(&self) -> u64 {
+        self.show("SERVERS").await.len() as u64
     }
 }
 

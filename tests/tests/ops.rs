@@ -276,9 +276,8 @@ async fn hub_sync_and_reports_run_through_pgbouncer_in_transaction_mode() {
     let peak_clients = Arc::new(AtomicU64::new(0));
     let sampling = {
         let peak = peak_clients.clone();
-        let port = bouncer.port;
+        let b = bouncer.console();
         tokio::spawn(async move {
-            let b = PgBouncerConsole { port };
             loop {
                 let n = b.clients().await;
                 peak.fetch_max(n, Ordering::Relaxed);
@@ -371,8 +370,7 @@ async fn hub_sync_and_reports_run_through_pgbouncer_in_transaction_mode() {
     assert_eq!(orders, 300, "every release stored once");
     sampling.abort();
     let peak = peak_clients.load(Ordering::Relaxed);
-    let console = PgBouncerConsole { port: bouncer.port };
-    let servers = console.servers().await;
+    let servers = bouncer.console().servers().await;
     eprintln!(
         "PgBouncer: peak {peak} client connections, {servers} server connections to PostgreSQL"
     );
@@ -401,37 +399,6 @@ async fn hub_sync_and_reports_run_through_pgbouncer_in_transaction_mode() {
     one.stop().await.unwrap();
     two.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(state_dir);
-}
-
-/// The PgBouncer admin console, by port (it can be polled from a task).
-struct PgBouncerConsole {
-    port: u16,
-}
-
-impl PgBouncerConsole {
-    async fn rows(&self, what: &str) -> Vec<sqlx::postgres::PgRow> {
-        use sqlx::Connection as _;
-        let opts: sqlx::postgres::PgConnectOptions =
-            format!("postgres://postgres@127.0.0.1:{}/pgbouncer", self.port)
-                .parse()
-                .unwrap();
-        let mut c = sqlx::PgConnection::connect_with(&opts.statement_cache_capacity(0))
-            .await
-            .unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SHOW {what}")))
-            .fetch_all(&mut c)
-            .await
-            .unwrap()
-    }
-
-    /// Client connections except the console's own.
-    async fn clients(&self) -> u64 {
-        (self.rows("CLIENTS").await.len() as u64).saturating_sub(1)
-    }
-
-    async fn servers(&self) -> u64 {
-        self.rows("SERVERS").await.len() as u64
-    }
 }
 
 /// Reports read from a real streaming replica (`pg_basebackup -R`): with replay paused on the

@@ -118,6 +118,19 @@ pub async fn begin(
     pool.begin().await
 }
 
+/// Runs one statement in a transaction of its own and returns its rows: behind PgBouncer an
+/// unnamed statement is parsed and executed on one server connection only within one.
+pub async fn fetch_all_in_tx(
+    pool: &PgPool,
+    role: PoolRole,
+    q: Query<'_, Postgres, PgArguments>,
+) -> Result<Vec<PgRow>, sqlx::Error> {
+    let mut tx = begin(pool, role).await?;
+    let rows = q.fetch_all(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
 /// Upper bounds (seconds) of the query-duration histogram's buckets.
 pub const QUERY_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
