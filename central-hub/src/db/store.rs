@@ -99,10 +99,11 @@ fn parse_kind(s: &str) -> Result<RecordKind, HubStoreError> {
     }
 }
 
-/// The ingest statement: inserts the new events (duplicates skipped by their key), rolls the
-/// new production counts into `production_hourly` by site-local hour, notes the first hour
-/// each piece of equipment reported, and returns what the slower rollups need: the new events
-/// that are not production counts, and new events a correction had named before they arrived.
+/// The ingest statement: inserts the new events (duplicates skipped by their key) and says
+/// which were new — all of them (`ids` NULL) or, after a re-send, the list — and which of the
+/// batch's events a correction had named before they arrived. The rollups are written by
+/// [`ROLLUP_SQL`] from sums formed in Rust: a profile (docs/benchmarks-notes.md) showed that
+/// returning every new row and grouping it in SQL cost as much as the insert itself.
 const INGEST_SQL: &str = r#"
 WITH ins AS (
     INSERT INTO events (site_id, event_id, occurred_at, recorded_at, kind, equipment, work_order,
@@ -111,39 +112,146 @@ WITH ins AS (
                                $6::text[], $7::text[], $8::text[], $9::int8[], $10::int8[],
                                $11::bytea[], $12::text[]) AS u
     ON CONFLICT DO NOTHING
-    RETURNING event_id, occurred_at, kind, equipment, work_order, good, scrap, reason
-), fl AS (
-    SELECT ins.*, date_trunc('hour', ins.occurred_at, $13) AS hour,
-           (SELECT EXISTS (SELECT 1 FROM corrections WHERE site_id = $1))
-           AND EXISTS (SELECT 1 FROM corrections c
-                       WHERE c.site_id = $1 AND c.corrects = ins.event_id) AS corrected
-    FROM ins
-), roll AS (
+    RETURNING event_id
+)
+SELECT count(*) AS inserted,
+       CASE WHEN count(*) < cardinality($2::uuid[])
+            THEN coalesce(array_agg(event_id), '{}') END AS ids,
+       CASE WHEN EXISTS (SELECT 1 FROM corrections WHERE site_id = $1)
+            THEN ARRAY(SELECT DISTINCT c.corrects FROM corrections c
+                       WHERE c.site_id = $1 AND c.corrects = ANY($2::uuid[]))
+            ELSE '{}' END AS corrected
+FROM ins
+"#;
+
+/// The rollups of one ingest, from sums per 15-minute UTC slot formed in Rust (every time
+/// zone's hours start on a quarter hour of UTC, so `date_trunc` in the site's zone still makes
+/// the hour buckets, daylight saving included): production counts into `production_hourly`,
+/// the first hour each piece of equipment reported into `equipment_seen`, and the site's last
+/// event time. Rows are locked in key order, so two ingests of one site cannot deadlock.
+const ROLLUP_SQL: &str = r#"
+WITH roll AS (
     INSERT INTO production_hourly AS p (site_id, hour, equipment, work_order, scrap_reason,
                                         good, scrap, events)
-    SELECT $1, hour, equipment, coalesce(work_order, ''), coalesce(reason, ''),
-           sum(good), sum(scrap), count(*)
-    FROM fl WHERE kind = 'production_count' AND NOT corrected
+    SELECT $1, date_trunc('hour', u.slot, $2), u.eq, u.wo, u.reason, sum(u.good), sum(u.scrap),
+           sum(u.n)
+    FROM UNNEST($3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::int8[],
+                $9::int8[]) AS u(slot, eq, wo, reason, good, scrap, n)
     GROUP BY 2, 3, 4, 5
+    ORDER BY 2, 3, 4, 5
     ON CONFLICT (site_id, hour, equipment, work_order, scrap_reason) DO UPDATE
         SET good = p.good + excluded.good, scrap = p.scrap + excluded.scrap,
             events = p.events + excluded.events
 ), seen AS (
     INSERT INTO equipment_seen AS s (site_id, equipment, first_hour)
-    SELECT $1, equipment, min(hour) FROM fl
-    WHERE kind IN ('production_count', 'equipment_state') AND equipment IS NOT NULL
-    GROUP BY equipment
+    SELECT $1, x.eq, date_trunc('hour', min(x.slot), $2)
+    FROM UNNEST($10::text[], $11::timestamptz[]) AS x(eq, slot)
+    GROUP BY x.eq
+    ORDER BY x.eq
     ON CONFLICT (site_id, equipment) DO UPDATE SET first_hour = excluded.first_hour
         WHERE excluded.first_hour < s.first_hour
-), touched AS (
-    UPDATE sites SET last_event_at = now()
-    WHERE site_id = $1 AND EXISTS (SELECT 1 FROM ins)
 )
-SELECT count(*) AS inserted,
-       coalesce(array_agg(event_id) FILTER (WHERE kind <> 'production_count'), '{}') AS others,
-       coalesce(array_agg(event_id) FILTER (WHERE corrected), '{}') AS corrected
-FROM fl
+UPDATE sites SET last_event_at = now() WHERE site_id = $1
 "#;
+
+/// A quarter hour in microseconds: the slot the Rust-side sums use.
+const SLOT_MICROS: i64 = 15 * 60 * 1_000_000;
+
+/// Production sums and first sightings of one ingest's new events, per 15-minute UTC slot.
+/// (15-minute slot, equipment, work order or "", scrap reason or "").
+type SumKey<'a> = (i64, &'a str, &'a str, &'a str);
+
+#[derive(Default)]
+struct BatchSums<'a> {
+    /// Key → (good, scrap, events).
+    production: HashMap<SumKey<'a>, (i64, i64, i64)>,
+    /// Equipment → earliest slot it reported a count or a state in.
+    seen: HashMap<&'a str, i64>,
+}
+
+impl<'a> BatchSums<'a> {
+    fn slot(t: shared_model::Timestamp) -> i64 {
+        let m = t.as_micros();
+        m - m.rem_euclid(SLOT_MICROS)
+    }
+
+    /// Adds one new event; a production count that a correction already replaced is left to
+    /// the correction rollups, as are events of other kinds.
+    fn add(&mut self, e: &'a Event, corrected: bool) {
+        let slot = Self::slot(e.occurred_at);
+        let equipment = match &e.body {
+            EventBody::ProductionCount(p) => {
+                if !corrected {
+                    let key = (
+                        slot,
+                        p.equipment.as_str(),
+                        p.work_order.as_ref().map_or("", |w| w.as_str()),
+                        p.scrap_reason.as_ref().map_or("", |r| r.as_str()),
+                    );
+                    let sum = self.production.entry(key).or_default();
+                    sum.0 += i64::from(p.good);
+                    sum.1 += i64::from(p.scrap);
+                    sum.2 += 1;
+                }
+                p.equipment.as_str()
+            }
+            EventBody::EquipmentState(s) => s.equipment.as_str(),
+            _ => return,
+        };
+        let first = self.seen.entry(equipment).or_insert(slot);
+        *first = (*first).min(slot);
+    }
+}
+
+/// Writes one ingest's [`BatchSums`] and the site's last event time ([`ROLLUP_SQL`]).
+async fn rollup_sums(
+    tx: &mut Transaction<'static, Postgres>,
+    site: &SiteId,
+    clock: &SiteClock,
+    sums: &BatchSums<'_>,
+) -> Result<(), HubStoreError> {
+    let n = sums.production.len();
+    let (mut slot, mut eq, mut wo, mut reason) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut good, mut scrap, mut count) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (&(s, e, w, r), &(g, sc, c)) in &sums.production {
+        slot.push(ts(shared_model::Timestamp::from_micros(s)));
+        eq.push(e);
+        wo.push(w);
+        reason.push(r);
+        good.push(g);
+        scrap.push(sc);
+        count.push(c);
+    }
+    let (seen_eq, seen_slot): (Vec<&str>, Vec<OffsetDateTime>) = sums
+        .seen
+        .iter()
+        .map(|(&e, &s)| (e, ts(shared_model::Timestamp::from_micros(s))))
+        .unzip();
+    crate::db::query(ROLLUP_SQL)
+        .bind(site.as_str())
+        .bind(&clock.timezone)
+        .bind(&slot)
+        .bind(&eq)
+        .bind(&wo)
+        .bind(&reason)
+        .bind(&good)
+        .bind(&scrap)
+        .bind(&count)
+        .bind(&seen_eq)
+        .bind(&seen_slot)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
 
 impl PgHubStore {
     pub fn new(pool: PgPool) -> Self {
@@ -469,15 +577,35 @@ impl HubStore for PgHubStore {
             .bind(&scrap)
             .bind(&bodies)
             .bind(&reason)
-            .bind(&clock.timezone)
             .fetch_one(&mut *tx)
             .await?;
         let inserted: i64 = row.try_get("inserted")?;
-        let others: Vec<Uuid> = row.try_get("others")?;
-        let corrected: Vec<Uuid> = row.try_get("corrected")?;
+        // None: every event of the batch was new.
+        let new_ids: Option<HashSet<Uuid>> = row
+            .try_get::<Option<Vec<Uuid>>, _>("ids")?
+            .map(|v| v.into_iter().collect());
+        let is_new = |id: &Uuid| new_ids.as_ref().is_none_or(|s| s.contains(id));
+        let corrected: HashSet<Uuid> = row
+            .try_get::<Vec<Uuid>, _>("corrected")?
+            .into_iter()
+            .filter(|id| is_new(id))
+            .collect();
+        let mut sums = BatchSums::default();
+        let mut others = HashSet::new();
+        for e in events {
+            let id = e.event_id.as_uuid();
+            if !is_new(id) {
+                continue;
+            }
+            if !matches!(e.body, EventBody::ProductionCount(_)) {
+                others.insert(*id);
+            }
+            sums.add(e, corrected.contains(id));
+        }
+        if inserted > 0 {
+            rollup_sums(&mut tx, site, &clock, &sums).await?;
+        }
         if !others.is_empty() || !corrected.is_empty() {
-            let others: HashSet<Uuid> = others.into_iter().collect();
-            let corrected: HashSet<Uuid> = corrected.into_iter().collect();
             rollup::apply(&mut tx, site, &clock, events, &others, &corrected).await?;
         }
         if inserted > 0 {
