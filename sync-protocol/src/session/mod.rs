@@ -52,7 +52,7 @@ impl Default for Limits {
         Self {
             frame_bytes_max: frame::FRAME_BODY_BYTES_MAX_DEFAULT,
             batch_items_max: 2_048,
-            inflight_batches_max: 8,
+            inflight_batches_max: 16,
             heads_page_max: 256,
             transmit_bytes_max: 8 << 20,
             handshake_timeout: Duration::from_secs(10),
