@@ -113,13 +113,19 @@ const FIGURES: &[(&str, &str, Target, &str)] = &[
     ),
     (
         "sync.plain_events_per_s",
-        "reference: the hub's INSERT … UNNEST, same rows and tables",
+        "reference: plain INSERT … UNNEST of the same rows into the same partitioned, RLS tables",
+        Target::None,
+        "",
+    ),
+    (
+        "sync.ingest_call_events_per_s",
+        "the hub's ingest call alone (insert, duplicate check, rollups), same rows, no QUIC",
         Target::None,
         "",
     ),
     (
         "sync.full_over_plain",
-        "full path ÷ reference",
+        "full path ÷ plain INSERT reference",
         Target::AtLeast(0.8),
         "≥ 0.8",
     ),
@@ -203,6 +209,48 @@ const FIGURES: &[(&str, &str, Target, &str)] = &[
         "0",
     ),
     (
+        "fleet.rss_0_mb",
+        "hub RSS, no edges connected",
+        Target::None,
+        "",
+    ),
+    (
+        "fleet.rss_30_mb",
+        "hub RSS, 30 connected edges",
+        Target::None,
+        "",
+    ),
+    (
+        "fleet.rss_300_mb",
+        "hub RSS, 300 connected edges",
+        Target::None,
+        "",
+    ),
+    (
+        "fleet.rss_1000_mb",
+        "hub RSS, 1,000 connected edges",
+        Target::None,
+        "",
+    ),
+    (
+        "fleet.rss_after_close_mb",
+        "hub RSS after the 1,000 sessions closed",
+        Target::None,
+        "",
+    ),
+    (
+        "fleet.per_edge_kb",
+        "hub memory per connected edge (1,000 vs none)",
+        Target::None,
+        "",
+    ),
+    (
+        "fleet.connect_1000_s",
+        "time to connect edges 301–1,000",
+        Target::None,
+        "",
+    ),
+    (
         "sizes.edge_agent_mb",
         "stripped `edge-agent`",
         Target::AtMost(20.0),
@@ -215,6 +263,12 @@ const FIGURES: &[(&str, &str, Target, &str)] = &[
         "",
     ),
 ];
+
+/// Every suite, in the order `all` runs them.
+const SUITES: [&str; 6] = ["edge", "sync", "reports", "scale", "fleet", "sizes"];
+
+/// The dataset sizes of the growth figures.
+const SCALE_SIZES: &str = "1000000,10000000,30000000";
 
 struct Args {
     suites: Vec<String>,
@@ -237,15 +291,12 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "all" => a
-                .suites
-                .extend(["edge", "sync", "reports", "sizes"].map(String::from)),
+            "all" => a.suites.extend(SUITES.map(String::from)),
             "quick" => {
                 a.quick = true;
-                a.suites
-                    .extend(["edge", "sync", "reports", "sizes"].map(String::from));
+                a.suites.extend(SUITES.map(String::from));
             }
-            "edge" | "sync" | "reports" | "sizes" => a.suites.push(arg),
+            s if SUITES.contains(&s) => a.suites.push(arg),
             "--runs" => a.runs = it.next().context("--runs needs a number")?.parse()?,
             "--out" => a.out = Some(it.next().context("--out needs a file")?.into()),
             "--reports-database" => {
@@ -253,13 +304,13 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "--no-build" => a.build = false,
             other => bail!(
-                "unknown argument {other}; use all | quick | edge sync reports sizes, \
+                "unknown argument {other}; use all | quick | edge sync reports scale fleet sizes, \
                  --runs N, --out FILE, --reports-database NAME, --no-build"
             ),
         }
     }
     if a.suites.is_empty() {
-        bail!("name what to run: all, quick, or suites (edge sync reports sizes)");
+        bail!("name what to run: all, quick, or suites (edge sync reports scale fleet sizes)");
     }
     a.suites.dedup();
     if a.runs == 0 {
@@ -448,8 +499,13 @@ fn main() -> anyhow::Result<()> {
     let mut commands: Vec<String> = Vec::new();
     let mut reports_db = args.reports_database.clone();
     for suite in &args.suites {
-        // Sizes do not change between runs: measured once.
-        let runs = if suite == "sizes" { 1 } else { args.runs };
+        // Sizes do not change between runs, and growing a dataset to 30M events takes
+        // minutes: each measured once.
+        let runs = if suite == "sizes" || suite == "scale" {
+            1
+        } else {
+            args.runs
+        };
         for run in 1..=runs {
             println!("== {suite} run {run} of {runs}");
             match suite.as_str() {
@@ -495,15 +551,34 @@ fn main() -> anyhow::Result<()> {
                     }
                     record(got);
                 }
+                "scale" => {
+                    let mut a = vec!["--scale".to_owned(), SCALE_SIZES.to_owned()];
+                    if args.quick {
+                        a.push("--quick".into());
+                    }
+                    commands.push(format!("bench-reports {}", a.join(" ")));
+                    record(run_program(&dir.join("bench-reports"), &a)?.0);
+                }
+                "fleet" => {
+                    let a: Vec<String> = if args.quick {
+                        vec!["--quick".into()]
+                    } else {
+                        Vec::new()
+                    };
+                    commands.push(format!("bench-fleet {}", a.join(" ")).trim().to_owned());
+                    record(run_program(&dir.join("bench-fleet"), &a)?.0);
+                }
                 "sizes" => record(sizes(&dir)?),
                 other => bail!("unknown suite {other}"),
             }
         }
     }
     let took = started.elapsed();
+    // A quick run's fleet has other sizes than the table's; every program's figures were
+    // checked present by `run_program`.
     for (key, _, _, _) in FIGURES {
         let suite = key.split('.').next().unwrap_or("");
-        if args.suites.iter().any(|s| s == suite) && !figures.contains_key(*key) {
+        if !args.quick && args.suites.iter().any(|s| s == suite) && !figures.contains_key(*key) {
             bail!("the {suite} suite did not report {key}");
         }
     }
@@ -626,5 +701,48 @@ fn document(
             verdict(*target, values)
         );
     }
+    scale_table(&mut d, figures);
     d
+}
+
+/// The growth figures (`scale.<size>.<name>`), one row per dataset size.
+fn scale_table(d: &mut String, figures: &BTreeMap<String, (Vec<f64>, String)>) {
+    let mut sizes: Vec<(f64, String)> = figures
+        .iter()
+        .filter_map(|(k, (v, _))| {
+            let label = k.strip_prefix("scale.")?.strip_suffix(".events")?;
+            Some((v.first().copied()?, label.to_owned()))
+        })
+        .collect();
+    if sizes.is_empty() {
+        return;
+    }
+    sizes.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let _ = writeln!(
+        d,
+        "\n**How cost grows** (`bench-reports --scale {SCALE_SIZES}`, one run: the dataset is \
+         grown to each size in turn, each step a layer over the same 30 days, and measured there)\n"
+    );
+    let _ = writeln!(
+        d,
+        "| events at the hub | one site's ingest, one connection (events/s) | the step's load, 4 sites in parallel (events/s) | cold report, median (ms) | cold report, slowest (ms) |"
+    );
+    let _ = writeln!(d, "|---|---|---|---|---|");
+    let get = |label: &str, name: &str| {
+        figures
+            .get(&format!("scale.{label}.{name}"))
+            .and_then(|(v, _)| v.first().copied())
+            .map_or_else(|| "–".to_owned(), fmt)
+    };
+    for (n, label) in &sizes {
+        let _ = writeln!(
+            d,
+            "| {} | {} | {} | {} | {} |",
+            fmt(*n),
+            get(label, "ingest_events_per_s"),
+            get(label, "load_events_per_s"),
+            get(label, "cold_median_ms"),
+            get(label, "cold_max_ms")
+        );
+    }
 }

@@ -41,6 +41,9 @@ struct Args {
     seconds: u64,
     database: Option<String>,
     quick: bool,
+    /// Dataset sizes for the growth figures (`--scale 1000000,10000000,30000000`): the
+    /// dataset is grown to each size in turn and measured there.
+    scale: Vec<u64>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -52,6 +55,7 @@ fn parse_args() -> anyhow::Result<Args> {
         seconds: 20,
         database: None,
         quick: false,
+        scale: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -63,6 +67,18 @@ fn parse_args() -> anyhow::Result<Args> {
             "--seconds" => a.seconds = value()?.parse::<u64>()?.clamp(1, 600),
             "--database" => a.database = Some(value()?),
             "--rate" => a.rate = value()?.parse::<f64>()?.clamp(0.0, 1e6),
+            "--scale" => {
+                a.scale = value()?
+                    .split(',')
+                    .map(|v| v.trim().parse::<u64>())
+                    .collect::<Result<_, _>>()?;
+                if a.scale.is_empty()
+                    || a.scale.windows(2).any(|w| w[0] >= w[1])
+                    || a.scale.iter().any(|&n| n == 0 || n > 100_000_000)
+                {
+                    bail!("--scale takes increasing sizes between 1 and 100,000,000");
+                }
+            }
             "--quick" => {
                 a.events = 50_000;
                 a.sites = 3;
@@ -70,9 +86,12 @@ fn parse_args() -> anyhow::Result<Args> {
                 a.seconds = 3;
                 a.rate = 1_000.0;
                 a.quick = true;
+                if !a.scale.is_empty() {
+                    a.scale = vec![20_000, 60_000];
+                }
             }
             other => bail!(
-                "unknown argument {other}; use --events N --sites N --connections N --seconds N --database NAME --quick"
+                "unknown argument {other}; use --events N --sites N --connections N --seconds N --database NAME --rate R --scale N,N,… --quick"
             ),
         }
     }
@@ -90,8 +109,10 @@ fn site_id(i: usize) -> anyhow::Result<SiteId> {
 }
 
 /// The `n`-th event of a site: mostly production counts, a state change every 25th, a
-/// material movement every 200th; time advances evenly over 30 days.
-fn event(site: &SiteId, n: u64, per_site: u64, start: i64) -> anyhow::Result<Event> {
+/// material movement every 200th; time advances evenly over 30 days. Each `layer` spreads its
+/// own events over the same 30 days (the growth figures add layers: the data gets denser, as
+/// more lines and shifts would make it), with event ids distinct from other layers'.
+fn event(site: &SiteId, n: u64, per_site: u64, start: i64, layer: u8) -> anyhow::Result<Event> {
     let at = Timestamp::from_micros(
         start + (n as i128 * 30 * DAY_MICROS as i128 / per_site.max(1) as i128) as i64,
     );
@@ -141,7 +162,11 @@ fn event(site: &SiteId, n: u64, per_site: u64, start: i64) -> anyhow::Result<Eve
     };
     let mut rnd = [0u8; 10];
     rnd[..8].copy_from_slice(&n.to_be_bytes());
-    rnd[8] = (site.as_str().len() % 256) as u8;
+    rnd[8] = if layer == 0 {
+        (site.as_str().len() % 256) as u8
+    } else {
+        0x80 | layer
+    };
     rnd[9] = site.as_str().as_bytes().last().copied().unwrap_or(0);
     Ok(Event {
         event_id: EventId::from_parts((at.as_micros() / 1000) as u64, rnd),
@@ -160,10 +185,12 @@ fn now_micros() -> i64 {
         .unwrap_or(0)
 }
 
-async fn load(
-    args: &Args,
-    admin: &sqlx::PgPool,
-    hub_url: &str,
+/// The dataset's master data and each site's 30 released work orders (one per day), through
+/// the hub's HQ API; `per_site` sizes the orders.
+async fn prepare(
+    sites: usize,
+    per_site: u64,
+    start: i64,
     base: &str,
     writer: &str,
 ) -> anyhow::Result<()> {
@@ -185,10 +212,7 @@ async fn load(
             bail!("master data {kind}: {}", r.text().await?);
         }
     }
-    let start = now_micros() - 30 * DAY_MICROS;
-    // Rounded up: at least the asked total (10M over 30 sites is 333,334 each).
-    let per_site = args.events.div_ceil(args.sites as u64);
-    for s in 0..args.sites {
+    for s in 0..sites {
         let site = site_id(s)?;
         for day in 0..30 {
             let due = Timestamp::from_micros(start + (day + 1) * DAY_MICROS).to_rfc3339();
@@ -206,14 +230,24 @@ async fn load(
             }
         }
     }
-    let _ = admin;
-    let store = PgHubStore::new(central_hub::db::connect(hub_url).await?);
+    Ok(())
+}
+
+/// Loads `per_site` events of `layer` into each of `sites` sites through the hub's ingest
+/// path, four sites at a time; returns the rate in events/s.
+async fn load_layer(
+    store: &PgHubStore,
+    sites: usize,
+    per_site: u64,
+    start: i64,
+    layer: u8,
+) -> anyhow::Result<f64> {
     let t0 = Instant::now();
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     // Four sites at a time, as four edges draining at once would.
     let mut tasks = Vec::new();
-    let sites: Vec<usize> = (0..args.sites).collect();
-    for chunk in sites.chunks(args.sites.div_ceil(4)) {
+    let all: Vec<usize> = (0..sites).collect();
+    for chunk in all.chunks(sites.div_ceil(4)) {
         let (store, done, chunk) = (store.clone(), done.clone(), chunk.to_vec());
         tasks.push(tokio::spawn(async move {
             for s in chunk {
@@ -222,7 +256,7 @@ async fn load(
                 while n < per_site {
                     let end = (n + 2_000).min(per_site);
                     let batch = (n..end)
-                        .map(|i| event(&site, i, per_site, start))
+                        .map(|i| event(&site, i, per_site, start, layer))
                         .collect::<anyhow::Result<Vec<_>>>()?;
                     store
                         .ingest_events(&site, &batch)
@@ -235,7 +269,7 @@ async fn load(
             anyhow::Ok(())
         }));
     }
-    let total = per_site * args.sites as u64;
+    let total = per_site * sites as u64;
     let progress = {
         let done = done.clone();
         tokio::spawn(async move {
@@ -253,17 +287,23 @@ async fn load(
         t.await??;
     }
     progress.abort();
+    let rate = total as f64 / t0.elapsed().as_secs_f64();
     println!(
-        "dataset: {total} events across {} sites loaded through the ingest path in {:.1} s = {:.0} events/s",
-        args.sites,
+        "dataset: {total} events across {sites} sites loaded through the ingest path in {:.1} s = {rate:.0} events/s",
         t0.elapsed().as_secs_f64(),
-        total as f64 / t0.elapsed().as_secs_f64()
     );
-    figure(
-        "reports.load_events_per_s",
-        total as f64 / t0.elapsed().as_secs_f64(),
-        "events/s",
-    );
+    Ok(rate)
+}
+
+/// The whole reporting dataset: master data, orders, `args.events` events in layer 0.
+async fn load(args: &Args, hub_url: &str, base: &str, writer: &str) -> anyhow::Result<()> {
+    let start = now_micros() - 30 * DAY_MICROS;
+    // Rounded up: at least the asked total (10M over 30 sites is 333,334 each).
+    let per_site = args.events.div_ceil(args.sites as u64);
+    prepare(args.sites, per_site, start, base, writer).await?;
+    let store = PgHubStore::new(central_hub::db::connect(hub_url).await?);
+    let rate = load_layer(&store, args.sites, per_site, start, 0).await?;
+    figure("reports.load_events_per_s", rate, "events/s");
     Ok(())
 }
 
@@ -392,11 +432,199 @@ async fn metric(base: &str, name: &str) -> anyhow::Result<f64> {
         .unwrap_or(0.0))
 }
 
+/// The HQ mix: HQ-wide and site-scoped tokens, dashboards and drill-downs.
+async fn report_paths(admin: &sqlx::PgPool, sites: usize) -> anyhow::Result<Vec<(String, String)>> {
+    let hq = central_hub::api::create_token(admin, "bench-hq", "hq:read", None).await?;
+    let mut paths: Vec<(String, String)> = [
+        "/api/v1/reports/oee?group_by=site",
+        "/api/v1/reports/oee?group_by=site,day",
+        "/api/v1/reports/downtime-pareto",
+        "/api/v1/reports/production?group_by=site,day",
+        "/api/v1/reports/scrap?group_by=site",
+        "/api/v1/reports/on-time?group_by=site",
+        "/api/v1/reports/wip?group_by=site",
+        "/api/v1/sites",
+        "/api/v1/work-orders?limit=50",
+    ]
+    .iter()
+    .map(|p| ((*p).to_owned(), hq.clone()))
+    .collect();
+    for s in 0..sites.min(5) {
+        let site = site_id(s)?;
+        let t = central_hub::api::create_token(admin, "bench-site", "hq:read", Some(&site)).await?;
+        paths.push(("/api/v1/reports/oee?group_by=equipment".into(), t.clone()));
+        paths.push((
+            "/api/v1/reports/downtime-pareto?group_by=work_center".into(),
+            t,
+        ));
+    }
+    Ok(paths)
+}
+
+/// Every request of `paths` once, one after the other; latencies in ms, sorted.
+async fn cold_reports(base: &str, paths: &[(String, String)]) -> anyhow::Result<Vec<f64>> {
+    let http = reqwest::Client::new();
+    let mut cold = Vec::new();
+    for (p, t) in paths {
+        let t0 = Instant::now();
+        let r = http.get(format!("{base}{p}")).bearer_auth(t).send().await?;
+        let status = r.status();
+        let _ = r.bytes().await?;
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        cold.push(ms);
+        println!("  {ms:9.1} ms  {status}  {p}");
+    }
+    cold.sort_by(f64::total_cmp);
+    println!(
+        "cold: median {:.1} ms, max {:.1} ms",
+        cold[cold.len() / 2],
+        cold[cold.len() - 1]
+    );
+    Ok(cold)
+}
+
+/// `1m`, `30k`: a dataset size as the figure keys name it.
+fn size_label(n: u64) -> String {
+    if n.is_multiple_of(1_000_000) {
+        format!("{}m", n / 1_000_000)
+    } else if n.is_multiple_of(1_000) {
+        format!("{}k", n / 1_000)
+    } else {
+        n.to_string()
+    }
+}
+
+/// How cost grows with the data: the dataset is grown to each size of `--scale` in turn (each
+/// step adds a layer spread over the same 30 days) and measured there: one site's ingest on
+/// one connection in the sync reference's batch size, the four-site load rate of the step, and
+/// every report once with an empty cache. The database is a test database, dropped at the end.
+async fn scale(args: &Args, pg: &system_tests::pg::PgServer) -> anyhow::Result<()> {
+    let db = pg.fresh_database().await;
+    db.migrate().await;
+    let admin = central_hub::db::connect(&db.admin_url).await?;
+    for s in 0..args.sites {
+        add_site(
+            &admin,
+            &site_id(s)?,
+            "Plant",
+            "EU",
+            ["Europe/Berlin", "America/Chicago", "Asia/Kolkata"][s % 3],
+        )
+        .await?;
+    }
+    let hub = serve::start(ServeConfig {
+        db: Default::default(),
+        database_url: db.hub_url.clone(),
+        read_database_url: Some(db.reporting_url.clone()),
+        quic_listen: "127.0.0.1:0".parse()?,
+        http_listen: "127.0.0.1:0".parse()?,
+        state_dir: std::env::temp_dir().join(format!("bench-scale-{}", std::process::id())),
+        server_names: vec!["127.0.0.1".into()],
+        enroll_listen: None,
+        reports: ReportSettings {
+            rate_limit_per_second: 1_000_000,
+            ..ReportSettings::default()
+        },
+    })
+    .await?;
+    let base = format!("http://{}", hub.http_addr);
+    let writer = central_hub::api::create_token(&admin, "bench", "hq:write", None).await?;
+    let start = now_micros() - 30 * DAY_MICROS;
+    let last = args.scale.last().copied().unwrap_or(0);
+    prepare(
+        args.sites,
+        last.div_ceil(args.sites as u64),
+        start,
+        &base,
+        &writer,
+    )
+    .await?;
+    let paths = report_paths(&admin, args.sites).await?;
+    let store = PgHubStore::new(central_hub::db::connect(&db.hub_url).await?);
+    let probe_site = site_id(0)?;
+    let mut have = 0u64;
+    for (i, &size) in args.scale.iter().enumerate() {
+        let label = size_label(size);
+        // The probe's events count toward the size; the rest is spread over every site.
+        let probe = (size / 20).clamp(1_000, 100_000);
+        let fill = size
+            .saturating_sub(have + probe)
+            .div_ceil(args.sites as u64);
+        println!("growing to {size} events ({label}):");
+        let load_rate = load_layer(&store, args.sites, fill, start, i as u8).await?;
+        // One site, one connection, batches of the sync driver's size: the figure that
+        // `sync.plain_events_per_s` gives on an empty database.
+        let batch = sync_protocol::session::Limits::default().batch_items_max;
+        let t0 = Instant::now();
+        let mut n = 0;
+        while n < probe {
+            let end = (n + batch as u64).min(probe);
+            let events = (n..end)
+                .map(|k| event(&probe_site, k, probe, start, 0x40 | i as u8))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            store
+                .ingest_events(&probe_site, &events)
+                .await
+                .map_err(|e| anyhow::anyhow!("ingest: {e}"))?;
+            n = end;
+        }
+        let ingest_rate = probe as f64 / t0.elapsed().as_secs_f64();
+        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&admin)
+            .await?;
+        have = events as u64;
+        println!(
+            "  {events} events; one site, one connection: {probe} events at {ingest_rate:.0} events/s"
+        );
+        // Ingest invalidated every cached report; wait for the notifications to land.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let cold = cold_reports(&base, &paths).await?;
+        figure(&format!("scale.{label}.events"), events as f64, "events");
+        figure(
+            &format!("scale.{label}.load_events_per_s"),
+            load_rate,
+            "events/s",
+        );
+        figure(
+            &format!("scale.{label}.ingest_events_per_s"),
+            ingest_rate,
+            "events/s",
+        );
+        figure(
+            &format!("scale.{label}.cold_median_ms"),
+            cold[cold.len() / 2],
+            "ms",
+        );
+        figure(
+            &format!("scale.{label}.cold_max_ms"),
+            cold[cold.len() - 1],
+            "ms",
+        );
+    }
+    hub.stop().await?;
+    store.pool().close().await;
+    admin.close().await;
+    // Up to 30M events is about 10 GB: not worth keeping.
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(pg.admin_url()).await?;
+    sqlx::Executor::execute(
+        &mut c,
+        sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            db.name
+        )),
+    )
+    .await?;
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = parse_args()?;
     let pg = server().await;
+    if !args.scale.is_empty() {
+        return scale(&args, pg).await;
+    }
     let (db, fresh) = match &args.database {
         Some(name) => (pg.database(name), false),
         // A quick run's small dataset is not worth keeping: a test database, dropped by the
@@ -443,7 +671,7 @@ async fn main() -> anyhow::Result<()> {
     let base = format!("http://{}", hub.http_addr);
     let writer = central_hub::api::create_token(&admin, "bench", "hq:write", None).await?;
     if fresh {
-        load(&args, &admin, &db.hub_url, &base, &writer).await?;
+        load(&args, &db.hub_url, &base, &writer).await?;
         println!("database {} (reuse with --database {})", db.name, db.name);
     }
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
@@ -452,52 +680,11 @@ async fn main() -> anyhow::Result<()> {
     println!("events at the hub: {events}");
     figure("reports.events", events as f64, "events");
 
-    // The HQ mix: HQ-wide and site-scoped tokens, dashboards and drill-downs.
-    let hq = central_hub::api::create_token(&admin, "bench-hq", "hq:read", None).await?;
-    let mut paths: Vec<(String, String)> = [
-        "/api/v1/reports/oee?group_by=site",
-        "/api/v1/reports/oee?group_by=site,day",
-        "/api/v1/reports/downtime-pareto",
-        "/api/v1/reports/production?group_by=site,day",
-        "/api/v1/reports/scrap?group_by=site",
-        "/api/v1/reports/on-time?group_by=site",
-        "/api/v1/reports/wip?group_by=site",
-        "/api/v1/sites",
-        "/api/v1/work-orders?limit=50",
-    ]
-    .iter()
-    .map(|p| ((*p).to_owned(), hq.clone()))
-    .collect();
-    for s in 0..args.sites.min(5) {
-        let site = site_id(s)?;
-        let t =
-            central_hub::api::create_token(&admin, "bench-site", "hq:read", Some(&site)).await?;
-        paths.push(("/api/v1/reports/oee?group_by=equipment".into(), t.clone()));
-        paths.push((
-            "/api/v1/reports/downtime-pareto?group_by=work_center".into(),
-            t,
-        ));
-    }
+    let paths = report_paths(&admin, args.sites).await?;
 
     // Cold: every distinct request once, computed from the rollups.
-    let http = reqwest::Client::new();
     println!("cold (cache empty), over {events} events:");
-    let mut cold = Vec::new();
-    for (p, t) in &paths {
-        let t0 = Instant::now();
-        let r = http.get(format!("{base}{p}")).bearer_auth(t).send().await?;
-        let status = r.status();
-        let _ = r.bytes().await?;
-        let ms = t0.elapsed().as_secs_f64() * 1000.0;
-        cold.push(ms);
-        println!("  {ms:9.1} ms  {status}  {p}");
-    }
-    cold.sort_by(f64::total_cmp);
-    println!(
-        "cold: median {:.1} ms, max {:.1} ms",
-        cold[cold.len() / 2],
-        cold[cold.len() - 1]
-    );
+    let cold = cold_reports(&base, &paths).await?;
     figure("reports.cold_median_ms", cold[cold.len() / 2], "ms");
     figure("reports.cold_max_ms", cold[cold.len() - 1], "ms");
 
