@@ -483,6 +483,40 @@ async fn cold_reports(base: &str, paths: &[(String, String)]) -> anyhow::Result<
     Ok(cold)
 }
 
+/// The dataset's sites, in three time zones.
+async fn add_sites(admin: &sqlx::PgPool, sites: usize) -> anyhow::Result<()> {
+    for s in 0..sites {
+        add_site(
+            admin,
+            &site_id(s)?,
+            "Plant",
+            "EU",
+            ["Europe/Berlin", "America/Chicago", "Asia/Kolkata"][s % 3],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The hub in this process over `db`, reports read as the reporting role, no rate limit.
+async fn start_hub(db: &system_tests::pg::TestDb, tag: &str) -> anyhow::Result<serve::Running> {
+    serve::start(ServeConfig {
+        db: Default::default(),
+        database_url: db.hub_url.clone(),
+        read_database_url: Some(db.reporting_url.clone()),
+        quic_listen: "127.0.0.1:0".parse()?,
+        http_listen: "127.0.0.1:0".parse()?,
+        state_dir: std::env::temp_dir().join(format!("{tag}-{}", std::process::id())),
+        server_names: vec!["127.0.0.1".into()],
+        enroll_listen: None,
+        reports: ReportSettings {
+            rate_limit_per_second: 1_000_000,
+            ..ReportSettings::default()
+        },
+    })
+    .await
+}
+
 /// `1m`, `30k`: a dataset size as the figure keys name it.
 fn size_label(n: u64) -> String {
     if n.is_multiple_of(1_000_000) {
@@ -502,31 +536,8 @@ async fn scale(args: &Args, pg: &system_tests::pg::PgServer) -> anyhow::Result<(
     let db = pg.fresh_database().await;
     db.migrate().await;
     let admin = central_hub::db::connect(&db.admin_url).await?;
-    for s in 0..args.sites {
-        add_site(
-            &admin,
-            &site_id(s)?,
-            "Plant",
-            "EU",
-            ["Europe/Berlin", "America/Chicago", "Asia/Kolkata"][s % 3],
-        )
-        .await?;
-    }
-    let hub = serve::start(ServeConfig {
-        db: Default::default(),
-        database_url: db.hub_url.clone(),
-        read_database_url: Some(db.reporting_url.clone()),
-        quic_listen: "127.0.0.1:0".parse()?,
-        http_listen: "127.0.0.1:0".parse()?,
-        state_dir: std::env::temp_dir().join(format!("bench-scale-{}", std::process::id())),
-        server_names: vec!["127.0.0.1".into()],
-        enroll_listen: None,
-        reports: ReportSettings {
-            rate_limit_per_second: 1_000_000,
-            ..ReportSettings::default()
-        },
-    })
-    .await?;
+    add_sites(&admin, args.sites).await?;
+    let hub = start_hub(&db, "bench-scale").await?;
     let base = format!("http://{}", hub.http_addr);
     let writer = central_hub::api::create_token(&admin, "bench", "hq:write", None).await?;
     let start = now_micros() - 30 * DAY_MICROS;
@@ -641,33 +652,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let admin = central_hub::db::connect(&db.admin_url).await?;
     if fresh {
-        for s in 0..args.sites {
-            add_site(
-                &admin,
-                &site_id(s)?,
-                "Plant",
-                "EU",
-                ["Europe/Berlin", "America/Chicago", "Asia/Kolkata"][s % 3],
-            )
-            .await?;
-        }
+        add_sites(&admin, args.sites).await?;
     }
-    let state_dir = std::env::temp_dir().join(format!("bench-reports-{}", std::process::id()));
-    let hub = serve::start(ServeConfig {
-        db: Default::default(),
-        database_url: db.hub_url.clone(),
-        read_database_url: Some(db.reporting_url.clone()),
-        quic_listen: "127.0.0.1:0".parse()?,
-        http_listen: "127.0.0.1:0".parse()?,
-        state_dir,
-        server_names: vec!["127.0.0.1".into()],
-        enroll_listen: None,
-        reports: ReportSettings {
-            rate_limit_per_second: 1_000_000,
-            ..ReportSettings::default()
-        },
-    })
-    .await?;
+    let hub = start_hub(&db, "bench-reports").await?;
     let base = format!("http://{}", hub.http_addr);
     let writer = central_hub::api::create_token(&admin, "bench", "hq:write", None).await?;
     if fresh {
