@@ -21,9 +21,8 @@ use sqlx::{PgPool, Row};
 use sync_protocol::message::{DownItem, RecordChange, RecordId};
 use sync_protocol::records::{WorkOrderView, read_view, write_all};
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::db::store::{PgHubStore, load_record};
 use crate::reports::ReportCtx;
@@ -42,8 +41,13 @@ pub struct ApiState {
     pub tokens: Arc<TokenCache>,
 }
 
-/// Token hash → when it was looked up, and its scope (`None`: unknown or revoked).
-pub type TokenCache = Mutex<HashMap<Vec<u8>, (Instant, Option<Scope>)>>;
+/// Token hash → its scope (`None`: unknown or revoked), looked up once per TTL however many
+/// requests carry it.
+pub type TokenCache = crate::memo::Memo<Vec<u8>, Option<Scope>>;
+
+pub fn token_cache() -> TokenCache {
+    crate::memo::Memo::new(TOKEN_CACHE_TTL, TOKEN_CACHE_MAX)
+}
 
 /// How long a token lookup is trusted: a revoked token stops working within this time.
 pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
@@ -175,48 +179,34 @@ async fn require_token(State(state): State<ApiState>, mut req: Request, next: Ne
         .into_response();
     };
     let hash = token_hash(&token);
-    let cached = state.tokens.lock().ok().and_then(|m| {
-        m.get(&hash)
-            .filter(|(at, _)| at.elapsed() < TOKEN_CACHE_TTL)
-            .map(|(_, s)| s.clone())
-    });
-    let scope = match cached {
-        Some(s) => s,
-        None => {
+    let pool = state.pool.clone();
+    let key = hash.clone();
+    let lookup = move || {
+        let (pool, hash) = (pool.clone(), key.clone());
+        async move {
             // In a transaction so that, behind PgBouncer, its unnamed statement is parsed
             // and executed on the same server connection.
-            let row = async {
-                let mut tx = crate::db::begin(&state.pool, crate::db::PoolRole::Write).await?;
-                let row = crate::db::query(
-                    "SELECT scope, site_id FROM api_tokens WHERE hash = $1 AND revoked_at IS NULL",
-                )
-                .bind(&hash)
-                .fetch_optional(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok::<_, sqlx::Error>(row)
-            }
-            .await;
-            let scope = match row {
-                Ok(Some(r)) => {
-                    let scope: String = r.get("scope");
-                    let site: Option<String> = r.get("site_id");
-                    Some(Scope {
-                        write: scope == "hq:write",
-                        site: site.and_then(|s| SiteId::new(s).ok()),
-                    })
+            let mut tx = crate::db::begin(&pool, crate::db::PoolRole::Write).await?;
+            let row = crate::db::query(
+                "SELECT scope, site_id FROM api_tokens WHERE hash = $1 AND revoked_at IS NULL",
+            )
+            .bind(&hash)
+            .fetch_optional(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(row.map(|r| {
+                let scope: String = r.get("scope");
+                let site: Option<String> = r.get("site_id");
+                Scope {
+                    write: scope == "hq:write",
+                    site: site.and_then(|s| SiteId::new(s).ok()),
                 }
-                Ok(None) => None,
-                Err(e) => return ApiError::internal(e).into_response(),
-            };
-            if let Ok(mut m) = state.tokens.lock() {
-                if m.len() >= TOKEN_CACHE_MAX {
-                    m.clear();
-                }
-                m.insert(hash.clone(), (Instant::now(), scope.clone()));
-            }
-            scope
+            }))
         }
+    };
+    let scope = match state.tokens.get(hash.clone(), lookup).await {
+        Ok(s) => s,
+        Err(e) => return ApiError::internal(e).into_response(),
     };
     let Some(scope) = scope else {
         return ApiError::new(

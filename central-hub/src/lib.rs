@@ -10,6 +10,7 @@ pub mod api;
 pub mod dashboard;
 pub mod db;
 pub mod enroll;
+pub mod memo;
 pub mod metrics;
 pub mod pki;
 pub mod reports;

@@ -175,7 +175,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         read_pool: read_pool.clone(),
         store: store.clone(),
         reports: reports.clone(),
-        tokens: Arc::default(),
+        tokens: Arc::new(crate::api::token_cache()),
     });
     let signals = Arc::new(sync::DownSignals::default());
     let down_listener = tokio::spawn(sync::listen_down(

@@ -564,3 +564,42 @@ async fn an_expired_default_range_is_served_stale_while_one_request_refreshes_it
     wait_for_x_cache(&http, &base, &reader, path, "hit").await;
     hub.stop().await.unwrap();
 }
+
+/// The token lookup is cached (and refreshed in the background under load), but a revoked token
+/// must still stop working within `TOKEN_CACHE_TTL` while it keeps being used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_stops_working_within_the_lookup_ttl() {
+    let h = hq("revoke", &[("SITE_A", "UTC")]).await;
+    let hub = h.hub(ReportSettings::default()).await;
+    let base = format!("http://{}", hub.http_addr);
+    let http = reqwest::Client::new();
+    let reader = h.token("hq:read", None).await;
+    let other = h.token("hq:read", None).await;
+    let (status, _, _) = get(&http, &base, &reader, "/api/v1/sites").await;
+    assert_eq!(status, 200);
+    sqlx::query("UPDATE api_tokens SET revoked_at = now() WHERE hash = $1")
+        .bind(central_hub::api::token_hash(&reader))
+        .execute(&h.admin)
+        .await
+        .unwrap();
+    let revoked_at = std::time::Instant::now();
+    let limit = central_hub::api::TOKEN_CACHE_TTL + Duration::from_secs(1);
+    loop {
+        let (status, v, _) = get(&http, &base, &reader, "/api/v1/sites").await;
+        if status == 401 {
+            assert_eq!(v["error"]["code"], "unauthorized");
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            revoked_at.elapsed() < limit,
+            "the revoked token still worked {:?} after its revocation",
+            revoked_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Revoking one token leaves the others alone.
+    let (status, _, _) = get(&http, &base, &other, "/api/v1/sites").await;
+    assert_eq!(status, 200);
+    hub.stop().await.unwrap();
+}

@@ -29,8 +29,17 @@ pub struct ReportCtx {
     /// requests that miss together wait for the first one instead of all querying.
     inflight: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The registered sites, read at most every [`SITES_TTL`]: every report names them.
-    sites: std::sync::Mutex<Option<(std::time::Instant, Arc<Vec<String>>)>>,
+    sites: Arc<crate::memo::Memo<(), Arc<Vec<String>>>>,
+    /// Background refreshes of stale entries running at once: they share the read pool with
+    /// the requests that must query, so they may take only part of it.
+    refreshes: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most background refreshes at once. One: on a small box a refresh of the heaviest reports
+/// takes a core for up to seconds, and several at once (each also with parallel workers)
+/// took both cores from the requests being answered from the cache (p99 spikes of ~1 s every
+/// cache TTL in `bench-reports`). Stale entries are served meanwhile, up to [`cache::STALE_TTLS`].
+const REFRESHES_MAX: usize = 1;
 
 /// How long the list of registered sites is reused (a new site shows up in reports after it).
 pub const SITES_TTL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -43,32 +52,25 @@ impl ReportCtx {
         Self {
             shared,
             inflight: std::sync::Mutex::default(),
-            sites: std::sync::Mutex::default(),
+            sites: Arc::new(crate::memo::Memo::new(SITES_TTL, 1)),
+            refreshes: Arc::new(tokio::sync::Semaphore::new(REFRESHES_MAX)),
         }
     }
 
     async fn known_sites(&self, pool: &PgPool) -> Result<Arc<Vec<String>>, ApiError> {
-        if let Ok(g) = self.sites.lock()
-            && let Some((at, list)) = g.as_ref()
-            && at.elapsed() < SITES_TTL
-        {
-            return Ok(list.clone());
-        }
-        let list: Vec<String> = async {
-            let mut tx = crate::db::begin(pool, crate::db::PoolRole::Read).await?;
-            let list = crate::db::query_scalar("SELECT site_id FROM sites ORDER BY site_id")
-                .fetch_all(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(list)
-        }
-        .await
-        .map_err(ApiError::internal)?;
-        let list = Arc::new(list);
-        if let Ok(mut g) = self.sites.lock() {
-            *g = Some((std::time::Instant::now(), list.clone()));
-        }
-        Ok(list)
+        let pool = pool.clone();
+        let lookup = move || {
+            let pool = pool.clone();
+            async move {
+                let mut tx = crate::db::begin(&pool, crate::db::PoolRole::Read).await?;
+                let list = crate::db::query_scalar("SELECT site_id FROM sites ORDER BY site_id")
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(Arc::new(list))
+            }
+        };
+        self.sites.get((), lookup).await.map_err(ApiError::internal)
     }
 
     /// The lock that serializes computations of `key`.
@@ -581,7 +583,7 @@ pub async fn report(
         .map(|v| format!("{logical}|{v}"));
     let Some(key) = key else {
         // Redis cannot tell the data versions: answer uncached rather than risk stale data.
-        let rendered = compute_report(&state, &scope, report, &sites, &q).await?;
+        let rendered = compute_report(&state, &scope, report, &sites, &q, Priority::Waited).await?;
         return Ok(respond(rendered, "miss"));
     };
     if let Some(c) = ctx.cached(&key).await {
@@ -591,7 +593,9 @@ pub async fn report(
         // Only "now" moved since it was computed (the data versions are in the key): serve it
         // and let one request recompute it in the background.
         let flight = ctx.flight(&key);
-        if let Ok(guard) = flight.try_lock_owned() {
+        if let Ok(guard) = flight.try_lock_owned()
+            && let Ok(permit) = ctx.refreshes.clone().try_acquire_owned()
+        {
             let (state, scope, sites, q, key) = (
                 state.clone(),
                 scope.clone(),
@@ -600,8 +604,9 @@ pub async fn report(
                 key.clone(),
             );
             tokio::spawn(async move {
-                let _guard = guard;
-                match compute_report(&state, &scope, report, &sites, &q).await {
+                let _guard = (guard, permit);
+                match compute_report(&state, &scope, report, &sites, &q, Priority::Background).await
+                {
                     Ok(fresh) => state.reports.shared.put(&key, &fresh).await,
                     Err(e) => tracing::warn!(?e, "refreshing a cached report failed"),
                 }
@@ -621,9 +626,18 @@ pub async fn report(
     {
         return Ok(respond(c, "hit"));
     }
-    let rendered = compute_report(&state, &scope, report, &sites, &q).await?;
+    let rendered = compute_report(&state, &scope, report, &sites, &q, Priority::Waited).await?;
     ctx.shared.put(&key, &rendered).await;
     Ok(respond(rendered, "miss"))
+}
+
+/// Whether someone waits for a computation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Priority {
+    Waited,
+    /// A refresh of an entry that is being served stale: it may take longer, and must not
+    /// take the machine from the requests being answered meanwhile.
+    Background,
 }
 
 /// Computes a report from the rollups and renders it.
@@ -633,9 +647,17 @@ async fn compute_report(
     report: Report,
     sites: &[String],
     q: &Query,
+    priority: Priority,
 ) -> Result<Cached, ApiError> {
     let pool = read_pool(state)?;
     let mut tx = read_tx(pool, scope).await?;
+    if priority == Priority::Background {
+        // One core at most: no parallel workers for a query nobody waits for.
+        crate::db::query("SET LOCAL max_parallel_workers_per_gather = 0")
+            .execute(&mut *tx)
+            .await
+            .map_err(ApiError::internal)?;
+    }
     let table = crate::db::timed(report.as_str(), compute(report, &mut tx, sites, q))
         .await
         .map_err(ApiError::internal)?;

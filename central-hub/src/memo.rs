@@ -1,0 +1,230 @@
+//! Values looked up in the database on the request path and reused for a while: API tokens'
+//! scopes, the list of sites.
+//!
+//! Why not a plain map with an expiry: under load every request that arrives after the expiry
+//! misses together, and each one queried PostgreSQL through the same small pool (a thundering
+//! herd every TTL; at 10,000 req/s that queued requests for seconds). Here, past half its TTL
+//! one request refreshes an entry in the background while everyone keeps using it, and when an
+//! entry has expired (or was never there) concurrent requests wait for a single lookup. An
+//! entry is never used after its TTL, so "a revoked token stops working within the TTL" holds.
+//!
+//! Time is tokio's clock, so tests drive it with `tokio::time::pause`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+#[derive(Debug)]
+struct Entry<V> {
+    at: Instant,
+    value: V,
+    /// A background refresh is running: no second one is started.
+    refreshing: bool,
+}
+
+/// A bounded memo of `K → V`, each value trusted for `ttl`.
+#[derive(Debug)]
+pub struct Memo<K, V> {
+    ttl: Duration,
+    max: usize,
+    entries: Mutex<HashMap<K, Entry<V>>>,
+    /// One lookup per key at a time for requests that cannot use a cached value.
+    flights: Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl<K, V> Memo<K, V>
+where
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// `max` entries at most (the map is emptied when it is reached: a flood of distinct keys
+    /// costs lookups, never memory).
+    pub fn new(ttl: Duration, max: usize) -> Self {
+        Self {
+            ttl,
+            max: max.max(1),
+            entries: Mutex::new(HashMap::new()),
+            flights: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The value of `key`: cached if younger than the TTL (starting one background `load`
+    /// past half of it), else from one `load` shared by every concurrent caller of the key.
+    /// A failed load is not cached; its error goes to the caller that ran it, and the callers
+    /// that waited for it run their own.
+    pub async fn get<F, Fut, E>(self: &Arc<Self>, key: K, load: F) -> Result<V, E>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        E: std::fmt::Debug + Send + 'static,
+    {
+        let (cached, refresh) = self.cached(&key);
+        if let Some(v) = cached {
+            if refresh {
+                let me = self.clone();
+                let key = key.clone();
+                tokio::spawn(async move {
+                    let r = load().await;
+                    match r {
+                        Ok(v) => me.put(key, v),
+                        Err(e) => {
+                            tracing::warn!(?e, "refreshing a cached lookup failed");
+                            if let Ok(mut m) = me.entries.lock()
+                                && let Some(e) = m.get_mut(&key)
+                            {
+                                e.refreshing = false;
+                            }
+                        }
+                    }
+                });
+            }
+            return Ok(v);
+        }
+        let flight = {
+            let Ok(mut f) = self.flights.lock() else {
+                return load().await;
+            };
+            if f.len() >= self.max {
+                f.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            f.entry(key.clone()).or_default().clone()
+        };
+        let _turn = flight.lock().await;
+        // Whoever held the turn before us may have filled the entry.
+        if let (Some(v), _) = self.cached(&key) {
+            return Ok(v);
+        }
+        let v = load().await?;
+        self.put(key, v.clone());
+        Ok(v)
+    }
+
+    /// A value younger than the TTL, and whether this caller should start its refresh.
+    fn cached(&self, key: &K) -> (Option<V>, bool) {
+        let Ok(mut m) = self.entries.lock() else {
+            return (None, false);
+        };
+        let Some(e) = m.get_mut(key) else {
+            return (None, false);
+        };
+        let age = e.at.elapsed();
+        if age >= self.ttl {
+            return (None, false);
+        }
+        let refresh = age >= self.ttl / 2 && !e.refreshing;
+        if refresh {
+            e.refreshing = true;
+        }
+        (Some(e.value.clone()), refresh)
+    }
+
+    fn put(&self, key: K, value: V) {
+        if let Ok(mut m) = self.entries.lock() {
+            if m.len() >= self.max && !m.contains_key(&key) {
+                m.clear();
+            }
+            m.insert(
+                key,
+                Entry {
+                    at: Instant::now(),
+                    value,
+                    refreshing: false,
+                },
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn counting(calls: Arc<AtomicU32>) -> impl Fn() -> std::future::Ready<Result<u32, ()>> {
+        move || std::future::ready(Ok(calls.fetch_add(1, Ordering::SeqCst) + 1))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_misses_share_one_slow_lookup() {
+        let memo = Arc::new(Memo::<u8, u32>::new(Duration::from_secs(5), 10));
+        let calls = Arc::new(AtomicU32::new(0));
+        let load = {
+            let calls = calls.clone();
+            move || {
+                let calls = calls.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, ()>(calls.fetch_add(1, Ordering::SeqCst) + 1)
+                }
+            }
+        };
+        let load = Arc::new(load);
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let (memo, load) = (memo.clone(), load.clone());
+            tasks.push(tokio::spawn(
+                async move { memo.get(7, move || load()).await },
+            ));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Ok(1));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one lookup for 50 callers");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refreshes_in_the_background_past_half_the_ttl_and_never_serves_expired() {
+        let memo = Arc::new(Memo::<u8, u32>::new(Duration::from_secs(4), 10));
+        let calls = Arc::new(AtomicU32::new(0));
+        assert_eq!(memo.get(1, counting(calls.clone())).await, Ok(1));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(memo.get(1, counting(calls.clone())).await, Ok(1));
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "young: no lookup");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // Past half the TTL: the old value now, one refresh behind it, however many ask.
+        for _ in 0..10 {
+            assert_eq!(memo.get(1, counting(calls.clone())).await, Ok(1));
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "exactly one refresh");
+        assert_eq!(memo.get(1, counting(calls.clone())).await, Ok(2));
+        // Expired without anyone asking: the next caller waits for a fresh lookup.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(memo.get(1, counting(calls.clone())).await, Ok(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_lookup_is_not_cached() {
+        let memo = Arc::new(Memo::<u8, u32>::new(Duration::from_secs(5), 10));
+        let r = memo
+            .get(1, || std::future::ready(Err::<u32, _>("down")))
+            .await;
+        assert_eq!(r, Err("down"));
+        assert_eq!(
+            memo.get(1, || std::future::ready(Ok::<_, &str>(9))).await,
+            Ok(9)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stays_within_its_bound() {
+        let memo = Arc::new(Memo::<u32, u32>::new(Duration::from_secs(5), 8));
+        for k in 0..100 {
+            assert_eq!(
+                memo.get(k, move || std::future::ready(Ok::<_, ()>(k)))
+                    .await,
+                Ok(k)
+            );
+            assert!(memo.entries.lock().unwrap().len() <= 8);
+            assert!(memo.flights.lock().unwrap().len() <= 8);
+        }
+    }
+}
