@@ -253,10 +253,25 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
 impl Running {
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
+        // A task still running after its grace period is aborted, not left behind: dropping
+        // a JoinHandle detaches the task, which would keep the endpoint (and its port) alive.
         if let Some(e) = self.enroll {
-            let _ = tokio::time::timeout(Duration::from_secs(5), e).await;
+            let abort = e.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), e)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.quic).await;
+        let abort = self.quic.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(10), self.quic)
+            .await
+            .is_err()
+        {
+            tracing::warn!("QUIC sessions still draining after 10 s; stopping them");
+            abort.abort();
+        }
         self.listener.abort();
         self.versions_listener.abort();
         self.partitions.abort();

@@ -239,6 +239,18 @@ const FIGURES: &[(&str, &str, Target, &str)] = &[
         "",
     ),
     (
+        "fleet.rss_second_cycle_mb",
+        "hub RSS, the same 1,000 edges connected a second time",
+        Target::None,
+        "",
+    ),
+    (
+        "fleet.rss_after_second_close_mb",
+        "hub RSS after the second 1,000 sessions closed (a leak would grow it)",
+        Target::None,
+        "",
+    ),
+    (
         "fleet.per_edge_kb",
         "hub memory per connected edge (1,000 vs none)",
         Target::None,

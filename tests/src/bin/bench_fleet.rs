@@ -15,8 +15,11 @@
 //!    sessions (`mes_sync_edges_connected` of its `/metrics`), the sites table says so, every
 //!    edge's outbox is acknowledged and every event is in `events`, it settles for
 //!    [`SETTLE`] and VmRSS / VmHWM are read from `/proc/<pid>/status`.
-//! 5. Edges close their sessions (`shutting_down`), the hub gets SIGTERM, the temporary
-//!    directory and the database are removed.
+//! 5. Edges close their sessions (`shutting_down`) and RSS is read again; then the whole fleet
+//!    connects a second time (100 new events each) and closes again, with RSS read at both
+//!    points: memory kept after the first close that a leak explains grows again, memory the
+//!    allocator keeps for reuse does not. The hub gets SIGTERM, the temporary directory and
+//!    the database are removed.
 //!
 //! ```text
 //! bench-fleet [--edges 30,300,1000] [--quick] [--hub PATH] [--step-timeout SECS]
@@ -78,6 +81,8 @@ struct Args {
     steps: Vec<usize>,
     hub: PathBuf,
     step_timeout: Duration,
+    /// Connect/close cycles of the whole fleet after the first (default 1).
+    cycles_more: usize,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -85,6 +90,7 @@ fn args() -> anyhow::Result<Args> {
     let mut edges: Option<Vec<usize>> = None;
     let mut hub: Option<PathBuf> = None;
     let mut step_timeout = STEP_TIMEOUT;
+    let mut cycles_more = 1;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         match flag.as_str() {
@@ -108,9 +114,17 @@ fn args() -> anyhow::Result<Args> {
                         .with_context(|| format!("--step-timeout {v}: expected seconds"))?,
                 );
             }
+            "--cycles" => {
+                let v = it.next().context("--cycles needs a number")?;
+                let n: usize = v
+                    .parse()
+                    .with_context(|| format!("--cycles {v}: expected 2 to 10"))?;
+                anyhow::ensure!((2..=10).contains(&n), "--cycles {v}: expected 2 to 10");
+                cycles_more = n - 1;
+            }
             other => bail!(
                 "unknown flag {other}; usage: bench-fleet [--edges 30,300,1000] [--quick] \
-                 [--hub PATH] [--step-timeout SECS]"
+                 [--hub PATH] [--step-timeout SECS] [--cycles N]"
             ),
         }
     }
@@ -146,6 +160,7 @@ fn args() -> anyhow::Result<Args> {
         steps,
         hub,
         step_timeout,
+        cycles_more,
     })
 }
 
@@ -896,7 +911,7 @@ async fn run(
         open = hub_connected(&http, &hub.http).await?;
     }
     tokio::time::sleep(SETTLE).await;
-    let (rss_after, hwm) = rss_kb(hub.pid)?;
+    let (rss_after, mut hwm) = rss_kb(hub.pid)?;
     println!(
         "{closed} sessions closed by their edges in {:.1} s; hub sessions left {open}; \
          hub RSS after they closed {:.1} MB, peak {:.1} MB",
@@ -904,6 +919,84 @@ async fn run(
         mb(rss_after),
         mb(hwm)
     );
+
+    // The same fleet once more (each edge with 100 new events). Memory still held after the
+    // first close is either leaked or kept by the allocator for reuse: a leak grows by about as
+    // much again over a second cycle, kept pages are reused and RSS stays where it was.
+    let (mut rss_again, mut rss_after2) = (rss_after, rss_after);
+    for cycle in 2..=1 + a.cycles_more {
+        let fleet2 = Arc::new(Fleet::default());
+        let (stop2, stop2_rx) = watch::channel(false);
+        let t0 = Instant::now();
+        let mut tasks2 = Vec::with_capacity(last);
+        for (i, site) in sites.iter().enumerate() {
+            let edge = Edge {
+                tls_dir: state_dir.join("sites").join(site.as_str()),
+                site: site.clone(),
+                index: i + 1,
+                hub: hub.quic,
+            };
+            tasks2.push(tokio::spawn(edge.run(
+                fleet2.clone(),
+                handshakes.clone(),
+                stop2_rx.clone(),
+            )));
+        }
+        loop {
+            hub.check_alive()?;
+            if let Some(e) = fleet2.first_error() {
+                bail!("second cycle: {e}");
+            }
+            let sessions = hub_connected(&http, &hub.http).await?;
+            if sessions == last as u64
+                && fleet2.welcomed.load(Ordering::Relaxed) == last
+                && fleet2.drained.load(Ordering::Relaxed) == last
+            {
+                break;
+            }
+            if t0.elapsed() > a.step_timeout {
+                bail!(
+                    "second cycle: {sessions} sessions, {} outboxes drained after {:?}",
+                    fleet2.drained.load(Ordering::Relaxed),
+                    a.step_timeout
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        tokio::time::sleep(SETTLE).await;
+        rss_again = rss_kb(hub.pid)?.0;
+        let _ = stop2.send(true);
+        let closing = Instant::now();
+        for t in tasks2 {
+            let left = STOP_TIMEOUT.saturating_sub(closing.elapsed());
+            if tokio::time::timeout(left, t).await.is_err() {
+                bail!("second cycle: the edges did not close within {STOP_TIMEOUT:?}");
+            }
+        }
+        if let Some(e) = fleet2.first_error() {
+            bail!("second cycle, closing: {e}");
+        }
+        let started = Instant::now();
+        let mut open = hub_connected(&http, &hub.http).await?;
+        while open > 0 && started.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(POLL).await;
+            open = hub_connected(&http, &hub.http).await?;
+        }
+        tokio::time::sleep(SETTLE).await;
+        (rss_after2, hwm) = rss_kb(hub.pid)?;
+        println!(
+            "cycle {cycle}: {last} edges connected and drained in {:.1} s, hub RSS {:.1} MB \
+             ({:+.1} MB against the first cycle); after they closed {:.1} MB ({:+.1} MB against the \
+             first close), peak {:.1} MB",
+            t0.elapsed().as_secs_f64(),
+            mb(rss_again),
+            mb(rss_again) - mb(steps.last().map_or(rss0, |s| s.rss_kb)),
+            mb(rss_after2),
+            mb(rss_after2) - mb(rss_after),
+            mb(hwm)
+        );
+    }
+
     let status = hub.terminate(STOP_TIMEOUT).await?;
     println!("hub stopped on SIGTERM ({status})");
 
@@ -932,6 +1025,8 @@ async fn run(
     }
     figure("fleet.rss_peak_mb", mb(hwm), "MB");
     figure("fleet.rss_after_close_mb", mb(rss_after), "MB");
+    figure("fleet.rss_second_cycle_mb", mb(rss_again), "MB");
+    figure("fleet.rss_after_second_close_mb", mb(rss_after2), "MB");
     figure("fleet.events_ingested", events as f64, "events");
     anyhow::ensure!(
         events == last as i64 * EVENTS_PER_EDGE as i64,
