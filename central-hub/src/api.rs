@@ -180,9 +180,8 @@ async fn require_token(State(state): State<ApiState>, mut req: Request, next: Ne
     };
     let hash = token_hash(&token);
     let pool = state.pool.clone();
-    let key = hash.clone();
-    let lookup = move || {
-        let (pool, hash) = (pool.clone(), key.clone());
+    let lookup = move |hash: Vec<u8>| {
+        let pool = pool.clone();
         async move {
             // In a transaction so that, behind PgBouncer, its unnamed statement is parsed
             // and executed on the same server connection.

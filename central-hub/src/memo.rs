@@ -26,6 +26,40 @@ struct Entry<V> {
     refreshing: bool,
 }
 
+/// One lock per key, for "one computation of this key at a time": the callers that find
+/// nothing cached take the key's turn in order, and the first one's result is there for the
+/// next. Locks nobody holds are dropped once `max` keys are known.
+#[derive(Debug)]
+pub struct Flights<K> {
+    max: usize,
+    locks: Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl<K: Eq + Hash + Clone> Flights<K> {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The lock of `key` (a fresh, unshared one if the table's mutex is poisoned).
+    pub fn lock_of(&self, key: &K) -> Arc<tokio::sync::Mutex<()>> {
+        let Ok(mut m) = self.locks.lock() else {
+            return Arc::default();
+        };
+        if m.len() >= self.max {
+            m.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        m.entry(key.clone()).or_default().clone()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.locks.lock().map_or(0, |m| m.len())
+    }
+}
+
 /// A bounded memo of `K → V`, each value trusted for `ttl`.
 #[derive(Debug)]
 pub struct Memo<K, V> {
@@ -33,7 +67,7 @@ pub struct Memo<K, V> {
     max: usize,
     entries: Mutex<HashMap<K, Entry<V>>>,
     /// One lookup per key at a time for requests that cannot use a cached value.
-    flights: Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>,
+    flights: Flights<K>,
 }
 
 impl<K, V> Memo<K, V>
@@ -48,7 +82,7 @@ where
             ttl,
             max: max.max(1),
             entries: Mutex::new(HashMap::new()),
-            flights: Mutex::new(HashMap::new()),
+            flights: Flights::new(max),
         }
     }
 
@@ -56,13 +90,14 @@ where
         self.ttl
     }
 
-    /// The value of `key`: cached if younger than the TTL (starting one background `load`
-    /// past half of it), else from one `load` shared by every concurrent caller of the key.
+    /// The value of `key`: cached if younger than the TTL (starting one background
+    /// `load(key)` past half of it), else from one `load(key)` shared by every concurrent
+    /// caller of the key.
     /// A failed load is not cached; its error goes to the caller that ran it, and the callers
     /// that waited for it run their own.
     pub async fn get<F, Fut, E>(self: &Arc<Self>, key: K, load: F) -> Result<V, E>
     where
-        F: Fn() -> Fut + Send + Sync + 'static,
+        F: Fn(K) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
         E: std::fmt::Debug + Send + 'static,
     {
@@ -72,7 +107,7 @@ where
                 let me = self.clone();
                 let key = key.clone();
                 tokio::spawn(async move {
-                    let r = load().await;
+                    let r = load(key.clone()).await;
                     match r {
                         Ok(v) => me.put(key, v),
                         Err(e) => {
@@ -88,21 +123,13 @@ where
             }
             return Ok(v);
         }
-        let flight = {
-            let Ok(mut f) = self.flights.lock() else {
-                return load().await;
-            };
-            if f.len() >= self.max {
-                f.retain(|_, l| Arc::strong_count(l) > 1);
-            }
-            f.entry(key.clone()).or_default().clone()
-        };
+        let flight = self.flights.lock_of(&key);
         let _turn = flight.lock().await;
         // Whoever held the turn before us may have filled the entry.
         if let (Some(v), _) = self.cached(&key) {
             return Ok(v);
         }
-        let v = load().await?;
+        let v = load(key.clone()).await?;
         self.put(key, v.clone());
         Ok(v)
     }
@@ -148,8 +175,8 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    fn counting(calls: Arc<AtomicU32>) -> impl Fn() -> std::future::Ready<Result<u32, ()>> {
-        move || std::future::ready(Ok(calls.fetch_add(1, Ordering::SeqCst) + 1))
+    fn counting(calls: Arc<AtomicU32>) -> impl Fn(u8) -> std::future::Ready<Result<u32, ()>> {
+        move |_| std::future::ready(Ok(calls.fetch_add(1, Ordering::SeqCst) + 1))
     }
 
     #[tokio::test(start_paused = true)]
@@ -158,7 +185,7 @@ mod tests {
         let calls = Arc::new(AtomicU32::new(0));
         let load = {
             let calls = calls.clone();
-            move || {
+            move |_| {
                 let calls = calls.clone();
                 async move {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -171,7 +198,7 @@ mod tests {
         for _ in 0..50 {
             let (memo, load) = (memo.clone(), load.clone());
             tasks.push(tokio::spawn(
-                async move { memo.get(7, move || load()).await },
+                async move { memo.get(7, move |k| load(k)).await },
             ));
         }
         for t in tasks {
@@ -205,11 +232,11 @@ mod tests {
     async fn a_failed_lookup_is_not_cached() {
         let memo = Arc::new(Memo::<u8, u32>::new(Duration::from_secs(5), 10));
         let r = memo
-            .get(1, || std::future::ready(Err::<u32, _>("down")))
+            .get(1, |_| std::future::ready(Err::<u32, _>("down")))
             .await;
         assert_eq!(r, Err("down"));
         assert_eq!(
-            memo.get(1, || std::future::ready(Ok::<_, &str>(9))).await,
+            memo.get(1, |_| std::future::ready(Ok::<_, &str>(9))).await,
             Ok(9)
         );
     }
@@ -219,12 +246,11 @@ mod tests {
         let memo = Arc::new(Memo::<u32, u32>::new(Duration::from_secs(5), 8));
         for k in 0..100 {
             assert_eq!(
-                memo.get(k, move || std::future::ready(Ok::<_, ()>(k)))
-                    .await,
+                memo.get(k, |k| std::future::ready(Ok::<_, ()>(k))).await,
                 Ok(k)
             );
             assert!(memo.entries.lock().unwrap().len() <= 8);
-            assert!(memo.flights.lock().unwrap().len() <= 8);
+            assert!(memo.flights.len() <= 8);
         }
     }
 }

@@ -27,7 +27,7 @@ pub struct ReportCtx {
     pub shared: Shared,
     /// One computation per cache key at a time: when an entry expires under load, the
     /// requests that miss together wait for the first one instead of all querying.
-    inflight: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    inflight: crate::memo::Flights<String>,
     /// The registered sites, read at most every [`SITES_TTL`]: every report names them.
     sites: Arc<crate::memo::Memo<(), Arc<Vec<String>>>>,
     /// Background refreshes of stale entries running at once: they share the read pool with
@@ -51,7 +51,7 @@ impl ReportCtx {
     pub fn new(shared: Shared) -> Self {
         Self {
             shared,
-            inflight: std::sync::Mutex::default(),
+            inflight: crate::memo::Flights::new(INFLIGHT_MAX),
             sites: Arc::new(crate::memo::Memo::new(SITES_TTL, 1)),
             refreshes: Arc::new(tokio::sync::Semaphore::new(REFRESHES_MAX)),
         }
@@ -59,7 +59,7 @@ impl ReportCtx {
 
     async fn known_sites(&self, pool: &PgPool) -> Result<Arc<Vec<String>>, ApiError> {
         let pool = pool.clone();
-        let lookup = move || {
+        let lookup = move |()| {
             let pool = pool.clone();
             async move {
                 let mut tx = crate::db::begin(&pool, crate::db::PoolRole::Read).await?;
@@ -75,13 +75,7 @@ impl ReportCtx {
 
     /// The lock that serializes computations of `key`.
     fn flight(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let Ok(mut m) = self.inflight.lock() else {
-            return Arc::default();
-        };
-        if m.len() > INFLIGHT_MAX {
-            m.retain(|_, l| Arc::strong_count(l) > 1);
-        }
-        m.entry(key.to_owned()).or_default().clone()
+        self.inflight.lock_of(&key.to_owned())
     }
 
     async fn cached(&self, key: &str) -> Option<Cached> {

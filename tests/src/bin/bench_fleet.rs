@@ -422,6 +422,16 @@ struct Edge {
 }
 
 impl Edge {
+    /// The `index`-th edge, for `site`, with the certificate bundle under `state_dir`.
+    fn new(site: &SiteId, index: usize, state_dir: &Path, hub: SocketAddr) -> Self {
+        Edge {
+            tls_dir: state_dir.join("sites").join(site.as_str()),
+            site: site.clone(),
+            index,
+            hub,
+        }
+    }
+
     async fn run(self, fleet: Arc<Fleet>, handshakes: Arc<Semaphore>, stop: watch::Receiver<bool>) {
         let site = self.site.clone();
         if let Err(e) = self.session(&fleet, handshakes, stop).await {
@@ -687,6 +697,36 @@ impl std::fmt::Display for Seen {
     }
 }
 
+/// Tells every edge of a fleet to close its session, waits for them (at most
+/// [`STOP_TIMEOUT`] in all) and then up to 10 s for the hub to count no session; returns the
+/// hub's sessions left.
+async fn close_fleet(
+    stop: &watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    fleet: &Fleet,
+    http: &reqwest::Client,
+    hub_http: &str,
+) -> anyhow::Result<u64> {
+    let _ = stop.send(true);
+    let closing = Instant::now();
+    for t in tasks {
+        let left = STOP_TIMEOUT.saturating_sub(closing.elapsed());
+        if tokio::time::timeout(left, t).await.is_err() {
+            bail!("the edges did not close within {STOP_TIMEOUT:?}");
+        }
+    }
+    if let Some(e) = fleet.first_error() {
+        bail!("closing: {e}");
+    }
+    let started = Instant::now();
+    let mut open = hub_connected(http, hub_http).await?;
+    while open > 0 && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(POLL).await;
+        open = hub_connected(http, hub_http).await?;
+    }
+    Ok(open)
+}
+
 /// What one step measured.
 struct Step {
     edges: usize,
@@ -816,13 +856,7 @@ async fn run(
     for &n in &a.steps {
         let t0 = Instant::now();
         for index in from + 1..=n {
-            let site = sites[index - 1].clone();
-            let edge = Edge {
-                tls_dir: state_dir.join("sites").join(site.as_str()),
-                site,
-                index,
-                hub: hub.quic,
-            };
+            let edge = Edge::new(&sites[index - 1], index, &state_dir, hub.quic);
             tasks.push(tokio::spawn(edge.run(
                 fleet.clone(),
                 handshakes.clone(),
@@ -891,25 +925,10 @@ async fn run(
         .sum();
 
     // Clean stop: every edge closes its session, then the hub gets SIGTERM.
-    let _ = stop.send(true);
     let closing = Instant::now();
-    for t in tasks {
-        let left = STOP_TIMEOUT.saturating_sub(closing.elapsed());
-        if tokio::time::timeout(left, t).await.is_err() {
-            bail!("the edges did not close within {STOP_TIMEOUT:?}");
-        }
-    }
-    if let Some(e) = fleet.first_error() {
-        bail!("closing: {e}");
-    }
+    let open = close_fleet(&stop, tasks, &fleet, &http, &hub.http).await?;
     let closed = fleet.closed.load(Ordering::Relaxed);
     let close_s = closing.elapsed().as_secs_f64();
-    let started = Instant::now();
-    let mut open = hub_connected(&http, &hub.http).await?;
-    while open > 0 && started.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(POLL).await;
-        open = hub_connected(&http, &hub.http).await?;
-    }
     tokio::time::sleep(SETTLE).await;
     let (rss_after, mut hwm) = rss_kb(hub.pid)?;
     println!(
@@ -930,12 +949,7 @@ async fn run(
         let t0 = Instant::now();
         let mut tasks2 = Vec::with_capacity(last);
         for (i, site) in sites.iter().enumerate() {
-            let edge = Edge {
-                tls_dir: state_dir.join("sites").join(site.as_str()),
-                site: site.clone(),
-                index: i + 1,
-                hub: hub.quic,
-            };
+            let edge = Edge::new(site, i + 1, &state_dir, hub.quic);
             tasks2.push(tokio::spawn(edge.run(
                 fleet2.clone(),
                 handshakes.clone(),
@@ -945,7 +959,7 @@ async fn run(
         loop {
             hub.check_alive()?;
             if let Some(e) = fleet2.first_error() {
-                bail!("second cycle: {e}");
+                bail!("cycle {cycle}: {e}");
             }
             let sessions = hub_connected(&http, &hub.http).await?;
             if sessions == last as u64
@@ -956,7 +970,7 @@ async fn run(
             }
             if t0.elapsed() > a.step_timeout {
                 bail!(
-                    "second cycle: {sessions} sessions, {} outboxes drained after {:?}",
+                    "cycle {cycle}: {sessions} sessions, {} outboxes drained after {:?}",
                     fleet2.drained.load(Ordering::Relaxed),
                     a.step_timeout
                 );
@@ -965,23 +979,9 @@ async fn run(
         }
         tokio::time::sleep(SETTLE).await;
         rss_again = rss_kb(hub.pid)?.0;
-        let _ = stop2.send(true);
-        let closing = Instant::now();
-        for t in tasks2 {
-            let left = STOP_TIMEOUT.saturating_sub(closing.elapsed());
-            if tokio::time::timeout(left, t).await.is_err() {
-                bail!("second cycle: the edges did not close within {STOP_TIMEOUT:?}");
-            }
-        }
-        if let Some(e) = fleet2.first_error() {
-            bail!("second cycle, closing: {e}");
-        }
-        let started = Instant::now();
-        let mut open = hub_connected(&http, &hub.http).await?;
-        while open > 0 && started.elapsed() < Duration::from_secs(10) {
-            tokio::time::sleep(POLL).await;
-            open = hub_connected(&http, &hub.http).await?;
-        }
+        close_fleet(&stop2, tasks2, &fleet2, &http, &hub.http)
+            .await
+            .with_context(|| format!("cycle {cycle}"))?;
         tokio::time::sleep(SETTLE).await;
         (rss_after2, hwm) = rss_kb(hub.pid)?;
         println!(
