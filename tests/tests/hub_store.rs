@@ -5,7 +5,8 @@
 //! when out of range), with the rollup counting each event once; row-level security confines
 //! a transaction to its site; record changes are refused outside the site's key space or with
 //! another site's Automerge actor, writing nothing; and an edge's real SQLite store syncs
-//! through the real sessions into this store.
+//! through the real sessions into this store; and its database sockets do not wait for
+//! delayed ACKs (`TCP_NODELAY`, vendor/README.md).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -463,4 +464,53 @@ async fn repair_heals_divergent_sqlite_and_postgres_copies() {
     assert_eq!(hh.len(), 2, "both branches kept");
     edge.close();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The hub's database sockets have `TCP_NODELAY` (vendor/README.md: sqlx 0.9.0 dropped it).
+/// Without it, a message whose last TCP segment is short waits for PostgreSQL's delayed ACK of
+/// the segments before it: ~40 ms on Linux. A parameter of 1.5 loopback segments (MSS 65,483)
+/// leaves such a short tail on every query, once the connection is past its first exchanges
+/// (Linux acknowledges those at once): without the option most of them stall, with it none.
+#[tokio::test]
+async fn database_queries_do_not_wait_for_delayed_acks() {
+    let db = server().await.fresh_database().await;
+    let url: sqlx::postgres::PgConnectOptions = db.admin_url.parse().unwrap();
+    assert!(
+        !url.get_host().starts_with('/'),
+        "this test needs PostgreSQL over TCP, not a Unix socket ({})",
+        url.get_host()
+    );
+    let pool = connect(&db.admin_url).await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let payload = vec![7u8; 98_000];
+    for _ in 0..20 {
+        let _: i32 = sqlx::query_scalar("SELECT length($1::bytea)")
+            .bind(&payload)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    }
+    let mut took = Vec::new();
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        let n: i32 = sqlx::query_scalar("SELECT length($1::bytea)")
+            .bind(&payload)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        took.push(started.elapsed());
+        assert_eq!(n, 98_000);
+    }
+    // Without TCP_NODELAY about half of them stall (measured: 8 of 15 at 42-45 ms, the rest
+    // under 6 ms); with it none should. A few slow ones are allowed for a busy machine.
+    let stalled = took
+        .iter()
+        .filter(|t| **t >= Duration::from_millis(35))
+        .count();
+    assert!(
+        stalled <= 3,
+        "{stalled} of {} queries took 35 ms or more ({took:?}): the database socket waits for \
+         delayed ACKs, so TCP_NODELAY is off (is the sqlx-core patch in Cargo.toml gone?)",
+        took.len()
+    );
 }
