@@ -84,35 +84,36 @@ fn read_after(
     Ok(out)
 }
 
-/// Marks events acked and drops acked outbox entries.
+/// Drops the acknowledged outbox entries: an event is acknowledged once it has left the outbox
+/// (schema 4; one range delete instead of a rewrite of every acknowledged event).
 pub(crate) fn ack(conn: &Connection, up_to_seq: u64) -> Result<(), StoreError> {
-    let up_to = up_to_seq as i64;
-    conn.execute(
-        "UPDATE events SET acked = 1 WHERE event_id IN
-           (SELECT event_id FROM outbox WHERE seq <= ?1 AND event_id IS NOT NULL)",
-        [up_to],
-    )?;
-    conn.execute("DELETE FROM outbox WHERE seq <= ?1", [up_to])?;
-    conn.execute(
+    conn.prepare_cached("DELETE FROM outbox WHERE seq <= ?1")?
+        .execute([up_to_seq as i64])?;
+    conn.prepare_cached(
         "INSERT INTO meta (key, value) VALUES ('last_sync_at', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        [],
-    )?;
+    )?
+    .execute([])?;
     Ok(())
 }
 
-/// Deletes up to [`PRUNE_BATCH_ROWS`] events that the hub acknowledged and that were recorded
-/// before `cutoff_micros`. An event still in the outbox is never pruned, whatever its age: the
-/// `acked` flag is only set by an ack, and the outbox check guards against a flag set wrongly.
+/// Deletes up to [`PRUNE_BATCH_ROWS`] events recorded before `cutoff_micros` that the hub
+/// acknowledged (that have left the outbox). An event still in the outbox is never pruned,
+/// whatever its age. The scan stops at the recording time of the oldest event waiting in the
+/// outbox: after weeks offline the old unsent events would otherwise be scanned again, with the
+/// writer held, by every batch; acknowledged events recorded after that one wait for it.
 pub(crate) fn prune(conn: &Connection, cutoff_micros: i64) -> Result<usize, StoreError> {
-    Ok(conn.execute(
-        "DELETE FROM events WHERE event_id IN (
+    Ok(conn
+        .prepare_cached(
+            "DELETE FROM events WHERE event_id IN (
             SELECT event_id FROM events
-            WHERE acked = 1 AND recorded_at < ?1
+            WHERE recorded_at < min(?1, coalesce(
+                    (SELECT e.recorded_at + 1 FROM outbox o JOIN events e ON e.event_id = o.event_id
+                     ORDER BY o.seq LIMIT 1), ?1))
               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_id = events.event_id)
             LIMIT ?2)",
-        params![cutoff_micros, PRUNE_BATCH_ROWS],
-    )?)
+        )?
+        .execute(params![cutoff_micros, PRUNE_BATCH_ROWS])?)
 }
 
 /// How long an idempotency key is remembered: a client retries within minutes, not days.

@@ -177,6 +177,72 @@ async fn retention_prunes_only_acknowledged_old_events() {
     store.close();
 }
 
+/// Retention stops at the oldest event still waiting for the hub: an acknowledged event
+/// recorded after it is kept until it is acknowledged too (so a long outage's unsent events
+/// are not scanned again by every prune batch); the waiting one is never pruned.
+#[tokio::test]
+async fn retention_waits_for_the_oldest_unsent_event() {
+    let dir = TempDir::new("prune-order");
+    let store = open(&dir);
+    let later = Timestamp::from_millis(1_000_000_100_000);
+    let earlier = Timestamp::from_millis(1_000_000_000_000);
+    store_events(&store, vec![event(1, later)]).await;
+    let acked = store.outbox_after(0, 10).await.unwrap()[0].seq;
+    store.ack_outbox(acked).await.unwrap();
+    // Recorded earlier (a clock set back), stored later: waiting in the outbox.
+    store_events(&store, vec![event(2, earlier)]).await;
+    assert_eq!(store.prune_acked_before(i64::MAX).await.unwrap(), 0);
+    assert_eq!(count_events(&store), 2);
+    let waiting = store.outbox_after(acked, 10).await.unwrap();
+    assert_eq!(waiting.len(), 1);
+    store.ack_outbox(waiting[0].seq).await.unwrap();
+    assert_eq!(store.prune_acked_before(i64::MAX).await.unwrap(), 2);
+    store.close();
+}
+
+/// A database written by schema 3, which marked acknowledged events with `acked = 1` and
+/// dropped their outbox entries, upgrades to schema 4 (acknowledged = left the outbox) and its
+/// retention still removes exactly the acknowledged old events.
+#[tokio::test]
+async fn retention_after_the_upgrade_from_the_acked_flag_keeps_unsynced_events() {
+    let dir = TempDir::new("upgrade");
+    let path = dir.0.join(DB_FILE);
+    let old = Timestamp::from_millis(1_000_000_000_000);
+    {
+        let mut c = rusqlite::Connection::open(&path).unwrap();
+        schema::migrate_to(&mut c, 3).unwrap();
+        for n in 0..10u64 {
+            let e = event(n, old);
+            let body = postcard::to_stdvec(&e).unwrap();
+            // Schema 3's ack: events 0..4 acked and out of the outbox, 4..10 waiting.
+            c.execute(
+                "INSERT INTO events (event_id, kind, occurred_at, recorded_at, equipment, body, acked)
+                 VALUES (?1, 'production_count', ?2, ?2, 'PRESS-01', ?3, ?4)",
+                rusqlite::params![e.event_id.to_string(), old.as_micros(), body, i64::from(n < 4)],
+            )
+            .unwrap();
+            if n >= 4 {
+                c.execute(
+                    "INSERT INTO outbox (event_id) VALUES (?1)",
+                    [e.event_id.to_string()],
+                )
+                .unwrap();
+            }
+        }
+    }
+    let store = Store::open(&dir.0, site(), Arc::new(Metrics::default())).unwrap();
+    assert_eq!(store.pending().await.unwrap().events, 6);
+    assert_eq!(store.prune_acked_before(i64::MAX).await.unwrap(), 4);
+    assert_eq!(count_events(&store), 6);
+    let waiting = store.outbox_after(0, 100).await.unwrap();
+    assert_eq!(waiting.len(), 6);
+    // Acknowledging them now (schema 4) makes them prunable too.
+    store.ack_outbox(waiting.last().unwrap().seq).await.unwrap();
+    assert_eq!(store.prune_acked_before(i64::MAX).await.unwrap(), 6);
+    assert_eq!(count_events(&store), 0);
+    store.close();
+}
+
 impl Store {
     async fn store_recent_and_ack(&self, e: Event) {
         store_events(self, vec![e]).await;
