@@ -7,8 +7,9 @@
 //! production counts, state changes (some at the same instant, some shorter than a small
 //! stop), material movements, and corrections: before and after the events they correct,
 //! double, of corrections, of events that never arrive, moving a count to other equipment.
-//! They are ingested through the real ingest path in random batches and order, with re-sends,
-//! and every report (`oee`, `production`, `scrap`, `downtime-pareto`, with and without planned
+//! They are ingested through the real ingest path in random batches and order, with re-sends
+//! (batches of 8 or more without corrections as two concurrent halves, the path of a backlog's
+//! large groups), and every report (`oee`, `production`, `scrap`, `downtime-pareto`, with and without planned
 //! stops, over several `group_by` sets and two ranges) is compared with an **oracle**.
 //!
 //! The oracle is independent of the implementation: it reads no rollup, no master-data view,
@@ -1025,6 +1026,9 @@ async fn run_case(seed: u64) {
         }
     }
     let events = generate(&mut rng);
+    // Batches of 8 or more without corrections go in as two concurrent halves, as a backlog's
+    // large groups do in production (`SPLIT_INGEST_MIN`).
+    let store = h.store.clone().with_split_ingest_min(8);
     let mut n_batches = 0;
     for (site, _) in SITES {
         let sid = SiteId::new(site).unwrap();
@@ -1035,7 +1039,7 @@ async fn run_case(seed: u64) {
             .collect();
         for batch in batches(&mut rng, &mine) {
             n_batches += 1;
-            h.store.ingest_events(&sid, &batch).await.unwrap();
+            store.ingest_events(&sid, &batch).await.unwrap();
         }
     }
     // Re-sends are stored once.

@@ -43,6 +43,8 @@ pub struct PgHubStore {
     pool: PgPool,
     /// Each site's time zone, read once: it decides the rollups' hour buckets.
     clocks: Arc<Mutex<HashMap<SiteId, SiteClock>>>,
+    /// Groups of at least this many events are ingested as two concurrent halves.
+    split_min: usize,
 }
 
 /// The channel on which every data change of a site is announced (payload `SITE:txid`, or
@@ -99,18 +101,44 @@ fn parse_kind(s: &str) -> Result<RecordKind, HubStoreError> {
     }
 }
 
-/// The ingest statement: inserts the new events (duplicates skipped by their key) and says
-/// which were new — all of them (`ids` NULL) or, after a re-send, the list — and which of the
-/// batch's events a correction had named before they arrived. The rollups are written by
-/// [`ROLLUP_SQL`] from sums formed in Rust: a profile (docs/benchmarks-notes.md) showed that
-/// returning every new row and grouping it in SQL cost as much as the insert itself.
-const INGEST_SQL: &str = r#"
-WITH ins AS (
+/// The `events` insert of a batch, its columns as `UNNEST` parameters `$2`–`$12` (`$1` is the
+/// site): shared by [`INSERT_NEW_SQL`] and [`INGEST_SQL`].
+macro_rules! insert_events {
+    () => {
+        r#"
     INSERT INTO events (site_id, event_id, occurred_at, recorded_at, kind, equipment, work_order,
                         operator, good, scrap, body, reason)
     SELECT $1, u.* FROM UNNEST($2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::text[],
                                $6::text[], $7::text[], $8::text[], $9::int8[], $10::int8[],
-                               $11::bytea[], $12::text[]) AS u
+                               $11::bytea[], $12::text[]) AS u"#
+    };
+}
+
+/// The first try of every ingest: all events as new, a plain insert. A batch holding an event
+/// the hub already has (a re-send after a lost ack) fails it with a unique violation and is
+/// ingested by [`INGEST_SQL`] in a new transaction instead. Inside PostgreSQL the plain insert
+/// costs about two thirds of the `ON CONFLICT … RETURNING` one
+/// (`docs/profiles/ingest-statement-breakdown.sql`), and re-sends are the exception.
+const INSERT_NEW_SQL: &str = insert_events!();
+
+/// Which events of the batch (`$2`) a correction named before they arrived (after
+/// [`INSERT_NEW_SQL`]; [`INGEST_SQL`] says it itself).
+const CORRECTED_SQL: &str = r#"
+SELECT CASE WHEN EXISTS (SELECT 1 FROM corrections WHERE site_id = $1)
+            THEN ARRAY(SELECT DISTINCT c.corrects FROM corrections c
+                       WHERE c.site_id = $1 AND c.corrects = ANY($2::uuid[]))
+            ELSE '{}' END AS corrected
+"#;
+
+/// The ingest statement after a unique violation: inserts the new events (duplicates skipped
+/// by their key) and says which were new — all of them (`ids` NULL) or the list — and which of
+/// the batch's events a correction had named before they arrived. The rollups are written by
+/// [`ROLLUP_SQL`] from sums formed in Rust: a profile (docs/benchmarks-notes.md) showed that
+/// returning every new row and grouping it in SQL cost as much as the insert itself.
+const INGEST_SQL: &str = concat!(
+    "WITH ins AS (",
+    insert_events!(),
+    r#"
     ON CONFLICT DO NOTHING
     RETURNING event_id
 )
@@ -122,7 +150,8 @@ SELECT count(*) AS inserted,
                        WHERE c.site_id = $1 AND c.corrects = ANY($2::uuid[]))
             ELSE '{}' END AS corrected
 FROM ins
-"#;
+"#
+);
 
 /// The rollups of one ingest, from sums per 15-minute UTC slot formed in Rust (every time
 /// zone's hours start on a quarter hour of UTC, so `date_trunc` in the site's zone still makes
@@ -253,12 +282,142 @@ async fn rollup_sums(
     Ok(())
 }
 
+/// Groups of at least this many events are ingested as two concurrent halves (a backlog
+/// drain's groups; live traffic comes in small groups and keeps to one connection).
+pub const SPLIT_INGEST_MIN: usize = 2_048;
+
+/// Whether a group may be ingested as two independent halves: no corrections (a correction
+/// and the event it corrects must be seen by one transaction, or in order) and no event twice
+/// (the halves' inserts then never wait on each other, so they cannot deadlock).
+fn splittable(events: &[Event]) -> bool {
+    let mut ids = HashSet::with_capacity(events.len());
+    events
+        .iter()
+        .all(|e| !matches!(e.body, EventBody::Correction(_)) && ids.insert(e.event_id))
+}
+
+/// A batch's events as the columns of [`INSERT_NEW_SQL`] and [`INGEST_SQL`].
+struct EventRows {
+    ids: Vec<Uuid>,
+    occurred: Vec<OffsetDateTime>,
+    recorded: Vec<OffsetDateTime>,
+    kinds: Vec<&'static str>,
+    equipment: Vec<Option<String>>,
+    work_order: Vec<Option<String>>,
+    operator: Vec<Option<String>>,
+    good: Vec<Option<i64>>,
+    scrap: Vec<Option<i64>>,
+    bodies: Vec<Vec<u8>>,
+    reason: Vec<Option<String>>,
+}
+
+impl EventRows {
+    fn new(events: &[Event]) -> Result<Self, HubStoreError> {
+        let n = events.len();
+        let mut rows = EventRows {
+            ids: Vec::with_capacity(n),
+            occurred: Vec::with_capacity(n),
+            recorded: Vec::with_capacity(n),
+            kinds: Vec::with_capacity(n),
+            equipment: Vec::with_capacity(n),
+            work_order: Vec::with_capacity(n),
+            operator: Vec::with_capacity(n),
+            good: Vec::with_capacity(n),
+            scrap: Vec::with_capacity(n),
+            bodies: Vec::with_capacity(n),
+            reason: Vec::with_capacity(n),
+        };
+        for e in events {
+            rows.ids.push(*e.event_id.as_uuid());
+            rows.occurred.push(ts(e.occurred_at));
+            rows.recorded.push(ts(e.recorded_at));
+            rows.kinds.push(e.kind().as_str());
+            rows.operator
+                .push(e.operator.as_ref().map(|o| o.to_string()));
+            let (eq, wo, g, s) = match &e.body {
+                EventBody::ProductionCount(p) => (
+                    Some(p.equipment.to_string()),
+                    p.work_order.as_ref().map(|w| w.to_string()),
+                    Some(i64::from(p.good)),
+                    Some(i64::from(p.scrap)),
+                ),
+                EventBody::EquipmentState(s) => (Some(s.equipment.to_string()), None, None, None),
+                EventBody::QualitySample(q) => (
+                    q.equipment.as_ref().map(|x| x.to_string()),
+                    q.work_order.as_ref().map(|w| w.to_string()),
+                    None,
+                    None,
+                ),
+                EventBody::MaterialConsumed(m) | EventBody::MaterialProduced(m) => (
+                    m.equipment.as_ref().map(|x| x.to_string()),
+                    m.work_order.as_ref().map(|w| w.to_string()),
+                    None,
+                    None,
+                ),
+                EventBody::OperatorClock(c) => (
+                    c.equipment.as_ref().map(|x| x.to_string()),
+                    None,
+                    None,
+                    None,
+                ),
+                EventBody::Correction(_) => (None, None, None, None),
+            };
+            rows.reason.push(match &e.body {
+                EventBody::ProductionCount(p) => p.scrap_reason.as_ref().map(|r| r.to_string()),
+                EventBody::EquipmentState(s) => s.reason.as_ref().map(|r| r.to_string()),
+                // Failed samples are marked so the quality-alert gauge can count them without
+                // decoding bodies; no rollup reads a quality sample's reason.
+                EventBody::QualitySample(q) if !q.pass => Some("out_of_spec".to_owned()),
+                _ => None,
+            });
+            rows.equipment.push(eq);
+            rows.work_order.push(wo);
+            rows.good.push(g);
+            rows.scrap.push(s);
+            rows.bodies
+                .push(postcard::to_stdvec(e).map_err(|err| {
+                    HubStoreError::Corrupt(format!("cannot encode event: {err}"))
+                })?);
+        }
+        Ok(rows)
+    }
+
+    /// Binds the site and the columns, `$1`–`$12`.
+    fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+        site: &'q SiteId,
+    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(site.as_str())
+            .bind(&self.ids)
+            .bind(&self.occurred)
+            .bind(&self.recorded)
+            .bind(&self.kinds)
+            .bind(&self.equipment)
+            .bind(&self.work_order)
+            .bind(&self.operator)
+            .bind(&self.good)
+            .bind(&self.scrap)
+            .bind(&self.bodies)
+            .bind(&self.reason)
+    }
+}
+
 impl PgHubStore {
     pub fn new(pool: PgPool) -> Self {
         Self {
             pool,
             clocks: Arc::default(),
+            split_min: SPLIT_INGEST_MIN,
         }
+    }
+
+    /// The store with another threshold for two-halves ingests ([`SPLIT_INGEST_MIN`]): the
+    /// rollup oracle sets a small one so that its small random batches take that path too.
+    pub fn with_split_ingest_min(mut self, events: usize) -> Self {
+        self.split_min = events.max(2);
+        self
     }
 
     /// The site's time zone and how its local hours fall on UTC.
@@ -310,6 +469,79 @@ impl PgHubStore {
         let cursor = append_down(&mut tx, site, item).await?;
         tx.commit().await?;
         Ok(cursor)
+    }
+
+    /// Ingests events in one transaction: see [`INSERT_NEW_SQL`] and [`INGEST_SQL`].
+    async fn ingest_part(
+        &self,
+        site: &SiteId,
+        events: &[Event],
+    ) -> Result<IngestReport, HubStoreError> {
+        let started = std::time::Instant::now();
+        let n = events.len();
+        let rows = EventRows::new(events)?;
+        let clock = self.clock(site).await?;
+        let mut tx = scoped(&self.pool, site).await?;
+        let first = rows
+            .bind(crate::db::query(INSERT_NEW_SQL), site)
+            .execute(&mut *tx)
+            .await;
+        let (inserted, new_ids, corrected) = match first {
+            Ok(_) => {
+                let corrected: Vec<Uuid> = crate::db::query_scalar(CORRECTED_SQL)
+                    .bind(site.as_str())
+                    .bind(&rows.ids)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                (n as i64, None, corrected)
+            }
+            // An event of the batch is here already: a new transaction (this one is aborted)
+            // with the statement that skips duplicates and says which events were new.
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                tx.rollback().await?;
+                tx = scoped(&self.pool, site).await?;
+                let row = rows
+                    .bind(crate::db::query(INGEST_SQL), site)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let inserted: i64 = row.try_get("inserted")?;
+                // None: every event of the batch was new.
+                let new_ids: Option<HashSet<Uuid>> = row
+                    .try_get::<Option<Vec<Uuid>>, _>("ids")?
+                    .map(|v| v.into_iter().collect());
+                (inserted, new_ids, row.try_get("corrected")?)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let is_new = |id: &Uuid| new_ids.as_ref().is_none_or(|s| s.contains(id));
+        let corrected: HashSet<Uuid> = corrected.into_iter().filter(|id| is_new(id)).collect();
+        let mut sums = BatchSums::default();
+        let mut others = HashSet::new();
+        for e in events {
+            let id = e.event_id.as_uuid();
+            if !is_new(id) {
+                continue;
+            }
+            if !matches!(e.body, EventBody::ProductionCount(_)) {
+                others.insert(*id);
+            }
+            sums.add(e, corrected.contains(id));
+        }
+        if inserted > 0 {
+            rollup_sums(&mut tx, site, &clock, &sums).await?;
+        }
+        if !others.is_empty() || !corrected.is_empty() {
+            rollup::apply(&mut tx, site, &clock, events, &others, &corrected).await?;
+        }
+        if inserted > 0 {
+            notify_data(&mut tx, Some(site)).await?;
+        }
+        tx.commit().await?;
+        crate::metrics::QUERIES.observe("ingest", started.elapsed());
+        Ok(IngestReport {
+            inserted: inserted as u64,
+            duplicates: (n as u64).saturating_sub(inserted as u64),
+        })
     }
 }
 
@@ -498,125 +730,21 @@ impl HubStore for PgHubStore {
         site: &SiteId,
         events: &[Event],
     ) -> Result<IngestReport, HubStoreError> {
-        let started = std::time::Instant::now();
-        let n = events.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut occurred = Vec::with_capacity(n);
-        let mut recorded = Vec::with_capacity(n);
-        let mut kinds = Vec::with_capacity(n);
-        let mut equipment: Vec<Option<String>> = Vec::with_capacity(n);
-        let mut work_order: Vec<Option<String>> = Vec::with_capacity(n);
-        let mut operator: Vec<Option<String>> = Vec::with_capacity(n);
-        let mut good: Vec<Option<i64>> = Vec::with_capacity(n);
-        let mut scrap: Vec<Option<i64>> = Vec::with_capacity(n);
-        let mut reason: Vec<Option<String>> = Vec::with_capacity(n);
-        let mut bodies = Vec::with_capacity(n);
-        for e in events {
-            ids.push(*e.event_id.as_uuid());
-            occurred.push(ts(e.occurred_at));
-            recorded.push(ts(e.recorded_at));
-            kinds.push(e.kind().as_str());
-            operator.push(e.operator.as_ref().map(|o| o.to_string()));
-            let (eq, wo, g, s) = match &e.body {
-                EventBody::ProductionCount(p) => (
-                    Some(p.equipment.to_string()),
-                    p.work_order.as_ref().map(|w| w.to_string()),
-                    Some(i64::from(p.good)),
-                    Some(i64::from(p.scrap)),
-                ),
-                EventBody::EquipmentState(s) => (Some(s.equipment.to_string()), None, None, None),
-                EventBody::QualitySample(q) => (
-                    q.equipment.as_ref().map(|x| x.to_string()),
-                    q.work_order.as_ref().map(|w| w.to_string()),
-                    None,
-                    None,
-                ),
-                EventBody::MaterialConsumed(m) | EventBody::MaterialProduced(m) => (
-                    m.equipment.as_ref().map(|x| x.to_string()),
-                    m.work_order.as_ref().map(|w| w.to_string()),
-                    None,
-                    None,
-                ),
-                EventBody::OperatorClock(c) => (
-                    c.equipment.as_ref().map(|x| x.to_string()),
-                    None,
-                    None,
-                    None,
-                ),
-                EventBody::Correction(_) => (None, None, None, None),
-            };
-            reason.push(match &e.body {
-                EventBody::ProductionCount(p) => p.scrap_reason.as_ref().map(|r| r.to_string()),
-                EventBody::EquipmentState(s) => s.reason.as_ref().map(|r| r.to_string()),
-                // Failed samples are marked so the quality-alert gauge can count them without
-                // decoding bodies; no rollup reads a quality sample's reason.
-                EventBody::QualitySample(q) if !q.pass => Some("out_of_spec".to_owned()),
-                _ => None,
+        // A large group that can be split is ingested as two halves at once, each in its own
+        // transaction on its own connection: PostgreSQL inserts both on two cores, and the
+        // second half's rollups wait only for the first's row locks at the end. Either half
+        // may commit without the other; the session acks neither until both have, and a
+        // re-send skips what one of them already wrote.
+        if events.len() >= self.split_min && splittable(events) {
+            let (a, b) = events.split_at(events.len() / 2);
+            let (ra, rb) = tokio::join!(self.ingest_part(site, a), self.ingest_part(site, b));
+            let (ra, rb) = (ra?, rb?);
+            return Ok(IngestReport {
+                inserted: ra.inserted + rb.inserted,
+                duplicates: ra.duplicates + rb.duplicates,
             });
-            equipment.push(eq);
-            work_order.push(wo);
-            good.push(g);
-            scrap.push(s);
-            bodies
-                .push(postcard::to_stdvec(e).map_err(|err| {
-                    HubStoreError::Corrupt(format!("cannot encode event: {err}"))
-                })?);
         }
-        let clock = self.clock(site).await?;
-        let mut tx = scoped(&self.pool, site).await?;
-        let row = crate::db::query(INGEST_SQL)
-            .bind(site.as_str())
-            .bind(&ids)
-            .bind(&occurred)
-            .bind(&recorded)
-            .bind(&kinds)
-            .bind(&equipment)
-            .bind(&work_order)
-            .bind(&operator)
-            .bind(&good)
-            .bind(&scrap)
-            .bind(&bodies)
-            .bind(&reason)
-            .fetch_one(&mut *tx)
-            .await?;
-        let inserted: i64 = row.try_get("inserted")?;
-        // None: every event of the batch was new.
-        let new_ids: Option<HashSet<Uuid>> = row
-            .try_get::<Option<Vec<Uuid>>, _>("ids")?
-            .map(|v| v.into_iter().collect());
-        let is_new = |id: &Uuid| new_ids.as_ref().is_none_or(|s| s.contains(id));
-        let corrected: HashSet<Uuid> = row
-            .try_get::<Vec<Uuid>, _>("corrected")?
-            .into_iter()
-            .filter(|id| is_new(id))
-            .collect();
-        let mut sums = BatchSums::default();
-        let mut others = HashSet::new();
-        for e in events {
-            let id = e.event_id.as_uuid();
-            if !is_new(id) {
-                continue;
-            }
-            if !matches!(e.body, EventBody::ProductionCount(_)) {
-                others.insert(*id);
-            }
-            sums.add(e, corrected.contains(id));
-        }
-        if inserted > 0 {
-            rollup_sums(&mut tx, site, &clock, &sums).await?;
-        }
-        if !others.is_empty() || !corrected.is_empty() {
-            rollup::apply(&mut tx, site, &clock, events, &others, &corrected).await?;
-        }
-        if inserted > 0 {
-            notify_data(&mut tx, Some(site)).await?;
-        }
-        tx.commit().await?;
-        crate::metrics::QUERIES.observe("ingest", started.elapsed());
-        Ok(IngestReport {
-            inserted: inserted as u64,
-            duplicates: (n as u64).saturating_sub(inserted as u64),
-        })
+        self.ingest_part(site, events).await
     }
 
     async fn apply_changes(
