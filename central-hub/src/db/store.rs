@@ -121,14 +121,20 @@ macro_rules! insert_events {
 /// (`docs/profiles/ingest-statement-breakdown.sql`), and re-sends are the exception.
 const INSERT_NEW_SQL: &str = insert_events!();
 
-/// Which events of the batch (`$2`) a correction named before they arrived (after
-/// [`INSERT_NEW_SQL`]; [`INGEST_SQL`] says it itself).
-const CORRECTED_SQL: &str = r#"
-SELECT CASE WHEN EXISTS (SELECT 1 FROM corrections WHERE site_id = $1)
+/// Which events of the batch (`$2`) a correction named before they arrived, as the column
+/// `corrected`: shared by [`CORRECTED_SQL`] and [`INGEST_SQL`].
+macro_rules! corrected_events {
+    () => {
+        r#"
+       CASE WHEN EXISTS (SELECT 1 FROM corrections WHERE site_id = $1)
             THEN ARRAY(SELECT DISTINCT c.corrects FROM corrections c
                        WHERE c.site_id = $1 AND c.corrects = ANY($2::uuid[]))
-            ELSE '{}' END AS corrected
-"#;
+            ELSE '{}' END AS corrected"#
+    };
+}
+
+/// `corrected_events!` after [`INSERT_NEW_SQL`] ([`INGEST_SQL`] says it itself).
+const CORRECTED_SQL: &str = concat!("SELECT", corrected_events!());
 
 /// The ingest statement after a unique violation: inserts the new events (duplicates skipped
 /// by their key) and says which were new — all of them (`ids` NULL) or the list — and which of
@@ -144,13 +150,9 @@ const INGEST_SQL: &str = concat!(
 )
 SELECT count(*) AS inserted,
        CASE WHEN count(*) < cardinality($2::uuid[])
-            THEN coalesce(array_agg(event_id), '{}') END AS ids,
-       CASE WHEN EXISTS (SELECT 1 FROM corrections WHERE site_id = $1)
-            THEN ARRAY(SELECT DISTINCT c.corrects FROM corrections c
-                       WHERE c.site_id = $1 AND c.corrects = ANY($2::uuid[]))
-            ELSE '{}' END AS corrected
-FROM ins
-"#
+            THEN coalesce(array_agg(event_id), '{}') END AS ids,"#,
+    corrected_events!(),
+    "\nFROM ins\n"
 );
 
 /// The rollups of one ingest, from sums per 15-minute UTC slot formed in Rust (every time
