@@ -302,8 +302,14 @@ async fn partition_loop(pool: PgPool) {
                     .into_iter()
                     .filter_map(|s| shared_model::SiteId::new(s).ok())
                     .collect();
-                if let Err(e) = ensure_partitions(&pool, &ids).await {
-                    tracing::warn!(error = %e, "creating partitions failed; will retry");
+                match ensure_partitions(&pool, &ids).await {
+                    Ok(split) => {
+                        for s in split {
+                            tracing::info!(site = %s.site, month = %s.month, rows = s.rows,
+                                "moved a month out of the site's default partition");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "creating partitions failed; will retry"),
                 }
             }
             Err(e) => tracing::warn!(error = %e, "listing partitions failed; will retry"),

@@ -5,6 +5,7 @@
 
 pub mod benchout;
 pub mod browser;
+pub mod clock;
 pub mod edge;
 pub mod hq;
 pub mod layering;

@@ -13,13 +13,14 @@
 use std::time::Duration;
 
 use automerge::transaction::Transactable;
-use central_hub::db::store::{PgHubStore, add_site, scoped};
+use central_hub::db::store::{PgHubStore, add_site, ensure_partitions, scoped, split_default};
 use central_hub::db::{connect, schema};
 use shared_model::event::ProductionCount;
 use shared_model::{EquipmentId, Event, EventBody, EventId, SiteId, Timestamp};
 use sqlx::{Executor, PgPool, Row};
 use sync_protocol::message::{DownItem, RecordChange, RecordId, RecordKind};
 use sync_protocol::store::HubStore;
+use system_tests::clock;
 use system_tests::pg::{TestDb, server};
 
 fn site(s: &str) -> SiteId {
@@ -94,9 +95,11 @@ async fn the_hub_role_is_neither_owner_nor_superuser() {
 async fn events_land_once_in_their_partitions_with_the_rollup_counted_once() {
     let (_db, admin, store) = setup().await;
     let a = site("SITE_A");
-    let far_future = Timestamp::parse_rfc3339("2031-05-01T00:00:00Z").unwrap();
+    // Dated from the clock: the hub keeps month partitions from the current month on.
+    let now = clock::now();
+    let far_future = Timestamp::parse_rfc3339("2099-05-01T00:00:00Z").unwrap();
     let long_ago = Timestamp::parse_rfc3339("2001-01-01T00:00:00Z").unwrap();
-    let mut events: Vec<Event> = (0..100).map(|n| count_event(&a, n, NOV_2026, 10)).collect();
+    let mut events: Vec<Event> = (0..100).map(|n| count_event(&a, n, now, 10)).collect();
     events.push(count_event(&a, 100, far_future, 10));
     events.push(count_event(&a, 101, long_ago, 10));
     let first = store.ingest_events(&a, &events).await.unwrap();
@@ -104,27 +107,153 @@ async fn events_land_once_in_their_partitions_with_the_rollup_counted_once() {
     // The same batch again (a lost ack): nothing new.
     let again = store.ingest_events(&a, &events).await.unwrap();
     assert_eq!((again.inserted, again.duplicates), (0, 102));
-
-    let rows = sqlx::query(
-        "SELECT tableoid::regclass::text AS part, count(*) AS n FROM events GROUP BY 1 ORDER BY 1",
-    )
-    .fetch_all(&admin)
-    .await
-    .unwrap();
-    let parts: Vec<(String, i64)> = rows.iter().map(|r| (r.get("part"), r.get("n"))).collect();
     assert_eq!(
-        parts,
+        partition_counts(&admin).await,
         vec![
-            ("events_p_site_a_202611".to_owned(), 100),
+            (clock::month_partition("SITE_A", now), 100),
             ("events_p_site_a_default".to_owned(), 2),
         ]
     );
-    let (good, scrap): (i64, i64) =
-        sqlx::query_as("SELECT sum(good)::int8, sum(scrap)::int8 FROM production_hourly")
-            .fetch_one(&admin)
+    let rollup = || async {
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT sum(good)::int8, sum(scrap)::int8 FROM production_hourly",
+        )
+        .fetch_one(&admin)
+        .await
+        .unwrap()
+    };
+    assert_eq!(rollup().await, (1020, 102), "rollup counted duplicates");
+
+    // The partition task moves each month out of DEFAULT into its own partition, where
+    // retention can archive it; a re-send still finds every event.
+    let split = ensure_partitions(&admin, std::slice::from_ref(&a))
+        .await
+        .unwrap();
+    let moved: Vec<(String, i64)> = split
+        .iter()
+        .map(|s| (s.month.to_string(), s.rows))
+        .collect();
+    assert_eq!(
+        moved,
+        vec![("2001-01-01".to_owned(), 1), ("2099-05-01".to_owned(), 1)]
+    );
+    let mut expected = vec![
+        ("events_p_site_a_200101".to_owned(), 1),
+        (clock::month_partition("SITE_A", now), 100),
+        ("events_p_site_a_209905".to_owned(), 1),
+    ];
+    expected.sort();
+    assert_eq!(partition_counts(&admin).await, expected);
+    let again = store.ingest_events(&a, &events).await.unwrap();
+    assert_eq!((again.inserted, again.duplicates), (0, 102));
+    assert_eq!(rollup().await, (1020, 102));
+    // Nothing left to move.
+    assert_eq!(split_default(&admin, &a).await.unwrap(), vec![]);
+}
+
+/// Rows per partition of `events`, by partition name.
+async fn partition_counts(admin: &PgPool) -> Vec<(String, i64)> {
+    let rows = sqlx::query(
+        "SELECT tableoid::regclass::text AS part, count(*) AS n FROM events GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(admin)
+    .await
+    .unwrap();
+    rows.iter().map(|r| (r.get("part"), r.get("n"))).collect()
+}
+
+/// A month moved out of DEFAULT while the site's edge keeps sending: ingests that arrive
+/// during the move wait for it and then land in the new partition, none lost or doubled,
+/// and another site's ingest is not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_month_moves_out_of_default_while_events_keep_arriving() {
+    let (db, admin, store) = setup().await;
+    let (a, b) = (site("SITE_A"), site("SITE_B"));
+    // A backlog from before the site's first partition (a fixed past month: always past).
+    let march = Timestamp::parse_rfc3339("2024-03-10T06:00:00Z").unwrap();
+    let backlog: Vec<Event> = (0..500)
+        .map(|n| count_event(&a, n, march.saturating_add_micros(n as i64 * 1_000_000), 1))
+        .collect();
+    store.ingest_events(&a, &backlog).await.unwrap();
+    assert_eq!(
+        partition_counts(&admin).await,
+        vec![("events_p_site_a_default".to_owned(), 500)]
+    );
+
+    // The move runs in a transaction held open while more events arrive.
+    let mover = connect(&db.hub_url).await.unwrap();
+    let mut tx = mover.begin().await.unwrap();
+    let moved: i64 =
+        sqlx::query_scalar("SELECT sum(moved)::int8 FROM mes_split_default('SITE_A', 12)")
+            .fetch_one(&mut *tx)
             .await
             .unwrap();
-    assert_eq!((good, scrap), (1020, 102), "rollup counted duplicates");
+    assert_eq!(moved, 500);
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let store = store.clone();
+        let a = a.clone();
+        writers.push(tokio::spawn(async move {
+            // Each writer sends its own events of the month being moved, then re-sends the
+            // backlog's first events (duplicates).
+            let mine: Vec<Event> = (0..50)
+                .map(|n| {
+                    let n = 10_000 + w * 100 + n;
+                    count_event(&a, n, march.saturating_add_micros(n as i64 * 1_000), 1)
+                })
+                .collect();
+            let fresh = store.ingest_events(&a, &mine).await.unwrap();
+            let dup = store
+                .ingest_events(&a, &backlog_head(&a, march))
+                .await
+                .unwrap();
+            (fresh.inserted, dup.duplicates)
+        }));
+    }
+    // Another site is not held up by SITE_A's move.
+    let other = count_event(&b, 90_000, clock::now(), 3);
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), store.ingest_events(&b, &[other]))
+        .await
+        .expect("SITE_B's ingest waited for SITE_A's move")
+        .unwrap();
+    let other_took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        writers.iter().all(|w| !w.is_finished()),
+        "SITE_A's writers did not wait for the move"
+    );
+    tx.commit().await.unwrap();
+    for w in writers {
+        assert_eq!(w.await.unwrap(), (50, 10));
+    }
+    assert_eq!(
+        partition_counts(&admin).await,
+        vec![
+            ("events_p_site_a_202403".to_owned(), 700),
+            (clock::month_partition("SITE_B", clock::now()), 1),
+        ]
+    );
+    let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT event_id) FROM events")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!(distinct, 701);
+    let good: i64 = sqlx::query_scalar(
+        "SELECT sum(good)::int8 FROM production_hourly WHERE site_id = 'SITE_A'",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(good, 700, "rollup after the move");
+    println!("SITE_B's ingest during SITE_A's move took {other_took:?}");
+}
+
+/// The first ten events of the backlog in `a_month_moves_out_of_default…`.
+fn backlog_head(a: &SiteId, march: Timestamp) -> Vec<Event> {
+    (0..10)
+        .map(|n| count_event(a, n, march.saturating_add_micros(n as i64 * 1_000_000), 1))
+        .collect()
 }
 
 #[tokio::test]

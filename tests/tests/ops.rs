@@ -721,6 +721,92 @@ async fn old_partitions_are_archived_to_files_then_dropped() {
     let _ = std::fs::remove_dir_all(archive);
 }
 
+/// A late event for a month already retired waits in the site's DEFAULT partition; the
+/// partition task gives the month its own partition again, and the next retention run
+/// archives it beside the first archive without overwriting it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_event_for_a_retired_month_is_archived_beside_the_first_archive() {
+    init();
+    let db = system_tests::pg::server().await.fresh_database().await;
+    db.migrate().await;
+    let admin = central_hub::db::connect(&db.admin_url).await.unwrap();
+    let site = SiteId::new("SITE_A").unwrap();
+    add_site(&admin, &site, "Plant", "EU", "UTC").await.unwrap();
+    sqlx::query("SELECT mes_ensure_partitions('SITE_A', '2024-01-01', 2)")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let store = PgHubStore::new(central_hub::db::connect(&db.hub_url).await.unwrap());
+    let jan: Vec<Event> = (0..3)
+        .map(|i| count_event(&site, i, t("2024-01-10T08:00:00Z")))
+        .collect();
+    store.ingest_events(&site, &jan).await.unwrap();
+    let archive = temp_dir("archive-late");
+    let now = time::macros::datetime!(2026-11-29 05:00 UTC);
+    let first = central_hub::db::retention::retire(&admin, 24, &archive, now)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 3, "{first:?}");
+    let first_jan = first[0].clone();
+    assert_eq!(first_jan.rows, 3);
+    let first_bytes = std::fs::read(&first_jan.file).unwrap();
+
+    // Two late events for January 2024 (an edge back from a long outage).
+    let late: Vec<Event> = (10..12)
+        .map(|i| count_event(&site, i, t("2024-01-20T08:00:00Z")))
+        .collect();
+    store.ingest_events(&site, &late).await.unwrap();
+    assert!(
+        partitions(&admin)
+            .await
+            .contains(&"events_p_site_a_default".to_owned())
+    );
+    let split = central_hub::db::store::ensure_partitions(&admin, std::slice::from_ref(&site))
+        .await
+        .unwrap();
+    assert_eq!(split.len(), 1);
+    assert_eq!(
+        (split[0].month.to_string(), split[0].rows),
+        ("2024-01-01".to_owned(), 2)
+    );
+    let in_default: i64 = sqlx::query_scalar("SELECT count(*) FROM events_p_site_a_default")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!(in_default, 0);
+
+    let second = central_hub::db::retention::retire(&admin, 24, &archive, now)
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_eq!(second[0].table, "events_p_site_a_202401");
+    assert_eq!(second[0].rows, 2);
+    assert_ne!(second[0].file, first_jan.file);
+    assert!(
+        second[0]
+            .file
+            .ends_with("SITE_A/events_p_site_a_202401.2.csv"),
+        "{:?}",
+        second[0].file
+    );
+    assert_eq!(
+        std::fs::read(&first_jan.file).unwrap(),
+        first_bytes,
+        "first archive overwritten"
+    );
+    assert!(
+        archive
+            .join("SITE_A/events_p_site_a_202401.2.manifest.json")
+            .exists()
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    let _ = std::fs::remove_dir_all(archive);
+}
+
 /// The guide's metrics carry the values they claim: per-site gauges from the data (a failed
 /// quality sample, an operator at work, a running order), the HTTP counters by route pattern,
 /// the pool gauges with their limit, and the cache rates.

@@ -70,6 +70,14 @@ async fn fixture(name: &str, sites: &[&str]) -> Fixture {
     for s in sites {
         let site = SiteId::new(*s).unwrap();
         add_site(&admin, &site, "Plant", "EU", "UTC").await.unwrap();
+        // The tests' events are dated in November 2026 (`events`), older than the partitions
+        // `add_site` makes from the current month on: that month's partition is made here, as
+        // the partition task would make it (tests never depend on today's date).
+        sqlx::query("SELECT mes_ensure_partitions($1, '2026-11-01', 0)")
+            .bind(*s)
+            .execute(&admin)
+            .await
+            .unwrap();
         ca.write_site_bundle(&site, &state_dir.join("sites").join(s))
             .unwrap();
     }
@@ -88,7 +96,11 @@ impl Fixture {
 
     /// A hub instance on this database (as the hub role, with the reporting connection).
     async fn start_hub(&self, quic_listen: &str) -> serve::Running {
-        serve::start(ServeConfig {
+        serve::start(self.serve_config(quic_listen)).await.unwrap()
+    }
+
+    fn serve_config(&self, quic_listen: &str) -> ServeConfig {
+        ServeConfig {
             db: Default::default(),
             database_url: self.db.hub_url.clone(),
             read_database_url: Some(self.db.reporting_url.clone()),
@@ -98,9 +110,7 @@ impl Fixture {
             server_names: vec!["127.0.0.1".into(), "localhost".into()],
             enroll_listen: None,
             reports: Default::default(),
-        })
-        .await
-        .unwrap()
+        }
     }
 }
 
@@ -899,8 +909,11 @@ async fn personnel_reach_their_own_site_and_the_terminal_shows_online() {
     let _ = std::fs::remove_dir_all(state_dir);
 }
 
-/// Panics anywhere in this test process (the hub runs in it): a hostile frame must never
-/// cause one, even where tokio would quietly drop the panicking task.
+/// Panics on the hub's threads: a hostile frame must never cause one, even where tokio would
+/// quietly drop the panicking task. The hub under attack runs on a runtime of its own whose
+/// threads carry this name, so a failed assertion of a test running beside it (the test
+/// binary runs its tests in parallel) is not counted as the hub's.
+const HUB_THREADS: &str = "hostile-hub";
 static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 fn count_panics() {
@@ -908,10 +921,25 @@ fn count_panics() {
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            PANICS.fetch_add(1, Ordering::SeqCst);
+            if std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with(HUB_THREADS))
+            {
+                PANICS.fetch_add(1, Ordering::SeqCst);
+            }
             previous(info);
         }));
     });
+}
+
+/// A runtime whose every thread (workers and blocking) is named [`HUB_THREADS`].
+fn hub_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(HUB_THREADS)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn p99(mut v: Vec<Duration>) -> (Duration, Duration) {
@@ -977,7 +1005,20 @@ async fn hostile_edge_suite_writes_nothing_across_sites_and_spares_the_others() 
         SiteId::new("SITE_A").unwrap(),
         SiteId::new("SITE_B").unwrap(),
     );
-    let hub = f.start_hub("127.0.0.1:0").await;
+    // The hub's tasks are spawned on the runtime that polls `serve::start`: its own.
+    let hub_rt = hub_runtime();
+    let hub = hub_rt
+        .spawn(serve::start(f.serve_config("127.0.0.1:0")))
+        .await
+        .unwrap()
+        .unwrap();
+    // The counter sees a panic on the hub's runtime (so its zero below means something).
+    let before = PANICS.load(Ordering::SeqCst);
+    let probe =
+        hub_rt.spawn(async { std::panic::panic_any("probe: a panic on the hub's runtime") });
+    assert!(probe.await.unwrap_err().is_panic());
+    assert_eq!(PANICS.load(Ordering::SeqCst), before + 1);
+    PANICS.fetch_sub(1, Ordering::SeqCst);
     let edge_dir = temp_dir("edge-victim");
     let edge = edge_agent::server::start(edge_config(
         "SITE_A",
@@ -1252,6 +1293,7 @@ async fn hostile_edge_suite_writes_nothing_across_sites_and_spares_the_others() 
     );
     edge.stop().await.unwrap();
     hub.stop().await.unwrap();
+    hub_rt.shutdown_background();
     let _ = std::fs::remove_dir_all(edge_dir);
     let _ = std::fs::remove_dir_all(state_dir);
 }

@@ -124,6 +124,34 @@ pub async fn due(
     Ok(out)
 }
 
+/// Archives of one partition kept side by side: a month retired once may be retired again
+/// when late events for it arrived afterwards (they wait in the site's DEFAULT partition until
+/// the partition task gives the month its own partition again).
+pub const ARCHIVES_PER_PARTITION_MAX: u32 = 1000;
+
+/// The archive file and manifest for `table` that do not exist yet: `<table>.csv`, then
+/// `<table>.2.csv`, `<table>.3.csv`, … — an earlier archive is never overwritten.
+fn archive_names(dir: &Path, table: &str) -> Result<(PathBuf, PathBuf), RetentionError> {
+    for n in 1..=ARCHIVES_PER_PARTITION_MAX {
+        let stem = if n == 1 {
+            table.to_owned()
+        } else {
+            format!("{table}.{n}")
+        };
+        let file = dir.join(format!("{stem}.csv"));
+        let manifest = dir.join(format!("{stem}.manifest.json"));
+        if !file.exists() && !manifest.exists() {
+            return Ok((file, manifest));
+        }
+    }
+    Err(RetentionError::Io {
+        path: dir.join(table),
+        source: std::io::Error::other(format!(
+            "{ARCHIVES_PER_PARTITION_MAX} archives of this partition exist already"
+        )),
+    })
+}
+
 fn cutoff_next(month: Date) -> Date {
     let (y, m) = if month.month() == Month::December {
         (month.year() + 1, Month::January)
@@ -159,8 +187,8 @@ async fn retire_one(
     let site = parse_partition(table).map(|(s, _)| s).unwrap_or_default();
     let dir = archive_dir.join(&site);
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let file = dir.join(format!("{table}.csv"));
-    let tmp = dir.join(format!("{table}.csv.partial"));
+    let (file, manifest) = archive_names(&dir, table)?;
+    let tmp = file.with_extension("csv.partial");
     // Table names come from the catalogue and match events_p_[a-z0-9_]+; quote anyway.
     let q = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
     let mut tx = pool.begin().await?;
@@ -226,7 +254,6 @@ async fn retire_one(
         sha256,
         bytes,
     };
-    let manifest = dir.join(format!("{table}.manifest.json"));
     let body = serde_json::to_vec_pretty(&serde_json::json!({
         "table": table, "parent": parent, "site": site, "month": retired.month,
         "rows": copied, "sha256": retired.sha256, "bytes": bytes,

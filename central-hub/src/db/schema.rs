@@ -400,6 +400,124 @@ GRANT SELECT, UPDATE ON enroll_tokens TO mes_hub;
     r#"
 CREATE INDEX events_out_of_spec ON events (site_id, occurred_at) WHERE reason = 'out_of_spec';
 "#,
+    // Rows older than a site's first month partition (a backlog from before enrollment, an
+    // edge offline across a month boundary, a wrong clock) land in the site's DEFAULT
+    // partition. A month left there is never archived by retention, so the hub moves such a
+    // month into its own partition: `mes_split_month` under an ACCESS EXCLUSIVE lock on the
+    // site's table (concurrent ingests wait and are then routed to the new partition),
+    // `mes_split_default` for the months found there, and `mes_ensure_partitions` calls
+    // it instead of leaving a month "not split".
+    r#"
+CREATE FUNCTION mes_split_month(p_site text, p_month date)
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $fn$
+DECLARE
+    site_tbl text := 'events_p_' || lower(p_site);
+    def text := 'events_p_' || lower(p_site) || '_default';
+    m date := date_trunc('month', p_month)::date;
+    part text;
+    lo timestamptz;
+    hi timestamptz;
+    moved bigint;
+BEGIN
+    IF p_site !~ '^[A-Z][A-Z0-9_]{0,19}$' THEN
+        RAISE EXCEPTION 'invalid site id %', p_site;
+    END IF;
+    part := site_tbl || '_' || to_char(m, 'YYYYMM');
+    lo := m::timestamp AT TIME ZONE 'UTC';
+    hi := (m + interval '1 month')::timestamp AT TIME ZONE 'UTC';
+    -- The same order of locks as mes_ensure_partitions (advisory, then the table).
+    PERFORM pg_advisory_xact_lock(hashtext('mes_partitions_' || p_site));
+    -- Writers of this site wait here until the move commits; their rows are then routed to
+    -- the new partition (PostgreSQL resolves a sub-partition's bounds when it opens it).
+    EXECUTE format('LOCK TABLE %I IN ACCESS EXCLUSIVE MODE', site_tbl);
+    IF to_regclass(part) IS NOT NULL THEN
+        RETURN 0;
+    END IF;
+    -- Detach, create, move, attach: the month's rows leave DEFAULT in this transaction.
+    EXECUTE format('ALTER TABLE %I DETACH PARTITION %I', site_tbl, def);
+    EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
+                   part, site_tbl, lo, hi);
+    EXECUTE format('WITH moved AS (DELETE FROM %I WHERE site_id = %L AND occurred_at >= %L AND occurred_at < %L RETURNING *)
+                    INSERT INTO %I SELECT * FROM moved', def, p_site, lo, hi, part);
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    EXECUTE format('ALTER TABLE %I ATTACH PARTITION %I DEFAULT', site_tbl, def);
+    RETURN moved;
+END
+$fn$;
+REVOKE ALL ON FUNCTION mes_split_month(text, date) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION mes_split_month(text, date) TO mes_hub;
+
+-- Splits up to p_months_max months out of the site's DEFAULT partition, oldest first; walks
+-- the primary key (site_id, occurred_at, …) month by month instead of scanning the partition.
+CREATE FUNCTION mes_split_default(p_site text, p_months_max int)
+RETURNS TABLE (month date, moved bigint) LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $fn$
+DECLARE
+    def text := 'events_p_' || lower(p_site) || '_default';
+    t timestamptz;
+    after timestamptz := '-infinity';
+    m date;
+    n int := 0;
+BEGIN
+    IF p_site !~ '^[A-Z][A-Z0-9_]{0,19}$' THEN
+        RAISE EXCEPTION 'invalid site id %', p_site;
+    END IF;
+    IF to_regclass(def) IS NULL THEN
+        RETURN;
+    END IF;
+    WHILE n < p_months_max LOOP
+        EXECUTE format('SELECT min(occurred_at) FROM %I WHERE site_id = $1 AND occurred_at >= $2', def)
+            INTO t USING p_site, after;
+        EXIT WHEN t IS NULL;
+        m := date_trunc('month', t AT TIME ZONE 'UTC')::date;
+        month := m;
+        moved := mes_split_month(p_site, m);
+        RETURN NEXT;
+        after := (m + interval '1 month')::timestamp AT TIME ZONE 'UTC';
+        n := n + 1;
+    END LOOP;
+END
+$fn$;
+REVOKE ALL ON FUNCTION mes_split_default(text, int) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION mes_split_default(text, int) TO mes_hub;
+
+CREATE OR REPLACE FUNCTION mes_ensure_partitions(p_site text, p_from date, p_months int)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $fn$
+DECLARE
+    site_tbl text := 'events_p_' || lower(p_site);
+    m date;
+    part text;
+BEGIN
+    IF p_site !~ '^[A-Z][A-Z0-9_]{0,19}$' THEN
+        RAISE EXCEPTION 'invalid site id %', p_site;
+    END IF;
+    IF p_months < 0 OR p_months > 36 THEN
+        RAISE EXCEPTION 'months ahead must be 0..36, got %', p_months;
+    END IF;
+    -- Serialise creators of the same site's partitions (two hub replicas, a site add).
+    PERFORM pg_advisory_xact_lock(hashtext('mes_partitions_' || p_site));
+    IF to_regclass(site_tbl) IS NULL THEN
+        EXECUTE format('CREATE TABLE %I PARTITION OF events FOR VALUES IN (%L) PARTITION BY RANGE (occurred_at)',
+                       site_tbl, p_site);
+        EXECUTE format('CREATE TABLE %I PARTITION OF %I DEFAULT', site_tbl || '_default', site_tbl);
+    END IF;
+    FOR i IN 0..p_months LOOP
+        m := (date_trunc('month', p_from) + make_interval(months => i))::date;
+        part := site_tbl || '_' || to_char(m, 'YYYYMM');
+        IF to_regclass(part) IS NULL THEN
+            BEGIN
+                EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
+                               part, site_tbl,
+                               (m::timestamp AT TIME ZONE 'UTC'),
+                               ((m + interval '1 month')::timestamp AT TIME ZONE 'UTC'));
+            EXCEPTION WHEN check_violation THEN
+                -- Rows of that month already sit in the DEFAULT partition: move them out.
+                PERFORM mes_split_month(p_site, m);
+            END;
+        END IF;
+    END LOOP;
+END
+$fn$;
+"#,
 ];
 
 #[derive(Debug, thiserror::Error)]

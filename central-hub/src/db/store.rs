@@ -24,6 +24,20 @@ use super::rollup::{self, SiteClock};
 /// Months of partitions created ahead of the current one.
 pub const PARTITION_MONTHS_AHEAD: i32 = 3;
 
+/// Months moved out of one site's DEFAULT partition per run of the partition task: a site
+/// whose edge sent years of backdated events is caught up over several runs, each holding
+/// the site's write lock only briefly.
+pub const SPLIT_MONTHS_PER_RUN_MAX: i32 = 12;
+
+/// One month moved out of a site's DEFAULT partition into its own partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitMonth {
+    pub site: SiteId,
+    /// The first day of the month (UTC).
+    pub month: time::Date,
+    pub rows: i64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HubStoreError {
     #[error("database: {0}")]
@@ -928,8 +942,14 @@ pub async fn add_site(
     Ok(())
 }
 
-/// Creates the coming months' partitions for every site (the hub's periodic task).
-pub async fn ensure_partitions(pool: &PgPool, sites: &[SiteId]) -> Result<(), HubStoreError> {
+/// Creates the coming months' partitions for every site and moves months that sit in a
+/// site's DEFAULT partition into partitions of their own (the hub's periodic task), so
+/// retention can archive them like any other month.
+pub async fn ensure_partitions(
+    pool: &PgPool,
+    sites: &[SiteId],
+) -> Result<Vec<SplitMonth>, HubStoreError> {
+    let mut split = Vec::new();
     for site in sites {
         let mut tx = pool.begin().await?;
         crate::db::query("SELECT mes_ensure_partitions($1, (now() AT TIME ZONE 'UTC')::date, $2)")
@@ -938,6 +958,28 @@ pub async fn ensure_partitions(pool: &PgPool, sites: &[SiteId]) -> Result<(), Hu
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        split.extend(split_default(pool, site).await?);
     }
-    Ok(())
+    Ok(split)
+}
+
+/// Moves up to [`SPLIT_MONTHS_PER_RUN_MAX`] months out of the site's DEFAULT partition,
+/// oldest first, each into its own month partition, in one transaction.
+pub async fn split_default(pool: &PgPool, site: &SiteId) -> Result<Vec<SplitMonth>, HubStoreError> {
+    let mut tx = pool.begin().await?;
+    let rows = crate::db::query("SELECT month, moved FROM mes_split_default($1, $2)")
+        .bind(site.as_str())
+        .bind(SPLIT_MONTHS_PER_RUN_MAX)
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    rows.iter()
+        .map(|r| {
+            Ok(SplitMonth {
+                site: site.clone(),
+                month: r.try_get("month")?,
+                rows: r.try_get("moved")?,
+            })
+        })
+        .collect()
 }
