@@ -299,7 +299,7 @@ fn main() -> anyhow::Result<()> {
                 let pool = db::connect(&database_url)
                     .await
                     .context("connecting to PostgreSQL")?;
-                store::add_site(&pool, &site, &name, &region, &timezone)
+                let master = store::add_site(&pool, &site, &name, &region, &timezone)
                     .await
                     .context("adding the site")?;
                 let ca = central_hub::pki::Ca::load_or_create(&state_dir)
@@ -308,6 +308,9 @@ fn main() -> anyhow::Result<()> {
                 ca.write_site_bundle(&site, &bundle)
                     .context("issuing the site certificate")?;
                 println!("site {site} added with partitions");
+                if master > 0 {
+                    println!("{master} master data records queued for its edge");
+                }
                 println!("enrollment bundle: {}", bundle.display());
                 Ok(())
             })

@@ -263,6 +263,205 @@ async fn install_enrolls_writes_a_service_and_the_agent_syncs() {
     let _ = std::fs::remove_dir_all(prefix);
 }
 
+fn central_hub_bin() -> PathBuf {
+    system_tests::procs::workspace_bin("central-hub", "central-hub")
+}
+
+/// Runs the real `central-hub` binary; its standard output, or a failure with its words.
+async fn central_hub(args: Vec<String>) -> String {
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(central_hub_bin())
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "central-hub failed: {stdout}\n{stderr}"
+    );
+    stdout
+}
+
+/// The order a new plant is brought in: HQ imports master data, then adds the site, then the
+/// box enrolls. The new site's edge gets every material, machine, reason code and person on
+/// its first session (none of it was sent to the site before it existed), so a badge logs in
+/// at the terminal and its count is accepted and reaches the hub. The same for a site
+/// re-admitted after a revocation, which uploads skipped meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_added_after_master_data_gets_it_on_its_first_session() {
+    let mut h = hub("install-late-md").await;
+    let admin_url = h._db.admin_url.clone();
+    let dir = temp_dir("late-md");
+    let md = dir.join("master-data.json");
+    std::fs::write(
+        &md,
+        r#"{"materials": [{"id": "BRACKET-7", "name": "Bracket", "unit": "pcs", "tracking": "lot"}],
+            "reason_codes": [{"code": "DOWN", "parent": null, "name": "Stop", "loss_category": "unplanned", "counts_against_availability": true}],
+            "equipment": [{"id": "PRESS-01", "parent": "SITE_D", "level": "work_unit", "name": "Press 1", "class": "press"}],
+            "personnel": [{"badge": "D-100", "site_id": "SITE_D", "name": "Dora", "role": "operator"},
+                          {"badge": "A-100", "site_id": "SITE_A", "name": "Ada", "role": "operator"}]}"#,
+    )
+    .unwrap();
+    let out = central_hub(vec![
+        "import-master-data".into(),
+        md.display().to_string(),
+        "--database-url".into(),
+        admin_url.clone(),
+    ])
+    .await;
+    assert!(out.contains("5 records stored"), "{out}");
+    let out = central_hub(vec![
+        "site".into(),
+        "add".into(),
+        "SITE_D".into(),
+        "--name".into(),
+        "Plant D".into(),
+        "--region".into(),
+        "EU".into(),
+        "--database-url".into(),
+        admin_url.clone(),
+        "--state-dir".into(),
+        h.state_dir.display().to_string(),
+    ])
+    .await;
+    // Materials, reason code, equipment and D's own person; not A's person.
+    assert!(out.contains("4 master data records queued"), "{out}");
+
+    let prefix = temp_dir("prefix-late-md");
+    let token = h.token("SITE_D").await;
+    let done = install(&options(&h, token, &prefix), |_, _, _| {})
+        .await
+        .unwrap();
+    assert_eq!(done.site, "SITE_D");
+    // Started from what install wrote, with no master data of its own.
+    let cfg = RunArgs {
+        config: Some(done.layout.config_file()),
+        ..RunArgs::default()
+    }
+    .resolve()
+    .unwrap();
+    let agent = edge_agent::server::start(cfg).await.unwrap();
+    let base = format!("http://{}", agent.http_addr);
+    let http = reqwest::Client::new();
+    // The master data arrives with the first session; until then the badge is unknown.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let cookie = loop {
+        let r = http
+            .post(format!("{base}/api/v1/session"))
+            .json(&serde_json::json!({ "badge": "D-100" }))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 201 {
+            break r.headers()["set-cookie"]
+                .to_str()
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the badge never logged in at the new site's terminal: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let r = http
+        .post(format!("{base}/api/v1/events"))
+        .header("cookie", &cookie)
+        .header("x-mes-terminal", "1")
+        .json(
+            &serde_json::json!({"type": "production_count", "equipment": "PRESS-01",
+                                  "work_order": null, "good": 3}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    wait_for("D's count at the hub", Duration::from_secs(20), || async {
+        h.events("SITE_D").await == 1
+    })
+    .await;
+    // Another site's person never reached this edge.
+    let people: Vec<String> = agent
+        .state
+        .store
+        .read(|c| {
+            let mut s = c.prepare("SELECT key FROM master WHERE kind = 'personnel'")?;
+            let keys = s.query_map([], |r| r.get::<_, String>(0))?;
+            Ok(keys.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(people, vec!["SITE_D/D-100".to_owned()]);
+    agent.stop().await.unwrap();
+
+    // Re-admission: SITE_C is revoked, a person for it is uploaded meanwhile (uploads skip
+    // revoked sites), and `site add` again queues the whole current master data for it.
+    let down = |site: &'static str| {
+        let admin = h.admin.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM down_log WHERE site_id = $1")
+                .bind(site)
+                .fetch_one(&admin)
+                .await
+                .unwrap()
+        }
+    };
+    central_hub(vec![
+        "site".into(),
+        "revoke".into(),
+        "SITE_C".into(),
+        "--database-url".into(),
+        admin_url.clone(),
+    ])
+    .await;
+    std::fs::write(
+        &md,
+        r#"{"personnel": [{"badge": "C-100", "site_id": "SITE_C", "name": "Cem", "role": "operator"}]}"#,
+    )
+    .unwrap();
+    central_hub(vec![
+        "import-master-data".into(),
+        md.display().to_string(),
+        "--database-url".into(),
+        admin_url.clone(),
+    ])
+    .await;
+    let before = down("SITE_C").await;
+    let readmit = vec![
+        "site".into(),
+        "add".into(),
+        "SITE_C".into(),
+        "--name".into(),
+        "Plant C".into(),
+        "--region".into(),
+        "EU".into(),
+        "--database-url".into(),
+        admin_url.clone(),
+        "--state-dir".into(),
+        h.state_dir.display().to_string(),
+    ];
+    let out = central_hub(readmit.clone()).await;
+    assert!(out.contains("4 master data records queued"), "{out}");
+    assert_eq!(down("SITE_C").await, before + 4);
+    // A rename of an active site queues nothing again.
+    let out = central_hub(readmit).await;
+    assert!(!out.contains("queued"), "{out}");
+    assert_eq!(down("SITE_C").await, before + 4);
+    h.stop().await;
+    let _ = std::fs::remove_dir_all(prefix);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_install_failure_is_told_in_words() {
     let mut h = hub("install-errors").await;

@@ -7,7 +7,7 @@
 
 use shared_model::SiteId;
 use shared_model::master::{MasterKind, MasterRecord};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Row as _, Transaction};
 use sync_protocol::message::DownItem;
 
 use super::store::HubStoreError;
@@ -39,13 +39,7 @@ pub async fn publish(
         .await?;
         versions.push(version as u64);
         for site in sites {
-            // Site-owned records go to their own site only.
-            let owner = match record {
-                MasterRecord::ShiftCalendar(c) => Some(&c.site_id),
-                MasterRecord::Personnel(p) => Some(&p.site_id),
-                _ => None,
-            };
-            if owner.is_some_and(|o| o != site) {
+            if !concerns(record, site) {
                 continue;
             }
             // Each site's rows are written under that site's row-level-security scope.
@@ -71,6 +65,67 @@ pub async fn publish(
     super::store::notify_data(&mut tx, None).await?;
     tx.commit().await?;
     Ok(versions)
+}
+
+/// Whether `record` goes to `site`: site-owned records (a shift calendar, a person) to their
+/// own site only, everything else to every site.
+pub fn concerns(record: &MasterRecord, site: &SiteId) -> bool {
+    let owner = match record {
+        MasterRecord::ShiftCalendar(c) => Some(&c.site_id),
+        MasterRecord::Personnel(p) => Some(&p.site_id),
+        _ => None,
+    };
+    owner.is_none_or(|o| o == site)
+}
+
+/// Appends the whole current master data that concerns `site` to its down log, oldest version
+/// first, in the caller's transaction: a site added after master data was imported (or
+/// re-admitted after a revocation, during which uploads skipped it) starts with everything
+/// its edge needs, before its first session. Returns the number of records queued.
+pub async fn send_snapshot(
+    tx: &mut Transaction<'static, Postgres>,
+    site: &SiteId,
+) -> Result<usize, HubStoreError> {
+    crate::db::query("SELECT set_config('app.current_site_id', $1, true)")
+        .bind(site.as_str())
+        .execute(&mut **tx)
+        .await?;
+    let rows = crate::db::query(
+        "SELECT version, json FROM master_data WHERE json IS NOT NULL ORDER BY version",
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut items: Vec<Vec<u8>> = Vec::new();
+    for row in rows {
+        let version: i64 = row.try_get("version")?;
+        let json: serde_json::Value = row.try_get("json")?;
+        let record: MasterRecord = serde_json::from_value(json)
+            .map_err(|e| HubStoreError::Corrupt(format!("master record version {version}: {e}")))?;
+        if !concerns(&record, site) {
+            continue;
+        }
+        let item = DownItem::MasterUpsert {
+            version: version as u64,
+            record,
+        };
+        items.push(
+            postcard::to_stdvec(&item)
+                .map_err(|e| HubStoreError::Corrupt(format!("cannot encode down item: {e}")))?,
+        );
+    }
+    if items.is_empty() {
+        return Ok(0);
+    }
+    crate::db::query(
+        "INSERT INTO down_log (site_id, item)
+         SELECT $1, item FROM unnest($2::bytea[]) WITH ORDINALITY AS u (item, n) ORDER BY n",
+    )
+    .bind(site.as_str())
+    .bind(&items)
+    .execute(&mut **tx)
+    .await?;
+    super::store::notify_down(tx, site).await?;
+    Ok(items.len())
 }
 
 /// The kind named in `PUT /api/v1/master-data/{kind}`; `shifts` is accepted for shift

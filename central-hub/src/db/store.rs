@@ -913,15 +913,23 @@ pub async fn load_record(
     Ok(doc)
 }
 
-/// Registers a site and creates its partitions (as the database owner, at `site add`).
+/// Registers a site and creates its partitions (as the database owner, at `site add`). A
+/// new site, or one re-admitted after a revocation, also gets the current master data in its
+/// down log ([`super::master::send_snapshot`]); returns how many master records were queued.
 pub async fn add_site(
     pool: &PgPool,
     site: &SiteId,
     name: &str,
     region: &str,
     timezone: &str,
-) -> Result<(), HubStoreError> {
+) -> Result<usize, HubStoreError> {
     let mut tx = pool.begin().await?;
+    // None: a new site; Some(None): an active site (a rename); Some(Some(_)): re-admitted.
+    let revoked: Option<Option<OffsetDateTime>> =
+        crate::db::query_scalar("SELECT revoked_at FROM sites WHERE site_id = $1 FOR UPDATE")
+            .bind(site.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
     crate::db::query(
         "INSERT INTO sites (site_id, name, region, timezone) VALUES ($1, $2, $3, $4)
          ON CONFLICT (site_id) DO UPDATE SET name = excluded.name, region = excluded.region,
@@ -938,8 +946,12 @@ pub async fn add_site(
         .bind(PARTITION_MONTHS_AHEAD)
         .execute(&mut *tx)
         .await?;
+    let sent = match revoked {
+        Some(None) => 0,
+        None | Some(Some(_)) => super::master::send_snapshot(&mut tx, site).await?,
+    };
     tx.commit().await?;
-    Ok(())
+    Ok(sent)
 }
 
 /// Creates the coming months' partitions for every site and moves months that sit in a
