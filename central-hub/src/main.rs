@@ -107,6 +107,9 @@ enum Command {
         /// API requests per second (and burst) per token.
         #[arg(long, env = "HUB_RATE_LIMIT", default_value_t = 50)]
         rate_limit: u32,
+        /// Longest one report statement may run, e.g. 20s or 2m (answered 503 beyond it).
+        #[arg(long, env = "HUB_REPORT_STATEMENT_TIMEOUT", default_value = "20s", value_parser = parse_ttl)]
+        report_statement_timeout: std::time::Duration,
     },
     /// Upload master data (JSON, or TOML by extension) and send it down to the sites.
     ImportMasterData {
@@ -371,6 +374,7 @@ fn main() -> anyhow::Result<()> {
             enroll_listen,
             redis_url,
             report_cache_ttl,
+            report_statement_timeout,
             rate_limit,
         } => runtime()?.block_on(async {
             let running = central_hub::serve::start(central_hub::serve::ServeConfig {
@@ -385,6 +389,8 @@ fn main() -> anyhow::Result<()> {
                     redis_url,
                     cache_ttl: std::time::Duration::from_secs(report_cache_ttl.max(1)),
                     rate_limit_per_second: rate_limit.max(1),
+                    statement_timeout: report_statement_timeout
+                        .max(std::time::Duration::from_millis(100)),
                 },
                 db: central_hub::db::DbSettings {
                     pool_size: db_pool_size,

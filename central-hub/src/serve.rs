@@ -57,6 +57,9 @@ pub struct ReportSettings {
     pub cache_ttl: Duration,
     /// Requests per second (and burst) one token may make to `/api/v1`.
     pub rate_limit_per_second: u32,
+    /// Longest a report statement may run (`SET LOCAL statement_timeout`); a report that
+    /// needs longer is answered 503 `report_timeout` instead of holding a connection.
+    pub statement_timeout: Duration,
 }
 
 impl Default for ReportSettings {
@@ -65,6 +68,7 @@ impl Default for ReportSettings {
             redis_url: None,
             cache_ttl: Duration::from_secs(10),
             rate_limit_per_second: 50,
+            statement_timeout: crate::reports::STATEMENT_TIMEOUT_DEFAULT,
         }
     }
 }
@@ -164,7 +168,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     )
     .await
     .context("setting up the report cache")?;
-    let reports = Arc::new(crate::reports::ReportCtx::new(shared));
+    let reports = Arc::new(
+        crate::reports::ReportCtx::new(shared)
+            .with_statement_timeout(config.reports.statement_timeout),
+    );
     let versions_listener = tokio::spawn(crate::reports::cache::listen(
         listen_pool.clone(),
         reports.clone(),

@@ -33,6 +33,8 @@ pub struct ReportCtx {
     /// Background refreshes of stale entries running at once: they share the read pool with
     /// the requests that must query, so they may take only part of it.
     refreshes: Arc<tokio::sync::Semaphore>,
+    /// Longest one report statement may run.
+    statement_timeout: std::time::Duration,
 }
 
 /// Most background refreshes at once. One: on a small box a refresh of the heaviest reports
@@ -54,7 +56,14 @@ impl ReportCtx {
             inflight: crate::memo::Flights::new(INFLIGHT_MAX),
             sites: Arc::new(crate::memo::Memo::new(SITES_TTL, 1)),
             refreshes: Arc::new(tokio::sync::Semaphore::new(REFRESHES_MAX)),
+            statement_timeout: STATEMENT_TIMEOUT_DEFAULT,
         }
+    }
+
+    /// The same with another limit on each report statement's run time.
+    pub fn with_statement_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.statement_timeout = timeout;
+        self
     }
 
     async fn known_sites(&self, pool: &PgPool) -> Result<Arc<Vec<String>>, ApiError> {
@@ -119,18 +128,110 @@ pub async fn scope_to_site(
     Ok(())
 }
 
-/// A read transaction on the reporting connection; a site-scoped token's transaction is
-/// limited to its site by row-level security as well.
-async fn read_tx(pool: &PgPool, scope: &Scope) -> Result<Transaction<'static, Postgres>, ApiError> {
+/// How long one report statement may run unless `--report-statement-timeout` says otherwise:
+/// the slowest cold report measured at 30M events took 3.2 s (docs/benchmarks.md).
+pub const STATEMENT_TIMEOUT_DEFAULT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// A read transaction on the reporting connection, each statement limited to the configured
+/// `statement_timeout` (transaction-local, safe behind PgBouncer); a site-scoped token's
+/// transaction is limited to its site by row-level security as well. The guard cancels the
+/// running statement if the caller is dropped before it disarms it (the client went away).
+async fn read_tx(
+    ctx: &ReportCtx,
+    pool: &PgPool,
+    scope: &Scope,
+) -> Result<(Transaction<'static, Postgres>, CancelOnDrop), ApiError> {
+    use sqlx::Row as _;
     let mut tx = crate::db::begin(pool, crate::db::PoolRole::Read)
         .await
         .map_err(ApiError::internal)?;
+    let row = crate::db::query(
+        "SELECT set_config('statement_timeout', $1, true), pg_backend_pid() AS pid, now() AS xact_start",
+    )
+    .bind(format!("{}ms", ctx.statement_timeout.as_millis().max(1)))
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(ApiError::internal)?;
+    let guard = CancelOnDrop {
+        pool: pool.clone(),
+        pid: row.try_get("pid").map_err(ApiError::internal)?,
+        xact_start: row.try_get("xact_start").map_err(ApiError::internal)?,
+        armed: true,
+    };
     if let Some(site) = &scope.site {
         scope_to_site(&mut tx, site)
             .await
             .map_err(ApiError::internal)?;
     }
-    Ok(tx)
+    Ok((tx, guard))
+}
+
+/// Cancels a reporting transaction's running statement when dropped while armed. Dropping a
+/// query's future only stops waiting for it: PostgreSQL would go on computing a report
+/// nobody reads (for up to the statement timeout) while holding a connection. The cancel
+/// names the backend and the transaction's start, so it can never hit a later transaction
+/// that reuses the pooled connection.
+#[derive(Debug)]
+struct CancelOnDrop {
+    pool: PgPool,
+    pid: i32,
+    xact_start: time::OffsetDateTime,
+    armed: bool,
+}
+
+impl CancelOnDrop {
+    /// The statements finished: nothing to cancel.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (pool, pid, xact_start) = (self.pool.clone(), self.pid, self.xact_start);
+        runtime.spawn(async move {
+            let cancelled = crate::db::fetch_all_in_tx(
+                &pool,
+                crate::db::PoolRole::Read,
+                crate::db::query(
+                    "SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+                     WHERE pid = $1 AND xact_start = $2 AND state = 'active'",
+                )
+                .bind(pid)
+                .bind(xact_start),
+            )
+            .await;
+            match cancelled {
+                Ok(rows) if !rows.is_empty() => {
+                    tracing::info!(pid, "report query cancelled: its client went away")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, pid, "cancelling a report query failed"),
+            }
+        });
+    }
+}
+
+/// A report statement's error: one that ran past the statement timeout is the caller's to
+/// narrow (503 with words), anything else is internal.
+fn query_error(e: sqlx::Error) -> ApiError {
+    if let sqlx::Error::Database(db) = &e
+        && db.code().as_deref() == Some("57014")
+    {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "report_timeout",
+            "the report took longer than the hub's statement timeout \
+             (--report-statement-timeout): narrow the date range, the sites or the groups",
+        );
+    }
+    ApiError::internal(e)
 }
 
 /// The sites a request covers: those it names (each must exist and be visible to the token),
@@ -644,7 +745,7 @@ async fn compute_report(
     priority: Priority,
 ) -> Result<Cached, ApiError> {
     let pool = read_pool(state)?;
-    let mut tx = read_tx(pool, scope).await?;
+    let (mut tx, cancel) = read_tx(&state.reports, pool, scope).await?;
     if priority == Priority::Background {
         // One core at most: no parallel workers for a query nobody waits for.
         crate::db::query("SET LOCAL max_parallel_workers_per_gather = 0")
@@ -654,7 +755,8 @@ async fn compute_report(
     }
     let table = crate::db::timed(report.as_str(), compute(report, &mut tx, sites, q))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(query_error)?;
+    cancel.disarm();
     let _ = tx.commit().await;
     if table.rows.len() > sql::ROWS_MAX {
         return Err(ApiError::bad_request(
@@ -701,10 +803,11 @@ pub async fn genealogy(
     {
         return Ok(respond(c, "hit"));
     }
-    let mut tx = read_tx(pool, &scope).await?;
+    let (mut tx, cancel) = read_tx(ctx, pool, &scope).await?;
     let g = crate::db::timed("genealogy", sql::genealogy(&mut tx, &lot, q.direction))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(query_error)?;
+    cancel.disarm();
     let _ = tx.commit().await;
     let Some(g) = g else {
         return Err(ApiError::new(

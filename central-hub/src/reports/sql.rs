@@ -14,7 +14,7 @@ use super::params::{Bound, Direction, Group, Query};
 pub const ROWS_MAX: usize = 50_000;
 /// Deepest genealogy walk.
 pub const GENEALOGY_DEPTH_MAX: i32 = 20;
-/// Most genealogy edges in one answer.
+/// Most genealogy edges in one answer (and so most lots visited).
 pub const GENEALOGY_EDGES_MAX: i64 = 10_000;
 
 /// Per-site bounds of the range: `$1` sites, `$2`/`$3` from (instant or date), `$4`/`$5` to.
@@ -472,56 +472,63 @@ pub async fn genealogy(
         Direction::Backward => ("produced", "consumed"),
         Direction::Forward => ("consumed", "produced"),
     };
-    let sql = format!(
-        "WITH RECURSIVE e(from_lot, to_lot, work_order, site_id, depth, path) AS (
-            SELECT a.lot, c.lot, a.work_order, c.site_id, 1, ARRAY[a.lot, c.lot]
+    // Breadth first over lots, each lot expanded once at its least depth: a recursion that
+    // carries whole paths grows with the number of paths (3^depth rows when every order
+    // blends three lots), a walk over visited lots with the number of lots. One statement per
+    // depth, each bounded by the edges still allowed.
+    let step = format!(
+        "WITH g AS (
+            SELECT DISTINCT a.lot AS from_lot, c.lot AS to_lot, a.work_order, c.site_id
             FROM lot_movements a
             JOIN lot_movements c ON c.site_id = a.site_id AND c.work_order = a.work_order
                                 AND c.direction = '{next_dir}'
-            WHERE a.lot = $1 AND a.direction = '{walk_dir}' AND a.work_order IS NOT NULL
-            UNION
-            SELECT a.lot, c.lot, a.work_order, c.site_id, e.depth + 1, e.path || c.lot
-            FROM e
-            JOIN lot_movements a ON a.lot = e.to_lot AND a.direction = '{walk_dir}'
-                                AND a.work_order IS NOT NULL
-            JOIN lot_movements c ON c.site_id = a.site_id AND c.work_order = a.work_order
-                                AND c.direction = '{next_dir}'
-            WHERE e.depth < $2 AND NOT c.lot = ANY(e.path)
-         ),
-         edges AS (
-            SELECT from_lot, to_lot, work_order, site_id, min(depth) AS depth
-            FROM e GROUP BY 1, 2, 3, 4
+            WHERE a.lot = ANY($1) AND a.direction = '{walk_dir}' AND a.work_order IS NOT NULL
          )
-         SELECT g.from_lot, g.to_lot, g.work_order, g.site_id, g.depth,
+         SELECT g.from_lot, g.to_lot, g.work_order, g.site_id,
                 (SELECT sum(m.quantity) FROM lot_movements m
                  WHERE m.site_id = g.site_id AND m.work_order = g.work_order AND m.lot = g.to_lot
                    AND m.direction = '{next_dir}')::float8 AS quantity,
                 (SELECT max(m.material) FROM lot_movements m WHERE m.lot = g.to_lot) AS material
-         FROM edges g ORDER BY g.depth, g.from_lot, g.to_lot, g.work_order
-         LIMIT $3"
+         FROM g ORDER BY g.from_lot, g.to_lot, g.work_order, g.site_id
+         LIMIT $2"
     );
-    let rows = crate::db::query(sqlx::AssertSqlSafe(sql))
-        .bind(lot)
-        .bind(GENEALOGY_DEPTH_MAX)
-        .bind(GENEALOGY_EDGES_MAX)
-        .fetch_all(&mut **tx)
-        .await?;
-    let mut edges = Vec::with_capacity(rows.len());
+    let mut edges = Vec::new();
     let mut materials: Vec<(String, Option<String>)> = Vec::new();
-    for r in rows {
-        let to_lot: String = r.try_get("to_lot")?;
-        let material: Option<String> = r.try_get("material")?;
-        if !materials.iter().any(|(l, _)| l == &to_lot) {
-            materials.push((to_lot.clone(), material));
+    let mut visited: std::collections::HashSet<String> = std::collections::HashSet::new();
+    visited.insert(lot.to_owned());
+    let mut frontier = vec![lot.to_owned()];
+    let mut depth = 0;
+    while !frontier.is_empty() && depth < GENEALOGY_DEPTH_MAX {
+        depth += 1;
+        let room = GENEALOGY_EDGES_MAX - edges.len() as i64;
+        if room <= 0 {
+            break;
         }
-        edges.push(Edge {
-            from_lot: r.try_get("from_lot")?,
-            to_lot,
-            work_order: r.try_get("work_order")?,
-            site: r.try_get("site_id")?,
-            quantity: r.try_get::<Option<f64>, _>("quantity")?.unwrap_or(0.0),
-            depth: r.try_get("depth")?,
-        });
+        let rows = crate::db::query(sqlx::AssertSqlSafe(step.clone()))
+            .bind(&frontier)
+            .bind(room)
+            .fetch_all(&mut **tx)
+            .await?;
+        let mut next = Vec::new();
+        for r in rows {
+            let to_lot: String = r.try_get("to_lot")?;
+            let material: Option<String> = r.try_get("material")?;
+            if !materials.iter().any(|(l, _)| l == &to_lot) {
+                materials.push((to_lot.clone(), material));
+            }
+            if visited.insert(to_lot.clone()) {
+                next.push(to_lot.clone());
+            }
+            edges.push(Edge {
+                from_lot: r.try_get("from_lot")?,
+                to_lot,
+                work_order: r.try_get("work_order")?,
+                site: r.try_get("site_id")?,
+                quantity: r.try_get::<Option<f64>, _>("quantity")?.unwrap_or(0.0),
+                depth,
+            });
+        }
+        frontier = next;
     }
     Ok(Some(Genealogy {
         root_material,
