@@ -31,6 +31,8 @@ pub enum BackupError {
     Running(String),
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("store: {0}")]
+    Store(String),
 }
 
 fn io(path: &Path, e: std::io::Error) -> BackupError {
@@ -118,6 +120,9 @@ pub fn backup(data_dir: &Path, out: &Path) -> Result<Contents, BackupError> {
             message: "the path is not UTF-8".into(),
         })?
         .to_owned();
+    // The copy holds the store's key and PIN hashes: made empty with the owner-only mode
+    // first (VACUUM INTO writes into an empty file and keeps its mode).
+    create_private(out)?;
     if let Err(e) = conn.execute("VACUUM INTO ?1", [target]) {
         let _ = std::fs::remove_file(out);
         return Err(e.into());
@@ -158,19 +163,47 @@ pub fn restore(data_dir: &Path, from: &Path) -> Result<(Contents, Option<PathBuf
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let tmp = data_dir.join(format!("{DB_FILE}.restoring"));
-    std::fs::copy(from, &tmp).map_err(|e| io(&tmp, e))?;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", tmp.display()));
+    }
+    create_private(&tmp)?;
+    let mut restored;
     {
+        let mut src = std::fs::File::open(from).map_err(|e| io(from, e))?;
+        let mut dst = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&tmp)
+            .map_err(|e| io(&tmp, e))?;
+        std::io::copy(&mut src, &mut dst).map_err(|e| io(&tmp, e))?;
+        dst.sync_all().map_err(|e| io(&tmp, e))?;
+    }
+    {
+        // Migrated as the agent would, so the totals can be rebuilt in the current schema.
+        let mut conn = crate::store::open_write_connection(&tmp)
+            .map_err(|e| BackupError::Store(e.to_string()))?;
+        let tx = conn.transaction()?;
         // The restored store repairs itself against the hub on its next connection.
-        let conn = Connection::open(&tmp)?;
-        conn.execute(
+        tx.execute(
             "INSERT INTO meta (key, value) VALUES (?1, '1')
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             [REPAIR_PENDING],
         )?;
+        // Per-order totals from the events (a backup may predate them), never below the
+        // totals kept nor below what the order's record already carries.
+        crate::store::counts::recompute(&tx).map_err(|e| BackupError::Store(e.to_string()))?;
+        crate::store::counts::at_least_the_records(&tx)
+            .map_err(|e| BackupError::Store(e.to_string()))?;
+        tx.commit()?;
+        restored = contents(&conn, &tmp)?;
+        // Closing the last connection checkpoints the WAL into the file and removes it.
+        conn.close().map_err(|(_, e)| e)?;
     }
     std::fs::File::open(&tmp)
         .and_then(|f| f.sync_all())
         .map_err(|e| io(&tmp, e))?;
+    // Run as root for a service that runs as its own user (the installer's `mes-edge`): the
+    // restored store belongs to whoever owns the data directory, or the agent cannot write it.
+    give_to_directory_owner(data_dir, &tmp)?;
     // The replaced store is kept whole, with its WAL, under a name SQLite can open.
     let aside = data_dir.join(format!("{DB_FILE}.replaced-{stamp}"));
     let kept = db.exists().then(|| aside.clone());
@@ -182,6 +215,48 @@ pub fn restore(data_dir: &Path, from: &Path) -> Result<(Contents, Option<PathBuf
         }
     }
     std::fs::rename(&tmp, &db).map_err(|e| io(&db, e))?;
-    let conn = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    Ok((contents(&conn, &db)?, kept))
+    // The renames are durable only once the directory is.
+    std::fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io(data_dir, e))?;
+    let lock_file = data_dir.join(LOCK_FILE);
+    give_to_directory_owner(data_dir, &lock_file)?;
+    restored.bytes = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+    Ok((restored, kept))
+}
+
+/// Creates `path` empty, readable and writable by its owner only ([`crate::store::STORE_FILE_MODE`]).
+fn create_private(path: &Path) -> Result<(), BackupError> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(crate::store::STORE_FILE_MODE);
+    }
+    o.open(path).map(drop).map_err(|e| io(path, e))
+}
+
+/// Gives `path` to the owner of `dir` when they differ (a restore run as root).
+fn give_to_directory_owner(dir: &Path, path: &Path) -> Result<(), BackupError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let (Ok(d), Ok(f)) = (std::fs::metadata(dir), std::fs::metadata(path)) else {
+            return Ok(());
+        };
+        if (d.uid(), d.gid()) != (f.uid(), f.gid()) {
+            std::os::unix::fs::chown(path, Some(d.uid()), Some(d.gid())).map_err(|e| {
+                BackupError::Io {
+                    path: path.display().to_string(),
+                    message: format!(
+                        "cannot give it to the data directory's owner (uid {}): {e}; \
+                         run restore as root or as that user",
+                        d.uid()
+                    ),
+                }
+            })?;
+        }
+    }
+    Ok(())
 }

@@ -794,6 +794,19 @@ async fn a_late_event_for_a_retired_month_is_archived_beside_the_first_archive()
         first_bytes,
         "first archive overwritten"
     );
+    // Archives hold a site's raw data: for the hub's user only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in [
+            first_jan.file.clone(),
+            second[0].file.clone(),
+            archive.join("SITE_A/events_p_site_a_202401.2.manifest.json"),
+        ] {
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", f.display());
+        }
+    }
     assert!(
         archive
             .join("SITE_A/events_p_site_a_202401.2.manifest.json")

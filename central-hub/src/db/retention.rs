@@ -124,6 +124,25 @@ pub async fn due(
     Ok(out)
 }
 
+/// Mode of archive files: they hold a site's raw production data, for the hub's user only.
+pub const ARCHIVE_FILE_MODE: u32 = 0o600;
+
+/// Creates (or truncates) `path` with [`ARCHIVE_FILE_MODE`].
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        o.mode(ARCHIVE_FILE_MODE);
+        let f = o.open(path)?;
+        f.set_permissions(std::fs::Permissions::from_mode(ARCHIVE_FILE_MODE))?;
+        Ok(f)
+    }
+    #[cfg(not(unix))]
+    o.open(path)
+}
+
 /// Archives of one partition kept side by side: a month retired once may be retired again
 /// when late events for it arrived afterwards (they wait in the site's DEFAULT partition until
 /// the partition task gives the month its own partition again).
@@ -205,7 +224,7 @@ async fn retire_one(
     )))
     .fetch_one(&mut *tx)
     .await?;
-    let mut out = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    let mut out = create_private(&tmp).map_err(io(&tmp))?;
     let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
     let mut bytes = 0u64;
     let mut newlines = 0u64;
@@ -263,7 +282,12 @@ async fn retire_one(
             .unwrap_or_default(),
     }))
     .unwrap_or_default();
-    std::fs::write(&manifest, body).map_err(io(&manifest))?;
+    create_private(&manifest)
+        .and_then(|mut f| {
+            f.write_all(&body)?;
+            f.sync_all()
+        })
+        .map_err(io(&manifest))?;
     std::fs::File::open(&dir)
         .and_then(|d| d.sync_all())
         .map_err(io(&dir))?;

@@ -116,3 +116,88 @@ pub(crate) fn apply(conn: &Connection, e: &Event) -> Result<(), StoreError> {
         _ => Ok(()),
     }
 }
+
+/// Rebuilds every order's totals from the stored events, in the order they were stored, with
+/// the same rule as [`apply`] (after a restore: a backup written before schema 3 kept no
+/// totals). Totals never go below what was kept before: events pruned by retention count in
+/// the kept totals but can no longer be recounted. Returns the orders touched.
+pub fn recompute(conn: &Connection) -> Result<usize, StoreError> {
+    let kept: Vec<(String, i64, i64, i64)> = conn
+        .prepare("SELECT work_order, good, scrap, rework FROM order_counts")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    conn.execute_batch("DELETE FROM order_counts; DELETE FROM count_corrections;")?;
+    {
+        let mut stmt = conn.prepare(
+            "SELECT body FROM events WHERE kind IN ('production_count', 'correction')
+             ORDER BY recorded_at, event_id",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let body: Vec<u8> = row.get(0)?;
+            apply(conn, &super::events::decode(&body)?)?;
+        }
+    }
+    for (order, good, scrap, rework) in &kept {
+        at_least(conn, order, *good, *scrap, *rework)?;
+    }
+    Ok(
+        conn.query_row("SELECT count(*) FROM order_counts", [], |r| {
+            r.get::<_, i64>(0)
+        })? as usize,
+    )
+}
+
+/// Raises each order's totals to at least the good and scrap counts its shared record carries
+/// (a restored store, repaired against the hub: the record holds what this site reported at
+/// its last pause or completion, including counts whose events were lost with the disk, and
+/// a later pause must not report less). Returns the orders raised.
+pub fn at_least_the_records(conn: &Connection) -> Result<usize, StoreError> {
+    at_least_these_records(conn, None)
+}
+
+/// [`at_least_the_records`] for the named orders only (`None`: every order).
+pub fn at_least_these_records(
+    conn: &Connection,
+    ids: Option<&[String]>,
+) -> Result<usize, StoreError> {
+    let orders: Vec<(String, String)> = conn
+        .prepare("SELECT id, json FROM work_orders")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .filter(|r| match (ids, r) {
+            (Some(ids), Ok((id, _))) => ids.contains(id),
+            _ => true,
+        })
+        .collect::<Result<_, _>>()?;
+    let mut raised = 0;
+    for (id, json) in orders {
+        let v: sync_protocol::records::WorkOrderView = serde_json::from_str(&json)
+            .map_err(|e| StoreError::Corrupt(format!("work order {id}: {e}")))?;
+        let (good, scrap, rework) = order_totals(conn, &id)?;
+        let (g, s) = (
+            i64::try_from(v.order.good_count).unwrap_or(i64::MAX),
+            i64::try_from(v.order.scrap_count).unwrap_or(i64::MAX),
+        );
+        if g > good || s > scrap {
+            at_least(conn, &id, g, s, rework)?;
+            raised += 1;
+        }
+    }
+    Ok(raised)
+}
+
+fn at_least(
+    conn: &Connection,
+    order: &str,
+    good: i64,
+    scrap: i64,
+    rework: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO order_counts (work_order, good, scrap, rework) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (work_order) DO UPDATE SET good = max(good, excluded.good),
+           scrap = max(scrap, excluded.scrap), rework = max(rework, excluded.rework)",
+    )?
+    .execute(params![order, good, scrap, rework])?;
+    Ok(())
+}

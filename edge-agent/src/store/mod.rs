@@ -113,6 +113,7 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
 /// Opens a writable connection with the durability settings, for the writer and for
 /// one-shot CLI commands.
 pub fn open_write_connection(path: &Path) -> Result<Connection, StoreError> {
+    private_store_file(path)?;
     let mut conn = Connection::open(path)?;
     configure(&conn)?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
@@ -125,6 +126,41 @@ pub fn open_write_connection(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     schema::migrate(&mut conn)?;
     Ok(conn)
+}
+
+/// Mode of the store's files: they hold API key and PIN hashes, so only their owner (the
+/// service user) may read them.
+pub const STORE_FILE_MODE: u32 = 0o600;
+
+/// Creates the store file with [`STORE_FILE_MODE`] before SQLite opens it (SQLite gives the
+/// `-wal` and `-shm` files the database file's mode), and takes group and other bits off the
+/// files of a store made before this rule.
+pub fn private_store_file(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        if !path.exists() {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(STORE_FILE_MODE)
+                .open(path)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let p = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+            if let Ok(m) = std::fs::metadata(&p)
+                && m.permissions().mode() & 0o077 != 0
+            {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(STORE_FILE_MODE))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Store {

@@ -245,7 +245,18 @@ impl EdgeStore for Store {
 
     async fn apply_repair(&self, changes: &[RecordChange]) -> Result<(), StoreError> {
         let changes = changes.to_vec();
-        self.write(move |c| records::apply_remote(c, &changes))
-            .await
+        self.write(move |c| {
+            records::apply_remote(c, &changes)?;
+            // A repair follows a restore: the records come back with the totals this site had
+            // reported before its disk was lost, and a later pause must not report less.
+            let orders: Vec<String> = changes
+                .iter()
+                .filter(|ch| ch.record.kind == sync_protocol::message::RecordKind::WorkOrder)
+                .map(|ch| ch.record.id().to_owned())
+                .collect();
+            super::counts::at_least_these_records(c, Some(&orders))?;
+            Ok(())
+        })
+        .await
     }
 }
