@@ -98,6 +98,10 @@ enum Command {
         /// HTTPS enrollment endpoint for `edge-agent install`.
         #[arg(long, env = "HUB_ENROLL_LISTEN", default_value = "0.0.0.0:8443")]
         enroll_listen: SocketAddr,
+        /// Serve `/metrics` on this address only (e.g. 0.0.0.0:9090 on the pod network), not on
+        /// the API port.
+        #[arg(long, env = "HUB_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
         /// Redis for the report cache, data versions and rate limits shared by all instances.
         #[arg(long, env = "REDIS_URL")]
         redis_url: Option<String>,
@@ -372,6 +376,7 @@ fn main() -> anyhow::Result<()> {
             listen_database_url,
             db_pool_size,
             enroll_listen,
+            metrics_listen,
             redis_url,
             report_cache_ttl,
             report_statement_timeout,
@@ -385,6 +390,7 @@ fn main() -> anyhow::Result<()> {
                 state_dir,
                 server_names,
                 enroll_listen: Some(enroll_listen),
+                metrics_listen,
                 reports: central_hub::serve::ReportSettings {
                     redis_url,
                     cache_ttl: std::time::Duration::from_secs(report_cache_ttl.max(1)),

@@ -41,6 +41,9 @@ pub struct ServeConfig {
     pub server_names: Vec<String>,
     /// The HTTPS enrollment endpoint (`edge-agent install`); none without it.
     pub enroll_listen: Option<SocketAddr>,
+    /// With it, `/metrics` is served on this address only (for Prometheus on an internal
+    /// network) and the API port answers it 404; without it `/metrics` is on the API port.
+    pub metrics_listen: Option<SocketAddr>,
     /// Report cache, rate limits and their shared state.
     pub reports: ReportSettings,
     /// Pool sizes, PgBouncer mode and the LISTEN connection.
@@ -78,6 +81,9 @@ pub struct Running {
     pub quic_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub enroll_addr: Option<SocketAddr>,
+    /// Where `/metrics` is served when it has a listener of its own.
+    pub metrics_addr: Option<SocketAddr>,
+    metrics_http: Option<JoinHandle<anyhow::Result<()>>>,
     enroll: Option<JoinHandle<()>>,
     pub metrics: Arc<SyncMetrics>,
     shutdown: watch::Sender<bool>,
@@ -218,17 +224,46 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         }
         None => (None, None),
     };
-    let router = Router::new()
+    let http_state = HttpState {
+        pool,
+        read_pool,
+        metrics: metrics.clone(),
+        reports: reports.clone(),
+        site_gauges: Arc::default(),
+    };
+    let mut router = Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics_text))
-        .with_state(HttpState {
-            pool,
-            read_pool,
-            metrics: metrics.clone(),
-            reports: reports.clone(),
-            site_gauges: Arc::default(),
-        })
+        .route("/ready", get(ready));
+    // `/metrics` names every site and its backlog: on its own listener when one is given, so
+    // the API port (often public) does not show it.
+    let (metrics_addr, metrics_http) = match config.metrics_listen {
+        Some(listen) => {
+            let metrics_listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding the metrics listener {listen}"))?;
+            let addr = metrics_listener.local_addr()?;
+            let metrics_router = Router::new()
+                .route("/metrics", get(metrics_text))
+                .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+                .with_state(http_state.clone());
+            let mut stop = shutdown_rx.clone();
+            let task = tokio::spawn(async move {
+                axum::serve(metrics_listener, metrics_router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+                    .context("serving metrics")
+            });
+            (Some(addr), Some(task))
+        }
+        None => {
+            router = router.route("/metrics", get(metrics_text));
+            (None, None)
+        }
+    };
+    let router = router
+        .with_state(http_state)
         .merge(api)
         .merge(crate::dashboard::router())
         .layer(axum::middleware::from_fn(crate::metrics::track));
@@ -241,11 +276,13 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             .await
             .context("serving HTTP")
     });
-    tracing::info!(%quic_addr, %http_addr, ?enroll_addr, "hub started");
+    tracing::info!(%quic_addr, %http_addr, ?enroll_addr, ?metrics_addr, "hub started");
     Ok(Running {
         quic_addr,
         http_addr,
         enroll_addr,
+        metrics_addr,
+        metrics_http,
         enroll,
         metrics,
         shutdown,
@@ -282,6 +319,9 @@ impl Running {
         self.listener.abort();
         self.versions_listener.abort();
         self.partitions.abort();
+        if let Some(m) = self.metrics_http {
+            m.await.context("joining the metrics listener")??;
+        }
         self.http.await.context("joining HTTP")?
     }
 }

@@ -24,6 +24,10 @@ pub const MEASUREMENT_ABS_MAX: f64 = 1e12;
 /// How far `occurred_at` may lie ahead of the validating clock: edge clocks drift, PLC clocks
 /// more so, but an event from next week is an error.
 pub const FUTURE_SKEW_MICROS_MAX: i64 = 5 * 60 * 1_000_000;
+/// How far ahead of the hub's clock an event's times may be when the hub receives it: wide
+/// enough for an edge whose clock drifted for days offline, narrow enough that a broken clock
+/// (or a hostile peer) cannot file events decades ahead.
+pub const HUB_FUTURE_SKEW_MICROS_MAX: i64 = 24 * 3600 * 1_000_000;
 /// Longest free-text note (corrections).
 pub const NOTE_BYTES_MAX: usize = 1_000;
 
@@ -230,6 +234,10 @@ pub enum Problem {
     InFuture { ahead_secs: i64, max_secs: i64 },
     #[error("is before 2000-01-01, the earliest accepted time")]
     TooOld,
+    #[error(
+        "is {ahead_secs} s ahead of the hub's clock, at most {max_secs} s are accepted: check the edge's clock"
+    )]
+    AheadOfHub { ahead_secs: i64, max_secs: i64 },
     #[error("is {len} bytes long, the maximum is {max}")]
     TooLong { len: usize, max: usize },
     #[error("{0}")]
@@ -271,9 +279,31 @@ impl Event {
         self.validate_structure()
     }
 
-    /// Validation that does not depend on a clock. The hub uses this one: an event the edge
-    /// accepted must not be refused later because two clocks disagree, or the edge's outbox
-    /// would stall; out-of-range times land in the DEFAULT partition instead.
+    /// Validation at the hub: structure, plus `occurred_at` and `recorded_at` no further than
+    /// [`HUB_FUTURE_SKEW_MICROS_MAX`] ahead of the hub's clock. The edge accepted the event
+    /// within [`FUTURE_SKEW_MICROS_MAX`] of its own clock, so only an edge clock more than a
+    /// day fast (or a hostile peer) meets this refusal; older times are kept (a month before
+    /// the site's partitions lands in DEFAULT and is moved into its own partition later).
+    pub fn validate_at_hub(&self, hub_now: Timestamp) -> Result<(), ValidationError> {
+        for (field, t) in [
+            ("occurred_at", self.occurred_at),
+            ("recorded_at", self.recorded_at),
+        ] {
+            let ahead = t.micros_since(hub_now);
+            if ahead > HUB_FUTURE_SKEW_MICROS_MAX {
+                return Err(err(
+                    field,
+                    Problem::AheadOfHub {
+                        ahead_secs: ahead / 1_000_000,
+                        max_secs: HUB_FUTURE_SKEW_MICROS_MAX / 1_000_000,
+                    },
+                ));
+            }
+        }
+        self.validate_structure()
+    }
+
+    /// Validation that does not depend on a clock (also part of [`Event::validate_at_hub`]).
     pub fn validate_structure(&self) -> Result<(), ValidationError> {
         for (field, t) in [
             ("occurred_at", self.occurred_at),

@@ -66,6 +66,7 @@ impl Hq {
             state_dir: self.state_dir.clone(),
             server_names: vec!["127.0.0.1".into()],
             enroll_listen: None,
+            metrics_listen: None,
             reports,
         })
         .await

@@ -140,6 +140,7 @@ async fn lossy_duplicating_reordering_network_loses_nothing() {
         state_dir: state_dir.clone(),
         server_names: vec!["127.0.0.1".into()],
         enroll_listen: None,
+        metrics_listen: None,
         reports: Default::default(),
     })
     .await
@@ -567,6 +568,7 @@ async fn postgres_crash_during_ingest_loses_nothing() {
         state_dir: state_dir.clone(),
         server_names: vec!["127.0.0.1".into()],
         enroll_listen: None,
+        metrics_listen: None,
         reports: Default::default(),
     })
     .await

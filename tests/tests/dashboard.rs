@@ -354,6 +354,7 @@ async fn dashboard_shows_the_figures_in_chromium() {
         state_dir: h.state_dir.clone(),
         server_names: vec!["127.0.0.1".into()],
         enroll_listen: None,
+        metrics_listen: None,
         reports: ReportSettings::default(),
     })
     .await

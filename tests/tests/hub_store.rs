@@ -344,11 +344,61 @@ async fn foreign_records_and_actors_are_refused_and_write_nothing() {
         reused.to_string().contains("bound to another site"),
         "{reused}"
     );
+    // A whole work order whose document names another order of the site, or another site,
+    // than the record it is sent as: refused, nothing written (its row would otherwise be
+    // materialized over the named order's).
+    let misnamed = |doc_id: &str, doc_site: &str| {
+        let view = sync_protocol::records::WorkOrderView {
+            order: shared_model::work_order::WorkOrder::released(
+                shared_model::WorkOrderId::new(doc_id).unwrap(),
+                site(doc_site),
+                shared_model::MaterialId::new("BRACKET-7").unwrap(),
+                5,
+            ),
+            work_unit: None,
+        };
+        let mut doc = automerge::AutoCommit::new().with_actor(automerge::ActorId::random());
+        sync_protocol::records::write_all(&mut doc, &view).unwrap();
+        doc.commit();
+        RecordChange::new(
+            RecordId::new(RecordKind::WorkOrder, "SITE_A-WO-7").unwrap(),
+            doc.get_last_local_change().unwrap().raw_bytes().to_vec(),
+        )
+        .unwrap()
+    };
+    for (doc_id, doc_site, field) in [
+        ("SITE_A-WO-1", "SITE_A", "names id \"SITE_A-WO-1\""),
+        ("SITE_A-WO-7", "SITE_B", "names site_id \"SITE_B\""),
+    ] {
+        let err = store
+            .apply_changes(&a, &[misnamed(doc_id, doc_site)])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(field), "{err}");
+        assert_eq!(
+            <PgHubStore as HubStore>::error_code(&err),
+            sync_protocol::message::ErrorCode::Unauthorized
+        );
+    }
+    // The document that names itself is taken.
+    store
+        .apply_changes(&a, &[misnamed("SITE_A-WO-7", "SITE_A")])
+        .await
+        .unwrap();
     let records: Vec<String> = sqlx::query_scalar("SELECT record_id FROM records ORDER BY 1")
         .fetch_all(&admin)
         .await
         .unwrap();
-    assert_eq!(records, vec!["SITE_A-WO-1".to_owned()]);
+    assert_eq!(
+        records,
+        vec!["SITE_A-WO-1".to_owned(), "SITE_A-WO-7".to_owned()]
+    );
+    let orders: Vec<(String, i64)> =
+        sqlx::query_as("SELECT id, planned_quantity FROM work_orders ORDER BY 1")
+            .fetch_all(&admin)
+            .await
+            .unwrap();
+    assert_eq!(orders, vec![("SITE_A-WO-7".to_owned(), 5)]);
 }
 
 #[tokio::test]

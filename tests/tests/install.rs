@@ -74,6 +74,7 @@ impl Hub {
                 state_dir: self.state_dir.clone(),
                 server_names: vec!["127.0.0.1".into()],
                 enroll_listen: Some("127.0.0.1:0".parse().unwrap()),
+                metrics_listen: None,
                 reports: Default::default(),
             })
             .await

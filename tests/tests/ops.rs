@@ -186,6 +186,7 @@ async fn hub_sync_and_reports_run_through_pgbouncer_in_transaction_mode() {
             state_dir: state_dir.clone(),
             server_names: vec!["127.0.0.1".into()],
             enroll_listen: None,
+            metrics_listen: None,
             reports: ReportSettings {
                 rate_limit_per_second: 1_000_000,
                 ..ReportSettings::default()
@@ -211,6 +212,7 @@ async fn hub_sync_and_reports_run_through_pgbouncer_in_transaction_mode() {
         state_dir: state_dir.clone(),
         server_names: vec!["127.0.0.1".into()],
         enroll_listen: None,
+        metrics_listen: None,
         reports: ReportSettings::default(),
     })
     .await;
@@ -450,6 +452,7 @@ async fn reports_come_from_a_streaming_replica_and_its_lag_is_exported() {
         state_dir: state_dir.clone(),
         server_names: vec!["127.0.0.1".into()],
         enroll_listen: None,
+        metrics_listen: None,
         reports: ReportSettings::default(),
     })
     .await
@@ -818,6 +821,50 @@ async fn a_late_event_for_a_retired_month_is_archived_beside_the_first_archive()
         .unwrap();
     assert_eq!(left, 0);
     let _ = std::fs::remove_dir_all(archive);
+}
+
+/// With `--metrics-listen`, `/metrics` (every site's name and backlog) is served on its own
+/// listener only: the API port answers it 404, the metrics port answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_be_served_on_their_own_listener_only() {
+    let h = system_tests::hq::hq("ops-metrics-port", &[("SITE_A", "UTC")]).await;
+    let hub = serve::start(ServeConfig {
+        database_url: h.db.hub_url.clone(),
+        read_database_url: Some(h.db.reporting_url.clone()),
+        quic_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: h.state_dir.clone(),
+        server_names: vec!["127.0.0.1".into()],
+        enroll_listen: None,
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        reports: ReportSettings::default(),
+        db: Default::default(),
+    })
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let api = http
+        .get(format!("http://{}/metrics", hub.http_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 404, "the API port still serves /metrics");
+    let health = http
+        .get(format!("http://{}/health", hub.http_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let metrics_addr = hub.metrics_addr.expect("a metrics listener");
+    let m = http
+        .get(format!("http://{metrics_addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(m.status(), 200);
+    let text = m.text().await.unwrap();
+    assert!(text.contains("site=\"SITE_A\""), "{text}");
+    hub.stop().await.unwrap();
 }
 
 /// The guide's metrics carry the values they claim: per-site gauges from the data (a failed

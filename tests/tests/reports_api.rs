@@ -317,6 +317,7 @@ async fn two_hubs_share_cache_and_rate_limits_through_redis() {
         state_dir: h.state_dir.clone(),
         server_names: vec!["127.0.0.1".into()],
         enroll_listen: None,
+        metrics_listen: None,
         reports: settings.clone(),
     })
     .await

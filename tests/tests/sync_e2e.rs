@@ -109,6 +109,7 @@ impl Fixture {
             state_dir: self.state_dir.clone(),
             server_names: vec!["127.0.0.1".into(), "localhost".into()],
             enroll_listen: None,
+            metrics_listen: None,
             reports: Default::default(),
         }
     }

@@ -46,6 +46,12 @@ pub enum HubStoreError {
     ForeignRecord { site: String, record: String },
     #[error("automerge actor {actor} is bound to another site")]
     ForeignActor { actor: String },
+    #[error("the document sent as {record} names {field} {found:?}; it must be the record's own")]
+    MisnamedRecord {
+        record: String,
+        field: &'static str,
+        found: String,
+    },
     #[error("change for {record} does not decode: {reason}")]
     BadChange { record: String, reason: String },
     #[error("stored data is corrupt: {0}")]
@@ -654,6 +660,27 @@ async fn merge_change(
             reason: e.to_string(),
         }
     })?;
+    // A work order's document names itself: it must name the record it arrives under and the
+    // session's site, or its row would be materialized over another order's (nothing is
+    // written: the transaction is rolled back with the error).
+    if record.kind == RecordKind::WorkOrder
+        && let Ok(v) = read_view(&doc)
+    {
+        if v.order.id.as_str() != record.id() {
+            return Err(HubStoreError::MisnamedRecord {
+                record: record.id().to_owned(),
+                field: "id",
+                found: v.order.id.to_string(),
+            });
+        }
+        if &v.order.site_id != site {
+            return Err(HubStoreError::MisnamedRecord {
+                record: record.id().to_owned(),
+                field: "site_id",
+                found: v.order.site_id.to_string(),
+            });
+        }
+    }
     crate::db::query(
         "INSERT INTO records (site_id, record_kind, record_id, doc) VALUES ($1, $2, $3, $4)
          ON CONFLICT (site_id, record_kind, record_id) DO UPDATE SET doc = excluded.doc, updated_at = now()",
@@ -733,9 +760,9 @@ impl HubStore for PgHubStore {
 
     fn error_code(e: &HubStoreError) -> ErrorCode {
         match e {
-            HubStoreError::ForeignRecord { .. } | HubStoreError::ForeignActor { .. } => {
-                ErrorCode::Unauthorized
-            }
+            HubStoreError::ForeignRecord { .. }
+            | HubStoreError::ForeignActor { .. }
+            | HubStoreError::MisnamedRecord { .. } => ErrorCode::Unauthorized,
             HubStoreError::BadChange { .. } => ErrorCode::MalformedFrame,
             HubStoreError::Db(_) | HubStoreError::Corrupt(_) => ErrorCode::Internal,
         }

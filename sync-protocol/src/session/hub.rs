@@ -77,6 +77,8 @@ pub struct HubSession {
     config: SessionConfig,
     site_id: SiteId,
     hub_time: Timestamp,
+    /// `now` when the session began: the hub's clock now is `hub_time` plus the time since.
+    started: Duration,
     state: State,
     capabilities: u64,
     events: VecDeque<HubEvent>,
@@ -103,6 +105,7 @@ impl HubSession {
             config,
             site_id,
             hub_time,
+            started: now,
             state: State::AwaitingHello,
             capabilities: 0,
             events: VecDeque::new(),
@@ -431,6 +434,9 @@ impl HubSession {
             (State::Established, Message::EventBatch(batch))
                 if self.capabilities & capability::EVENTS != 0 =>
             {
+                let hub_now = self.hub_time.saturating_add_micros(
+                    i64::try_from(now.saturating_sub(self.started).as_micros()).unwrap_or(i64::MAX),
+                );
                 // Site isolation: the payload's site must be the certificate's site.
                 for (i, e) in batch.events.iter().enumerate() {
                     if e.site_id != self.site_id {
@@ -443,7 +449,7 @@ impl HubSession {
                             ),
                         );
                     }
-                    if let Err(v) = e.validate_structure() {
+                    if let Err(v) = e.validate_at_hub(hub_now) {
                         return self.fail(
                             now,
                             ErrorCode::InvalidEvent,

@@ -177,6 +177,34 @@ fn bad_sample() -> shared_model::Event {
     )
 }
 
+/// An event dated `secs` after the hub's clock ([`T0`]).
+fn ahead_of_hub(secs: i64) -> shared_model::Event {
+    let mut e = one_event(7).remove(0);
+    e.occurred_at = T0.saturating_add_micros(secs * 1_000_000);
+    e.recorded_at = e.occurred_at;
+    e
+}
+
+/// An edge clock up to a day fast still syncs (the edge accepted the event by its own clock),
+/// and the hub's clock moves on with the session: a day after the session began, events of
+/// that day are not "ahead".
+#[test]
+fn events_within_a_day_of_the_hubs_clock_are_taken() {
+    let mut hub = HubSession::new(small_limits(), site(), T0, Duration::ZERO);
+    hub.handle_frame(Duration::ZERO, &hello());
+    hub.handle_frame(Duration::ZERO, &batch(1, vec![ahead_of_hub(23 * 3600)]));
+    let later = Duration::from_secs(2 * 86_400);
+    hub.handle_frame(later, &batch(2, vec![ahead_of_hub(2 * 86_400 + 3600)]));
+    assert_eq!(hub.close_reason(), None);
+    let mut batches = 0;
+    while let Some(e) = hub.poll_event() {
+        if matches!(e, HubEvent::Events { .. }) {
+            batches += 1;
+        }
+    }
+    assert_eq!(batches, 2);
+}
+
 #[test]
 fn hub_rejects_misbehaving_edges() {
     let mut foreign = one_event(1);
@@ -212,6 +240,16 @@ fn hub_rejects_misbehaving_edges() {
         HubCase {
             name: "invalid event",
             frames: vec![hello(), batch(1, vec![bad_sample()])],
+            expected: ErrorCode::InvalidEvent,
+        },
+        HubCase {
+            name: "event more than a day ahead of the hub",
+            frames: vec![hello(), batch(1, vec![ahead_of_hub(25 * 3600)])],
+            expected: ErrorCode::InvalidEvent,
+        },
+        HubCase {
+            name: "event decades ahead (never stored as 1970)",
+            frames: vec![hello(), batch(1, vec![ahead_of_hub(40 * 365 * 86_400)])],
             expected: ErrorCode::InvalidEvent,
         },
         HubCase {

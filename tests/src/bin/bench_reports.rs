@@ -518,6 +518,7 @@ async fn start_hub(db: &system_tests::pg::TestDb, tag: &str) -> anyhow::Result<s
         state_dir: std::env::temp_dir().join(format!("{tag}-{}", std::process::id())),
         server_names: vec!["127.0.0.1".into()],
         enroll_listen: None,
+        metrics_listen: None,
         reports: ReportSettings {
             rate_limit_per_second: 1_000_000,
             ..ReportSettings::default()

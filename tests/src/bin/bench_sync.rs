@@ -183,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
         state_dir: state_dir.clone(),
         server_names: vec!["127.0.0.1".into()],
         enroll_listen: None,
+        metrics_listen: None,
         reports: Default::default(),
     })
     .await?;
