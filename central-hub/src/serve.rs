@@ -628,10 +628,40 @@ async fn metrics_text(State(s): State<HttpState>) -> impl IntoResponse {
             "counter",
             &m.events_ingested,
         ),
+        (
+            "mes_sync_handshakes_in_progress",
+            "QUIC/TLS handshakes in progress (validated addresses only).",
+            "gauge",
+            &m.handshakes_open,
+        ),
+        (
+            "mes_sync_retries_total",
+            "Connection attempts answered with a QUIC Retry (address not validated yet).",
+            "counter",
+            &m.retries,
+        ),
+        (
+            "mes_sync_sessions_replaced_total",
+            "Connections closed because a newer connection of their site took their place.",
+            "counter",
+            &m.sessions_replaced,
+        ),
     ] {
         out.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n",
             v.load(Ordering::Relaxed)
+        ));
+    }
+    out.push_str(
+        "# HELP mes_sync_connections_refused_total Connection attempts refused, or connections \
+         closed before their session, by reason.\n\
+         # TYPE mes_sync_connections_refused_total counter\n",
+    );
+    for reason in sync::Refusal::ALL {
+        out.push_str(&format!(
+            "mes_sync_connections_refused_total{{reason=\"{}\"}} {}\n",
+            reason.name(),
+            m.refused(reason)
         ));
     }
     let r = &s.reports.shared.metrics;

@@ -1,29 +1,63 @@
 //! The QUIC sync server: TLS 1.3 with required client certificates, ALPN per protocol major
 //! version, one `HubSession` per connection driven against the Postgres store.
 //!
-//! The site of a connection comes only from its verified client certificate. A connection
-//! limit bounds the number of sessions; each session's memory is bounded by the protocol
-//! limits (frame size, window, transmit queue) and a fixed read buffer. A bad frame closes
-//! that session with an error frame and is counted; other sessions are not affected.
+//! The site of a connection comes only from its verified client certificate. Admission has
+//! three stages, each bounded, so that no peer can hold a slot another site needs:
+//!
+//! 1. An Initial from an address not yet validated is answered with a QUIC Retry and no state
+//!    (a spoofed source never sees the token, so it costs the hub one packet).
+//! 2. A validated peer's TLS handshake runs under a handshake slot ([`HANDSHAKES_MAX`] in all,
+//!    [`HANDSHAKES_PER_SOURCE_MAX`] per source address) for at most [`HANDSHAKE_TIMEOUT`].
+//! 3. Only a finished handshake with a verified certificate takes a connection slot
+//!    ([`CONNECTIONS_MAX`]); a site holds at most [`SITE_CONNECTIONS_MAX`] of them (a newer
+//!    connection replaces the site's oldest), and must open its stream within
+//!    [`ACCEPT_STREAM_TIMEOUT`].
+//!
+//! Each session's memory is bounded by the protocol limits (frame size, window, transmit
+//! queue) and a fixed read buffer. A bad frame closes that session with an error frame and is
+//! counted; other sessions are not affected.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use quinn::{Endpoint, Incoming, TransportConfig};
+use quinn::{Connection, Endpoint, Incoming, TransportConfig};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use rustls::server::WebPkiClientVerifier;
 use shared_model::{SiteId, Timestamp};
+use sync_protocol::close_code;
 use sync_protocol::driver::drive_hub;
 use sync_protocol::message::ErrorCode;
 use sync_protocol::session::{CloseReason, HubSession, SessionConfig};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::db::store::{PgHubStore, scoped};
 use crate::pki::{Ca, site_from_cert};
 
-/// Concurrent connections per hub instance.
+/// Connections per hub instance past their handshake (a session each, or about to be).
 pub const CONNECTIONS_MAX: usize = 1_024;
+/// Live connections of one site per hub instance: its session plus one more (a reconnect
+/// after a network blip while the old connection has not timed out yet, or `edge-agent
+/// doctor`'s probe beside the running agent). A further one replaces the oldest.
+pub const SITE_CONNECTIONS_MAX: usize = 2;
+/// TLS handshakes in progress per hub instance (validated addresses only).
+pub const HANDSHAKES_MAX: usize = 512;
+/// TLS handshakes in progress from one source (an IPv4 address, an IPv6 /64): one host
+/// cannot take every handshake slot. Above the 50 at once of a fleet reconnecting from behind
+/// one NAT in `bench-fleet`.
+pub const HANDSHAKES_PER_SOURCE_MAX: usize = 64;
+/// Longest TLS handshake: a peer that stalls half-way gives its slot back after this.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the edge's stream after the handshake; the edge opens it at once.
+pub const ACCEPT_STREAM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connection attempts quinn holds before the accept loop decides on them (it decides at
+/// once: retry, refuse or start the handshake).
+pub const INCOMING_MAX: usize = 4_096;
+/// Bytes quinn buffers per undecided connection attempt, and for all of them together.
+pub const INCOMING_BUFFER_BYTES: u64 = 64 * 1024;
+pub const INCOMING_BUFFER_BYTES_TOTAL: u64 = 8 << 20;
 /// Bytes read from a stream at a time: the per-connection read buffer.
 pub const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// Most bytes taken from the stream before the session's work is driven: about
@@ -161,15 +195,251 @@ pub fn reason_name(code: ErrorCode) -> &'static str {
     }
 }
 
+/// Why the hub turned a connection attempt away or closed a connection before its session:
+/// the `reason` label of `mes_sync_connections_refused_total` (a fixed set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Every handshake slot of the instance was taken.
+    HandshakeLimit,
+    /// The source address already had its share of handshakes in progress.
+    SourceLimit,
+    /// The handshake did not finish within [`HANDSHAKE_TIMEOUT`].
+    HandshakeTimeout,
+    /// The handshake failed (bad certificate, wrong ALPN, the peer went away).
+    HandshakeFailed,
+    /// Every connection slot of the instance was taken.
+    ConnectionLimit,
+    /// A CA-signed certificate that names no valid site.
+    Unauthorized,
+    /// No stream within [`ACCEPT_STREAM_TIMEOUT`].
+    StreamTimeout,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 7] = [
+        Refusal::HandshakeLimit,
+        Refusal::SourceLimit,
+        Refusal::HandshakeTimeout,
+        Refusal::HandshakeFailed,
+        Refusal::ConnectionLimit,
+        Refusal::Unauthorized,
+        Refusal::StreamTimeout,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::HandshakeLimit => "handshake_limit",
+            Refusal::SourceLimit => "source_limit",
+            Refusal::HandshakeTimeout => "handshake_timeout",
+            Refusal::HandshakeFailed => "handshake_failed",
+            Refusal::ConnectionLimit => "connection_limit",
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::StreamTimeout => "stream_timeout",
+        }
+    }
+}
+
 /// Counters the hub's `/metrics` shows.
 #[derive(Debug, Default)]
 pub struct SyncMetrics {
+    /// Connections holding a connection slot (past the handshake).
     pub connections_open: AtomicU64,
     pub connections_total: AtomicU64,
+    /// Refused at the connection limit (also in `refused` as `connection_limit`).
     pub connections_refused: AtomicU64,
+    /// TLS handshakes in progress.
+    pub handshakes_open: AtomicU64,
+    /// Initials answered with a Retry (address not validated yet).
+    pub retries: AtomicU64,
+    /// Connections closed because a newer one of their site took their place.
+    pub sessions_replaced: AtomicU64,
+    refused: [AtomicU64; Refusal::ALL.len()],
     pub sessions_failed: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub events_ingested: AtomicU64,
+}
+
+impl SyncMetrics {
+    /// Attempts turned away or closed for `reason` so far.
+    pub fn refused(&self, reason: Refusal) -> u64 {
+        self.refused[reason as usize].load(Ordering::Relaxed)
+    }
+
+    fn refuse(&self, reason: Refusal) {
+        self.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Decrements a gauge when dropped, so every exit path of a task counts itself out.
+struct Gauge<'a>(&'a AtomicU64);
+
+impl<'a> Gauge<'a> {
+    fn up(g: &'a AtomicU64) -> Self {
+        g.fetch_add(1, Ordering::Relaxed);
+        Self(g)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The source a handshake is counted against: the IPv4 address, or the IPv6 /64 (one host
+/// owns a whole /64).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
+/// Handshakes in progress, in all and per source.
+#[derive(Debug, Default)]
+struct Handshakes {
+    inner: std::sync::Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One handshake's place in [`Handshakes`], given back when dropped.
+struct HandshakeSlot {
+    owner: Arc<Handshakes>,
+    source: IpAddr,
+}
+
+impl Handshakes {
+    fn begin(self: &Arc<Self>, ip: IpAddr) -> Result<HandshakeSlot, Refusal> {
+        let source = source_key(ip);
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, by_source) = &mut *g;
+        if *total >= HANDSHAKES_MAX {
+            return Err(Refusal::HandshakeLimit);
+        }
+        let n = by_source.entry(source).or_insert(0);
+        if *n >= HANDSHAKES_PER_SOURCE_MAX {
+            return Err(Refusal::SourceLimit);
+        }
+        *n += 1;
+        *total += 1;
+        Ok(HandshakeSlot {
+            owner: self.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut g = self.owner.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, by_source) = &mut *g;
+        *total -= 1;
+        if let Some(n) = by_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                by_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Live {
+    id: u64,
+    replaced: Arc<Notify>,
+    /// Its session has been welcomed (it owns the site's `connected` flag).
+    established: bool,
+}
+
+/// The live connections of each site on this instance, oldest first: at most
+/// [`SITE_CONNECTIONS_MAX`] each.
+#[derive(Debug, Default)]
+pub struct SiteConnections {
+    sites: std::sync::Mutex<HashMap<SiteId, Vec<Live>>>,
+    next_id: AtomicU64,
+}
+
+/// A connection's place among its site's live connections, given back when dropped.
+struct SiteSlot {
+    owner: Arc<SiteConnections>,
+    site: SiteId,
+    id: u64,
+    /// Notified when a newer connection of the site took this place.
+    replaced: Arc<Notify>,
+}
+
+impl SiteConnections {
+    /// Live connections of `site` on this instance.
+    pub fn live(&self, site: &SiteId) -> usize {
+        self.sites
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(site)
+            .map_or(0, Vec::len)
+    }
+
+    /// Takes a place for a new connection of `site`; at the cap the site's oldest connection
+    /// loses its place at once (it is told to close) so the count never exceeds the cap.
+    /// Returns whether one was replaced.
+    fn admit(self: &Arc<Self>, site: &SiteId) -> (SiteSlot, bool) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let replaced = Arc::new(Notify::new());
+        let mut sites = self.sites.lock().unwrap_or_else(|p| p.into_inner());
+        let live = sites.entry(site.clone()).or_default();
+        let mut evicted = false;
+        while live.len() >= SITE_CONNECTIONS_MAX {
+            // `notify_one` keeps the wake-up for a task not waiting yet.
+            live.remove(0).replaced.notify_one();
+            evicted = true;
+        }
+        live.push(Live {
+            id,
+            replaced: replaced.clone(),
+            established: false,
+        });
+        drop(sites);
+        (
+            SiteSlot {
+                owner: self.clone(),
+                site: site.clone(),
+                id,
+                replaced,
+            },
+            evicted,
+        )
+    }
+}
+
+impl SiteSlot {
+    fn set_established(&self) {
+        let mut sites = self.owner.sites.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = sites
+            .get_mut(&self.site)
+            .and_then(|v| v.iter_mut().find(|l| l.id == self.id))
+        {
+            l.established = true;
+        }
+    }
+
+    /// Whether another live connection of the site has a welcomed session: then that one owns
+    /// the site's `connected` flag and this one must not clear it when it ends.
+    fn other_established(&self) -> bool {
+        let sites = self.owner.sites.lock().unwrap_or_else(|p| p.into_inner());
+        sites
+            .get(&self.site)
+            .is_some_and(|v| v.iter().any(|l| l.id != self.id && l.established))
+    }
+}
+
+impl Drop for SiteSlot {
+    fn drop(&mut self) {
+        let mut sites = self.owner.sites.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = sites.get_mut(&self.site) {
+            v.retain(|l| l.id != self.id);
+            if v.is_empty() {
+                sites.remove(&self.site);
+            }
+        }
+    }
 }
 
 fn ring() -> Arc<rustls::crypto::CryptoProvider> {
@@ -213,6 +483,10 @@ pub fn endpoint(
             .map_err(|_| ServerError::Quic("idle timeout out of range".into()))?,
     ));
     config.transport_config(Arc::new(transport));
+    config
+        .max_incoming(INCOMING_MAX)
+        .incoming_buffer_size(INCOMING_BUFFER_BYTES)
+        .incoming_buffer_size_total(INCOMING_BUFFER_BYTES_TOTAL);
     Ok(Endpoint::server(config, listen)?)
 }
 
@@ -225,6 +499,16 @@ fn wall_now() -> Timestamp {
     )
 }
 
+/// What every connection task shares.
+struct Shared {
+    store: PgHubStore,
+    config: SessionConfig,
+    metrics: Arc<SyncMetrics>,
+    signals: Arc<DownSignals>,
+    permits: Arc<Semaphore>,
+    sites: Arc<SiteConnections>,
+}
+
 /// Accepts connections until `shutdown` turns true, then closes them with `shutting_down`.
 pub async fn serve(
     endpoint: Endpoint,
@@ -234,39 +518,89 @@ pub async fn serve(
     signals: Arc<DownSignals>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let shared = Arc::new(Shared {
+        store,
+        config,
+        metrics: metrics.clone(),
+        signals,
+        permits: Arc::new(Semaphore::new(CONNECTIONS_MAX)),
+        sites: Arc::new(SiteConnections::default()),
+    });
+    let handshakes = Arc::new(Handshakes::default());
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => i,
             _ = shutdown.changed() => None,
         };
         let Some(incoming) = incoming else { break };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::FRAMES_REJECTED.add(&["connection_limit"], 1);
-            incoming.refuse();
+        // An address that has not proved it receives our packets gets a Retry and no state:
+        // a spoofed Initial costs one packet, never a handshake or a connection slot.
+        if !incoming.remote_address_validated() {
+            metrics.retries.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().refuse();
+            }
             continue;
+        }
+        let slot = match handshakes.begin(incoming.remote_address().ip()) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                metrics.refuse(reason);
+                incoming.refuse();
+                continue;
+            }
         };
-        let (store, config, metrics, shutdown) = (
-            store.clone(),
-            config.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        );
-        let signals = signals.clone();
+        let (shared, shutdown) = (shared.clone(), shutdown.clone());
         tokio::spawn(async move {
-            metrics.connections_open.fetch_add(1, Ordering::Relaxed);
-            metrics.connections_total.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = connection(incoming, &store, config, &metrics, &signals, shutdown).await
-            {
+            if let Err(e) = connection(incoming, slot, &shared, shutdown).await {
                 tracing::info!(error = %e, "sync connection ended");
             }
-            metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
         });
     }
     endpoint.close(0u32.into(), b"shutting down");
     endpoint.wait_idle().await;
+}
+
+/// Runs the TLS handshake under its slot and deadline; the connection and its site.
+async fn handshake(
+    incoming: Incoming,
+    slot: HandshakeSlot,
+    metrics: &SyncMetrics,
+) -> Result<(Connection, SiteId), String> {
+    let _in_progress = Gauge::up(&metrics.handshakes_open);
+    let connecting = incoming.accept().map_err(|e| {
+        metrics.refuse(Refusal::HandshakeFailed);
+        e.to_string()
+    })?;
+    // Dropping an unfinished `Connecting` closes it, which frees quinn's state too.
+    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            metrics.refuse(Refusal::HandshakeFailed);
+            return Err(format!("handshake: {e}"));
+        }
+        Err(_) => {
+            metrics.refuse(Refusal::HandshakeTimeout);
+            return Err(format!("no handshake within {HANDSHAKE_TIMEOUT:?}"));
+        }
+    };
+    drop(slot);
+    let site = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or_else(|| "no client certificate".to_owned())
+        .and_then(|certs| {
+            let leaf = certs.first().ok_or("empty client certificate chain")?;
+            site_from_cert(leaf).map_err(|e| e.to_string())
+        });
+    match site {
+        Ok(site) => Ok((conn, site)),
+        Err(e) => {
+            metrics.refuse(Refusal::Unauthorized);
+            conn.close(close_code::UNAUTHORIZED.into(), e.as_bytes());
+            Err(e)
+        }
+    }
 }
 
 async fn set_connected(store: &PgHubStore, site: &SiteId, connected: bool, agent: Option<&str>) {
@@ -303,23 +637,62 @@ async fn site_allowed(store: &PgHubStore, site: &SiteId) -> Result<bool, sqlx::E
 
 async fn connection(
     incoming: Incoming,
-    store: &PgHubStore,
-    config: SessionConfig,
-    metrics: &SyncMetrics,
-    signals: &DownSignals,
+    slot: HandshakeSlot,
+    shared: &Shared,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let conn = incoming.await.map_err(|e| e.to_string())?;
-    let certs = conn
-        .peer_identity()
-        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .ok_or("no client certificate")?;
-    let leaf = certs.first().ok_or("empty client certificate chain")?;
-    let site = site_from_cert(leaf).map_err(|e| e.to_string())?;
-    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+    let Shared {
+        store,
+        config,
+        metrics,
+        signals,
+        permits,
+        sites,
+    } = shared;
+    let (conn, site) = handshake(incoming, slot, metrics).await?;
+    // A connection slot only for a finished handshake with a verified certificate.
+    let Ok(_permit): Result<OwnedSemaphorePermit, _> = permits.clone().try_acquire_owned() else {
+        metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
+        metrics.refuse(Refusal::ConnectionLimit);
+        crate::metrics::FRAMES_REJECTED.add(&["connection_limit"], 1);
+        conn.close(
+            close_code::BUSY.into(),
+            b"the hub instance is at its connection limit; reconnect later",
+        );
+        return Err(format!("{site}: refused at the connection limit"));
+    };
+    let _open = Gauge::up(&metrics.connections_open);
+    metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+    let (place, evicted) = sites.admit(&site);
+    if evicted {
+        tracing::info!(site = %site, "a newer connection replaces the site's oldest");
+    }
+    let replaced_message = format!("replaced by a newer connection of site {site}");
+    let stream = tokio::select! {
+        s = tokio::time::timeout(ACCEPT_STREAM_TIMEOUT, conn.accept_bi()) => s,
+        () = place.replaced.notified() => {
+            metrics.sessions_replaced.fetch_add(1, Ordering::Relaxed);
+            conn.close(close_code::REPLACED.into(), replaced_message.as_bytes());
+            return Err(format!("{site}: {replaced_message}"));
+        }
+    };
+    let (mut send, mut recv) = match stream {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => {
+            metrics.refuse(Refusal::StreamTimeout);
+            conn.close(
+                close_code::STREAM_TIMEOUT.into(),
+                format!("no stream within {ACCEPT_STREAM_TIMEOUT:?}").as_bytes(),
+            );
+            return Err(format!(
+                "{site}: no stream within {ACCEPT_STREAM_TIMEOUT:?}"
+            ));
+        }
+    };
     let origin = Instant::now();
     let now = || origin.elapsed();
-    let mut session = HubSession::new(config, site.clone(), wall_now(), now());
+    let mut session = HubSession::new(config.clone(), site.clone(), wall_now(), now());
     match site_allowed(store, &site).await {
         Ok(true) => {}
         Ok(false) => session.close(
@@ -336,6 +709,7 @@ async fn connection(
     let mut down_poll = tokio::time::interval(DOWN_POLL_INTERVAL);
     down_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut connected = false;
+    let mut replaced = false;
     let mut ticks: u64 = 0;
     loop {
         match drive_hub(&mut session, store, now()).await {
@@ -345,6 +719,7 @@ async fn connection(
                     .fetch_add(report.events_ingested, Ordering::Relaxed);
                 if report.connected {
                     connected = true;
+                    place.set_established();
                     set_connected(store, &site, true, None).await;
                 }
             }
@@ -412,11 +787,107 @@ async fn connection(
                 }
             }
             _ = shutdown.changed() => session.close(now(), ErrorCode::ShuttingDown, "hub shutting down"),
+            // Only between two store calls: whatever was acked is committed, and whatever
+            // was not is sent again by the edge (ingest is idempotent).
+            () = place.replaced.notified() => {
+                replaced = true;
+                break;
+            }
         }
     }
-    if connected {
+    if replaced {
+        metrics.sessions_replaced.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(site = %site, "{replaced_message}");
+        conn.close(close_code::REPLACED.into(), replaced_message.as_bytes());
+    }
+    // The newest welcomed session of the site owns its `connected` flag.
+    if connected && !place.other_established() {
         set_connected(store, &site, false, None).await;
     }
-    conn.close(0u32.into(), b"");
+    conn.close(close_code::DONE.into(), b"");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_site_keeps_at_most_its_cap_and_the_oldest_is_replaced() {
+        let sites = Arc::new(SiteConnections::default());
+        let a = SiteId::new("SITE_A").unwrap();
+        let b = SiteId::new("SITE_B").unwrap();
+        let (first, evicted) = sites.admit(&a);
+        assert!(!evicted);
+        let (second, evicted) = sites.admit(&a);
+        assert!(!evicted);
+        let (_b, evicted) = sites.admit(&b);
+        assert!(!evicted, "another site's connections do not count");
+        let (third, evicted) = sites.admit(&a);
+        assert!(evicted);
+        assert_eq!(sites.live(&a), SITE_CONNECTIONS_MAX);
+        // The oldest was told (the wake-up is kept until it waits) and is no longer counted.
+        assert!(
+            futures_util::FutureExt::now_or_never(first.replaced.notified()).is_some(),
+            "the oldest was not told"
+        );
+        assert!(futures_util::FutureExt::now_or_never(second.replaced.notified()).is_none());
+        drop(first);
+        assert_eq!(sites.live(&a), SITE_CONNECTIONS_MAX);
+        // The connected flag belongs to the newest welcomed session.
+        third.set_established();
+        assert!(second.other_established());
+        assert!(!third.other_established());
+        drop(second);
+        drop(third);
+        assert_eq!(sites.live(&a), 0);
+        assert!(
+            !sites
+                .sites
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&a)
+        );
+    }
+
+    #[test]
+    fn handshakes_are_bounded_in_all_and_per_source() {
+        let h = Arc::new(Handshakes::default());
+        let one: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut held: Vec<_> = (0..HANDSHAKES_PER_SOURCE_MAX)
+            .map(|_| h.begin(one).ok().unwrap())
+            .collect();
+        assert_eq!(h.begin(one).err(), Some(Refusal::SourceLimit));
+        // The same IPv6 /64 is one source; a mapped IPv4 address is that address.
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(h.begin(mapped).err(), Some(Refusal::SourceLimit));
+        assert_eq!(
+            source_key("2001:db8::1".parse().unwrap()),
+            source_key("2001:db8::ffff:2".parse().unwrap())
+        );
+        assert_ne!(
+            source_key("2001:db8::1".parse().unwrap()),
+            source_key("2001:db8:0:1::1".parse().unwrap())
+        );
+        let mut n = 0u32;
+        while held.len() < HANDSHAKES_MAX {
+            n += 1;
+            held.push(h.begin(IpAddr::from(n.to_be_bytes())).ok().unwrap());
+        }
+        assert_eq!(
+            h.begin("198.51.100.7".parse().unwrap()).err(),
+            Some(Refusal::HandshakeLimit)
+        );
+        held.pop();
+        assert!(h.begin("198.51.100.7".parse().unwrap()).is_ok());
+        drop(held);
+        assert_eq!(h.inner.lock().unwrap_or_else(|p| p.into_inner()).0, 0);
+        assert!(
+            h.inner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .1
+                .is_empty()
+        );
+    }
 }

@@ -67,6 +67,18 @@ fn read(path: &Path) -> Result<Vec<u8>, SyncError> {
 
 /// Builds the client endpoint; fails early (at startup) when enrollment files are missing.
 pub fn client_endpoint(tls_dir: &Path) -> Result<Endpoint, SyncError> {
+    let config = client_config(tls_dir)?;
+    let bind: SocketAddr = "0.0.0.0:0"
+        .parse()
+        .map_err(|_| SyncError::Quic("bind address".into()))?;
+    let mut endpoint = Endpoint::client(bind).map_err(|e| SyncError::Quic(e.to_string()))?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
+/// The QUIC client configuration of the site in `tls_dir`: TLS 1.3 with its certificate,
+/// the CA as the only root, ALPN, keep-alive and idle timeout.
+pub fn client_config(tls_dir: &Path) -> Result<quinn::ClientConfig, SyncError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let ca = CertificateDer::from_pem_slice(&read(&tls_dir.join("ca.crt.pem"))?)
         .map_err(|e| SyncError::Tls(format!("ca.crt.pem: {e}")))?;
@@ -98,12 +110,7 @@ pub fn client_endpoint(tls_dir: &Path) -> Result<Endpoint, SyncError> {
             .map_err(|_| SyncError::Quic("idle timeout out of range".into()))?,
     ));
     config.transport_config(Arc::new(transport));
-    let bind: SocketAddr = "0.0.0.0:0"
-        .parse()
-        .map_err(|_| SyncError::Quic("bind address".into()))?;
-    let mut endpoint = Endpoint::client(bind).map_err(|e| SyncError::Quic(e.to_string()))?;
-    endpoint.set_default_client_config(config);
-    Ok(endpoint)
+    Ok(config)
 }
 
 /// A small jitter source: the sub-second clock, mixed. Backoff jitter only has to keep many

@@ -37,3 +37,21 @@ pub const PROTOCOL_VERSION: u16 = 1;
 
 /// The QUIC ALPN id of protocol version 1.
 pub const ALPN_V1: &[u8] = b"mes-sync/1";
+
+/// QUIC application close codes (`CONNECTION_CLOSE` of type 0x1d) of version 1, with a
+/// reason text for people. They say why a *connection* ended before or around a session; why a
+/// session ended is its `error` frame ([`ErrorCode`]). `docs/protocol.md` lists them.
+pub mod close_code {
+    /// The session is over; its `error` frame (if any) said why.
+    pub const DONE: u32 = 0;
+    /// The hub instance has no connection slot free: reconnect later (with backoff).
+    pub const BUSY: u32 = 1;
+    /// A newer connection of the same site took this one's place: the site already had the
+    /// most live connections the hub allows it. Nothing acked is lost; nothing unacked was
+    /// stored twice (ingest is idempotent).
+    pub const REPLACED: u32 = 2;
+    /// No stream was opened in time after the handshake.
+    pub const STREAM_TIMEOUT: u32 = 3;
+    /// The client certificate does not name a valid site.
+    pub const UNAUTHORIZED: u32 = 4;
+}
