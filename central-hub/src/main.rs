@@ -131,6 +131,11 @@ enum Command {
         #[command(subcommand)]
         command: PartitionCommand,
     },
+    /// The registry of site certificates: list, revoke one.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
     /// Manage HQ API tokens.
     ApiToken {
         #[command(subcommand)]
@@ -175,8 +180,34 @@ enum TokenCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Every certificate the hub issued (or saw), by site and issue time.
+    List {
+        /// Only this site's certificates.
+        #[arg(long)]
+        site: Option<String>,
+        /// One JSON object per certificate, in an array.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
+    /// Revoke one certificate: refused from now on, its live session cut within 5 s.
+    Revoke {
+        /// As `cert list` prints it (colons, a 0x prefix and upper case are accepted).
+        serial: String,
+        /// Kept with the revocation.
+        #[arg(long, default_value = "revoked by an operator")]
+        reason: String,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum SiteCommand {
-    /// Revoke a site: its certificate is refused from now on and a live session is cut.
+    /// Revoke a site: every certificate of it and its unused enrollment tokens are revoked
+    /// (a later `site add` revives none of them) and a live session is cut within 5 s.
     Revoke {
         site: String,
         #[arg(long, env = "DATABASE_URL")]
@@ -305,10 +336,15 @@ fn main() -> anyhow::Result<()> {
                 let ca = central_hub::pki::Ca::load_or_create(&state_dir)
                     .with_context(|| format!("loading the CA in {}", state_dir.display()))?;
                 let bundle = state_dir.join("sites").join(site.as_str());
-                ca.write_site_bundle(&site, &bundle)
+                let cert = central_hub::certs::issue_bundle(&pool, &ca, &site, &bundle)
+                    .await
                     .context("issuing the site certificate")?;
                 println!("site {site} added with partitions");
-                println!("enrollment bundle: {}", bundle.display());
+                println!(
+                    "enrollment bundle: {} (certificate {})",
+                    bundle.display(),
+                    cert.serial
+                );
                 Ok(())
             })
         }
@@ -344,17 +380,75 @@ fn main() -> anyhow::Result<()> {
                 let pool = db::connect(&database_url)
                     .await
                     .context("connecting to PostgreSQL")?;
-                let n = sqlx::query("UPDATE sites SET revoked_at = now() WHERE site_id = $1")
-                    .bind(site.as_str())
-                    .execute(&pool)
+                let r = central_hub::certs::revoke_site(&pool, &site)
                     .await
-                    .context("revoking")?
-                    .rows_affected();
-                anyhow::ensure!(n == 1, "no site {site}");
-                println!("site {site} revoked; its sessions end within seconds");
+                    .context("revoking")?;
+                println!(
+                    "site {site} revoked with {} certificate(s) and {} unused enrollment token(s); its sessions end within 5 s",
+                    r.certificates, r.tokens
+                );
+                println!(
+                    "`site add {site}` re-admits the site but none of them: its box must enroll again with a new token"
+                );
                 Ok(())
             })
         }
+        Command::Cert {
+            command:
+                CertCommand::List {
+                    site,
+                    json,
+                    database_url,
+                },
+        } => {
+            let site = site
+                .map(SiteId::new)
+                .transpose()
+                .context("invalid --site")?;
+            runtime()?.block_on(async {
+                let pool = db::connect(&database_url)
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                let rows = central_hub::certs::list(&pool, site.as_ref())
+                    .await
+                    .context("listing certificates")?;
+                let now = time::OffsetDateTime::now_utc();
+                if json {
+                    let list: Vec<_> = rows.iter().map(|r| r.to_json(now)).collect();
+                    println!("{}", serde_json::to_string_pretty(&list)?);
+                } else {
+                    print!("{}", central_hub::certs::render_table(&rows, now));
+                }
+                Ok(())
+            })
+        }
+        Command::Cert {
+            command:
+                CertCommand::Revoke {
+                    serial,
+                    reason,
+                    database_url,
+                },
+        } => runtime()?.block_on(async {
+            let pool = db::connect(&database_url)
+                .await
+                .context("connecting to PostgreSQL")?;
+            let r = central_hub::certs::revoke_serial(&pool, &serial, &reason)
+                .await
+                .context("revoking the certificate")?;
+            if r.already {
+                println!(
+                    "certificate {} of {} was already revoked; nothing changed",
+                    r.serial, r.site
+                );
+            } else {
+                println!(
+                    "certificate {} of {} revoked; a session using it ends within 5 s",
+                    r.serial, r.site
+                );
+            }
+            Ok(())
+        }),
         Command::Serve {
             database_url,
             read_database_url,

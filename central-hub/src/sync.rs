@@ -19,8 +19,9 @@ use sync_protocol::message::ErrorCode;
 use sync_protocol::session::{CloseReason, HubSession, SessionConfig};
 use tokio::sync::{Semaphore, watch};
 
+use crate::certs::Admission;
 use crate::db::store::{PgHubStore, scoped};
-use crate::pki::{Ca, site_from_cert};
+use crate::pki::{Ca, CertFacts, site_from_cert};
 
 /// Concurrent connections per hub instance.
 pub const CONNECTIONS_MAX: usize = 1_024;
@@ -269,16 +270,24 @@ pub async fn serve(
     endpoint.wait_idle().await;
 }
 
-async fn set_connected(store: &PgHubStore, site: &SiteId, connected: bool, agent: Option<&str>) {
+async fn set_connected(
+    store: &PgHubStore,
+    site: &SiteId,
+    connected: bool,
+    agent: Option<&str>,
+    cert_serial: Option<&str>,
+) {
     let result = async {
         let mut tx = scoped(store.pool(), site).await?;
         crate::db::query(
             "UPDATE sites SET connected = $2, last_seen_at = now(),
-                 agent_version = coalesce($3, agent_version) WHERE site_id = $1",
+                 agent_version = coalesce($3, agent_version),
+                 cert_serial = coalesce($4, cert_serial) WHERE site_id = $1",
         )
         .bind(site.as_str())
         .bind(connected)
         .bind(agent)
+        .bind(cert_serial)
         .execute(&mut *tx)
         .await?;
         tx.commit().await
@@ -289,16 +298,23 @@ async fn set_connected(store: &PgHubStore, site: &SiteId, connected: bool, agent
     }
 }
 
-/// Whether the site is registered and not revoked.
-async fn site_allowed(store: &PgHubStore, site: &SiteId) -> Result<bool, sqlx::Error> {
-    let mut tx = scoped(store.pool(), site).await?;
-    let ok: Option<bool> =
-        crate::db::query_scalar("SELECT revoked_at IS NULL FROM sites WHERE site_id = $1")
-            .bind(site.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-    tx.commit().await?;
-    Ok(ok == Some(true))
+/// Whether a live session must end now: its certificate expired, or it or its site was
+/// revoked (a database error keeps the session: the check runs again in 5 s).
+async fn still_allowed(store: &PgHubStore, site: &SiteId, cert: &CertFacts) -> Option<String> {
+    if time::OffsetDateTime::now_utc() >= cert.not_after {
+        return Some(format!(
+            "certificate {} expired at {}: reconnect with the renewed one",
+            cert.serial, cert.not_after
+        ));
+    }
+    match crate::certs::still_valid(store.pool(), site, &cert.serial).await {
+        Ok(Admission::Allowed) => None,
+        Ok(Admission::Refused(why)) => Some(why),
+        Err(e) => {
+            tracing::warn!(site = %site, error = %e, "revocation check failed; will retry");
+            None
+        }
+    }
 }
 
 async fn connection(
@@ -316,20 +332,19 @@ async fn connection(
         .ok_or("no client certificate")?;
     let leaf = certs.first().ok_or("empty client certificate chain")?;
     let site = site_from_cert(leaf).map_err(|e| e.to_string())?;
+    let cert = CertFacts::from_der(leaf).map_err(|e| e.to_string())?;
     let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
     let origin = Instant::now();
     let now = || origin.elapsed();
     let mut session = HubSession::new(config, site.clone(), wall_now(), now());
-    match site_allowed(store, &site).await {
-        Ok(true) => {}
-        Ok(false) => session.close(
-            now(),
-            ErrorCode::Unauthorized,
-            format!("site {site} is not registered or is revoked"),
-        ),
+    // The certificate is checked against the registry before anything of the edge's is read:
+    // one query per connection, no cache, so a revocation refuses the next connection.
+    match crate::certs::admit(store.pool(), &site, &cert).await {
+        Ok(Admission::Allowed) => {}
+        Ok(Admission::Refused(why)) => session.close(now(), ErrorCode::Unauthorized, why),
         Err(e) => session.close(now(), ErrorCode::Internal, format!("database: {e}")),
     }
-    tracing::info!(site = %site, remote = %conn.remote_address(), "sync connection");
+    tracing::info!(site = %site, serial = %cert.serial, remote = %conn.remote_address(), "sync connection");
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
     let mut out = Vec::with_capacity(READ_BUFFER_BYTES);
     let mut down_wake = signals.subscribe(&site);
@@ -345,7 +360,7 @@ async fn connection(
                     .fetch_add(report.events_ingested, Ordering::Relaxed);
                 if report.connected {
                     connected = true;
-                    set_connected(store, &site, true, None).await;
+                    set_connected(store, &site, true, None, Some(&cert.serial)).await;
                 }
             }
             Err(e) => {
@@ -403,19 +418,20 @@ async fn connection(
             _ = down_poll.tick() => {
                 session.down_available();
                 ticks += 1;
-                // A revoked site is cut off within seconds, not at its next reconnect.
+                // A revoked site or certificate, or an expired certificate, is cut off within
+                // seconds, not at its next reconnect.
                 if ticks.is_multiple_of(REVOCATION_CHECK_TICKS)
                     && session.is_established()
-                    && !site_allowed(store, &site).await.unwrap_or(true)
+                    && let Some(why) = still_allowed(store, &site, &cert).await
                 {
-                    session.close(now(), ErrorCode::Unauthorized, format!("site {site} was revoked"));
+                    session.close(now(), ErrorCode::Unauthorized, why);
                 }
             }
             _ = shutdown.changed() => session.close(now(), ErrorCode::ShuttingDown, "hub shutting down"),
         }
     }
     if connected {
-        set_connected(store, &site, false, None).await;
+        set_connected(store, &site, false, None, None).await;
     }
     conn.close(0u32.into(), b"");
     Ok(())
