@@ -270,6 +270,110 @@ pub async fn still_valid(
     })
 }
 
+/// Signs a renewal for the site of a live session (its TLS certificate `presented`; the CSR's
+/// subject is ignored) and records it as renewed from `presented`, in one transaction; a
+/// successor of `presented` issued earlier and never used is revoked (`replaced`). Refused:
+/// a CSR that does not parse or verify, a second renewal of the site within
+/// [`RENEW_INTERVAL_MIN`], a revoked site or certificate. A database failure is a refusal too
+/// (the edge tries again later), logged here.
+pub async fn renew(
+    pool: &PgPool,
+    ca: &crate::pki::Ca,
+    site: &SiteId,
+    presented: &CertFacts,
+    csr_pem: &str,
+) -> sync_protocol::message::RenewOutcome {
+    use sync_protocol::message::RenewOutcome;
+    match renew_in_tx(pool, ca, site, presented, csr_pem).await {
+        Ok(Ok(Signed { pem, facts })) => {
+            tracing::info!(%site, old = %presented.serial, new = %facts.serial, "certificate renewed");
+            RenewOutcome::Issued {
+                certificate_pem: pem,
+            }
+        }
+        Ok(Err(message)) => {
+            tracing::info!(%site, %message, "certificate renewal refused");
+            RenewOutcome::Refused { message }
+        }
+        Err(e) => {
+            tracing::warn!(%site, error = %e, "certificate renewal failed");
+            RenewOutcome::Refused {
+                message: "the hub could not record a new certificate just now; try again later"
+                    .into(),
+            }
+        }
+    }
+}
+
+/// A signed certificate and what the registry keeps of it.
+struct Signed {
+    pem: String,
+    facts: CertFacts,
+}
+
+async fn renew_in_tx(
+    pool: &PgPool,
+    ca: &crate::pki::Ca,
+    site: &SiteId,
+    presented: &CertFacts,
+    csr_pem: &str,
+) -> Result<Result<Signed, String>, CertError> {
+    let mut tx = crate::db::store::scoped(pool, site).await?;
+    // The site's row locked: two sessions of one site renew one after the other, so the
+    // interval below holds.
+    let row: Option<(bool, Option<f64>, Option<OffsetDateTime>)> = crate::db::query_as(
+        "SELECT s.revoked_at IS NULL,
+                (SELECT extract(epoch FROM now() - max(c.issued_at))::float8 FROM certificates c
+                  WHERE c.site_id = s.site_id AND c.source = 'renewal'),
+                (SELECT c.revoked_at FROM certificates c WHERE c.serial = $2)
+           FROM sites s WHERE s.site_id = $1 FOR UPDATE OF s",
+    )
+    .bind(site.as_str())
+    .bind(&presented.serial)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((site_ok, since_last, presented_revoked)) = row else {
+        return Ok(Err(format!("site {site} is not registered")));
+    };
+    if !site_ok || presented_revoked.is_some() {
+        return Ok(Err(format!(
+            "site {site} or certificate {} is revoked",
+            presented.serial
+        )));
+    }
+    if let Some(secs) = since_last
+        && secs < RENEW_INTERVAL_MIN.as_secs_f64()
+    {
+        return Ok(Err(format!(
+            "site {site} renewed a certificate {secs:.0} s ago; at most one renewal every {} s",
+            RENEW_INTERVAL_MIN.as_secs()
+        )));
+    }
+    let pem = match ca.sign_site_csr(site, csr_pem) {
+        Ok(pem) => pem,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let facts = CertFacts::from_pem(&pem)?;
+    crate::db::query(
+        "UPDATE certificates SET revoked_at = now(), revoke_reason = $2
+          WHERE renewed_from = $1 AND first_used_at IS NULL AND revoked_at IS NULL",
+    )
+    .bind(&presented.serial)
+    .bind(format!("replaced by {} before its first use", facts.serial))
+    .execute(&mut *tx)
+    .await?;
+    record(
+        &mut tx,
+        site,
+        &facts,
+        Source::Renewal,
+        Some(&presented.serial),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Ok(Signed { pem, facts }))
+}
+
 /// What `site revoke` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SiteRevoked {

@@ -101,6 +101,10 @@ enum Command {
         /// Redis for the report cache, data versions and rate limits shared by all instances.
         #[arg(long, env = "REDIS_URL")]
         redis_url: Option<String>,
+        /// Lifetime of the site certificates this hub issues (enrollment and renewal), e.g.
+        /// 365d or 90d; edges renew at two thirds of it.
+        #[arg(long, env = "HUB_SITE_CERT_VALIDITY", default_value = "365d", value_parser = parse_ttl)]
+        site_cert_validity: std::time::Duration,
         /// Seconds a cached report may be served.
         #[arg(long, env = "HUB_REPORT_CACHE_TTL", default_value_t = 10)]
         report_cache_ttl: u64,
@@ -463,26 +467,31 @@ fn main() -> anyhow::Result<()> {
             redis_url,
             report_cache_ttl,
             rate_limit,
+            site_cert_validity,
         } => runtime()?.block_on(async {
-            let running = central_hub::serve::start(central_hub::serve::ServeConfig {
-                database_url,
-                read_database_url,
-                quic_listen,
-                http_listen,
-                state_dir,
-                server_names,
-                enroll_listen: Some(enroll_listen),
-                reports: central_hub::serve::ReportSettings {
-                    redis_url,
-                    cache_ttl: std::time::Duration::from_secs(report_cache_ttl.max(1)),
-                    rate_limit_per_second: rate_limit.max(1),
+            let options = central_hub::serve::ServeOptions { site_cert_validity };
+            let running = central_hub::serve::start_with(
+                central_hub::serve::ServeConfig {
+                    database_url,
+                    read_database_url,
+                    quic_listen,
+                    http_listen,
+                    state_dir,
+                    server_names,
+                    enroll_listen: Some(enroll_listen),
+                    reports: central_hub::serve::ReportSettings {
+                        redis_url,
+                        cache_ttl: std::time::Duration::from_secs(report_cache_ttl.max(1)),
+                        rate_limit_per_second: rate_limit.max(1),
+                    },
+                    db: central_hub::db::DbSettings {
+                        pool_size: db_pool_size,
+                        pgbouncer,
+                        listen_url: listen_database_url,
+                    },
                 },
-                db: central_hub::db::DbSettings {
-                    pool_size: db_pool_size,
-                    pgbouncer,
-                    listen_url: listen_database_url,
-                },
-            })
+                options,
+            )
             .await?;
             println!(
                 "central-hub sync on quic://{} http on http://{}",

@@ -395,6 +395,14 @@ mod tests {
         let c1 = CertFacts::from_pem(&ca.sign_site_csr(&site, &csr).unwrap()).unwrap();
         let c2 = CertFacts::from_pem(&ca.sign_site_csr(&site, &csr).unwrap()).unwrap();
         assert_ne!(c1.serial, c2.serial);
+        // A CSR naming another site gets a certificate for the site it is signed for.
+        let mut other = CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "SITE_999");
+        other.distinguished_name = dn;
+        let csr = other.serialize_request(&key).unwrap().pem().unwrap();
+        let c3 = CertFacts::from_pem(&ca.sign_site_csr(&site, &csr).unwrap()).unwrap();
+        assert_eq!(c3.common_name, "SITE_042");
         // The default lifetime is a year, backdated an hour.
         let year = Ca::load_or_create(&dir).unwrap();
         let y = CertFacts::from_pem(&year.issue_site(&site).unwrap().cert_pem).unwrap();

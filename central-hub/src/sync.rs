@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use rustls::server::WebPkiClientVerifier;
 use shared_model::{SiteId, Timestamp};
 use sync_protocol::driver::drive_hub;
-use sync_protocol::message::ErrorCode;
+use sync_protocol::message::{ErrorCode, RenewOutcome};
 use sync_protocol::session::{CloseReason, HubSession, SessionConfig};
 use tokio::sync::{Semaphore, watch};
 
@@ -171,6 +171,9 @@ pub struct SyncMetrics {
     pub sessions_failed: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub events_ingested: AtomicU64,
+    /// Site certificates renewed over sync sessions, and renewals refused.
+    pub certificates_renewed: AtomicU64,
+    pub renewals_refused: AtomicU64,
 }
 
 fn ring() -> Arc<rustls::crypto::CryptoProvider> {
@@ -227,9 +230,11 @@ fn wall_now() -> Timestamp {
 }
 
 /// Accepts connections until `shutdown` turns true, then closes them with `shutting_down`.
+/// `ca` signs the certificates edges renew over their sessions.
 pub async fn serve(
     endpoint: Endpoint,
     store: PgHubStore,
+    ca: Arc<Ca>,
     config: SessionConfig,
     metrics: Arc<SyncMetrics>,
     signals: Arc<DownSignals>,
@@ -254,11 +259,12 @@ pub async fn serve(
             metrics.clone(),
             shutdown.clone(),
         );
-        let signals = signals.clone();
+        let (signals, ca) = (signals.clone(), ca.clone());
         tokio::spawn(async move {
             metrics.connections_open.fetch_add(1, Ordering::Relaxed);
             metrics.connections_total.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = connection(incoming, &store, config, &metrics, &signals, shutdown).await
+            if let Err(e) =
+                connection(incoming, &store, &ca, config, &metrics, &signals, shutdown).await
             {
                 tracing::info!(error = %e, "sync connection ended");
             }
@@ -320,6 +326,7 @@ async fn still_allowed(store: &PgHubStore, site: &SiteId, cert: &CertFacts) -> O
 async fn connection(
     incoming: Incoming,
     store: &PgHubStore,
+    ca: &Ca,
     config: SessionConfig,
     metrics: &SyncMetrics,
     signals: &DownSignals,
@@ -361,6 +368,18 @@ async fn connection(
                 if report.connected {
                     connected = true;
                     set_connected(store, &site, true, None, Some(&cert.serial)).await;
+                }
+                if let Some(csr) = report.renewal_request {
+                    // The site is the session's (its TLS certificate's), never the CSR's.
+                    let outcome = crate::certs::renew(store.pool(), ca, &site, &cert, &csr).await;
+                    let counter = match outcome {
+                        RenewOutcome::Issued { .. } => &metrics.certificates_renewed,
+                        RenewOutcome::Refused { .. } => &metrics.renewals_refused,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = session.send_renewal(now(), outcome) {
+                        tracing::warn!(site = %site, error = %e, "cannot answer the renewal");
+                    }
                 }
             }
             Err(e) => {
