@@ -101,6 +101,7 @@ HUB_SERVE_ENV = [
     "REDIS_URL",
     "HUB_REPORT_CACHE_TTL",
     "HUB_RATE_LIMIT",
+    "HUB_SITE_CERT_VALIDITY",
     "HUB_LOG_FORMAT",
     "RUST_LOG",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -137,6 +138,7 @@ HUB_METRICS = {
     "mes_sync_frames_rejected_total",
     "mes_db_replication_lag_seconds",
     "mes_rate_limited_total",
+    "mes_site_certificate_expiry_seconds",
 }
 HISTOGRAMS = {"mes_http_request_duration_seconds", "mes_db_query_duration_seconds"}
 
@@ -1306,7 +1308,7 @@ def check_systemd(root: Path, report: Report) -> None:
         "ExecStart": "/usr/local/bin/edge-agent run --config /etc/mes-edge/edge.toml",
         "Restart": "on-failure",
         "ProtectSystem": "strict",
-        "ReadWritePaths": "/var/lib/mes-edge",
+        "ReadWritePaths": "/var/lib/mes-edge /etc/mes-edge/tls",
         "NoNewPrivileges": "yes",
         "CapabilityBoundingSet": "",
     }

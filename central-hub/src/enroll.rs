@@ -186,21 +186,24 @@ async fn redeem(
         )
     };
     let mut tx = s.pool.begin().await.map_err(db)?;
-    let row: Option<(
+    type TokenRow = (
         String,
         bool,
         bool,
         time::OffsetDateTime,
         Option<time::OffsetDateTime>,
-    )> = crate::db::query_as(
-        "SELECT site_id, used_at IS NOT NULL, expires_at <= now(), expires_at, used_at
+        Option<time::OffsetDateTime>,
+    );
+    let row: Option<TokenRow> = crate::db::query_as(
+        "SELECT site_id, used_at IS NOT NULL, expires_at <= now(), expires_at, used_at,
+                revoked_at
              FROM enroll_tokens WHERE hash = $1 FOR UPDATE",
     )
     .bind(secret_hash(secret))
     .fetch_optional(&mut *tx)
     .await
     .map_err(db)?;
-    let Some((site, used, expired, expires_at, used_at)) = row else {
+    let Some((site, used, expired, expires_at, used_at, revoked_at)) = row else {
         return Err(error(
             StatusCode::UNAUTHORIZED,
             codes::INVALID_TOKEN,
@@ -214,6 +217,16 @@ async fn redeem(
             format!(
                 "the token for {site} was already used at {}; tokens work once: ask HQ for a new one",
                 used_at.map(|t| t.to_string()).unwrap_or_default()
+            ),
+        ));
+    }
+    if let Some(at) = revoked_at {
+        // Revoked with its site (`site revoke`); re-admitting the site does not revive it.
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            codes::SITE_REVOKED,
+            format!(
+                "the token for {site} was revoked with the site at {at}: once HQ has re-admitted the site, ask for a new token"
             ),
         ));
     }
@@ -246,6 +259,24 @@ async fn redeem(
     let certificate_pem =
         s.ca.sign_site_csr(&site, csr_pem)
             .map_err(|e| error(StatusCode::BAD_REQUEST, codes::BAD_CSR, e.to_string()))?;
+    let facts = crate::pki::CertFacts::from_pem(&certificate_pem).map_err(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the issued certificate does not parse: {e}"),
+        )
+    })?;
+    // Recorded in the transaction that spends the token: no certificate leaves the hub
+    // without its row, so every one of them can be revoked.
+    crate::certs::record(
+        &mut tx,
+        &site,
+        &facts,
+        crate::certs::Source::Enrollment,
+        None,
+    )
+    .await
+    .map_err(db)?;
     crate::db::query("UPDATE enroll_tokens SET used_at = now(), used_by = $2 WHERE hash = $1")
         .bind(secret_hash(secret))
         .bind(agent)
@@ -253,7 +284,7 @@ async fn redeem(
         .await
         .map_err(db)?;
     tx.commit().await.map_err(db)?;
-    tracing::info!(%site, %agent, "site enrolled");
+    tracing::info!(%site, %agent, serial = %facts.serial, "site enrolled");
     Ok(EnrollResponse {
         site_id: site.to_string(),
         certificate_pem,

@@ -7,6 +7,7 @@
 //!   its cache and rate limits; [`serve`]: one hub instance; [`pki`]: the CA and certificates.
 
 pub mod api;
+pub mod certs;
 pub mod dashboard;
 pub mod db;
 pub mod enroll;

@@ -105,6 +105,10 @@ enum Command {
         /// Redis for the report cache, data versions and rate limits shared by all instances.
         #[arg(long, env = "REDIS_URL")]
         redis_url: Option<String>,
+        /// Lifetime of the site certificates this hub issues (enrollment and renewal), e.g.
+        /// 365d or 90d; edges renew at two thirds of it.
+        #[arg(long, env = "HUB_SITE_CERT_VALIDITY", default_value = "365d", value_parser = parse_ttl)]
+        site_cert_validity: std::time::Duration,
         /// Seconds a cached report may be served.
         #[arg(long, env = "HUB_REPORT_CACHE_TTL", default_value_t = 10)]
         report_cache_ttl: u64,
@@ -137,6 +141,11 @@ enum Command {
     Partitions {
         #[command(subcommand)]
         command: PartitionCommand,
+    },
+    /// The registry of site certificates: list, revoke one.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
     },
     /// Manage HQ API tokens.
     ApiToken {
@@ -182,8 +191,34 @@ enum TokenCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Every certificate the hub issued (or saw), by site and issue time.
+    List {
+        /// Only this site's certificates.
+        #[arg(long)]
+        site: Option<String>,
+        /// One JSON object per certificate, in an array.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
+    /// Revoke one certificate: refused from now on, its live session cut within 5 s.
+    Revoke {
+        /// As `cert list` prints it (colons, a 0x prefix and upper case are accepted).
+        serial: String,
+        /// Kept with the revocation.
+        #[arg(long, default_value = "revoked by an operator")]
+        reason: String,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum SiteCommand {
-    /// Revoke a site: its certificate is refused from now on and a live session is cut.
+    /// Revoke a site: every certificate of it and its unused enrollment tokens are revoked
+    /// (a later `site add` revives none of them) and a live session is cut within 5 s.
     Revoke {
         site: String,
         #[arg(long, env = "DATABASE_URL")]
@@ -312,13 +347,18 @@ fn main() -> anyhow::Result<()> {
                 let ca = central_hub::pki::Ca::load_or_create(&state_dir)
                     .with_context(|| format!("loading the CA in {}", state_dir.display()))?;
                 let bundle = state_dir.join("sites").join(site.as_str());
-                ca.write_site_bundle(&site, &bundle)
+                let cert = central_hub::certs::issue_bundle(&pool, &ca, &site, &bundle)
+                    .await
                     .context("issuing the site certificate")?;
                 println!("site {site} added with partitions");
                 if master > 0 {
                     println!("{master} master data records queued for its edge");
                 }
-                println!("enrollment bundle: {}", bundle.display());
+                println!(
+                    "enrollment bundle: {} (certificate {})",
+                    bundle.display(),
+                    cert.serial
+                );
                 Ok(())
             })
         }
@@ -354,17 +394,75 @@ fn main() -> anyhow::Result<()> {
                 let pool = db::connect(&database_url)
                     .await
                     .context("connecting to PostgreSQL")?;
-                let n = sqlx::query("UPDATE sites SET revoked_at = now() WHERE site_id = $1")
-                    .bind(site.as_str())
-                    .execute(&pool)
+                let r = central_hub::certs::revoke_site(&pool, &site)
                     .await
-                    .context("revoking")?
-                    .rows_affected();
-                anyhow::ensure!(n == 1, "no site {site}");
-                println!("site {site} revoked; its sessions end within seconds");
+                    .context("revoking")?;
+                println!(
+                    "site {site} revoked with {} certificate(s) and {} unused enrollment token(s); its sessions end within 5 s",
+                    r.certificates, r.tokens
+                );
+                println!(
+                    "`site add {site}` re-admits the site but none of them: its box must enroll again with a new token"
+                );
                 Ok(())
             })
         }
+        Command::Cert {
+            command:
+                CertCommand::List {
+                    site,
+                    json,
+                    database_url,
+                },
+        } => {
+            let site = site
+                .map(SiteId::new)
+                .transpose()
+                .context("invalid --site")?;
+            runtime()?.block_on(async {
+                let pool = db::connect(&database_url)
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                let rows = central_hub::certs::list(&pool, site.as_ref())
+                    .await
+                    .context("listing certificates")?;
+                let now = time::OffsetDateTime::now_utc();
+                if json {
+                    let list: Vec<_> = rows.iter().map(|r| r.to_json(now)).collect();
+                    println!("{}", serde_json::to_string_pretty(&list)?);
+                } else {
+                    print!("{}", central_hub::certs::render_table(&rows, now));
+                }
+                Ok(())
+            })
+        }
+        Command::Cert {
+            command:
+                CertCommand::Revoke {
+                    serial,
+                    reason,
+                    database_url,
+                },
+        } => runtime()?.block_on(async {
+            let pool = db::connect(&database_url)
+                .await
+                .context("connecting to PostgreSQL")?;
+            let r = central_hub::certs::revoke_serial(&pool, &serial, &reason)
+                .await
+                .context("revoking the certificate")?;
+            if r.already {
+                println!(
+                    "certificate {} of {} was already revoked; nothing changed",
+                    r.serial, r.site
+                );
+            } else {
+                println!(
+                    "certificate {} of {} revoked; a session using it ends within 5 s",
+                    r.serial, r.site
+                );
+            }
+            Ok(())
+        }),
         Command::Serve {
             database_url,
             read_database_url,
@@ -381,29 +479,34 @@ fn main() -> anyhow::Result<()> {
             report_cache_ttl,
             report_statement_timeout,
             rate_limit,
+            site_cert_validity,
         } => runtime()?.block_on(async {
-            let running = central_hub::serve::start(central_hub::serve::ServeConfig {
-                database_url,
-                read_database_url,
-                quic_listen,
-                http_listen,
-                state_dir,
-                server_names,
-                enroll_listen: Some(enroll_listen),
-                metrics_listen,
-                reports: central_hub::serve::ReportSettings {
-                    redis_url,
-                    cache_ttl: std::time::Duration::from_secs(report_cache_ttl.max(1)),
-                    rate_limit_per_second: rate_limit.max(1),
-                    statement_timeout: report_statement_timeout
-                        .max(std::time::Duration::from_millis(100)),
+            let options = central_hub::serve::ServeOptions { site_cert_validity };
+            let running = central_hub::serve::start_with(
+                central_hub::serve::ServeConfig {
+                    database_url,
+                    read_database_url,
+                    quic_listen,
+                    http_listen,
+                    state_dir,
+                    server_names,
+                    enroll_listen: Some(enroll_listen),
+                    metrics_listen,
+                    reports: central_hub::serve::ReportSettings {
+                        redis_url,
+                        cache_ttl: std::time::Duration::from_secs(report_cache_ttl.max(1)),
+                        rate_limit_per_second: rate_limit.max(1),
+                        statement_timeout: report_statement_timeout
+                            .max(std::time::Duration::from_millis(100)),
+                    },
+                    db: central_hub::db::DbSettings {
+                        pool_size: db_pool_size,
+                        pgbouncer,
+                        listen_url: listen_database_url,
+                    },
                 },
-                db: central_hub::db::DbSettings {
-                    pool_size: db_pool_size,
-                    pgbouncer,
-                    listen_url: listen_database_url,
-                },
-            })
+                options,
+            )
             .await?;
             println!(
                 "central-hub sync on quic://{} http on http://{}",

@@ -125,7 +125,28 @@ fn http_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(HTTP_BACKLOG)
 }
 
+/// Settings most callers leave at their defaults (the CLI exposes them).
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Lifetime of the site certificates this instance issues (enrollment, renewal).
+    pub site_cert_validity: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            site_cert_validity: Duration::from_secs(
+                crate::pki::SITE_CERT_VALIDITY_DAYS as u64 * 86_400,
+            ),
+        }
+    }
+}
+
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
+    start_with(config, ServeOptions::default()).await
+}
+
+pub async fn start_with(config: ServeConfig, options: ServeOptions) -> anyhow::Result<Running> {
     if config.db.pgbouncer && config.db.listen_url.is_none() {
         anyhow::bail!(
             "behind PgBouncer in transaction mode LISTEN/NOTIFY needs a session connection: \
@@ -148,8 +169,11 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         .context("connecting to PostgreSQL for LISTEN")?,
         None => pool.clone(),
     };
-    let ca = Ca::load_or_create(&config.state_dir)
-        .with_context(|| format!("loading the CA in {}", config.state_dir.display()))?;
+    let ca = Arc::new(
+        Ca::load_or_create(&config.state_dir)
+            .with_context(|| format!("loading the CA in {}", config.state_dir.display()))?
+            .with_site_validity(options.site_cert_validity),
+    );
     let endpoint = sync::endpoint(&ca, &config.server_names, config.quic_listen)
         .context("starting the QUIC endpoint")?;
     let quic_addr = endpoint.local_addr().context("QUIC address")?;
@@ -199,6 +223,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let quic = tokio::spawn(sync::serve(
         endpoint,
         store,
+        ca.clone(),
         SessionConfig::default(),
         metrics.clone(),
         signals,
@@ -207,10 +232,6 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let partitions = tokio::spawn(partition_loop(pool.clone()));
     let (enroll_addr, enroll) = match config.enroll_listen {
         Some(listen) => {
-            let ca =
-                Arc::new(Ca::load_or_create(&config.state_dir).with_context(|| {
-                    format!("loading the CA in {}", config.state_dir.display())
-                })?);
             let (addr, task) = crate::enroll::start(
                 pool.clone(),
                 ca,
@@ -443,7 +464,9 @@ const SITE_GAUGES_SQL: &str = "SELECT s.site_id, s.connected::int::float8 AS con
         AND e.occurred_at > now() - interval '8 hours')::float8 AS quality,
     (SELECT count(DISTINCT e.operator) FROM events e
       WHERE e.site_id = s.site_id AND e.operator IS NOT NULL
-        AND e.occurred_at > now() - interval '15 minutes')::float8 AS users
+        AND e.occurred_at > now() - interval '15 minutes')::float8 AS users,
+    coalesce((SELECT extract(epoch FROM max(c.not_after) - now()) FROM certificates c
+      WHERE c.site_id = s.site_id AND c.revoked_at IS NULL), 'NaN')::float8 AS cert_expiry
   FROM sites s WHERE s.revoked_at IS NULL ORDER BY s.site_id";
 
 async fn site_gauges(pool: &PgPool) -> Result<String, sqlx::Error> {
@@ -457,7 +480,7 @@ async fn site_gauges(pool: &PgPool) -> Result<String, sqlx::Error> {
         ),
     )
     .await?;
-    let mut cols: [Vec<(String, f64)>; 7] = Default::default();
+    let mut cols: [Vec<(String, f64)>; 8] = Default::default();
     for r in &rows {
         let site: String = r.try_get("site_id")?;
         let label = format!("site=\"{}\"", crate::metrics::escape(&site));
@@ -469,20 +492,31 @@ async fn site_gauges(pool: &PgPool) -> Result<String, sqlx::Error> {
             "orders",
             "quality",
             "users",
+            "cert_expiry",
         ]
         .iter()
         .enumerate()
         {
             let v: f64 = r.try_get(*c)?;
-            // A site never seen has no age: leave it out rather than report -1 s.
-            if *c == "last_seen" && v < 0.0 {
+            // A site never seen has no age: leave it out rather than report -1 s. A site
+            // without a known certificate has no expiry.
+            if (*c == "last_seen" && v < 0.0) || v.is_nan() {
                 continue;
             }
             cols[i].push((label.clone(), v));
         }
     }
     let mut out = String::new();
-    let [connected, last_seen, backlog, lag, orders, quality, users] = cols;
+    let [
+        connected,
+        last_seen,
+        backlog,
+        lag,
+        orders,
+        quality,
+        users,
+        cert_expiry,
+    ] = cols;
     gauge(
         &mut out,
         "mes_sync_site_connected",
@@ -524,6 +558,12 @@ async fn site_gauges(pool: &PgPool) -> Result<String, sqlx::Error> {
         "mes_active_users_by_site",
         "Operators who recorded an event in the last 15 minutes.",
         &users,
+    );
+    gauge(
+        &mut out,
+        "mes_site_certificate_expiry_seconds",
+        "Seconds until the last unrevoked certificate of the site expires (negative: expired); the edge renews at two thirds of the lifetime.",
+        &cert_expiry,
     );
     Ok(out)
 }
@@ -645,6 +685,18 @@ async fn metrics_text(State(s): State<HttpState>) -> impl IntoResponse {
             "Connections closed because a newer connection of their site took their place.",
             "counter",
             &m.sessions_replaced,
+        ),
+        (
+            "mes_sync_certificates_renewed_total",
+            "Site certificates renewed over sync sessions by this instance.",
+            "counter",
+            &m.certificates_renewed,
+        ),
+        (
+            "mes_sync_certificate_renewals_refused_total",
+            "Certificate renewals this instance refused (bad CSR, too frequent, database).",
+            "counter",
+            &m.renewals_refused,
         ),
     ] {
         out.push_str(&format!(

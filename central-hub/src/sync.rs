@@ -29,12 +29,13 @@ use rustls::server::WebPkiClientVerifier;
 use shared_model::{SiteId, Timestamp};
 use sync_protocol::close_code;
 use sync_protocol::driver::drive_hub;
-use sync_protocol::message::ErrorCode;
+use sync_protocol::message::{ErrorCode, RenewOutcome};
 use sync_protocol::session::{CloseReason, HubSession, SessionConfig};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::db::store::{PgHubStore, scoped};
-use crate::pki::{Ca, site_from_cert};
+use crate::certs::Admission;
+use crate::pki::{Ca, CertFacts, site_from_cert};
 
 /// Connections per hub instance past their handshake (a session each, or about to be).
 pub const CONNECTIONS_MAX: usize = 1_024;
@@ -245,6 +246,9 @@ pub struct SyncMetrics {
     /// Connections holding a connection slot (past the handshake).
     pub connections_open: AtomicU64,
     pub connections_total: AtomicU64,
+    /// Site certificates renewed over sync sessions, and renewals refused.
+    pub certificates_renewed: AtomicU64,
+    pub renewals_refused: AtomicU64,
     /// Refused at the connection limit (also in `refused` as `connection_limit`).
     pub connections_refused: AtomicU64,
     /// TLS handshakes in progress.
@@ -502,6 +506,8 @@ fn wall_now() -> Timestamp {
 /// What every connection task shares.
 struct Shared {
     store: PgHubStore,
+    /// Signs the certificates edges renew over their sessions.
+    ca: Arc<Ca>,
     config: SessionConfig,
     metrics: Arc<SyncMetrics>,
     signals: Arc<DownSignals>,
@@ -510,9 +516,11 @@ struct Shared {
 }
 
 /// Accepts connections until `shutdown` turns true, then closes them with `shutting_down`.
+/// `ca` signs the certificates edges renew over their sessions.
 pub async fn serve(
     endpoint: Endpoint,
     store: PgHubStore,
+    ca: Arc<Ca>,
     config: SessionConfig,
     metrics: Arc<SyncMetrics>,
     signals: Arc<DownSignals>,
@@ -520,6 +528,7 @@ pub async fn serve(
 ) {
     let shared = Arc::new(Shared {
         store,
+        ca,
         config,
         metrics: metrics.clone(),
         signals,
@@ -566,7 +575,7 @@ async fn handshake(
     incoming: Incoming,
     slot: HandshakeSlot,
     metrics: &SyncMetrics,
-) -> Result<(Connection, SiteId), String> {
+) -> Result<(Connection, SiteId, CertFacts), String> {
     let _in_progress = Gauge::up(&metrics.handshakes_open);
     let connecting = incoming.accept().map_err(|e| {
         metrics.refuse(Refusal::HandshakeFailed);
@@ -591,10 +600,12 @@ async fn handshake(
         .ok_or_else(|| "no client certificate".to_owned())
         .and_then(|certs| {
             let leaf = certs.first().ok_or("empty client certificate chain")?;
-            site_from_cert(leaf).map_err(|e| e.to_string())
+            let site = site_from_cert(leaf).map_err(|e| e.to_string())?;
+            let facts = CertFacts::from_der(leaf).map_err(|e| e.to_string())?;
+            Ok((site, facts))
         });
     match site {
-        Ok(site) => Ok((conn, site)),
+        Ok((site, facts)) => Ok((conn, site, facts)),
         Err(e) => {
             metrics.refuse(Refusal::Unauthorized);
             conn.close(close_code::UNAUTHORIZED.into(), e.as_bytes());
@@ -603,16 +614,24 @@ async fn handshake(
     }
 }
 
-async fn set_connected(store: &PgHubStore, site: &SiteId, connected: bool, agent: Option<&str>) {
+async fn set_connected(
+    store: &PgHubStore,
+    site: &SiteId,
+    connected: bool,
+    agent: Option<&str>,
+    cert_serial: Option<&str>,
+) {
     let result = async {
         let mut tx = scoped(store.pool(), site).await?;
         crate::db::query(
             "UPDATE sites SET connected = $2, last_seen_at = now(),
-                 agent_version = coalesce($3, agent_version) WHERE site_id = $1",
+                 agent_version = coalesce($3, agent_version),
+                 cert_serial = coalesce($4, cert_serial) WHERE site_id = $1",
         )
         .bind(site.as_str())
         .bind(connected)
         .bind(agent)
+        .bind(cert_serial)
         .execute(&mut *tx)
         .await?;
         tx.commit().await
@@ -623,16 +642,23 @@ async fn set_connected(store: &PgHubStore, site: &SiteId, connected: bool, agent
     }
 }
 
-/// Whether the site is registered and not revoked.
-async fn site_allowed(store: &PgHubStore, site: &SiteId) -> Result<bool, sqlx::Error> {
-    let mut tx = scoped(store.pool(), site).await?;
-    let ok: Option<bool> =
-        crate::db::query_scalar("SELECT revoked_at IS NULL FROM sites WHERE site_id = $1")
-            .bind(site.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-    tx.commit().await?;
-    Ok(ok == Some(true))
+/// Whether a live session must end now: its certificate expired, or it or its site was
+/// revoked (a database error keeps the session: the check runs again in 5 s).
+async fn still_allowed(store: &PgHubStore, site: &SiteId, cert: &CertFacts) -> Option<String> {
+    if time::OffsetDateTime::now_utc() >= cert.not_after {
+        return Some(format!(
+            "certificate {} expired at {}: reconnect with the renewed one",
+            cert.serial, cert.not_after
+        ));
+    }
+    match crate::certs::still_valid(store.pool(), site, &cert.serial).await {
+        Ok(Admission::Allowed) => None,
+        Ok(Admission::Refused(why)) => Some(why),
+        Err(e) => {
+            tracing::warn!(site = %site, error = %e, "revocation check failed; will retry");
+            None
+        }
+    }
 }
 
 async fn connection(
@@ -643,13 +669,14 @@ async fn connection(
 ) -> Result<(), String> {
     let Shared {
         store,
+        ca,
         config,
         metrics,
         signals,
         permits,
         sites,
     } = shared;
-    let (conn, site) = handshake(incoming, slot, metrics).await?;
+    let (conn, site, cert) = handshake(incoming, slot, metrics).await?;
     // A connection slot only for a finished handshake with a verified certificate.
     let Ok(_permit): Result<OwnedSemaphorePermit, _> = permits.clone().try_acquire_owned() else {
         metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
@@ -693,16 +720,14 @@ async fn connection(
     let origin = Instant::now();
     let now = || origin.elapsed();
     let mut session = HubSession::new(config.clone(), site.clone(), wall_now(), now());
-    match site_allowed(store, &site).await {
-        Ok(true) => {}
-        Ok(false) => session.close(
-            now(),
-            ErrorCode::Unauthorized,
-            format!("site {site} is not registered or is revoked"),
-        ),
+    // The certificate is checked against the registry before anything of the edge's is read:
+    // one query per connection, no cache, so a revocation refuses the next connection.
+    match crate::certs::admit(store.pool(), &site, &cert).await {
+        Ok(Admission::Allowed) => {}
+        Ok(Admission::Refused(why)) => session.close(now(), ErrorCode::Unauthorized, why),
         Err(e) => session.close(now(), ErrorCode::Internal, format!("database: {e}")),
     }
-    tracing::info!(site = %site, remote = %conn.remote_address(), "sync connection");
+    tracing::info!(site = %site, serial = %cert.serial, remote = %conn.remote_address(), "sync connection");
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
     let mut out = Vec::with_capacity(READ_BUFFER_BYTES);
     let mut down_wake = signals.subscribe(&site);
@@ -720,7 +745,19 @@ async fn connection(
                 if report.connected {
                     connected = true;
                     place.set_established();
-                    set_connected(store, &site, true, None).await;
+                    set_connected(store, &site, true, None, Some(&cert.serial)).await;
+                }
+                if let Some(csr) = report.renewal_request {
+                    // The site is the session's (its TLS certificate's), never the CSR's.
+                    let outcome = crate::certs::renew(store.pool(), ca, &site, &cert, &csr).await;
+                    let counter = match outcome {
+                        RenewOutcome::Issued { .. } => &metrics.certificates_renewed,
+                        RenewOutcome::Refused { .. } => &metrics.renewals_refused,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = session.send_renewal(now(), outcome) {
+                        tracing::warn!(site = %site, error = %e, "cannot answer the renewal");
+                    }
                 }
             }
             Err(e) => {
@@ -778,12 +815,13 @@ async fn connection(
             _ = down_poll.tick() => {
                 session.down_available();
                 ticks += 1;
-                // A revoked site is cut off within seconds, not at its next reconnect.
+                // A revoked site or certificate, or an expired certificate, is cut off within
+                // seconds, not at its next reconnect.
                 if ticks.is_multiple_of(REVOCATION_CHECK_TICKS)
                     && session.is_established()
-                    && !site_allowed(store, &site).await.unwrap_or(true)
+                    && let Some(why) = still_allowed(store, &site, &cert).await
                 {
-                    session.close(now(), ErrorCode::Unauthorized, format!("site {site} was revoked"));
+                    session.close(now(), ErrorCode::Unauthorized, why);
                 }
             }
             _ = shutdown.changed() => session.close(now(), ErrorCode::ShuttingDown, "hub shutting down"),
@@ -802,7 +840,7 @@ async fn connection(
     }
     // The newest welcomed session of the site owns its `connected` flag.
     if connected && !place.other_established() {
-        set_connected(store, &site, false, None).await;
+        set_connected(store, &site, false, None, None).await;
     }
     conn.close(close_code::DONE.into(), b"");
     Ok(())

@@ -107,6 +107,43 @@ pub async fn run(config: &Path, clock_offset_micros: i64) -> Vec<Check> {
     out
 }
 
+/// Whether an `edge-agent run` holds the data directory's lock now.
+pub fn agent_running(data_dir: &Path) -> bool {
+    let path = data_dir.join(crate::backup::LOCK_FILE);
+    let Ok(file) = std::fs::OpenOptions::new().read(true).open(&path) else {
+        return false;
+    };
+    // A shared lock is refused only while the agent holds its exclusive one; it is released
+    // when `file` is dropped.
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared).is_err()
+}
+
+/// The certificate the running agent last said it uses (`sync::META_CERTIFICATE`).
+fn certificate_in_use(data_dir: &Path) -> Option<crate::identity::CertInfo> {
+    let conn = rusqlite::Connection::open_with_flags(
+        data_dir.join(crate::store::DB_FILE),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .ok()?;
+    let _ = conn.busy_timeout(Duration::from_secs(5));
+    let json: String = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            [crate::sync::META_CERTIFICATE],
+            |r| r.get(0),
+        )
+        .ok()?;
+    serde_json::from_str(&json).ok()
+}
+
+fn date(secs: i64) -> String {
+    shared_model::Timestamp::from_micros(secs.saturating_mul(1_000_000))
+        .to_string()
+        .chars()
+        .take(10)
+        .collect()
+}
+
 fn certificate(cfg: &RunConfig, now_secs: i64) -> Check {
     const NAME: &str = "certificate";
     let path = cfg.tls_dir.join("client.crt.pem");
@@ -153,15 +190,81 @@ fn certificate(cfg: &RunConfig, now_secs: i64) -> Check {
     if left <= 0 {
         return Check::fail(NAME, "the certificate has expired", re_enroll);
     }
-    let days = left / 86_400;
-    if left < CERT_RENEW_BEFORE.as_secs() as i64 {
+    // The running agent may use another certificate than the file's: it renews in place,
+    // and a re-run of install writes new files the running agent has not loaded.
+    let file_serial = crate::identity::CertInfo::from_pem(&pem).map(|c| c.serial);
+    let running = agent_running(&cfg.data_dir);
+    let in_use = if running {
+        certificate_in_use(&cfg.data_dir)
+    } else {
+        None
+    };
+    if let (Some(used), Some(file)) = (&in_use, &file_serial)
+        && used.serial != *file
+    {
         return Check::fail(
             NAME,
-            format!("the certificate expires in {days} days"),
+            format!(
+                "the running agent uses certificate {} (valid until {}), but {} holds {file}",
+                used.serial,
+                date(used.not_after),
+                path.display()
+            ),
+            "restart the agent to load the files (`systemctl restart mes-edge`)",
+        );
+    }
+    let (serial, not_before, not_after, whose) = match &in_use {
+        Some(used) => (
+            used.serial.clone(),
+            used.not_before,
+            used.not_after,
+            "the running agent uses",
+        ),
+        None => (
+            file_serial.unwrap_or_default(),
+            not_before,
+            not_after,
+            if running {
+                "the running agent has not said which it uses; the file holds"
+            } else {
+                "the agent is not running; the file holds"
+            },
+        ),
+    };
+    let left = not_after - now_secs;
+    if left <= 0 {
+        return Check::fail(
+            NAME,
+            format!(
+                "{whose} certificate {serial}, which expired on {}",
+                date(not_after)
+            ),
             re_enroll,
         );
     }
-    Check::pass(NAME, format!("for {cn}, valid for {days} more days"))
+    let days = left / 86_400;
+    let renew_at = crate::identity::CertInfo {
+        serial: serial.clone(),
+        common_name: cn.clone(),
+        not_before,
+        not_after,
+    }
+    .renew_at();
+    let detail = format!(
+        "{whose} certificate {serial} for {cn}, valid until {} ({days} more days; renewed automatically over sync from {})",
+        date(not_after),
+        date(renew_at)
+    );
+    if left < CERT_RENEW_BEFORE.as_secs() as i64 {
+        return Check::fail(
+            NAME,
+            format!("{detail}: it expires in {days} days and was not renewed"),
+            format!(
+                "the agent renews it over its sync session: fix the hub check; if sync works and it still is not renewed, {re_enroll}"
+            ),
+        );
+    }
+    Check::pass(NAME, detail)
 }
 
 async fn hub_and_clock(cfg: &RunConfig, now: i64) -> (Check, Check) {

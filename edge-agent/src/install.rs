@@ -381,7 +381,8 @@ fn existing_enrollment(layout: &Layout, token: &EnrollToken, now_secs: i64) -> O
 }
 
 /// The hardened unit: its own user, restart on failure, a read-only system apart from the
-/// data directory, no privileges to gain.
+/// data directory and the TLS directory (the running agent renews its certificate there), no
+/// privileges to gain.
 pub fn systemd_unit(layout: &Layout) -> String {
     format!(
         "[Unit]
@@ -399,7 +400,7 @@ Restart=on-failure
 RestartSec=5
 TimeoutStopSec=30
 LimitNOFILE=65536
-ReadWritePaths={data}
+ReadWritePaths={data} {tls}
 ProtectSystem=strict
 ProtectHome=yes
 PrivateTmp=yes
@@ -427,6 +428,7 @@ WantedBy=multi-user.target
         bin = layout.binary().display(),
         config = layout.config_file().display(),
         data = layout.data_dir().display(),
+        tls = layout.tls_dir().display(),
     )
 }
 

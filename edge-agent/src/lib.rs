@@ -8,7 +8,7 @@
 //! * [`metrics`]: Prometheus counters and histograms.
 //! * [`config`]: flags, environment and TOML configuration of `edge-agent run`.
 //! * [`server`]: wiring for `run`: store, API, retention, sync, graceful shutdown.
-//! * [`sync`]: the QUIC sync client.
+//! * [`sync`]: the QUIC sync client; [`identity`]: its certificate and key, renewed in place.
 //! * [`ui`]: the operator terminal's page and message catalogs, embedded.
 //! * [`install`]: `edge-agent install` (enrollment, files, service); [`doctor`]: the health
 //!   check; [`backup`]: online backup and restore.
@@ -17,6 +17,7 @@ pub mod api;
 pub mod backup;
 pub mod config;
 pub mod doctor;
+pub mod identity;
 pub mod install;
 pub mod master;
 pub mod metrics;

@@ -33,12 +33,17 @@ pub struct Running {
 
 /// Opens the store, binds the API and starts sync; returns once everything runs.
 pub async fn start(config: RunConfig) -> anyhow::Result<Running> {
+    start_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// [`start`] with the agent's clock given: what events are stamped with, and what decides
+/// when the certificate is renewed (tests move it).
+pub async fn start_with_clock(config: RunConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
     // One agent per data directory; `restore` checks the same lock.
     let lock = crate::backup::lock(&config.data_dir)?;
     let metrics = Arc::new(Metrics::default());
     let store = Store::open(&config.data_dir, config.site.clone(), metrics)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut state = AppState::new(store.clone(), clock.clone());
     state.hub_configured = config.hub.is_some();
     let listener = TcpListener::bind(config.http_listen)
@@ -49,11 +54,15 @@ pub async fn start(config: RunConfig) -> anyhow::Result<Running> {
     let sync = match &config.hub {
         Some(address) => {
             // Missing enrollment files are a startup error, not an endless retry loop.
-            let endpoint = sync::client_endpoint(&config.tls_dir).with_context(|| {
+            let setup = || {
                 format!(
                     "setting up sync with {address}: enroll the agent or point --tls-dir at its files"
                 )
-            })?;
+            };
+            let identity = crate::identity::load(&config.tls_dir).with_context(setup)?;
+            let endpoint = sync::bind().with_context(setup)?;
+            // A certificate the client cannot present is a startup error too.
+            sync::client_config(&identity).with_context(setup)?;
             let target = HubTarget {
                 address: address.clone(),
                 tls_dir: config.tls_dir.clone(),
@@ -63,6 +72,7 @@ pub async fn start(config: RunConfig) -> anyhow::Result<Running> {
                 endpoint,
                 target,
                 Default::default(),
+                identity,
                 shutdown_rx.clone(),
             )))
         }

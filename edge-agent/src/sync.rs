@@ -2,6 +2,12 @@
 //! `EdgeSession` against the SQLite store, and reconnects with capped exponential backoff and
 //! jitter after any failure. Cursors live in the store, so every connection resumes where the
 //! last one stopped.
+//!
+//! It also renews the certificate (`crate::identity`): once two thirds of its lifetime have
+//! passed by the agent's clock, it sends a CSR for a new key over the session, puts the hub's
+//! certificate and the key in place atomically, and reconnects at once with them (after the
+//! batches in flight are acknowledged, at most [`RECONNECT_DRAIN_MAX`]); the first session
+//! with the new certificate makes the hub revoke the old one. No restart, no backoff.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,14 +16,15 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use quinn::{Endpoint, TransportConfig};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use rustls::pki_types::ServerName;
 use sync_protocol::driver::drive_edge;
-use sync_protocol::message::ErrorCode;
+use sync_protocol::message::{ErrorCode, RenewOutcome};
 use sync_protocol::session::{EdgeSession, SessionConfig};
 use sync_protocol::store::EdgeStore;
 use tokio::sync::watch;
 
 use crate::api::AppState;
+use crate::identity::{CertInfo, Identity};
 
 /// First retry delay after a failed connection.
 pub const RETRY_DELAY_MIN: Duration = Duration::from_millis(250);
@@ -31,6 +38,15 @@ pub const READ_BUFFER_BYTES: usize = 64 * 1024;
 pub const STATUS_EVERY_TICKS: u64 = 5;
 /// Safety net for a missed outbox notification.
 pub const OUTBOX_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// After a refused or failed renewal, the next attempt waits this long (the hub allows one a
+/// minute per site; the certificate has a third of its lifetime left).
+pub const RENEW_RETRY_AFTER: Duration = Duration::from_secs(10 * 60);
+/// After a renewal the session ends once its batches in flight are acknowledged, or after
+/// this long anyway (the rest is resent on the next connection, ingest is idempotent).
+pub const RECONNECT_DRAIN_MAX: Duration = Duration::from_secs(2);
+/// The `meta` key holding the certificate the running agent uses (`CertInfo` as JSON), for
+/// `edge-agent doctor`.
+pub const META_CERTIFICATE: &str = "sync_certificate";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -47,6 +63,8 @@ pub enum SyncError {
     Quic(String),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Identity(#[from] crate::identity::IdentityError),
 }
 
 /// Where the hub is and how to prove who we are.
@@ -58,34 +76,30 @@ pub struct HubTarget {
     pub tls_dir: PathBuf,
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, SyncError> {
-    std::fs::read(path).map_err(|source| SyncError::Read {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// Builds the client endpoint; fails early (at startup) when enrollment files are missing.
+/// Builds the client endpoint with the TLS directory's certificate as its default; fails
+/// early (at startup) when enrollment files are missing.
 pub fn client_endpoint(tls_dir: &Path) -> Result<Endpoint, SyncError> {
-    let config = client_config(tls_dir)?;
-    let bind: SocketAddr = "0.0.0.0:0"
-        .parse()
-        .map_err(|_| SyncError::Quic("bind address".into()))?;
-    let mut endpoint = Endpoint::client(bind).map_err(|e| SyncError::Quic(e.to_string()))?;
-    endpoint.set_default_client_config(config);
+    let identity = crate::identity::load(tls_dir)?;
+    let mut endpoint = bind()?;
+    endpoint.set_default_client_config(client_config(&identity)?);
     Ok(endpoint)
 }
 
-/// The QUIC client configuration of the site in `tls_dir`: TLS 1.3 with its certificate,
-/// the CA as the only root, ALPN, keep-alive and idle timeout.
-pub fn client_config(tls_dir: &Path) -> Result<quinn::ClientConfig, SyncError> {
+/// A client endpoint without a default configuration: every connection brings its own
+/// ([`client_config`]), so a renewed certificate is used without a new endpoint.
+pub fn bind() -> Result<Endpoint, SyncError> {
+    let bind: SocketAddr = "0.0.0.0:0"
+        .parse()
+        .map_err(|_| SyncError::Quic("bind address".into()))?;
+    Endpoint::client(bind).map_err(|e| SyncError::Quic(e.to_string()))
+}
+
+/// The QUIC client configuration presenting `identity`.
+pub fn client_config(identity: &Identity) -> Result<quinn::ClientConfig, SyncError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let ca = CertificateDer::from_pem_slice(&read(&tls_dir.join("ca.crt.pem"))?)
-        .map_err(|e| SyncError::Tls(format!("ca.crt.pem: {e}")))?;
-    let cert = CertificateDer::from_pem_slice(&read(&tls_dir.join("client.crt.pem"))?)
-        .map_err(|e| SyncError::Tls(format!("client.crt.pem: {e}")))?;
-    let key = PrivateKeyDer::from_pem_slice(&read(&tls_dir.join("client.key.pem"))?)
-        .map_err(|e| SyncError::Tls(format!("client.key.pem: {e}")))?;
+    let ca = identity.ca()?;
+    let cert = identity.certificate()?;
+    let key = identity.private_key()?;
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(ca)
@@ -125,25 +139,89 @@ fn jitter(max: Duration) -> Duration {
     Duration::from_millis(mixed % max_ms)
 }
 
-/// Runs until `shutdown` turns true: connect, sync, and back off after failures.
+/// The certificate the running agent syncs with, and when it may next try to renew it.
+#[derive(Debug)]
+pub struct Renewal {
+    pub identity: Identity,
+    /// After a refused or failed attempt: not before this time (µs, the agent's clock).
+    retry_at_micros: Option<i64>,
+}
+
+impl Renewal {
+    pub fn new(identity: Identity) -> Self {
+        Self {
+            identity,
+            retry_at_micros: None,
+        }
+    }
+
+    fn due(&self, now: shared_model::Timestamp) -> bool {
+        self.identity
+            .renewal_due(now.as_micros().div_euclid(1_000_000))
+            && self.retry_at_micros.is_none_or(|t| now.as_micros() >= t)
+    }
+
+    fn failed(&mut self, now: shared_model::Timestamp) {
+        self.retry_at_micros = Some(
+            now.as_micros()
+                .saturating_add(RENEW_RETRY_AFTER.as_micros() as i64),
+        );
+    }
+}
+
+/// Shows the certificate the agent now uses: in the sync status and metrics, and in the
+/// store's `meta` for `edge-agent doctor`.
+pub async fn announce_certificate(state: &AppState, info: &CertInfo) {
+    *state.certificate.write().unwrap_or_else(|p| p.into_inner()) = Some(info.clone());
+    let json = serde_json::to_string(info).unwrap_or_default();
+    if let Err(e) = state.store.set_meta(META_CERTIFICATE, json).await {
+        tracing::warn!(error = %e, "cannot record the certificate in use for doctor");
+    }
+}
+
+/// Runs until `shutdown` turns true: connect, sync, and back off after failures. After a
+/// renewal it reconnects at once with the new certificate.
 pub async fn run(
     state: AppState,
     endpoint: Endpoint,
     target: HubTarget,
     config: SessionConfig,
+    identity: Identity,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut renewal = Renewal::new(identity);
+    announce_certificate(&state, &renewal.identity.info).await;
     let mut delay = RETRY_DELAY_MIN;
     loop {
         if *shutdown.borrow() {
             break;
         }
         let started = Instant::now();
-        match connect_and_sync(&state, &endpoint, &target, config.clone(), &mut shutdown).await {
-            Ok(()) => tracing::info!("sync connection closed"),
-            Err(e) => tracing::warn!(error = %e, hub = %target.address, "sync connection failed"),
-        }
+        let renewed = match connect_and_sync(
+            &state,
+            &endpoint,
+            &target,
+            config.clone(),
+            &mut renewal,
+            &mut shutdown,
+        )
+        .await
+        {
+            Ok(renewed) => {
+                tracing::info!("sync connection closed");
+                renewed
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, hub = %target.address, "sync connection failed");
+                false
+            }
+        };
         state.connected.store(false, Ordering::Relaxed);
+        if renewed {
+            // Straight back with the new certificate: no backoff, no gap worth the name.
+            delay = RETRY_DELAY_MIN;
+            continue;
+        }
         // A connection that lived a while resets the backoff.
         if started.elapsed() > RETRY_DELAY_MAX {
             delay = RETRY_DELAY_MIN;
@@ -160,13 +238,15 @@ pub async fn run(
     endpoint.wait_idle().await;
 }
 
+/// One connection. `Ok(true)` when it ended to use a renewed certificate.
 async fn connect_and_sync(
     state: &AppState,
     endpoint: &Endpoint,
     target: &HubTarget,
     config: SessionConfig,
+    renewal: &mut Renewal,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), SyncError> {
+) -> Result<bool, SyncError> {
     let addr = tokio::net::lookup_host(&target.address)
         .await
         .map_err(|_| SyncError::Resolve(target.address.clone()))?
@@ -182,7 +262,11 @@ async fn connect_and_sync(
     let server_name = ServerName::try_from(host.clone())
         .map_err(|_| SyncError::Tls(format!("{host} is not a valid server name")))?;
     let conn = endpoint
-        .connect(addr, &server_name.to_str())
+        .connect_with(
+            client_config(&renewal.identity)?,
+            addr,
+            &server_name.to_str(),
+        )
         .map_err(|e| SyncError::Quic(e.to_string()))?
         .await
         .map_err(|e| SyncError::Quic(e.to_string()))?;
@@ -199,9 +283,20 @@ async fn connect_and_sync(
     let mut outbox_poll = tokio::time::interval(OUTBOX_POLL_INTERVAL);
     let mut ticks: u64 = 0;
     let mut repairing = false;
+    // The key of a renewal asked on this session, until the hub answers.
+    let mut renewal_key: Option<String> = None;
+    // A renewed certificate is in place: end this session to use it.
+    let mut reconnect_since: Option<Instant> = None;
     loop {
         match drive_edge(&mut session, store, now()).await {
             Ok(report) => {
+                if let Some(outcome) = report.renewal
+                    && let Some(info) =
+                        renewed(state, target, renewal, renewal_key.take(), outcome).await
+                {
+                    tracing::info!(serial = %info.serial, "renewed certificate in place; reconnecting with it");
+                    reconnect_since = Some(Instant::now());
+                }
                 if report.connected {
                     state.connected.store(true, Ordering::Relaxed);
                     tracing::info!(hub = %target.address, "connected to the hub");
@@ -218,6 +313,34 @@ async fn connect_and_sync(
                 }
             }
             Err(e) => tracing::warn!(error = %e, "store failure during sync; reconnecting"),
+        }
+        if session.can_renew() && reconnect_since.is_none() && renewal.due(state.now()) {
+            match crate::identity::new_key_and_csr() {
+                Ok((key, csr)) => match session.request_renewal(now(), csr) {
+                    Ok(()) => {
+                        tracing::info!(serial = %renewal.identity.info.serial, "two thirds of the certificate's lifetime passed: renewing it");
+                        renewal_key = Some(key);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot ask for a renewal");
+                        renewal.failed(state.now());
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot make a key pair for the renewal");
+                    renewal.failed(state.now());
+                }
+            }
+        }
+        if let Some(since) = reconnect_since
+            && !session.is_closed()
+            && (session.inflight_batches() == 0 || since.elapsed() >= RECONNECT_DRAIN_MAX)
+        {
+            session.close(
+                now(),
+                ErrorCode::ShuttingDown,
+                "reconnecting with the renewed certificate",
+            );
         }
         if repairing && !session.repair_in_progress() {
             repairing = false;
@@ -244,7 +367,7 @@ async fn connect_and_sync(
             let _ = send.finish();
             let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
             conn.close(0u32.into(), b"");
-            return Ok(());
+            return Ok(reconnect_since.is_some());
         }
         let deadline = session
             .poll_timeout()
@@ -269,6 +392,76 @@ async fn connect_and_sync(
                 }
             }
             _ = shutdown.changed() => session.close(now(), ErrorCode::ShuttingDown, "edge agent shutting down"),
+        }
+    }
+}
+
+/// Takes the hub's answer to a renewal: checks the certificate (this site, the key made for
+/// it, not expired), writes it with its key atomically and makes it the identity of the next
+/// connection. `Some` when that happened; otherwise the old certificate stays and the next
+/// attempt waits [`RENEW_RETRY_AFTER`].
+async fn renewed(
+    state: &AppState,
+    target: &HubTarget,
+    renewal: &mut Renewal,
+    key: Option<String>,
+    outcome: RenewOutcome,
+) -> Option<CertInfo> {
+    let now = state.now();
+    let certificate_pem = match outcome {
+        RenewOutcome::Issued { certificate_pem } => certificate_pem,
+        RenewOutcome::Refused { message } => {
+            tracing::warn!(%message, "the hub refused to renew the certificate; trying again later");
+            renewal.failed(now);
+            return None;
+        }
+    };
+    let Some(key) = key else {
+        renewal.failed(now);
+        return None;
+    };
+    let check = || -> Result<(), String> {
+        let info = CertInfo::from_pem(certificate_pem.as_bytes())
+            .ok_or("the renewed certificate does not parse")?;
+        if info.common_name != renewal.identity.info.common_name {
+            return Err(format!(
+                "the renewed certificate is for {}, not {}",
+                info.common_name, renewal.identity.info.common_name
+            ));
+        }
+        if info.not_after <= now.as_micros().div_euclid(1_000_000) {
+            return Err("the renewed certificate has already expired".into());
+        }
+        Ok(())
+    };
+    if let Err(e) = check() {
+        tracing::warn!(error = %e, "renewed certificate refused; keeping the current one");
+        renewal.failed(now);
+        return None;
+    }
+    let (dir, ca) = (target.tls_dir.clone(), renewal.identity.ca_pem.clone());
+    let written = tokio::task::spawn_blocking(move || {
+        crate::identity::install_renewed(&dir, ca, &key, &certificate_pem)
+    })
+    .await;
+    match written {
+        Ok(Ok(identity)) => {
+            let info = identity.info.clone();
+            renewal.identity = identity;
+            renewal.retry_at_micros = None;
+            state.certificate_renewals.fetch_add(1, Ordering::Relaxed);
+            announce_certificate(state, &info).await;
+            Some(info)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot write the renewed certificate; keeping the current one");
+            renewal.failed(now);
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "writing the renewed certificate failed");
+            renewal.failed(now);
+            None
         }
     }
 }

@@ -33,6 +33,11 @@ pub struct DriveReport {
     pub events_ingested: u64,
     pub events_duplicate: u64,
     pub down_applied_cursor: Option<u64>,
+    /// Hub: the edge asked for a renewed certificate (its CSR, PEM). Signing is the caller's
+    /// (the store has no CA); answer with `HubSession::send_renewal`.
+    pub renewal_request: Option<String>,
+    /// Edge: the hub answered the renewal request. Writing the files is the caller's.
+    pub renewal: Option<crate::message::RenewOutcome>,
 }
 
 /// Drives an edge session until it has no more work. A store failure closes the session with
@@ -103,6 +108,7 @@ async fn drive_edge_inner<S: EdgeStore>(
                     .await
                     .map_err(DriveError::Store)?;
             }
+            EdgeEvent::Renewal(outcome) => report.renewal = Some(outcome),
         }
     }
     Ok(())
@@ -255,6 +261,7 @@ async fn drive_hub_inner<S: HubStore>(
                     .await
                     .map_err(DriveError::Store)?;
             }
+            HubEvent::RenewCertificate { csr_pem } => report.renewal_request = Some(csr_pem),
         }
     }
     Ok(())

@@ -23,8 +23,11 @@ pub mod capability {
     pub const REPAIR: u64 = 1 << 3;
     /// Edge status reports (outbox depth and age) for the hub's per-site view.
     pub const STATUS: u64 = 1 << 4;
+    /// The edge renews its client certificate over the session (a CSR up, a certificate
+    /// down).
+    pub const RENEW: u64 = 1 << 5;
     /// Everything this build implements.
-    pub const ALL_V1: u64 = EVENTS | RECORD_CHANGES | DOWN_SYNC | REPAIR | STATUS;
+    pub const ALL_V1: u64 = EVENTS | RECORD_CHANGES | DOWN_SYNC | REPAIR | STATUS | RENEW;
 }
 
 /// Longest record id, like the other textual ids.
@@ -39,6 +42,9 @@ pub const HEADS_PER_RECORD_MAX: usize = 1_024;
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1_024;
 /// Longest agent version string.
 pub const AGENT_VERSION_BYTES_MAX: usize = 64;
+/// Longest certificate signing request (PEM) in a renewal request, and longest certificate
+/// (PEM) or refusal in its answer: a site certificate is about 700 bytes.
+pub const CERT_PEM_BYTES_MAX: usize = 16 * 1024;
 
 /// The numeric type of each message, the `u16` in the frame header. Values are forever.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -54,13 +60,15 @@ pub enum MessageType {
     HeadsSummary = 0x0030,
     RepairChanges = 0x0031,
     EdgeStatus = 0x0040,
+    CertRenewRequest = 0x0050,
+    CertRenewResponse = 0x0051,
     Error = 0x00F0,
     Ping = 0x00F1,
     Pong = 0x00F2,
 }
 
 impl MessageType {
-    pub const ALL: [MessageType; 13] = [
+    pub const ALL: [MessageType; 15] = [
         MessageType::Hello,
         MessageType::Welcome,
         MessageType::EventBatch,
@@ -71,6 +79,8 @@ impl MessageType {
         MessageType::HeadsSummary,
         MessageType::RepairChanges,
         MessageType::EdgeStatus,
+        MessageType::CertRenewRequest,
+        MessageType::CertRenewResponse,
         MessageType::Error,
         MessageType::Ping,
         MessageType::Pong,
@@ -92,6 +102,8 @@ impl MessageType {
             MessageType::HeadsSummary => "heads_summary",
             MessageType::RepairChanges => "repair_changes",
             MessageType::EdgeStatus => "edge_status",
+            MessageType::CertRenewRequest => "cert_renew_request",
+            MessageType::CertRenewResponse => "cert_renew_response",
             MessageType::Error => "error",
             MessageType::Ping => "ping",
             MessageType::Pong => "pong",
@@ -311,6 +323,31 @@ pub struct EdgeStatus {
     pub oldest_pending_at: Option<Timestamp>,
 }
 
+/// The edge asks for a new client certificate (capability `RENEW`): a PKCS#10 request for a
+/// key pair it just made. The hub signs it for the site of the session's TLS certificate
+/// (never the CSR's subject) and answers with [`CertRenewResponse`]. One per session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRenewRequest {
+    /// PEM, at most [`CERT_PEM_BYTES_MAX`] bytes.
+    pub csr_pem: String,
+}
+
+/// What became of a renewal request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RenewOutcome {
+    /// The new certificate (PEM), recorded by the hub; the edge uses it from its next
+    /// connection on, and its first use revokes the certificate it replaces.
+    Issued { certificate_pem: String },
+    /// Not renewed (a malformed CSR, too soon after the last renewal, the hub's database
+    /// unavailable): the edge keeps its certificate and tries again later.
+    Refused { message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRenewResponse {
+    pub outcome: RenewOutcome,
+}
+
 /// Why a session is being closed. The numeric values are on the wire and never change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
@@ -396,14 +433,19 @@ pub struct ErrorFrame {
 impl ErrorFrame {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         let mut message = message.into();
-        if message.len() > ERROR_MESSAGE_BYTES_MAX {
-            let mut cut = ERROR_MESSAGE_BYTES_MAX;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
+        truncate_utf8(&mut message, ERROR_MESSAGE_BYTES_MAX);
         Self { code, message }
+    }
+}
+
+/// Cuts `s` to at most `max` bytes, at a character boundary.
+pub(crate) fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
     }
 }
 
@@ -430,6 +472,8 @@ pub enum Message {
     HeadsSummary(HeadsSummary),
     RepairChanges(RepairChanges),
     EdgeStatus(EdgeStatus),
+    CertRenewRequest(CertRenewRequest),
+    CertRenewResponse(CertRenewResponse),
     Error(ErrorFrame),
     Ping(Ping),
     Pong(Pong),
@@ -448,6 +492,8 @@ impl Message {
             Message::HeadsSummary(_) => MessageType::HeadsSummary,
             Message::RepairChanges(_) => MessageType::RepairChanges,
             Message::EdgeStatus(_) => MessageType::EdgeStatus,
+            Message::CertRenewRequest(_) => MessageType::CertRenewRequest,
+            Message::CertRenewResponse(_) => MessageType::CertRenewResponse,
             Message::Error(_) => MessageType::Error,
             Message::Ping(_) => MessageType::Ping,
             Message::Pong(_) => MessageType::Pong,
@@ -467,6 +513,8 @@ impl Message {
             Message::HeadsSummary(m) => postcard::to_extend(m, out),
             Message::RepairChanges(m) => postcard::to_extend(m, out),
             Message::EdgeStatus(m) => postcard::to_extend(m, out),
+            Message::CertRenewRequest(m) => postcard::to_extend(m, out),
+            Message::CertRenewResponse(m) => postcard::to_extend(m, out),
             Message::Error(m) => postcard::to_extend(m, out),
             Message::Ping(m) => postcard::to_extend(m, out),
             Message::Pong(m) => postcard::to_extend(m, out),
@@ -495,6 +543,8 @@ impl Message {
             MessageType::HeadsSummary => Message::HeadsSummary(exact(body)?),
             MessageType::RepairChanges => Message::RepairChanges(exact(body)?),
             MessageType::EdgeStatus => Message::EdgeStatus(exact(body)?),
+            MessageType::CertRenewRequest => Message::CertRenewRequest(exact(body)?),
+            MessageType::CertRenewResponse => Message::CertRenewResponse(exact(body)?),
             MessageType::Error => Message::Error(exact(body)?),
             MessageType::Ping => Message::Ping(exact(body)?),
             MessageType::Pong => Message::Pong(exact(body)?),

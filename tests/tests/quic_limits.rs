@@ -185,7 +185,8 @@ impl RawClient {
                 false,
                 None,
             ),
-            config: edge_agent::sync::client_config(&tls(h, site)).unwrap(),
+            config: edge_agent::sync::client_config(&edge_agent::identity::load(&tls(h, site)).unwrap())
+                .unwrap(),
             conns: Vec::new(),
             index: Default::default(),
         }

@@ -518,6 +518,42 @@ BEGIN
 END
 $fn$;
 "#,
+    // Revocation per certificate (docs/operations.md, "Certificates"): every site certificate
+    // the hub issues is recorded; a session is admitted only if its certificate's row is not
+    // revoked. `certs_revoked_before` is when the site was last revoked: a certificate without
+    // a row (issued before this registry existed) that is older than that is refused, so a
+    // stolen pre-upgrade certificate stays out after the site is re-admitted.
+    r#"
+CREATE TABLE certificates (
+    serial         text PRIMARY KEY CHECK (serial ~ '^[0-9a-f]{1,42}$'),
+    fingerprint    bytea NOT NULL UNIQUE CHECK (length(fingerprint) = 32),
+    site_id        varchar(20) NOT NULL REFERENCES sites (site_id),
+    source         text NOT NULL CHECK (source IN ('bundle', 'enrollment', 'renewal', 'legacy')),
+    renewed_from   text REFERENCES certificates (serial),
+    not_before     timestamptz NOT NULL,
+    not_after      timestamptz NOT NULL,
+    issued_at      timestamptz NOT NULL DEFAULT now(),
+    first_used_at  timestamptz,
+    revoked_at     timestamptz,
+    revoke_reason  text
+);
+CREATE INDEX certificates_site ON certificates (site_id, issued_at);
+CREATE INDEX certificates_renewed_from ON certificates (renewed_from) WHERE renewed_from IS NOT NULL;
+ALTER TABLE certificates ENABLE ROW LEVEL SECURITY;
+CREATE POLICY site_scope ON certificates TO mes_hub
+    USING (site_id = current_setting('app.current_site_id', true))
+    WITH CHECK (site_id = current_setting('app.current_site_id', true));
+CREATE POLICY hq_read ON certificates FOR SELECT TO mes_reporting USING (true);
+GRANT SELECT, INSERT, UPDATE ON certificates TO mes_hub;
+GRANT SELECT ON certificates TO mes_reporting;
+
+ALTER TABLE sites
+    ADD COLUMN certs_revoked_before timestamptz,
+    -- The serial of the certificate the site's last session presented.
+    ADD COLUMN cert_serial text;
+-- Outstanding tokens die with `site revoke` and are not revived by `site add`.
+ALTER TABLE enroll_tokens ADD COLUMN revoked_at timestamptz;
+"#,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -63,6 +63,10 @@ pub struct AppState {
     pub sessions: Arc<session::Sessions>,
     /// Whether a hub is configured at all (a standalone edge shows no "offline" alarm).
     pub hub_configured: bool,
+    /// The certificate the sync client presents (after a renewal, the new one).
+    pub certificate: Arc<std::sync::RwLock<Option<crate::identity::CertInfo>>>,
+    /// Certificates renewed by this process.
+    pub certificate_renewals: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl AppState {
@@ -75,7 +79,17 @@ impl AppState {
             connected: Arc::default(),
             sessions: Arc::default(),
             hub_configured: false,
+            certificate: Arc::default(),
+            certificate_renewals: Arc::default(),
         }
+    }
+
+    /// The certificate the sync client presents, if it syncs.
+    pub fn certificate(&self) -> Option<crate::identity::CertInfo> {
+        self.certificate
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Whether an API key is one the CLI created (cached once seen valid).
@@ -265,6 +279,16 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
                 "# HELP edge_terminal_sessions Badge sessions of operator terminals.\n# TYPE edge_terminal_sessions gauge\nedge_terminal_sessions {}\n",
                 state.sessions.len()
             ));
+            if let Some(cert) = state.certificate() {
+                let left = cert.not_after - state.now().as_micros().div_euclid(1_000_000);
+                text.push_str(&format!(
+                    "# HELP edge_sync_certificate_expiry_seconds Seconds until the certificate the sync client presents expires.\n# TYPE edge_sync_certificate_expiry_seconds gauge\nedge_sync_certificate_expiry_seconds {left}\n"
+                ));
+            }
+            text.push_str(&format!(
+                "# HELP edge_sync_certificate_renewals_total Certificates renewed over the sync session by this process.\n# TYPE edge_sync_certificate_renewals_total counter\nedge_sync_certificate_renewals_total {}\n",
+                state.certificate_renewals.load(std::sync::atomic::Ordering::Relaxed)
+            ));
             text
         },
     )
@@ -280,6 +304,11 @@ async fn sync_status(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
         "pending_events": p.events,
         "pending_changes": p.changes,
         "last_sync_at": last,
+        "certificate": state.certificate().map(|c| json!({
+            "serial": c.serial,
+            "not_after": shared_model::Timestamp::from_micros(c.not_after.saturating_mul(1_000_000)),
+            "renew_at": shared_model::Timestamp::from_micros(c.renew_at().saturating_mul(1_000_000)),
+        })),
     })))
 }
 

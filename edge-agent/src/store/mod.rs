@@ -286,6 +286,19 @@ impl Store {
         }
     }
 
+    /// Sets a key of the `meta` table.
+    pub async fn set_meta(&self, key: &'static str, value: String) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                rusqlite::params![key, value],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Removes a key from the `meta` table.
     pub async fn delete_meta(&self, key: &'static str) -> Result<(), StoreError> {
         self.write(move |c| {

@@ -8,8 +8,9 @@ use shared_model::{SiteId, Timestamp};
 use super::{BatchPacker, CloseReason, Core, SessionConfig, SessionError, decode_error_code};
 use crate::PROTOCOL_VERSION;
 use crate::message::{
-    Ack, DownAck, DownBatch, EdgeStatus, ErrorCode, Hello, Message, MessageType, Pong,
-    RecordChange, RecordHeads, RecordId, capability,
+    Ack, CERT_PEM_BYTES_MAX, CertRenewRequest, DownAck, DownBatch, ERROR_MESSAGE_BYTES_MAX,
+    EdgeStatus, ErrorCode, Hello, Message, MessageType, Pong, RecordChange, RecordHeads, RecordId,
+    RenewOutcome, capability,
 };
 use crate::store::{OutboxEntry, OutboxItem};
 
@@ -49,7 +50,18 @@ pub enum EdgeEvent {
     RepairChanges {
         changes: Vec<RecordChange>,
     },
+    /// The hub answered [`EdgeSession::request_renewal`]: a new certificate for the key the
+    /// CSR was made from, or why not.
+    Renewal(RenewOutcome),
     Closed(CloseReason),
+}
+
+/// Where a session is with certificate renewal (one per session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Renewal {
+    Idle,
+    Pending,
+    Answered,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +105,7 @@ pub struct EdgeSession {
     down_received_cursor: u64,
     down_pending_apply: VecDeque<u64>,
     repair: Repair,
+    renewal: Renewal,
 }
 
 impl EdgeSession {
@@ -125,6 +138,7 @@ impl EdgeSession {
             down_received_cursor: down_cursor,
             down_pending_apply: VecDeque::new(),
             repair: Repair::Idle,
+            renewal: Renewal::Idle,
         }
     }
 
@@ -409,6 +423,31 @@ impl EdgeSession {
         }
     }
 
+    /// Whether [`EdgeSession::request_renewal`] would be accepted now: established, the hub
+    /// speaks `RENEW`, and no renewal was asked on this session yet.
+    pub fn can_renew(&self) -> bool {
+        self.state == State::Established
+            && self.capabilities & capability::RENEW != 0
+            && self.renewal == Renewal::Idle
+    }
+
+    /// Asks the hub to sign `csr_pem` (PEM, for a key pair the caller just made and keeps
+    /// until the answer, [`EdgeEvent::Renewal`]). One per session.
+    pub fn request_renewal(&mut self, now: Duration, csr_pem: String) -> Result<(), SessionError> {
+        if self.state == State::Closed {
+            return Err(SessionError::Closed);
+        }
+        if !self.can_renew() || csr_pem.len() > CERT_PEM_BYTES_MAX {
+            return Err(SessionError::RenewalUnavailable);
+        }
+        self.core.send(
+            now,
+            &Message::CertRenewRequest(CertRenewRequest { csr_pem }),
+        )?;
+        self.renewal = Renewal::Pending;
+        Ok(())
+    }
+
     /// Ends the session on our side (shutdown): the hub gets an error frame saying why.
     pub fn close(&mut self, now: Duration, code: ErrorCode, message: impl Into<String>) {
         self.fail(now, code, message.into());
@@ -535,6 +574,25 @@ impl EdgeSession {
             {
                 self.events
                     .push_back(EdgeEvent::RepairChanges { changes: r.changes });
+            }
+            (State::Established, Message::CertRenewResponse(r))
+                if self.renewal == Renewal::Pending =>
+            {
+                let too_long = match &r.outcome {
+                    RenewOutcome::Issued { certificate_pem } => {
+                        certificate_pem.len() > CERT_PEM_BYTES_MAX
+                    }
+                    RenewOutcome::Refused { message } => message.len() > ERROR_MESSAGE_BYTES_MAX,
+                };
+                if too_long {
+                    return self.fail(
+                        now,
+                        ErrorCode::LimitExceeded,
+                        "certificate renewal answer over its limit".into(),
+                    );
+                }
+                self.renewal = Renewal::Answered;
+                self.events.push_back(EdgeEvent::Renewal(r.outcome));
             }
             _ => self.unexpected(now, ty),
         }

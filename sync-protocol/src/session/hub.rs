@@ -9,8 +9,9 @@ use super::edge::{send_heads_frames, send_repair_frames};
 use super::{BatchPacker, CloseReason, Core, SessionConfig, SessionError, decode_error_code};
 use crate::PROTOCOL_VERSION;
 use crate::message::{
-    Ack, DownItem, EdgeStatus, ErrorCode, HEADS_PER_RECORD_MAX, Message, MessageType, Pong,
-    RecordChange, RecordHeads, RecordId, Welcome, capability,
+    Ack, CERT_PEM_BYTES_MAX, CertRenewResponse, DownItem, ERROR_MESSAGE_BYTES_MAX, EdgeStatus,
+    ErrorCode, HEADS_PER_RECORD_MAX, Message, MessageType, Pong, RecordChange, RecordHeads,
+    RecordId, RenewOutcome, Welcome, capability,
 };
 use crate::store::DownEntry;
 
@@ -60,7 +61,21 @@ pub enum HubEvent {
     },
     /// The edge reported its backlog.
     EdgeStatus(EdgeStatus),
+    /// The edge asks for a renewed certificate: sign `csr_pem` for this session's site (the
+    /// TLS certificate's, never the CSR's subject), record it, and answer with
+    /// [`HubSession::send_renewal`]. At most one per session.
+    RenewCertificate {
+        csr_pem: String,
+    },
     Closed(CloseReason),
+}
+
+/// Where a session is with certificate renewal (one per session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Renewal {
+    Idle,
+    Requested,
+    Answered,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +109,7 @@ pub struct HubSession {
     down_maybe_more: bool,
     /// The last record of the edge's previous heads page, where the next page's range starts.
     repair_after: Option<RecordId>,
+    renewal: Renewal,
 }
 
 impl HubSession {
@@ -117,6 +133,7 @@ impl HubSession {
             down_requested: false,
             down_maybe_more: true,
             repair_after: None,
+            renewal: Renewal::Idle,
         }
     }
 
@@ -324,6 +341,42 @@ impl HubSession {
             return Ok(());
         }
         send_heads_frames(&mut self.core, now, records, true, true)
+    }
+
+    /// Answers [`HubEvent::RenewCertificate`]. A certificate too long for the wire becomes a
+    /// refusal; a refusal's words are cut to [`ERROR_MESSAGE_BYTES_MAX`], like an error's.
+    pub fn send_renewal(
+        &mut self,
+        now: Duration,
+        outcome: RenewOutcome,
+    ) -> Result<(), SessionError> {
+        if self.state == State::Closed {
+            return Err(SessionError::Closed);
+        }
+        if self.renewal != Renewal::Requested {
+            return Err(SessionError::NotRequested);
+        }
+        self.renewal = Renewal::Answered;
+        let outcome = match outcome {
+            RenewOutcome::Issued { certificate_pem }
+                if certificate_pem.len() > CERT_PEM_BYTES_MAX =>
+            {
+                RenewOutcome::Refused {
+                    message: "the hub's certificate is too long for the wire".into(),
+                }
+            }
+            RenewOutcome::Refused { mut message } => {
+                crate::message::truncate_utf8(&mut message, ERROR_MESSAGE_BYTES_MAX);
+                RenewOutcome::Refused { message }
+            }
+            issued => issued,
+        };
+        self.core
+            .send(
+                now,
+                &Message::CertRenewResponse(CertRenewResponse { outcome }),
+            )
+            .map_err(SessionError::from)
     }
 
     pub fn close(&mut self, now: Duration, code: ErrorCode, message: impl Into<String>) {
@@ -558,6 +611,31 @@ impl HubSession {
                 if self.capabilities & capability::STATUS != 0 =>
             {
                 self.events.push_back(HubEvent::EdgeStatus(status));
+            }
+            (State::Established, Message::CertRenewRequest(r))
+                if self.capabilities & capability::RENEW != 0 =>
+            {
+                // Signing is work for the hub: one per session bounds what an edge can ask.
+                if self.renewal != Renewal::Idle {
+                    return self.fail(
+                        now,
+                        ErrorCode::LimitExceeded,
+                        "one certificate renewal per session".into(),
+                    );
+                }
+                if r.csr_pem.len() > CERT_PEM_BYTES_MAX {
+                    return self.fail(
+                        now,
+                        ErrorCode::LimitExceeded,
+                        format!(
+                            "a certificate signing request is at most {CERT_PEM_BYTES_MAX} bytes, got {}",
+                            r.csr_pem.len()
+                        ),
+                    );
+                }
+                self.renewal = Renewal::Requested;
+                self.events
+                    .push_back(HubEvent::RenewCertificate { csr_pem: r.csr_pem });
             }
             (state, _) => self.fail(
                 now,

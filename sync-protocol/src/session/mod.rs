@@ -108,6 +108,10 @@ pub enum SessionError {
     NotIncreasing { previous: u64, got: u64 },
     #[error("nothing was requested that this completes")]
     NotRequested,
+    #[error(
+        "certificate renewal is not available on this session (not established, capability not negotiated, already asked, or the request is too long)"
+    )]
+    RenewalUnavailable,
     #[error(transparent)]
     Encode(#[from] EncodeError),
 }

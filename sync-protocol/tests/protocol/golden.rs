@@ -84,6 +84,8 @@ fn type_numbers_are_stable() {
         (MessageType::HeadsSummary, 0x0030),
         (MessageType::RepairChanges, 0x0031),
         (MessageType::EdgeStatus, 0x0040),
+        (MessageType::CertRenewRequest, 0x0050),
+        (MessageType::CertRenewResponse, 0x0051),
         (MessageType::Error, 0x00F0),
         (MessageType::Ping, 0x00F1),
         (MessageType::Pong, 0x00F2),

@@ -146,6 +146,10 @@ pub(crate) fn all_master_records() -> Vec<MasterRecord> {
     ]
 }
 
+/// A certificate signing request as the edge sends it (shortened: the protocol does not parse
+/// it, the hub does).
+pub(crate) const CSR_PEM: &str = "-----BEGIN CERTIFICATE REQUEST-----\nMIHKMHICAQAwADBZMBMGByqGSM49AgEG\n-----END CERTIFICATE REQUEST-----\n";
+
 /// The capability set the v1 fixtures were written with. Fixtures never change, so samples
 /// name their values instead of following `ALL_V1` as it grows.
 const FIXTURE_CAPABILITIES: u64 =
@@ -265,6 +269,28 @@ pub(crate) fn all_messages() -> Vec<(&'static str, Message)> {
                 pending_events: 512_000,
                 pending_changes: 3,
                 oldest_pending_at: Some(T0),
+            }),
+        ),
+        (
+            "cert_renew_request",
+            Message::CertRenewRequest(CertRenewRequest {
+                csr_pem: CSR_PEM.into(),
+            }),
+        ),
+        (
+            "cert_renew_response",
+            Message::CertRenewResponse(CertRenewResponse {
+                outcome: RenewOutcome::Issued {
+                    certificate_pem: "-----BEGIN CERTIFICATE-----\nMIIBnjCCAUSgAwIBAgIQ\n-----END CERTIFICATE-----\n".into(),
+                },
+            }),
+        ),
+        (
+            "cert_renew_response_refused",
+            Message::CertRenewResponse(CertRenewResponse {
+                outcome: RenewOutcome::Refused {
+                    message: "renewed 12 s ago; at most one renewal a minute".into(),
+                },
             }),
         ),
         ("ping", Message::Ping(Ping { nonce: 42 })),

@@ -66,6 +66,137 @@ fn edge_output(edge: &mut EdgeSession) -> Vec<Message> {
     out
 }
 
+fn renew_request() -> Vec<u8> {
+    encode(Message::CertRenewRequest(CertRenewRequest {
+        csr_pem: crate::samples::CSR_PEM.into(),
+    }))
+}
+
+fn renew_refused(message: &str) -> Vec<u8> {
+    encode(Message::CertRenewResponse(CertRenewResponse {
+        outcome: RenewOutcome::Refused {
+            message: message.into(),
+        },
+    }))
+}
+
+/// Moves every frame queued at the edge into the hub, and back.
+fn exchange(lb: &mut Loopback) {
+    while let Some(f) = lb.edge.poll_transmit() {
+        lb.hub.handle_frame(lb.now, &f);
+    }
+    while let Some(f) = lb.hub.poll_transmit() {
+        lb.edge.handle_frame(lb.now, &f);
+    }
+}
+
+/// Renewal rides on an established session: the CSR goes up, the hub's driver hands it to
+/// its caller (who signs it), the certificate comes down to the edge's caller, and the
+/// session carries on syncing. One renewal per session, asked by the edge only.
+#[test]
+fn a_certificate_is_renewed_over_the_session_and_sync_goes_on() {
+    use sync_protocol::driver::{drive_edge, drive_hub};
+    use sync_protocol::memory::block_on_ready;
+    use sync_protocol::session::SessionError;
+    let mut lb = Loopback::new(small_limits());
+    assert!(!lb.edge.can_renew(), "not before the welcome");
+    assert_eq!(
+        lb.edge
+            .request_renewal(lb.now, crate::samples::CSR_PEM.into()),
+        Err(SessionError::RenewalUnavailable)
+    );
+    lb.settle();
+    assert!(lb.edge.can_renew());
+    lb.edge
+        .request_renewal(lb.now, crate::samples::CSR_PEM.into())
+        .unwrap();
+    assert!(!lb.edge.can_renew());
+    assert_eq!(
+        lb.edge
+            .request_renewal(lb.now, crate::samples::CSR_PEM.into()),
+        Err(SessionError::RenewalUnavailable),
+        "one per session"
+    );
+    // Nothing answers a renewal nobody asked for.
+    assert_eq!(
+        lb.hub.send_renewal(
+            lb.now,
+            RenewOutcome::Refused {
+                message: "x".into()
+            }
+        ),
+        Err(SessionError::NotRequested)
+    );
+    exchange(&mut lb);
+    let report = block_on_ready(drive_hub(&mut lb.hub, &lb.hub_store, lb.now)).unwrap();
+    assert_eq!(
+        report.renewal_request.as_deref(),
+        Some(crate::samples::CSR_PEM)
+    );
+    let issued = RenewOutcome::Issued {
+        certificate_pem: "CERT".into(),
+    };
+    lb.hub.send_renewal(lb.now, issued.clone()).unwrap();
+    assert_eq!(
+        lb.hub.send_renewal(lb.now, issued.clone()),
+        Err(SessionError::NotRequested)
+    );
+    exchange(&mut lb);
+    let report = block_on_ready(drive_edge(&mut lb.edge, &lb.edge_store, lb.now)).unwrap();
+    assert_eq!(report.renewal, Some(issued));
+    // The session is as it was: events recorded now still reach the hub.
+    for n in 1..=5 {
+        lb.edge_store
+            .record_event(event(n, all_event_bodies().remove(0)));
+    }
+    lb.edge.outbox_grew();
+    lb.settle();
+    assert!(lb.edge.is_established() && lb.hub.is_established());
+    assert_eq!(lb.hub_store.events(&site()).len(), 5);
+    // A long refusal is cut to an error message's length, not sent whole.
+    let mut lb = Loopback::new(SessionConfig::default());
+    lb.settle();
+    lb.edge.request_renewal(lb.now, "csr".into()).unwrap();
+    exchange(&mut lb);
+    let _ = block_on_ready(drive_hub(&mut lb.hub, &lb.hub_store, lb.now)).unwrap();
+    lb.hub
+        .send_renewal(
+            lb.now,
+            RenewOutcome::Refused {
+                message: "é".repeat(5_000),
+            },
+        )
+        .unwrap();
+    exchange(&mut lb);
+    let report = block_on_ready(drive_edge(&mut lb.edge, &lb.edge_store, lb.now)).unwrap();
+    match report.renewal {
+        Some(RenewOutcome::Refused { message }) => {
+            assert!(message.len() <= ERROR_MESSAGE_BYTES_MAX && !message.is_empty())
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A CSR over `CERT_PEM_BYTES_MAX` is refused by the hub even when the frame limit allows
+/// it, and the edge does not send one.
+#[test]
+fn an_oversized_renewal_request_closes_the_session() {
+    let mut lb = Loopback::new(SessionConfig::default());
+    lb.settle();
+    let huge = "A".repeat(CERT_PEM_BYTES_MAX + 1);
+    assert!(lb.edge.request_renewal(lb.now, huge.clone()).is_err());
+    lb.hub.handle_frame(
+        lb.now,
+        &encode(Message::CertRenewRequest(CertRenewRequest {
+            csr_pem: huge,
+        })),
+    );
+    assert_eq!(
+        lb.hub.close_reason().map(CloseReason::code),
+        Some(ErrorCode::LimitExceeded)
+    );
+}
+
 #[test]
 fn events_flow_in_windowed_batches_and_are_acked_after_commit() {
     let mut lb = Loopback::new(small_limits());
@@ -304,6 +435,34 @@ fn hub_rejects_misbehaving_edges() {
             expected: ErrorCode::UnexpectedMessage,
         },
         HubCase {
+            name: "renewal request before hello",
+            frames: vec![renew_request()],
+            expected: ErrorCode::UnexpectedMessage,
+        },
+        HubCase {
+            name: "second renewal request on one session",
+            frames: vec![hello(), renew_request(), renew_request()],
+            expected: ErrorCode::LimitExceeded,
+        },
+        HubCase {
+            name: "renewal request without the capability",
+            frames: vec![
+                encode(Message::Hello(Hello {
+                    protocol_version: 1,
+                    agent_version: "old".into(),
+                    capabilities: capability::ALL_V1 & !capability::RENEW,
+                    down_cursor: 0,
+                })),
+                renew_request(),
+            ],
+            expected: ErrorCode::UnexpectedMessage,
+        },
+        HubCase {
+            name: "renewal answer sent to the hub",
+            frames: vec![hello(), renew_refused("no")],
+            expected: ErrorCode::UnexpectedMessage,
+        },
+        HubCase {
             name: "down ack for nothing sent",
             frames: vec![hello(), encode(Message::DownAck(DownAck { cursor: 99 }))],
             expected: ErrorCode::SequenceViolation,
@@ -404,6 +563,16 @@ fn edge_rejects_misbehaving_hubs() {
         (
             "events sent to the edge",
             vec![welcome.clone(), batch(1, one_event(1))],
+            ErrorCode::UnexpectedMessage,
+        ),
+        (
+            "renewal answer nobody asked for",
+            vec![welcome.clone(), renew_refused("unasked")],
+            ErrorCode::UnexpectedMessage,
+        ),
+        (
+            "renewal request sent to the edge",
+            vec![welcome.clone(), renew_request()],
             ErrorCode::UnexpectedMessage,
         ),
     ];
