@@ -185,8 +185,10 @@ impl RawClient {
                 false,
                 None,
             ),
-            config: edge_agent::sync::client_config(&edge_agent::identity::load(&tls(h, site)).unwrap())
-                .unwrap(),
+            config: edge_agent::sync::client_config(
+                &edge_agent::identity::load(&tls(h, site)).unwrap(),
+            )
+            .unwrap(),
             conns: Vec::new(),
             index: Default::default(),
         }
