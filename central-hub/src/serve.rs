@@ -57,6 +57,9 @@ pub struct ReportSettings {
     pub cache_ttl: Duration,
     /// Requests per second (and burst) one token may make to `/api/v1`.
     pub rate_limit_per_second: u32,
+    /// Proxies (addresses or networks) whose `X-Forwarded-For` names the client whose failed
+    /// authentications are counted (`crate::auth`); without them the TCP peer is the client.
+    pub trusted_proxies: Vec<crate::auth::Cidr>,
 }
 
 impl Default for ReportSettings {
@@ -65,6 +68,7 @@ impl Default for ReportSettings {
             redis_url: None,
             cache_ttl: Duration::from_secs(10),
             rate_limit_per_second: 50,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -88,6 +92,9 @@ pub struct Running {
 struct HttpState {
     pool: PgPool,
     read_pool: Option<PgPool>,
+    auth: Arc<crate::auth::Auth>,
+    /// The token lookups' own pool, when there is no read pool to use.
+    auth_pool: Option<PgPool>,
     metrics: Arc<SyncMetrics>,
     reports: Arc<crate::reports::ReportCtx>,
     /// The per-site gauges, computed at most every [`SITE_GAUGES_AGE`].
@@ -156,6 +163,30 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         ),
         None => None,
     };
+    // Token lookups never take a write connection: the read pool, or a small pool of their
+    // own on the hub's database.
+    let auth_pool = match &read_pool {
+        Some(_) => None,
+        None => Some(
+            crate::db::connect_with(
+                &config.database_url,
+                &crate::db::DbSettings {
+                    pool_size: crate::auth::AUTH_POOL_CONNECTIONS,
+                    ..config.db.clone()
+                },
+            )
+            .await
+            .context("connecting to PostgreSQL for token lookups")?,
+        ),
+    };
+    let auth = Arc::new(crate::auth::Auth::new(
+        read_pool
+            .clone()
+            .or_else(|| auth_pool.clone())
+            .context("a pool for token lookups")?,
+        pool.clone(),
+        config.reports.trusted_proxies.clone(),
+    ));
     let store = PgHubStore::new(pool.clone());
     let shared = crate::reports::cache::Shared::new(
         config.reports.redis_url.as_deref(),
@@ -175,7 +206,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         read_pool: read_pool.clone(),
         store: store.clone(),
         reports: reports.clone(),
-        tokens: Arc::new(crate::api::token_cache()),
+        auth: auth.clone(),
     });
     let signals = Arc::new(sync::DownSignals::default());
     let down_listener = tokio::spawn(sync::listen_down(
@@ -218,6 +249,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         .with_state(HttpState {
             pool,
             read_pool,
+            auth,
+            auth_pool,
             metrics: metrics.clone(),
             reports: reports.clone(),
             site_gauges: Arc::default(),
@@ -227,12 +260,16 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         .layer(axum::middleware::from_fn(crate::metrics::track));
     let mut http_shutdown = shutdown_rx;
     let http = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = http_shutdown.wait_for(|s| *s).await;
-            })
-            .await
-            .context("serving HTTP")
+        // The peer address is what failed authentications are counted by (`crate::auth`).
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = http_shutdown.wait_for(|s| *s).await;
+        })
+        .await
+        .context("serving HTTP")
     });
     tracing::info!(%quic_addr, %http_addr, ?enroll_addr, "hub started");
     Ok(Running {
@@ -490,10 +527,10 @@ fn pool_gauges(out: &mut String, pools: &[(&str, &PgPool)]) {
             label.clone(),
             f64::from(pool.options().get_max_connections()),
         ));
-        let w = if *role == "read" {
-            &crate::db::WAITING.read
-        } else {
-            &crate::db::WAITING.write
+        let w = match *role {
+            "read" => &crate::db::WAITING.read,
+            "auth" => &crate::db::WAITING.auth,
+            _ => &crate::db::WAITING.write,
         };
         waiting.push((label, w.load(Ordering::Relaxed).max(0) as f64));
     }
@@ -642,7 +679,33 @@ async fn metrics_text(State(s): State<HttpState>) -> impl IntoResponse {
     if let Some(read) = &s.read_pool {
         pools.push(("read", read));
     }
+    if let Some(auth) = &s.auth_pool {
+        pools.push(("auth", auth));
+    }
     pool_gauges(&mut out, &pools);
+    let a = &s.auth.stats;
+    for (name, help, v) in [
+        (
+            "mes_api_token_lookups_total",
+            "HQ API token lookups that reached the database (read side).",
+            &a.lookups,
+        ),
+        (
+            "mes_api_auth_failures_total",
+            "HQ API requests refused as unknown, revoked or malformed tokens.",
+            &a.unknown,
+        ),
+        (
+            "mes_api_auth_limited_total",
+            "HQ API requests refused with 429 for their address' failed authentications.",
+            &a.limited,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+            v.load(Ordering::Relaxed)
+        ));
+    }
     if let Some(read) = &s.read_pool {
         match replication_lag(read).await {
             Ok((_, lag)) => gauge(

@@ -306,6 +306,7 @@ async fn two_hubs_share_cache_and_rate_limits_through_redis() {
         redis_url: Some(redis_url()),
         rate_limit_per_second: 8,
         cache_ttl: Duration::from_secs(30),
+        ..ReportSettings::default()
     };
     let one = serve::start(ServeConfig {
         db: Default::default(),
