@@ -172,6 +172,8 @@ pub struct AuthStats {
 pub struct Auth {
     /// The read side: where tokens are looked up.
     lookup_pool: PgPool,
+    /// Which pool that is, for the waiting gauge.
+    lookup_role: crate::db::PoolRole,
     /// Only for `last_used_at` of known tokens.
     write_pool: PgPool,
     tokens: Arc<Memo<Vec<u8>, Scope>>,
@@ -183,10 +185,17 @@ pub struct Auth {
 }
 
 impl Auth {
-    /// `lookup_pool` must not be the write pool (see the module docs).
-    pub fn new(lookup_pool: PgPool, write_pool: PgPool, trusted_proxies: Vec<Cidr>) -> Self {
+    /// `lookup_pool` must not be the write pool (see the module docs); `lookup_role` says
+    /// whether it is the read pool or the lookups' own.
+    pub fn new(
+        lookup_pool: PgPool,
+        lookup_role: crate::db::PoolRole,
+        write_pool: PgPool,
+        trusted_proxies: Vec<Cidr>,
+    ) -> Self {
         Self {
             lookup_pool,
+            lookup_role,
             write_pool,
             tokens: Arc::new(Memo::new(TOKEN_CACHE_TTL, TOKEN_CACHE_MAX)),
             unknown: Mutex::new(HashMap::new()),
@@ -259,7 +268,7 @@ impl Auth {
         let row = crate::db::timed("token_lookup", async {
             // In a transaction so that, behind PgBouncer, its unnamed statement is parsed and
             // executed on the same server connection.
-            let mut tx = crate::db::begin(&self.lookup_pool, crate::db::PoolRole::Auth).await?;
+            let mut tx = crate::db::begin(&self.lookup_pool, self.lookup_role).await?;
             let row = crate::db::query("SELECT scope, site_id FROM mes_token_scope($1)")
                 .bind(&hash)
                 .fetch_optional(&mut *tx)
@@ -540,6 +549,7 @@ mod tests {
             .unwrap();
         Auth::new(
             lazy.clone(),
+            crate::db::PoolRole::Auth,
             lazy,
             trusted.iter().map(|c| c.parse().unwrap()).collect(),
         )

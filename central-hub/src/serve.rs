@@ -179,11 +179,14 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             .context("connecting to PostgreSQL for token lookups")?,
         ),
     };
+    let (lookup_pool, lookup_role) = match (&read_pool, &auth_pool) {
+        (Some(read), _) => (read.clone(), crate::db::PoolRole::Read),
+        (None, Some(own)) => (own.clone(), crate::db::PoolRole::Auth),
+        (None, None) => anyhow::bail!("no pool for token lookups"),
+    };
     let auth = Arc::new(crate::auth::Auth::new(
-        read_pool
-            .clone()
-            .or_else(|| auth_pool.clone())
-            .context("a pool for token lookups")?,
+        lookup_pool,
+        lookup_role,
         pool.clone(),
         config.reports.trusted_proxies.clone(),
     ));

@@ -336,7 +336,7 @@ pub async fn raise(
     else {
         return Err(wrong("badge or PIN wrong".into()));
     };
-    let _turn = state.sessions.pin_turn.lock().await;
+    let turn = state.sessions.pin_turn.lock().await;
     let b = badge.clone();
     let (locked, ok, had_failures) = state
         .store
@@ -382,7 +382,7 @@ pub async fn raise(
             .write(move |c| people::clear_pin_failures(c, &b))
             .await?;
     }
-    drop(_turn);
+    drop(turn);
     let supervisor = person;
     let session = state
         .sessions
