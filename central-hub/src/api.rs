@@ -37,22 +37,12 @@ pub struct ApiState {
     pub read_pool: Option<PgPool>,
     pub store: PgHubStore,
     pub reports: Arc<ReportCtx>,
-    /// Token hash → scope (or `None`: unknown or revoked), for [`TOKEN_CACHE_TTL`].
-    pub tokens: Arc<TokenCache>,
+    /// Bearer tokens: lookups on the read side, unknown ones remembered, failures limited
+    /// per client address (`crate::auth`).
+    pub auth: Arc<crate::auth::Auth>,
 }
 
-/// Token hash → its scope (`None`: unknown or revoked), looked up once per TTL however many
-/// requests carry it.
-pub type TokenCache = crate::memo::Memo<Vec<u8>, Option<Scope>>;
-
-pub fn token_cache() -> TokenCache {
-    crate::memo::Memo::new(TOKEN_CACHE_TTL, TOKEN_CACHE_MAX)
-}
-
-/// How long a token lookup is trusted: a revoked token stops working within this time.
-pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
-/// Most tokens remembered.
-const TOKEN_CACHE_MAX: usize = 10_000;
+pub use crate::auth::{TOKEN_CACHE_TTL, create_token, list_tokens, revoke_tokens, token_hash};
 
 /// What a token may do.
 #[derive(Clone, Debug)]
@@ -128,92 +118,50 @@ impl IntoResponse for ApiError {
     }
 }
 
-pub fn token_hash(token: &str) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
-        .as_ref()
-        .to_vec()
-}
-
-/// Creates a token (as the database owner) and returns it; only its hash is stored.
-pub async fn create_token(
-    pool: &PgPool,
-    name: &str,
-    scope: &str,
-    site: Option<&SiteId>,
-) -> Result<String, sqlx::Error> {
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 24];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| sqlx::Error::Protocol("no randomness available".into()))?;
-    let token: String = std::iter::once("hub_".to_owned())
-        .chain(bytes.iter().map(|b| format!("{b:02x}")))
-        .collect();
-    let mut tx = pool.begin().await?;
-    crate::db::query("INSERT INTO api_tokens (hash, name, scope, site_id) VALUES ($1, $2, $3, $4)")
-        .bind(token_hash(&token))
-        .bind(name)
-        .bind(scope)
-        .bind(site.map(|s| s.as_str().to_owned()))
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(token)
-}
-
 async fn require_token(State(state): State<ApiState>, mut req: Request, next: Next) -> Response {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty() && t.len() <= 128)
-        .map(str::to_owned);
-    let Some(token) = token else {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a bearer token is required (central-hub api-token create)",
-        )
-        .into_response();
-    };
-    let hash = token_hash(&token);
-    let pool = state.pool.clone();
-    let lookup = move |hash: Vec<u8>| {
-        let pool = pool.clone();
-        async move {
-            // In a transaction so that, behind PgBouncer, its unnamed statement is parsed
-            // and executed on the same server connection.
-            let mut tx = crate::db::begin(&pool, crate::db::PoolRole::Write).await?;
-            let row = crate::db::query(
-                "SELECT scope, site_id FROM api_tokens WHERE hash = $1 AND revoked_at IS NULL",
+    use crate::auth::Denied;
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    let (scope, hash) = match state.auth.authenticate(req.headers(), peer).await {
+        Ok(known) => known,
+        Err(Denied::Missing) => {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a bearer token is required (central-hub api-token create)",
             )
-            .bind(&hash)
-            .fetch_optional(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(row.map(|r| {
-                let scope: String = r.get("scope");
-                let site: Option<String> = r.get("site_id");
-                Scope {
-                    write: scope == "hq:write",
-                    site: site.and_then(|s| SiteId::new(s).ok()),
-                }
-            }))
+            .into_response();
         }
-    };
-    let scope = match state.tokens.get(hash.clone(), lookup).await {
-        Ok(s) => s,
-        Err(e) => return ApiError::internal(e).into_response(),
-    };
-    let Some(scope) = scope else {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "unknown or revoked token",
-        )
-        .into_response();
+        Err(Denied::Unknown) => {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "unknown or revoked token",
+            )
+            .into_response();
+        }
+        Err(Denied::TooMany(retry)) => {
+            let mut r = (
+                StatusCode::TOO_MANY_REQUESTS,
+                Json(json!({"error": {
+                    "code": "too_many_failures",
+                    "message": format!(
+                        "more than {} failed authentications from this address in {} s; retry after {retry} s",
+                        crate::auth::FAILURES_PER_ADDRESS_MAX,
+                        crate::auth::FAILURE_WINDOW.as_secs()
+                    ),
+                    "retry_after_seconds": retry,
+                }})),
+            )
+                .into_response();
+            if let Ok(v) = header::HeaderValue::from_str(&retry.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return r;
+        }
+        Err(Denied::Unavailable(e)) => return ApiError::internal(e).into_response(),
     };
     let token_id: String = hash.iter().take(12).map(|b| format!("{b:02x}")).collect();
     if let Admit::No(retry) = state.reports.shared.admit(&token_id).await {

@@ -3,10 +3,12 @@
 //! * [`db`]: the schema and migrations ([`db::schema`]) and the `sync_protocol::store::HubStore`
 //!   implementation on PostgreSQL with row-level security ([`db::store`]).
 //!
-//! * [`sync`]: the QUIC sync server; [`api`]: the HQ API; [`reports`]: the reporting API with
+//! * [`sync`]: the QUIC sync server; [`api`]: the HQ API and [`auth`] its bearer tokens;
+//!   [`reports`]: the reporting API with
 //!   its cache and rate limits; [`serve`]: one hub instance; [`pki`]: the CA and certificates.
 
 pub mod api;
+pub mod auth;
 pub mod certs;
 pub mod dashboard;
 pub mod db;

@@ -118,6 +118,16 @@ enum Command {
         /// Longest one report statement may run, e.g. 20s or 2m (answered 503 beyond it).
         #[arg(long, env = "HUB_REPORT_STATEMENT_TIMEOUT", default_value = "20s", value_parser = parse_ttl)]
         report_statement_timeout: std::time::Duration,
+        /// A proxy (address or network, e.g. 10.0.0.0/8) in front of the HTTP port whose
+        /// X-Forwarded-For names the client; repeatable, or comma-separated in the
+        /// environment. Failed authentications are counted per client address: without this,
+        /// behind a proxy every client counts as the proxy.
+        #[arg(
+            long = "trusted-proxy",
+            env = "HUB_TRUSTED_PROXIES",
+            value_delimiter = ','
+        )]
+        trusted_proxies: Vec<central_hub::auth::Cidr>,
     },
     /// Upload master data (JSON, or TOML by extension) and send it down to the sites.
     ImportMasterData {
@@ -184,6 +194,18 @@ enum TokenCommand {
         #[arg(long)]
         site: Option<String>,
         #[arg(long, default_value = "hq")]
+        name: String,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
+    /// List every token: id (the first 8 hex digits of its hash), name, scope, site,
+    /// created, last used (to the minute), revoked.
+    List {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
+    /// Revoke every live token named NAME; every hub instance refuses it within 2 s.
+    Revoke {
         name: String,
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
@@ -480,6 +502,7 @@ fn main() -> anyhow::Result<()> {
             report_statement_timeout,
             rate_limit,
             site_cert_validity,
+            trusted_proxies,
         } => runtime()?.block_on(async {
             let options = central_hub::serve::ServeOptions { site_cert_validity };
             let running = central_hub::serve::start_with(
@@ -498,6 +521,7 @@ fn main() -> anyhow::Result<()> {
                         rate_limit_per_second: rate_limit.max(1),
                         statement_timeout: report_statement_timeout
                             .max(std::time::Duration::from_millis(100)),
+                        trusted_proxies,
                     },
                     db: central_hub::db::DbSettings {
                         pool_size: db_pool_size,
@@ -535,14 +559,80 @@ fn main() -> anyhow::Result<()> {
                 let pool = db::connect(&database_url)
                     .await
                     .context("connecting to PostgreSQL")?;
+                let same_name = central_hub::auth::list_tokens(&pool)
+                    .await
+                    .context("listing tokens")?
+                    .iter()
+                    .filter(|t| t.name == name && t.revoked_at.is_none())
+                    .count();
                 let token = central_hub::api::create_token(&pool, &name, &scope, site.as_ref())
                     .await
                     .context("creating the token")?;
                 println!("{token}");
                 eprintln!("token {name:?} ({scope}) created; it is shown only this once");
+                if same_name > 0 {
+                    eprintln!(
+                        "note: {same_name} other live token(s) are named {name:?}; `api-token revoke {name}` revokes them all"
+                    );
+                }
                 Ok(())
             })
         }
+        Command::ApiToken {
+            command: TokenCommand::List { database_url },
+        } => runtime()?.block_on(async {
+            let pool = db::connect(&database_url)
+                .await
+                .context("connecting to PostgreSQL")?;
+            let tokens = central_hub::auth::list_tokens(&pool)
+                .await
+                .context("listing tokens")?;
+            let ts = |t: Option<time::OffsetDateTime>| {
+                t.and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_else(|| "-".to_owned())
+            };
+            println!(
+                "{:<8}  {:<24}  {:<8}  {:<20}  {:<25}  {:<25}  REVOKED",
+                "ID", "NAME", "SCOPE", "SITE", "CREATED", "LAST USED"
+            );
+            for t in &tokens {
+                println!(
+                    "{:<8}  {:<24}  {:<8}  {:<20}  {:<25}  {:<25}  {}",
+                    t.id,
+                    t.name,
+                    t.scope,
+                    t.site.as_deref().unwrap_or("(all)"),
+                    ts(Some(t.created_at)),
+                    ts(t.last_used_at),
+                    ts(t.revoked_at)
+                );
+            }
+            eprintln!(
+                "{} token(s), {} live",
+                tokens.len(),
+                tokens.iter().filter(|t| t.revoked_at.is_none()).count()
+            );
+            Ok(())
+        }),
+        Command::ApiToken {
+            command: TokenCommand::Revoke { name, database_url },
+        } => runtime()?.block_on(async {
+            let pool = db::connect(&database_url)
+                .await
+                .context("connecting to PostgreSQL")?;
+            let n = central_hub::auth::revoke_tokens(&pool, &name)
+                .await
+                .context("revoking")?;
+            anyhow::ensure!(n > 0, "no live token named {name:?} (see api-token list)");
+            println!(
+                "{n} token(s) named {name:?} revoked; every hub instance refuses them within {} s",
+                central_hub::auth::TOKEN_CACHE_TTL.as_secs()
+            );
+            Ok(())
+        }),
         Command::ImportMasterData { file, database_url } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;

@@ -6,7 +6,9 @@
 //! herd every TTL; at 10,000 req/s that queued requests for seconds). Here, past half its TTL
 //! one request refreshes an entry in the background while everyone keeps using it, and when an
 //! entry has expired (or was never there) concurrent requests wait for a single lookup. An
-//! entry is never used after its TTL, so "a revoked token stops working within the TTL" holds.
+//! entry is never used after its TTL, counted from the start of the lookup that produced it
+//! (whatever the lookup read was read after that instant), so "a revoked token stops working
+//! within the TTL" holds however long the lookup waited for a connection.
 //!
 //! Time is tokio's clock, so tests drive it with `tokio::time::pause`.
 
@@ -107,9 +109,10 @@ where
                 let me = self.clone();
                 let key = key.clone();
                 tokio::spawn(async move {
+                    let started = Instant::now();
                     let r = load(key.clone()).await;
                     match r {
-                        Ok(v) => me.put(key, v),
+                        Ok(v) => me.put(key, v, started),
                         Err(e) => {
                             tracing::warn!(?e, "refreshing a cached lookup failed");
                             if let Ok(mut m) = me.entries.lock()
@@ -129,9 +132,25 @@ where
         if let (Some(v), _) = self.cached(&key) {
             return Ok(v);
         }
+        let started = Instant::now();
         let v = load(key.clone()).await?;
-        self.put(key, v.clone());
+        self.put(key, v.clone(), started);
         Ok(v)
+    }
+
+    /// The value of `key` if one younger than the TTL is cached; never looks anything up.
+    pub fn peek(&self, key: &K) -> Option<V> {
+        let m = self.entries.lock().ok()?;
+        m.get(key)
+            .filter(|e| e.at.elapsed() < self.ttl)
+            .map(|e| e.value.clone())
+    }
+
+    /// Drops `key`'s value: the next caller looks it up.
+    pub fn forget(&self, key: &K) {
+        if let Ok(mut m) = self.entries.lock() {
+            m.remove(key);
+        }
     }
 
     /// A value younger than the TTL, and whether this caller should start its refresh.
@@ -153,7 +172,8 @@ where
         (Some(e.value.clone()), refresh)
     }
 
-    fn put(&self, key: K, value: V) {
+    /// Stores `value`, trusted from `at`: the instant its lookup started.
+    fn put(&self, key: K, value: V, at: Instant) {
         if let Ok(mut m) = self.entries.lock() {
             if m.len() >= self.max && !m.contains_key(&key) {
                 m.clear();
@@ -161,7 +181,7 @@ where
             m.insert(
                 key,
                 Entry {
-                    at: Instant::now(),
+                    at,
                     value,
                     refreshing: false,
                 },
@@ -226,6 +246,31 @@ mod tests {
         // Expired without anyone asking: the next caller waits for a fresh lookup.
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(memo.get(1, counting(calls.clone())).await, Ok(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_ttl_counts_from_the_start_of_a_slow_lookup() {
+        let memo = Arc::new(Memo::<u8, u32>::new(Duration::from_secs(4), 10));
+        let slow = |_| async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Ok::<_, ()>(1)
+        };
+        assert_eq!(memo.get(1, slow).await, Ok(1));
+        // Read 3 s ago at the latest, and 3 s into its 4 s: 1 s left, not 4.
+        assert_eq!(memo.peek(&1), Some(1));
+        tokio::time::advance(Duration::from_millis(1_001)).await;
+        assert_eq!(
+            memo.peek(&1),
+            None,
+            "never trusted past the TTL from the lookup's start"
+        );
+        memo.forget(&1);
+        assert_eq!(
+            memo.get(1, |_| std::future::ready(Ok::<_, ()>(2))).await,
+            Ok(2)
+        );
+        memo.forget(&1);
+        assert_eq!(memo.peek(&1), None);
     }
 
     #[tokio::test(start_paused = true)]

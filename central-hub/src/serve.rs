@@ -63,6 +63,9 @@ pub struct ReportSettings {
     /// Longest a report statement may run (`SET LOCAL statement_timeout`); a report that
     /// needs longer is answered 503 `report_timeout` instead of holding a connection.
     pub statement_timeout: Duration,
+    /// Proxies (addresses or networks) whose `X-Forwarded-For` names the client whose failed
+    /// authentications are counted (`crate::auth`); without them the TCP peer is the client.
+    pub trusted_proxies: Vec<crate::auth::Cidr>,
 }
 
 impl Default for ReportSettings {
@@ -72,6 +75,7 @@ impl Default for ReportSettings {
             cache_ttl: Duration::from_secs(10),
             rate_limit_per_second: 50,
             statement_timeout: crate::reports::STATEMENT_TIMEOUT_DEFAULT,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -98,6 +102,9 @@ pub struct Running {
 struct HttpState {
     pool: PgPool,
     read_pool: Option<PgPool>,
+    auth: Arc<crate::auth::Auth>,
+    /// The token lookups' own pool, when there is no read pool to use.
+    auth_pool: Option<PgPool>,
     metrics: Arc<SyncMetrics>,
     reports: Arc<crate::reports::ReportCtx>,
     /// The per-site gauges, computed at most every [`SITE_GAUGES_AGE`].
@@ -190,6 +197,33 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> anyhow::R
         ),
         None => None,
     };
+    // Token lookups never take a write connection: the read pool, or a small pool of their
+    // own on the hub's database.
+    let auth_pool = match &read_pool {
+        Some(_) => None,
+        None => Some(
+            crate::db::connect_with(
+                &config.database_url,
+                &crate::db::DbSettings {
+                    pool_size: crate::auth::AUTH_POOL_CONNECTIONS,
+                    ..config.db.clone()
+                },
+            )
+            .await
+            .context("connecting to PostgreSQL for token lookups")?,
+        ),
+    };
+    let (lookup_pool, lookup_role) = match (&read_pool, &auth_pool) {
+        (Some(read), _) => (read.clone(), crate::db::PoolRole::Read),
+        (None, Some(own)) => (own.clone(), crate::db::PoolRole::Auth),
+        (None, None) => anyhow::bail!("no pool for token lookups"),
+    };
+    let auth = Arc::new(crate::auth::Auth::new(
+        lookup_pool,
+        lookup_role,
+        pool.clone(),
+        config.reports.trusted_proxies.clone(),
+    ));
     let store = PgHubStore::new(pool.clone());
     let shared = crate::reports::cache::Shared::new(
         config.reports.redis_url.as_deref(),
@@ -212,7 +246,7 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> anyhow::R
         read_pool: read_pool.clone(),
         store: store.clone(),
         reports: reports.clone(),
-        tokens: Arc::new(crate::api::token_cache()),
+        auth: auth.clone(),
     });
     let signals = Arc::new(sync::DownSignals::default());
     let down_listener = tokio::spawn(sync::listen_down(
@@ -248,6 +282,8 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> anyhow::R
     let http_state = HttpState {
         pool,
         read_pool,
+        auth,
+        auth_pool,
         metrics: metrics.clone(),
         reports: reports.clone(),
         site_gauges: Arc::default(),
@@ -290,12 +326,16 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> anyhow::R
         .layer(axum::middleware::from_fn(crate::metrics::track));
     let mut http_shutdown = shutdown_rx;
     let http = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = http_shutdown.wait_for(|s| *s).await;
-            })
-            .await
-            .context("serving HTTP")
+        // The peer address is what failed authentications are counted by (`crate::auth`).
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = http_shutdown.wait_for(|s| *s).await;
+        })
+        .await
+        .context("serving HTTP")
     });
     tracing::info!(%quic_addr, %http_addr, ?enroll_addr, ?metrics_addr, "hub started");
     Ok(Running {
@@ -583,10 +623,10 @@ fn pool_gauges(out: &mut String, pools: &[(&str, &PgPool)]) {
             label.clone(),
             f64::from(pool.options().get_max_connections()),
         ));
-        let w = if *role == "read" {
-            &crate::db::WAITING.read
-        } else {
-            &crate::db::WAITING.write
+        let w = match *role {
+            "read" => &crate::db::WAITING.read,
+            "auth" => &crate::db::WAITING.auth,
+            _ => &crate::db::WAITING.write,
         };
         waiting.push((label, w.load(Ordering::Relaxed).max(0) as f64));
     }
@@ -777,7 +817,33 @@ async fn metrics_text(State(s): State<HttpState>) -> impl IntoResponse {
     if let Some(read) = &s.read_pool {
         pools.push(("read", read));
     }
+    if let Some(auth) = &s.auth_pool {
+        pools.push(("auth", auth));
+    }
     pool_gauges(&mut out, &pools);
+    let a = &s.auth.stats;
+    for (name, help, v) in [
+        (
+            "mes_api_token_lookups_total",
+            "HQ API token lookups that reached the database (read side).",
+            &a.lookups,
+        ),
+        (
+            "mes_api_auth_failures_total",
+            "HQ API requests refused as unknown, revoked or malformed tokens.",
+            &a.unknown,
+        ),
+        (
+            "mes_api_auth_limited_total",
+            "HQ API requests refused with 429 for their address' failed authentications.",
+            &a.limited,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+            v.load(Ordering::Relaxed)
+        ));
+    }
     if let Some(read) = &s.read_pool {
         match replication_lag(read).await {
             Ok((_, lag)) => gauge(

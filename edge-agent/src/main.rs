@@ -103,6 +103,17 @@ enum ApiKeyCommand {
         #[arg(long)]
         name: String,
     },
+    /// List every key: id (the first 8 hex digits of its hash), name, created, revoked.
+    List {
+        #[arg(long, env = "EDGE_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Revoke every live key named NAME; a running agent refuses it within 2 s.
+    Revoke {
+        name: String,
+        #[arg(long, env = "EDGE_DATA_DIR")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +143,18 @@ fn open_db(data_dir: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
         .with_context(|| format!("creating {}", data_dir.display()))?;
     open_write_connection(&data_dir.join(edge_agent::store::DB_FILE))
         .with_context(|| format!("opening the store in {}", data_dir.display()))
+}
+
+/// The store of an existing data directory (a typo in --data-dir must not create an empty
+/// store and report "no such key").
+fn open_existing_db(data_dir: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
+    let path = data_dir.join(edge_agent::store::DB_FILE);
+    anyhow::ensure!(
+        path.exists(),
+        "no store at {}: check --data-dir (EDGE_DATA_DIR)",
+        path.display()
+    );
+    open_db(data_dir)
 }
 
 /// A test hook: seconds added to this box's clock by `install` and `doctor`.
@@ -186,6 +209,49 @@ fn run() -> anyhow::Result<ExitCode> {
             let key = keys::create(&conn, &name, now_micros()).context("creating the key")?;
             println!("{key}");
             eprintln!("API key {name:?} created; it is shown only this once");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ApiKey {
+            command: ApiKeyCommand::List { data_dir },
+        } => {
+            let conn = open_existing_db(&data_dir)?;
+            let list = keys::list(&conn).context("listing the keys")?;
+            let ts = |micros: i64| {
+                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+                    .ok()
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_else(|| micros.to_string())
+            };
+            println!("{:<8}  {:<24}  {:<32}  REVOKED", "ID", "NAME", "CREATED");
+            for k in &list {
+                println!(
+                    "{:<8}  {:<24}  {:<32}  {}",
+                    k.id,
+                    k.name,
+                    ts(k.created_at),
+                    k.revoked_at.map_or_else(|| "-".to_owned(), ts)
+                );
+            }
+            eprintln!(
+                "{} key(s), {} live",
+                list.len(),
+                list.iter().filter(|k| k.revoked_at.is_none()).count()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ApiKey {
+            command: ApiKeyCommand::Revoke { name, data_dir },
+        } => {
+            let conn = open_existing_db(&data_dir)?;
+            let n = keys::revoke(&conn, &name, now_micros()).context("revoking")?;
+            anyhow::ensure!(n > 0, "no live API key named {name:?} (see api-key list)");
+            println!(
+                "{n} API key(s) named {name:?} revoked; a running agent refuses them within {} s",
+                edge_agent::api::KEY_RECHECK_MICROS / 1_000_000
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::SupervisorPin {

@@ -82,11 +82,13 @@ pub async fn connect_with(url: &str, settings: &DbSettings) -> Result<PgPool, sq
 pub struct Waiting {
     pub write: AtomicI64,
     pub read: AtomicI64,
+    pub auth: AtomicI64,
 }
 
 pub static WAITING: Waiting = Waiting {
     write: AtomicI64::new(0),
     read: AtomicI64::new(0),
+    auth: AtomicI64::new(0),
 };
 
 /// Which pool a transaction is taken from, for the waiting gauge.
@@ -94,6 +96,8 @@ pub static WAITING: Waiting = Waiting {
 pub enum PoolRole {
     Write,
     Read,
+    /// Token lookups (`crate::auth`): the read pool, or a small pool of their own.
+    Auth,
 }
 
 struct WaitGuard(&'static AtomicI64);
@@ -112,6 +116,7 @@ pub async fn begin(
     let gauge = match role {
         PoolRole::Write => &WAITING.write,
         PoolRole::Read => &WAITING.read,
+        PoolRole::Auth => &WAITING.auth,
     };
     gauge.fetch_add(1, Ordering::Relaxed);
     let _guard = WaitGuard(gauge);

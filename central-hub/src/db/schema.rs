@@ -554,6 +554,24 @@ ALTER TABLE sites
 -- Outstanding tokens die with `site revoke` and are not revived by `site add`.
 ALTER TABLE enroll_tokens ADD COLUMN revoked_at timestamptz;
 "#,
+    // HQ tokens are listed and revoked by name (`central-hub api-token list|revoke`), and
+    // looked up on the read side: the reporting role (maybe on a replica) checks one hash
+    // through a SECURITY DEFINER function without being able to read the table, so an unknown
+    // token costs the write pool nothing. The hub role records a token's last use (at most
+    // once a minute per token and instance), nothing else.
+    r#"
+ALTER TABLE api_tokens ADD COLUMN last_used_at timestamptz;
+CREATE INDEX api_tokens_name ON api_tokens (name);
+GRANT UPDATE (last_used_at) ON api_tokens TO mes_hub;
+CREATE FUNCTION mes_token_scope(p_hash bytea)
+RETURNS TABLE (scope text, site_id text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public AS $fn$
+    SELECT t.scope, t.site_id::text FROM api_tokens t
+    WHERE t.hash = p_hash AND t.revoked_at IS NULL
+$fn$;
+REVOKE ALL ON FUNCTION mes_token_scope(bytea) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION mes_token_scope(bytea) TO mes_hub, mes_reporting;
+"#,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -201,7 +201,7 @@ async function refresh() {
   if (!state.session || !state.station) return;
   try {
     state.view = await api("GET", "/api/v1/terminal?work_unit=" + encodeURIComponent(state.station));
-    if (state.session.role === "supervisor" || state.session.supervisor) {
+    if (state.session.supervisor) {
       state.session = await api("GET", "/api/v1/session");
     }
     render();

@@ -1,5 +1,5 @@
 //! The API's error type: every failure is a status and a JSON body
-//! `{"error": {"code", "message", "field"?}}`.
+//! `{"error": {"code", "message", "field"?, "retry_after_seconds"?}}`.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -17,6 +17,9 @@ pub struct ApiError {
     /// The request body was not read to its end: the connection must close, or the client's
     /// next request on it would be read from the middle of this one's body.
     pub close_connection: bool,
+    /// Seconds after which a refused request may be tried again: the `Retry-After` header and
+    /// `retry_after_seconds` in the body.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -27,7 +30,13 @@ impl ApiError {
             message: message.into(),
             field: None,
             close_connection: false,
+            retry_after: None,
         }
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn closing(mut self) -> Self {
@@ -125,7 +134,16 @@ impl IntoResponse for ApiError {
         if let Some(f) = self.field {
             error["field"] = json!(f);
         }
+        if let Some(r) = self.retry_after {
+            error["retry_after_seconds"] = json!(r);
+        }
         let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        if let Some(r) = self.retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(r),
+            );
+        }
         if self.close_connection {
             response.headers_mut().insert(
                 axum::http::header::CONNECTION,

@@ -8,7 +8,7 @@ pub mod session;
 pub mod terminal;
 pub mod work_orders;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -25,6 +25,12 @@ use tokio::sync::Notify;
 pub use error::ApiError;
 
 use crate::store::{Store, keys};
+
+/// How long a key seen valid is trusted without reading the store again: `edge-agent api-key
+/// revoke` takes effect in a running agent within this time.
+pub const KEY_RECHECK_MICROS: i64 = 2_000_000;
+/// Most valid keys remembered (they are few; the bound is for safety).
+const KEYS_CACHED_MAX: usize = 1_000;
 
 /// Largest request body.
 pub const BODY_BYTES_MAX: usize = 1 << 20;
@@ -53,9 +59,10 @@ impl Clock for SystemClock {
 pub struct AppState {
     pub store: Store,
     pub clock: Arc<dyn Clock>,
-    /// Hashes of keys already seen valid; a miss asks the database, since the CLI may have
-    /// created a key while the agent runs.
-    known_keys: Arc<Mutex<HashSet<Vec<u8>>>>,
+    /// Hashes of keys seen valid, with when (clock microseconds): trusted for
+    /// [`KEY_RECHECK_MICROS`], then read again, since the CLI may have created or revoked a
+    /// key while the agent runs.
+    known_keys: Arc<Mutex<HashMap<Vec<u8>, i64>>>,
     /// Woken when the outbox grows, for the sync client.
     pub outbox_notify: Arc<Notify>,
     pub connected: Arc<std::sync::atomic::AtomicBool>,
@@ -92,23 +99,34 @@ impl AppState {
             .clone()
     }
 
-    /// Whether an API key is one the CLI created (cached once seen valid).
+    /// Whether an API key is one the CLI created and nobody revoked (a valid one is trusted
+    /// for [`KEY_RECHECK_MICROS`]).
     pub async fn key_is_valid(&self, key: String) -> Result<bool, ApiError> {
         let hash = keys::hash(&key);
+        let now = self.now().as_micros();
+        // A clock that went back makes the entry stale rather than trusted for longer.
+        let fresh = |at: i64| (0..KEY_RECHECK_MICROS).contains(&(now - at));
         if self
             .known_keys
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&hash)
+            .get(&hash)
+            .is_some_and(|at| fresh(*at))
         {
             return Ok(true);
         }
         let valid = self.store.read(move |c| keys::exists(c, &key)).await?;
+        let mut known = self.known_keys.lock().unwrap_or_else(|p| p.into_inner());
         if valid {
-            self.known_keys
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(hash);
+            if known.len() >= KEYS_CACHED_MAX && !known.contains_key(&hash) {
+                known.retain(|_, at| fresh(*at));
+                if known.len() >= KEYS_CACHED_MAX {
+                    known.clear();
+                }
+            }
+            known.insert(hash, now);
+        } else {
+            known.remove(&hash);
         }
         Ok(valid)
     }

@@ -6,7 +6,9 @@
 //! terminal does at shift change anyway), hold no secret but their random token, and end after
 //! [`SESSION_IDLE_MICROS`] without a request. A supervisor's badge and PIN raise a session for
 //! [`SUPERVISOR_MICROS`]: corrections and conflict resolutions need that. Wrong PINs are
-//! counted per badge: [`PIN_FAILURES_MAX`] lock the badge for [`PIN_LOCK_MICROS`].
+//! counted per badge in the store, with locks that grow longer (`store::people`); one PIN is
+//! checked at a time, so a burst of parallel guesses cannot pass the lock check together.
+//! Neither the login nor the PIN check says whether a badge is a supervisor's.
 //!
 //! The cookie is `HttpOnly; SameSite=Strict`; in addition a cookie-authenticated request that
 //! changes anything must carry the header `X-MES-Terminal`, which a cross-site form cannot set.
@@ -34,11 +36,7 @@ pub const SESSIONS_MAX: usize = 2_000;
 pub const SESSION_IDLE_MICROS: i64 = 12 * 3600 * 1_000_000;
 /// How long a supervisor's PIN keeps a session raised.
 pub const SUPERVISOR_MICROS: i64 = 10 * 60 * 1_000_000;
-/// Wrong PINs in a row that lock a badge, and for how long.
-pub const PIN_FAILURES_MAX: u32 = 5;
-pub const PIN_LOCK_MICROS: i64 = 5 * 60 * 1_000_000;
-/// Badges whose failures are remembered; beyond, the oldest are forgotten.
-const FAILURES_TRACKED_MAX: usize = 10_000;
+pub use crate::store::people::{PIN_FAILURES_MAX, PIN_LOCKS_MICROS};
 /// The cookie that carries the session token.
 pub const COOKIE: &str = "mes_session";
 /// The header a terminal's changing requests carry (see the module docs).
@@ -57,6 +55,8 @@ pub struct Supervisor {
 pub struct Session {
     pub badge: BadgeId,
     pub name: String,
+    /// Never shown: a login must not tell whether a badge is a supervisor's.
+    #[serde(skip)]
     pub role: Role,
     #[serde(skip)]
     pub last_seen: i64,
@@ -82,8 +82,8 @@ pub enum Caller {
 #[derive(Debug, Default)]
 pub struct Sessions {
     by_token: Mutex<HashMap<Vec<u8>, Session>>,
-    /// badge → (wrong PINs in a row, time of the last one)
-    failures: Mutex<HashMap<BadgeId, (u32, i64)>>,
+    /// Held while a PIN is checked and its failure recorded (see the module docs).
+    pin_turn: tokio::sync::Mutex<()>,
 }
 
 impl Sessions {
@@ -135,42 +135,6 @@ impl Sessions {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Seconds the badge stays locked, if it is.
-    fn locked_for(&self, badge: &BadgeId, now: i64) -> Option<i64> {
-        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(badge) {
-            Some((n, at)) if *n >= PIN_FAILURES_MAX && now - at < PIN_LOCK_MICROS => {
-                Some((PIN_LOCK_MICROS - (now - at)) / 1_000_000 + 1)
-            }
-            _ => None,
-        }
-    }
-
-    fn failed(&self, badge: &BadgeId, now: i64) -> u32 {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= FAILURES_TRACKED_MAX && !map.contains_key(badge) {
-            map.retain(|_, (_, at)| now - *at < PIN_LOCK_MICROS);
-            if map.len() >= FAILURES_TRACKED_MAX {
-                map.clear();
-            }
-        }
-        let e = map.entry(badge.clone()).or_insert((0, now));
-        // A lock that ran out starts the count again.
-        if now - e.1 >= PIN_LOCK_MICROS {
-            e.0 = 0;
-        }
-        e.0 += 1;
-        e.1 = now;
-        e.0
-    }
-
-    fn succeeded(&self, badge: &BadgeId) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(badge);
     }
 }
 
@@ -248,7 +212,6 @@ fn session_body(s: &Session, state: &AppState) -> Value {
     json!({
         "badge": s.badge,
         "name": s.name,
-        "role": s.role.as_str(),
         "site_id": state.store.site().as_str(),
         "supervisor": sup.map(|x| json!({
             "badge": x.badge,
@@ -358,44 +321,69 @@ pub async fn raise(
     let pin: String = o.req("pin")?;
     o.finish()?;
     let now = state.now().as_micros();
-    if let Some(secs) = state.sessions.locked_for(&badge, now) {
+    let wrong = |message: String| {
+        ApiError::new(StatusCode::UNAUTHORIZED, "wrong_pin", message).with_field("pin")
+    };
+    let site = state.store.site().clone();
+    let b = badge.clone();
+    // A badge this site does not know is answered at once, counted nowhere: that a badge is
+    // not in the personnel is no secret (the badge login says so), and a flood of made-up
+    // badges must cost neither PBKDF2 runs nor rows.
+    let Some(person) = state
+        .store
+        .read(move |c| people::person(c, &site, &b))
+        .await?
+    else {
+        return Err(wrong("badge or PIN wrong".into()));
+    };
+    let turn = state.sessions.pin_turn.lock().await;
+    let b = badge.clone();
+    let (locked, ok, had_failures) = state
+        .store
+        .read(move |c| {
+            if let Some(left) = people::pin_locked_for(c, &b, now)? {
+                return Ok((Some(left), false, true));
+            }
+            // Runs PBKDF2 whether or not the badge has a PIN (see `people`).
+            let ok = people::verify_pin(c, &b, &pin)?;
+            Ok((None, ok, people::has_pin_failures(c, &b)?))
+        })
+        .await?;
+    if let Some(left) = locked {
+        let secs = (left + 999_999) / 1_000_000;
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "pin_locked",
             format!("too many wrong PINs for {badge}: try again in {secs} s"),
-        ));
+        )
+        .retry_after(secs.max(1) as u64));
     }
-    let site = state.store.site().clone();
-    let b = badge.clone();
-    let (person, ok) = state
-        .store
-        .read(move |c| {
-            let person = people::person(c, &site, &b)?;
-            let ok = people::verify_pin(c, &b, &pin)?;
-            Ok((person, ok))
-        })
-        .await?;
-    let supervisor = match person {
-        Some(p) if ok && p.role == Role::Supervisor => p,
-        _ => {
-            let n = state.sessions.failed(&badge, now);
-            let left = PIN_FAILURES_MAX.saturating_sub(n);
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "wrong_pin",
-                if left == 0 {
-                    format!(
-                        "badge or PIN wrong; {badge} is now locked for {} min",
-                        PIN_LOCK_MICROS / 60_000_000
-                    )
-                } else {
-                    format!("badge or PIN wrong ({left} tries left)")
-                },
-            )
-            .with_field("pin"));
-        }
-    };
-    state.sessions.succeeded(&badge);
+    if !(ok && person.role == Role::Supervisor) {
+        let b = badge.clone();
+        let failure = state
+            .store
+            .write(move |c| people::record_pin_failure(c, &b, now))
+            .await?;
+        tracing::warn!(badge = %badge, ?failure, "wrong supervisor PIN");
+        return Err(match failure {
+            people::PinFailure::TriesLeft(left) => {
+                wrong(format!("badge or PIN wrong ({left} tries left)"))
+            }
+            people::PinFailure::Locked(micros) => wrong(format!(
+                "badge or PIN wrong; {badge} is now locked for {} min",
+                micros / 60_000_000
+            )),
+        });
+    }
+    if had_failures {
+        let b = badge.clone();
+        state
+            .store
+            .write(move |c| people::clear_pin_failures(c, &b))
+            .await?;
+    }
+    drop(turn);
+    let supervisor = person;
     let session = state
         .sessions
         .update(token, |s| {

@@ -361,7 +361,9 @@ pub mod idempotency {
     }
 }
 
-/// API keys: created by the CLI, checked by the API. Only a SHA-256 of each key is stored.
+/// API keys: created, listed and revoked by the CLI (which writes the file directly, also
+/// while the agent runs: WAL lets it), checked by the API. Only a SHA-256 of each key is
+/// stored.
 pub mod keys {
     use rusqlite::{Connection, OptionalExtension};
 
@@ -383,15 +385,50 @@ pub mod keys {
         Ok(key)
     }
 
+    /// Whether `key` is a key the CLI created and nobody revoked.
     pub fn exists(conn: &Connection, key: &str) -> Result<bool, StoreError> {
         Ok(conn
-            .query_row(
-                "SELECT 1 FROM api_keys WHERE hash = ?1",
-                [hash(key)],
-                |_| Ok(()),
-            )
+            .prepare_cached("SELECT 1 FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL")?
+            .query_row([hash(key)], |_| Ok(()))
             .optional()?
             .is_some())
+    }
+
+    /// One key as `api-key list` shows it (never the key, which is not kept).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct KeyInfo {
+        /// The first 8 hex digits of the key's SHA-256: tells same-named keys apart.
+        pub id: String,
+        pub name: String,
+        /// Microseconds since the epoch.
+        pub created_at: i64,
+        pub revoked_at: Option<i64>,
+    }
+
+    /// Every key, oldest first.
+    pub fn list(conn: &Connection) -> Result<Vec<KeyInfo>, StoreError> {
+        let mut stmt = conn.prepare(
+            "SELECT hash, name, created_at, revoked_at FROM api_keys ORDER BY created_at, name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let hash: Vec<u8> = r.get(0)?;
+            Ok(KeyInfo {
+                id: hash.iter().take(4).map(|b| format!("{b:02x}")).collect(),
+                name: r.get(1)?,
+                created_at: r.get(2)?,
+                revoked_at: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Revokes every live key named `name`; returns how many. A running agent refuses them
+    /// within `api::KEY_RECHECK_MICROS`.
+    pub fn revoke(conn: &Connection, name: &str, now_micros: i64) -> Result<usize, StoreError> {
+        Ok(conn.execute(
+            "UPDATE api_keys SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+            rusqlite::params![name, now_micros],
+        )?)
     }
 }
 

@@ -132,6 +132,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_recorded ON events (recorded_at);
     CREATE INDEX outbox_event ON outbox (event_id);
     "#,
+    // 5: credentials. API keys are revoked, not deleted (`edge-agent api-key revoke`: the row
+    // says when, and `list` shows it). Wrong supervisor PINs are counted per badge here rather
+    // than in memory, so neither a restart nor a flood of made-up badges clears a lock; only
+    // badges of this site's personnel get a row, which bounds the table.
+    r#"
+    ALTER TABLE api_keys ADD COLUMN revoked_at INTEGER;
+    CREATE TABLE pin_failures (
+        badge            TEXT PRIMARY KEY,
+        failures         INTEGER NOT NULL,   -- wrong PINs since the last lock ended
+        locks            INTEGER NOT NULL,   -- locks in a row: the next lock's length
+        last_failure_at  INTEGER NOT NULL,
+        locked_until     INTEGER             -- NULL: not locked
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this binary writes.

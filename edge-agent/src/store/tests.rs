@@ -412,3 +412,85 @@ fn a_supervisor_settles_a_state_conflict() {
     drop(conn);
     store.close();
 }
+
+/// Keys made under schema 4 stay valid after the upgrade to schema 5 and can then be revoked;
+/// a revoked key is no longer valid and is listed with the time of its revocation.
+#[test]
+fn keys_of_schema_4_survive_the_upgrade_and_can_be_revoked() {
+    let dir = TempDir::new("keys-upgrade");
+    let path = dir.0.join(DB_FILE);
+    let key = {
+        let mut c = rusqlite::Connection::open(&path).unwrap();
+        schema::migrate_to(&mut c, 4).unwrap();
+        let key = "edge_old";
+        c.execute(
+            "INSERT INTO api_keys (hash, name, created_at) VALUES (?1, 'old', 5)",
+            rusqlite::params![keys::hash(key)],
+        )
+        .unwrap();
+        key
+    };
+    let c = open_write_connection(&path).unwrap();
+    assert!(keys::exists(&c, key).unwrap());
+    let new = keys::create(&c, "old", 6).unwrap();
+    assert_eq!(
+        keys::revoke(&c, "old", 7).unwrap(),
+        2,
+        "both keys named old"
+    );
+    assert_eq!(
+        keys::revoke(&c, "old", 8).unwrap(),
+        0,
+        "nothing live is left"
+    );
+    assert!(!keys::exists(&c, key).unwrap());
+    assert!(!keys::exists(&c, &new).unwrap());
+    let list = keys::list(&c).unwrap();
+    assert_eq!(list.len(), 2);
+    assert!(
+        list.iter()
+            .all(|k| k.revoked_at == Some(7) && k.name == "old")
+    );
+    assert_eq!(list[0].created_at, 5);
+}
+
+/// Wrong PINs, at the store: five lock, each lock longer than the one before up to 4 h, a lock
+/// that ran out starts the count again, a right PIN clears, a quiet day forgets.
+#[test]
+fn wrong_pins_lock_longer_each_time() {
+    use people::{PIN_LOCKS_MICROS, PinFailure};
+    let dir = TempDir::new("pins");
+    let c = open_write_connection(&dir.0.join(DB_FILE)).unwrap();
+    let badge = shared_model::BadgeId::new("S1").unwrap();
+    let mut now = 1_000_000_000_000;
+    for lock in 0..6 {
+        assert_eq!(people::pin_locked_for(&c, &badge, now).unwrap(), None);
+        for left in (1..=4).rev() {
+            assert_eq!(
+                people::record_pin_failure(&c, &badge, now).unwrap(),
+                PinFailure::TriesLeft(left)
+            );
+        }
+        let length = PIN_LOCKS_MICROS[lock.min(3)];
+        assert_eq!(
+            people::record_pin_failure(&c, &badge, now).unwrap(),
+            PinFailure::Locked(length)
+        );
+        assert_eq!(
+            people::pin_locked_for(&c, &badge, now + 1).unwrap(),
+            Some(length - 1)
+        );
+        now += length;
+    }
+    people::clear_pin_failures(&c, &badge).unwrap();
+    assert!(!people::has_pin_failures(&c, &badge).unwrap());
+    for _ in 0..4 {
+        people::record_pin_failure(&c, &badge, now).unwrap();
+    }
+    // A day later the four wrong PINs are forgotten.
+    now += people::PIN_FAILURES_FORGET_MICROS;
+    assert_eq!(
+        people::record_pin_failure(&c, &badge, now).unwrap(),
+        PinFailure::TriesLeft(4)
+    );
+}
