@@ -308,7 +308,7 @@ async fn sqlite_store_syncs_through_the_sessions() {
     };
     let now = Duration::ZERO;
     let mut edge = EdgeSession::new(cfg.clone(), store.down_cursor().await.unwrap(), now);
-    let mut hub_session = HubSession::new(cfg, site(), Timestamp::from_millis(0), now);
+    let mut hub_session = HubSession::new(cfg, site(), T0, now);
     for _ in 0..1_000 {
         drive_edge(&mut edge, &store, now).await.unwrap();
         drive_hub(&mut hub_session, &hub, now).await.unwrap();
