@@ -423,19 +423,26 @@ async fn reports_come_from_a_streaming_replica_and_its_lag_is_exported() {
     let admin = central_hub::db::connect(&db.admin_url).await.unwrap();
     let site = SiteId::new("SITE_A").unwrap();
     add_site(&admin, &site, "Plant", "EU", "UTC").await.unwrap();
-    // The replica replays the new database and its site asynchronously.
-    let replica_reporting = on_replica(&db.reporting_url);
+    // Tokens are looked up on the read side: made before the replica is awaited, so a lookup
+    // never meets a replica that lacks it (and the failed-authentication limit with it).
+    let reader = central_hub::api::create_token(&admin, "ops", "hq:read", None)
+        .await
+        .unwrap();
+    // The replica replays the new database, its site and the token asynchronously.
+    let replica_admin = on_replica(&db.admin_url);
     wait_for(
-        "the site on the replica",
+        "the site and the token on the replica",
         Duration::from_secs(30),
         || async {
-            match central_hub::db::connect(&replica_reporting).await {
+            match central_hub::db::connect(&replica_admin).await {
                 Ok(p) => {
-                    let n: Result<i64, _> = sqlx::query_scalar("SELECT count(*) FROM sites")
-                        .fetch_one(&p)
-                        .await;
+                    let n: Result<i64, _> = sqlx::query_scalar(
+                        "SELECT (SELECT count(*) FROM sites) + (SELECT count(*) FROM api_tokens)",
+                    )
+                    .fetch_one(&p)
+                    .await;
                     p.close().await;
-                    n.is_ok_and(|n| n == 1)
+                    n.is_ok_and(|n| n == 2)
                 }
                 Err(_) => false,
             }
@@ -457,9 +464,6 @@ async fn reports_come_from_a_streaming_replica_and_its_lag_is_exported() {
     })
     .await
     .unwrap();
-    let reader = central_hub::api::create_token(&admin, "ops", "hq:read", None)
-        .await
-        .unwrap();
     let store = PgHubStore::new(central_hub::db::connect(&db.hub_url).await.unwrap());
     let base = format!("http://{}", hub.http_addr);
     let http = reqwest::Client::new();
