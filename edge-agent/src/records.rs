@@ -69,10 +69,6 @@ fn load(
         .transpose()
 }
 
-fn save(conn: &Connection, record: &RecordId, doc: &mut AutoCommit) -> Result<(), StoreError> {
-    save_bytes(conn, record, &doc.save())
-}
-
 fn save_bytes(conn: &Connection, record: &RecordId, bytes: &[u8]) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO records (record_kind, record_id, doc) VALUES (?1, ?2, ?3)
@@ -169,6 +165,18 @@ fn commit_local(
     doc: &mut AutoCommit,
 ) -> Result<(), StoreError> {
     doc.commit();
+    // The hub refuses a record past DOC_OPS_MAX operations or DOC_BYTES_MAX bytes; an edit
+    // that would take it there is refused here rather than queued to stall the outbox.
+    let ops = doc.stats().num_ops;
+    if ops > sync_protocol::records::DOC_OPS_MAX {
+        return Err(StoreError::Invalid {
+            field: "work_order".into(),
+            message: format!(
+                "the work order's history is full ({ops} operations, at most {}): create a new order",
+                sync_protocol::records::DOC_OPS_MAX
+            ),
+        });
+    }
     let change = doc
         .get_last_local_change()
         .ok_or_else(|| StoreError::Corrupt("automerge produced no change".into()))?;
@@ -178,7 +186,11 @@ fn commit_local(
             message: e,
         }
     })?;
-    save(conn, record, doc)?;
+    let bytes = sync_protocol::records::save_checked(doc).map_err(|e| StoreError::Invalid {
+        field: "work_order".into(),
+        message: e.to_string(),
+    })?;
+    save_bytes(conn, record, &bytes)?;
     record_conflicts(conn, record, doc)?;
     crate::store::outbox_push_change(conn, &change)
 }

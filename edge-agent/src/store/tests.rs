@@ -438,6 +438,63 @@ async fn change_bombs_from_the_hub_are_refused_and_write_nothing() {
     }
 }
 
+/// A local edit that would take a work order past `DOC_OPS_MAX` operations (which the hub
+/// would refuse, stalling the outbox behind it) is refused with 422-style `Invalid`, and
+/// nothing of it is stored or queued.
+#[test]
+fn a_local_edit_past_the_record_cap_is_refused() {
+    use automerge::ReadDoc;
+    use automerge::transaction::Transactable;
+    use shared_model::WorkOrderId;
+    use shared_model::work_order::{WorkOrder, WorkOrderAction};
+    use sync_protocol::records::{CHANGE_OPS_MAX, DOC_OPS_MAX};
+
+    let dir = TempDir::new("cap");
+    let store = open(&dir);
+    let conn = open_write_connection(store.path()).unwrap();
+    let actor = automerge::ActorId::random();
+    let id = WorkOrderId::new("SITE_001-WO-7").unwrap();
+    let view = crate::records::WorkOrderView {
+        order: WorkOrder::released(
+            id.clone(),
+            site(),
+            shared_model::MaterialId::new("BRACKET-7").unwrap(),
+            10,
+        ),
+        work_unit: None,
+    };
+    crate::records::create(&conn, &view, &actor).unwrap();
+    let saved: Vec<u8> = conn
+        .query_row("SELECT doc FROM records", [], |r| r.get(0))
+        .unwrap();
+    // The order's history filled up to the cap, as synced edits would have.
+    let mut full = automerge::AutoCommit::load(&saved).unwrap();
+    let room = DOC_OPS_MAX - full.stats().num_ops;
+    for i in 0..room {
+        full.put(automerge::ROOT, format!("x{}", i % 100), i)
+            .unwrap();
+        if (i + 1) % CHANGE_OPS_MAX == 0 {
+            full.commit();
+        }
+    }
+    full.commit();
+    assert_eq!(full.stats().num_ops, DOC_OPS_MAX);
+    conn.execute("UPDATE records SET doc = ?1", [full.save()])
+        .unwrap();
+    let queued = outbox::pending(&conn).unwrap().changes;
+    let err = crate::records::transition(&conn, &id, WorkOrderAction::Start, None, T0, &actor)
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Invalid { message, .. } if message.contains("history is full")),
+        "{err}"
+    );
+    assert_eq!(outbox::pending(&conn).unwrap().changes, queued);
+    let after: Vec<u8> = conn
+        .query_row("SELECT doc FROM records", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(after, full.save());
+}
+
 /// HQ cancels an order the site completed while apart: the merge shows the conflict, and a
 /// supervisor's choice settles it with one new edit (which is queued for the hub).
 #[test]
