@@ -435,6 +435,11 @@ pub async fn decode_remote(changes: Vec<RecordChange>) -> Result<Vec<RemoteChang
     if changes.is_empty() {
         return Ok(Vec::new());
     }
+    // The pre-scan is linear in the bytes and never calls automerge: a bomb is refused here,
+    // without waiting for a blocking thread.
+    for c in &changes {
+        sync_protocol::records::scan_change(c.bytes()).map_err(|e| refused(&c.record, e.into()))?;
+    }
     let first = changes[0].record.id().to_owned();
     let work = tokio::task::spawn_blocking(move || changes.iter().map(decode_one).collect());
     match tokio::time::timeout(CHANGE_DECODE_DEADLINE, work).await {

@@ -1333,14 +1333,17 @@ async fn propagation_fine(
 /// The Automerge op bomb over real QUIC: SITE_B's certificate, a 79-byte change to its own
 /// work order whose run-length columns announce 2^40 operations
 /// (`fuzz/fixtures/change_ingest/bomb-ops-2e40`; before the pre-scan the hub's decode spun on
-/// it for hours on an async worker inside an open transaction). Sent again and again while
-/// SITE_A's edge syncs: every one is refused with `limit_exceeded` within 100 ms of being
-/// written, nothing of SITE_B is stored, and SITE_A's edge→hub propagation p99 during the
-/// attack stays within 2× of its p99 before.
+/// it for hours on an async worker inside an open transaction, and this test hung). Sent again
+/// and again, on a new connection each time, while SITE_A's edge syncs one event at a time:
+/// every bomb is refused with `limit_exceeded` within 100 ms of being written, nothing of
+/// SITE_B is stored, and SITE_A's edge→hub propagation p99 during the attack stays within 2×
+/// of its p99 without it. Quiet and attack windows of 500 ms alternate (10 rounds), so that
+/// load from other tests running in this process falls on both alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_automerge_op_bomb_is_refused_at_once_while_another_site_keeps_syncing() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
     use sync_protocol::message::{ErrorCode, Message, RecordChanges};
-    count_panics();
     let f = fixture("hub-bomb", &["SITE_A", "SITE_B"]).await;
     let (admin, state_dir) = (f.admin.clone(), f.state_dir.clone());
     let a = SiteId::new("SITE_A").unwrap();
@@ -1354,10 +1357,6 @@ async fn an_automerge_op_bomb_is_refused_at_once_while_another_site_keeps_syncin
     ))
     .await
     .unwrap();
-    // Warm up SITE_A's session, then measure before the attack: 200 events, so that the
-    // p99 compared against is not one unlucky sample.
-    propagation_fine(&edge, &admin, &a, 0, 5).await;
-    let baseline = propagation_fine(&edge, &admin, &a, 5, 200).await;
 
     let bomb = std::fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/fixtures/change_ingest/bomb-ops-2e40"),
@@ -1378,25 +1377,58 @@ async fn an_automerge_op_bomb_is_refused_at_once_while_another_site_keeps_syncin
         1 << 22,
     )
     .unwrap();
+    let attacking = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let (tls_b, hub_addr) = (f.tls("SITE_B"), hub.quic_addr);
-    let attack = tokio::spawn(async move {
-        let mut answers = Vec::new();
-        for _ in 0..30 {
-            answers.push(refusal_time(&tls_b, hub_addr, &frame, Duration::from_secs(5)).await);
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    let attacker = {
+        let (attacking, stop) = (attacking.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                if attacking.load(Ordering::SeqCst) {
+                    answers
+                        .push(refusal_time(&tls_b, hub_addr, &frame, Duration::from_secs(5)).await);
+                }
+                // A bomb every ~50 ms: one bomb was enough to take a worker for hours; a
+                // faster stream would measure the cost of QUIC handshakes, not of bombs.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            answers
+        })
+    };
+
+    // Warm up SITE_A's session, then alternate quiet and attack windows of 500 ms each.
+    propagation_fine(&edge, &admin, &a, 0, 5).await;
+    let (mut quiet, mut during) = (Vec::new(), Vec::new());
+    let mut sent_a = 5;
+    let window = Duration::from_millis(500);
+    for _ in 0..10 {
+        attacking.store(false, Ordering::SeqCst);
+        // Let a bomb session still in flight finish.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        while started.elapsed() < window {
+            quiet.extend(propagation_fine(&edge, &admin, &a, sent_a, 1).await);
+            sent_a += 1;
         }
-        answers
-    });
-    let mut during = Vec::new();
-    let mut sent_a = 205;
-    while !attack.is_finished() || during.len() < 200 {
-        during.extend(propagation_fine(&edge, &admin, &a, sent_a, 5).await);
-        sent_a += 5;
+        attacking.store(true, Ordering::SeqCst);
+        let started = Instant::now();
+        while started.elapsed() < window {
+            during.extend(propagation_fine(&edge, &admin, &a, sent_a, 1).await);
+            sent_a += 1;
+        }
     }
-    let answers = attack.await.unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let answers = attacker.await.unwrap();
+    assert!(
+        answers.len() >= 10,
+        "only {} bombs were sent",
+        answers.len()
+    );
     let mut refusals = Vec::new();
     for (i, answer) in answers.into_iter().enumerate() {
         let (error, took) = answer.unwrap_or_else(|| panic!("bomb {i}: no error frame within 5 s"));
+        // Not `malformed_frame` either: a panic while decoding would have surfaced as one.
         assert_eq!(
             error.code,
             ErrorCode::LimitExceeded,
@@ -1407,27 +1439,29 @@ async fn an_automerge_op_bomb_is_refused_at_once_while_another_site_keeps_syncin
     }
     let slowest = *refusals.iter().max().unwrap();
     let (r50, _) = p99(refusals.clone());
-    let (b50, b99) = p99(baseline);
-    let (d50, d99) = p99(during.clone());
+    let (quiet_n, during_n) = (quiet.len(), during.len());
+    let (q50, q99) = p99(quiet);
+    let (d50, d99) = p99(during);
     println!(
-        "op bomb: {} bombs refused with limit_exceeded, p50 {:.2} ms, slowest {:.2} ms after the frame was written; SITE_A edge->hub p50/p99 {:.1}/{:.1} ms before, {:.1}/{:.1} ms during the attack ({} events), p99 ratio {:.2}",
+        "op bomb: {} bombs refused with limit_exceeded, p50 {:.2} ms, slowest {:.2} ms after the frame was written; SITE_A edge->hub p50/p99 {:.1}/{:.1} ms without, {:.1}/{:.1} ms during the attack ({} / {} events), p99 ratio {:.2}",
         refusals.len(),
         r50.as_secs_f64() * 1e3,
         slowest.as_secs_f64() * 1e3,
-        b50.as_secs_f64() * 1e3,
-        b99.as_secs_f64() * 1e3,
+        q50.as_secs_f64() * 1e3,
+        q99.as_secs_f64() * 1e3,
         d50.as_secs_f64() * 1e3,
         d99.as_secs_f64() * 1e3,
-        during.len(),
-        d99.as_secs_f64() / b99.as_secs_f64()
+        quiet_n,
+        during_n,
+        d99.as_secs_f64() / q99.as_secs_f64()
     );
     assert!(
         slowest < Duration::from_millis(100),
         "slowest refusal {slowest:?}"
     );
     assert!(
-        d99 <= b99 * 2,
-        "SITE_A's p99 during the attack {d99:?} is more than twice {b99:?} before"
+        d99 <= q99 * 2,
+        "SITE_A's p99 during the attack {d99:?} is more than twice {q99:?} without it"
     );
     assert_eq!(
         count(
@@ -1453,7 +1487,6 @@ async fn an_automerge_op_bomb_is_refused_at_once_while_another_site_keeps_syncin
         .await,
         sent_a as i64
     );
-    assert_eq!(PANICS.load(Ordering::SeqCst), 0, "the bomb caused a panic");
     edge.stop().await.unwrap();
     hub.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(edge_dir);

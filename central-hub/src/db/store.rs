@@ -641,6 +641,12 @@ async fn decode_changes(
             });
         }
     }
+    // The pre-scan is linear in the bytes (1 MiB at most) and never calls automerge, so it
+    // runs right here: a bomb is refused without waiting for a blocking thread.
+    for c in changes {
+        sync_protocol::records::scan_change(c.bytes())
+            .map_err(|e| change_error(c.record.id(), e.into()))?;
+    }
     let first = changes.first().map_or("", |c| c.record.id()).to_owned();
     let changes = changes.to_vec();
     off_workers(&first, "decoding the changes", move || {

@@ -484,7 +484,7 @@ mod tests {
     use super::build::*;
     use super::*;
     use automerge::transaction::Transactable;
-    use automerge::{ActorId, AutoCommit, ObjType, ROOT, ReadDoc};
+    use automerge::{ActorId, AutoCommit, ObjType, ROOT};
 
     fn fixture(name: &str) -> Vec<u8> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
