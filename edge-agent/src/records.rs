@@ -69,12 +69,12 @@ fn load(
         .transpose()
 }
 
-fn save(conn: &Connection, record: &RecordId, doc: &mut AutoCommit) -> Result<(), StoreError> {
+fn save_bytes(conn: &Connection, record: &RecordId, bytes: &[u8]) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO records (record_kind, record_id, doc) VALUES (?1, ?2, ?3)
          ON CONFLICT (record_kind, record_id) DO UPDATE SET doc = excluded.doc",
     )?
-    .execute(params![kind_str(record.kind), record.id(), doc.save()])?;
+    .execute(params![kind_str(record.kind), record.id(), bytes])?;
     Ok(())
 }
 
@@ -165,6 +165,18 @@ fn commit_local(
     doc: &mut AutoCommit,
 ) -> Result<(), StoreError> {
     doc.commit();
+    // The hub refuses a record past DOC_OPS_MAX operations or DOC_BYTES_MAX bytes; an edit
+    // that would take it there is refused here rather than queued to stall the outbox.
+    let ops = doc.stats().num_ops;
+    if ops > sync_protocol::records::DOC_OPS_MAX {
+        return Err(StoreError::Invalid {
+            field: "work_order".into(),
+            message: format!(
+                "the work order's history is full ({ops} operations, at most {}): create a new order",
+                sync_protocol::records::DOC_OPS_MAX
+            ),
+        });
+    }
     let change = doc
         .get_last_local_change()
         .ok_or_else(|| StoreError::Corrupt("automerge produced no change".into()))?;
@@ -174,7 +186,11 @@ fn commit_local(
             message: e,
         }
     })?;
-    save(conn, record, doc)?;
+    let bytes = sync_protocol::records::save_checked(doc).map_err(|e| StoreError::Invalid {
+        field: "work_order".into(),
+        message: e.to_string(),
+    })?;
+    save_bytes(conn, record, &bytes)?;
     record_conflicts(conn, record, doc)?;
     crate::store::outbox_push_change(conn, &change)
 }
@@ -381,23 +397,97 @@ pub fn settle_conflict(
     Ok(stored)
 }
 
-/// Applies changes from the hub (down-sync or repair); idempotent, as Automerge ignores
-/// changes it already has.
+/// Longest the edge spends decoding the changes of one down batch or repair on a blocking
+/// thread before it refuses them. The writer thread never decodes a change: a hostile one
+/// would hold every local write behind it. The pre-scan (`records::CHANGE_OPS_MAX`) bounds a
+/// decode to milliseconds; the deadline is the backstop. (A blocking thread cannot be
+/// cancelled: one that overran finishes on its own and its result is dropped.)
+pub const CHANGE_DECODE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A change from the hub that passed `records::decode_untrusted`, with its record.
+#[derive(Debug)]
+pub struct RemoteChange {
+    pub record: RecordId,
+    pub change: automerge::Change,
+}
+
+/// A change refused as the store's error: over a limit, or malformed.
+fn refused(record: &RecordId, e: DocError) -> StoreError {
+    StoreError::ChangeRefused {
+        record: record.id().to_owned(),
+        over_limit: e.is_limit(),
+        reason: e.to_string(),
+    }
+}
+
+fn decode_one(c: &RecordChange) -> Result<RemoteChange, StoreError> {
+    let change =
+        sync_protocol::records::decode_untrusted(c.bytes()).map_err(|e| refused(&c.record, e))?;
+    Ok(RemoteChange {
+        record: c.record.clone(),
+        change,
+    })
+}
+
+/// Decodes changes from the hub on a blocking thread with [`CHANGE_DECODE_DEADLINE`], off
+/// the async workers and off the writer; the writer then only merges ([`apply_decoded`]).
+pub async fn decode_remote(changes: Vec<RecordChange>) -> Result<Vec<RemoteChange>, StoreError> {
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The pre-scan is linear in the bytes and never calls automerge: a bomb is refused here,
+    // without waiting for a blocking thread.
+    for c in &changes {
+        sync_protocol::records::scan_change(c.bytes()).map_err(|e| refused(&c.record, e.into()))?;
+    }
+    let first = changes[0].record.id().to_owned();
+    let work = tokio::task::spawn_blocking(move || changes.iter().map(decode_one).collect());
+    match tokio::time::timeout(CHANGE_DECODE_DEADLINE, work).await {
+        Ok(Ok(decoded)) => decoded,
+        Ok(Err(join)) => Err(StoreError::ChangeRefused {
+            record: first,
+            reason: format!("decoding failed: {join}"),
+            over_limit: false,
+        }),
+        Err(_) => Err(StoreError::ChangeRefused {
+            record: first,
+            reason: format!("decoding took longer than {CHANGE_DECODE_DEADLINE:?}"),
+            over_limit: true,
+        }),
+    }
+}
+
+/// Applies changes from the hub (down-sync or repair), decoding them here: for tests and
+/// callers already off the async workers. The sync path decodes with [`decode_remote`] first.
 pub fn apply_remote(conn: &Connection, changes: &[RecordChange]) -> Result<(), StoreError> {
+    let decoded = changes
+        .iter()
+        .map(decode_one)
+        .collect::<Result<Vec<_>, _>>()?;
+    apply_decoded(conn, decoded)
+}
+
+/// Merges decoded changes from the hub into their records; idempotent, as Automerge ignores
+/// changes it already has. A record that would grow past `records::DOC_OPS_MAX` operations or
+/// `DOC_BYTES_MAX` bytes is refused (`StoreError::ChangeRefused`) and the caller's savepoint
+/// rolls back whatever this call wrote.
+pub fn apply_decoded(conn: &Connection, changes: Vec<RemoteChange>) -> Result<(), StoreError> {
     // Remote changes are applied, never authored here: any actor will do for the handle.
     let actor = ActorId::random();
-    for c in changes {
-        let mut doc = match load(conn, &c.record, &actor)? {
+    for RemoteChange { record, change } in changes {
+        let mut doc = match load(conn, &record, &actor)? {
             Some(d) => d,
             None => AutoCommit::new(),
         };
-        let change = sync_protocol::records::decode_untrusted(c.bytes()).map_err(doc_err)?;
-        sync_protocol::records::apply_untrusted(&mut doc, vec![change]).map_err(doc_err)?;
-        save(conn, &c.record, &mut doc)?;
-        record_conflicts(conn, &c.record, &doc)?;
+        sync_protocol::records::apply_untrusted(&mut doc, vec![change])
+            .map_err(|e| refused(&record, e))?;
+        let bytes =
+            sync_protocol::records::save_checked(&mut doc).map_err(|e| refused(&record, e))?;
+        save_bytes(conn, &record, &bytes)?;
+        record_conflicts(conn, &record, &doc)?;
         // A document whose first changes have not all arrived yet has no readable order;
         // it is materialized once it does.
-        if c.record.kind == RecordKind::WorkOrder
+        if record.kind == RecordKind::WorkOrder
             && let Ok(view) = read_view(&doc)
         {
             materialize(conn, &view)?;

@@ -41,8 +41,8 @@ pub struct DriveReport {
 }
 
 /// Drives an edge session until it has no more work. A store failure closes the session with
-/// an `Internal` error frame (the hub resends nothing it has not acked, so nothing is lost)
-/// and is returned.
+/// an error frame (`S::error_code`: `internal` unless the store refused what the hub sent; the
+/// hub resends nothing it has not acked, so nothing is lost) and is returned.
 pub async fn drive_edge<S: EdgeStore>(
     session: &mut EdgeSession,
     store: &S,
@@ -52,7 +52,11 @@ pub async fn drive_edge<S: EdgeStore>(
     match drive_edge_inner(session, store, now, &mut report).await {
         Ok(()) => Ok(report),
         Err(e) => {
-            session.close(now, ErrorCode::Internal, e.to_string());
+            let code = match &e {
+                DriveError::Store(s) => S::error_code(s),
+                DriveError::Session(_) => ErrorCode::Internal,
+            };
+            session.close(now, code, e.to_string());
             Err(e)
         }
     }

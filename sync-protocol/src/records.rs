@@ -12,6 +12,16 @@ use serde::{Deserialize, Serialize};
 use shared_model::work_order::{WorkOrder, WorkOrderState};
 use shared_model::{EquipmentId, MaterialId, SiteId, Timestamp, WorkOrderId};
 
+mod scan;
+pub use scan::{CHANGE_OPS_MAX, CHANGE_PREDS_MAX, ChangeShape, ScanError, scan_change};
+
+/// Most operations a record's document may hold, its whole history counted (every value ever
+/// written stays in the document). A work order gathers a few hundred over its life; the cap
+/// bounds what loading, merging and saving one record costs, whatever a peer sends.
+pub const DOC_OPS_MAX: u64 = 10 * CHANGE_OPS_MAX;
+/// Largest saved document of one record (4 MiB: four of the largest changes the wire carries).
+pub const DOC_BYTES_MAX: usize = 4 * crate::message::CHANGE_BYTES_MAX;
+
 /// Why a document could not be read or written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DocError {
@@ -19,50 +29,113 @@ pub enum DocError {
     Automerge(String),
     #[error("work-order document lacks a valid {0}")]
     Field(&'static str),
+    /// The bytes are not a well-formed change (refused before automerge decodes them).
+    #[error("{0}")]
+    Malformed(String),
+    /// A change or the document it would make is over a named limit: the session closes with
+    /// `limit_exceeded` and nothing is written.
+    #[error("{0}")]
+    Limit(String),
 }
 
-/// Decodes a change that came from another node. automerge 0.12 panics on some malformed
-/// bytes (fuzz fixtures `change_ingest/crash-199f…`, `crash-a81d…`): caught and refused here.
+impl DocError {
+    /// True when a limit refused the change (as opposed to malformed bytes).
+    pub fn is_limit(&self) -> bool {
+        matches!(self, DocError::Limit(_))
+    }
+}
+
+impl From<ScanError> for DocError {
+    fn from(e: ScanError) -> Self {
+        match e {
+            ScanError::TooMany { .. } => DocError::Limit(e.to_string()),
+            ScanError::NotAChange | ScanError::Malformed(_) => DocError::Malformed(e.to_string()),
+        }
+    }
+}
+
+/// Decodes a change that came from another node. The change is scanned first
+/// ([`scan_change`]): only a plain change chunk (magic, checksum, type 1) is what an edge or the
+/// hub sends (`Change::raw_bytes`), and one announcing more than [`CHANGE_OPS_MAX`] operations
+/// or [`CHANGE_PREDS_MAX`] predecessors is refused before automerge materialises them (a
+/// 79-byte change announcing 2^40 operations made `Change::from_bytes` spin for hours). Bundles
+/// and compressed chunks are refused too: a 67-byte bundle made automerge 0.12 allocate 2 GiB
+/// (fuzz/findings/), and a compressed chunk could inflate far beyond the frame limit.
+/// automerge 0.12 also panics on some malformed bytes (fuzz fixtures `change_ingest/crash-199f…`,
+/// `crash-a81d…`): caught and refused here.
 pub fn decode_untrusted(bytes: &[u8]) -> Result<automerge::Change, DocError> {
-    // Only a plain change chunk (magic, checksum, type 1) is what an edge or the hub sends
-    // (`Change::raw_bytes`). Bundles and compressed chunks are refused before automerge sees
-    // them: a 67-byte bundle made automerge 0.12 allocate 2 GiB (fuzz/findings/), and a
-    // compressed chunk could inflate far beyond the frame limit.
-    const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
-    const CHUNK_TYPE_CHANGE: u8 = 1;
-    if bytes.len() < 9 || bytes[..4] != MAGIC || bytes[8] != CHUNK_TYPE_CHANGE {
-        return Err(DocError::Automerge(
-            "not an Automerge change (a single uncompressed change chunk is expected)".into(),
-        ));
-    }
+    let shape = scan_change(bytes)?;
     let bytes = bytes.to_vec();
-    match std::panic::catch_unwind(move || automerge::Change::from_bytes(bytes)) {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(DocError::Automerge(format!(
-            "the change does not decode: {e}"
-        ))),
-        Err(_) => Err(DocError::Automerge(
-            "the change is malformed (the Automerge library could not decode it)".into(),
-        )),
+    let change = match std::panic::catch_unwind(move || automerge::Change::from_bytes(bytes)) {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            return Err(DocError::Malformed(format!(
+                "the change does not decode: {e}"
+            )));
+        }
+        Err(_) => {
+            return Err(DocError::Malformed(
+                "the change is malformed (the Automerge library could not decode it)".into(),
+            ));
+        }
+    };
+    // The scan's count is automerge's for every change automerge can decode; a difference
+    // would mean the scan misreads the format, so the change is not trusted either way.
+    if change.len() as u64 != shape.ops {
+        return Err(DocError::Malformed(format!(
+            "the change holds {} operations where its columns announce {}",
+            change.len(),
+            shape.ops
+        )));
     }
+    Ok(change)
 }
 
 /// Applies changes that came from another node. automerge 0.12 panics on some malformed
 /// changes instead of returning an error (found by the `change_ingest` fuzz target; the
 /// crasher is `fuzz/fixtures/change_ingest/`): such a change is refused like any invalid one
-/// rather than taking the session or the process down. After a refusal the document must be
+/// rather than taking the session or the process down. Changes that would take the document
+/// past [`DOC_OPS_MAX`] operations are refused before they are applied (a merge is the costly
+/// part: ~0.2 s for 10,000 operations in a release build). After a refusal the document must be
 /// dropped, not saved — every caller loads it afresh per change and aborts on error.
 pub fn apply_untrusted(
     doc: &mut AutoCommit,
     changes: Vec<automerge::Change>,
 ) -> Result<(), DocError> {
+    // A re-sent change the document already has adds nothing, so a document at the cap still
+    // accepts it. A change still waiting for its dependencies is counted as if it applied.
+    let before = doc.stats().num_ops;
+    let mut incoming = 0u64;
+    for c in &changes {
+        if doc.get_change_by_hash(&c.hash()).is_none() {
+            incoming = incoming.saturating_add(c.len() as u64);
+        }
+    }
+    if before.saturating_add(incoming) > DOC_OPS_MAX {
+        return Err(DocError::Limit(format!(
+            "the record would hold {} operations, more than {DOC_OPS_MAX}",
+            before.saturating_add(incoming)
+        )));
+    }
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| doc.apply_changes(changes))) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(DocError::Automerge(e.to_string())),
-        Err(_) => Err(DocError::Automerge(
+        Err(_) => Err(DocError::Malformed(
             "the change is malformed (the Automerge library could not apply it)".into(),
         )),
     }
+}
+
+/// Saves a document merged from another node's changes, refusing one over [`DOC_BYTES_MAX`].
+pub fn save_checked(doc: &mut AutoCommit) -> Result<Vec<u8>, DocError> {
+    let bytes = doc.save();
+    if bytes.len() > DOC_BYTES_MAX {
+        return Err(DocError::Limit(format!(
+            "the record would be {} bytes saved, more than {DOC_BYTES_MAX}",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
 }
 
 /// A work order as the API shows it: the shared record plus where it runs.
@@ -185,11 +258,10 @@ pub fn read_view(doc: &AutoCommit) -> Result<WorkOrderView, DocError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests_support {
     use super::*;
-    use automerge::ActorId;
 
-    fn view() -> WorkOrderView {
+    pub(crate) fn view() -> WorkOrderView {
         WorkOrderView {
             order: WorkOrder {
                 id: WorkOrderId::new("SITE_001-WO-1").unwrap(),
@@ -211,6 +283,13 @@ mod tests {
             work_unit: Some(EquipmentId::new("PRESS-01").unwrap()),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::view;
+    use super::*;
+    use automerge::ActorId;
 
     #[test]
     fn a_work_order_round_trips_through_its_document() {
@@ -245,6 +324,60 @@ mod tests {
         assert_eq!(merged.order.planned_quantity, 800);
         assert_eq!(merged.order.state, WorkOrderState::Running);
         assert_eq!(read_view(&site).unwrap(), merged);
+    }
+
+    /// A record's document is capped: a change that would take it past DOC_OPS_MAX
+    /// operations is refused as over a limit (a re-sent change it already has is not), and a
+    /// document over DOC_BYTES_MAX does not save.
+    #[test]
+    fn a_document_over_its_caps_is_refused() {
+        let mut src = AutoCommit::new().with_actor(ActorId::random());
+        let mut changes = Vec::new();
+        for round in 0..=(DOC_OPS_MAX / CHANGE_OPS_MAX) {
+            for i in 0..CHANGE_OPS_MAX {
+                src.put(ROOT, format!("k{i}"), round).unwrap();
+            }
+            src.commit();
+            changes.push(src.get_last_local_change().unwrap().raw_bytes().to_vec());
+        }
+        let (last, within) = changes.split_last().unwrap();
+        let mut doc = AutoCommit::new();
+        let mut slowest = std::time::Duration::ZERO;
+        for c in within {
+            let started = std::time::Instant::now();
+            let change = decode_untrusted(c).unwrap();
+            apply_untrusted(&mut doc, vec![change]).unwrap();
+            slowest = slowest.max(started.elapsed());
+        }
+        println!("slowest decode+merge of a {CHANGE_OPS_MAX}-op change: {slowest:?}");
+        assert_eq!(doc.stats().num_ops, DOC_OPS_MAX);
+        let again = decode_untrusted(within.last().unwrap()).unwrap();
+        apply_untrusted(&mut doc, vec![again]).unwrap();
+        let over = apply_untrusted(&mut doc, vec![decode_untrusted(last).unwrap()]).unwrap_err();
+        assert!(over.is_limit(), "{over}");
+        // Refused before it was applied: the document is as it was.
+        assert_eq!(doc.stats().num_ops, DOC_OPS_MAX);
+
+        // Five values of 900 KiB that do not compress: over 4 MiB saved.
+        let mut big = AutoCommit::new();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for k in 0..5 {
+            let bytes: Vec<u8> = (0..900 * 1024)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            big.put(ROOT, format!("b{k}"), ScalarValue::Bytes(bytes))
+                .unwrap();
+        }
+        let refused = save_checked(&mut big).unwrap_err();
+        assert!(refused.is_limit(), "{refused}");
+        let mut small = AutoCommit::new();
+        write_all(&mut small, &view()).unwrap();
+        assert_eq!(save_checked(&mut small).unwrap(), small.save());
     }
 
     #[test]

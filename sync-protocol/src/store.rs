@@ -64,6 +64,13 @@ pub struct IngestReport {
 pub trait EdgeStore {
     type Error: std::error::Error + Send + Sync + 'static;
 
+    /// The error code a session closes with when this store refuses or fails: `internal` by
+    /// default; a store that refuses a change from the hub (malformed, over a limit) says
+    /// `malformed_frame` or `limit_exceeded`.
+    fn error_code(_error: &Self::Error) -> ErrorCode {
+        ErrorCode::Internal
+    }
+
     /// Unacknowledged outbox entries with `seq > after_seq`, oldest first, at most `limit`.
     fn outbox_after(
         &self,

@@ -44,3 +44,25 @@ fn change_ingest_fixtures() {
     let n = replay("change_ingest", sync_protocol::fuzzing::change_ingest);
     assert!(n >= 1, "the committed crasher is missing");
 }
+
+/// The hand-built bombs (`records::scan` builds them): 79-byte changes announcing 2^40
+/// operations, or one operation with 2^40 predecessors. automerge 0.12 spun for hours on the
+/// first (`Change::from_bytes`) and would have grown a vector until killed on the second; the
+/// pre-scan refuses both as over a limit, well within 100 ms.
+#[test]
+fn change_bombs_are_refused_as_over_a_limit_within_100_ms() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/fixtures/change_ingest");
+    for name in ["bomb-ops-2e40", "bomb-preds-2e40"] {
+        let data = std::fs::read(dir.join(name)).expect("the committed bomb");
+        let started = std::time::Instant::now();
+        let refused =
+            sync_protocol::records::decode_untrusted(&data).expect_err("a bomb must be refused");
+        let took = started.elapsed();
+        assert!(refused.is_limit(), "{name}: {refused}");
+        assert!(
+            took < std::time::Duration::from_millis(100),
+            "{name}: {took:?}"
+        );
+        println!("{name}: refused in {took:?}: {refused}");
+    }
+}

@@ -401,6 +401,117 @@ async fn foreign_records_and_actors_are_refused_and_write_nothing() {
     assert_eq!(orders, vec![("SITE_A-WO-7".to_owned(), 5)]);
 }
 
+/// Automerge bombs in a batch behind a good change (79 bytes announcing 2^40 operations, or
+/// one operation with 2^40 predecessors): the hub's store refuses the batch with
+/// `limit_exceeded` within 100 ms and writes nothing — not the good change, not even its
+/// actor's binding, since every change is decoded before the transaction opens. HQ cannot
+/// publish one either. A record holding `DOC_OPS_MAX` operations refuses a change that would
+/// grow it, and still takes a re-sent change it already has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_bombs_and_records_over_their_cap_are_refused_and_write_nothing() {
+    use sync_protocol::message::ErrorCode;
+    use sync_protocol::records::{CHANGE_OPS_MAX, DOC_OPS_MAX};
+    let (_db, admin, store) = setup().await;
+    let a = site("SITE_A");
+    let actor = automerge::ActorId::random();
+    let bombs: [&[u8]; 2] = [
+        include_bytes!("../../fuzz/fixtures/change_ingest/bomb-ops-2e40"),
+        include_bytes!("../../fuzz/fixtures/change_ingest/bomb-preds-2e40"),
+    ];
+    for bomb in bombs {
+        let bomb = RecordChange::new(
+            RecordId::new(RecordKind::WorkOrder, "SITE_A-WO-2").unwrap(),
+            bomb.to_vec(),
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let err = store
+            .apply_changes(
+                &a,
+                &[work_order_change("SITE_A-WO-1", &actor, 10), bomb.clone()],
+            )
+            .await
+            .unwrap_err();
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(100), "{took:?}");
+        assert_eq!(
+            PgHubStore::error_code(&err),
+            ErrorCode::LimitExceeded,
+            "{err}"
+        );
+        let err = store
+            .publish(&a, &DownItem::RecordChange(bomb))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            PgHubStore::error_code(&err),
+            ErrorCode::LimitExceeded,
+            "{err}"
+        );
+    }
+    let written: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM records) + (SELECT count(*) FROM actors)
+              + (SELECT count(*) FROM down_log) + (SELECT count(*) FROM work_orders)",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(written, 0, "a refused batch wrote rows");
+
+    // A record at the cap, as the hub would have saved it after ten changes of
+    // CHANGE_OPS_MAX operations (written directly: merging them one by one takes long).
+    store
+        .apply_changes(&a, &[work_order_change("SITE_A-WO-1", &actor, 10)])
+        .await
+        .unwrap();
+    let mut full = automerge::AutoCommit::new().with_actor(actor.clone());
+    for i in 0..DOC_OPS_MAX {
+        full.put(automerge::ROOT, format!("k{}", i % 1_000), i)
+            .unwrap();
+        if (i + 1) % CHANGE_OPS_MAX == 0 {
+            full.commit();
+        }
+    }
+    let saved = full.save();
+    sqlx::query(
+        "INSERT INTO records (site_id, record_kind, record_id, doc)
+         VALUES ('SITE_A', 'work_order', 'SITE_A-WO-3', $1)",
+    )
+    .bind(&saved)
+    .execute(&admin)
+    .await
+    .unwrap();
+    let record = RecordId::new(RecordKind::WorkOrder, "SITE_A-WO-3").unwrap();
+    let resent = full.get_last_local_change().unwrap().raw_bytes().to_vec();
+    full.put(automerge::ROOT, "k0", 1u64).unwrap();
+    full.commit();
+    let growing = full.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let err = store
+        .apply_changes(&a, &[RecordChange::new(record.clone(), growing).unwrap()])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        PgHubStore::error_code(&err),
+        ErrorCode::LimitExceeded,
+        "{err}"
+    );
+    assert!(err.to_string().contains("operations"), "{err}");
+    store
+        .apply_changes(&a, &[RecordChange::new(record, resent).unwrap()])
+        .await
+        .unwrap();
+    let stored: Vec<u8> =
+        sqlx::query_scalar("SELECT doc FROM records WHERE record_id = 'SITE_A-WO-3'")
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    let mut stored = automerge::AutoCommit::load(&stored).unwrap();
+    assert_eq!(
+        stored.get_heads(),
+        automerge::AutoCommit::load(&saved).unwrap().get_heads()
+    );
+}
+
 #[tokio::test]
 async fn down_log_is_per_site_and_acks_are_kept() {
     let (_db, admin, store) = setup().await;

@@ -1298,3 +1298,240 @@ async fn hostile_edge_suite_writes_nothing_across_sites_and_spares_the_others() 
     let _ = std::fs::remove_dir_all(edge_dir);
     let _ = std::fs::remove_dir_all(state_dir);
 }
+
+/// Sends `hello`, waits for the welcome, then sends `frame` and returns the error frame the
+/// hub answers with and how long after the frame was written it arrived (`None` if none came
+/// within `limit`).
+async fn refusal_time(
+    tls_dir: &Path,
+    hub: std::net::SocketAddr,
+    frame: &[u8],
+    limit: Duration,
+) -> Option<(sync_protocol::message::ErrorFrame, Duration)> {
+    use sync_protocol::message::Message;
+    let endpoint = edge_agent::sync::client_endpoint(tls_dir).unwrap();
+    let conn = endpoint.connect(hub, "127.0.0.1").unwrap().await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&hello()).await.unwrap();
+    let mut decoder = sync_protocol::frame::FrameDecoder::new(1 << 22);
+    let mut buf = vec![0u8; 65536];
+    let mut started: Option<Instant> = None;
+    let deadline = Instant::now() + limit + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let wait = match started {
+            Some(t) => limit.saturating_sub(t.elapsed()),
+            None => Duration::from_secs(5),
+        };
+        match tokio::time::timeout(wait, recv.read(&mut buf)).await {
+            Ok(Ok(Some(n))) => decoder.push(&buf[..n]),
+            _ => return None,
+        }
+        while let Ok(Some(m)) = decoder.next_message() {
+            match m {
+                Message::Welcome(_) if started.is_none() => {
+                    send.write_all(frame).await.unwrap();
+                    started = Some(Instant::now());
+                }
+                Message::Error(e) => return started.map(|t| (e, t.elapsed())),
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
+/// How long one event takes from SITE_A's store to the hub, `n` times, polled every 2 ms
+/// (`propagation` polls every 50 ms, too coarse to compare percentiles).
+async fn propagation_fine(
+    edge: &edge_agent::server::Running,
+    admin: &PgPool,
+    site: &SiteId,
+    from: u64,
+    n: u64,
+) -> Vec<Duration> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let sql = "SELECT count(*) FROM events WHERE site_id = 'SITE_A'";
+        let before = count(admin, sql).await;
+        let one = events(site, from + i, 1);
+        let started = Instant::now();
+        edge.state
+            .store
+            .write(move |c| edge_agent::store::insert_events_for_tests(c, &one))
+            .await
+            .unwrap();
+        edge.state.notify_outbox();
+        while count(admin, sql).await <= before {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "an event of SITE_A never reached the hub"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        out.push(started.elapsed());
+    }
+    out
+}
+
+/// The Automerge op bomb over real QUIC: SITE_B's certificate, a 79-byte change to its own
+/// work order whose run-length columns announce 2^40 operations
+/// (`fuzz/fixtures/change_ingest/bomb-ops-2e40`; before the pre-scan the hub's decode spun on
+/// it for hours on an async worker inside an open transaction, and this test hung). Sent again
+/// and again, on a new connection each time, while SITE_A's edge syncs one event at a time:
+/// every bomb is refused with `limit_exceeded` within 100 ms of being written, nothing of
+/// SITE_B is stored, and SITE_A's edge→hub propagation p99 during the attack stays within 2×
+/// of its p99 without it. Quiet and attack windows of 500 ms alternate (10 rounds), so that
+/// load from other tests running in this process falls on both alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_automerge_op_bomb_is_refused_at_once_while_another_site_keeps_syncing() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use sync_protocol::message::{ErrorCode, Message, RecordChanges};
+    let f = fixture("hub-bomb", &["SITE_A", "SITE_B"]).await;
+    let (admin, state_dir) = (f.admin.clone(), f.state_dir.clone());
+    let a = SiteId::new("SITE_A").unwrap();
+    let hub = f.start_hub("127.0.0.1:0").await;
+    let edge_dir = temp_dir("edge-beside-bomb");
+    let edge = edge_agent::server::start(edge_config(
+        "SITE_A",
+        &edge_dir,
+        &hub.quic_addr.to_string(),
+        &f.tls("SITE_A"),
+    ))
+    .await
+    .unwrap();
+
+    let bomb = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/fixtures/change_ingest/bomb-ops-2e40"),
+    )
+    .unwrap();
+    assert!(bomb.len() < 150, "{}", bomb.len());
+    let frame = sync_protocol::frame::encode(
+        &Message::RecordChanges(RecordChanges {
+            last_seq: 1,
+            changes: vec![
+                RecordChange::new(
+                    RecordId::new(RecordKind::WorkOrder, "SITE_B-WO-1").unwrap(),
+                    bomb,
+                )
+                .unwrap(),
+            ],
+        }),
+        1 << 22,
+    )
+    .unwrap();
+    let attacking = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tls_b, hub_addr) = (f.tls("SITE_B"), hub.quic_addr);
+    let attacker = {
+        let (attacking, stop) = (attacking.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                if attacking.load(Ordering::SeqCst) {
+                    answers
+                        .push(refusal_time(&tls_b, hub_addr, &frame, Duration::from_secs(5)).await);
+                }
+                // A bomb every ~50 ms: one bomb was enough to take a worker for hours; a
+                // faster stream would measure the cost of QUIC handshakes, not of bombs.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            answers
+        })
+    };
+
+    // Warm up SITE_A's session, then alternate quiet and attack windows of 500 ms each.
+    propagation_fine(&edge, &admin, &a, 0, 5).await;
+    let (mut quiet, mut during) = (Vec::new(), Vec::new());
+    let mut sent_a = 5;
+    let window = Duration::from_millis(500);
+    for _ in 0..10 {
+        attacking.store(false, Ordering::SeqCst);
+        // Let a bomb session still in flight finish.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        while started.elapsed() < window {
+            quiet.extend(propagation_fine(&edge, &admin, &a, sent_a, 1).await);
+            sent_a += 1;
+        }
+        attacking.store(true, Ordering::SeqCst);
+        let started = Instant::now();
+        while started.elapsed() < window {
+            during.extend(propagation_fine(&edge, &admin, &a, sent_a, 1).await);
+            sent_a += 1;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let answers = attacker.await.unwrap();
+    assert!(
+        answers.len() >= 10,
+        "only {} bombs were sent",
+        answers.len()
+    );
+    let mut refusals = Vec::new();
+    for (i, answer) in answers.into_iter().enumerate() {
+        let (error, took) = answer.unwrap_or_else(|| panic!("bomb {i}: no error frame within 5 s"));
+        // Not `malformed_frame` either: a panic while decoding would have surfaced as one.
+        assert_eq!(
+            error.code,
+            ErrorCode::LimitExceeded,
+            "bomb {i}: {}",
+            error.message
+        );
+        refusals.push(took);
+    }
+    let slowest = *refusals.iter().max().unwrap();
+    let (r50, _) = p99(refusals.clone());
+    let (quiet_n, during_n) = (quiet.len(), during.len());
+    let (q50, q99) = p99(quiet);
+    let (d50, d99) = p99(during);
+    println!(
+        "op bomb: {} bombs refused with limit_exceeded, p50 {:.2} ms, slowest {:.2} ms after the frame was written; SITE_A edge->hub p50/p99 {:.1}/{:.1} ms without, {:.1}/{:.1} ms during the attack ({} / {} events), p99 ratio {:.2}",
+        refusals.len(),
+        r50.as_secs_f64() * 1e3,
+        slowest.as_secs_f64() * 1e3,
+        q50.as_secs_f64() * 1e3,
+        q99.as_secs_f64() * 1e3,
+        d50.as_secs_f64() * 1e3,
+        d99.as_secs_f64() * 1e3,
+        quiet_n,
+        during_n,
+        d99.as_secs_f64() / q99.as_secs_f64()
+    );
+    assert!(
+        slowest < Duration::from_millis(100),
+        "slowest refusal {slowest:?}"
+    );
+    assert!(
+        d99 <= q99 * 2,
+        "SITE_A's p99 during the attack {d99:?} is more than twice {q99:?} without it"
+    );
+    assert_eq!(
+        count(
+            &admin,
+            "SELECT count(*) FROM records WHERE site_id = 'SITE_B'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &admin,
+            "SELECT count(*) FROM actors WHERE site_id = 'SITE_B'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &admin,
+            "SELECT count(*) FROM events WHERE site_id = 'SITE_A'"
+        )
+        .await,
+        sent_a as i64
+    );
+    edge.stop().await.unwrap();
+    hub.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(edge_dir);
+    let _ = std::fs::remove_dir_all(state_dir);
+}

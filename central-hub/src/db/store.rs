@@ -21,6 +21,14 @@ use uuid::Uuid;
 
 use super::rollup::{self, SiteClock};
 
+/// Longest the hub works on a batch's changes on a blocking thread — decoding them, or merging
+/// one into its record — before it refuses the batch with `limit_exceeded`. The pre-scan's
+/// caps (`records::CHANGE_OPS_MAX`, `DOC_OPS_MAX`) already bound that work to milliseconds in
+/// a release build; the deadline is the backstop should automerge still find a slow path, so
+/// that no session waits on it and no transaction stays open behind it. (A blocking thread
+/// cannot be cancelled: one that overran finishes on its own and its result is dropped.)
+pub const CHANGE_WORK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Months of partitions created ahead of the current one.
 pub const PARTITION_MONTHS_AHEAD: i32 = 3;
 
@@ -54,6 +62,10 @@ pub enum HubStoreError {
     },
     #[error("change for {record} does not decode: {reason}")]
     BadChange { record: String, reason: String },
+    /// A change over a named limit (operations, document size) or one whose decode or merge
+    /// outran [`CHANGE_WORK_DEADLINE`]: refused with `limit_exceeded`, nothing written.
+    #[error("change for {record} refused: {reason}")]
+    ChangeOverLimit { record: String, reason: String },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }
@@ -484,9 +496,16 @@ impl PgHubStore {
     /// Appends an item to a site's down log (an HQ release or edit, master data); returns its
     /// cursor. Record changes are merged into the hub's copy in the same transaction.
     pub async fn publish(&self, site: &SiteId, item: &DownItem) -> Result<u64, HubStoreError> {
+        // Decoded before the transaction opens, like a site's changes.
+        let change = match item {
+            DownItem::RecordChange(c) => Some(decode_changes(site, std::slice::from_ref(c)).await?),
+            _ => None,
+        };
         let mut tx = scoped(&self.pool, site).await?;
-        if let DownItem::RecordChange(c) = item {
-            merge_change(&mut tx, site, c, false).await?;
+        if let (DownItem::RecordChange(c), Some(decoded)) = (item, change) {
+            for change in decoded {
+                merge_change(&mut tx, site, c, change, false).await?;
+            }
         }
         let cursor = append_down(&mut tx, site, item).await?;
         tx.commit().await?;
@@ -597,28 +616,89 @@ pub async fn notify_down(
     Ok(())
 }
 
-/// Merges one change into the hub's copy of its record. `from_edge` changes are checked for
-/// site isolation: the record must be in the site's key space and the change's actor bound to
-/// the site.
+/// A refused change as the store's error: over a limit, or malformed.
+fn change_error(record: &str, e: sync_protocol::records::DocError) -> HubStoreError {
+    let (record, reason) = (record.to_owned(), e.to_string());
+    if e.is_limit() {
+        HubStoreError::ChangeOverLimit { record, reason }
+    } else {
+        HubStoreError::BadChange { record, reason }
+    }
+}
+
+/// Runs Automerge work on a blocking thread, never on the async workers that serve the other
+/// sites' sessions, and gives up on it after [`CHANGE_WORK_DEADLINE`].
+async fn off_workers<T: Send + 'static>(
+    record: &str,
+    what: &str,
+    work: impl FnOnce() -> Result<T, HubStoreError> + Send + 'static,
+) -> Result<T, HubStoreError> {
+    match tokio::time::timeout(CHANGE_WORK_DEADLINE, tokio::task::spawn_blocking(work)).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) => Err(HubStoreError::BadChange {
+            record: record.to_owned(),
+            reason: format!("{what} failed: {join}"),
+        }),
+        Err(_) => Err(HubStoreError::ChangeOverLimit {
+            record: record.to_owned(),
+            reason: format!("{what} took longer than {CHANGE_WORK_DEADLINE:?}"),
+        }),
+    }
+}
+
+/// Checks a batch's records against the site's key space and decodes its changes (the
+/// pre-scan, then automerge), on a blocking thread with a deadline and before any transaction
+/// is open: a hostile change costs no connection, no lock and no async worker.
+async fn decode_changes(
+    site: &SiteId,
+    changes: &[RecordChange],
+) -> Result<Vec<automerge::Change>, HubStoreError> {
+    for c in changes {
+        if !c.record.id().starts_with(&format!("{site}-")) {
+            return Err(HubStoreError::ForeignRecord {
+                site: site.to_string(),
+                record: c.record.id().to_owned(),
+            });
+        }
+    }
+    // The pre-scan is linear in the bytes (1 MiB at most) and never calls automerge, so it
+    // runs right here: a bomb is refused without waiting for a blocking thread.
+    for c in changes {
+        sync_protocol::records::scan_change(c.bytes())
+            .map_err(|e| change_error(c.record.id(), e.into()))?;
+    }
+    let first = changes.first().map_or("", |c| c.record.id()).to_owned();
+    let changes = changes.to_vec();
+    off_workers(&first, "decoding the changes", move || {
+        changes
+            .iter()
+            .map(|c| {
+                sync_protocol::records::decode_untrusted(c.bytes())
+                    .map_err(|e| change_error(c.record.id(), e))
+            })
+            .collect()
+    })
+    .await
+}
+
+/// What merging a change into a record's document produced, computed off the async workers.
+struct Merged {
+    doc: Vec<u8>,
+    conflicts: Vec<String>,
+    view: Option<sync_protocol::records::WorkOrderView>,
+}
+
+/// Merges one decoded change into the hub's copy of its record (the record is already known
+/// to be in the site's key space: [`decode_changes`]). `from_edge` changes are checked for
+/// site isolation: the change's actor must be bound to the site.
 async fn merge_change(
     tx: &mut Transaction<'static, Postgres>,
     site: &SiteId,
     c: &RecordChange,
+    change: automerge::Change,
     from_edge: bool,
 ) -> Result<(), HubStoreError> {
     let record = &c.record;
-    if !record.id().starts_with(&format!("{site}-")) {
-        return Err(HubStoreError::ForeignRecord {
-            site: site.to_string(),
-            record: record.id().to_owned(),
-        });
-    }
-    let change = sync_protocol::records::decode_untrusted(c.bytes()).map_err(|e| {
-        HubStoreError::BadChange {
-            record: record.id().to_owned(),
-            reason: e.to_string(),
-        }
-    })?;
     if from_edge {
         let actor = change.actor_id().to_bytes().to_vec();
         crate::db::query(
@@ -649,23 +729,43 @@ async fn merge_change(
     .bind(record.id())
     .fetch_optional(&mut **tx)
     .await?;
-    let mut doc = match existing {
-        Some(bytes) => AutoCommit::load(&bytes)
-            .map_err(|e| HubStoreError::Corrupt(format!("record {}: {e}", record.id())))?,
-        None => AutoCommit::new(),
-    };
-    sync_protocol::records::apply_untrusted(&mut doc, vec![change]).map_err(|e| {
-        HubStoreError::BadChange {
-            record: record.id().to_owned(),
-            reason: e.to_string(),
-        }
-    })?;
+    // The merge runs while the row is locked (it must: the saved document replaces the row),
+    // but on a blocking thread and bounded: the change passed the pre-scan, the document is
+    // capped (DOC_OPS_MAX, DOC_BYTES_MAX), and the deadline ends the transaction regardless.
+    let id = record.id().to_owned();
+    let is_work_order = record.kind == RecordKind::WorkOrder;
+    let merged = off_workers(record.id(), "merging the change", move || {
+        let mut doc = match existing {
+            Some(bytes) => AutoCommit::load(&bytes)
+                .map_err(|e| HubStoreError::Corrupt(format!("record {id}: {e}")))?,
+            None => AutoCommit::new(),
+        };
+        sync_protocol::records::apply_untrusted(&mut doc, vec![change])
+            .map_err(|e| change_error(&id, e))?;
+        let saved =
+            sync_protocol::records::save_checked(&mut doc).map_err(|e| change_error(&id, e))?;
+        let conflicts = if is_work_order {
+            sync_protocol::records::state_conflicts(&doc)
+                .map_err(|e| HubStoreError::Corrupt(format!("record {id}: {e}")))?
+        } else {
+            Vec::new()
+        };
+        let view = if is_work_order {
+            read_view(&doc).ok()
+        } else {
+            None
+        };
+        Ok(Merged {
+            doc: saved,
+            conflicts,
+            view,
+        })
+    })
+    .await?;
     // A work order's document names itself: it must name the record it arrives under and the
     // session's site, or its row would be materialized over another order's (nothing is
     // written: the transaction is rolled back with the error).
-    if record.kind == RecordKind::WorkOrder
-        && let Ok(v) = read_view(&doc)
-    {
+    if let Some(v) = &merged.view {
         if v.order.id.as_str() != record.id() {
             return Err(HubStoreError::MisnamedRecord {
                 record: record.id().to_owned(),
@@ -688,12 +788,11 @@ async fn merge_change(
     .bind(site.as_str())
     .bind(kind_str(record.kind))
     .bind(record.id())
-    .bind(doc.save())
+    .bind(&merged.doc)
     .execute(&mut **tx)
     .await?;
     if record.kind == RecordKind::WorkOrder {
-        let conflicts = sync_protocol::records::state_conflicts(&doc)
-            .map_err(|e| HubStoreError::Corrupt(format!("record {}: {e}", record.id())))?;
+        let conflicts = merged.conflicts;
         // A conflict the document no longer shows (a later edit settled the state, or it was
         // only an intermediate step of a batch) is resolved; the current ones are open.
         crate::db::query(
@@ -724,9 +823,7 @@ async fn merge_change(
     }
     // Work orders feed the on-time, WIP and product reports.
     notify_data(tx, Some(site)).await?;
-    if record.kind == RecordKind::WorkOrder
-        && let Ok(v) = read_view(&doc)
-    {
+    if let Some(v) = merged.view {
         let o = &v.order;
         crate::db::query(
             "INSERT INTO work_orders (site_id, id, state, material, planned_quantity, due, priority,
@@ -764,6 +861,7 @@ impl HubStore for PgHubStore {
             | HubStoreError::ForeignActor { .. }
             | HubStoreError::MisnamedRecord { .. } => ErrorCode::Unauthorized,
             HubStoreError::BadChange { .. } => ErrorCode::MalformedFrame,
+            HubStoreError::ChangeOverLimit { .. } => ErrorCode::LimitExceeded,
             HubStoreError::Db(_) | HubStoreError::Corrupt(_) => ErrorCode::Internal,
         }
     }
@@ -795,9 +893,11 @@ impl HubStore for PgHubStore {
         site: &SiteId,
         changes: &[RecordChange],
     ) -> Result<(), HubStoreError> {
+        // Every change is decoded before the transaction opens.
+        let decoded = decode_changes(site, changes).await?;
         let mut tx = scoped(&self.pool, site).await?;
-        for c in changes {
-            merge_change(&mut tx, site, c, true).await?;
+        for (c, change) in changes.iter().zip(decoded) {
+            merge_change(&mut tx, site, c, change, true).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -83,6 +83,15 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A change from the hub refused before anything of it was written: malformed, over a
+    /// limit (`sync_protocol::records` caps) or past the decode deadline. The session closes
+    /// with `limit_exceeded` (`over_limit`) or `malformed_frame`.
+    #[error("change for {record} refused: {reason}")]
+    ChangeRefused {
+        record: String,
+        reason: String,
+        over_limit: bool,
+    },
 }
 
 /// Handle to the store; cheap to clone.

@@ -2,7 +2,7 @@
 //! trait on top of them.
 
 use rusqlite::{Connection, OptionalExtension, params};
-use sync_protocol::message::{DownBatch, DownItem, RecordChange, RecordHeads, RecordId};
+use sync_protocol::message::{DownBatch, DownItem, ErrorCode, RecordChange, RecordHeads, RecordId};
 use sync_protocol::store::{EdgeStore, HeadsComparison, OutboxEntry, OutboxItem};
 
 use super::{Store, StoreError, events};
@@ -140,10 +140,22 @@ fn down_cursor(conn: &Connection) -> Result<u64, StoreError> {
     })
 }
 
-fn apply_down(conn: &Connection, batch: &DownBatch) -> Result<(), StoreError> {
+/// Applies a down batch whose record changes were decoded beforehand (`decoded`, in item
+/// order), with its cursor, in the writer's transaction.
+fn apply_down(
+    conn: &Connection,
+    batch: &DownBatch,
+    decoded: Vec<records::RemoteChange>,
+) -> Result<(), StoreError> {
+    let mut decoded = decoded.into_iter();
     for item in &batch.items {
         match item {
-            DownItem::RecordChange(c) => records::apply_remote(conn, std::slice::from_ref(c))?,
+            DownItem::RecordChange(c) => {
+                let change = decoded.next().ok_or_else(|| {
+                    StoreError::Corrupt(format!("no decoded change for {}", c.record.id()))
+                })?;
+                records::apply_decoded(conn, vec![change])?
+            }
             DownItem::MasterUpsert { version, record } => master::upsert(conn, *version, record)?,
             DownItem::MasterDelete { version, kind, key } => {
                 master::delete(conn, *version, *kind, key)?
@@ -207,6 +219,16 @@ impl Store {
 impl EdgeStore for Store {
     type Error = StoreError;
 
+    fn error_code(e: &StoreError) -> ErrorCode {
+        match e {
+            StoreError::ChangeRefused {
+                over_limit: true, ..
+            } => ErrorCode::LimitExceeded,
+            StoreError::ChangeRefused { .. } => ErrorCode::MalformedFrame,
+            _ => ErrorCode::Internal,
+        }
+    }
+
     async fn outbox_after(
         &self,
         after_seq: u64,
@@ -224,8 +246,18 @@ impl EdgeStore for Store {
     }
 
     async fn apply_down(&self, batch: &DownBatch) -> Result<(), StoreError> {
+        // Decoded before the job reaches the writer: see `records::decode_remote`.
+        let changes = batch
+            .items
+            .iter()
+            .filter_map(|i| match i {
+                DownItem::RecordChange(c) => Some(c.clone()),
+                _ => None,
+            })
+            .collect();
+        let decoded = records::decode_remote(changes).await?;
         let batch = batch.clone();
-        self.write(move |c| apply_down(c, &batch)).await
+        self.write(move |c| apply_down(c, &batch, decoded)).await
     }
 
     async fn heads_page(
@@ -244,16 +276,16 @@ impl EdgeStore for Store {
     }
 
     async fn apply_repair(&self, changes: &[RecordChange]) -> Result<(), StoreError> {
-        let changes = changes.to_vec();
+        let decoded = records::decode_remote(changes.to_vec()).await?;
+        // A repair follows a restore: the records come back with the totals this site had
+        // reported before its disk was lost, and a later pause must not report less.
+        let orders: Vec<String> = changes
+            .iter()
+            .filter(|ch| ch.record.kind == sync_protocol::message::RecordKind::WorkOrder)
+            .map(|ch| ch.record.id().to_owned())
+            .collect();
         self.write(move |c| {
-            records::apply_remote(c, &changes)?;
-            // A repair follows a restore: the records come back with the totals this site had
-            // reported before its disk was lost, and a later pause must not report less.
-            let orders: Vec<String> = changes
-                .iter()
-                .filter(|ch| ch.record.kind == sync_protocol::message::RecordKind::WorkOrder)
-                .map(|ch| ch.record.id().to_owned())
-                .collect();
+            records::apply_decoded(c, decoded)?;
             super::counts::at_least_these_records(c, Some(&orders))?;
             Ok(())
         })

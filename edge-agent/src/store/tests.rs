@@ -342,6 +342,159 @@ async fn sqlite_store_syncs_through_the_sessions() {
     store.close();
 }
 
+/// Changes from the hub that are bombs: 79 bytes announcing 2^40 operations (automerge 0.12's
+/// decode spun for hours on it, in the writer thread, holding every local write) and one
+/// operation with 2^40 predecessors. In a down batch behind a good change, and in a repair:
+/// each is refused within 100 ms with a `limit_exceeded` error frame to the hub, nothing of
+/// the batch is written (not the good change either, nor the cursor), and the writer goes on
+/// serving local writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_bombs_from_the_hub_are_refused_and_write_nothing() {
+    use sync_protocol::message::{ErrorCode, RecordChange, RecordId, RecordKind};
+    let bombs: [(&str, &[u8]); 2] = [
+        (
+            "bomb-ops-2e40",
+            include_bytes!("../../../fuzz/fixtures/change_ingest/bomb-ops-2e40"),
+        ),
+        (
+            "bomb-preds-2e40",
+            include_bytes!("../../../fuzz/fixtures/change_ingest/bomb-preds-2e40"),
+        ),
+    ];
+    for (name, bomb) in bombs {
+        let dir = TempDir::new("bomb");
+        let store = open(&dir);
+        let record = |id: &str| RecordId::new(RecordKind::WorkOrder, id).unwrap();
+        let mut doc = automerge::AutoCommit::new();
+        automerge::transaction::Transactable::put(&mut doc, automerge::ROOT, "state", "running")
+            .unwrap();
+        doc.commit();
+        let good = RecordChange::new(
+            record("SITE_001-WO-1"),
+            doc.get_last_local_change().unwrap().raw_bytes().to_vec(),
+        )
+        .unwrap();
+        let bomb = RecordChange::new(record("SITE_001-WO-2"), bomb.to_vec()).unwrap();
+        let hub = MemoryHubStore::new();
+        hub.publish(&site(), DownItem::RecordChange(good));
+        hub.publish(&site(), DownItem::RecordChange(bomb.clone()));
+
+        let cfg = SessionConfig::default();
+        let now = Duration::ZERO;
+        let mut edge = EdgeSession::new(cfg.clone(), 0, now);
+        let mut hub_session = HubSession::new(cfg, site(), Timestamp::from_millis(0), now);
+        let mut refused = None;
+        let mut hub_saw = None;
+        for _ in 0..100 {
+            let started = std::time::Instant::now();
+            if let Err(e) = drive_edge(&mut edge, &store, now).await {
+                refused = Some((e.to_string(), started.elapsed()));
+            }
+            let report = drive_hub(&mut hub_session, &hub, now).await.unwrap();
+            hub_saw = hub_saw.or(report.closed);
+            let mut moved = false;
+            while let Some(f) = edge.poll_transmit() {
+                hub_session.handle_frame(now, &f);
+                moved = true;
+            }
+            while let Some(f) = hub_session.poll_transmit() {
+                edge.handle_frame(now, &f);
+                moved = true;
+            }
+            if !moved {
+                break;
+            }
+        }
+        let report = drive_hub(&mut hub_session, &hub, now).await.unwrap();
+        hub_saw = hub_saw.or(report.closed);
+        let (message, took) = refused.unwrap_or_else(|| panic!("{name}: not refused"));
+        println!("{name}: refused by the edge in {took:?}: {message}");
+        assert!(took < Duration::from_millis(100), "{name}: {took:?}");
+        assert!(message.contains("refused"), "{name}: {message}");
+        assert_eq!(
+            hub_saw.map(|r| r.code()),
+            Some(ErrorCode::LimitExceeded),
+            "{name}"
+        );
+        assert_eq!(store.down_cursor().await.unwrap(), 0, "{name}");
+        let records: i64 = store
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM records", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(records, 0, "{name}: a refused batch wrote records");
+        // A repair carrying the bomb is refused the same way.
+        let err = store.apply_repair(&[bomb]).await.unwrap_err();
+        assert_eq!(
+            Store::error_code(&err),
+            ErrorCode::LimitExceeded,
+            "{name}: {err}"
+        );
+        // The writer is free: a local write commits at once.
+        let started = std::time::Instant::now();
+        store_events(&store, vec![event(1, T0)]).await;
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(count_events(&store), 1);
+        store.close();
+    }
+}
+
+/// A local edit that would take a work order past `DOC_OPS_MAX` operations (which the hub
+/// would refuse, stalling the outbox behind it) is refused with 422-style `Invalid`, and
+/// nothing of it is stored or queued.
+#[test]
+fn a_local_edit_past_the_record_cap_is_refused() {
+    use automerge::ReadDoc;
+    use automerge::transaction::Transactable;
+    use shared_model::WorkOrderId;
+    use shared_model::work_order::{WorkOrder, WorkOrderAction};
+    use sync_protocol::records::{CHANGE_OPS_MAX, DOC_OPS_MAX};
+
+    let dir = TempDir::new("cap");
+    let store = open(&dir);
+    let conn = open_write_connection(store.path()).unwrap();
+    let actor = automerge::ActorId::random();
+    let id = WorkOrderId::new("SITE_001-WO-7").unwrap();
+    let view = crate::records::WorkOrderView {
+        order: WorkOrder::released(
+            id.clone(),
+            site(),
+            shared_model::MaterialId::new("BRACKET-7").unwrap(),
+            10,
+        ),
+        work_unit: None,
+    };
+    crate::records::create(&conn, &view, &actor).unwrap();
+    let saved: Vec<u8> = conn
+        .query_row("SELECT doc FROM records", [], |r| r.get(0))
+        .unwrap();
+    // The order's history filled up to the cap, as synced edits would have.
+    let mut full = automerge::AutoCommit::load(&saved).unwrap();
+    let room = DOC_OPS_MAX - full.stats().num_ops;
+    for i in 0..room {
+        full.put(automerge::ROOT, format!("x{}", i % 100), i)
+            .unwrap();
+        if (i + 1) % CHANGE_OPS_MAX == 0 {
+            full.commit();
+        }
+    }
+    full.commit();
+    assert_eq!(full.stats().num_ops, DOC_OPS_MAX);
+    conn.execute("UPDATE records SET doc = ?1", [full.save()])
+        .unwrap();
+    let queued = outbox::pending(&conn).unwrap().changes;
+    let err = crate::records::transition(&conn, &id, WorkOrderAction::Start, None, T0, &actor)
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Invalid { message, .. } if message.contains("history is full")),
+        "{err}"
+    );
+    assert_eq!(outbox::pending(&conn).unwrap().changes, queued);
+    let after: Vec<u8> = conn
+        .query_row("SELECT doc FROM records", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(after, full.save());
+}
+
 /// HQ cancels an order the site completed while apart: the merge shows the conflict, and a
 /// supervisor's choice settles it with one new edit (which is queued for the hub).
 #[test]
