@@ -285,6 +285,16 @@ fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs(n.saturating_mul(secs)))
 }
 
+/// An optional `--site` flag, validated.
+fn site_opt(site: Option<String>) -> anyhow::Result<Option<SiteId>> {
+    site.map(SiteId::new).transpose().context("invalid --site")
+}
+
+/// A pool on `url` for one command (the owner's commands and `serve`'s setup).
+async fn connect(url: &str) -> anyhow::Result<sqlx::PgPool> {
+    db::connect(url).await.context("connecting to PostgreSQL")
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -315,9 +325,7 @@ fn main() -> anyhow::Result<()> {
                     database_url,
                 },
         } => runtime()?.block_on(async {
-            let pool = db::connect(&database_url)
-                .await
-                .context("connecting to PostgreSQL")?;
+            let pool = connect(&database_url).await?;
             let now = time::OffsetDateTime::now_utc();
             if dry_run {
                 let due = db::retention::due(&pool, older_than_months, now).await?;
@@ -342,9 +350,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Migrate { database_url } => runtime()?.block_on(async {
-            let pool = db::connect(&database_url)
-                .await
-                .context("connecting to PostgreSQL")?;
+            let pool = connect(&database_url).await?;
             let v = schema::migrate(&pool).await.context("migrating")?;
             println!("schema at version {v}");
             Ok(())
@@ -362,9 +368,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let site = SiteId::new(site).context("invalid site id")?;
             runtime()?.block_on(async {
-                let pool = db::connect(&database_url)
-                    .await
-                    .context("connecting to PostgreSQL")?;
+                let pool = connect(&database_url).await?;
                 let master = store::add_site(&pool, &site, &name, &region, &timezone)
                     .await
                     .context("adding the site")?;
@@ -394,9 +398,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let site = SiteId::new(site).context("invalid site id")?;
             runtime()?.block_on(async {
-                let pool = db::connect(&database_url)
-                    .await
-                    .context("connecting to PostgreSQL")?;
+                let pool = connect(&database_url).await?;
                 let ca = central_hub::pki::Ca::load_or_create(&state_dir)
                     .with_context(|| format!("loading the CA in {}", state_dir.display()))?;
                 let token = central_hub::enroll::create_token(&pool, &ca, &site, ttl)
@@ -415,9 +417,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let site = SiteId::new(site).context("invalid site id")?;
             runtime()?.block_on(async {
-                let pool = db::connect(&database_url)
-                    .await
-                    .context("connecting to PostgreSQL")?;
+                let pool = connect(&database_url).await?;
                 let r = central_hub::certs::revoke_site(&pool, &site)
                     .await
                     .context("revoking")?;
@@ -439,14 +439,9 @@ fn main() -> anyhow::Result<()> {
                     database_url,
                 },
         } => {
-            let site = site
-                .map(SiteId::new)
-                .transpose()
-                .context("invalid --site")?;
+            let site = site_opt(site)?;
             runtime()?.block_on(async {
-                let pool = db::connect(&database_url)
-                    .await
-                    .context("connecting to PostgreSQL")?;
+                let pool = connect(&database_url).await?;
                 let rows = central_hub::certs::list(&pool, site.as_ref())
                     .await
                     .context("listing certificates")?;
@@ -468,9 +463,7 @@ fn main() -> anyhow::Result<()> {
                     database_url,
                 },
         } => runtime()?.block_on(async {
-            let pool = db::connect(&database_url)
-                .await
-                .context("connecting to PostgreSQL")?;
+            let pool = connect(&database_url).await?;
             let r = central_hub::certs::revoke_serial(&pool, &serial, &reason)
                 .await
                 .context("revoking the certificate")?;
@@ -553,14 +546,9 @@ fn main() -> anyhow::Result<()> {
                     database_url,
                 },
         } => {
-            let site = site
-                .map(SiteId::new)
-                .transpose()
-                .context("invalid --site")?;
+            let site = site_opt(site)?;
             runtime()?.block_on(async {
-                let pool = db::connect(&database_url)
-                    .await
-                    .context("connecting to PostgreSQL")?;
+                let pool = connect(&database_url).await?;
                 let same_name = central_hub::auth::list_tokens(&pool)
                     .await
                     .context("listing tokens")?
@@ -583,9 +571,7 @@ fn main() -> anyhow::Result<()> {
         Command::ApiToken {
             command: TokenCommand::List { database_url },
         } => runtime()?.block_on(async {
-            let pool = db::connect(&database_url)
-                .await
-                .context("connecting to PostgreSQL")?;
+            let pool = connect(&database_url).await?;
             let tokens = central_hub::auth::list_tokens(&pool)
                 .await
                 .context("listing tokens")?;
@@ -622,9 +608,7 @@ fn main() -> anyhow::Result<()> {
         Command::ApiToken {
             command: TokenCommand::Revoke { name, database_url },
         } => runtime()?.block_on(async {
-            let pool = db::connect(&database_url)
-                .await
-                .context("connecting to PostgreSQL")?;
+            let pool = connect(&database_url).await?;
             let n = central_hub::auth::revoke_tokens(&pool, &name)
                 .await
                 .context("revoking")?;
@@ -653,9 +637,7 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("{} {}", r.kind().as_str(), r.key()))?;
             }
             runtime()?.block_on(async {
-                let pool = db::connect(&database_url)
-                    .await
-                    .context("connecting to PostgreSQL")?;
+                let pool = connect(&database_url).await?;
                 let sites: Vec<SiteId> = sqlx::query_scalar::<_, String>(
                     "SELECT site_id FROM sites WHERE revoked_at IS NULL",
                 )
