@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use shared_model::master::{MasterKind, MasterRecord};
 
 use crate::store::StoreError;
@@ -77,6 +77,26 @@ pub fn read_file(path: &Path) -> Result<Vec<MasterRecord>, ImportError> {
         })?;
     }
     Ok(records)
+}
+
+/// The JSON of the live (not deleted) record of `kind` under `key`, if held.
+pub fn json(conn: &Connection, kind: MasterKind, key: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT json FROM master WHERE kind = ?1 AND key = ?2 AND json IS NOT NULL",
+        )?
+        .query_row(params![kind.as_str(), key], |r| r.get(0))
+        .optional()?)
+}
+
+/// Whether a live record of `kind` under `key` is held: the reference check of events and
+/// work orders.
+pub fn exists(conn: &Connection, kind: MasterKind, key: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM master WHERE kind = ?1 AND key = ?2 AND json IS NOT NULL")?
+        .query_row(params![kind.as_str(), key], |_| Ok(()))
+        .optional()?
+        .is_some())
 }
 
 /// Stores a version of a record unless a newer one is already there.

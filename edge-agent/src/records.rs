@@ -9,7 +9,7 @@
 use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, ROOT, ReadDoc};
 use rusqlite::{Connection, OptionalExtension, params};
-use shared_model::master::MasterRecord;
+use shared_model::master::{MasterKind, MasterRecord};
 use shared_model::work_order::{OperationProgress, WorkOrderAction, WorkOrderState};
 use shared_model::{EquipmentId, Timestamp, WorkOrderId};
 use sync_protocol::message::{RecordChange, RecordHeads, RecordId, RecordKind};
@@ -17,23 +17,16 @@ use sync_protocol::store::HeadsComparison;
 
 use crate::store::StoreError;
 
+/// The stored name of a record kind. Kept only for `store::outbox`, which another change is
+/// moving; new code calls [`RecordKind::as_str`] directly.
 pub fn kind_str(kind: RecordKind) -> &'static str {
-    match kind {
-        RecordKind::WorkOrder => "work_order",
-        RecordKind::NonConformance => "non_conformance",
-        RecordKind::LotHold => "lot_hold",
-    }
+    kind.as_str()
 }
 
+/// A record kind read back from the store: an unknown name means the file is corrupt.
 pub fn parse_kind(s: &str) -> Result<RecordKind, StoreError> {
-    match s {
-        "work_order" => Ok(RecordKind::WorkOrder),
-        "non_conformance" => Ok(RecordKind::NonConformance),
-        "lot_hold" => Ok(RecordKind::LotHold),
-        other => Err(StoreError::Corrupt(format!(
-            "unknown record kind {other:?}"
-        ))),
-    }
+    s.parse()
+        .map_err(|e: shared_model::UnknownName| StoreError::Corrupt(e.to_string()))
 }
 
 pub use sync_protocol::records::WorkOrderView;
@@ -58,7 +51,7 @@ fn load(
 ) -> Result<Option<AutoCommit>, StoreError> {
     let bytes: Option<Vec<u8>> = conn
         .prepare_cached("SELECT doc FROM records WHERE record_kind = ?1 AND record_id = ?2")?
-        .query_row(params![kind_str(record.kind), record.id()], |r| r.get(0))
+        .query_row(params![record.kind.as_str(), record.id()], |r| r.get(0))
         .optional()?;
     bytes
         .map(|b| {
@@ -74,7 +67,7 @@ fn save_bytes(conn: &Connection, record: &RecordId, bytes: &[u8]) -> Result<(), 
         "INSERT INTO records (record_kind, record_id, doc) VALUES (?1, ?2, ?3)
          ON CONFLICT (record_kind, record_id) DO UPDATE SET doc = excluded.doc",
     )?
-    .execute(params![kind_str(record.kind), record.id(), bytes])?;
+    .execute(params![record.kind.as_str(), record.id(), bytes])?;
     Ok(())
 }
 
@@ -115,7 +108,7 @@ fn record_conflicts(
             "SELECT id, description FROM conflicts
              WHERE record_kind = ?1 AND record_id = ?2 AND resolved_at IS NULL",
         )?;
-        let rows = stmt.query_map(params![kind_str(record.kind), record.id()], |r| {
+        let rows = stmt.query_map(params![record.kind.as_str(), record.id()], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })?;
         rows.collect::<Result<_, _>>()?
@@ -134,7 +127,7 @@ fn record_conflicts(
                 "INSERT OR IGNORE INTO conflicts (record_kind, record_id, description, detected_at)
                  VALUES (?1, ?2, ?3, {NOW})"
             ),
-            params![kind_str(record.kind), record.id(), description],
+            params![record.kind.as_str(), record.id(), description],
         )?;
     }
     Ok(())
@@ -201,13 +194,16 @@ fn routing_snapshot(
     version: u32,
 ) -> Result<Vec<OperationProgress>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT json FROM master WHERE kind = 'routings' AND key LIKE ?1 ESCAPE '\\' AND json IS NOT NULL",
+        "SELECT json FROM master WHERE kind = ?2 AND key LIKE ?1 ESCAPE '\\' AND json IS NOT NULL",
     )?;
     let prefix = format!(
         "{}@{version}#",
         material.as_str().replace('%', "\\%").replace('_', "\\_")
     );
-    let rows = stmt.query_map([format!("{prefix}%")], |r| r.get::<_, String>(0))?;
+    let rows = stmt.query_map(
+        params![format!("{prefix}%"), MasterKind::RoutingStep.as_str()],
+        |r| r.get::<_, String>(0),
+    )?;
     let mut ops = Vec::new();
     for row in rows {
         let record: MasterRecord = serde_json::from_str(&row?)
@@ -229,19 +225,14 @@ fn routing_snapshot(
 }
 
 fn require_equipment(conn: &Connection, w: &EquipmentId) -> Result<(), StoreError> {
-    let found: Option<()> = conn
-        .prepare_cached(
-            "SELECT 1 FROM master WHERE kind = 'equipment' AND key = ?1 AND json IS NOT NULL",
-        )?
-        .query_row([w.as_str()], |_| Ok(()))
-        .optional()?;
-    match found {
-        Some(()) => Ok(()),
-        None => Err(StoreError::UnknownReference {
+    if crate::master::exists(conn, MasterKind::Equipment, w.as_str())? {
+        Ok(())
+    } else {
+        Err(StoreError::UnknownReference {
             index: 0,
             field: "work_unit",
             value: w.to_string(),
-        }),
+        })
     }
 }
 
@@ -258,13 +249,7 @@ pub fn create(
             id: view.order.id.to_string(),
         });
     }
-    let found: Option<()> = conn
-        .prepare_cached(
-            "SELECT 1 FROM master WHERE kind = 'materials' AND key = ?1 AND json IS NOT NULL",
-        )?
-        .query_row([view.order.material.as_str()], |_| Ok(()))
-        .optional()?;
-    if found.is_none() {
+    if !crate::master::exists(conn, MasterKind::Material, view.order.material.as_str())? {
         return Err(StoreError::UnknownReference {
             index: 0,
             field: "material",
@@ -272,19 +257,7 @@ pub fn create(
         });
     }
     if let Some(w) = &view.work_unit {
-        let found: Option<()> = conn
-            .prepare_cached(
-                "SELECT 1 FROM master WHERE kind = 'equipment' AND key = ?1 AND json IS NOT NULL",
-            )?
-            .query_row([w.as_str()], |_| Ok(()))
-            .optional()?;
-        if found.is_none() {
-            return Err(StoreError::UnknownReference {
-                index: 0,
-                field: "work_unit",
-                value: w.to_string(),
-            });
-        }
+        require_equipment(conn, w)?;
     }
     // Snapshot the routing into the order, so later routing changes do not rewrite it.
     let mut view = view.clone();
@@ -506,8 +479,16 @@ pub fn heads_page(
     limit: usize,
 ) -> Result<Vec<RecordHeads>, StoreError> {
     // Records are ordered like RecordId's Ord: by kind, then id. The kinds sort in enum order
-    // (work_order < non_conformance < lot_hold), which the rank expression reproduces.
-    let rank = "CASE record_kind WHEN 'work_order' THEN 0 WHEN 'non_conformance' THEN 1 ELSE 2 END";
+    // (work_order < non_conformance < lot_hold), which the rank expression reproduces: `ALL`
+    // is in declaration order, so a kind's index there is its discriminant.
+    let rank = format!(
+        "CASE record_kind {} END",
+        RecordKind::ALL
+            .iter()
+            .map(|k| format!("WHEN '{}' THEN {}", k.as_str(), *k as i64))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let sql = format!(
         "SELECT record_kind, record_id, doc FROM records
          WHERE ({rank}, record_id) > (?1, ?2) ORDER BY {rank}, record_id LIMIT ?3"

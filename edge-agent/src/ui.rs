@@ -118,8 +118,8 @@ mod tests {
         for s in shared_model::work_order::WorkOrderState::ALL {
             out.insert(format!("wo.{}", s.as_str()));
         }
-        for s in ["running", "idle", "down", "setup", "planned_stop"] {
-            out.insert(format!("state.{s}"));
+        for s in shared_model::event::MachineState::ALL {
+            out.insert(format!("state.{}", s.as_str()));
         }
         out
     }

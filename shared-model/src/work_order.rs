@@ -239,6 +239,13 @@ impl WorkOrder {
             | WorkOrderAction::Resume => {}
         }
         self.state = next;
+        // Reports read an ended or aborted order's end time; a terminal state without one
+        // would drop the order from on-time delivery.
+        debug_assert!(
+            !self.state.is_terminal() || self.actual_end.is_some(),
+            "{:?} without an end time",
+            self.state
+        );
         Ok(())
     }
 

@@ -22,16 +22,7 @@ pub const EVENTS_PER_REQUEST_MAX: usize = 1_000;
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
 
 fn machine_state(v: &str) -> Result<MachineState, String> {
-    choice(
-        v,
-        &[
-            ("running", MachineState::Running),
-            ("idle", MachineState::Idle),
-            ("down", MachineState::Down),
-            ("setup", MachineState::Setup),
-            ("planned_stop", MachineState::PlannedStop),
-        ],
-    )
+    choice(v, &MachineState::ALL, MachineState::as_str)
 }
 
 /// Reads the type-specific fields of an event object.
@@ -91,11 +82,8 @@ fn body(o: &mut Obj<'_>, kind: EventKind) -> Result<EventBody, ApiError> {
         EventKind::OperatorClock => {
             let badge = o.req("badge")?;
             let action: String = o.req("action")?;
-            let action = choice(
-                &action,
-                &[("in", ClockAction::In), ("out", ClockAction::Out)],
-            )
-            .map_err(|m| ApiError::invalid(o.path("action"), m))?;
+            let action = choice(&action, &ClockAction::ALL, ClockAction::as_str)
+                .map_err(|m| ApiError::invalid(o.path("action"), m))?;
             EventBody::OperatorClock(OperatorClock {
                 badge,
                 action,
@@ -139,16 +127,19 @@ fn body(o: &mut Obj<'_>, kind: EventKind) -> Result<EventBody, ApiError> {
 
 fn event_kind(o: &mut Obj<'_>) -> Result<EventKind, ApiError> {
     let t: String = o.req("type")?;
-    EventKind::parse(&t).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_type",
-            format!(
-                "unknown event type {t:?}; known: {}",
-                EventKind::ALL.map(|k| k.as_str()).join(", ")
-            ),
+    named_event_kind(&t).map_err(|m| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_type", m)
+            .with_field(o.path("type"))
+    })
+}
+
+/// An event type by its API name; the error names every known type.
+pub(super) fn named_event_kind(t: &str) -> Result<EventKind, String> {
+    EventKind::parse(t).ok_or_else(|| {
+        format!(
+            "unknown event type {t:?}; known: {}",
+            EventKind::ALL.map(EventKind::as_str).join(", ")
         )
-        .with_field(o.path("type"))
     })
 }
 

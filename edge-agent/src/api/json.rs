@@ -143,20 +143,17 @@ from_json_via_str!(
     shared_model::EventId
 );
 
-/// A string from a fixed set, e.g. machine states.
-pub(crate) fn choice<T: Copy>(v: &str, options: &[(&str, T)]) -> Result<T, String> {
-    options
-        .iter()
-        .find(|(name, _)| *name == v)
-        .map(|(_, t)| *t)
-        .ok_or_else(|| {
-            format!(
-                "must be one of {}, got {v:?}",
-                options
-                    .iter()
-                    .map(|(n, _)| *n)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })
+/// One of a named enum's variants by its name (`MachineState::ALL`, `MachineState::as_str`);
+/// the error lists every accepted name for the sender.
+pub(crate) fn choice<T: Copy>(
+    v: &str,
+    all: &[T],
+    name: fn(T) -> &'static str,
+) -> Result<T, String> {
+    all.iter().copied().find(|t| name(*t) == v).ok_or_else(|| {
+        format!(
+            "must be one of {}, got {v:?}",
+            all.iter().map(|t| name(*t)).collect::<Vec<_>>().join(", ")
+        )
+    })
 }

@@ -42,14 +42,13 @@ pub struct UnitQuery {
     work_unit: String,
 }
 
-fn master_json(conn: &Connection, kind: &str, key: &str) -> Result<Option<Value>, StoreError> {
-    let json: Option<String> = conn
-        .prepare_cached(
-            "SELECT json FROM master WHERE kind = ?1 AND key = ?2 AND json IS NOT NULL",
-        )?
-        .query_row(params![kind, key], |r| r.get(0))
-        .optional()?;
-    json.map(|j| serde_json::from_str::<Value>(&j).map_err(|e| StoreError::Corrupt(e.to_string())))
+fn master_json(
+    conn: &Connection,
+    kind: MasterKind,
+    key: &str,
+) -> Result<Option<Value>, StoreError> {
+    crate::master::json(conn, kind, key)?
+        .map(|j| serde_json::from_str::<Value>(&j).map_err(|e| StoreError::Corrupt(e.to_string())))
         .transpose()
 }
 
@@ -67,10 +66,10 @@ fn unwrap_record(v: Value) -> Value {
 fn current_state(conn: &Connection, unit: &str) -> Result<Option<Value>, StoreError> {
     let body: Option<Vec<u8>> = conn
         .prepare_cached(
-            "SELECT body FROM events WHERE equipment = ?1 AND kind = 'equipment_state'
+            "SELECT body FROM events WHERE equipment = ?1 AND kind = ?2
              ORDER BY occurred_at DESC, event_id DESC LIMIT 1",
         )?
-        .query_row([unit], |r| r.get(0))
+        .query_row([unit, EventKind::EquipmentState.as_str()], |r| r.get(0))
         .optional()?;
     let Some(body) = body else { return Ok(None) };
     let e = crate::store::decode_event(&body)?;
@@ -78,7 +77,7 @@ fn current_state(conn: &Connection, unit: &str) -> Result<Option<Value>, StoreEr
         return Ok(None);
     };
     let reason_name = match &s.reason {
-        Some(r) => master_json(conn, "reason-codes", r.as_str())?
+        Some(r) => master_json(conn, MasterKind::ReasonCode, r.as_str())?
             .map(unwrap_record)
             .and_then(|v| v["name"].as_str().map(str::to_owned)),
         None => None,
@@ -97,7 +96,7 @@ fn with_totals(conn: &Connection, v: &WorkOrderView) -> Result<Value, StoreError
     j["good"] = json!(good);
     j["scrap"] = json!(scrap);
     j["rework"] = json!(rework);
-    j["material_name"] = master_json(conn, "materials", v.order.material.as_str())?
+    j["material_name"] = master_json(conn, MasterKind::Material, v.order.material.as_str())?
         .map(unwrap_record)
         .map(|m| m["name"].clone())
         .unwrap_or(Value::Null);
@@ -106,10 +105,11 @@ fn with_totals(conn: &Connection, v: &WorkOrderView) -> Result<Value, StoreError
 
 /// The shift instance running now, from this site's shift calendars.
 fn current_shift(conn: &Connection, now: Timestamp) -> Result<Option<Value>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT json FROM master WHERE kind = 'shift-calendars' AND json IS NOT NULL LIMIT 100",
-    )?;
-    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    let mut stmt = conn
+        .prepare_cached("SELECT json FROM master WHERE kind = ?1 AND json IS NOT NULL LIMIT 100")?;
+    let rows = stmt.query_map([MasterKind::ShiftCalendar.as_str()], |r| {
+        r.get::<_, String>(0)
+    })?;
     for row in rows {
         let Ok(MasterRecord::ShiftCalendar(c)) = serde_json::from_str::<MasterRecord>(&row?) else {
             continue;
@@ -127,7 +127,7 @@ fn current_shift(conn: &Connection, now: Timestamp) -> Result<Option<Value>, Sto
 }
 
 fn terminal_view(conn: &Connection, unit: &str, now: Timestamp) -> Result<Value, StoreError> {
-    let equipment = master_json(conn, "equipment", unit)?
+    let equipment = master_json(conn, MasterKind::Equipment, unit)?
         .map(unwrap_record)
         .ok_or_else(|| StoreError::UnknownReference {
             index: 0,
@@ -260,15 +260,9 @@ pub async fn recent_events(
     let q = query(q)?;
     let kind = match &q.kind {
         None => None,
-        Some(t) => Some(EventKind::parse(t).ok_or_else(|| {
-            ApiError::invalid(
-                "type",
-                format!(
-                    "unknown event type {t:?}; known: {}",
-                    EventKind::ALL.map(|k| k.as_str()).join(", ")
-                ),
-            )
-        })?),
+        Some(t) => {
+            Some(super::events::named_event_kind(t).map_err(|m| ApiError::invalid("type", m))?)
+        }
     };
     let limit = q.limit.unwrap_or(20).clamp(1, RECENT_EVENTS_MAX);
     let events = state

@@ -4,12 +4,12 @@
 //!
 //! A correction replaces the counts of the production event it names: the totals lose what
 //! was in force for that event and gain the replacement's. As at the hub, the latest
-//! correction (by id, i.e. by time) wins, and corrections of corrections are ignored.
+//! correction wins ([`correction_supersedes`]), and corrections of corrections are ignored.
 //! Totals cover events stored since schema version 3.
 
 use rusqlite::{Connection, OptionalExtension, params};
-use shared_model::event::Replacement;
-use shared_model::{Event, EventBody};
+use shared_model::event::{ProductionCount, Replacement, correction_supersedes};
+use shared_model::{Event, EventBody, EventId, EventKind};
 
 use super::StoreError;
 
@@ -38,41 +38,56 @@ fn add(conn: &Connection, c: &Counts, sign: i64) -> Result<(), StoreError> {
     Ok(())
 }
 
+fn of_count(p: &ProductionCount) -> Counts {
+    (
+        p.work_order.as_ref().map(|w| w.to_string()),
+        i64::from(p.good),
+        i64::from(p.scrap),
+        i64::from(p.rework),
+    )
+}
+
+/// The counts an event contributes, if it is a production count. Every kind is named, so a new
+/// event type has to decide here whether it counts.
 fn of_body(body: &EventBody) -> Option<Counts> {
     match body {
-        EventBody::ProductionCount(p) => Some((
-            p.work_order.as_ref().map(|w| w.to_string()),
-            i64::from(p.good),
-            i64::from(p.scrap),
-            i64::from(p.rework),
-        )),
-        _ => None,
+        EventBody::ProductionCount(p) => Some(of_count(p)),
+        EventBody::EquipmentState(_)
+        | EventBody::QualitySample(_)
+        | EventBody::MaterialConsumed(_)
+        | EventBody::MaterialProduced(_)
+        | EventBody::Correction(_)
+        | EventBody::OperatorClock(_) => None,
     }
 }
 
 /// Applies one newly stored event to the totals.
 pub(crate) fn apply(conn: &Connection, e: &Event) -> Result<(), StoreError> {
     match &e.body {
-        EventBody::ProductionCount(_) => {
-            if let Some(c) = of_body(&e.body) {
-                add(conn, &c, 1)?;
-            }
-            Ok(())
-        }
+        EventBody::ProductionCount(p) => add(conn, &of_count(p), 1),
         EventBody::Correction(c) => {
             let corrected = c.corrects.to_string();
-            let in_force: Option<(String, Counts)> = conn
+            let in_force: Option<(EventId, Counts)> = conn
                 .prepare_cached(
                     "SELECT correction, work_order, good, scrap, rework FROM count_corrections
                      WHERE corrected = ?1",
                 )?
                 .query_row([&corrected], |r| {
-                    Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?),
+                    ))
                 })
-                .optional()?;
+                .optional()?
+                .map(|(by, counts)| {
+                    by.parse::<EventId>()
+                        .map(|by| (by, counts))
+                        .map_err(|err| StoreError::Corrupt(format!("count correction {by}: {err}")))
+                })
+                .transpose()?;
             let before = match in_force {
                 // A later correction already stands: this older one changes nothing.
-                Some((by, _)) if by > e.event_id.to_string() => return Ok(()),
+                Some((by, _)) if correction_supersedes(by, e.event_id) => return Ok(()),
                 Some((_, counts)) => counts,
                 None => {
                     let body: Option<Vec<u8>> = conn
@@ -88,11 +103,16 @@ pub(crate) fn apply(conn: &Connection, e: &Event) -> Result<(), StoreError> {
                 }
             };
             let after = match &c.replacement {
-                Some(Replacement::ProductionCount(p)) => {
-                    of_body(&EventBody::ProductionCount(p.clone())).unwrap_or((None, 0, 0, 0))
-                }
+                Some(Replacement::ProductionCount(p)) => of_count(p),
                 // A void (or a replacement of another kind) leaves nothing counted.
-                _ => (before.0.clone(), 0, 0, 0),
+                None
+                | Some(
+                    Replacement::EquipmentState(_)
+                    | Replacement::QualitySample(_)
+                    | Replacement::MaterialConsumed(_)
+                    | Replacement::MaterialProduced(_)
+                    | Replacement::OperatorClock(_),
+                ) => (before.0.clone(), 0, 0, 0),
             };
             add(conn, &before, -1)?;
             add(conn, &after, 1)?;
@@ -113,7 +133,11 @@ pub(crate) fn apply(conn: &Connection, e: &Event) -> Result<(), StoreError> {
             ])?;
             Ok(())
         }
-        _ => Ok(()),
+        EventBody::EquipmentState(_)
+        | EventBody::QualitySample(_)
+        | EventBody::MaterialConsumed(_)
+        | EventBody::MaterialProduced(_)
+        | EventBody::OperatorClock(_) => Ok(()),
     }
 }
 
@@ -129,10 +153,12 @@ pub fn recompute(conn: &Connection) -> Result<usize, StoreError> {
     conn.execute_batch("DELETE FROM order_counts; DELETE FROM count_corrections;")?;
     {
         let mut stmt = conn.prepare(
-            "SELECT body FROM events WHERE kind IN ('production_count', 'correction')
-             ORDER BY recorded_at, event_id",
+            "SELECT body FROM events WHERE kind IN (?1, ?2) ORDER BY recorded_at, event_id",
         )?;
-        let mut rows = stmt.query([])?;
+        let mut rows = stmt.query([
+            EventKind::ProductionCount.as_str(),
+            EventKind::Correction.as_str(),
+        ])?;
         while let Some(row) = rows.next()? {
             let body: Vec<u8> = row.get(0)?;
             apply(conn, &super::events::decode(&body)?)?;

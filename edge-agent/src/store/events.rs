@@ -2,6 +2,7 @@
 //! transaction (the writer's savepoint).
 
 use rusqlite::{Connection, OptionalExtension, params};
+use shared_model::master::MasterKind;
 use shared_model::{Event, EventBody, EventId};
 
 use super::StoreError;
@@ -91,27 +92,19 @@ fn replacement_field(field: &'static str) -> &'static str {
 }
 
 fn exists(conn: &Connection, check: RefCheck, value: &str) -> Result<bool, StoreError> {
-    let (sql, kind) = match check {
-        RefCheck::WorkOrder => ("SELECT 1 FROM work_orders WHERE id = ?1", None),
-        RefCheck::Equipment => (
-            "SELECT 1 FROM master WHERE kind = ?2 AND key = ?1 AND json IS NOT NULL",
-            Some("equipment"),
-        ),
-        RefCheck::Material => (
-            "SELECT 1 FROM master WHERE kind = ?2 AND key = ?1 AND json IS NOT NULL",
-            Some("materials"),
-        ),
-        RefCheck::ReasonCode => (
-            "SELECT 1 FROM master WHERE kind = ?2 AND key = ?1 AND json IS NOT NULL",
-            Some("reason-codes"),
-        ),
+    let kind = match check {
+        RefCheck::WorkOrder => {
+            return Ok(conn
+                .prepare_cached("SELECT 1 FROM work_orders WHERE id = ?1")?
+                .query_row(params![value], |_| Ok(()))
+                .optional()?
+                .is_some());
+        }
+        RefCheck::Equipment => MasterKind::Equipment,
+        RefCheck::Material => MasterKind::Material,
+        RefCheck::ReasonCode => MasterKind::ReasonCode,
     };
-    let mut stmt = conn.prepare_cached(sql)?;
-    let found = match kind {
-        Some(k) => stmt.query_row(params![value, k], |_| Ok(())).optional()?,
-        None => stmt.query_row(params![value], |_| Ok(())).optional()?,
-    };
-    Ok(found.is_some())
+    crate::master::exists(conn, kind, value)
 }
 
 /// Stores validated events with their outbox entries. Everything or nothing: the first

@@ -16,7 +16,7 @@ use std::num::NonZeroU32;
 use ring::pbkdf2;
 use ring::rand::{SecureRandom, SystemRandom};
 use rusqlite::{Connection, OptionalExtension, params};
-use shared_model::master::{MasterRecord, Personnel, Role, personnel_key};
+use shared_model::master::{MasterKind, MasterRecord, Personnel, Role, personnel_key};
 use shared_model::{BadgeId, SiteId};
 
 use super::StoreError;
@@ -46,12 +46,7 @@ pub fn person(
     site: &SiteId,
     badge: &BadgeId,
 ) -> Result<Option<Personnel>, StoreError> {
-    let json: Option<String> = conn
-        .prepare_cached(
-            "SELECT json FROM master WHERE kind = 'personnel' AND key = ?1 AND json IS NOT NULL",
-        )?
-        .query_row([personnel_key(site, badge)], |r| r.get(0))
-        .optional()?;
+    let json = crate::master::json(conn, MasterKind::Personnel, &personnel_key(site, badge))?;
     match json {
         None => Ok(None),
         Some(j) => match serde_json::from_str::<MasterRecord>(&j) {
