@@ -124,6 +124,8 @@ pub fn backup(data_dir: &Path, out: &Path) -> Result<Contents, BackupError> {
     // first (VACUUM INTO writes into an empty file and keeps its mode).
     create_private(out)?;
     if let Err(e) = conn.execute("VACUUM INTO ?1", [target]) {
+        // Best effort: the VACUUM error is the one to report, and a partial file left behind
+        // is replaced by the next attempt.
         let _ = std::fs::remove_file(out);
         return Err(e.into());
     }
@@ -164,6 +166,8 @@ pub fn restore(data_dir: &Path, from: &Path) -> Result<(Contents, Option<PathBuf
         .unwrap_or(0);
     let tmp = data_dir.join(format!("{DB_FILE}.restoring"));
     for suffix in ["", "-wal", "-shm", "-journal"] {
+        // Usually absent (NotFound); a leftover that cannot be removed makes
+        // `create_private` below fail with the real cause.
         let _ = std::fs::remove_file(format!("{}{suffix}", tmp.display()));
     }
     create_private(&tmp)?;

@@ -125,7 +125,9 @@ fn certificate_in_use(data_dir: &Path) -> Option<crate::identity::CertInfo> {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .ok()?;
-    let _ = conn.busy_timeout(Duration::from_secs(5));
+    if let Err(e) = conn.busy_timeout(Duration::from_secs(5)) {
+        tracing::debug!(error = %e, "no busy timeout: a busy store fails its check at once");
+    }
     let json: String = conn
         .query_row(
             "SELECT value FROM meta WHERE key = ?1",
@@ -376,7 +378,9 @@ fn database(path: PathBuf, now: i64) -> (Check, Check) {
             );
         }
     };
-    let _ = conn.busy_timeout(Duration::from_secs(10));
+    if let Err(e) = conn.busy_timeout(Duration::from_secs(10)) {
+        tracing::debug!(error = %e, "no busy timeout: a busy store fails its check at once");
+    }
     let integrity: Result<Vec<String>, rusqlite::Error> = conn
         .prepare("PRAGMA integrity_check(20)")
         .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect());

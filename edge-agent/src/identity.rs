@@ -195,8 +195,8 @@ pub fn recover(tls_dir: &Path) -> Result<(), IdentityError> {
                 tracing::warn!(dir = %tls_dir.display(), "finished a certificate renewal interrupted by a crash");
             }
             _ => {
-                let _ = std::fs::remove_file(&key_new);
-                let _ = std::fs::remove_file(&cert_new);
+                std::fs::remove_file(&key_new).map_err(io(&key_new))?;
+                std::fs::remove_file(&cert_new).map_err(io(&cert_new))?;
                 tracing::warn!(dir = %tls_dir.display(), "dropped a half-written renewed certificate");
             }
         },
@@ -207,12 +207,12 @@ pub fn recover(tls_dir: &Path) -> Result<(), IdentityError> {
                 tracing::warn!(dir = %tls_dir.display(), "finished a certificate renewal interrupted by a crash");
             }
             _ => {
-                let _ = std::fs::remove_file(&cert_new);
+                std::fs::remove_file(&cert_new).map_err(io(&cert_new))?;
             }
         },
         // A key whose certificate was never written.
         (true, false) => {
-            let _ = std::fs::remove_file(&key_new);
+            std::fs::remove_file(&key_new).map_err(io(&key_new))?;
         }
     }
     sync_dir(tls_dir)

@@ -331,6 +331,8 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), InstallErro
         std::fs::rename(&tmp, path)
     })();
     result.map_err(|e| {
+        // Best effort: the write error is the one to report; the next attempt replaces a
+        // leftover temporary file.
         let _ = std::fs::remove_file(&tmp);
         write_err(path, &e)
     })
@@ -529,6 +531,8 @@ async fn udp_reaches(address: &str, token: &EnrollToken) -> Result<(), InstallEr
         match connecting.await {
             // Accepted so far: wait for the hub to close it (it requires a certificate).
             Ok(conn) => {
+                // Either outcome proves the hub's QUIC port answers; the wait only lets the
+                // hub close first.
                 let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
                 Ok(())
             }

@@ -88,7 +88,8 @@ pub async fn start_with_clock(config: RunConfig, clock: Arc<dyn Clock>) -> anyho
     let http = tokio::spawn(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(async move {
-                let _ = http_shutdown.wait_for(|stop| *stop).await;
+                // An error means the sender is gone, which is a shutdown too.
+                http_shutdown.wait_for(|stop| *stop).await.ok();
             })
             .await
             .context("serving HTTP")
@@ -109,10 +110,15 @@ impl Running {
     /// Stops accepting requests, lets in-flight ones finish, closes the sync session, and
     /// lets the writer commit what it holds.
     pub async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.shutdown.send(true);
+        // An error means every receiver is gone: nothing is left to stop.
+        self.shutdown.send(true).ok();
         let http = self.http.await.context("joining the HTTP server")?;
         if let Some(sync) = self.sync {
-            let _ = tokio::time::timeout(Duration::from_secs(5), sync).await;
+            match tokio::time::timeout(Duration::from_secs(5), sync).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "the sync task ended abnormally"),
+                Err(_) => tracing::warn!("the sync session did not close within 5 s"),
+            }
         }
         self.retention.abort();
         let store = self.state.store.clone();
@@ -152,7 +158,11 @@ async fn retention_loop(store: Store, clock: Arc<dyn Clock>, window_micros: i64)
 
 async fn shutdown_signal() {
     let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            // Without this a failed watch would stop the agent at once.
+            tracing::warn!(error = %e, "cannot watch for Ctrl-C; stop the agent with SIGTERM");
+            std::future::pending::<()>().await;
+        }
     };
     #[cfg(unix)]
     let term = async {
@@ -160,7 +170,10 @@ async fn shutdown_signal() {
             Ok(mut s) => {
                 s.recv().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch for SIGTERM; stop the agent with Ctrl-C");
+                std::future::pending::<()>().await;
+            }
         }
     };
     #[cfg(not(unix))]

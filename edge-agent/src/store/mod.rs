@@ -290,8 +290,10 @@ impl Store {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(h) = handle {
-            let _ = h.join();
+        if let Some(h) = handle
+            && h.join().is_err()
+        {
+            tracing::error!("the store's writer thread panicked");
         }
     }
 
