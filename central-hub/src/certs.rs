@@ -135,7 +135,7 @@ pub async fn admit(
     site: &SiteId,
     facts: &CertFacts,
 ) -> Result<Admission, sqlx::Error> {
-    let mut tx = crate::db::store::scoped(pool, site).await?;
+    let mut tx = crate::db::scoped(pool, site).await?;
     type Row = (
         bool,
         Option<OffsetDateTime>,
@@ -249,7 +249,7 @@ pub async fn still_valid(
     site: &SiteId,
     serial: &str,
 ) -> Result<Admission, sqlx::Error> {
-    let mut tx = crate::db::store::scoped(pool, site).await?;
+    let mut tx = crate::db::scoped(pool, site).await?;
     let row: Option<(bool, Option<String>)> = crate::db::query_as(
         "SELECT s.revoked_at IS NULL, c.revoke_reason
            FROM sites s JOIN certificates c ON c.serial = $2
@@ -318,7 +318,7 @@ async fn renew_in_tx(
     presented: &CertFacts,
     csr_pem: &str,
 ) -> Result<Result<Signed, String>, CertError> {
-    let mut tx = crate::db::store::scoped(pool, site).await?;
+    let mut tx = crate::db::scoped(pool, site).await?;
     // The site's row locked: two sessions of one site renew one after the other, so the
     // interval below holds.
     let row: Option<(bool, Option<f64>, Option<OffsetDateTime>)> = crate::db::query_as(

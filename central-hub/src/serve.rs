@@ -19,7 +19,8 @@ use sync_protocol::session::SessionConfig;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::db::store::{PgHubStore, ensure_partitions};
+use crate::db::sites::ensure_partitions;
+use crate::ingest::PgHubStore;
 use crate::pki::Ca;
 use crate::sync::{self, SyncMetrics};
 

@@ -210,7 +210,7 @@ async fn retire_one(
     let tmp = file.with_extension("csv.partial");
     // Table names come from the catalogue and match events_p_[a-z0-9_]+; quote anyway.
     let q = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
-    let mut tx = pool.begin().await?;
+    let mut tx = super::begin(pool, super::PoolRole::Write).await?;
     // Writers wait (late events for this month) while readers go on; the lock is upgraded for
     // the detach below.
     tx.execute(sqlx::AssertSqlSafe(format!(
