@@ -113,7 +113,7 @@ pub async fn issue_bundle(
 ) -> Result<CertFacts, CertError> {
     let issued = ca.write_site_bundle(site, dir)?;
     let facts = CertFacts::from_pem(&issued.cert_pem)?;
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool, crate::db::PoolRole::Write).await?;
     record(&mut tx, site, &facts, Source::Bundle, None).await?;
     tx.commit().await?;
     Ok(facts)
@@ -385,7 +385,7 @@ pub struct SiteRevoked {
 /// enrollment token not yet used, in one transaction. Certificates the registry does not
 /// know (from before it) are refused too, through `certs_revoked_before`.
 pub async fn revoke_site(pool: &PgPool, site: &SiteId) -> Result<SiteRevoked, CertError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool, crate::db::PoolRole::Write).await?;
     scope(&mut tx, site).await?;
     let n = crate::db::query(
         "UPDATE sites SET revoked_at = coalesce(revoked_at, now()), certs_revoked_before = now()
@@ -440,7 +440,7 @@ pub async fn revoke_serial(
     let normalized =
         crate::pki::normalize_serial(serial).ok_or_else(|| CertError::BadSerial(serial.into()))?;
     let reason: String = reason.chars().take(REASON_BYTES_MAX).collect();
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool, crate::db::PoolRole::Write).await?;
     let row: Option<(String, bool)> = crate::db::query_as(
         "UPDATE certificates c SET revoked_at = coalesce(c.revoked_at, now()),
                 revoke_reason = coalesce(c.revoke_reason, $2)
@@ -532,7 +532,7 @@ pub async fn list(pool: &PgPool, site: Option<&SiteId>) -> Result<Vec<CertRow>, 
         Option<String>,
         bool,
     );
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool, crate::db::PoolRole::Write).await?;
     if let Some(site) = site {
         scope(&mut tx, site).await?;
     }

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::query::{Query, QueryAs, QueryScalar};
-use sqlx::{Executor, FromRow, PgPool, Postgres, SqlSafeStr};
+use sqlx::{ConnectOptions as _, Connection as _, Executor, FromRow, PgPool, Postgres, SqlSafeStr};
 
 pub use error::HubStoreError;
 pub use tx::{PoolRole, WAITING, Waiting, begin, fetch_all_in_tx, scoped, timed};
@@ -78,6 +78,7 @@ pub async fn connect_with(url: &str, settings: &DbSettings) -> Result<PgPool, sq
         options = options.statement_cache_capacity(0);
         NAMED_STATEMENTS.store(false, Ordering::Relaxed);
     }
+    probe(&options).await?;
     PgPoolOptions::new()
         .max_connections(settings.pool_size.clamp(1, POOL_CONNECTIONS_LIMIT))
         .acquire_timeout(Duration::from_secs(10))
@@ -91,6 +92,29 @@ pub async fn connect_with(url: &str, settings: &DbSettings) -> Result<PgPool, sq
         })
         .connect_with(options)
         .await
+}
+
+/// Opens and closes one connection before the pool is made, so that a server that is down
+/// or unreachable fails start-up at once with its cause ("connection refused" at that
+/// address). The pool itself retries a failed connect until its acquire timeout and then
+/// reports only `pool timed out while waiting for an open connection`, ten seconds later.
+async fn probe(options: &PgConnectOptions) -> Result<(), sqlx::Error> {
+    let conn = options.connect().await.map_err(|e| match e {
+        sqlx::Error::Io(io) => sqlx::Error::Io(std::io::Error::new(
+            io.kind(),
+            format!(
+                "connecting to PostgreSQL at {}:{}: {io}",
+                options.get_host(),
+                options.get_port()
+            ),
+        )),
+        other => other,
+    })?;
+    // The probe has done its work once it connected; a failed goodbye is no start-up error.
+    if let Err(e) = conn.close().await {
+        tracing::debug!(error = %e, "closing the probe connection");
+    }
+    Ok(())
 }
 
 /// Whether statements may be named and cached per connection. Cleared, for the whole process,
