@@ -25,25 +25,14 @@ pub fn micros_of(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
 }
 
-/// The `record_kind` column's value for a kind.
+/// The `record_kind` column's value for a kind (the model's name for it).
 pub fn kind_str(kind: RecordKind) -> &'static str {
-    match kind {
-        RecordKind::WorkOrder => "work_order",
-        RecordKind::NonConformance => "non_conformance",
-        RecordKind::LotHold => "lot_hold",
-    }
+    kind.as_str()
 }
 
 /// A stored `record_kind`; anything else is corrupt data.
 pub fn parse_kind(s: &str) -> Result<RecordKind, HubStoreError> {
-    match s {
-        "work_order" => Ok(RecordKind::WorkOrder),
-        "non_conformance" => Ok(RecordKind::NonConformance),
-        "lot_hold" => Ok(RecordKind::LotHold),
-        other => Err(HubStoreError::Corrupt(format!(
-            "unknown record kind {other:?}"
-        ))),
-    }
+    RecordKind::parse(s).ok_or_else(|| HubStoreError::Corrupt(format!("unknown record kind {s:?}")))
 }
 
 /// The creation time an edge wrote into a UUIDv7 event id, in microseconds.
@@ -68,11 +57,7 @@ mod tests {
 
     #[test]
     fn record_kinds_round_trip() {
-        for kind in [
-            RecordKind::WorkOrder,
-            RecordKind::NonConformance,
-            RecordKind::LotHold,
-        ] {
+        for kind in RecordKind::ALL {
             assert_eq!(parse_kind(kind_str(kind)).unwrap(), kind);
         }
         assert!(matches!(parse_kind("x"), Err(HubStoreError::Corrupt(_))));

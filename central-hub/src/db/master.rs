@@ -74,7 +74,11 @@ pub fn concerns(record: &MasterRecord, site: &SiteId) -> bool {
     let owner = match record {
         MasterRecord::ShiftCalendar(c) => Some(&c.site_id),
         MasterRecord::Personnel(p) => Some(&p.site_id),
-        _ => None,
+        MasterRecord::Material(_)
+        | MasterRecord::RoutingStep(_)
+        | MasterRecord::ReasonCode(_)
+        | MasterRecord::Equipment(_)
+        | MasterRecord::InspectionPlan(_) => None,
     };
     owner.is_none_or(|o| o == site)
 }

@@ -155,8 +155,11 @@ impl EventRows {
                 EventBody::EquipmentState(s) => s.reason.as_ref().map(|r| r.to_string()),
                 // Failed samples are marked so the quality-alert gauge can count them without
                 // decoding bodies; no rollup reads a quality sample's reason.
-                EventBody::QualitySample(q) if !q.pass => Some("out_of_spec".to_owned()),
-                _ => None,
+                EventBody::QualitySample(q) => (!q.pass).then(|| "out_of_spec".to_owned()),
+                EventBody::MaterialConsumed(_)
+                | EventBody::MaterialProduced(_)
+                | EventBody::OperatorClock(_)
+                | EventBody::Correction(_) => None,
             });
             rows.equipment.push(eq);
             rows.work_order.push(wo);

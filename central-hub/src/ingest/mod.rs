@@ -108,7 +108,7 @@ impl PgHubStore {
             DownItem::RecordChange(c) => {
                 Some(records::decode_changes(site, std::slice::from_ref(c)).await?)
             }
-            _ => None,
+            DownItem::MasterUpsert { .. } | DownItem::MasterDelete { .. } => None,
         };
         let mut tx = scoped(&self.pool, site).await?;
         if let (DownItem::RecordChange(c), Some(decoded)) = (item, change) {

@@ -1,7 +1,8 @@
 //! What a batch changes in the rollups, decided without a database: the *facts* (what one
 //! event, or the replacement of the correction that won for it, contributes) to add and to
 //! remove. A correction removes the corrected event's facts and adds its replacement's at the
-//! corrected event's time; the latest-issued correction wins, whatever the arrival order; a
+//! corrected event's time; the latest-issued correction wins, whatever the arrival order
+//! (`shared_model::event::correction_supersedes`, the edge's rule too); a
 //! correction of a correction has no effect (`docs/reports.md`).
 //!
 //! [`plan`] is a pure function of the batch and of what the database already knew
@@ -10,7 +11,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use shared_model::event::{MaterialMovement, ProductionCount, Replacement};
-use shared_model::{Event, EventBody, Timestamp};
+use shared_model::event::{correction_supersedes, winning_correction};
+use shared_model::{Event, EventBody, EventId, Timestamp};
 use uuid::Uuid;
 
 /// Which way a material movement went, as the `lot_movements.direction` column.
@@ -82,12 +84,6 @@ fn facts_of_body(id: Uuid, at: Timestamp, body: &EventBody) -> Option<Fact> {
     Some(Fact { id, at, body })
 }
 
-/// The correction that wins among several for one event: the latest issued, i.e. the greatest
-/// UUIDv7 id (PostgreSQL's `uuid` order, used by `load_winners`, is the same byte order).
-fn latest(ids: impl IntoIterator<Item = Uuid>) -> Option<Uuid> {
-    ids.into_iter().max()
-}
-
 /// The batch's new corrections, by the event they correct.
 pub fn corrections_by_target<'a>(
     batch: &'a [Event],
@@ -109,10 +105,10 @@ pub fn corrections_by_target<'a>(
 pub struct Known {
     /// Event → the winning correction stored *before* this batch's corrections were recorded
     /// (for the events this batch corrects, and for `corrected`).
-    pub prior_winners: HashMap<Uuid, Uuid>,
+    pub prior_winners: HashMap<Uuid, EventId>,
     /// Event that arrived after its corrections → the winning correction *including* this
     /// batch's.
-    pub late_winners: HashMap<Uuid, Uuid>,
+    pub late_winners: HashMap<Uuid, EventId>,
     /// Stored events by id: the corrected events and the winning corrections named above.
     pub events: HashMap<Uuid, Event>,
 }
@@ -201,7 +197,7 @@ fn late_events<'a>(
             continue; // corrections of corrections have no effect
         }
         if let Some(w) = known.late_winners.get(x)
-            && let Some(wc) = find(w)
+            && let Some(wc) = find(w.as_uuid())
             && let Some(r) = replacement_of(wc)
             && let Some(f) = facts_of_replacement(*x, e.occurred_at, &r)
         {
@@ -232,16 +228,16 @@ fn corrections_of_known<'a>(
             continue; // corrections of corrections have no effect
         }
         let prev = known.prior_winners.get(x).copied();
-        let Some(best_new) = latest(cs.iter().map(|c| *c.event_id.as_uuid())) else {
+        let Some(best_new) = winning_correction(cs.iter().map(|c| c.event_id)) else {
             continue;
         };
-        if prev.is_some_and(|p| latest([p, best_new]) == Some(p)) {
+        if prev.is_some_and(|p| !correction_supersedes(best_new, p)) {
             continue; // an earlier-arrived, later-issued correction still wins
         }
         let at = target.occurred_at;
         match prev {
             Some(p) => {
-                if let Some(pc) = find(&p)
+                if let Some(pc) = find(p.as_uuid())
                     && let Some(r) = replacement_of(pc)
                     && let Some(f) = facts_of_replacement(*x, at, &r)
                 {
@@ -257,7 +253,7 @@ fn corrections_of_known<'a>(
                 }
             }
         }
-        if let Some(wc) = find(&best_new)
+        if let Some(wc) = find(best_new.as_uuid())
             && let Some(r) = replacement_of(wc)
             && let Some(f) = facts_of_replacement(*x, at, &r)
         {
@@ -362,7 +358,7 @@ mod tests {
         let earlier = correction(5, &target, 7);
         // The later-issued correction is stored already; the earlier-issued one arrives now.
         let known = Known {
-            prior_winners: HashMap::from([(id(&target), id(&later))]),
+            prior_winners: HashMap::from([(id(&target), later.event_id)]),
             events: HashMap::from([(id(&target), target.clone()), (id(&later), later.clone())]),
             ..Known::default()
         };
@@ -380,7 +376,7 @@ mod tests {
 
         // The other way round: the stored winner is replaced by the later-issued newcomer.
         let known = Known {
-            prior_winners: HashMap::from([(id(&target), id(&earlier))]),
+            prior_winners: HashMap::from([(id(&target), earlier.event_id)]),
             events: HashMap::from([
                 (id(&target), target.clone()),
                 (id(&earlier), earlier.clone()),
@@ -423,7 +419,7 @@ mod tests {
             }),
         );
         let known = Known {
-            late_winners: HashMap::from([(id(&target), id(&c))]),
+            late_winners: HashMap::from([(id(&target), c.event_id)]),
             events: HashMap::from([(id(&c), c.clone())]),
             ..Known::default()
         };

@@ -17,14 +17,13 @@ pub mod timeline;
 
 use std::collections::{HashMap, HashSet};
 
-use shared_model::{Event, SiteId};
+use shared_model::{Event, EventId, SiteId};
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::db::HubStoreError;
 use crate::db::convert::{ts_micros, uuid_micros};
 pub(crate) use production::production_upsert;
-pub use timeline::SMALL_STOP_MICROS;
 
 /// How a site's local hours fall on the UTC time line.
 #[derive(Debug, Clone)]
@@ -94,8 +93,8 @@ pub async fn apply(
     let late_winners = load_winners(tx, site, &late).await?;
     // Everything the decisions look at: the corrected events and the winning corrections.
     let mut wanted: Vec<Uuid> = by_target.keys().copied().collect();
-    wanted.extend(prior_winners.values().copied());
-    wanted.extend(late_winners.values().copied());
+    wanted.extend(prior_winners.values().map(|w| *w.as_uuid()));
+    wanted.extend(late_winners.values().map(|w| *w.as_uuid()));
     let known = facts::Known {
         events: load_events(tx, site, &wanted).await?,
         prior_winners,
@@ -108,16 +107,18 @@ pub async fn apply(
     Ok(())
 }
 
-/// The winning (latest-issued) stored correction of each of `ids` that has one.
+/// The winning stored correction of each of `ids` that has one. PostgreSQL's `uuid` order is
+/// the byte order `shared_model::event::correction_supersedes` compares, so the greatest id
+/// here is the model's winner.
 async fn load_winners(
     tx: &mut Transaction<'static, Postgres>,
     site: &SiteId,
     ids: &[Uuid],
-) -> Result<HashMap<Uuid, Uuid>, HubStoreError> {
+) -> Result<HashMap<Uuid, EventId>, HubStoreError> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    Ok(crate::db::query(
+    crate::db::query(
         "SELECT corrects, (array_agg(correction ORDER BY correction DESC))[1] AS winner FROM corrections
          WHERE site_id = $1 AND corrects = ANY($2) GROUP BY corrects",
     )
@@ -126,8 +127,13 @@ async fn load_winners(
     .fetch_all(&mut **tx)
     .await?
     .into_iter()
-    .map(|r| Ok((r.try_get("corrects")?, r.try_get("winner")?)))
-    .collect::<Result<_, sqlx::Error>>()?)
+    .map(|r| {
+        let winner: Uuid = r.try_get("winner")?;
+        let winner = EventId::new(winner)
+            .map_err(|e| HubStoreError::Corrupt(format!("stored correction {winner}: {e}")))?;
+        Ok((r.try_get("corrects")?, winner))
+    })
+    .collect()
 }
 
 /// How far before the time in its UUIDv7 an event's `occurred_at` is first looked for.

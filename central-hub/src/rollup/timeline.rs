@@ -11,8 +11,6 @@ use uuid::Uuid;
 use super::SiteClock;
 use super::facts::{Fact, FactBody};
 
-/// A stop shorter than this is a small stop: a performance loss, not an availability loss.
-pub const SMALL_STOP_MICROS: i64 = 120 * 1_000_000;
 pub(crate) const HOUR_MICROS: i64 = 3_600 * 1_000_000;
 
 /// Whether a stored state is the one that is not a stop.
@@ -127,7 +125,8 @@ pub fn contribute(
         if end <= start {
             continue; // zero-length intervals are ignored
         }
-        let small = !is_running(&a.state) && end - start < SMALL_STOP_MICROS;
+        // A stop shorter than the model's threshold is a performance loss, not availability.
+        let small = !is_running(&a.state) && shared_model::kpi::is_small_stop_micros(end - start);
         let reason = a.reason.clone().unwrap_or_default();
         let mut h = clock.hour_of(start);
         debug_assert!(
@@ -244,7 +243,7 @@ mod tests {
     }
 
     #[test]
-    fn the_small_stop_threshold_is_exclusive() {
+    fn the_small_stop_threshold_is_the_models_and_exclusive() {
         let clock = SiteClock::utc();
         let at = |min: i64, sec: i64| min * 60_000_000 + sec * 1_000_000;
         let pt = |us: i64, id: u128, state: &str| Point {
@@ -253,8 +252,9 @@ mod tests {
             state: state.to_owned(),
             reason: None,
         };
-        // 119 s down: small; 120 s down: not small.
-        for (secs, small) in [(119, true), (120, false)] {
+        // Just under the model's threshold: small; at it: not small.
+        let limit = shared_model::kpi::SMALL_STOP_SECS as i64;
+        for (secs, small) in [(limit - 1, true), (limit, false)] {
             let mut acc = HashMap::new();
             let pts = [pt(at(0, 0), 1, "down"), pt(at(0, secs), 2, "running")];
             contribute(&mut acc, &clock, "E", &pts, 1);
