@@ -332,20 +332,26 @@ mod tests {
         events.iter().map(|e| id(e)).collect()
     }
 
+    /// The plan for a batch of new events, `late` among them arriving after their corrections.
+    fn plan_of(batch: &[&Event], late: &[&Event], known: &Known) -> Plan {
+        let owned: Vec<Event> = batch.iter().map(|e| (*e).clone()).collect();
+        plan(&owned, &new_ids(batch), &new_ids(late), known)
+    }
+
+    /// What the database knew: `events` stored, `prior` the winners stored before the batch.
+    fn known(events: &[&Event], prior: &[(&Event, &Event)]) -> Known {
+        Known {
+            events: events.iter().map(|e| (id(e), (*e).clone())).collect(),
+            prior_winners: prior.iter().map(|(x, w)| (id(x), w.event_id)).collect(),
+            late_winners: HashMap::new(),
+        }
+    }
+
     #[test]
     fn a_correction_of_a_stored_count_swaps_its_facts() {
         let target = event(1, EventBody::ProductionCount(count(10)));
         let c = correction(5, &target, 7);
-        let known = Known {
-            events: HashMap::from([(id(&target), target.clone())]),
-            ..Known::default()
-        };
-        let plan = plan(
-            std::slice::from_ref(&c),
-            &new_ids(&[&c]),
-            &HashSet::new(),
-            &known,
-        );
+        let plan = plan_of(&[&c], &[], &known(&[&target], &[]));
         // Both under the corrected event's id and time.
         assert_eq!(goods(&plan.removes), [(id(&target), 1_000_000, 10)]);
         assert_eq!(goods(&plan.adds), [(id(&target), 1_000_000, 7)]);
@@ -357,16 +363,10 @@ mod tests {
         let later = correction(9, &target, 3);
         let earlier = correction(5, &target, 7);
         // The later-issued correction is stored already; the earlier-issued one arrives now.
-        let known = Known {
-            prior_winners: HashMap::from([(id(&target), later.event_id)]),
-            events: HashMap::from([(id(&target), target.clone()), (id(&later), later.clone())]),
-            ..Known::default()
-        };
-        let p = plan(
-            std::slice::from_ref(&earlier),
-            &new_ids(&[&earlier]),
-            &HashSet::new(),
-            &known,
+        let p = plan_of(
+            &[&earlier],
+            &[],
+            &known(&[&target, &later], &[(&target, &later)]),
         );
         assert_eq!(
             p,
@@ -375,19 +375,10 @@ mod tests {
         );
 
         // The other way round: the stored winner is replaced by the later-issued newcomer.
-        let known = Known {
-            prior_winners: HashMap::from([(id(&target), earlier.event_id)]),
-            events: HashMap::from([
-                (id(&target), target.clone()),
-                (id(&earlier), earlier.clone()),
-            ]),
-            ..Known::default()
-        };
-        let p = plan(
-            std::slice::from_ref(&later),
-            &new_ids(&[&later]),
-            &HashSet::new(),
-            &known,
+        let p = plan_of(
+            &[&later],
+            &[],
+            &known(&[&target, &earlier], &[(&target, &earlier)]),
         );
         assert_eq!(goods(&p.removes), [(id(&target), 1_000_000, 7)]);
         assert_eq!(goods(&p.adds), [(id(&target), 1_000_000, 3)]);
@@ -398,12 +389,7 @@ mod tests {
         let target = event(1, EventBody::ProductionCount(count(10)));
         let a = correction(5, &target, 7);
         let b = correction(8, &target, 2);
-        let known = Known {
-            events: HashMap::from([(id(&target), target.clone())]),
-            ..Known::default()
-        };
-        let batch = [b.clone(), a.clone()];
-        let p = plan(&batch, &new_ids(&[&a, &b]), &HashSet::new(), &known);
+        let p = plan_of(&[&b, &a], &[], &known(&[&target], &[]));
         assert_eq!(goods(&p.adds), [(id(&target), 1_000_000, 2)]);
     }
 
@@ -418,17 +404,9 @@ mod tests {
                 note: String::new(),
             }),
         );
-        let known = Known {
-            late_winners: HashMap::from([(id(&target), c.event_id)]),
-            events: HashMap::from([(id(&c), c.clone())]),
-            ..Known::default()
-        };
-        let p = plan(
-            std::slice::from_ref(&target),
-            &new_ids(&[&target]),
-            &new_ids(&[&target]),
-            &known,
-        );
+        let mut known = known(&[&c], &[]);
+        known.late_winners.insert(id(&target), c.event_id);
+        let p = plan_of(&[&target], &[&target], &known);
         assert!(p.removes.is_empty());
         assert_eq!(p.adds.len(), 1);
         assert_eq!(p.adds[0].id, id(&target));
@@ -443,16 +421,7 @@ mod tests {
         let target = event(1, EventBody::ProductionCount(count(10)));
         let c1 = correction(5, &target, 7);
         let c2 = correction(9, &c1, 1);
-        let known = Known {
-            events: HashMap::from([(id(&c1), c1.clone())]),
-            ..Known::default()
-        };
-        let p = plan(
-            std::slice::from_ref(&c2),
-            &new_ids(&[&c2]),
-            &HashSet::new(),
-            &known,
-        );
+        let p = plan_of(&[&c2], &[], &known(&[&c1], &[]));
         assert_eq!(p, Plan::default());
     }
 
