@@ -113,7 +113,7 @@ pub async fn issue_bundle(
 ) -> Result<CertFacts, CertError> {
     let issued = ca.write_site_bundle(site, dir)?;
     let facts = CertFacts::from_pem(&issued.cert_pem)?;
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool, crate::db::PoolRole::Write).await?;
     record(&mut tx, site, &facts, Source::Bundle, None).await?;
     tx.commit().await?;
     Ok(facts)
@@ -135,7 +135,7 @@ pub async fn admit(
     site: &SiteId,
     facts: &CertFacts,
 ) -> Result<Admission, sqlx::Error> {
-    let mut tx = crate::db::store::scoped(pool, site).await?;
+    let mut tx = crate::db::scoped(pool, site).await?;
     type Row = (
         bool,
         Option<OffsetDateTime>,
@@ -249,7 +249,7 @@ pub async fn still_valid(
     site: &SiteId,
     serial: &str,
 ) -> Result<Admission, sqlx::Error> {
-    let mut tx = crate::db::store::scoped(pool, site).await?;
+    let mut tx = crate::db::scoped(pool, site).await?;
     let row: Option<(bool, Option<String>)> = crate::db::query_as(
         "SELECT s.revoked_at IS NULL, c.revoke_reason
            FROM sites s JOIN certificates c ON c.serial = $2
@@ -318,7 +318,7 @@ async fn renew_in_tx(
     presented: &CertFacts,
     csr_pem: &str,
 ) -> Result<Result<Signed, String>, CertError> {
-    let mut tx = crate::db::store::scoped(pool, site).await?;
+    let mut tx = crate::db::scoped(pool, site).await?;
     // The site's row locked: two sessions of one site renew one after the other, so the
     // interval below holds.
     let row: Option<(bool, Option<f64>, Option<OffsetDateTime>)> = crate::db::query_as(
@@ -385,7 +385,7 @@ pub struct SiteRevoked {
 /// enrollment token not yet used, in one transaction. Certificates the registry does not
 /// know (from before it) are refused too, through `certs_revoked_before`.
 pub async fn revoke_site(pool: &PgPool, site: &SiteId) -> Result<SiteRevoked, CertError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool, crate::db::PoolRole::Write).await?;
     scope(&mut tx, site).await?;
     let n = crate::db::query(
         "UPDATE sites SET revoked_at = coalesce(revoked_at, now()), certs_revoked_before = now()
@@ -440,7 +440,7 @@ pub async fn revoke_serial(
     let normalized =
         crate::pki::normalize_serial(serial).ok_or_else(|| CertError::BadSerial(serial.into()))?;
     let reason: String = reason.chars().take(REASON_BYTES_MAX).collect();
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool, crate::db::PoolRole::Write).await?;
     let row: Option<(String, bool)> = crate::db::query_as(
         "UPDATE certificates c SET revoked_at = coalesce(c.revoked_at, now()),
                 revoke_reason = coalesce(c.revoke_reason, $2)
@@ -532,7 +532,7 @@ pub async fn list(pool: &PgPool, site: Option<&SiteId>) -> Result<Vec<CertRow>, 
         Option<String>,
         bool,
     );
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool, crate::db::PoolRole::Write).await?;
     if let Some(site) = site {
         scope(&mut tx, site).await?;
     }

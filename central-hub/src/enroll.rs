@@ -63,7 +63,7 @@ async fn site_status(
     pool: &PgPool,
     site: &SiteId,
 ) -> Result<Option<Option<time::OffsetDateTime>>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool, crate::db::PoolRole::Write).await?;
     crate::db::query("SELECT set_config('app.current_site_id', $1, true)")
         .bind(site.as_str())
         .execute(&mut *tx)
@@ -98,7 +98,7 @@ pub async fn create_token(
         .fill(&mut bytes)
         .map_err(|_| sqlx::Error::Protocol("no randomness available".into()))?;
     let secret = hex(&bytes);
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool, crate::db::PoolRole::Write).await?;
     crate::db::query(
         "INSERT INTO enroll_tokens (hash, site_id, expires_at)
          VALUES ($1, $2, now() + make_interval(secs => $3))",
@@ -185,7 +185,9 @@ async fn redeem(
             "the hub's database is not answering; try again in a minute",
         )
     };
-    let mut tx = s.pool.begin().await.map_err(db)?;
+    let mut tx = crate::db::begin(&s.pool, crate::db::PoolRole::Write)
+        .await
+        .map_err(db)?;
     type TokenRow = (
         String,
         bool,
@@ -372,11 +374,15 @@ pub async fn start(
                         }
                     };
                     let service = hyper_util::service::TowerToHyperService::new(app);
-                    let _ = hyper_util::server::conn::auto::Builder::new(
+                    if let Err(e) = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
                     )
                     .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
+                    .await
+                    {
+                        // A client that hangs up mid-request is no fault of the hub's.
+                        tracing::debug!(%peer, error = %e, "enrollment connection ended");
+                    }
                 })
                 .await;
                 if served.is_err() {

@@ -19,6 +19,11 @@ use axum::response::Response;
 /// Most label values one metric keeps; further ones are counted under `other`.
 pub const SERIES_MAX: usize = 512;
 
+/// Upper bounds (seconds) of the query-duration histogram's buckets.
+pub const QUERY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
 /// Upper bounds (seconds) of the HTTP latency histogram's buckets.
 pub const HTTP_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0,
@@ -160,7 +165,7 @@ pub static HTTP_REQUESTS: Counter = Counter::new();
 /// `mes_http_request_duration_seconds{route}`.
 pub static HTTP_DURATION: Histogram = Histogram::new(&HTTP_BUCKETS);
 /// `mes_db_query_duration_seconds{query}`.
-pub static QUERIES: Histogram = Histogram::new(&crate::db::QUERY_BUCKETS);
+pub static QUERIES: Histogram = Histogram::new(&QUERY_BUCKETS);
 /// `mes_sync_frames_rejected_total{reason}`: sessions the hub closed for a protocol
 /// violation or refused (by error code), and connections refused at the limit.
 pub static FRAMES_REJECTED: Counter = Counter::new();

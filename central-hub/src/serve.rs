@@ -19,7 +19,8 @@ use sync_protocol::session::SessionConfig;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::db::store::{PgHubStore, ensure_partitions};
+use crate::db::sites::ensure_partitions;
+use crate::ingest::PgHubStore;
 use crate::pki::Ca;
 use crate::sync::{self, SyncMetrics};
 
@@ -307,7 +308,10 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> anyhow::R
             let task = tokio::spawn(async move {
                 axum::serve(metrics_listener, metrics_router)
                     .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|s| *s).await;
+                        if let Err(gone) = stop.wait_for(|s| *s).await {
+                            // The sender is gone with the instance: stop too.
+                            tracing::debug!(%gone, "metrics listener stops without a signal");
+                        }
                     })
                     .await
                     .context("serving metrics")
@@ -332,7 +336,10 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> anyhow::R
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move {
-            let _ = http_shutdown.wait_for(|s| *s).await;
+            if let Err(gone) = http_shutdown.wait_for(|s| *s).await {
+                // The sender is gone with the instance: stop too.
+                tracing::debug!(%gone, "HTTP listener stops without a signal");
+            }
         })
         .await
         .context("serving HTTP")
@@ -357,7 +364,10 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> anyhow::R
 
 impl Running {
     pub async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.shutdown.send(true);
+        if self.shutdown.send(true).is_err() {
+            // Every receiver is gone already: nothing is left to signal.
+            tracing::debug!("hub instance stopped before the signal");
+        }
         // A task still running after its grace period is aborted, not left behind: dropping
         // a JoinHandle detaches the task, which would keep the endpoint (and its port) alive.
         if let Some(e) = self.enroll {

@@ -63,7 +63,13 @@ pub fn init(format: LogFormat, traces: Option<TraceSettings>) -> Result<Guard, T
             }
             // The exporter's HTTP client is reqwest with rustls and no provider of its own:
             // ring is the only TLS provider of this workspace.
-            let _ = rustls::crypto::ring::default_provider().install_default();
+            // Err: a provider is installed already (by the hub's TLS set-up); that one is ring.
+            if rustls::crypto::ring::default_provider()
+                .install_default()
+                .is_err()
+            {
+                tracing::debug!("rustls provider already installed");
+            }
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_endpoint(format!("{}/v1/traces", t.endpoint.trim_end_matches('/')))

@@ -10,7 +10,8 @@ use shared_model::master::{MasterKind, MasterRecord};
 use sqlx::{PgPool, Postgres, Row as _, Transaction};
 use sync_protocol::message::DownItem;
 
-use super::store::HubStoreError;
+use super::channels::{notify_data, notify_down};
+use super::error::HubStoreError;
 
 /// Most records one upload may carry.
 pub const RECORDS_PER_UPLOAD_MAX: usize = 10_000;
@@ -21,7 +22,7 @@ pub async fn publish(
     sites: &[SiteId],
     records: &[MasterRecord],
 ) -> Result<Vec<u64>, HubStoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = super::begin(pool, super::PoolRole::Write).await?;
     let mut versions = Vec::with_capacity(records.len());
     for record in records {
         let json = serde_json::to_value(record)
@@ -58,11 +59,11 @@ pub async fn publish(
                 .bind(bytes)
                 .execute(&mut *tx)
                 .await?;
-            super::store::notify_down(&mut tx, site).await?;
+            notify_down(&mut tx, site).await?;
         }
     }
     // Reports read master data (reasons, routings, calendars): cached answers are stale now.
-    super::store::notify_data(&mut tx, None).await?;
+    notify_data(&mut tx, None).await?;
     tx.commit().await?;
     Ok(versions)
 }
@@ -73,7 +74,11 @@ pub fn concerns(record: &MasterRecord, site: &SiteId) -> bool {
     let owner = match record {
         MasterRecord::ShiftCalendar(c) => Some(&c.site_id),
         MasterRecord::Personnel(p) => Some(&p.site_id),
-        _ => None,
+        MasterRecord::Material(_)
+        | MasterRecord::RoutingStep(_)
+        | MasterRecord::ReasonCode(_)
+        | MasterRecord::Equipment(_)
+        | MasterRecord::InspectionPlan(_) => None,
     };
     owner.is_none_or(|o| o == site)
 }
@@ -124,7 +129,7 @@ pub async fn send_snapshot(
     .bind(&items)
     .execute(&mut **tx)
     .await?;
-    super::store::notify_down(tx, site).await?;
+    notify_down(tx, site).await?;
     Ok(items.len())
 }
 

@@ -1,17 +1,34 @@
-//! PostgreSQL: schema, connection setup, and the site-scoped store.
+//! PostgreSQL: connection setup, the statement helpers every query of the hub goes through,
+//! and the pieces the rest of the hub builds on.
+//!
+//! * [`schema`]: tables, row-level security and migrations; [`tx`]: transactions
+//!   ([`begin`], [`scoped`]) and their timing; [`error`]: the store's error type;
+//!   [`convert`]: instants and record kinds as columns; [`channels`]: NOTIFY channels.
+//! * [`sites`]: registering sites and their partitions; [`master`]: HQ master data;
+//!   [`retention`]: archiving and dropping old months.
+//!
+//! The `HubStore` implementation is `crate::ingest`, the reporting rollups `crate::rollup`;
+//! both use this module, and nothing here uses them (no import circle).
 
+pub mod channels;
+pub mod convert;
+pub mod error;
 pub mod master;
 pub mod retention;
-pub mod rollup;
 pub mod schema;
+pub mod sites;
 pub mod store;
+pub mod tx;
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::query::{Query, QueryAs, QueryScalar};
-use sqlx::{Executor, FromRow, PgPool, Postgres, SqlSafeStr, Transaction};
+use sqlx::{ConnectOptions as _, Connection as _, Executor, FromRow, PgPool, Postgres, SqlSafeStr};
+
+pub use error::HubStoreError;
+pub use tx::{PoolRole, WAITING, Waiting, begin, fetch_all_in_tx, scoped, timed};
 
 /// Connections per hub instance unless configured: PgBouncer or `max_connections` bound the
 /// total across instances.
@@ -61,6 +78,7 @@ pub async fn connect_with(url: &str, settings: &DbSettings) -> Result<PgPool, sq
         options = options.statement_cache_capacity(0);
         NAMED_STATEMENTS.store(false, Ordering::Relaxed);
     }
+    probe(&options).await?;
     PgPoolOptions::new()
         .max_connections(settings.pool_size.clamp(1, POOL_CONNECTIONS_LIMIT))
         .acquire_timeout(Duration::from_secs(10))
@@ -76,80 +94,27 @@ pub async fn connect_with(url: &str, settings: &DbSettings) -> Result<PgPool, sq
         .await
 }
 
-/// Tasks waiting for a pooled connection right now, per pool role (sqlx does not count its
-/// waiters): `mes_db_connections_waiting`.
-#[derive(Debug, Default)]
-pub struct Waiting {
-    pub write: AtomicI64,
-    pub read: AtomicI64,
-    pub auth: AtomicI64,
-}
-
-pub static WAITING: Waiting = Waiting {
-    write: AtomicI64::new(0),
-    read: AtomicI64::new(0),
-    auth: AtomicI64::new(0),
-};
-
-/// Which pool a transaction is taken from, for the waiting gauge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PoolRole {
-    Write,
-    Read,
-    /// Token lookups (`crate::auth`): the read pool, or a small pool of their own.
-    Auth,
-}
-
-struct WaitGuard(&'static AtomicI64);
-
-impl Drop for WaitGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+/// Opens and closes one connection before the pool is made, so that a server that is down
+/// or unreachable fails start-up at once with its cause ("connection refused" at that
+/// address). The pool itself retries a failed connect until its acquire timeout and then
+/// reports only `pool timed out while waiting for an open connection`, ten seconds later.
+async fn probe(options: &PgConnectOptions) -> Result<(), sqlx::Error> {
+    let conn = options.connect().await.map_err(|e| match e {
+        sqlx::Error::Io(io) => sqlx::Error::Io(std::io::Error::new(
+            io.kind(),
+            format!(
+                "connecting to PostgreSQL at {}:{}: {io}",
+                options.get_host(),
+                options.get_port()
+            ),
+        )),
+        other => other,
+    })?;
+    // The probe has done its work once it connected; a failed goodbye is no start-up error.
+    if let Err(e) = conn.close().await {
+        tracing::debug!(error = %e, "closing the probe connection");
     }
-}
-
-/// `pool.begin()`, counted in `mes_db_connections_waiting` while it waits for a connection.
-pub async fn begin(
-    pool: &PgPool,
-    role: PoolRole,
-) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    let gauge = match role {
-        PoolRole::Write => &WAITING.write,
-        PoolRole::Read => &WAITING.read,
-        PoolRole::Auth => &WAITING.auth,
-    };
-    gauge.fetch_add(1, Ordering::Relaxed);
-    let _guard = WaitGuard(gauge);
-    pool.begin().await
-}
-
-/// Runs one statement in a transaction of its own and returns its rows: behind PgBouncer an
-/// unnamed statement is parsed and executed on one server connection only within one.
-pub async fn fetch_all_in_tx(
-    pool: &PgPool,
-    role: PoolRole,
-    q: Query<'_, Postgres, PgArguments>,
-) -> Result<Vec<PgRow>, sqlx::Error> {
-    let mut tx = begin(pool, role).await?;
-    let rows = q.fetch_all(&mut *tx).await?;
-    tx.commit().await?;
-    Ok(rows)
-}
-
-/// Upper bounds (seconds) of the query-duration histogram's buckets.
-pub const QUERY_BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-];
-
-/// Times one database operation into `mes_db_query_duration_seconds{query}`.
-pub async fn timed<T, E>(
-    query: &'static str,
-    fut: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, E> {
-    let start = Instant::now();
-    let out = fut.await;
-    crate::metrics::QUERIES.observe(query, start.elapsed());
-    out
+    Ok(())
 }
 
 /// Whether statements may be named and cached per connection. Cleared, for the whole process,

@@ -121,6 +121,10 @@ pub async fn due(
     }
     out.sort_by_key(|(_, _, m)| *m);
     out.truncate(PARTITIONS_PER_RUN_MAX);
+    debug_assert!(
+        older_than_months >= RETENTION_MONTHS_MIN && out.iter().all(|(_, _, m)| *m < keep_from),
+        "only months before the retention cutoff are due"
+    );
     Ok(out)
 }
 
@@ -189,7 +193,14 @@ pub async fn retire(
     now: OffsetDateTime,
 ) -> Result<Vec<Retired>, RetentionError> {
     let mut done = Vec::new();
+    let keep_from = cutoff(now, older_than_months);
     for (table, parent, month) in due(pool, older_than_months, now).await? {
+        // Dropping a month still inside retention destroys data the reports' drill-downs
+        // and audits need: `due` must never offer one.
+        assert!(
+            cutoff_next(month) <= keep_from,
+            "partition {table} ({month}) is inside the retention of {older_than_months} months"
+        );
         done.push(retire_one(pool, &table, &parent, month, archive_dir).await?);
         tracing::info!(partition = %table, "partition archived and dropped");
     }
@@ -210,7 +221,7 @@ async fn retire_one(
     let tmp = file.with_extension("csv.partial");
     // Table names come from the catalogue and match events_p_[a-z0-9_]+; quote anyway.
     let q = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
-    let mut tx = pool.begin().await?;
+    let mut tx = super::begin(pool, super::PoolRole::Write).await?;
     // Writers wait (late events for this month) while readers go on; the lock is upgraded for
     // the detach below.
     tx.execute(sqlx::AssertSqlSafe(format!(
@@ -250,7 +261,11 @@ async fn retire_one(
     // bytea (hex, none) — so lines minus the header are rows.
     let copied = newlines.saturating_sub(1);
     if i64::try_from(copied).ok() != Some(counted) {
-        let _ = std::fs::remove_file(&tmp);
+        // The mismatch is the error to report; a partial file left behind is only logged
+        // (the next run writes it afresh).
+        if let Err(e) = std::fs::remove_file(&tmp) {
+            tracing::warn!(file = %tmp.display(), error = %e, "could not remove a partial archive");
+        }
         return Err(RetentionError::CountMismatch {
             table: table.to_owned(),
             copied,

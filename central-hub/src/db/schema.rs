@@ -592,7 +592,11 @@ pub async fn migrate(pool: &PgPool) -> Result<i64, MigrateError> {
     let mut conn = pool.acquire().await?;
     conn.execute("SELECT pg_advisory_lock(727274)").await?;
     let result = migrate_locked(&mut conn).await;
-    let _ = conn.execute("SELECT pg_advisory_unlock(727274)").await;
+    // The lock ends with the session anyway; a failed unlock only matters if the connection
+    // goes back to the pool, so it is logged, and the migration's own result is returned.
+    if let Err(e) = conn.execute("SELECT pg_advisory_unlock(727274)").await {
+        tracing::warn!(error = %e, "could not release the migration lock");
+    }
     result
 }
 
