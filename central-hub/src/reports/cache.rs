@@ -78,12 +78,12 @@ impl Versions {
 }
 
 /// Listens on `mes_data` until shutdown; reconnects with backoff.
-pub async fn listen(
+pub async fn listen<C: AsRef<Shared>>(
     pool: PgPool,
-    versions: std::sync::Arc<super::ReportCtx>,
+    versions: std::sync::Arc<C>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let versions = &versions.shared;
+    let versions: &Shared = (*versions).as_ref();
     let mut backoff = Duration::from_millis(200);
     loop {
         let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::params::{Group, Report};
+use super::params::Group;
 
 /// Every `/api/v1` path the hub routes, as OpenAPI spells it.
 pub const PATHS: [&str; 10] = [
@@ -40,7 +40,7 @@ fn param(name: &str, location: &str, required: bool, schema: Value, description:
 }
 
 pub fn document() -> Value {
-    let reports: Vec<&str> = Report::ALL.iter().map(|r| r.as_str()).collect();
+    let reports: Vec<&str> = super::registry::REPORTS.iter().map(|r| r.name()).collect();
     let groups: Vec<&str> = Group::ALL.iter().map(|g| g.as_str()).collect();
     let table = json!({"description": "a report table (JSON) or its rows as CSV", "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/Report"}},

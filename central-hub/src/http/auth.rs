@@ -32,7 +32,7 @@ use shared_model::SiteId;
 use sqlx::{PgPool, Row};
 use tokio::time::Instant;
 
-use crate::api::Scope;
+use crate::http::error::ApiError;
 use crate::memo::Memo;
 
 /// How long a known token's scope is trusted: a revoked token stops working within this time.
@@ -57,6 +57,35 @@ pub const AUTH_POOL_CONNECTIONS: u32 = 4;
 pub const TOKEN_CHARS_MAX: usize = 128;
 /// Most `X-Forwarded-For` hops walked.
 pub const FORWARDED_HOPS_MAX: usize = 16;
+
+/// What a token may do.
+#[derive(Clone, Debug)]
+pub struct Scope {
+    pub write: bool,
+    /// `None`: every site (HQ-wide).
+    pub site: Option<SiteId>,
+}
+
+impl Scope {
+    pub fn allows(&self, site: &SiteId) -> bool {
+        self.site.as_ref().is_none_or(|s| s == site)
+    }
+
+    /// Whether a site named by a database row is visible (a name that is not a valid site id
+    /// is visible to nobody).
+    pub fn allows_name(&self, site: &str) -> bool {
+        SiteId::new(site).is_ok_and(|s| self.allows(&s))
+    }
+
+    /// A write to `site`, or `403`.
+    pub fn require_write(&self, site: &SiteId) -> Result<(), ApiError> {
+        if self.write && self.allows(site) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden())
+        }
+    }
+}
 
 /// Why a request was not let in.
 #[derive(Debug)]
