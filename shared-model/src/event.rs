@@ -70,33 +70,15 @@ pub enum EventKind {
     OperatorClock,
 }
 
-impl EventKind {
-    pub const ALL: [EventKind; 7] = [
-        EventKind::ProductionCount,
-        EventKind::EquipmentState,
-        EventKind::QualitySample,
-        EventKind::MaterialConsumed,
-        EventKind::MaterialProduced,
-        EventKind::Correction,
-        EventKind::OperatorClock,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::ProductionCount => "production_count",
-            EventKind::EquipmentState => "equipment_state",
-            EventKind::QualitySample => "quality_sample",
-            EventKind::MaterialConsumed => "material_consumed",
-            EventKind::MaterialProduced => "material_produced",
-            EventKind::Correction => "correction",
-            EventKind::OperatorClock => "operator_clock",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
+crate::named_enum!(EventKind, "event type", display {
+    ProductionCount => "production_count",
+    EquipmentState => "equipment_state",
+    QualitySample => "quality_sample",
+    MaterialConsumed => "material_consumed",
+    MaterialProduced => "material_produced",
+    Correction => "correction",
+    OperatorClock => "operator_clock",
+});
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProductionCount {
@@ -119,18 +101,14 @@ pub enum MachineState {
     PlannedStop,
 }
 
-impl MachineState {
-    /// The name used in JSON, metrics and the hub's rollups.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MachineState::Running => "running",
-            MachineState::Idle => "idle",
-            MachineState::Down => "down",
-            MachineState::Setup => "setup",
-            MachineState::PlannedStop => "planned_stop",
-        }
-    }
-}
+// The name used in JSON, metrics and the hub's rollups.
+crate::named_enum!(MachineState, "machine state", display {
+    Running => "running",
+    Idle => "idle",
+    Down => "down",
+    Setup => "setup",
+    PlannedStop => "planned_stop",
+});
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EquipmentStateChange {
@@ -171,6 +149,33 @@ pub struct Correction {
     pub note: String,
 }
 
+/// Precedence of corrections, "latest correction wins": whether correction `candidate` takes
+/// the place of `standing` as the correction in force for the event both correct.
+///
+/// The later-issued correction wins, whatever order they arrive in, so an edge and the hub that
+/// saw the corrections in different orders agree. An event id is a UUIDv7, so "later" is the
+/// greater id: its leading 48 bits are the creating clock's milliseconds, and two corrections
+/// in the same millisecond are ordered by their random bits (arbitrary, but the same everywhere).
+/// The comparison is the UUID's byte order, which is also PostgreSQL's `uuid` order and the order
+/// of the lowercase hyphenated text the edge stores (a test checks both), so a stored id may be
+/// compared in any of those forms. Equal ids are the same correction: it does not supersede
+/// itself.
+pub fn correction_supersedes(candidate: EventId, standing: EventId) -> bool {
+    candidate > standing
+}
+
+/// The correction in force among several of the same event (see [`correction_supersedes`]);
+/// `None` for none.
+pub fn winning_correction(ids: impl IntoIterator<Item = EventId>) -> Option<EventId> {
+    ids.into_iter().reduce(|standing, candidate| {
+        if correction_supersedes(candidate, standing) {
+            candidate
+        } else {
+            standing
+        }
+    })
+}
+
 /// What a correction says should have been recorded. Deliberately not [`EventBody`]: a
 /// replacement cannot itself be a correction, so the type is not recursive and a hostile frame
 /// cannot nest corrections deep enough to exhaust the decoder's stack.
@@ -205,6 +210,8 @@ pub enum ClockAction {
     In,
     Out,
 }
+
+crate::named_enum!(ClockAction, "clock action", display { In => "in", Out => "out" });
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OperatorClock {
@@ -596,5 +603,49 @@ mod tests {
             );
         }
         assert_eq!(EventKind::parse("bogus"), None);
+    }
+}
+
+#[cfg(test)]
+mod correction_precedence {
+    //! "Latest correction wins" in every form an id is compared in: as an [`EventId`], as the
+    //! UUID's bytes (PostgreSQL's `uuid` order) and as the lowercase hyphenated text the edge
+    //! stores. The property test proves the three orders agree for any two UUIDv7s, which is
+    //! what lets the edge and the hub apply the same rule.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id(millis: u64, random: u8) -> EventId {
+        EventId::from_parts(millis, [random; 10])
+    }
+
+    #[test]
+    fn the_later_issued_correction_wins_in_any_arrival_order() {
+        let (early, late) = (id(1_000, 0xff), id(1_001, 0x00));
+        assert!(correction_supersedes(late, early));
+        assert!(!correction_supersedes(early, late));
+        assert!(!correction_supersedes(late, late), "not over itself");
+        assert_eq!(winning_correction([early, late]), Some(late));
+        assert_eq!(winning_correction([late, early]), Some(late));
+        // Same millisecond: the random bits decide, the same way everywhere.
+        let (a, b) = (id(1_000, 1), id(1_000, 2));
+        assert_eq!(winning_correction([a, b]), Some(b));
+        assert_eq!(winning_correction([b, a]), Some(b));
+        assert_eq!(winning_correction([]), None);
+    }
+
+    proptest! {
+        #[test]
+        fn id_bytes_and_text_order_agree(
+            ma in 0u64..(1 << 48), ra in any::<[u8; 10]>(),
+            mb in 0u64..(1 << 48), rb in any::<[u8; 10]>(),
+        ) {
+            let (a, b) = (EventId::from_parts(ma, ra), EventId::from_parts(mb, rb));
+            let by_id = a.cmp(&b);
+            prop_assert_eq!(a.as_bytes().cmp(b.as_bytes()), by_id);
+            prop_assert_eq!(a.to_string().cmp(&b.to_string()), by_id);
+            prop_assert_eq!(correction_supersedes(a, b), by_id == std::cmp::Ordering::Greater);
+        }
     }
 }

@@ -1,62 +1,95 @@
-//! KPI arithmetic: OEE and its components, scrap rate, first pass yield, on-time delivery and
-//! the downtime Pareto.
+//! KPI arithmetic: OEE and its components, scrap rate, on-time rate, and the small-stop
+//! threshold. The hub's reports compute every ratio they show through this module.
 //!
-//! Everything here is a pure function of counts and durations in milliseconds. Ratios come back
-//! as `Option<f64>` in `0.0..=1.0` (performance may exceed 1.0, see
-//! [`OeeComponents::performance`]): `None` means the denominator was zero, so a report can show
-//! "n/a" instead of a NaN or a division panic.
+//! Everything here is a pure function of summed counts and durations. Ratios come back as
+//! `Option<f64>`: `None` means the denominator was zero, so a report can show `null` ("n/a")
+//! instead of a NaN or a division panic. Performance (and so OEE) may exceed 1.0, see
+//! [`OeeComponents::performance`].
 //!
-//! Roll-ups (machines → line → site → company, shifts → days → months) add the components and
+//! Roll-ups (machines → line → site → company, hours → days → months) add the components and
 //! divide once at the end. Averaging percentages is wrong: see [`OeeComponents`].
 
-use std::collections::BTreeMap;
 use std::iter::Sum;
 use std::ops::{Add, AddAssign};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// The time and count totals that OEE is computed from, for one machine and period or for any
-/// roll-up of them.
+/// The small-stop threshold, in whole seconds: an unplanned stop shorter than this is a small
+/// stop. Operators cannot be asked for a reason every time a jam clears in seconds, so these are
+/// booked as a performance loss (the machine simply produced less in its run time) rather than
+/// as availability loss. A stop of exactly this length or longer is a real stop.
+pub const SMALL_STOP_SECS: u64 = 120;
+/// [`SMALL_STOP_SECS`] as a [`Duration`].
+pub const SMALL_STOP: Duration = Duration::from_secs(SMALL_STOP_SECS);
+/// [`SMALL_STOP_SECS`] in microseconds, the unit of the hub's rollups and of [`Timestamp`].
+///
+/// [`Timestamp`]: crate::Timestamp
+#[allow(clippy::cast_possible_wrap)] // 120 fits any integer type
+pub const SMALL_STOP_MICROS: i64 = SMALL_STOP_SECS as i64 * 1_000_000;
+/// [`SMALL_STOP_SECS`] as a PostgreSQL interval literal, for SQL that compares a stop's age
+/// with `now()` (`now() - c.at < interval '120 seconds'`). A unit test keeps it equal to
+/// [`SMALL_STOP_SECS`].
+pub const SMALL_STOP_SQL_INTERVAL: &str = "interval '120 seconds'";
+
+/// Whether an unplanned stop of this length is a small stop (performance loss) rather than
+/// downtime (availability loss).
+pub fn is_small_stop_micros(duration_micros: i64) -> bool {
+    duration_micros < SMALL_STOP_MICROS
+}
+
+/// The summed components OEE is computed from, for one machine and period or for any roll-up of
+/// them: the hub's report queries return exactly these sums.
+///
+/// Durations may be in any one unit (the hub uses microseconds), as long as all three use the
+/// same: every result is a ratio of two of them or of two counts. They are `f64` because the
+/// hub's SQL sums arrive as `float8`.
 ///
 /// # Why components, not percentages, are summed
 ///
 /// A machine's OEE is a ratio, and the ratio of two sums is not the average of the ratios. A
 /// 24-hour line at 80 % and a 1-hour test cell at 20 % did not run at 50 %: almost all of the
-/// planned time was on the line, so the group ran at about 77.5 %. The correct group figure is
-/// `OEE_group = Σ(good × ideal cycle time) / Σ planned production time`, which is what adding
-/// these components and then calling [`OeeComponents::oee`] computes. An average (weighted or
-/// not) of percentages also breaks the `OEE = A × P × Q` identity for the group, so the
-/// dashboards would show factors that do not multiply to the headline number.
+/// planned time was on the line. Adding these components and then calling
+/// [`OeeComponents::oee`] weighs each machine by its planned time; an average (weighted or not)
+/// of percentages also breaks the `OEE = A × P × Q` identity for the group, so the dashboards
+/// would show factors that do not multiply to the headline number.
 ///
-/// # Quality is weighted by ideal time
+/// # Quality counts parts
 ///
-/// [`OeeComponents::quality`] is `good_ideal_time_ms / ideal_time_ms`. For one product (one
-/// ideal cycle time) this is exactly `good / total`, the textbook definition. For a roll-up over
-/// products with different cycle times, it weighs each scrapped part by the machine time it
-/// wasted, which is what keeps `A × P × Q == oee()` true for every roll-up; a count-based
-/// quality would not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// [`OeeComponents::quality`] is `good / total`, as `domain.md` and `product.md` define it, and
+/// OEE is `A × P × Q = ideal time × Q / planned time`. For one product this is exactly the
+/// "equivalently" form `good × ideal cycle time / planned time`. For a roll-up over products
+/// with different ideal cycle times the two forms differ (a scrapped slow part and a scrapped
+/// fast part weigh the same here); the reports oracle checks this count-based form.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct OeeComponents {
-    /// Shift time minus planned stops (breaks, planned maintenance, no orders scheduled).
-    pub planned_time_ms: u64,
-    /// Planned production time minus unplanned stops longer than a small stop.
-    pub run_time_ms: u64,
+    /// Planned production time: shift time minus planned stops (breaks, planned maintenance).
+    pub planned_time: f64,
+    /// Stop time that counts against availability: unplanned stops that are not small stops.
+    pub stop_time: f64,
     /// Ideal cycle time × total count: how long the output would have taken at rated speed.
-    pub ideal_time_ms: u64,
-    /// Ideal cycle time × good count: the fully productive time.
-    pub good_ideal_time_ms: u64,
-    /// Good plus scrap.
-    pub total_count: u64,
-    pub good_count: u64,
+    pub ideal_time: f64,
+    pub good: f64,
+    pub scrap: f64,
+}
+
+/// Every figure the OEE report shows for one set of components.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct OeeMeasures {
+    pub run_time: f64,
+    pub total_count: f64,
+    pub availability: Option<f64>,
+    pub performance: Option<f64>,
+    pub quality: Option<f64>,
+    pub oee: Option<f64>,
 }
 
 impl OeeComponents {
-    /// The components for one machine (or one product on one machine) over one period.
-    ///
-    /// `down_time_ms` is the unplanned stop time that counts against availability; small stops
-    /// (see [`is_small_stop`]) belong in neither `down_time_ms` nor `planned_time_ms`, because
-    /// they already show up as lost performance. All arithmetic saturates, so absurd inputs give
-    /// absurd ratios rather than a panic or a wrapped value.
+    /// The components of one machine running one product over one period, from whole
+    /// milliseconds and counts (the worked example's terms). `down_time_ms` is the unplanned
+    /// stop time that counts against availability; small stops belong in neither it nor
+    /// `planned_time_ms`, because they already show up as lost performance.
+    #[allow(clippy::cast_precision_loss)] // exact below 2^53, far beyond any real total
     pub fn for_equipment(
         planned_time_ms: u64,
         down_time_ms: u64,
@@ -66,18 +99,45 @@ impl OeeComponents {
     ) -> Self {
         let total = good.saturating_add(scrap);
         Self {
-            planned_time_ms,
-            run_time_ms: planned_time_ms.saturating_sub(down_time_ms),
-            ideal_time_ms: ideal_cycle_time_ms.saturating_mul(total),
-            good_ideal_time_ms: ideal_cycle_time_ms.saturating_mul(good),
-            total_count: total,
-            good_count: good,
+            planned_time: planned_time_ms as f64,
+            stop_time: down_time_ms as f64,
+            ideal_time: ideal_cycle_time_ms.saturating_mul(total) as f64,
+            good: good as f64,
+            scrap: scrap as f64,
         }
+    }
+
+    /// Checks that every component is a finite, non-negative sum. A NaN or a negative count
+    /// means a rollup went wrong upstream (a correction subtracted what was never added).
+    fn debug_check(&self) {
+        debug_assert!(
+            [
+                self.planned_time,
+                self.stop_time,
+                self.ideal_time,
+                self.good,
+                self.scrap,
+            ]
+            .iter()
+            .all(|v| v.is_finite() && *v >= 0.0),
+            "OEE components must be finite and non-negative: {self:?}"
+        );
+    }
+
+    /// Planned production time minus stop time, never below zero (stop time is clamped to the
+    /// planned time per hour by the hub, but a roll-up is not trusted to keep that).
+    pub fn run_time(&self) -> f64 {
+        (self.planned_time - self.stop_time).max(0.0)
+    }
+
+    /// Good plus scrap.
+    pub fn total_count(&self) -> f64 {
+        self.good + self.scrap
     }
 
     /// Run time / planned production time.
     pub fn availability(&self) -> Option<f64> {
-        ratio(self.run_time_ms, self.planned_time_ms)
+        ratio(self.run_time(), self.planned_time)
     }
 
     /// Ideal time / run time. Above 1.0 means the machine ran faster than its ideal cycle time,
@@ -85,45 +145,57 @@ impl OeeComponents {
     /// double-booked). It is deliberately not clamped: a clamp would hide the bad master data
     /// and make A × P × Q disagree with [`OeeComponents::oee`].
     pub fn performance(&self) -> Option<f64> {
-        ratio(self.ideal_time_ms, self.run_time_ms)
+        ratio(self.ideal_time, self.run_time())
     }
 
-    /// Good ideal time / ideal time, which is good / total for a single product (see the type's
-    /// docs for why it is time-weighted). When no ideal time is known (an ideal cycle time of
-    /// zero) it falls back to good / total, so the scrap picture is still shown; performance
-    /// and OEE are then 0, so the identity A × P × Q = OEE still holds.
+    /// Good / total.
     pub fn quality(&self) -> Option<f64> {
-        if self.ideal_time_ms > 0 {
-            ratio(self.good_ideal_time_ms, self.ideal_time_ms)
-        } else {
-            ratio(self.good_count, self.total_count)
-        }
+        ratio(self.good, self.total_count())
     }
 
-    /// Good ideal time / planned production time, which equals availability × performance ×
-    /// quality whenever all three are defined. Computed directly rather than as the product so
-    /// it is defined even when the machine never ran (OEE 0 over a planned shift) and carries a
-    /// single rounding step.
+    /// A × P × Q when all three are defined. Otherwise, when there is planned time (the
+    /// machine never ran, or nothing was counted), `ideal × Q / planned`, which is 0 without
+    /// counts: OEE is still defined over a planned shift in which nothing was made.
     pub fn oee(&self) -> Option<f64> {
-        ratio(self.good_ideal_time_ms, self.planned_time_ms)
+        self.measures().oee
+    }
+
+    /// Every figure at once, each computed once.
+    pub fn measures(&self) -> OeeMeasures {
+        self.debug_check();
+        let (ppt, ideal, good) = (self.planned_time, self.ideal_time, self.good);
+        let run = self.run_time();
+        let total = self.total_count();
+        let (a, p, q) = (self.availability(), self.performance(), self.quality());
+        let oee = match (a, p, q) {
+            (Some(a), Some(p), Some(q)) => Some(a * p * q),
+            // With no run time at all, OEE is simply good × ideal / PPT = 0 when PPT > 0. The
+            // expression is kept exactly as the reports have always computed it (same rounding).
+            _ if ppt > 0.0 => Some(ideal * if total > 0.0 { good / total } else { 0.0 } / ppt),
+            _ => None,
+        };
+        OeeMeasures {
+            run_time: run,
+            total_count: total,
+            availability: a,
+            performance: p,
+            quality: q,
+            oee,
+        }
     }
 }
 
-/// Componentwise sum, saturating: a roll-up never panics or wraps, and u64 milliseconds would
-/// take half a billion years of machine time to saturate anyway.
+/// Componentwise sum: what every roll-up does before dividing.
 impl Add for OeeComponents {
     type Output = Self;
 
     fn add(self, rhs: Self) -> Self {
         Self {
-            planned_time_ms: self.planned_time_ms.saturating_add(rhs.planned_time_ms),
-            run_time_ms: self.run_time_ms.saturating_add(rhs.run_time_ms),
-            ideal_time_ms: self.ideal_time_ms.saturating_add(rhs.ideal_time_ms),
-            good_ideal_time_ms: self
-                .good_ideal_time_ms
-                .saturating_add(rhs.good_ideal_time_ms),
-            total_count: self.total_count.saturating_add(rhs.total_count),
-            good_count: self.good_count.saturating_add(rhs.good_count),
+            planned_time: self.planned_time + rhs.planned_time,
+            stop_time: self.stop_time + rhs.stop_time,
+            ideal_time: self.ideal_time + rhs.ideal_time,
+            good: self.good + rhs.good,
+            scrap: self.scrap + rhs.scrap,
         }
     }
 }
@@ -152,121 +224,29 @@ pub fn planned_production_time_ms(shift_ms: u64, planned_stops_ms: u64) -> u64 {
     shift_ms.saturating_sub(planned_stops_ms)
 }
 
-/// The small-stop threshold: an unplanned stop shorter than this (2 min) is a small stop.
-/// Operators cannot be asked for a reason every time a jam clears in seconds, so these are
-/// booked as a performance loss (the machine simply produced less in its run time) rather
-/// than as availability loss. A stop of exactly this length or longer is a real stop.
-pub const SMALL_STOP_MS_MAX: u64 = 120_000;
-
-/// Whether an unplanned stop of this length is a small stop (performance loss) rather than
-/// downtime (availability loss).
-pub fn is_small_stop(duration_ms: u64) -> bool {
-    duration_ms < SMALL_STOP_MS_MAX
+/// `num / den`, or `None` when `den` is not positive: the one division every report ratio
+/// (shares, rates, OEE factors) goes through.
+pub fn ratio(num: f64, den: f64) -> Option<f64> {
+    (den > 0.0).then(|| num / den)
 }
 
 /// Scrap / (good + scrap); `None` when nothing was produced.
-pub fn scrap_rate(good: u64, scrap: u64) -> Option<f64> {
-    ratio(scrap, good.saturating_add(scrap))
-}
-
-/// First pass yield of an operation: units that passed without rework / units started.
-/// `None` when nothing was started. Not clamped: a value above 1.0 means more units passed
-/// than were started, which is a counting error the report should show, not hide.
-pub fn first_pass_yield(passed_without_rework: u64, started: u64) -> Option<f64> {
-    ratio(passed_without_rework, started)
+pub fn scrap_rate(good: f64, scrap: f64) -> Option<f64> {
+    debug_assert!(
+        good >= 0.0 && scrap >= 0.0,
+        "counts must not be negative: good {good}, scrap {scrap}"
+    );
+    ratio(scrap, good + scrap)
 }
 
 /// On-time delivery: orders ended by their due time / orders due in the period. `None` when no
 /// order was due.
-pub fn on_time_rate(ended_by_due: u64, due_in_period: u64) -> Option<f64> {
-    ratio(ended_by_due, due_in_period)
-}
-
-/// `num / den` as a float, or `None` for a zero denominator. The u64 → f64 conversion loses
-/// precision only above 2^53, far beyond any real count or millisecond total.
-#[allow(clippy::cast_precision_loss)]
-fn ratio(num: u64, den: u64) -> Option<f64> {
-    (den != 0).then(|| num as f64 / den as f64)
-}
-
-/// Stop time booked against one downtime reason, as read from equipment-state events.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DowntimeEntry {
-    /// The reason code (or its display name); entries with the same reason are merged.
-    pub reason: String,
-    pub duration_ms: u64,
-    /// How many stops this entry stands for.
-    pub count: u64,
-    /// A planned stop (break, planned maintenance): not a loss, so excluded by default.
-    pub planned: bool,
-}
-
-/// One bar of the downtime Pareto chart.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ParetoRow {
-    pub reason: String,
-    pub duration_ms: u64,
-    pub count: u64,
-    /// This reason's share of the total duration, `0.0..=1.0`.
-    pub share: f64,
-    /// The running share up to and including this row; the last row is exactly 1.0 (or 0.0
-    /// when the total duration is zero).
-    pub cumulative_share: f64,
-}
-
-/// The downtime Pareto: duration and count per reason, largest first, with each reason's share
-/// and the cumulative share ("these three reasons are 80 % of our downtime").
-///
-/// Entries with the same `reason` are merged. Planned stops are left out unless
-/// `include_planned` is set, because a lunch break is not a loss to attack; the filter applies
-/// per entry before merging. Rows are sorted by duration (descending), then count
-/// (descending), then reason (ascending), so equal inputs always give the same chart.
-pub fn downtime_pareto(
-    entries: impl IntoIterator<Item = DowntimeEntry>,
-    include_planned: bool,
-) -> Vec<ParetoRow> {
-    // A BTreeMap, not a HashMap: the merge is then deterministic before the sort, too.
-    let mut merged: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for e in entries {
-        if e.planned && !include_planned {
-            continue;
-        }
-        let slot = merged.entry(e.reason).or_insert((0, 0));
-        slot.0 = slot.0.saturating_add(e.duration_ms);
-        slot.1 = slot.1.saturating_add(e.count);
-    }
-
-    let mut rows: Vec<(String, u64, u64)> = merged
-        .into_iter()
-        .map(|(reason, (duration_ms, count))| (reason, duration_ms, count))
-        .collect();
-    rows.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(&b.0)));
-
-    // Totals in u128 so the sum of many u64 durations cannot saturate, and the cumulative share
-    // is computed from the integer running sum so the last row is exactly 1.0 (no float drift).
-    let total: u128 = rows.iter().map(|r| u128::from(r.1)).sum();
-    let mut running: u128 = 0;
-    rows.into_iter()
-        .map(|(reason, duration_ms, count)| {
-            running += u128::from(duration_ms);
-            ParetoRow {
-                reason,
-                duration_ms,
-                count,
-                share: share_of(u128::from(duration_ms), total),
-                cumulative_share: share_of(running, total),
-            }
-        })
-        .collect()
-}
-
-#[allow(clippy::cast_precision_loss)]
-fn share_of(part: u128, total: u128) -> f64 {
-    if total == 0 {
-        0.0
-    } else {
-        part as f64 / total as f64
-    }
+pub fn on_time_rate(on_time: f64, due: f64) -> Option<f64> {
+    debug_assert!(
+        on_time <= due,
+        "more orders on time ({on_time}) than due ({due})"
+    );
+    ratio(on_time, due)
 }
 
 #[cfg(test)]
@@ -274,9 +254,9 @@ mod tests {
     //! These tests prove the KPI arithmetic against the worked example in `domain.md` to four
     //! decimal places, show with two machines of very different sizes that a roll-up must sum
     //! components (the average of OEEs is a different, wrong number), check that every zero
-    //! denominator gives `None`, and pin the Pareto's merging, ordering, shares and planned-stop
-    //! filter. Two property tests then check, over random machines, that `oee()` equals
-    //! A × P × Q and that a roll-up's OEE lies between its parts' lowest and highest OEE.
+    //! denominator gives `None`, and pin the small-stop threshold in all its units. Property
+    //! tests then check, over random machines, that `oee()` equals A × P × Q and, for one
+    //! product, `good × ideal cycle time / planned time`.
 
     use super::*;
     use proptest::prelude::*;
@@ -299,18 +279,27 @@ mod tests {
     #[test]
     fn worked_example_from_the_domain_notes() {
         let c = worked_example();
-        assert_eq!(c.run_time_ms, 405 * MIN);
-        assert_eq!(c.total_count, 10_800);
-        assert_eq!(c.good_count, 10_584);
-        assert!(close(c.availability(), 0.90), "{:?}", c.availability());
-        assert!(close(c.performance(), 0.8889), "{:?}", c.performance());
-        assert!(close(c.quality(), 0.98), "{:?}", c.quality());
-        assert!(close(c.oee(), 0.784), "{:?}", c.oee());
+        let m = c.measures();
+        assert_eq!(m.run_time, (405 * MIN) as f64);
+        assert_eq!(m.total_count, 10_800.0);
+        assert!(close(m.availability, 0.90), "{m:?}");
+        assert!(close(m.performance, 0.8889), "{m:?}");
+        assert!(close(m.quality, 0.98), "{m:?}");
+        assert!(close(m.oee, 0.784), "{m:?}");
         // OEE = 10,584 × 2 s / 27,000 s, and equals A × P × Q.
         assert!(close(c.oee(), 10_584.0 * 2.0 / 27_000.0));
-        let apq = c.availability().unwrap() * c.performance().unwrap() * c.quality().unwrap();
-        assert!(close(c.oee(), apq));
-        assert!(close(scrap_rate(10_584, 216), 0.02));
+        assert_eq!(c.availability(), m.availability);
+        assert_eq!(c.performance(), m.performance);
+        assert_eq!(c.quality(), m.quality);
+        assert!(close(scrap_rate(10_584.0, 216.0), 0.02));
+        // The unit does not matter: the same shift in microseconds gives the same figures.
+        let micros = OeeComponents {
+            planned_time: c.planned_time * 1000.0,
+            stop_time: c.stop_time * 1000.0,
+            ideal_time: c.ideal_time * 1000.0,
+            ..c
+        };
+        assert!(close(micros.oee(), 0.784));
     }
 
     #[test]
@@ -323,9 +312,10 @@ mod tests {
 
         let group = big + small;
         let group_oee = group.oee().unwrap();
-        let expected = (10_584.0 * 2_000.0 + 90.0 * 10_000.0) / (450.0 * 60_000.0 + 3_600_000.0);
+        // ideal × Q / PPT over the sums: 22,600 s × (10,674 / 10,900) / 30,600 s.
+        let expected = (21_600.0 + 1_000.0) * (10_674.0 / 10_900.0) / (27_000.0 + 3_600.0);
         assert!((group_oee - expected).abs() < TOLERANCE, "{group_oee}");
-        assert!((group_oee - 0.7212).abs() < TOLERANCE, "{group_oee}");
+        assert!((group_oee - 0.7232).abs() < TOLERANCE, "{group_oee}");
 
         let average = (big.oee().unwrap() + small.oee().unwrap()) / 2.0;
         assert!((average - 0.517).abs() < TOLERANCE, "{average}");
@@ -354,31 +344,36 @@ mod tests {
 
     #[test]
     fn zero_denominators_give_none() {
-        let nothing = OeeComponents::default();
-        assert_eq!(nothing.availability(), None);
-        assert_eq!(nothing.performance(), None);
-        assert_eq!(nothing.quality(), None);
-        assert_eq!(nothing.oee(), None);
+        let nothing = OeeComponents::default().measures();
+        assert_eq!(nothing.availability, None);
+        assert_eq!(nothing.performance, None);
+        assert_eq!(nothing.quality, None);
+        assert_eq!(nothing.oee, None);
 
         // Down the whole shift: availability and OEE are 0, performance is undefined.
         let down = OeeComponents::for_equipment(8 * 60 * MIN, 9 * 60 * MIN, 2_000, 0, 0);
-        assert_eq!(down.run_time_ms, 0, "run time saturates at zero");
+        assert_eq!(down.run_time(), 0.0, "run time stops at zero");
         assert_eq!(down.availability(), Some(0.0));
         assert_eq!(down.performance(), None);
         assert_eq!(down.quality(), None);
         assert_eq!(down.oee(), Some(0.0));
 
-        // No ideal cycle time in the master data: quality falls back to counts.
+        // Parts booked while the machine was down the whole hour: OEE is ideal × Q / PPT.
+        let booked_while_down = OeeComponents::for_equipment(60 * MIN, 60 * MIN, 1_000, 9, 1);
+        assert_eq!(booked_while_down.performance(), None);
+        assert!(close(booked_while_down.oee(), 10_000.0 * 0.9 / 3_600_000.0));
+
+        // No ideal cycle time in the master data: quality still shows, OEE is 0.
         let no_ict = OeeComponents::for_equipment(60 * MIN, 0, 0, 9, 1);
         assert_eq!(no_ict.performance(), Some(0.0));
         assert!(close(no_ict.quality(), 0.9));
         assert_eq!(no_ict.oee(), Some(0.0));
 
-        assert_eq!(scrap_rate(0, 0), None);
-        assert_eq!(first_pass_yield(0, 0), None);
-        assert_eq!(on_time_rate(0, 0), None);
-        assert!(close(first_pass_yield(45, 50), 0.9));
-        assert!(close(on_time_rate(3, 4), 0.75));
+        assert_eq!(scrap_rate(0.0, 0.0), None);
+        assert_eq!(on_time_rate(0.0, 0.0), None);
+        assert_eq!(ratio(1.0, 0.0), None);
+        assert_eq!(ratio(1.0, -1.0), None);
+        assert!(close(on_time_rate(3.0, 4.0), 0.75));
         assert_eq!(planned_production_time_ms(10, 20), 0);
     }
 
@@ -392,110 +387,21 @@ mod tests {
     }
 
     #[test]
-    fn small_stops() {
-        assert!(is_small_stop(0));
-        assert!(is_small_stop(30_000));
-        assert!(is_small_stop(SMALL_STOP_MS_MAX - 1));
-        assert!(!is_small_stop(SMALL_STOP_MS_MAX));
-        assert!(!is_small_stop(45 * MIN));
-    }
-
-    fn entry(reason: &str, minutes: u64, count: u64, planned: bool) -> DowntimeEntry {
-        DowntimeEntry {
-            reason: reason.into(),
-            duration_ms: minutes * MIN,
-            count,
-            planned,
-        }
-    }
-
-    fn summary(rows: &[ParetoRow]) -> Vec<(&str, u64, u64)> {
-        rows.iter()
-            .map(|r| (r.reason.as_str(), r.duration_ms / MIN, r.count))
-            .collect()
-    }
-
-    #[test]
-    fn pareto_merges_sorts_and_accumulates() {
-        let entries = vec![
-            entry("jam", 10, 4, false),
-            entry("tool_change", 30, 1, false),
-            entry("lunch", 60, 1, true),
-            entry("jam", 20, 6, false),
-            entry("no_material", 30, 3, false),
-            entry("cleaning", 10, 10, false),
-        ];
-        let rows = downtime_pareto(entries.clone(), false);
-        // jam merges to 30 min over 10 stops; the three 30 min reasons are ordered by count;
-        // lunch is a planned stop and left out.
+    fn small_stop_threshold_in_every_unit() {
+        assert_eq!(SMALL_STOP.as_secs(), SMALL_STOP_SECS);
         assert_eq!(
-            summary(&rows),
-            vec![
-                ("jam", 30, 10),
-                ("no_material", 30, 3),
-                ("tool_change", 30, 1),
-                ("cleaning", 10, 10),
-            ]
+            u128::try_from(SMALL_STOP_MICROS).unwrap(),
+            SMALL_STOP.as_micros()
         );
-        let shares: Vec<f64> = rows.iter().map(|r| r.share).collect();
-        assert_eq!(shares, vec![0.3, 0.3, 0.3, 0.1]);
-        let cumulative: Vec<f64> = rows.iter().map(|r| r.cumulative_share).collect();
-        for (actual, expected) in cumulative.iter().zip([0.3, 0.6, 0.9, 1.0]) {
-            assert!((actual - expected).abs() < 1e-12, "{cumulative:?}");
-        }
-        assert_eq!(rows.last().unwrap().cumulative_share, 1.0);
-
-        // Asked for, planned stops come in and take the top spot.
-        let with_planned = downtime_pareto(entries, true);
-        assert_eq!(with_planned[0].reason, "lunch");
-        assert_eq!(with_planned.len(), 5);
-        assert_eq!(with_planned.last().unwrap().cumulative_share, 1.0);
-    }
-
-    #[test]
-    fn pareto_ties_break_on_reason_name() {
-        let rows = downtime_pareto(
-            vec![entry("b", 5, 1, false), entry("a", 5, 1, false)],
-            false,
+        assert_eq!(
+            SMALL_STOP_SQL_INTERVAL,
+            format!("interval '{SMALL_STOP_SECS} seconds'")
         );
-        assert_eq!(summary(&rows), vec![("a", 5, 1), ("b", 5, 1)]);
-    }
-
-    #[test]
-    fn pareto_edge_cases() {
-        assert!(downtime_pareto(Vec::new(), false).is_empty());
-        // Only planned stops, excluded: nothing to show.
-        assert!(downtime_pareto(vec![entry("lunch", 30, 1, true)], false).is_empty());
-        // Zero total duration: rows, but all shares are zero rather than NaN.
-        let rows = downtime_pareto(
-            vec![entry("x", 0, 2, false), entry("y", 0, 1, false)],
-            false,
-        );
-        assert_eq!(summary(&rows), vec![("x", 0, 2), ("y", 0, 1)]);
-        assert!(
-            rows.iter()
-                .all(|r| r.share == 0.0 && r.cumulative_share == 0.0)
-        );
-        // Durations near u64::MAX neither panic nor overflow the total.
-        let rows = downtime_pareto(
-            vec![
-                DowntimeEntry {
-                    reason: "a".into(),
-                    duration_ms: u64::MAX,
-                    count: 1,
-                    planned: false,
-                },
-                DowntimeEntry {
-                    reason: "b".into(),
-                    duration_ms: u64::MAX,
-                    count: 1,
-                    planned: false,
-                },
-            ],
-            false,
-        );
-        assert_eq!(rows[1].cumulative_share, 1.0);
-        assert!((rows[0].share - 0.5).abs() < 1e-12);
+        assert!(is_small_stop_micros(0));
+        assert!(is_small_stop_micros(30_000_000));
+        assert!(is_small_stop_micros(SMALL_STOP_MICROS - 1));
+        assert!(!is_small_stop_micros(SMALL_STOP_MICROS));
+        assert!(!is_small_stop_micros(45 * 60 * 1_000_000));
     }
 
     #[test]
@@ -505,23 +411,18 @@ mod tests {
         assert_eq!(serde_json::from_str::<OeeComponents>(&json).unwrap(), c);
         let bytes = postcard::to_stdvec(&c).unwrap();
         assert_eq!(postcard::from_bytes::<OeeComponents>(&bytes).unwrap(), c);
-
-        let rows = downtime_pareto(vec![entry("jam", 3, 2, false)], false);
-        let json = serde_json::to_string(&rows).unwrap();
-        assert_eq!(serde_json::from_str::<Vec<ParetoRow>>(&json).unwrap(), rows);
     }
 
-    /// One machine over one shift, with realistic magnitudes: up to 24 h planned, up to 10 min
-    /// ideal cycle time, up to 100,000 parts.
-    fn machine() -> impl Strategy<Value = OeeComponents> {
+    /// One machine running one product over one shift, with realistic magnitudes: up to 24 h
+    /// planned, up to 10 min ideal cycle time, up to 100,000 parts.
+    fn machine(ict: u64) -> impl Strategy<Value = OeeComponents> {
         (
             1..=24 * 60 * MIN,
             0..=24 * 60 * MIN,
-            0..=10 * MIN,
             0..=100_000u64,
             0..=10_000u64,
         )
-            .prop_map(|(planned, down, ict, good, scrap)| {
+            .prop_map(move |(planned, down, good, scrap)| {
                 OeeComponents::for_equipment(planned, down, ict, good, scrap)
             })
     }
@@ -542,21 +443,35 @@ mod tests {
 
     proptest! {
         #[test]
-        fn oee_is_a_times_p_times_q(c in machine()) {
+        fn oee_is_a_times_p_times_q(ict in 0..=10 * MIN, c in machine(1_000)) {
+            assert_identity(&c)?;
+            let c = OeeComponents { ideal_time: c.ideal_time * ict as f64 / 1_000.0, ..c };
             assert_identity(&c)?;
         }
 
         #[test]
-        fn roll_up_is_consistent_and_bounded(parts in prop::collection::vec(machine(), 1..8)) {
+        fn one_product_oee_is_good_ideal_time_over_planned(
+            ict in 0..=10 * MIN,
+            parts in prop::collection::vec(machine(1), 1..8),
+        ) {
+            // With one ideal cycle time, ideal × Q = good × ict, for one machine and for the
+            // roll-up, and the roll-up lies between its parts.
+            let parts: Vec<OeeComponents> = parts
+                .into_iter()
+                .map(|c| OeeComponents { ideal_time: c.ideal_time * ict as f64, ..c })
+                .collect();
             let group: OeeComponents = parts.iter().sum();
-            assert_identity(&group)?;
+            for c in parts.iter().chain([&group]) {
+                assert_identity(c)?;
+                let want = c.good * ict as f64 / c.planned_time;
+                let got = c.oee().unwrap();
+                prop_assert!((got - want).abs() <= 1e-9 * want.max(1.0), "{c:?}: {got} != {want}");
+            }
             let oees: Vec<f64> = parts.iter().filter_map(OeeComponents::oee).collect();
-            // Every generated part has planned time, so every part and the group have an OEE.
-            prop_assert_eq!(oees.len(), parts.len());
             let lo = oees.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = oees.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let g = group.oee().unwrap();
-            let slack = 1e-12 * hi.max(1.0);
+            let slack = 1e-9 * hi.max(1.0);
             prop_assert!(lo - slack <= g && g <= hi + slack, "{g} outside [{lo}, {hi}]");
         }
     }

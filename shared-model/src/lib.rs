@@ -9,6 +9,7 @@ pub mod event;
 pub mod ids;
 pub mod kpi;
 pub mod master;
+pub mod names;
 pub mod timestamp;
 pub mod work_order;
 
@@ -17,4 +18,5 @@ pub use ids::{
     BadgeId, CharacteristicId, EquipmentId, EventId, IdError, LotId, MaterialId, ReasonCodeId,
     SiteId, WorkOrderId,
 };
+pub use names::UnknownName;
 pub use timestamp::Timestamp;

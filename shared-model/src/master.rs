@@ -31,34 +31,17 @@ pub enum MasterKind {
     InspectionPlan,
 }
 
-impl MasterKind {
-    pub const ALL: [MasterKind; 7] = [
-        MasterKind::Material,
-        MasterKind::RoutingStep,
-        MasterKind::ReasonCode,
-        MasterKind::Equipment,
-        MasterKind::ShiftCalendar,
-        MasterKind::Personnel,
-        MasterKind::InspectionPlan,
-    ];
-
-    /// The name used in `PUT /api/v1/master-data/{kind}` and in import files.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MasterKind::Material => "materials",
-            MasterKind::RoutingStep => "routings",
-            MasterKind::ReasonCode => "reason-codes",
-            MasterKind::Equipment => "equipment",
-            MasterKind::ShiftCalendar => "shift-calendars",
-            MasterKind::Personnel => "personnel",
-            MasterKind::InspectionPlan => "inspection-plans",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
+// The name used in `PUT /api/v1/master-data/{kind}`, in import files and in the edge's
+// `master` table. Deliberately not the serde name (these are URL segments).
+crate::named_enum!(MasterKind, "master-data kind", display {
+    Material => "materials",
+    RoutingStep => "routings",
+    ReasonCode => "reason-codes",
+    Equipment => "equipment",
+    ShiftCalendar => "shift-calendars",
+    Personnel => "personnel",
+    InspectionPlan => "inspection-plans",
+});
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -67,6 +50,12 @@ pub enum Tracking {
     Lot,
     Serial,
 }
+
+crate::named_enum!(Tracking, "tracking", display {
+    None => "none",
+    Lot => "lot",
+    Serial => "serial",
+});
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Material {
@@ -101,6 +90,15 @@ pub enum LossCategory {
     Quality,
 }
 
+crate::named_enum!(LossCategory, "loss category", display {
+    Planned => "planned",
+    Unplanned => "unplanned",
+    Changeover => "changeover",
+    Speed => "speed",
+    SmallStop => "small_stop",
+    Quality => "quality",
+});
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReasonCode {
     pub code: ReasonCodeId,
@@ -121,6 +119,13 @@ pub enum EquipmentLevel {
     WorkCenter,
     WorkUnit,
 }
+
+crate::named_enum!(EquipmentLevel, "equipment level", display {
+    Site => "site",
+    Area => "area",
+    WorkCenter => "work_center",
+    WorkUnit => "work_unit",
+});
 
 impl EquipmentLevel {
     /// The level a child of this level must have, per ISA-95's role-based hierarchy.
@@ -185,14 +190,10 @@ pub enum Role {
     Supervisor,
 }
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Operator => "operator",
-            Role::Supervisor => "supervisor",
-        }
-    }
-}
+crate::named_enum!(Role, "role", display {
+    Operator => "operator",
+    Supervisor => "supervisor",
+});
 
 /// A person who may log in at a site's terminals by badge. Site-owned: sent to its site only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -376,15 +377,30 @@ impl MasterRecord {
                         Problem::Inconsistent("a site has no parent equipment"),
                     )),
                     (EquipmentLevel::Site, None) => Ok(()),
-                    (_, None) => Err(invalid(
+                    (
+                        EquipmentLevel::Area
+                        | EquipmentLevel::WorkCenter
+                        | EquipmentLevel::WorkUnit,
+                        None,
+                    ) => Err(invalid(
                         "parent",
                         Problem::Inconsistent("only a site may have no parent"),
                     )),
-                    (_, Some(p)) if p == &e.id => Err(invalid(
-                        "parent",
-                        Problem::Inconsistent("equipment cannot be its own parent"),
-                    )),
-                    _ => Ok(()),
+                    (
+                        EquipmentLevel::Area
+                        | EquipmentLevel::WorkCenter
+                        | EquipmentLevel::WorkUnit,
+                        Some(p),
+                    ) => {
+                        if p == &e.id {
+                            Err(invalid(
+                                "parent",
+                                Problem::Inconsistent("equipment cannot be its own parent"),
+                            ))
+                        } else {
+                            Ok(())
+                        }
+                    }
                 }
             }
             MasterRecord::ShiftCalendar(c) => {

@@ -51,32 +51,18 @@ pub enum WorkOrderState {
     Aborted,
 }
 
+// The stable name used in JSON, SQL and metrics labels (same as the serde name); `Display`
+// below is the human wording for messages.
+crate::named_enum!(WorkOrderState, "work-order state", {
+    NotAllowedToStart => "not_allowed_to_start",
+    AllowedToStart => "allowed_to_start",
+    Running => "running",
+    Interrupted => "interrupted",
+    Ended => "ended",
+    Aborted => "aborted",
+});
+
 impl WorkOrderState {
-    pub const ALL: [WorkOrderState; 6] = [
-        WorkOrderState::NotAllowedToStart,
-        WorkOrderState::AllowedToStart,
-        WorkOrderState::Running,
-        WorkOrderState::Interrupted,
-        WorkOrderState::Ended,
-        WorkOrderState::Aborted,
-    ];
-
-    /// The stable name used in JSON, SQL and metrics labels (same as the serde name).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkOrderState::NotAllowedToStart => "not_allowed_to_start",
-            WorkOrderState::AllowedToStart => "allowed_to_start",
-            WorkOrderState::Running => "running",
-            WorkOrderState::Interrupted => "interrupted",
-            WorkOrderState::Ended => "ended",
-            WorkOrderState::Aborted => "aborted",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-
     /// Ended and Aborted accept no further action: a completed order is reopened by creating a
     /// new one, so reports never see an order's end move.
     pub fn is_terminal(self) -> bool {
@@ -87,19 +73,37 @@ impl WorkOrderState {
     pub fn apply(self, action: WorkOrderAction) -> Result<WorkOrderState, TransitionError> {
         use WorkOrderAction as A;
         use WorkOrderState as S;
-        match (self, action) {
-            (S::NotAllowedToStart, A::Release) => Ok(S::AllowedToStart),
-            (S::AllowedToStart, A::Unrelease) => Ok(S::NotAllowedToStart),
-            (S::AllowedToStart, A::Start) => Ok(S::Running),
-            (S::Running, A::Pause) => Ok(S::Interrupted),
-            (S::Interrupted, A::Resume) => Ok(S::Running),
+        // Matched on the action, which is exhaustive: a new action is a compile error until its
+        // rule is written here. A new state is allowed by no rule until it is listed, so it
+        // fails safe (refused), and the every-pair table test names the gap.
+        let (from_states, to): (&[S], S) = match action {
+            A::Release => (&[S::NotAllowedToStart], S::AllowedToStart),
+            A::Unrelease => (&[S::AllowedToStart], S::NotAllowedToStart),
+            A::Start => (&[S::AllowedToStart], S::Running),
+            A::Pause => (&[S::Running], S::Interrupted),
+            A::Resume => (&[S::Interrupted], S::Running),
             // Completing from Interrupted is allowed because the last parts are often booked
             // after the operator paused the order at the end of a shift.
-            (S::Running | S::Interrupted, A::Complete) => Ok(S::Ended),
-            (S::NotAllowedToStart | S::AllowedToStart | S::Running | S::Interrupted, A::Abort) => {
-                Ok(S::Aborted)
-            }
-            (from, action) => Err(TransitionError { from, action }),
+            A::Complete => (&[S::Running, S::Interrupted], S::Ended),
+            A::Abort => (
+                &[
+                    S::NotAllowedToStart,
+                    S::AllowedToStart,
+                    S::Running,
+                    S::Interrupted,
+                ],
+                S::Aborted,
+            ),
+        };
+        if from_states.contains(&self) {
+            // Ended and Aborted are final: reports rely on an order's end never moving.
+            debug_assert!(
+                !self.is_terminal(),
+                "{self:?} is terminal but allows {action:?}"
+            );
+            Ok(to)
+        } else {
+            Err(TransitionError { from: self, action })
         }
     }
 }
@@ -132,39 +136,15 @@ pub enum WorkOrderAction {
     Unrelease,
 }
 
-impl WorkOrderAction {
-    pub const ALL: [WorkOrderAction; 7] = [
-        WorkOrderAction::Release,
-        WorkOrderAction::Start,
-        WorkOrderAction::Pause,
-        WorkOrderAction::Resume,
-        WorkOrderAction::Complete,
-        WorkOrderAction::Abort,
-        WorkOrderAction::Unrelease,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkOrderAction::Release => "release",
-            WorkOrderAction::Start => "start",
-            WorkOrderAction::Pause => "pause",
-            WorkOrderAction::Resume => "resume",
-            WorkOrderAction::Complete => "complete",
-            WorkOrderAction::Abort => "abort",
-            WorkOrderAction::Unrelease => "unrelease",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
-
-impl fmt::Display for WorkOrderAction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+crate::named_enum!(WorkOrderAction, "work-order action", display {
+    Release => "release",
+    Start => "start",
+    Pause => "pause",
+    Resume => "resume",
+    Complete => "complete",
+    Abort => "abort",
+    Unrelease => "unrelease",
+});
 
 /// An action that the state machine does not allow in the order's current state. An operating
 /// error (a stale terminal, a double tap), not a bug: the API answers 409 with this message.
@@ -252,7 +232,11 @@ impl WorkOrder {
             // from the other replica; the earliest recorded start stays.
             WorkOrderAction::Start if self.actual_start.is_none() => self.actual_start = Some(now),
             WorkOrderAction::Complete | WorkOrderAction::Abort => self.actual_end = Some(now),
-            _ => {}
+            WorkOrderAction::Start
+            | WorkOrderAction::Release
+            | WorkOrderAction::Unrelease
+            | WorkOrderAction::Pause
+            | WorkOrderAction::Resume => {}
         }
         self.state = next;
         Ok(())

@@ -154,6 +154,14 @@ pub enum RecordKind {
     LotHold,
 }
 
+// The name the edge's SQLite and the hub's PostgreSQL store in `record_kind` columns and the
+// APIs return. Not the serde name: postcard encodes the variant index, never this text.
+shared_model::named_enum!(RecordKind, "record kind", display {
+    WorkOrder => "work_order",
+    NonConformance => "non_conformance",
+    LotHold => "lot_hold",
+});
+
 /// A shared record: one Automerge document each.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "RawRecordId")]
@@ -549,5 +557,26 @@ impl Message {
             MessageType::Ping => Message::Ping(exact(body)?),
             MessageType::Pong => Message::Pong(exact(body)?),
         })
+    }
+}
+
+#[cfg(test)]
+mod record_kind_names {
+    //! The stored names of record kinds round-trip and are the ones both stores were written
+    //! with (changing one would orphan every stored record of that kind).
+
+    use super::RecordKind;
+
+    #[test]
+    fn names_round_trip_and_are_stable() {
+        assert_eq!(
+            RecordKind::ALL.map(RecordKind::as_str),
+            ["work_order", "non_conformance", "lot_hold"]
+        );
+        for k in RecordKind::ALL {
+            assert_eq!(k.as_str().parse::<RecordKind>(), Ok(k));
+            assert_eq!(k.to_string(), k.as_str());
+        }
+        assert!("WorkOrder".parse::<RecordKind>().is_err());
     }
 }
