@@ -17,8 +17,9 @@ pub const CONFLICTS_MAX: i64 = 1_000;
 const SQL: &str = "SELECT id, site_id, record_kind, record_id, description, detected_at
          FROM conflicts WHERE resolved_at IS NULL ORDER BY detected_at DESC LIMIT 1000";
 
-/// One open conflict, as stored and as answered (fields in wire order: alphabetical).
-#[derive(Debug, Serialize)]
+// Fields in wire order, alphabetical (see crate::http::wire).
+/// One open conflict, as stored and as answered.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Conflict {
     pub description: String,
     pub detected_at: Option<String>,
@@ -41,11 +42,13 @@ impl<'r> FromRow<'r, PgRow> for Conflict {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Conflicts {
     pub conflicts: Vec<Conflict>,
 }
 
+#[utoipa::path(get, path = "/api/v1/conflicts", summary = "open merge conflicts",
+    responses((status = 200, description = "conflicts", body = Conflicts)))]
 pub async fn conflicts(
     State(state): State<ApiState>,
     Extension(scope): Extension<Scope>,

@@ -19,9 +19,11 @@ use crate::http::auth::Scope;
 use crate::http::error::ApiError;
 use crate::http::state::ApiState;
 
-/// What an upload stored (fields in wire order: alphabetical).
-#[derive(Debug, Serialize)]
+// Fields in wire order, alphabetical (see crate::http::wire).
+/// What an upload stored.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Uploaded {
+    #[schema(value_type = String)]
     pub kind: &'static str,
     /// Sites it is sent down to.
     pub sites: usize,
@@ -65,6 +67,11 @@ fn parse_record(kind: MasterKind, item: Value) -> Result<MasterRecord, serde_jso
 }
 
 /// Uploads master data of one kind and sends it down to the sites.
+#[utoipa::path(put, path = "/api/v1/master-data/{kind}",
+    summary = "upload master data of one kind (hq:write, HQ-wide token)",
+    params(("kind" = String, Path, description = "materials, routings, reason-codes, equipment, shift-calendars, personnel, inspection-plans")),
+    request_body(content = Vec<Object>, description = "the records of that kind"),
+    responses((status = 200, description = "stored and sent down", body = Uploaded)))]
 pub async fn put_master_data(
     State(state): State<ApiState>,
     Extension(scope): Extension<Scope>,

@@ -23,8 +23,9 @@ const SQL: &str = "SELECT s.site_id, s.name, s.region, s.timezone, s.connected, 
                 s.last_event_at
          FROM sites s ORDER BY s.site_id";
 
-/// One site and its sync status (fields in wire order: alphabetical).
-#[derive(Debug, Serialize)]
+// Fields in wire order, alphabetical (see crate::http::wire).
+/// One site and its sync status.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Site {
     pub agent_version: Option<String>,
     /// What the edge last reported as not yet sent up.
@@ -70,11 +71,14 @@ impl<'r> FromRow<'r, PgRow> for Site {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Sites {
     pub sites: Vec<Site>,
 }
 
+#[utoipa::path(get, path = "/api/v1/sites",
+    summary = "sites with per-site sync status (connected, last seen, backlog, lag)",
+    responses((status = 200, description = "sites", body = Sites)))]
 /// `GET /api/v1/sites`, answered from a one-second micro-cache: a wall of dashboards must not
 /// turn into a query per request, and sync status a second old is still news.
 pub async fn sites(

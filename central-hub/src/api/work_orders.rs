@@ -30,8 +30,9 @@ pub const WORK_ORDER_LIST_MAX: i64 = 1_000;
 /// Orders one list returns unless `limit` says otherwise.
 pub const WORK_ORDER_LIST_DEFAULT: i64 = 100;
 
-/// One work order in the list (fields in wire order: alphabetical).
-#[derive(Debug, Serialize)]
+// Fields in wire order, alphabetical (see crate::http::wire).
+/// One work order in the list.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WorkOrderRow {
     /// Open, due within 24 hours and short of its planned quantity.
     pub at_risk: bool,
@@ -67,7 +68,7 @@ impl<'r> FromRow<'r, PgRow> for WorkOrderRow {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WorkOrderList {
     pub work_orders: Vec<WorkOrderRow>,
 }
@@ -148,6 +149,12 @@ const LIST_SQL: &str = "SELECT site_id, id, state, material, planned_quantity, g
          ORDER BY at_risk DESC, due NULLS LAST, priority, id
          LIMIT $3";
 
+#[utoipa::path(get, path = "/api/v1/work-orders",
+    summary = "work orders with due dates and an at-risk flag",
+    params(("site" = Option<Vec<String>>, Query, description = "repeatable or comma-separated"),
+           ("state" = Option<String>, Query, description = "open (default) or all"),
+           ("limit" = Option<i64>, Query, description = "1 to 1000, default 100")),
+    responses((status = 200, description = "work orders", body = WorkOrderList)))]
 /// `GET /api/v1/work-orders`: open orders (or all) with their due dates and an at-risk flag.
 pub async fn list_work_orders(
     State(state): State<ApiState>,
@@ -187,7 +194,7 @@ pub async fn list_work_orders(
 }
 
 /// The body of a release.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Release {
     id: Option<String>,
@@ -226,6 +233,11 @@ async fn publish_change(
     Ok(())
 }
 
+#[utoipa::path(post, path = "/api/v1/sites/{site}/work-orders",
+    summary = "release a work order to a site (hq:write)",
+    params(("site" = String, Path, description = "site id")),
+    request_body = Release,
+    responses((status = 201, description = "released: the work order as the site will see it", body = Object)))]
 /// `POST /api/v1/sites/{site}/work-orders`: releases a new work order to a site, an Automerge
 /// document in state `allowed_to_start`.
 pub async fn release(
@@ -295,7 +307,7 @@ pub async fn release(
 }
 
 /// The body of an edit.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Edit {
     planned_quantity: Option<u32>,
@@ -306,6 +318,11 @@ pub struct Edit {
     cancel: Option<bool>,
 }
 
+#[utoipa::path(patch, path = "/api/v1/work-orders/{id}",
+    summary = "HQ edit or cancel of a work order (hq:write)",
+    params(("id" = String, Path, description = "work order id")),
+    request_body = Edit,
+    responses((status = 200, description = "edited: the work order as the site will see it", body = Object)))]
 /// `PATCH /api/v1/work-orders/{id}`: HQ re-plans, re-prioritises or cancels an order.
 pub async fn edit(
     State(state): State<ApiState>,

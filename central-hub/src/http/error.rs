@@ -10,12 +10,15 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-/// What a client reads under `error`. Fields in alphabetical order: the order the answers
-/// had when they were written with `json!` (serde_json's map is sorted), kept byte for byte.
-#[derive(Debug, Serialize)]
+// Fields in alphabetical order: the order the answers had when they were written with `json!`
+// (serde_json's map is sorted), kept byte for byte.
+/// What a client reads under `error`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
+    #[schema(value_type = String)]
     pub code: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub field: Option<&'static str>,
     /// The id an internal failure was logged under.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -27,7 +30,8 @@ pub struct ErrorBody {
 }
 
 /// The whole error document.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
 pub struct ErrorDoc {
     pub error: ErrorBody,
 }

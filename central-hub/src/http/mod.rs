@@ -5,11 +5,12 @@
 //! [`crate::reports`] to their paths.
 //!
 //! Layering (no module imports one above it): `error`, `wire` ← `auth` ← `state` ← `cached` ←
-//! handlers (`crate::api::*`, `crate::reports::handler`) ← `router`.
+//! handlers (`crate::api::*`, `crate::reports::handler`) ← `openapi` ← `router`.
 
 pub mod auth;
 pub mod cached;
 pub mod error;
+pub mod openapi;
 pub mod router;
 pub mod state;
 pub mod wire;

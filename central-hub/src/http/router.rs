@@ -1,12 +1,13 @@
 //! The HQ API's axum router: every `/api/v1` route, the bearer-token gate in front of them
-//! ([`require_token`]) and the body limit. `/api/v1/openapi.json` is outside the gate.
+//! ([`require_token`]) and the body limit. `/api/v1/openapi.json` ([`crate::http::openapi`]) is
+//! outside the gate.
 
+use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post, put};
-use axum::{Json, Router};
 
 use crate::api::{BODY_BYTES_MAX, conflicts, master_data, sites, work_orders};
 use crate::http::auth::{Denied, FAILURE_WINDOW, FAILURES_PER_ADDRESS_MAX};
@@ -38,13 +39,11 @@ pub fn router(state: ApiState) -> Router {
         )
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
-        .route("/api/v1/openapi.json", get(openapi))
+        .route(
+            "/api/v1/openapi.json",
+            get(crate::http::openapi::serve_document),
+        )
         .with_state(state)
-}
-
-/// `GET /api/v1/openapi.json`
-async fn openapi() -> Json<serde_json::Value> {
-    Json(crate::reports::openapi::document())
 }
 
 /// Lets a request in with its token's [`crate::http::auth::Scope`] (as an extension), or

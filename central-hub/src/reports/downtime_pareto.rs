@@ -8,7 +8,7 @@ use sqlx::{FromRow, Row};
 
 use super::params::{Group, Query};
 use super::spec::{ReadTx, ReportSpec, group_sums, int, ratio, sum_of};
-use super::sql::{BOUNDS, Keyed, SHIFTS, TIME_CTES, keys, sum};
+use super::sql::{BOUNDS, Keyed, SHIFTS, keys, sum, time_ctes};
 
 /// The report (listed in `registry::REPORTS`; unlisted, it is dead code).
 #[derive(Debug)]
@@ -37,7 +37,7 @@ impl<'r> FromRow<'r, PgRow> for ReasonStops {
 }
 
 /// One line of the answer: the columns in this order.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct ParetoLine {
     pub reason: Option<String>,
     pub reason_name: Option<String>,
@@ -50,7 +50,7 @@ pub struct ParetoLine {
     pub cumulative_share: Option<f64>,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct ParetoTotal {
     pub seconds: f64,
     pub stops: i64,
@@ -79,7 +79,7 @@ impl ReportSpec for DowntimePareto {
             "AND NOT (x.state = 'planned_stop' OR coalesce(r.loss_category, '') = 'planned')"
         };
         format!(
-            "WITH {BOUNDS}, {SHIFTS}, {TIME_CTES}
+            "WITH {BOUNDS}, {SHIFTS}, {time_ctes}
          SELECT {sel} nullif(x.reason, '') AS reason, r.name AS reason_name,
                 r.loss_category AS loss_category,
                 sum(x.us)::float8 AS us, sum(x.starts)::float8 AS stops
@@ -89,6 +89,7 @@ impl ReportSpec for DowntimePareto {
          GROUP BY {gb}
          HAVING sum(x.us) > 0 OR sum(x.starts) > 0",
             sel = k.select,
+            time_ctes = time_ctes(),
             joins = k.joins,
             gb = (1..=n + 3)
                 .map(|i| i.to_string())

@@ -42,7 +42,7 @@ impl<'r> FromRow<'r, PgRow> for StepRow {
 }
 
 /// One edge of a genealogy walk: a line of the answer, the columns in this order.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Edge {
     pub from_lot: String,
     pub to_lot: String,
@@ -139,8 +139,9 @@ pub async fn walk(
     }))
 }
 
-/// A lot of the answer (fields in wire order: alphabetical).
-#[derive(Debug, Serialize)]
+// Fields in wire order, alphabetical (see crate::http::wire).
+/// A lot of the answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Node {
     /// The least depth it was reached at (0: the lot asked about).
     pub depth: i32,
@@ -149,10 +150,13 @@ pub struct Node {
 }
 
 /// The JSON answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Genealogy)]
 pub struct GenealogyDoc {
+    #[schema(value_type = String)]
     pub direction: &'static str,
     /// [`Edge`]s as objects.
+    #[schema(value_type = Vec<Edge>)]
     pub edges: Vec<serde_json::Value>,
     pub lot: String,
     pub nodes: Vec<Node>,

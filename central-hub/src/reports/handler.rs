@@ -13,11 +13,11 @@ use sqlx::PgPool;
 
 use super::cache::Cached;
 use super::context::{ReportCtx, scope_to_site};
-use super::genealogy::{self, LOT_BYTES_MAX};
+use super::genealogy::{self, GenealogyDoc, LOT_BYTES_MAX};
 use super::params::{self, Query};
 use super::spec::{ReadTx, Report};
 use super::sql::ROWS_MAX;
-use super::table::render;
+use super::table::{ReportDoc, render};
 use crate::http::auth::Scope;
 use crate::http::cached::respond;
 use crate::http::error::ApiError;
@@ -179,6 +179,17 @@ async fn resolve_sites(
 }
 
 /// `GET /api/v1/reports/{report}`
+#[utoipa::path(get, path = "/api/v1/reports/{report}",
+    summary = "a cross-site KPI report (docs/reports.md)",
+    params(("report" = String, Path, description = "which report"),
+           ("from" = Option<String>, Query, description = "RFC 3339 instant or YYYY-MM-DD (local midnight of each site); default to − 7 days"),
+           ("to" = Option<String>, Query, description = "RFC 3339 instant or YYYY-MM-DD, exclusive; default now; at most 400 days after from"),
+           ("site" = Option<Vec<String>>, Query, description = "repeatable or comma-separated; default every site the token may see"),
+           ("group_by" = Option<Vec<String>>, Query, description = "repeatable or comma-separated"),
+           ("format" = Option<String>, Query, description = "json or csv, or Accept: text/csv"),
+           ("include_planned" = Option<bool>, Query, description = "downtime-pareto: keep planned stops")),
+    responses((status = 200, description = "a report table (JSON) or its rows as CSV",
+               content((ReportDoc = "application/json"), (String = "text/csv")))))]
 pub async fn report(
     State(state): State<ApiState>,
     Extension(scope): Extension<Scope>,
@@ -308,6 +319,13 @@ async fn compute_report(
 }
 
 /// `GET /api/v1/reports/genealogy/{lot}`
+#[utoipa::path(get, path = "/api/v1/reports/genealogy/{lot}",
+    summary = "lot genealogy, backward or forward, across sites",
+    params(("lot" = String, Path, description = "lot id"),
+           ("direction" = Option<String>, Query, description = "backward (default) or forward"),
+           ("format" = Option<String>, Query, description = "json or csv, or Accept: text/csv")),
+    responses((status = 200, description = "nodes and edges",
+               content((GenealogyDoc = "application/json"), (String = "text/csv")))))]
 pub async fn genealogy(
     State(state): State<ApiState>,
     Extension(scope): Extension<Scope>,

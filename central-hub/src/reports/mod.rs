@@ -15,7 +15,6 @@ pub mod genealogy;
 pub mod handler;
 pub mod oee;
 pub mod on_time;
-pub mod openapi;
 pub mod params;
 pub mod production;
 pub mod registry;

@@ -2,12 +2,13 @@
 //! production time, stop time against availability, ideal time and counts.
 
 use serde::Serialize;
+use shared_model::kpi::OeeComponents;
 use sqlx::FromRow;
 use sqlx::postgres::PgRow;
 
 use super::params::{Group, Query};
 use super::spec::{ReadTx, ReportSpec, int};
-use super::sql::{BOUNDS, Keyed, PROD_CTES, SHIFTS, TIME_CTES, keys, order_by, sum};
+use super::sql::{BOUNDS, Keyed, PROD_CTES, SHIFTS, keys, order_by, sum, time_ctes};
 
 /// The report (listed in `registry::REPORTS`; unlisted, it is dead code).
 #[derive(Debug)]
@@ -49,7 +50,7 @@ impl std::ops::Add for OeeSums {
 }
 
 /// One line of the answer (and the total): the columns in this order.
-#[derive(Debug, Default, Serialize, PartialEq)]
+#[derive(Debug, Default, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct OeeLine {
     pub planned_production_seconds: f64,
     pub run_seconds: f64,
@@ -76,29 +77,26 @@ impl OeeSums {
         // Stop time is clamped to planned time per equipment and hour in SQL (`stopc`), and
         // every group holds both for the same hours.
         debug_assert!(stop <= ppt, "stop time {stop} µs beyond planned {ppt} µs");
-        let run = (ppt - stop).max(0.0);
-        let total = good + scrap;
-        let a = (ppt > 0.0).then(|| run / ppt);
-        let p = (run > 0.0).then(|| ideal / run);
-        let q = (total > 0.0).then(|| good / total);
-        let oee = match (a, p, q) {
-            (Some(a), Some(p), Some(q)) => Some(a * p * q),
-            // With no run time at all, OEE is simply good × ideal / PPT = 0 when PPT > 0.
-            _ if ppt > 0.0 => Some(ideal * if total > 0.0 { good / total } else { 0.0 } / ppt),
-            _ => None,
-        };
+        let m = OeeComponents {
+            planned_time: ppt,
+            stop_time: stop,
+            ideal_time: ideal,
+            good,
+            scrap,
+        }
+        .measures();
         OeeLine {
             planned_production_seconds: ppt / 1e6,
-            run_seconds: run / 1e6,
+            run_seconds: m.run_time / 1e6,
             stop_seconds: stop / 1e6,
             ideal_seconds: ideal / 1e6,
             good: int(good),
             scrap: int(scrap),
-            total_count: int(total),
-            availability: a,
-            performance: p,
-            quality: q,
-            oee,
+            total_count: int(m.total_count),
+            availability: m.availability,
+            performance: m.performance,
+            quality: m.quality,
+            oee: m.oee,
         }
     }
 }
@@ -119,7 +117,7 @@ impl ReportSpec for Oee {
     fn sql(q: &Query) -> String {
         let k = keys(&q.groups, "NULL::text", "x.hour");
         format!(
-            "WITH {BOUNDS}, {SHIFTS}, {TIME_CTES}, {PROD_CTES},
+            "WITH {BOUNDS}, {SHIFTS}, {time_ctes}, {PROD_CTES},
          u AS MATERIALIZED (
             SELECT site_id, equipment, hour, us::numeric AS ppt, 0::numeric AS stop, 0::numeric AS ideal,
                    0::bigint AS good, 0::bigint AS scrap FROM ppt
@@ -131,6 +129,7 @@ impl ReportSpec for Oee {
                 sum(x.scrap)::float8 AS scrap
          FROM u x JOIN b ON b.site_id = x.site_id {joins} {group_by} {order}",
             sel = k.select,
+            time_ctes = time_ctes(),
             joins = k.joins,
             group_by = k.group_by,
             order = order_by(k.n),

@@ -6,7 +6,9 @@ use sqlx::FromRow;
 use sqlx::postgres::PgRow;
 
 use super::params::{Group, Query};
-use super::spec::{ReadTx, ReportSpec, int, ratio, sum_of};
+use shared_model::kpi::on_time_rate;
+
+use super::spec::{ReadTx, ReportSpec, int, sum_of};
 use super::sql::{BOUNDS, Keyed, keys, order_by, sum};
 
 /// The report (listed in `registry::REPORTS`; unlisted, it is dead code).
@@ -34,7 +36,7 @@ impl<'r> FromRow<'r, PgRow> for DueCounts {
 }
 
 /// One line of the answer (and the total): the columns in this order.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct OnTimeLine {
     pub due: i64,
     pub on_time: i64,
@@ -52,7 +54,7 @@ impl DueCounts {
             on_time: int(self.on_time),
             late: int(self.late),
             open: int(self.open),
-            on_time_rate: ratio(self.on_time, self.due),
+            on_time_rate: on_time_rate(self.on_time, self.due),
         }
     }
 }

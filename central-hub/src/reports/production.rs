@@ -5,7 +5,9 @@ use sqlx::FromRow;
 use sqlx::postgres::PgRow;
 
 use super::params::{Group, Query};
-use super::spec::{ReadTx, ReportSpec, int, ratio, sum_of};
+use shared_model::kpi::scrap_rate;
+
+use super::spec::{ReadTx, ReportSpec, int, sum_of};
 use super::sql::{self, BOUNDS, Keyed, PROD_CTES, SHIFTS, keys, order_by, sum};
 
 /// The report (listed in `registry::REPORTS`; unlisted, it is dead code).
@@ -29,7 +31,7 @@ impl<'r> FromRow<'r, PgRow> for Counts {
 }
 
 /// One line of the answer (and the total): the columns in this order.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct ProductionLine {
     pub good: i64,
     pub scrap: i64,
@@ -44,7 +46,7 @@ impl Counts {
             good: int(self.good),
             scrap: int(self.scrap),
             total_count: int(total),
-            scrap_rate: ratio(self.scrap, total),
+            scrap_rate: scrap_rate(self.good, self.scrap),
         }
     }
 }

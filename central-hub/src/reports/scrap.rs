@@ -2,6 +2,7 @@
 //! with each reason's share of its group.
 
 use serde::Serialize;
+use shared_model::kpi::scrap_rate;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, Row};
 
@@ -31,7 +32,7 @@ impl<'r> FromRow<'r, PgRow> for ReasonScrap {
 }
 
 /// One line of the answer: the columns in this order.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct ScrapLine {
     pub reason: Option<String>,
     pub scrap: i64,
@@ -40,7 +41,7 @@ pub struct ScrapLine {
 }
 
 /// The total: all good and scrap in the range, whatever the reason.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct ScrapTotal {
     pub good: i64,
     pub scrap: i64,
@@ -106,7 +107,7 @@ impl ReportSpec for Scrap {
         Ok(ScrapTotal {
             good: int(c.good),
             scrap: int(c.scrap),
-            scrap_rate: ratio(c.scrap, c.good + c.scrap),
+            scrap_rate: scrap_rate(c.good, c.scrap),
         })
     }
 }

@@ -13,6 +13,8 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, Postgres, Transaction};
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{PartialSchema, ToSchema};
 
 use super::params::{Group, Grouping, Query};
 use super::sql::{self, Keyed};
@@ -32,9 +34,9 @@ pub trait ReportSpec: Sync + 'static {
     type Row: for<'r> FromRow<'r, PgRow> + Send + Sync + Unpin;
     /// One line of the answer after the group columns. Its fields are the columns, in
     /// declaration order; it must serialize as a flat object with every field present.
-    type Line: Serialize + Default;
+    type Line: Serialize + Default + utoipa::ToSchema;
     /// The `total` object of the JSON answer.
-    type Total: Serialize + Send;
+    type Total: Serialize + Send + utoipa::ToSchema;
 
     /// The statement: binds `$1` sites and `$2`..`$5` the range (see `sql::BOUNDS`), selects
     /// `k0`.. for `q.groups`, then the columns `Row` reads.
@@ -59,6 +61,8 @@ pub trait Report: Sync {
     fn grouping(&self) -> Grouping;
     /// The columns after the group columns.
     fn measure_columns(&self) -> Vec<String>;
+    /// The OpenAPI schemas of its line and total, named after their types.
+    fn schemas(&self) -> Vec<(String, RefOr<Schema>)>;
     fn compute<'a>(
         &'a self,
         tx: &'a mut ReadTx,
@@ -84,6 +88,13 @@ impl<S: ReportSpec> Report for S {
         field_names::<S::Line>()
     }
 
+    fn schemas(&self) -> Vec<(String, RefOr<Schema>)> {
+        vec![
+            (S::Line::name().into_owned(), S::Line::schema()),
+            (S::Total::name().into_owned(), S::Total::schema()),
+        ]
+    }
+
     fn compute<'a>(
         &'a self,
         tx: &'a mut ReadTx,
@@ -107,10 +118,9 @@ async fn compute<S: ReportSpec>(
     Ok(Table::build(groups, lines, &total))
 }
 
-/// `num / den`, or `None` (JSON `null`) when there is nothing to divide by.
-pub fn ratio(num: f64, den: f64) -> Option<f64> {
-    (den > 0.0).then(|| num / den)
-}
+/// `num / den`, or `None` (JSON `null`) when there is nothing to divide by: the model's one
+/// division for every report ratio.
+pub use shared_model::kpi::ratio;
 
 /// A count summed as `float8` by SQL, as the integer it is.
 pub fn int(v: f64) -> i64 {

@@ -102,7 +102,9 @@ pub(super) fn order_by(n: usize) -> String {
 
 /// Planned production time per equipment and hour bucket (`ppt`), stop time against
 /// availability clamped to it (`stopc`), and all state time in the range (`stt`).
-pub(super) const TIME_CTES: &str = "
+pub(super) fn time_ctes() -> String {
+    format!(
+        "
 cal AS MATERIALIZED (SELECT DISTINCT m.site_id FROM md_shifts m JOIN b ON b.site_id = m.site_id),
 hrs AS (
     SELECT DISTINCT sh.site_id, h AS hour
@@ -137,7 +139,7 @@ ppt AS MATERIALIZED (
 ),
 openiv AS MATERIALIZED (
     SELECT c.site_id, c.equipment, h AS hour, c.state, coalesce(c.reason, '') AS reason,
-           (c.state <> 'running' AND now() - c.at < interval '120 seconds') AS small,
+           (c.state <> 'running' AND now() - c.at < {small_stop}) AS small,
            mes_overlap_us(c.at, now(), h, h + interval '1 hour') AS us,
            CASE WHEN h = date_trunc('hour', c.at, b.tz) THEN 1 ELSE 0 END AS starts
     FROM state_current c JOIN b ON b.site_id = c.site_id,
@@ -163,7 +165,10 @@ stopc AS MATERIALIZED (
     SELECT st.site_id, st.equipment, st.hour, least(st.us, coalesce(p.us, 0)) AS us
     FROM stops st LEFT JOIN ppt p
       ON p.site_id = st.site_id AND p.equipment = st.equipment AND p.hour = st.hour
-)";
+)",
+        small_stop = shared_model::kpi::SMALL_STOP_SQL_INTERVAL,
+    )
+}
 
 /// Production rows in the range with the ideal time of their counts.
 pub(super) const PROD_CTES: &str = "
@@ -249,4 +254,17 @@ where
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn open_stops_are_small_by_the_model_s_threshold() {
+        let sql = super::time_ctes();
+        assert!(
+            sql.contains("now() - c.at < interval '120 seconds'"),
+            "{sql}"
+        );
+        assert_eq!(shared_model::kpi::SMALL_STOP_SECS, 120);
+    }
 }

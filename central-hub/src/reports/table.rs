@@ -153,8 +153,10 @@ pub fn row_objects(columns: &[String], rows: Vec<Vec<Value>>) -> Vec<Value> {
         .collect()
 }
 
-/// The JSON answer of a report.
-#[derive(Debug, Serialize)]
+/// The JSON answer of a report (`rows` are objects of `columns`; the line and total types of
+/// each report are in the document's components).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Report)]
 pub struct ReportDoc {
     pub report: String,
     pub from: String,
@@ -162,7 +164,9 @@ pub struct ReportDoc {
     pub sites: Vec<String>,
     pub group_by: Vec<String>,
     pub columns: Vec<String>,
+    #[schema(value_type = Vec<Object>)]
     pub rows: Vec<Value>,
+    #[schema(value_type = Object)]
     pub total: Value,
     pub generated_at: String,
 }

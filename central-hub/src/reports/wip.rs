@@ -40,7 +40,7 @@ impl<'r> FromRow<'r, PgRow> for OpenOrders {
 }
 
 /// One line of the answer (and the total): the columns in this order.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct WipLine {
     pub orders: i64,
     pub running: i64,
