@@ -18,6 +18,14 @@
 //!   `X-Forwarded-For` entry that is not a trusted proxy. IPv6 clients count per /64.
 //!
 //! Time is tokio's clock, so tests drive it with `tokio::time::pause`.
+//!
+//! The failure limit is written here rather than with `governor` (which the per-token request
+//! limit uses, `crate::reports::cache`): governor's GCRA refills continuously, where an address
+//! here stays blocked for the rest of its window (the `Retry-After` counts it down); it cannot
+//! ask "is this address blocked" without spending a cell, where the check here runs before the
+//! lookup and only failures count; and its key store has no bound that keeps blocked addresses
+//! while forgetting others (`retain_recent` keeps every key not yet refilled, which under a flood
+//! of distinct addresses is all of them).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -346,6 +354,7 @@ impl Auth {
             }
         }
         m.insert(hash, now);
+        debug_assert!(m.len() <= UNKNOWN_MAX, "unknown-token table past its bound");
     }
 
     /// Seconds left of the address' block, if it is blocked.
@@ -389,6 +398,10 @@ impl Auth {
             };
         }
         w.failures = w.failures.saturating_add(1);
+        debug_assert!(
+            m.len() <= ADDRESSES_TRACKED_MAX,
+            "failure table past its bound"
+        );
         Denied::Unknown
     }
 
@@ -410,6 +423,7 @@ impl Auth {
                 m.clear();
             }
             m.insert(hash.to_vec(), now);
+            debug_assert!(m.len() <= TOKEN_CACHE_MAX, "last-used table past its bound");
         }
         let pool = self.write_pool.clone();
         let hash = hash.to_vec();
