@@ -8,7 +8,7 @@ use sqlx::{FromRow, Row};
 
 use super::params::{Group, Query};
 use super::spec::{ReadTx, ReportSpec, group_sums, int, ratio, sum_of};
-use super::sql::{BOUNDS, Keyed, SHIFTS, keys, sum, time_ctes};
+use super::sql::{BOUNDS, Keyed, SHIFTS, group_by_first, keys, sum, time_ctes};
 
 /// The report (listed in `registry::REPORTS`; unlisted, it is dead code).
 #[derive(Debug)]
@@ -58,13 +58,8 @@ pub struct ParetoTotal {
 
 impl ReportSpec for DowntimePareto {
     const NAME: &'static str = "downtime-pareto";
-    const GROUPS: &'static [Group] = &[
-        Group::Site,
-        Group::WorkCenter,
-        Group::Equipment,
-        Group::Day,
-        Group::Shift,
-    ];
+    /// Time-based, like OEE: by equipment and time, not by product.
+    const GROUPS: &'static [Group] = super::oee::Oee::GROUPS;
     const DEFAULT_GROUPS: &'static [Group] = &[];
     type Row = ReasonStops;
     type Line = ParetoLine;
@@ -86,15 +81,12 @@ impl ReportSpec for DowntimePareto {
          FROM stt x JOIN b ON b.site_id = x.site_id LEFT JOIN md_reasons r ON r.code = x.reason
          {joins}
          WHERE x.state <> 'running' {planned}
-         GROUP BY {gb}
+         {gb}
          HAVING sum(x.us) > 0 OR sum(x.starts) > 0",
             sel = k.select,
             time_ctes = time_ctes(),
             joins = k.joins,
-            gb = (1..=n + 3)
-                .map(|i| i.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
+            gb = group_by_first(n + 3),
         )
     }
 

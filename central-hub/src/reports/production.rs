@@ -53,14 +53,7 @@ impl Counts {
 
 impl ReportSpec for Production {
     const NAME: &'static str = "production";
-    const GROUPS: &'static [Group] = &[
-        Group::Site,
-        Group::WorkCenter,
-        Group::Equipment,
-        Group::Product,
-        Group::Day,
-        Group::Shift,
-    ];
+    const GROUPS: &'static [Group] = &Group::ALL;
     type Row = Counts;
     type Line = ProductionLine;
     type Total = ProductionLine;

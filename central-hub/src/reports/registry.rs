@@ -44,6 +44,59 @@ mod tests {
         assert!(find("genealogy").is_none());
     }
 
+    #[test]
+    fn each_report_takes_its_documented_groups() {
+        let table: [(&str, &[&str], &[&str]); 6] = [
+            (
+                "oee",
+                &["site", "work_center", "equipment", "day", "shift"],
+                &["site"],
+            ),
+            (
+                "production",
+                &[
+                    "site",
+                    "work_center",
+                    "equipment",
+                    "product",
+                    "day",
+                    "shift",
+                ],
+                &["site"],
+            ),
+            (
+                "scrap",
+                &[
+                    "site",
+                    "work_center",
+                    "equipment",
+                    "product",
+                    "day",
+                    "shift",
+                ],
+                &["site"],
+            ),
+            (
+                "downtime-pareto",
+                &["site", "work_center", "equipment", "day", "shift"],
+                &[],
+            ),
+            ("on-time", &["site", "product", "day"], &["site"]),
+            ("wip", &["site", "product"], &["site"]),
+        ];
+        assert_eq!(REPORTS.len(), table.len());
+        for (r, (name, allowed, default)) in REPORTS.iter().zip(table) {
+            let g = r.grouping();
+            let names = |gs: &[crate::reports::params::Group]| -> Vec<&str> {
+                gs.iter().map(|g| g.as_str()).collect()
+            };
+            assert_eq!(
+                (r.name(), names(g.allowed), names(g.default)),
+                (name, allowed.to_vec(), default.to_vec())
+            );
+        }
+    }
+
     /// Every report (`impl ReportSpec for …` at the start of a line) in this directory is listed in [`REPORTS`] (the build
     /// also warns of an unlisted one as never constructed).
     #[test]

@@ -8,7 +8,7 @@ use sqlx::{FromRow, Row};
 
 use super::params::{Group, Query};
 use super::spec::{ReadTx, ReportSpec, group_sums, int, ratio};
-use super::sql::{BOUNDS, Keyed, PROD_CTES, SHIFTS, keys, order_by, sum};
+use super::sql::{BOUNDS, Keyed, PROD_CTES, SHIFTS, group_by_first, keys, order_by, sum};
 
 /// The report (listed in `registry::REPORTS`; unlisted, it is dead code).
 #[derive(Debug)]
@@ -63,14 +63,11 @@ impl ReportSpec for Scrap {
          SELECT {sel} nullif(x.scrap_reason, '') AS reason, sum(x.scrap)::float8 AS scrap
          FROM prod x JOIN b ON b.site_id = x.site_id {joins}
          WHERE x.scrap <> 0
-         GROUP BY {gb}
+         {gb}
          HAVING sum(x.scrap) <> 0 {order}",
             sel = k.select,
             joins = k.joins,
-            gb = (1..=n + 1)
-                .map(|i| i.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
+            gb = group_by_first(n + 1),
             order = order_by(n + 1),
         )
     }

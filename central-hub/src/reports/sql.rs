@@ -70,13 +70,7 @@ pub(super) fn keys(groups: &[Group], product_col: &str, time_col: &str) -> Keys 
     let group_by = if groups.is_empty() {
         String::new()
     } else {
-        format!(
-            "GROUP BY {}",
-            (1..=groups.len())
-                .map(|i| i.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
+        group_by_first(groups.len())
     };
     Keys {
         select,
@@ -84,6 +78,18 @@ pub(super) fn keys(groups: &[Group], product_col: &str, time_col: &str) -> Keys 
         group_by,
         n: groups.len(),
     }
+}
+
+/// `GROUP BY 1, 2, …, n`: the first `n` output columns (the group keys, then a report's own
+/// keys such as the reason).
+pub(super) fn group_by_first(n: usize) -> String {
+    format!(
+        "GROUP BY {}",
+        (1..=n)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 pub(super) fn order_by(n: usize) -> String {
