@@ -5,16 +5,16 @@
 //!   implementation on PostgreSQL with row-level security; [`rollup`]: the reporting rollups,
 //!   their decisions pure.
 //!
-//! * [`sync`]: the QUIC sync server; [`api`]: the HQ API and [`auth`] its bearer tokens;
-//!   [`reports`]: the reporting API with
-//!   its cache and rate limits; [`serve`]: one hub instance; [`pki`]: the CA and certificates.
+//! * [`sync`]: the QUIC sync server; [`http`]: the HQ API's router, bearer tokens, state and
+//!   error shape; [`api`]: the HQ API handlers; [`reports`]: the reporting API with its
+//!   cache and rate limits; [`serve`]: one hub instance; [`pki`]: the CA and certificates.
 
 pub mod api;
-pub mod auth;
 pub mod certs;
 pub mod dashboard;
 pub mod db;
 pub mod enroll;
+pub mod http;
 pub mod ingest;
 pub mod memo;
 pub mod metrics;
@@ -24,3 +24,6 @@ pub mod rollup;
 pub mod serve;
 pub mod sync;
 pub mod telemetry;
+
+/// The bearer tokens, at the path the CLI and `serve` have always used.
+pub use http::auth;

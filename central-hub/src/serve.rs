@@ -242,7 +242,7 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> anyhow::R
         reports.clone(),
         shutdown_rx.clone(),
     ));
-    let api = crate::api::router(crate::api::ApiState {
+    let api = crate::http::router::router(crate::http::state::ApiState {
         pool: pool.clone(),
         read_pool: read_pool.clone(),
         store: store.clone(),

@@ -78,12 +78,12 @@ impl Versions {
 }
 
 /// Listens on `mes_data` until shutdown; reconnects with backoff.
-pub async fn listen(
+pub async fn listen<C: AsRef<Shared>>(
     pool: PgPool,
-    versions: std::sync::Arc<super::ReportCtx>,
+    versions: std::sync::Arc<C>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let versions = &versions.shared;
+    let versions: &Shared = (*versions).as_ref();
     let mut backoff = Duration::from_millis(200);
     loop {
         let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
@@ -177,8 +177,14 @@ impl std::fmt::Debug for Backend {
     }
 }
 
-/// Local rate-limit buckets: tokens left and when they were counted.
-type Buckets = Mutex<HashMap<String, (f64, Instant)>>;
+/// The in-process per-token limit: governor's GCRA, which is a token bucket of `rate` tokens
+/// refilled at `rate` per second (the hand-written bucket it replaced, to the nanosecond).
+type Buckets = governor::DefaultKeyedRateLimiter<String>;
+
+/// Tokens tracked by the in-process limiter before the idle ones are forgotten. Only tokens
+/// that passed authentication reach it, so the live ones are bounded by the token table; past
+/// this, those whose bucket is full again (idle for a second) are dropped.
+pub const TOKENS_TRACKED_MAX: usize = 100_000;
 
 #[derive(Debug)]
 pub struct Shared {
@@ -226,9 +232,11 @@ impl Shared {
             }
             None => Backend::Local(Mutex::new(HashMap::new())),
         };
+        let rate =
+            std::num::NonZeroU32::new(rate_per_second.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
         Ok(Self {
             backend,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: governor::RateLimiter::keyed(governor::Quota::per_second(rate)),
             versions: Versions::default(),
             ttl,
             rate_per_second: rate_per_second.max(1),
@@ -345,6 +353,7 @@ impl Shared {
     }
 
     pub async fn put(&self, key: &str, value: &Cached) {
+        // Bodies past the bound are answered but not kept: a cached entry is at most this big.
         if value.body.len() > ENTRY_BYTES_MAX {
             return;
         }
@@ -359,6 +368,7 @@ impl Shared {
                         }
                     }
                     m.insert(key.to_owned(), (Instant::now(), value.clone()));
+                    debug_assert!(m.len() <= LOCAL_ENTRIES_MAX, "report cache past its bound");
                 }
             }
             Backend::Redis(conn) => {
@@ -382,22 +392,16 @@ impl Shared {
         let limit = f64::from(self.rate_per_second);
         let verdict = match &self.backend {
             Backend::Local(_) => {
-                let Ok(mut b) = self.buckets.lock() else {
-                    return Admit::Yes;
-                };
-                if b.len() > 100_000 {
-                    b.clear();
+                use governor::clock::Clock as _;
+                if self.buckets.len() > TOKENS_TRACKED_MAX {
+                    self.buckets.retain_recent();
                 }
-                let now = Instant::now();
-                let (tokens, at) = b.entry(token.to_owned()).or_insert((limit, now));
-                *tokens = (*tokens + at.elapsed().as_secs_f64() * limit).min(limit);
-                *at = now;
-                if *tokens >= 1.0 {
-                    *tokens -= 1.0;
-                    Admit::Yes
-                } else {
-                    let wait = ((1.0 - *tokens) / limit).ceil().max(1.0) as u64;
-                    Admit::No(wait)
+                match self.buckets.check_key(&token.to_owned()) {
+                    Ok(()) => Admit::Yes,
+                    Err(not_until) => {
+                        let wait = not_until.wait_time_from(self.buckets.clock().now());
+                        Admit::No(wait.as_secs_f64().ceil().max(1.0) as u64)
+                    }
                 }
             }
             Backend::Redis(conn) => {

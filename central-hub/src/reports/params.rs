@@ -9,60 +9,13 @@ pub const DEFAULT_RANGE_DAYS: i64 = 7;
 /// Most sites one request may name.
 pub const SITES_MAX: usize = 1_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Report {
-    Oee,
-    Production,
-    Scrap,
-    DowntimePareto,
-    OnTime,
-    Wip,
-}
-
-impl Report {
-    pub const ALL: [Report; 6] = [
-        Report::Oee,
-        Report::Production,
-        Report::Scrap,
-        Report::DowntimePareto,
-        Report::OnTime,
-        Report::Wip,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Report::Oee => "oee",
-            Report::Production => "production",
-            Report::Scrap => "scrap",
-            Report::DowntimePareto => "downtime-pareto",
-            Report::OnTime => "on-time",
-            Report::Wip => "wip",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-
-    /// The groups the report can be split by.
-    pub fn groups(self) -> &'static [Group] {
-        use Group::*;
-        match self {
-            Report::Oee | Report::DowntimePareto => &[Site, WorkCenter, Equipment, Day, Shift],
-            Report::Production | Report::Scrap => {
-                &[Site, WorkCenter, Equipment, Product, Day, Shift]
-            }
-            Report::OnTime => &[Site, Product, Day],
-            Report::Wip => &[Site, Product],
-        }
-    }
-
-    pub fn default_groups(self) -> Vec<Group> {
-        match self {
-            Report::DowntimePareto => Vec::new(),
-            _ => vec![Group::Site],
-        }
-    }
+/// Which groups a report takes (from its `ReportSpec`).
+#[derive(Debug, Clone, Copy)]
+pub struct Grouping {
+    pub report: &'static str,
+    pub allowed: &'static [Group],
+    /// When the request names none.
+    pub default: &'static [Group],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -219,7 +172,7 @@ impl ParamError {
 /// Parses the raw query string. `report` is `None` for genealogy; `accept_csv` tells whether
 /// the `Accept` header asked for CSV.
 pub fn parse(
-    report: Option<Report>,
+    report: Option<Grouping>,
     raw: Option<&str>,
     accept_csv: bool,
     now: Timestamp,
@@ -273,14 +226,14 @@ pub fn parse(
                         )
                     })?;
                     if let Some(r) = report
-                        && !r.groups().contains(&group)
+                        && !r.allowed.contains(&group)
                     {
-                        let allowed: Vec<&str> = r.groups().iter().map(|g| g.as_str()).collect();
+                        let allowed: Vec<&str> = r.allowed.iter().map(|g| g.as_str()).collect();
                         return Err(ParamError::new(
                             "group_by",
                             format!(
                                 "the {} report cannot be grouped by {g}; it can by {}",
-                                r.as_str(),
+                                r.report,
                                 allowed.join(", ")
                             ),
                         ));
@@ -356,7 +309,7 @@ pub fn parse(
             format!("the range is longer than the maximum of {RANGE_DAYS_MAX} days"),
         ));
     }
-    let groups = groups.unwrap_or_else(|| report.map(Report::default_groups).unwrap_or_default());
+    let groups = groups.unwrap_or_else(|| report.map(|r| r.default.to_vec()).unwrap_or_default());
     Ok(Query {
         from,
         to,
@@ -374,6 +327,11 @@ pub fn parse(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::reports::registry::find;
+
+    fn report(name: &str) -> Option<Grouping> {
+        Some(find(name).unwrap().grouping())
+    }
 
     fn now() -> Timestamp {
         Timestamp::parse_rfc3339("2026-11-28T12:00:00Z").unwrap()
@@ -382,7 +340,7 @@ mod tests {
     #[test]
     fn defaults_and_lists() {
         let q = parse(
-            Some(Report::Production),
+            report("production"),
             Some("site=A,B&site=C&group_by=site,day&from=2026-11-01&to=2026-11-02"),
             false,
             now(),
@@ -391,25 +349,25 @@ mod tests {
         assert_eq!(q.sites.len(), 3);
         assert_eq!(q.groups, vec![Group::Site, Group::Day]);
         assert!(matches!(q.from, Bound::Date(_)));
-        let q = parse(Some(Report::DowntimePareto), None, true, now()).unwrap();
+        let q = parse(report("downtime-pareto"), None, true, now()).unwrap();
         assert!(q.groups.is_empty());
         assert_eq!(q.format, Format::Csv);
     }
 
     #[test]
     fn bad_parameters_name_their_field() {
-        for (report, raw, field) in [
-            (Report::Oee, "from=2026-11-02&to=2026-11-01", "from"),
-            (Report::Oee, "from=2024-01-01&to=2026-01-01", "to"),
-            (Report::Oee, "group_by=colour", "group_by"),
-            (Report::Oee, "group_by=product", "group_by"),
-            (Report::Wip, "group_by=shift", "group_by"),
-            (Report::Oee, "from=yesterday", "from"),
-            (Report::Oee, "site=lower", "site"),
-            (Report::Oee, "format=xml", "format"),
-            (Report::Oee, "sight=A", "query"),
+        for (name, raw, field) in [
+            ("oee", "from=2026-11-02&to=2026-11-01", "from"),
+            ("oee", "from=2024-01-01&to=2026-01-01", "to"),
+            ("oee", "group_by=colour", "group_by"),
+            ("oee", "group_by=product", "group_by"),
+            ("wip", "group_by=shift", "group_by"),
+            ("oee", "from=yesterday", "from"),
+            ("oee", "site=lower", "site"),
+            ("oee", "format=xml", "format"),
+            ("oee", "sight=A", "query"),
         ] {
-            let e = parse(Some(report), Some(raw), false, now()).unwrap_err();
+            let e = parse(report(name), Some(raw), false, now()).unwrap_err();
             assert_eq!(e.field, field, "{raw}: {}", e.message);
         }
     }

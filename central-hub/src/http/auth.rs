@@ -18,6 +18,14 @@
 //!   `X-Forwarded-For` entry that is not a trusted proxy. IPv6 clients count per /64.
 //!
 //! Time is tokio's clock, so tests drive it with `tokio::time::pause`.
+//!
+//! The failure limit is written here rather than with `governor` (which the per-token request
+//! limit uses, `crate::reports::cache`): governor's GCRA refills continuously, where an address
+//! here stays blocked for the rest of its window (the `Retry-After` counts it down); it cannot
+//! ask "is this address blocked" without spending a cell, where the check here runs before the
+//! lookup and only failures count; and its key store has no bound that keeps blocked addresses
+//! while forgetting others (`retain_recent` keeps every key not yet refilled, which under a flood
+//! of distinct addresses is all of them).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -32,7 +40,7 @@ use shared_model::SiteId;
 use sqlx::{PgPool, Row};
 use tokio::time::Instant;
 
-use crate::api::Scope;
+use crate::http::error::ApiError;
 use crate::memo::Memo;
 
 /// How long a known token's scope is trusted: a revoked token stops working within this time.
@@ -57,6 +65,35 @@ pub const AUTH_POOL_CONNECTIONS: u32 = 4;
 pub const TOKEN_CHARS_MAX: usize = 128;
 /// Most `X-Forwarded-For` hops walked.
 pub const FORWARDED_HOPS_MAX: usize = 16;
+
+/// What a token may do.
+#[derive(Clone, Debug)]
+pub struct Scope {
+    pub write: bool,
+    /// `None`: every site (HQ-wide).
+    pub site: Option<SiteId>,
+}
+
+impl Scope {
+    pub fn allows(&self, site: &SiteId) -> bool {
+        self.site.as_ref().is_none_or(|s| s == site)
+    }
+
+    /// Whether a site named by a database row is visible (a name that is not a valid site id
+    /// is visible to nobody).
+    pub fn allows_name(&self, site: &str) -> bool {
+        SiteId::new(site).is_ok_and(|s| self.allows(&s))
+    }
+
+    /// A write to `site`, or `403`.
+    pub fn require_write(&self, site: &SiteId) -> Result<(), ApiError> {
+        if self.write && self.allows(site) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden())
+        }
+    }
+}
 
 /// Why a request was not let in.
 #[derive(Debug)]
@@ -317,6 +354,7 @@ impl Auth {
             }
         }
         m.insert(hash, now);
+        debug_assert!(m.len() <= UNKNOWN_MAX, "unknown-token table past its bound");
     }
 
     /// Seconds left of the address' block, if it is blocked.
@@ -360,6 +398,10 @@ impl Auth {
             };
         }
         w.failures = w.failures.saturating_add(1);
+        debug_assert!(
+            m.len() <= ADDRESSES_TRACKED_MAX,
+            "failure table past its bound"
+        );
         Denied::Unknown
     }
 
@@ -381,6 +423,7 @@ impl Auth {
                 m.clear();
             }
             m.insert(hash.to_vec(), now);
+            debug_assert!(m.len() <= TOKEN_CACHE_MAX, "last-used table past its bound");
         }
         let pool = self.write_pool.clone();
         let hash = hash.to_vec();

@@ -1,0 +1,107 @@
+//! `GET /api/v1/reports/production`: good and scrap counts per group, and the scrap rate.
+
+use serde::Serialize;
+use sqlx::FromRow;
+use sqlx::postgres::PgRow;
+
+use super::params::{Group, Query};
+use shared_model::kpi::scrap_rate;
+
+use super::spec::{ReadTx, ReportSpec, int, sum_of};
+use super::sql::{self, BOUNDS, Keyed, PROD_CTES, SHIFTS, keys, order_by, sum};
+
+/// The report (listed in `registry::REPORTS`; unlisted, it is dead code).
+#[derive(Debug)]
+pub(crate) struct Production;
+
+/// The counts of one group.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
+    pub good: f64,
+    pub scrap: f64,
+}
+
+impl<'r> FromRow<'r, PgRow> for Counts {
+    fn from_row(r: &'r PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            good: sum(r, "good")?,
+            scrap: sum(r, "scrap")?,
+        })
+    }
+}
+
+/// One line of the answer (and the total): the columns in this order.
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct ProductionLine {
+    pub good: i64,
+    pub scrap: i64,
+    pub total_count: i64,
+    pub scrap_rate: Option<f64>,
+}
+
+impl Counts {
+    pub fn line(self) -> ProductionLine {
+        let total = self.good + self.scrap;
+        ProductionLine {
+            good: int(self.good),
+            scrap: int(self.scrap),
+            total_count: int(total),
+            scrap_rate: scrap_rate(self.good, self.scrap),
+        }
+    }
+}
+
+impl ReportSpec for Production {
+    const NAME: &'static str = "production";
+    const GROUPS: &'static [Group] = &Group::ALL;
+    type Row = Counts;
+    type Line = ProductionLine;
+    type Total = ProductionLine;
+
+    fn sql(q: &Query) -> String {
+        let k = keys(&q.groups, "x.material", "x.hour");
+        format!(
+            "WITH {BOUNDS}, {SHIFTS}, {PROD_CTES}
+         SELECT {sel} sum(x.good)::float8 AS good, sum(x.scrap)::float8 AS scrap
+         FROM prod x JOIN b ON b.site_id = x.site_id {joins} {group_by} {order}",
+            sel = k.select,
+            joins = k.joins,
+            group_by = k.group_by,
+            order = order_by(k.n),
+        )
+    }
+
+    fn lines(rows: Vec<Keyed<Counts>>, _groups: usize) -> Vec<Keyed<ProductionLine>> {
+        rows.into_iter().map(|r| r.map(Counts::line)).collect()
+    }
+
+    async fn total(
+        _tx: &mut ReadTx,
+        _sites: &[String],
+        _q: &Query,
+        rows: &[Keyed<Counts>],
+    ) -> Result<ProductionLine, sqlx::Error> {
+        Ok(Counts {
+            good: sum_of(rows, |r| r.good),
+            scrap: sum_of(rows, |r| r.scrap),
+        }
+        .line())
+    }
+}
+
+/// Good and scrap over the whole range and sites, ungrouped (the scrap report's total).
+pub async fn ungrouped(
+    tx: &mut ReadTx,
+    sites: &[String],
+    q: &Query,
+) -> Result<Counts, sqlx::Error> {
+    let q = Query {
+        groups: Vec::new(),
+        ..q.clone()
+    };
+    let rows = sql::run::<Counts>(tx, Production::sql(&q), sites, &q, 0).await?;
+    Ok(Counts {
+        good: sum_of(&rows, |r| r.good),
+        scrap: sum_of(&rows, |r| r.scrap),
+    })
+}

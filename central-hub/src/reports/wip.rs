@@ -1,0 +1,147 @@
+//! `GET /api/v1/reports/wip`: work in process now — released, running and interrupted orders
+//! per group, their quantities, and the lots they have consumed.
+
+use serde::Serialize;
+use sqlx::FromRow;
+use sqlx::postgres::PgRow;
+
+use super::params::{Group, Query};
+use super::spec::{ReadTx, ReportSpec, int, sum_of};
+use super::sql::{self, BOUNDS, Keyed, keys, order_by, sum};
+
+/// The report (listed in `registry::REPORTS`; unlisted, it is dead code).
+#[derive(Debug)]
+pub(crate) struct Wip;
+
+/// The open orders of one group.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOrders {
+    pub orders: f64,
+    pub running: f64,
+    pub interrupted: f64,
+    pub planned_quantity: f64,
+    pub good: f64,
+    pub remaining: f64,
+    pub lots_in_process: f64,
+}
+
+impl<'r> FromRow<'r, PgRow> for OpenOrders {
+    fn from_row(r: &'r PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            orders: sum(r, "orders")?,
+            running: sum(r, "running")?,
+            interrupted: sum(r, "interrupted")?,
+            planned_quantity: sum(r, "planned_quantity")?,
+            good: sum(r, "good")?,
+            remaining: sum(r, "remaining")?,
+            lots_in_process: sum(r, "lots_in_process")?,
+        })
+    }
+}
+
+/// One line of the answer (and the total): the columns in this order.
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct WipLine {
+    pub orders: i64,
+    pub running: i64,
+    pub interrupted: i64,
+    pub planned_quantity: i64,
+    pub good: i64,
+    pub remaining: i64,
+    pub lots_in_process: i64,
+}
+
+impl OpenOrders {
+    pub fn line(self) -> WipLine {
+        debug_assert!(self.running + self.interrupted <= self.orders);
+        WipLine {
+            orders: int(self.orders),
+            running: int(self.running),
+            interrupted: int(self.interrupted),
+            planned_quantity: int(self.planned_quantity),
+            good: int(self.good),
+            remaining: int(self.remaining),
+            lots_in_process: int(self.lots_in_process),
+        }
+    }
+}
+
+impl ReportSpec for Wip {
+    const NAME: &'static str = "wip";
+    const GROUPS: &'static [Group] = &[Group::Site, Group::Product];
+    type Row = OpenOrders;
+    type Line = WipLine;
+    type Total = WipLine;
+
+    fn sql(q: &Query) -> String {
+        let k = keys(&q.groups, "x.material", "x.updated_at");
+        let key_cols: Vec<String> = (0..k.n).map(|i| format!("k{i}")).collect();
+        let on = if key_cols.is_empty() {
+            "true".to_owned()
+        } else {
+            key_cols
+                .iter()
+                .map(|c| format!("a.{c} IS NOT DISTINCT FROM l.{c}"))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        };
+        let a_keys: String = key_cols.iter().map(|c| format!("a.{c}, ")).collect();
+        // Orders and their lots are aggregated apart: a lot consumed by two orders of a group
+        // counts once, and the join must not multiply the order sums.
+        format!(
+            "WITH {BOUNDS},
+         w AS (SELECT * FROM work_orders wo
+               WHERE wo.site_id = ANY($1) AND wo.state IN ('allowed_to_start', 'running', 'interrupted')),
+         a AS (
+            SELECT {sel} count(*)::float8 AS orders,
+                   count(*) FILTER (WHERE x.state = 'running')::float8 AS running,
+                   count(*) FILTER (WHERE x.state = 'interrupted')::float8 AS interrupted,
+                   sum(x.planned_quantity)::float8 AS planned_quantity,
+                   sum(x.good_count)::float8 AS good,
+                   sum(greatest(0, x.planned_quantity - x.good_count))::float8 AS remaining
+            FROM w x JOIN b ON b.site_id = x.site_id {joins} {group_by}),
+         l AS (
+            SELECT {sel} count(DISTINCT (lm.site_id, lm.lot))::float8 AS lots
+            FROM w x JOIN b ON b.site_id = x.site_id
+            JOIN lot_movements lm ON lm.site_id = x.site_id AND lm.work_order = x.id
+                                 AND lm.direction = 'consumed'
+            {joins} {group_by})
+         SELECT {a_keys} a.orders, a.running, a.interrupted, a.planned_quantity, a.good,
+                a.remaining, coalesce(l.lots, 0) AS lots_in_process
+         FROM a LEFT JOIN l ON {on} {order}",
+            sel = k.select,
+            joins = k.joins,
+            group_by = k.group_by,
+            order = order_by(k.n),
+        )
+    }
+
+    fn lines(rows: Vec<Keyed<OpenOrders>>, _groups: usize) -> Vec<Keyed<WipLine>> {
+        rows.into_iter().map(|r| r.map(OpenOrders::line)).collect()
+    }
+
+    /// Lots are counted once even when several groups share them, so the total asks again,
+    /// ungrouped.
+    async fn total(
+        tx: &mut ReadTx,
+        sites: &[String],
+        q: &Query,
+        _rows: &[Keyed<OpenOrders>],
+    ) -> Result<WipLine, sqlx::Error> {
+        let q = Query {
+            groups: Vec::new(),
+            ..q.clone()
+        };
+        let all = sql::run::<OpenOrders>(tx, Self::sql(&q), sites, &q, 0).await?;
+        Ok(OpenOrders {
+            orders: sum_of(&all, |r| r.orders),
+            running: sum_of(&all, |r| r.running),
+            interrupted: sum_of(&all, |r| r.interrupted),
+            planned_quantity: sum_of(&all, |r| r.planned_quantity),
+            good: sum_of(&all, |r| r.good),
+            remaining: sum_of(&all, |r| r.remaining),
+            lots_in_process: sum_of(&all, |r| r.lots_in_process),
+        }
+        .line())
+    }
+}
