@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use shared_model::{SiteId, Timestamp};
 
-use super::{BatchPacker, CloseReason, Core, SessionConfig, SessionError, decode_error_code};
+use super::{BatchPacker, CloseReason, Core, Machine, SessionConfig, SessionError};
 use crate::PROTOCOL_VERSION;
 use crate::message::{
     Ack, CERT_PEM_BYTES_MAX, CertRenewRequest, DownAck, DownBatch, ERROR_MESSAGE_BYTES_MAX,
-    EdgeStatus, ErrorCode, Hello, Message, MessageType, Pong, RecordChange, RecordHeads, RecordId,
+    EdgeStatus, ErrorCode, Hello, Message, MessageType, RecordChange, RecordHeads, RecordId,
     RenewOutcome, capability,
 };
 use crate::store::{OutboxEntry, OutboxItem};
@@ -108,6 +108,26 @@ pub struct EdgeSession {
     renewal: Renewal,
 }
 
+impl Machine for EdgeSession {
+    fn core(&mut self) -> &mut Core {
+        &mut self.core
+    }
+
+    fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    fn handle_message(&mut self, now: Duration, message: Message) {
+        EdgeSession::handle_message(self, now, message);
+    }
+
+    fn enter_closed(&mut self, reason: CloseReason) {
+        self.state = State::Closed;
+        self.events.clear();
+        self.events.push_back(EdgeEvent::Closed(reason));
+    }
+}
+
 impl EdgeSession {
     /// Starts a session and queues the hello. `down_cursor` is the store's durable down-sync
     /// position.
@@ -165,33 +185,12 @@ impl EdgeSession {
 
     /// One whole frame from the hub.
     pub fn handle_frame(&mut self, now: Duration, frame: &[u8]) {
-        if self.state == State::Closed {
-            return;
-        }
-        match self.core.decode_frame(now, frame) {
-            Ok(m) => self.handle_message(now, m),
-            Err(e) => self.fail(now, decode_error_code(&e), e.to_string()),
-        }
+        super::handle_frame(self, now, frame);
     }
 
     /// Any chunk of the hub's stream: part of a frame or several frames.
     pub fn handle_stream_bytes(&mut self, now: Duration, bytes: &[u8]) {
-        if self.state == State::Closed {
-            return;
-        }
-        self.core.push_stream(now, bytes);
-        loop {
-            match self.core.next_stream_message() {
-                Ok(Some(m)) => {
-                    self.handle_message(now, m);
-                    if self.state == State::Closed {
-                        return;
-                    }
-                }
-                Ok(None) => return,
-                Err(e) => return self.fail(now, decode_error_code(&e), e.to_string()),
-            }
-        }
+        super::handle_stream_bytes(self, now, bytes);
     }
 
     /// The next deadline at which [`EdgeSession::handle_timeout`] must be called.
@@ -337,9 +336,19 @@ impl EdgeSession {
             }
             debug_assert!(!packer.is_empty());
             let frame = packer.finish(ty, &last_seq, &(), self.core.limits.frame_bytes_max)?;
+            // A batch names the last seq it carries: after every batch before it, and never
+            // past what the store handed us.
+            assert!(
+                self.inflight.back().is_none_or(|prev| *prev < last_seq)
+                    && last_seq <= self.read_up_to_seq,
+                "outbox batch up to {last_seq} after {:?}, read up to {}",
+                self.inflight.back(),
+                self.read_up_to_seq
+            );
             self.core.push_frame(now, frame);
             self.inflight.push_back(last_seq);
         }
+        debug_assert!(self.inflight.len() <= self.inflight_batches_max);
         Ok(())
     }
 
@@ -454,11 +463,7 @@ impl EdgeSession {
     }
 
     fn fail(&mut self, now: Duration, code: ErrorCode, message: String) {
-        if let Some(reason) = self.core.close_local(now, code, message) {
-            self.state = State::Closed;
-            self.events.clear();
-            self.events.push_back(EdgeEvent::Closed(reason));
-        }
+        super::fail(self, now, code, message);
     }
 
     fn unexpected(&mut self, now: Duration, what: MessageType) {
@@ -477,17 +482,6 @@ impl EdgeSession {
         let ty = message.message_type();
         match (self.state, message) {
             (State::Closed, _) => {}
-            (_, Message::Error(frame)) => {
-                if let Some(reason) = self.core.close_remote(frame) {
-                    self.state = State::Closed;
-                    self.events.clear();
-                    self.events.push_back(EdgeEvent::Closed(reason));
-                }
-            }
-            (_, Message::Ping(p)) => {
-                let _ = self.core.send(now, &Message::Pong(Pong { nonce: p.nonce }));
-            }
-            (_, Message::Pong(_)) => {}
             (State::AwaitingWelcome, Message::Welcome(w)) => {
                 if w.protocol_version != PROTOCOL_VERSION {
                     return self.fail(
@@ -507,6 +501,11 @@ impl EdgeSession {
                 self.core.limits.frame_bytes_max =
                     (w.frame_bytes_max as usize).min(self.config.limits.frame_bytes_max);
                 self.site_id = Some(w.site_id.clone());
+                // The welcome negotiates down only: never a window or batch above our own.
+                debug_assert!(
+                    self.inflight_batches_max <= self.config.limits.inflight_batches_max.max(1)
+                        && self.batch_items_max <= self.config.limits.batch_items_max.max(1)
+                );
                 self.state = State::Established;
                 self.events.push_back(EdgeEvent::Connected {
                     site_id: w.site_id,
@@ -530,6 +529,13 @@ impl EdgeSession {
                 while self.inflight.front().is_some_and(|s| *s <= up_to_seq) {
                     self.inflight.pop_front();
                 }
+                // The driver deletes the outbox up to this seq: acking past what was sent would
+                // lose entries the hub never saw.
+                assert!(
+                    up_to_seq <= self.read_up_to_seq,
+                    "ack up to {up_to_seq} past the outbox read up to {}",
+                    self.read_up_to_seq
+                );
                 self.events.push_back(EdgeEvent::Acked { up_to_seq });
                 if let Err(e) = self.flush_staged(now) {
                     self.fail(now, ErrorCode::Internal, e.to_string());
@@ -560,6 +566,7 @@ impl EdgeSession {
                 }
                 self.down_received_cursor = batch.cursor;
                 self.down_pending_apply.push_back(batch.cursor);
+                debug_assert!(self.down_pending_apply.len() <= self.inflight_batches_max);
                 self.events.push_back(EdgeEvent::DownBatch(batch));
             }
             (State::Established, Message::HeadsSummary(summary))

@@ -6,12 +6,12 @@ use std::time::Duration;
 use shared_model::{Event, SiteId, Timestamp};
 
 use super::edge::{send_heads_frames, send_repair_frames};
-use super::{BatchPacker, CloseReason, Core, SessionConfig, SessionError, decode_error_code};
+use super::{BatchPacker, CloseReason, Core, Machine, SessionConfig, SessionError};
 use crate::PROTOCOL_VERSION;
 use crate::message::{
     Ack, CERT_PEM_BYTES_MAX, CertRenewResponse, DownItem, ERROR_MESSAGE_BYTES_MAX, EdgeStatus,
-    ErrorCode, HEADS_PER_RECORD_MAX, Message, MessageType, Pong, RecordChange, RecordHeads,
-    RecordId, RenewOutcome, Welcome, capability,
+    ErrorCode, HEADS_PER_RECORD_MAX, Message, MessageType, RecordChange, RecordHeads, RecordId,
+    RenewOutcome, Welcome, capability,
 };
 use crate::store::DownEntry;
 
@@ -112,6 +112,26 @@ pub struct HubSession {
     renewal: Renewal,
 }
 
+impl Machine for HubSession {
+    fn core(&mut self) -> &mut Core {
+        &mut self.core
+    }
+
+    fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    fn handle_message(&mut self, now: Duration, message: Message) {
+        HubSession::handle_message(self, now, message);
+    }
+
+    fn enter_closed(&mut self, reason: CloseReason) {
+        self.state = State::Closed;
+        self.events.clear();
+        self.events.push_back(HubEvent::Closed(reason));
+    }
+}
+
 impl HubSession {
     /// `site_id` comes from the peer's TLS client certificate, never from the payload;
     /// `hub_time` is the wall clock for the welcome.
@@ -154,32 +174,11 @@ impl HubSession {
     }
 
     pub fn handle_frame(&mut self, now: Duration, frame: &[u8]) {
-        if self.state == State::Closed {
-            return;
-        }
-        match self.core.decode_frame(now, frame) {
-            Ok(m) => self.handle_message(now, m),
-            Err(e) => self.fail(now, decode_error_code(&e), e.to_string()),
-        }
+        super::handle_frame(self, now, frame);
     }
 
     pub fn handle_stream_bytes(&mut self, now: Duration, bytes: &[u8]) {
-        if self.state == State::Closed {
-            return;
-        }
-        self.core.push_stream(now, bytes);
-        loop {
-            match self.core.next_stream_message() {
-                Ok(Some(m)) => {
-                    self.handle_message(now, m);
-                    if self.state == State::Closed {
-                        return;
-                    }
-                }
-                Ok(None) => return,
-                Err(e) => return self.fail(now, decode_error_code(&e), e.to_string()),
-            }
-        }
+        super::handle_stream_bytes(self, now, bytes);
     }
 
     pub fn poll_timeout(&self) -> Option<Duration> {
@@ -247,6 +246,13 @@ impl HubSession {
         if !self.uncommitted.contains(&last_seq) {
             return Err(SessionError::NotRequested);
         }
+        // The edge deletes its outbox up to the ack: acking past what was received would lose
+        // entries the store never committed.
+        assert!(
+            last_seq <= self.received_seq,
+            "commit up to {last_seq} past the batches received up to {}",
+            self.received_seq
+        );
         while self.uncommitted.front().is_some_and(|s| *s <= last_seq) {
             self.uncommitted.pop_front();
         }
@@ -308,11 +314,20 @@ impl HubSession {
                 cursor = entry.cursor;
                 self.down_staged.pop_front();
             }
+            // A fresh packer takes any item that fits in a frame at all, or errored above.
+            debug_assert!(!packer.is_empty());
             let frame = packer.finish(ty, &cursor, &(), self.core.limits.frame_bytes_max)?;
+            // The edge stores the cursor as its position: it only ever moves forward.
+            assert!(
+                cursor > self.down_sent_cursor,
+                "down batch cursor {cursor} not after {}",
+                self.down_sent_cursor
+            );
             self.core.push_frame(now, frame);
             self.down_sent_cursor = cursor;
             self.down_inflight.push_back(cursor);
         }
+        debug_assert!(self.down_inflight.len() <= self.config.limits.inflight_batches_max);
         Ok(())
     }
 
@@ -384,11 +399,7 @@ impl HubSession {
     }
 
     fn fail(&mut self, now: Duration, code: ErrorCode, message: String) {
-        if let Some(reason) = self.core.close_local(now, code, message) {
-            self.state = State::Closed;
-            self.events.clear();
-            self.events.push_back(HubEvent::Closed(reason));
-        }
+        super::fail(self, now, code, message);
     }
 
     /// Checks a batch's sequence and the window before handing it to the driver.
@@ -425,6 +436,7 @@ impl HubSession {
         }
         self.received_seq = last_seq;
         self.uncommitted.push_back(last_seq);
+        debug_assert!(self.uncommitted.len() <= self.config.limits.inflight_batches_max);
         true
     }
 
@@ -432,17 +444,6 @@ impl HubSession {
         let ty = message.message_type();
         match (self.state, message) {
             (State::Closed, _) => {}
-            (_, Message::Error(frame)) => {
-                if let Some(reason) = self.core.close_remote(frame) {
-                    self.state = State::Closed;
-                    self.events.clear();
-                    self.events.push_back(HubEvent::Closed(reason));
-                }
-            }
-            (_, Message::Ping(p)) => {
-                let _ = self.core.send(now, &Message::Pong(Pong { nonce: p.nonce }));
-            }
-            (_, Message::Pong(_)) => {}
             (State::AwaitingHello, Message::Hello(h)) => {
                 if h.protocol_version != PROTOCOL_VERSION {
                     return self.fail(
