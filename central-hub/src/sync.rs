@@ -704,7 +704,7 @@ async fn connection(
             return Err(format!("{site}: {replaced_message}"));
         }
     };
-    let (mut send, mut recv) = match stream {
+    let stream = match stream {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(e.to_string()),
         Err(_) => {
@@ -746,15 +746,7 @@ async fn connection(
         fallback_timeout: IDLE_TIMEOUT,
         group_read_bytes_max: GROUP_READ_BYTES_MAX,
     };
-    let end = sync_io::pump(
-        &mut side,
-        &mut session,
-        &mut send,
-        &mut recv,
-        clock,
-        pump_config,
-    )
-    .await;
+    let end = sync_io::pump(&mut side, &mut session, stream, clock, pump_config).await;
     let connected = side.connected;
     // A failed stream or a finished one ends the connection like a closed session: the edge
     // reconnects and resends whatever was not acked.
@@ -790,15 +782,6 @@ struct HubSide<'a> {
     ticks: u64,
     /// The session was welcomed: it set the site's `connected` flag.
     connected: bool,
-}
-
-/// What woke a hub session besides the edge.
-#[derive(Debug)]
-enum HubWake {
-    DownGrew,
-    PollTick,
-    Shutdown,
-    Replaced,
 }
 
 impl sync_io::Side for HubSide<'_> {
@@ -884,6 +867,20 @@ impl sync_io::Side for HubSide<'_> {
             tracing::info!(site = %self.site, ?code, %message, "session closed by the hub");
         }
     }
+}
+
+/// What woke a hub session besides the edge.
+#[derive(Debug)]
+enum HubWake {
+    /// The site's down-sync log grew (a `NOTIFY` from any hub instance).
+    DownGrew,
+    /// The down poll's tick: the fallback for a lost notification, and the clock of the
+    /// revocation checks.
+    PollTick,
+    /// The hub is shutting down.
+    Shutdown,
+    /// A newer connection of the site took this one's place.
+    Replaced,
 }
 
 #[cfg(test)]

@@ -276,7 +276,7 @@ async fn connect_and_sync(
         .map_err(|e| SyncError::Quic(e.to_string()))?
         .await
         .map_err(|e| SyncError::Quic(e.to_string()))?;
-    let (mut send, mut recv) = conn
+    let stream = conn
         .open_bi()
         .await
         .map_err(|e| SyncError::Quic(e.to_string()))?;
@@ -297,16 +297,7 @@ async fn connect_and_sync(
         fallback_timeout: KEEP_ALIVE,
         group_read_bytes_max: 0,
     };
-    match sync_io::pump(
-        &mut side,
-        &mut session,
-        &mut send,
-        &mut recv,
-        clock,
-        pump_config,
-    )
-    .await
-    {
+    match sync_io::pump(&mut side, &mut session, stream, clock, pump_config).await {
         End::Closed => {
             conn.close(sync_protocol::close_code::DONE.into(), b"");
             Ok(side.reconnect_since.is_some())
@@ -340,8 +331,12 @@ struct EdgeSide<'a> {
 /// What woke the edge's session besides the hub.
 #[derive(Debug)]
 enum EdgeWake {
+    /// The API or a connector recorded something: the outbox may have grown.
     OutboxGrew,
+    /// The outbox poll's tick: the safety net for a missed notification, and the clock of
+    /// the status reports.
     PollTick,
+    /// The agent is shutting down (or lost the sender of the signal).
     Shutdown,
 }
 

@@ -133,20 +133,27 @@ pub trait Side: Send {
     ) -> impl Future<Output = ()> + Send;
 
     /// Waits for the next side-specific input. Must be cancel-safe: the pump drops it whenever
-    /// the stream or the timer is ready first.
-    fn wake(&mut self) -> impl Future<Output = Self::Wake> + Send;
+    /// the stream or the timer is ready first. By default there is none.
+    fn wake(&mut self) -> impl Future<Output = Self::Wake> + Send {
+        std::future::pending()
+    }
 
-    /// Acts on an input [`Side::wake`] returned.
+    /// Acts on an input [`Side::wake`] returned. By default: nothing, go on.
     fn on_wake(
         &mut self,
         session: &mut Self::Session,
         wake: Self::Wake,
         now: Duration,
-    ) -> impl Future<Output = Flow> + Send;
+    ) -> impl Future<Output = Flow> + Send {
+        let _ = (session, wake, now);
+        std::future::ready(Flow::Continue)
+    }
 
     /// The session is closed and its last frames are written; called before the stream is
-    /// finished (logs and metrics of why it ended).
-    fn on_closed(&mut self, session: &Self::Session);
+    /// finished (logs and metrics of why it ended). By default: nothing.
+    fn on_closed(&mut self, session: &Self::Session) {
+        let _ = session;
+    }
 }
 
 /// Writes every frame the session has queued, in one write. `out` is a reusable buffer.
@@ -178,16 +185,17 @@ pub async fn finish(send: &mut SendStream) {
     }
 }
 
-/// Runs one session over one bidirectional stream until it ends. The session must be new
+/// Runs one session over one bidirectional stream (as `open_bi`/`accept_bi` return it) until
+/// it ends. The session must be new
 /// (its opening frame, if any, still queued); `clock` is the time base it was made with.
 pub async fn pump<S: Side>(
     side: &mut S,
     session: &mut S::Session,
-    send: &mut SendStream,
-    recv: &mut RecvStream,
+    (mut send, mut recv): (SendStream, RecvStream),
     clock: Clock,
     config: PumpConfig,
 ) -> End {
+    let (send, recv) = (&mut send, &mut recv);
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
     let mut out = Vec::with_capacity(READ_BUFFER_BYTES);
     loop {

@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shared_model::event::ProductionCount;
-use shared_model::{EquipmentId, Event, EventBody, EventId, SiteId, Timestamp};
-use sync_io::{Clock, End, Flow, PumpConfig, Side};
+use shared_model::event::{ClockAction, OperatorClock};
+use shared_model::{BadgeId, Event, EventBody, EventId, SiteId, Timestamp};
+use sync_io::{Clock, End, PumpConfig, Side};
 use sync_protocol::driver::{drive_edge, drive_hub};
 use sync_protocol::memory::{MemoryEdgeStore, MemoryHubStore};
 use sync_protocol::message::{DownItem, ErrorCode};
@@ -23,80 +23,51 @@ fn site() -> SiteId {
     SiteId::new("SITE_001").expect("site id")
 }
 
+/// Operators clocking in and out: any event will do, the pump never looks inside.
 fn event(n: u64) -> Event {
+    let action = if n.is_multiple_of(2) {
+        ClockAction::In
+    } else {
+        ClockAction::Out
+    };
+    let badge = BadgeId::new(format!("B-{n:04}")).expect("badge id");
     Event {
         event_id: EventId::from_parts(1_795_000_000_000 + n, [n as u8; 10]),
         site_id: site(),
         occurred_at: T0,
         recorded_at: T0.saturating_add_micros(1_500),
-        operator: None,
-        body: EventBody::ProductionCount(ProductionCount {
-            equipment: EquipmentId::new("PRESS-01").expect("equipment id"),
-            work_order: None,
-            good: 1,
-            scrap: 0,
-            rework: 0,
-            scrap_reason: None,
+        operator: Some(badge.clone()),
+        body: EventBody::OperatorClock(OperatorClock {
+            badge,
+            action,
+            equipment: None,
         }),
     }
 }
 
-/// The edge closes its session once the hub acked the whole outbox and it applied the
-/// down-sync item.
-struct EdgeSide<'a> {
-    store: &'a MemoryEdgeStore,
-}
+/// Drives its session against an in-memory store, with no wake-ups of its own. The edge's
+/// closes the session once the hub acked the whole outbox and it applied the down-sync item.
+struct Driven<'a, St>(&'a St);
 
-impl Side for EdgeSide<'_> {
+impl Side for Driven<'_, MemoryEdgeStore> {
     type Session = EdgeSession;
     type Wake = ();
 
     async fn drive(&mut self, session: &mut EdgeSession, now: Duration) {
-        drive_edge(session, self.store, now)
-            .await
-            .expect("edge store");
-        if session.is_established()
-            && self.store.pending() == 0
-            && self.store.current_down_cursor() > 0
-        {
+        drive_edge(session, self.0, now).await.expect("edge store");
+        if session.is_established() && self.0.pending() == 0 && self.0.current_down_cursor() > 0 {
             session.close(now, ErrorCode::ShuttingDown, "done");
         }
     }
-
-    async fn wake(&mut self) {
-        std::future::pending::<()>().await
-    }
-
-    async fn on_wake(&mut self, _: &mut EdgeSession, (): (), _: Duration) -> Flow {
-        Flow::Continue
-    }
-
-    fn on_closed(&mut self, _: &EdgeSession) {}
 }
 
-struct HubSide<'a> {
-    store: &'a MemoryHubStore,
-}
-
-impl Side for HubSide<'_> {
+impl Side for Driven<'_, MemoryHubStore> {
     type Session = HubSession;
     type Wake = ();
 
-    async fn drive(&mut self, session: &mut HubSession, now: Duration) {
-        drive_hub(session, self.store, now)
-            .await
-            .expect("hub store");
+    async fn drive(&mut self, hub: &mut HubSession, now: Duration) {
+        drive_hub(hub, self.0, now).await.expect("hub store");
     }
-
-    async fn wake(&mut self) {
-        std::future::pending::<()>().await
-    }
-
-    async fn on_wake(&mut self, _: &mut HubSession, (): (), _: Duration) -> Flow {
-        Flow::Continue
-    }
-
-    fn on_closed(&mut self, _: &HubSession) {}
 }
 
 fn endpoints() -> (quinn::Endpoint, quinn::Endpoint) {
@@ -170,7 +141,7 @@ async fn both_ends_pumped_over_quic_sync_and_close_cleanly() {
             .expect("incoming")
             .await
             .expect("handshake");
-        let (mut send, mut recv) = conn.accept_bi().await.expect("stream");
+        let stream = conn.accept_bi().await.expect("stream");
         let clock = Clock::start();
         let mut session = HubSession::new(
             config.clone(),
@@ -178,16 +149,8 @@ async fn both_ends_pumped_over_quic_sync_and_close_cleanly() {
             T0.saturating_add_micros(1_000_000),
             clock.now(),
         );
-        let mut side = HubSide { store: &hub_store };
-        let end = sync_io::pump(
-            &mut side,
-            &mut session,
-            &mut send,
-            &mut recv,
-            clock,
-            pump_config,
-        )
-        .await;
+        let mut side = Driven(&hub_store);
+        let end = sync_io::pump(&mut side, &mut session, stream, clock, pump_config).await;
         (end, session.close_reason().cloned())
     };
     let edge = async {
@@ -196,19 +159,11 @@ async fn both_ends_pumped_over_quic_sync_and_close_cleanly() {
             .expect("connect")
             .await
             .expect("handshake");
-        let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+        let stream = conn.open_bi().await.expect("stream");
         let clock = Clock::start();
         let mut session = EdgeSession::new(config.clone(), 0, clock.now());
-        let mut side = EdgeSide { store: &edge_store };
-        let end = sync_io::pump(
-            &mut side,
-            &mut session,
-            &mut send,
-            &mut recv,
-            clock,
-            pump_config,
-        )
-        .await;
+        let mut side = Driven(&edge_store);
+        let end = sync_io::pump(&mut side, &mut session, stream, clock, pump_config).await;
         conn.close(sync_protocol::close_code::DONE.into(), b"");
         (end, session.close_reason().cloned())
     };

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use shared_model::{SiteId, Timestamp};
 
-use super::{BatchPacker, CloseReason, Core, Machine, SessionConfig, SessionError};
+use super::{BatchPacker, CloseReason, Core, SessionConfig, SessionError};
 use crate::PROTOCOL_VERSION;
 use crate::message::{
     Ack, CERT_PEM_BYTES_MAX, CertRenewRequest, DownAck, DownBatch, ERROR_MESSAGE_BYTES_MAX,
@@ -108,25 +108,7 @@ pub struct EdgeSession {
     renewal: Renewal,
 }
 
-impl Machine for EdgeSession {
-    fn core(&mut self) -> &mut Core {
-        &mut self.core
-    }
-
-    fn is_closed(&self) -> bool {
-        self.state == State::Closed
-    }
-
-    fn handle_message(&mut self, now: Duration, message: Message) {
-        EdgeSession::handle_message(self, now, message);
-    }
-
-    fn enter_closed(&mut self, reason: CloseReason) {
-        self.state = State::Closed;
-        self.events.clear();
-        self.events.push_back(EdgeEvent::Closed(reason));
-    }
-}
+machine_impl!(EdgeSession, EdgeEvent);
 
 impl EdgeSession {
     /// Starts a session and queues the hello. `down_cursor` is the store's durable down-sync

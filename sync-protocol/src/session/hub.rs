@@ -6,7 +6,7 @@ use std::time::Duration;
 use shared_model::{Event, SiteId, Timestamp};
 
 use super::edge::{send_heads_frames, send_repair_frames};
-use super::{BatchPacker, CloseReason, Core, Machine, SessionConfig, SessionError};
+use super::{BatchPacker, CloseReason, Core, SessionConfig, SessionError};
 use crate::PROTOCOL_VERSION;
 use crate::message::{
     Ack, CERT_PEM_BYTES_MAX, CertRenewResponse, DownItem, ERROR_MESSAGE_BYTES_MAX, EdgeStatus,
@@ -112,25 +112,7 @@ pub struct HubSession {
     renewal: Renewal,
 }
 
-impl Machine for HubSession {
-    fn core(&mut self) -> &mut Core {
-        &mut self.core
-    }
-
-    fn is_closed(&self) -> bool {
-        self.state == State::Closed
-    }
-
-    fn handle_message(&mut self, now: Duration, message: Message) {
-        HubSession::handle_message(self, now, message);
-    }
-
-    fn enter_closed(&mut self, reason: CloseReason) {
-        self.state = State::Closed;
-        self.events.clear();
-        self.events.push_back(HubEvent::Closed(reason));
-    }
-}
+machine_impl!(HubSession, HubEvent);
 
 impl HubSession {
     /// `site_id` comes from the peer's TLS client certificate, never from the payload;

@@ -11,6 +11,32 @@
 //! A protocol violation by the peer never panics: the session queues an error frame, drops
 //! any data frames still queued, emits a `Closed` event and refuses everything after that.
 
+/// Implements [`Machine`] for an end whose struct has `core`, `state` (its module's `State`,
+/// with `Closed`) and `events` (a queue of its event type, with `Closed(CloseReason)`).
+macro_rules! machine_impl {
+    ($session:ident, $event:ident) => {
+        impl super::Machine for $session {
+            fn core(&mut self) -> &mut Core {
+                &mut self.core
+            }
+
+            fn is_closed(&self) -> bool {
+                self.state == State::Closed
+            }
+
+            fn handle_message(&mut self, now: Duration, message: Message) {
+                $session::handle_message(self, now, message);
+            }
+
+            fn enter_closed(&mut self, reason: CloseReason) {
+                self.state = State::Closed;
+                self.events.clear();
+                self.events.push_back($event::Closed(reason));
+            }
+        }
+    };
+}
+
 mod edge;
 mod hub;
 
