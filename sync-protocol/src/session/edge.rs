@@ -108,7 +108,7 @@ pub struct EdgeSession {
     renewal: Renewal,
 }
 
-machine_impl!(EdgeSession, EdgeEvent);
+session_common!(EdgeSession, EdgeEvent);
 
 impl EdgeSession {
     /// Starts a session and queues the hello. `down_cursor` is the store's durable down-sync
@@ -144,18 +144,6 @@ impl EdgeSession {
         }
     }
 
-    pub fn is_established(&self) -> bool {
-        self.state == State::Established
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.state == State::Closed
-    }
-
-    pub fn close_reason(&self) -> Option<&CloseReason> {
-        self.core.closed.as_ref()
-    }
-
     pub fn site_id(&self) -> Option<&SiteId> {
         self.site_id.as_ref()
     }
@@ -165,22 +153,13 @@ impl EdgeSession {
         self.inflight.len()
     }
 
-    /// One whole frame from the hub.
-    pub fn handle_frame(&mut self, now: Duration, frame: &[u8]) {
-        super::handle_frame(self, now, frame);
-    }
-
-    /// Any chunk of the hub's stream: part of a frame or several frames.
-    pub fn handle_stream_bytes(&mut self, now: Duration, bytes: &[u8]) {
-        super::handle_stream_bytes(self, now, bytes);
-    }
-
     /// The next deadline at which [`EdgeSession::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Duration> {
         match self.state {
             State::Closed => None,
             State::AwaitingWelcome => Some(
-                (self.core.started + self.core.limits.handshake_timeout)
+                self.core
+                    .handshake_deadline()
                     .min(self.core.idle_deadline()),
             ),
             State::Established => Some(
@@ -194,7 +173,7 @@ impl EdgeSession {
         match self.state {
             State::Closed => {}
             State::AwaitingWelcome => {
-                if now >= self.core.started + self.core.limits.handshake_timeout {
+                if now >= self.core.handshake_deadline() {
                     self.fail(now, ErrorCode::Timeout, "no welcome from the hub".into());
                 } else if now >= self.core.idle_deadline() {
                     self.fail(now, ErrorCode::Timeout, "hub silent".into());
@@ -208,11 +187,6 @@ impl EdgeSession {
                 }
             }
         }
-    }
-
-    /// The next frame to send.
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.core.poll_transmit()
     }
 
     /// The next piece of work or news.
@@ -437,15 +411,6 @@ impl EdgeSession {
         )?;
         self.renewal = Renewal::Pending;
         Ok(())
-    }
-
-    /// Ends the session on our side (shutdown): the hub gets an error frame saying why.
-    pub fn close(&mut self, now: Duration, code: ErrorCode, message: impl Into<String>) {
-        self.fail(now, code, message.into());
-    }
-
-    fn fail(&mut self, now: Duration, code: ErrorCode, message: String) {
-        super::fail(self, now, code, message);
     }
 
     fn unexpected(&mut self, now: Duration, what: MessageType) {

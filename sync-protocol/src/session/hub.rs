@@ -112,7 +112,7 @@ pub struct HubSession {
     renewal: Renewal,
 }
 
-machine_impl!(HubSession, HubEvent);
+session_common!(HubSession, HubEvent);
 
 impl HubSession {
     /// `site_id` comes from the peer's TLS client certificate, never from the payload;
@@ -143,31 +143,12 @@ impl HubSession {
         &self.site_id
     }
 
-    pub fn is_established(&self) -> bool {
-        self.state == State::Established
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.state == State::Closed
-    }
-
-    pub fn close_reason(&self) -> Option<&CloseReason> {
-        self.core.closed.as_ref()
-    }
-
-    pub fn handle_frame(&mut self, now: Duration, frame: &[u8]) {
-        super::handle_frame(self, now, frame);
-    }
-
-    pub fn handle_stream_bytes(&mut self, now: Duration, bytes: &[u8]) {
-        super::handle_stream_bytes(self, now, bytes);
-    }
-
     pub fn poll_timeout(&self) -> Option<Duration> {
         match self.state {
             State::Closed => None,
             State::AwaitingHello => Some(
-                (self.core.started + self.core.limits.handshake_timeout)
+                self.core
+                    .handshake_deadline()
                     .min(self.core.idle_deadline()),
             ),
             State::Established => Some(self.core.idle_deadline()),
@@ -177,9 +158,7 @@ impl HubSession {
     pub fn handle_timeout(&mut self, now: Duration) {
         match self.state {
             State::Closed => {}
-            State::AwaitingHello
-                if now >= self.core.started + self.core.limits.handshake_timeout =>
-            {
+            State::AwaitingHello if now >= self.core.handshake_deadline() => {
                 self.fail(now, ErrorCode::Timeout, "no hello from the edge".into());
             }
             _ if now >= self.core.idle_deadline() => {
@@ -187,10 +166,6 @@ impl HubSession {
             }
             _ => {}
         }
-    }
-
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.core.poll_transmit()
     }
 
     pub fn poll_event(&mut self) -> Option<HubEvent> {
@@ -374,14 +349,6 @@ impl HubSession {
                 &Message::CertRenewResponse(CertRenewResponse { outcome }),
             )
             .map_err(SessionError::from)
-    }
-
-    pub fn close(&mut self, now: Duration, code: ErrorCode, message: impl Into<String>) {
-        self.fail(now, code, message.into());
-    }
-
-    fn fail(&mut self, now: Duration, code: ErrorCode, message: String) {
-        super::fail(self, now, code, message);
     }
 
     /// Checks a batch's sequence and the window before handing it to the driver.

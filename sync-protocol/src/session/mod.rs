@@ -11,10 +11,50 @@
 //! A protocol violation by the peer never panics: the session queues an error frame, drops
 //! any data frames still queued, emits a `Closed` event and refuses everything after that.
 
-/// Implements [`Machine`] for an end whose struct has `core`, `state` (its module's `State`,
-/// with `Closed`) and `events` (a queue of its event type, with `Closed(CloseReason)`).
-macro_rules! machine_impl {
+/// What both ends have alike, for an end whose struct has `core`, `state` (its module's
+/// `State`, with `Established` and `Closed`) and `events` (a queue of its event type, with
+/// `Closed(CloseReason)`): the [`Machine`] impl and the public input/output surface.
+macro_rules! session_common {
     ($session:ident, $event:ident) => {
+        impl $session {
+            pub fn is_established(&self) -> bool {
+                self.state == State::Established
+            }
+
+            pub fn is_closed(&self) -> bool {
+                self.state == State::Closed
+            }
+
+            pub fn close_reason(&self) -> Option<&CloseReason> {
+                self.core.closed.as_ref()
+            }
+
+            /// One whole frame from the peer.
+            pub fn handle_frame(&mut self, now: Duration, frame: &[u8]) {
+                super::handle_frame(self, now, frame);
+            }
+
+            /// Any chunk of the peer's stream: part of a frame or several frames.
+            pub fn handle_stream_bytes(&mut self, now: Duration, bytes: &[u8]) {
+                super::handle_stream_bytes(self, now, bytes);
+            }
+
+            /// The next frame to send.
+            pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+                self.core.poll_transmit()
+            }
+
+            /// Ends the session on our side (shutdown, a store failure, a revoked site): the
+            /// peer gets an error frame saying why.
+            pub fn close(&mut self, now: Duration, code: ErrorCode, message: impl Into<String>) {
+                self.fail(now, code, message.into());
+            }
+
+            fn fail(&mut self, now: Duration, code: ErrorCode, message: String) {
+                super::fail(self, now, code, message);
+            }
+        }
+
         impl super::Machine for $session {
             fn core(&mut self) -> &mut Core {
                 &mut self.core
@@ -261,6 +301,11 @@ impl Core {
 
     pub(crate) fn idle_deadline(&self) -> Duration {
         self.last_received + self.limits.idle_timeout
+    }
+
+    /// When the peer's opening message (hello or welcome) is overdue.
+    pub(crate) fn handshake_deadline(&self) -> Duration {
+        self.started + self.limits.handshake_timeout
     }
 }
 
