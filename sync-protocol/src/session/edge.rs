@@ -236,9 +236,7 @@ impl EdgeSession {
         now: Duration,
         entries: Vec<OutboxEntry>,
     ) -> Result<(), SessionError> {
-        if self.state == State::Closed {
-            return Err(SessionError::Closed);
-        }
+        self.open()?;
         let limit = self
             .outbox_requested
             .take()
@@ -310,9 +308,7 @@ impl EdgeSession {
 
     /// The driver applied the down batch with this cursor durably.
     pub fn down_applied(&mut self, now: Duration, cursor: u64) -> Result<(), SessionError> {
-        if self.state == State::Closed {
-            return Err(SessionError::Closed);
-        }
+        self.open()?;
         match self.down_pending_apply.front() {
             Some(c) if *c == cursor => {
                 self.down_pending_apply.pop_front();
@@ -345,9 +341,7 @@ impl EdgeSession {
         now: Duration,
         page: Vec<RecordHeads>,
     ) -> Result<(), SessionError> {
-        if self.state == State::Closed {
-            return Err(SessionError::Closed);
-        }
+        self.open()?;
         let Repair::Sending {
             requested: true, ..
         } = self.repair
@@ -365,18 +359,6 @@ impl EdgeSession {
             _ => Repair::Idle,
         };
         Ok(())
-    }
-
-    /// Changes the hub lacks, found by comparing its heads ([`EdgeEvent::PeerHeads`]).
-    pub fn send_repair_changes(
-        &mut self,
-        now: Duration,
-        changes: Vec<RecordChange>,
-    ) -> Result<(), SessionError> {
-        if self.state == State::Closed {
-            return Err(SessionError::Closed);
-        }
-        send_repair_frames(&mut self.core, now, changes)
     }
 
     /// Reports the outbox's depth and age to the hub (ignored unless both sides speak
@@ -399,9 +381,7 @@ impl EdgeSession {
     /// Asks the hub to sign `csr_pem` (PEM, for a key pair the caller just made and keeps
     /// until the answer, [`EdgeEvent::Renewal`]). One per session.
     pub fn request_renewal(&mut self, now: Duration, csr_pem: String) -> Result<(), SessionError> {
-        if self.state == State::Closed {
-            return Err(SessionError::Closed);
-        }
+        self.open()?;
         if !self.can_renew() || csr_pem.len() > CERT_PEM_BYTES_MAX {
             return Err(SessionError::RenewalUnavailable);
         }

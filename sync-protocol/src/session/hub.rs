@@ -197,9 +197,7 @@ impl HubSession {
 
     /// The driver committed every batch up to `last_seq`: ack it to the edge.
     pub fn committed(&mut self, now: Duration, last_seq: u64) -> Result<(), SessionError> {
-        if self.state == State::Closed {
-            return Err(SessionError::Closed);
-        }
+        self.open()?;
         if !self.uncommitted.contains(&last_seq) {
             return Err(SessionError::NotRequested);
         }
@@ -230,9 +228,7 @@ impl HubSession {
         now: Duration,
         entries: Vec<DownEntry>,
     ) -> Result<(), SessionError> {
-        if self.state == State::Closed {
-            return Err(SessionError::Closed);
-        }
+        self.open()?;
         if !std::mem::take(&mut self.down_requested) {
             return Err(SessionError::NotRequested);
         }
@@ -288,17 +284,6 @@ impl HubSession {
         Ok(())
     }
 
-    pub fn send_repair_changes(
-        &mut self,
-        now: Duration,
-        changes: Vec<RecordChange>,
-    ) -> Result<(), SessionError> {
-        if self.state == State::Closed {
-            return Err(SessionError::Closed);
-        }
-        send_repair_frames(&mut self.core, now, changes)
-    }
-
     /// Our heads of the records where the edge has changes we lack; the edge answers with
     /// those changes. Nothing is sent for an empty list.
     pub fn send_heads_reply(
@@ -306,9 +291,7 @@ impl HubSession {
         now: Duration,
         records: Vec<RecordHeads>,
     ) -> Result<(), SessionError> {
-        if self.state == State::Closed {
-            return Err(SessionError::Closed);
-        }
+        self.open()?;
         if records.is_empty() {
             return Ok(());
         }
@@ -322,9 +305,7 @@ impl HubSession {
         now: Duration,
         outcome: RenewOutcome,
     ) -> Result<(), SessionError> {
-        if self.state == State::Closed {
-            return Err(SessionError::Closed);
-        }
+        self.open()?;
         if self.renewal != Renewal::Requested {
             return Err(SessionError::NotRequested);
         }

@@ -50,6 +50,27 @@ macro_rules! session_common {
                 self.fail(now, code, message.into());
             }
 
+            /// Repair: the changes the peer lacks, found by comparing its heads (the
+            /// `PeerHeads` event); as many frames as the limits need, none for an empty list.
+            pub fn send_repair_changes(
+                &mut self,
+                now: Duration,
+                changes: Vec<RecordChange>,
+            ) -> Result<(), SessionError> {
+                self.open()?;
+                send_repair_frames(&mut self.core, now, changes)
+            }
+
+            /// A completion on a closed session is refused: the driver must not call one
+            /// after the `Closed` event.
+            fn open(&self) -> Result<(), SessionError> {
+                if self.state == State::Closed {
+                    Err(SessionError::Closed)
+                } else {
+                    Ok(())
+                }
+            }
+
             fn fail(&mut self, now: Duration, code: ErrorCode, message: String) {
                 super::fail(self, now, code, message);
             }
