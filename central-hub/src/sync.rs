@@ -21,12 +21,13 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use quinn::{Connection, Endpoint, Incoming, TransportConfig};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use rustls::server::WebPkiClientVerifier;
 use shared_model::{SiteId, Timestamp};
+use sync_io::{Clock, End, Flow, PumpConfig};
 use sync_protocol::close_code;
 use sync_protocol::driver::drive_hub;
 use sync_protocol::message::{ErrorCode, RenewOutcome};
@@ -60,7 +61,7 @@ pub const INCOMING_MAX: usize = 4_096;
 pub const INCOMING_BUFFER_BYTES: u64 = 64 * 1024;
 pub const INCOMING_BUFFER_BYTES_TOTAL: u64 = 8 << 20;
 /// Bytes read from a stream at a time: the per-connection read buffer.
-pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+pub use sync_io::READ_BUFFER_BYTES;
 /// Most bytes taken from the stream before the session's work is driven: about
 /// `INGEST_EVENTS_MAX` typical events (84 bytes each on the wire).
 const GROUP_READ_BYTES_MAX: usize = 1 << 20;
@@ -669,7 +670,7 @@ async fn connection(
 ) -> Result<(), String> {
     let Shared {
         store,
-        ca,
+        ca: _,
         config,
         metrics,
         signals,
@@ -703,7 +704,7 @@ async fn connection(
             return Err(format!("{site}: {replaced_message}"));
         }
     };
-    let (mut send, mut recv) = match stream {
+    let stream = match stream {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(e.to_string()),
         Err(_) => {
@@ -717,8 +718,8 @@ async fn connection(
             ));
         }
     };
-    let origin = Instant::now();
-    let now = || origin.elapsed();
+    let clock = Clock::start();
+    let now = || clock.now();
     let mut session = HubSession::new(config.clone(), site.clone(), wall_now(), now());
     // The certificate is checked against the registry before anything of the edge's is read:
     // one query per connection, no cache, so a revocation refuses the next connection.
@@ -728,111 +729,31 @@ async fn connection(
         Err(e) => session.close(now(), ErrorCode::Internal, format!("database: {e}")),
     }
     tracing::info!(site = %site, serial = %cert.serial, remote = %conn.remote_address(), "sync connection");
-    let mut buf = vec![0u8; READ_BUFFER_BYTES];
-    let mut out = Vec::with_capacity(READ_BUFFER_BYTES);
-    let mut down_wake = signals.subscribe(&site);
     let mut down_poll = tokio::time::interval(DOWN_POLL_INTERVAL);
     down_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut connected = false;
-    let mut replaced = false;
-    let mut ticks: u64 = 0;
-    loop {
-        match drive_hub(&mut session, store, now()).await {
-            Ok(report) => {
-                metrics
-                    .events_ingested
-                    .fetch_add(report.events_ingested, Ordering::Relaxed);
-                if report.connected {
-                    connected = true;
-                    place.set_established();
-                    set_connected(store, &site, true, None, Some(&cert.serial)).await;
-                }
-                if let Some(csr) = report.renewal_request {
-                    // The site is the session's (its TLS certificate's), never the CSR's.
-                    let outcome = crate::certs::renew(store.pool(), ca, &site, &cert, &csr).await;
-                    let counter = match outcome {
-                        RenewOutcome::Issued { .. } => &metrics.certificates_renewed,
-                        RenewOutcome::Refused { .. } => &metrics.renewals_refused,
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = session.send_renewal(now(), outcome) {
-                        tracing::warn!(site = %site, error = %e, "cannot answer the renewal");
-                    }
-                }
-            }
-            Err(e) => {
-                metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(site = %site, error = %e, "sync store failure; session closed");
-            }
-        }
-        out.clear();
-        while let Some(frame) = session.poll_transmit() {
-            out.extend_from_slice(&frame);
-        }
-        if !out.is_empty() && send.write_all(&out).await.is_err() {
-            break;
-        }
-        if session.is_closed() {
-            if let Some(CloseReason::Local { code, message }) = session.close_reason() {
-                if *code != ErrorCode::ShuttingDown && *code != ErrorCode::Timeout {
-                    metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    crate::metrics::FRAMES_REJECTED.add(&[reason_name(*code)], 1);
-                }
-                tracing::info!(site = %site, ?code, %message, "session closed by the hub");
-            }
-            let _ = send.finish();
-            let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
-            break;
-        }
-        let deadline = session
-            .poll_timeout()
-            .map(|t| origin + t)
-            .unwrap_or_else(|| Instant::now() + IDLE_TIMEOUT);
-        tokio::select! {
-            r = recv.read(&mut buf) => match r {
-                Ok(Some(n)) => {
-                    session.handle_stream_bytes(now(), &buf[..n]);
-                    // Take in whatever else has already arrived, without waiting, so that a
-                    // backlog's consecutive batches reach the store together: one ingest
-                    // (one commit) per group instead of one per 2,048-event frame. `read` is
-                    // cancel-safe, so a poll that finds nothing loses nothing.
-                    let mut taken = n;
-                    while taken < GROUP_READ_BYTES_MAX && !session.is_closed() {
-                        match futures_util::FutureExt::now_or_never(recv.read(&mut buf)) {
-                            Some(Ok(Some(m))) => {
-                                session.handle_stream_bytes(now(), &buf[..m]);
-                                taken += m;
-                            }
-                            // The end or an error shows up again at the next `select!`.
-                            Some(Ok(None) | Err(_)) | None => break,
-                        }
-                    }
-                }
-                Ok(None) | Err(_) => break,
-            },
-            () = tokio::time::sleep_until(deadline.into()) => session.handle_timeout(now()),
-            _ = down_wake.changed() => session.down_available(),
-            _ = down_poll.tick() => {
-                session.down_available();
-                ticks += 1;
-                // A revoked site or certificate, or an expired certificate, is cut off within
-                // seconds, not at its next reconnect.
-                if ticks.is_multiple_of(REVOCATION_CHECK_TICKS)
-                    && session.is_established()
-                    && let Some(why) = still_allowed(store, &site, &cert).await
-                {
-                    session.close(now(), ErrorCode::Unauthorized, why);
-                }
-            }
-            _ = shutdown.changed() => session.close(now(), ErrorCode::ShuttingDown, "hub shutting down"),
-            // Only between two store calls: whatever was acked is committed, and whatever
-            // was not is sent again by the edge (ingest is idempotent).
-            () = place.replaced.notified() => {
-                replaced = true;
-                break;
-            }
-        }
-    }
+    let mut side = HubSide {
+        shared,
+        site: &site,
+        cert: &cert,
+        place: &place,
+        down_wake: signals.subscribe(&site),
+        down_poll,
+        shutdown: &mut shutdown,
+        ticks: 0,
+        connected: false,
+    };
+    let pump_config = PumpConfig {
+        fallback_timeout: IDLE_TIMEOUT,
+        group_read_bytes_max: GROUP_READ_BYTES_MAX,
+    };
+    let end = sync_io::pump(&mut side, &mut session, stream, clock, pump_config).await;
+    let connected = side.connected;
+    // A failed stream or a finished one ends the connection like a closed session: the edge
+    // reconnects and resends whatever was not acked.
+    let replaced = match end {
+        End::Stopped => true,
+        End::Closed | End::PeerFinished | End::Read(_) | End::Write(_) => false,
+    };
     if replaced {
         metrics.sessions_replaced.fetch_add(1, Ordering::Relaxed);
         tracing::info!(site = %site, "{replaced_message}");
@@ -844,6 +765,122 @@ async fn connection(
     }
     conn.close(close_code::DONE.into(), b"");
     Ok(())
+}
+
+/// The hub's part of a connection: the PostgreSQL store, metrics, the site's `connected`
+/// flag, renewals signed by the CA, down-sync wake-ups and revocation checks, around the
+/// shared session pump.
+struct HubSide<'a> {
+    shared: &'a Shared,
+    site: &'a SiteId,
+    cert: &'a CertFacts,
+    place: &'a SiteSlot,
+    down_wake: watch::Receiver<u64>,
+    down_poll: tokio::time::Interval,
+    shutdown: &'a mut watch::Receiver<bool>,
+    /// Down polls so far, for the revocation check every [`REVOCATION_CHECK_TICKS`].
+    ticks: u64,
+    /// The session was welcomed: it set the site's `connected` flag.
+    connected: bool,
+}
+
+impl sync_io::Side for HubSide<'_> {
+    type Session = HubSession;
+    type Wake = HubWake;
+
+    async fn drive(&mut self, session: &mut HubSession, now: Duration) {
+        let Shared {
+            store, ca, metrics, ..
+        } = self.shared;
+        match drive_hub(session, store, now).await {
+            Ok(report) => {
+                metrics
+                    .events_ingested
+                    .fetch_add(report.events_ingested, Ordering::Relaxed);
+                if report.connected {
+                    self.connected = true;
+                    self.place.set_established();
+                    set_connected(store, self.site, true, None, Some(&self.cert.serial)).await;
+                }
+                if let Some(csr) = report.renewal_request {
+                    // The site is the session's (its TLS certificate's), never the CSR's.
+                    let outcome =
+                        crate::certs::renew(store.pool(), ca, self.site, self.cert, &csr).await;
+                    let counter = match outcome {
+                        RenewOutcome::Issued { .. } => &metrics.certificates_renewed,
+                        RenewOutcome::Refused { .. } => &metrics.renewals_refused,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = session.send_renewal(now, outcome) {
+                        tracing::warn!(site = %self.site, error = %e, "cannot answer the renewal");
+                    }
+                }
+            }
+            Err(e) => {
+                metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(site = %self.site, error = %e, "sync store failure; session closed");
+            }
+        }
+    }
+
+    async fn wake(&mut self) -> HubWake {
+        tokio::select! {
+            _ = self.down_wake.changed() => HubWake::DownGrew,
+            _ = self.down_poll.tick() => HubWake::PollTick,
+            _ = self.shutdown.changed() => HubWake::Shutdown,
+            () = self.place.replaced.notified() => HubWake::Replaced,
+        }
+    }
+
+    async fn on_wake(&mut self, session: &mut HubSession, wake: HubWake, now: Duration) -> Flow {
+        match wake {
+            HubWake::DownGrew => session.down_available(),
+            HubWake::PollTick => {
+                session.down_available();
+                self.ticks += 1;
+                // A revoked site or certificate, or an expired certificate, is cut off within
+                // seconds, not at its next reconnect.
+                if self.ticks.is_multiple_of(REVOCATION_CHECK_TICKS)
+                    && session.is_established()
+                    && let Some(why) = still_allowed(&self.shared.store, self.site, self.cert).await
+                {
+                    session.close(now, ErrorCode::Unauthorized, why);
+                }
+            }
+            HubWake::Shutdown => session.close(now, ErrorCode::ShuttingDown, "hub shutting down"),
+            // Only between two store calls: whatever was acked is committed, and whatever
+            // was not is sent again by the edge (ingest is idempotent).
+            HubWake::Replaced => return Flow::Stop,
+        }
+        Flow::Continue
+    }
+
+    fn on_closed(&mut self, session: &HubSession) {
+        if let Some(CloseReason::Local { code, message }) = session.close_reason() {
+            if *code != ErrorCode::ShuttingDown && *code != ErrorCode::Timeout {
+                self.shared
+                    .metrics
+                    .protocol_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                crate::metrics::FRAMES_REJECTED.add(&[reason_name(*code)], 1);
+            }
+            tracing::info!(site = %self.site, ?code, %message, "session closed by the hub");
+        }
+    }
+}
+
+/// What woke a hub session besides the edge.
+#[derive(Debug)]
+enum HubWake {
+    /// The site's down-sync log grew (a `NOTIFY` from any hub instance).
+    DownGrew,
+    /// The down poll's tick: the fallback for a lost notification, and the clock of the
+    /// revocation checks.
+    PollTick,
+    /// The hub is shutting down.
+    Shutdown,
+    /// A newer connection of the site took this one's place.
+    Replaced,
 }
 
 #[cfg(test)]

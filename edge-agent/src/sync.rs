@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use quinn::{Endpoint, TransportConfig};
 use rustls::pki_types::ServerName;
+use sync_io::{Clock, End, Flow, PumpConfig};
 use sync_protocol::driver::drive_edge;
 use sync_protocol::message::{ErrorCode, RenewOutcome};
-use sync_protocol::session::{EdgeSession, SessionConfig};
+use sync_protocol::session::{CloseReason, EdgeEvent, EdgeSession, SessionConfig};
 use sync_protocol::store::EdgeStore;
 use tokio::sync::watch;
 
@@ -33,7 +34,7 @@ pub const RETRY_DELAY_MAX: Duration = Duration::from_secs(30);
 /// QUIC keep-alive: below NAT timeouts and the hub's 30 s idle timeout.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// Bytes read from the stream at a time.
-pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+pub use sync_io::READ_BUFFER_BYTES;
 /// Outbox polls between two status reports to the hub (5 × 1 s).
 pub const STATUS_EVERY_TICKS: u64 = 5;
 /// Safety net for a missed outbox notification.
@@ -238,6 +239,22 @@ pub async fn run(
     endpoint.wait_idle().await;
 }
 
+/// Splits `host:port` (IPv6 in brackets) into the TLS server name and resolves the address.
+async fn resolve(address: &str) -> Result<(SocketAddr, String), SyncError> {
+    let addr = tokio::net::lookup_host(address)
+        .await
+        .map_err(|_| SyncError::Resolve(address.to_owned()))?
+        .next()
+        .ok_or_else(|| SyncError::Resolve(address.to_owned()))?;
+    let host = address
+        .rsplit_once(':')
+        .map_or(address, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    Ok((addr, host))
+}
+
 /// One connection. `Ok(true)` when it ended to use a renewed certificate.
 async fn connect_and_sync(
     state: &AppState,
@@ -247,18 +264,7 @@ async fn connect_and_sync(
     renewal: &mut Renewal,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<bool, SyncError> {
-    let addr = tokio::net::lookup_host(&target.address)
-        .await
-        .map_err(|_| SyncError::Resolve(target.address.clone()))?
-        .next()
-        .ok_or_else(|| SyncError::Resolve(target.address.clone()))?;
-    let host = target
-        .address
-        .rsplit_once(':')
-        .map_or(target.address.as_str(), |(h, _)| h)
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
+    let (addr, host) = resolve(&target.address).await?;
     let server_name = ServerName::try_from(host.clone())
         .map_err(|_| SyncError::Tls(format!("{host} is not a valid server name")))?;
     let conn = endpoint
@@ -270,80 +276,123 @@ async fn connect_and_sync(
         .map_err(|e| SyncError::Quic(e.to_string()))?
         .await
         .map_err(|e| SyncError::Quic(e.to_string()))?;
-    let (mut send, mut recv) = conn
+    let stream = conn
         .open_bi()
         .await
         .map_err(|e| SyncError::Quic(e.to_string()))?;
-    let store = &state.store;
-    let origin = Instant::now();
-    let now = || origin.elapsed();
-    let mut session = EdgeSession::new(config, store.down_cursor().await?, now());
-    let mut buf = vec![0u8; READ_BUFFER_BYTES];
-    let mut out = Vec::with_capacity(READ_BUFFER_BYTES);
-    let mut outbox_poll = tokio::time::interval(OUTBOX_POLL_INTERVAL);
-    let mut ticks: u64 = 0;
-    let mut repairing = false;
-    // The key of a renewal asked on this session, until the hub answers.
-    let mut renewal_key: Option<String> = None;
-    // A renewed certificate is in place: end this session to use it.
-    let mut reconnect_since: Option<Instant> = None;
-    loop {
-        match drive_edge(&mut session, store, now()).await {
+    let clock = Clock::start();
+    let mut session = EdgeSession::new(config, state.store.down_cursor().await?, clock.now());
+    let mut side = EdgeSide {
+        state,
+        target,
+        renewal,
+        shutdown,
+        outbox_poll: tokio::time::interval(OUTBOX_POLL_INTERVAL),
+        ticks: 0,
+        repairing: false,
+        renewal_key: None,
+        reconnect_since: None,
+    };
+    let pump_config = PumpConfig {
+        fallback_timeout: KEEP_ALIVE,
+        group_read_bytes_max: 0,
+    };
+    match sync_io::pump(&mut side, &mut session, stream, clock, pump_config).await {
+        End::Closed => {
+            conn.close(sync_protocol::close_code::DONE.into(), b"");
+            Ok(side.reconnect_since.is_some())
+        }
+        // The edge side never stops the pump itself: it closes the session instead.
+        End::Stopped => Ok(side.reconnect_since.is_some()),
+        End::PeerFinished => Err(SyncError::Quic("the hub finished the stream".into())),
+        End::Read(e) => Err(SyncError::Quic(e.to_string())),
+        End::Write(e) => Err(SyncError::Quic(e.to_string())),
+    }
+}
+
+/// The edge's part of a connection: the SQLite store, the operator's sync status, repair after
+/// a restore and certificate renewal, around the shared session pump.
+struct EdgeSide<'a> {
+    state: &'a AppState,
+    target: &'a HubTarget,
+    renewal: &'a mut Renewal,
+    shutdown: &'a mut watch::Receiver<bool>,
+    outbox_poll: tokio::time::Interval,
+    /// Outbox polls so far, for the status report every [`STATUS_EVERY_TICKS`].
+    ticks: u64,
+    /// A repair runs on this session (the store was restored from a backup).
+    repairing: bool,
+    /// The key of a renewal asked on this session, until the hub answers.
+    renewal_key: Option<String>,
+    /// A renewed certificate is in place: end this session to use it.
+    reconnect_since: Option<Instant>,
+}
+
+/// What woke the edge's session besides the hub.
+#[derive(Debug)]
+enum EdgeWake {
+    /// The API or a connector recorded something: the outbox may have grown.
+    OutboxGrew,
+    /// The outbox poll's tick: the safety net for a missed notification, and the clock of
+    /// the status reports.
+    PollTick,
+    /// The agent is shutting down (or lost the sender of the signal).
+    Shutdown,
+}
+
+impl sync_io::Side for EdgeSide<'_> {
+    type Session = EdgeSession;
+    type Wake = EdgeWake;
+
+    async fn drive(&mut self, session: &mut EdgeSession, now: Duration) {
+        let (state, store) = (self.state, &self.state.store);
+        match drive_edge(session, store, now).await {
             Ok(report) => {
                 if let Some(outcome) = report.renewal
-                    && let Some(info) =
-                        renewed(state, target, renewal, renewal_key.take(), outcome).await
+                    && let Some(info) = renewed(
+                        state,
+                        self.target,
+                        self.renewal,
+                        self.renewal_key.take(),
+                        outcome,
+                    )
+                    .await
                 {
                     tracing::info!(serial = %info.serial, "renewed certificate in place; reconnecting with it");
-                    reconnect_since = Some(Instant::now());
+                    self.reconnect_since = Some(Instant::now());
                 }
                 if report.connected {
                     state.connected.store(true, Ordering::Relaxed);
-                    tracing::info!(hub = %target.address, "connected to the hub");
+                    tracing::info!(hub = %self.target.address, "connected to the hub");
                     // After a restore, compare every record with the hub's copy.
                     if matches!(store.meta(crate::backup::REPAIR_PENDING).await, Ok(Some(_))) {
                         tracing::info!("store restored from a backup: repairing against the hub");
                         session.start_repair();
-                        repairing = true;
+                        self.repairing = true;
                     }
                     // The hub learns the backlog at once, then every few seconds.
                     if let Ok(status) = store.sync_status().await {
-                        session.send_status(now(), status);
+                        session.send_status(now, status);
                     }
                 }
             }
             Err(e) => tracing::warn!(error = %e, "store failure during sync; reconnecting"),
         }
-        if session.can_renew() && reconnect_since.is_none() && renewal.due(state.now()) {
-            match crate::identity::new_key_and_csr() {
-                Ok((key, csr)) => match session.request_renewal(now(), csr) {
-                    Ok(()) => {
-                        tracing::info!(serial = %renewal.identity.info.serial, "two thirds of the certificate's lifetime passed: renewing it");
-                        renewal_key = Some(key);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot ask for a renewal");
-                        renewal.failed(state.now());
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot make a key pair for the renewal");
-                    renewal.failed(state.now());
-                }
-            }
+        if session.can_renew() && self.reconnect_since.is_none() && self.renewal.due(state.now()) {
+            self.request_renewal(session, now);
         }
-        if let Some(since) = reconnect_since
+        if let Some(since) = self.reconnect_since
             && !session.is_closed()
             && (session.inflight_batches() == 0 || since.elapsed() >= RECONNECT_DRAIN_MAX)
         {
             session.close(
-                now(),
+                now,
                 ErrorCode::ShuttingDown,
                 "reconnecting with the renewed certificate",
             );
         }
-        if repairing && !session.repair_in_progress() {
-            repairing = false;
+        if self.repairing && !session.repair_in_progress() {
+            self.repairing = false;
             match store.delete_meta(crate::backup::REPAIR_PENDING).await {
                 Ok(()) => tracing::info!("repair finished"),
                 Err(e) => {
@@ -351,47 +400,62 @@ async fn connect_and_sync(
                 }
             }
         }
-        out.clear();
-        while let Some(frame) = session.poll_transmit() {
-            out.extend_from_slice(&frame);
-        }
-        if !out.is_empty() {
-            send.write_all(&out)
-                .await
-                .map_err(|e| SyncError::Quic(e.to_string()))?;
-        }
-        if session.is_closed() {
-            if let Some(reason) = session.close_reason() {
-                tracing::info!(?reason, "sync session closed");
-            }
-            let _ = send.finish();
-            let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
-            conn.close(0u32.into(), b"");
-            return Ok(reconnect_since.is_some());
-        }
-        let deadline = session
-            .poll_timeout()
-            .map(|t| origin + t)
-            .unwrap_or_else(|| Instant::now() + KEEP_ALIVE);
+    }
+
+    async fn wake(&mut self) -> EdgeWake {
         tokio::select! {
-            r = recv.read(&mut buf) => match r {
-                Ok(Some(n)) => session.handle_stream_bytes(now(), &buf[..n]),
-                Ok(None) => return Err(SyncError::Quic("the hub finished the stream".into())),
-                Err(e) => return Err(SyncError::Quic(e.to_string())),
-            },
-            () = tokio::time::sleep_until(deadline.into()) => session.handle_timeout(now()),
-            () = state.outbox_notify.notified() => session.outbox_grew(),
-            _ = outbox_poll.tick() => {
+            () = self.state.outbox_notify.notified() => EdgeWake::OutboxGrew,
+            _ = self.outbox_poll.tick() => EdgeWake::PollTick,
+            // A dropped sender is a shutdown too.
+            _ = self.shutdown.changed() => EdgeWake::Shutdown,
+        }
+    }
+
+    async fn on_wake(&mut self, session: &mut EdgeSession, wake: EdgeWake, now: Duration) -> Flow {
+        match wake {
+            EdgeWake::OutboxGrew => session.outbox_grew(),
+            EdgeWake::PollTick => {
                 session.outbox_grew();
-                ticks += 1;
-                if ticks.is_multiple_of(STATUS_EVERY_TICKS) {
-                    match store.sync_status().await {
-                        Ok(status) => session.send_status(now(), status),
+                self.ticks += 1;
+                if self.ticks.is_multiple_of(STATUS_EVERY_TICKS) {
+                    match self.state.store.sync_status().await {
+                        Ok(status) => session.send_status(now, status),
                         Err(e) => tracing::warn!(error = %e, "cannot read the outbox status"),
                     }
                 }
             }
-            _ = shutdown.changed() => session.close(now(), ErrorCode::ShuttingDown, "edge agent shutting down"),
+            EdgeWake::Shutdown => {
+                session.close(now, ErrorCode::ShuttingDown, "edge agent shutting down");
+            }
+        }
+        Flow::Continue
+    }
+
+    fn on_closed(&mut self, session: &EdgeSession) {
+        if let Some(reason) = session.close_reason() {
+            tracing::info!(?reason, "sync session closed");
+        }
+    }
+}
+
+impl EdgeSide<'_> {
+    /// Two thirds of the certificate's lifetime have passed: ask the hub for a new one.
+    fn request_renewal(&mut self, session: &mut EdgeSession, now: Duration) {
+        match crate::identity::new_key_and_csr() {
+            Ok((key, csr)) => match session.request_renewal(now, csr) {
+                Ok(()) => {
+                    tracing::info!(serial = %self.renewal.identity.info.serial, "two thirds of the certificate's lifetime passed: renewing it");
+                    self.renewal_key = Some(key);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot ask for a renewal");
+                    self.renewal.failed(self.state.now());
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot make a key pair for the renewal");
+                self.renewal.failed(self.state.now());
+            }
         }
     }
 }
@@ -497,17 +561,7 @@ pub async fn probe(tls_dir: &Path, address: &str, timeout: Duration) -> Result<P
         secs: timeout.as_secs(),
     };
     let result = tokio::time::timeout(timeout, async {
-        let addr = tokio::net::lookup_host(address)
-            .await
-            .map_err(|_| SyncError::Resolve(address.to_owned()))?
-            .next()
-            .ok_or_else(|| SyncError::Resolve(address.to_owned()))?;
-        let host = address
-            .rsplit_once(':')
-            .map_or(address, |(h, _)| h)
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
+        let (addr, host) = resolve(address).await?;
         let connect_err = |e: String| ProbeError::Connect {
             address: address.to_owned(),
             message: e,
@@ -527,46 +581,48 @@ pub async fn probe(tls_dir: &Path, address: &str, timeout: Duration) -> Result<P
         let origin = Instant::now();
         let mut session = EdgeSession::new(SessionConfig::default(), 0, Duration::ZERO);
         let mut buf = vec![0u8; READ_BUFFER_BYTES];
+        let mut out = Vec::new();
         loop {
-            let mut out = Vec::new();
-            while let Some(frame) = session.poll_transmit() {
-                out.extend_from_slice(&frame);
-            }
-            if !out.is_empty() {
-                send.write_all(&out)
-                    .await
-                    .map_err(|e| connect_err(e.to_string()))?;
-            }
+            sync_io::transmit(&mut session, &mut send, &mut out)
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
             while let Some(event) = session.poll_event() {
                 match event {
-                    sync_protocol::EdgeEvent::Connected {
+                    EdgeEvent::Connected {
                         site_id, hub_time, ..
                     } => {
                         let round_trip = started.elapsed();
                         session.close(origin.elapsed(), ErrorCode::ShuttingDown, "probe done");
-                        let mut out = Vec::new();
-                        while let Some(frame) = session.poll_transmit() {
-                            out.extend_from_slice(&frame);
+                        // The probe has its answer: telling the hub why it goes is a courtesy,
+                        // and a hub that is already gone changes nothing.
+                        if sync_io::transmit(&mut session, &mut send, &mut out)
+                            .await
+                            .is_ok()
+                        {
+                            send.finish().ok();
                         }
-                        let _ = send.write_all(&out).await;
-                        let _ = send.finish();
-                        conn.close(0u32.into(), b"probe done");
+                        conn.close(sync_protocol::close_code::DONE.into(), b"probe done");
                         return Ok(Probe {
                             site_id,
                             hub_time,
                             round_trip,
                         });
                     }
-                    sync_protocol::EdgeEvent::Closed(reason) => {
+                    EdgeEvent::Closed(reason) => {
                         let (code, message) = match reason {
-                            sync_protocol::CloseReason::Local { code, message }
-                            | sync_protocol::CloseReason::Remote { code, message } => {
-                                (code, message)
-                            }
+                            CloseReason::Local { code, message }
+                            | CloseReason::Remote { code, message } => (code, message),
                         };
                         return Err(ProbeError::Refused { code, message });
                     }
-                    _ => {}
+                    // The probe closes at the welcome, before any of this work is asked for.
+                    EdgeEvent::NeedOutbox { .. }
+                    | EdgeEvent::Acked { .. }
+                    | EdgeEvent::DownBatch(_)
+                    | EdgeEvent::NeedHeads { .. }
+                    | EdgeEvent::PeerHeads { .. }
+                    | EdgeEvent::RepairChanges { .. }
+                    | EdgeEvent::Renewal(_) => {}
                 }
             }
             match recv.read(&mut buf).await {

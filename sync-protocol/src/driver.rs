@@ -23,6 +23,17 @@ pub enum DriveError<E: std::error::Error + 'static> {
     Session(#[from] SessionError),
 }
 
+impl<E: std::error::Error + 'static> DriveError<E> {
+    /// The code the session closes with: the store's choice for a store error (`store_code`),
+    /// `internal` for a session error (a bug in the driver or the store, not the peer's).
+    fn code(&self, store_code: impl FnOnce(&E) -> ErrorCode) -> ErrorCode {
+        match self {
+            DriveError::Store(s) => store_code(s),
+            DriveError::Session(_) => ErrorCode::Internal,
+        }
+    }
+}
+
 /// What happened while driving, for status displays and metrics.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DriveReport {
@@ -49,17 +60,10 @@ pub async fn drive_edge<S: EdgeStore>(
     now: Duration,
 ) -> Result<DriveReport, DriveError<S::Error>> {
     let mut report = DriveReport::default();
-    match drive_edge_inner(session, store, now, &mut report).await {
-        Ok(()) => Ok(report),
-        Err(e) => {
-            let code = match &e {
-                DriveError::Store(s) => S::error_code(s),
-                DriveError::Session(_) => ErrorCode::Internal,
-            };
-            session.close(now, code, e.to_string());
-            Err(e)
-        }
-    }
+    let result = drive_edge_inner(session, store, now, &mut report).await;
+    result
+        .map(|()| report)
+        .inspect_err(|e| session.close(now, e.code(S::error_code), e.to_string()))
 }
 
 async fn drive_edge_inner<S: EdgeStore>(
@@ -126,17 +130,10 @@ pub async fn drive_hub<S: HubStore>(
     now: Duration,
 ) -> Result<DriveReport, DriveError<S::Error>> {
     let mut report = DriveReport::default();
-    match drive_hub_inner(session, store, now, &mut report).await {
-        Ok(()) => Ok(report),
-        Err(e) => {
-            let code = match &e {
-                DriveError::Store(s) => S::error_code(s),
-                DriveError::Session(_) => ErrorCode::Internal,
-            };
-            session.close(now, code, e.to_string());
-            Err(e)
-        }
-    }
+    let result = drive_hub_inner(session, store, now, &mut report).await;
+    result
+        .map(|()| report)
+        .inspect_err(|e| session.close(now, e.code(S::error_code), e.to_string()))
 }
 
 async fn drive_hub_inner<S: HubStore>(

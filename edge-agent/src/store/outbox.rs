@@ -76,17 +76,40 @@ fn read_after(
                 )));
             }
         };
+        // The session frames entries in this order and acks by the highest seq sent: the
+        // rows must come strictly increasing, after `after_seq`.
+        debug_assert!(
+            seq as u64 > out.last().map_or(after_seq, |e: &OutboxEntry| e.seq),
+            "outbox seq {seq} out of order"
+        );
         out.push(OutboxEntry {
             seq: seq as u64,
             item,
         });
     }
+    debug_assert!(out.len() <= limit);
     Ok(out)
 }
 
 /// Drops the acknowledged outbox entries: an event is acknowledged once it has left the outbox
 /// (schema 4; one range delete instead of a rewrite of every acknowledged event).
 pub(crate) fn ack(conn: &Connection, up_to_seq: u64) -> Result<(), StoreError> {
+    // An ack names a seq this outbox handed out (AUTOINCREMENT keeps the highest ever in
+    // `sqlite_sequence`); anything past it is a bug in the session above.
+    #[cfg(debug_assertions)]
+    {
+        let highest: Option<i64> = conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        debug_assert!(
+            up_to_seq <= highest.unwrap_or(0) as u64,
+            "ack up to {up_to_seq} past the highest outbox seq {highest:?}"
+        );
+    }
     conn.prepare_cached("DELETE FROM outbox WHERE seq <= ?1")?
         .execute([up_to_seq as i64])?;
     conn.prepare_cached(

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use shared_model::{SiteId, Timestamp};
 
-use super::{BatchPacker, CloseReason, Core, SessionConfig, SessionError, decode_error_code};
+use super::{BatchPacker, CloseReason, Core, SessionConfig, SessionError};
 use crate::PROTOCOL_VERSION;
 use crate::message::{
     Ack, CERT_PEM_BYTES_MAX, CertRenewRequest, DownAck, DownBatch, ERROR_MESSAGE_BYTES_MAX,
-    EdgeStatus, ErrorCode, Hello, Message, MessageType, Pong, RecordChange, RecordHeads, RecordId,
+    EdgeStatus, ErrorCode, Hello, Message, MessageType, RecordChange, RecordHeads, RecordId,
     RenewOutcome, capability,
 };
 use crate::store::{OutboxEntry, OutboxItem};
@@ -108,6 +108,8 @@ pub struct EdgeSession {
     renewal: Renewal,
 }
 
+session_common!(EdgeSession, EdgeEvent);
+
 impl EdgeSession {
     /// Starts a session and queues the hello. `down_cursor` is the store's durable down-sync
     /// position.
@@ -142,18 +144,6 @@ impl EdgeSession {
         }
     }
 
-    pub fn is_established(&self) -> bool {
-        self.state == State::Established
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.state == State::Closed
-    }
-
-    pub fn close_reason(&self) -> Option<&CloseReason> {
-        self.core.closed.as_ref()
-    }
-
     pub fn site_id(&self) -> Option<&SiteId> {
         self.site_id.as_ref()
     }
@@ -163,43 +153,13 @@ impl EdgeSession {
         self.inflight.len()
     }
 
-    /// One whole frame from the hub.
-    pub fn handle_frame(&mut self, now: Duration, frame: &[u8]) {
-        if self.state == State::Closed {
-            return;
-        }
-        match self.core.decode_frame(now, frame) {
-            Ok(m) => self.handle_message(now, m),
-            Err(e) => self.fail(now, decode_error_code(&e), e.to_string()),
-        }
-    }
-
-    /// Any chunk of the hub's stream: part of a frame or several frames.
-    pub fn handle_stream_bytes(&mut self, now: Duration, bytes: &[u8]) {
-        if self.state == State::Closed {
-            return;
-        }
-        self.core.push_stream(now, bytes);
-        loop {
-            match self.core.next_stream_message() {
-                Ok(Some(m)) => {
-                    self.handle_message(now, m);
-                    if self.state == State::Closed {
-                        return;
-                    }
-                }
-                Ok(None) => return,
-                Err(e) => return self.fail(now, decode_error_code(&e), e.to_string()),
-            }
-        }
-    }
-
     /// The next deadline at which [`EdgeSession::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Duration> {
         match self.state {
             State::Closed => None,
             State::AwaitingWelcome => Some(
-                (self.core.started + self.core.limits.handshake_timeout)
+                self.core
+                    .handshake_deadline()
                     .min(self.core.idle_deadline()),
             ),
             State::Established => Some(
@@ -213,7 +173,7 @@ impl EdgeSession {
         match self.state {
             State::Closed => {}
             State::AwaitingWelcome => {
-                if now >= self.core.started + self.core.limits.handshake_timeout {
+                if now >= self.core.handshake_deadline() {
                     self.fail(now, ErrorCode::Timeout, "no welcome from the hub".into());
                 } else if now >= self.core.idle_deadline() {
                     self.fail(now, ErrorCode::Timeout, "hub silent".into());
@@ -227,11 +187,6 @@ impl EdgeSession {
                 }
             }
         }
-    }
-
-    /// The next frame to send.
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.core.poll_transmit()
     }
 
     /// The next piece of work or news.
@@ -281,9 +236,7 @@ impl EdgeSession {
         now: Duration,
         entries: Vec<OutboxEntry>,
     ) -> Result<(), SessionError> {
-        if self.state == State::Closed {
-            return Err(SessionError::Closed);
-        }
+        self.open()?;
         let limit = self
             .outbox_requested
             .take()
@@ -337,17 +290,25 @@ impl EdgeSession {
             }
             debug_assert!(!packer.is_empty());
             let frame = packer.finish(ty, &last_seq, &(), self.core.limits.frame_bytes_max)?;
+            // A batch names the last seq it carries: after every batch before it, and never
+            // past what the store handed us.
+            assert!(
+                self.inflight.back().is_none_or(|prev| *prev < last_seq)
+                    && last_seq <= self.read_up_to_seq,
+                "outbox batch up to {last_seq} after {:?}, read up to {}",
+                self.inflight.back(),
+                self.read_up_to_seq
+            );
             self.core.push_frame(now, frame);
             self.inflight.push_back(last_seq);
         }
+        debug_assert!(self.inflight.len() <= self.inflight_batches_max);
         Ok(())
     }
 
     /// The driver applied the down batch with this cursor durably.
     pub fn down_applied(&mut self, now: Duration, cursor: u64) -> Result<(), SessionError> {
-        if self.state == State::Closed {
-            return Err(SessionError::Closed);
-        }
+        self.open()?;
         match self.down_pending_apply.front() {
             Some(c) if *c == cursor => {
                 self.down_pending_apply.pop_front();
@@ -380,9 +341,7 @@ impl EdgeSession {
         now: Duration,
         page: Vec<RecordHeads>,
     ) -> Result<(), SessionError> {
-        if self.state == State::Closed {
-            return Err(SessionError::Closed);
-        }
+        self.open()?;
         let Repair::Sending {
             requested: true, ..
         } = self.repair
@@ -400,18 +359,6 @@ impl EdgeSession {
             _ => Repair::Idle,
         };
         Ok(())
-    }
-
-    /// Changes the hub lacks, found by comparing its heads ([`EdgeEvent::PeerHeads`]).
-    pub fn send_repair_changes(
-        &mut self,
-        now: Duration,
-        changes: Vec<RecordChange>,
-    ) -> Result<(), SessionError> {
-        if self.state == State::Closed {
-            return Err(SessionError::Closed);
-        }
-        send_repair_frames(&mut self.core, now, changes)
     }
 
     /// Reports the outbox's depth and age to the hub (ignored unless both sides speak
@@ -434,9 +381,7 @@ impl EdgeSession {
     /// Asks the hub to sign `csr_pem` (PEM, for a key pair the caller just made and keeps
     /// until the answer, [`EdgeEvent::Renewal`]). One per session.
     pub fn request_renewal(&mut self, now: Duration, csr_pem: String) -> Result<(), SessionError> {
-        if self.state == State::Closed {
-            return Err(SessionError::Closed);
-        }
+        self.open()?;
         if !self.can_renew() || csr_pem.len() > CERT_PEM_BYTES_MAX {
             return Err(SessionError::RenewalUnavailable);
         }
@@ -446,19 +391,6 @@ impl EdgeSession {
         )?;
         self.renewal = Renewal::Pending;
         Ok(())
-    }
-
-    /// Ends the session on our side (shutdown): the hub gets an error frame saying why.
-    pub fn close(&mut self, now: Duration, code: ErrorCode, message: impl Into<String>) {
-        self.fail(now, code, message.into());
-    }
-
-    fn fail(&mut self, now: Duration, code: ErrorCode, message: String) {
-        if let Some(reason) = self.core.close_local(now, code, message) {
-            self.state = State::Closed;
-            self.events.clear();
-            self.events.push_back(EdgeEvent::Closed(reason));
-        }
     }
 
     fn unexpected(&mut self, now: Duration, what: MessageType) {
@@ -477,17 +409,6 @@ impl EdgeSession {
         let ty = message.message_type();
         match (self.state, message) {
             (State::Closed, _) => {}
-            (_, Message::Error(frame)) => {
-                if let Some(reason) = self.core.close_remote(frame) {
-                    self.state = State::Closed;
-                    self.events.clear();
-                    self.events.push_back(EdgeEvent::Closed(reason));
-                }
-            }
-            (_, Message::Ping(p)) => {
-                let _ = self.core.send(now, &Message::Pong(Pong { nonce: p.nonce }));
-            }
-            (_, Message::Pong(_)) => {}
             (State::AwaitingWelcome, Message::Welcome(w)) => {
                 if w.protocol_version != PROTOCOL_VERSION {
                     return self.fail(
@@ -507,6 +428,11 @@ impl EdgeSession {
                 self.core.limits.frame_bytes_max =
                     (w.frame_bytes_max as usize).min(self.config.limits.frame_bytes_max);
                 self.site_id = Some(w.site_id.clone());
+                // The welcome negotiates down only: never a window or batch above our own.
+                debug_assert!(
+                    self.inflight_batches_max <= self.config.limits.inflight_batches_max.max(1)
+                        && self.batch_items_max <= self.config.limits.batch_items_max.max(1)
+                );
                 self.state = State::Established;
                 self.events.push_back(EdgeEvent::Connected {
                     site_id: w.site_id,
@@ -530,6 +456,13 @@ impl EdgeSession {
                 while self.inflight.front().is_some_and(|s| *s <= up_to_seq) {
                     self.inflight.pop_front();
                 }
+                // The driver deletes the outbox up to this seq: acking past what was sent would
+                // lose entries the hub never saw.
+                assert!(
+                    up_to_seq <= self.read_up_to_seq,
+                    "ack up to {up_to_seq} past the outbox read up to {}",
+                    self.read_up_to_seq
+                );
                 self.events.push_back(EdgeEvent::Acked { up_to_seq });
                 if let Err(e) = self.flush_staged(now) {
                     self.fail(now, ErrorCode::Internal, e.to_string());
@@ -560,6 +493,7 @@ impl EdgeSession {
                 }
                 self.down_received_cursor = batch.cursor;
                 self.down_pending_apply.push_back(batch.cursor);
+                debug_assert!(self.down_pending_apply.len() <= self.inflight_batches_max);
                 self.events.push_back(EdgeEvent::DownBatch(batch));
             }
             (State::Established, Message::HeadsSummary(summary))

@@ -6,12 +6,12 @@ use std::time::Duration;
 use shared_model::{Event, SiteId, Timestamp};
 
 use super::edge::{send_heads_frames, send_repair_frames};
-use super::{BatchPacker, CloseReason, Core, SessionConfig, SessionError, decode_error_code};
+use super::{BatchPacker, CloseReason, Core, SessionConfig, SessionError};
 use crate::PROTOCOL_VERSION;
 use crate::message::{
     Ack, CERT_PEM_BYTES_MAX, CertRenewResponse, DownItem, ERROR_MESSAGE_BYTES_MAX, EdgeStatus,
-    ErrorCode, HEADS_PER_RECORD_MAX, Message, MessageType, Pong, RecordChange, RecordHeads,
-    RecordId, RenewOutcome, Welcome, capability,
+    ErrorCode, HEADS_PER_RECORD_MAX, Message, MessageType, RecordChange, RecordHeads, RecordId,
+    RenewOutcome, Welcome, capability,
 };
 use crate::store::DownEntry;
 
@@ -112,6 +112,8 @@ pub struct HubSession {
     renewal: Renewal,
 }
 
+session_common!(HubSession, HubEvent);
+
 impl HubSession {
     /// `site_id` comes from the peer's TLS client certificate, never from the payload;
     /// `hub_time` is the wall clock for the welcome.
@@ -141,52 +143,12 @@ impl HubSession {
         &self.site_id
     }
 
-    pub fn is_established(&self) -> bool {
-        self.state == State::Established
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.state == State::Closed
-    }
-
-    pub fn close_reason(&self) -> Option<&CloseReason> {
-        self.core.closed.as_ref()
-    }
-
-    pub fn handle_frame(&mut self, now: Duration, frame: &[u8]) {
-        if self.state == State::Closed {
-            return;
-        }
-        match self.core.decode_frame(now, frame) {
-            Ok(m) => self.handle_message(now, m),
-            Err(e) => self.fail(now, decode_error_code(&e), e.to_string()),
-        }
-    }
-
-    pub fn handle_stream_bytes(&mut self, now: Duration, bytes: &[u8]) {
-        if self.state == State::Closed {
-            return;
-        }
-        self.core.push_stream(now, bytes);
-        loop {
-            match self.core.next_stream_message() {
-                Ok(Some(m)) => {
-                    self.handle_message(now, m);
-                    if self.state == State::Closed {
-                        return;
-                    }
-                }
-                Ok(None) => return,
-                Err(e) => return self.fail(now, decode_error_code(&e), e.to_string()),
-            }
-        }
-    }
-
     pub fn poll_timeout(&self) -> Option<Duration> {
         match self.state {
             State::Closed => None,
             State::AwaitingHello => Some(
-                (self.core.started + self.core.limits.handshake_timeout)
+                self.core
+                    .handshake_deadline()
                     .min(self.core.idle_deadline()),
             ),
             State::Established => Some(self.core.idle_deadline()),
@@ -196,9 +158,7 @@ impl HubSession {
     pub fn handle_timeout(&mut self, now: Duration) {
         match self.state {
             State::Closed => {}
-            State::AwaitingHello
-                if now >= self.core.started + self.core.limits.handshake_timeout =>
-            {
+            State::AwaitingHello if now >= self.core.handshake_deadline() => {
                 self.fail(now, ErrorCode::Timeout, "no hello from the edge".into());
             }
             _ if now >= self.core.idle_deadline() => {
@@ -206,10 +166,6 @@ impl HubSession {
             }
             _ => {}
         }
-    }
-
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.core.poll_transmit()
     }
 
     pub fn poll_event(&mut self) -> Option<HubEvent> {
@@ -241,12 +197,17 @@ impl HubSession {
 
     /// The driver committed every batch up to `last_seq`: ack it to the edge.
     pub fn committed(&mut self, now: Duration, last_seq: u64) -> Result<(), SessionError> {
-        if self.state == State::Closed {
-            return Err(SessionError::Closed);
-        }
+        self.open()?;
         if !self.uncommitted.contains(&last_seq) {
             return Err(SessionError::NotRequested);
         }
+        // The edge deletes its outbox up to the ack: acking past what was received would lose
+        // entries the store never committed.
+        assert!(
+            last_seq <= self.received_seq,
+            "commit up to {last_seq} past the batches received up to {}",
+            self.received_seq
+        );
         while self.uncommitted.front().is_some_and(|s| *s <= last_seq) {
             self.uncommitted.pop_front();
         }
@@ -267,9 +228,7 @@ impl HubSession {
         now: Duration,
         entries: Vec<DownEntry>,
     ) -> Result<(), SessionError> {
-        if self.state == State::Closed {
-            return Err(SessionError::Closed);
-        }
+        self.open()?;
         if !std::mem::take(&mut self.down_requested) {
             return Err(SessionError::NotRequested);
         }
@@ -308,23 +267,21 @@ impl HubSession {
                 cursor = entry.cursor;
                 self.down_staged.pop_front();
             }
+            // A fresh packer takes any item that fits in a frame at all, or errored above.
+            debug_assert!(!packer.is_empty());
             let frame = packer.finish(ty, &cursor, &(), self.core.limits.frame_bytes_max)?;
+            // The edge stores the cursor as its position: it only ever moves forward.
+            assert!(
+                cursor > self.down_sent_cursor,
+                "down batch cursor {cursor} not after {}",
+                self.down_sent_cursor
+            );
             self.core.push_frame(now, frame);
             self.down_sent_cursor = cursor;
             self.down_inflight.push_back(cursor);
         }
+        debug_assert!(self.down_inflight.len() <= self.config.limits.inflight_batches_max);
         Ok(())
-    }
-
-    pub fn send_repair_changes(
-        &mut self,
-        now: Duration,
-        changes: Vec<RecordChange>,
-    ) -> Result<(), SessionError> {
-        if self.state == State::Closed {
-            return Err(SessionError::Closed);
-        }
-        send_repair_frames(&mut self.core, now, changes)
     }
 
     /// Our heads of the records where the edge has changes we lack; the edge answers with
@@ -334,9 +291,7 @@ impl HubSession {
         now: Duration,
         records: Vec<RecordHeads>,
     ) -> Result<(), SessionError> {
-        if self.state == State::Closed {
-            return Err(SessionError::Closed);
-        }
+        self.open()?;
         if records.is_empty() {
             return Ok(());
         }
@@ -350,9 +305,7 @@ impl HubSession {
         now: Duration,
         outcome: RenewOutcome,
     ) -> Result<(), SessionError> {
-        if self.state == State::Closed {
-            return Err(SessionError::Closed);
-        }
+        self.open()?;
         if self.renewal != Renewal::Requested {
             return Err(SessionError::NotRequested);
         }
@@ -377,18 +330,6 @@ impl HubSession {
                 &Message::CertRenewResponse(CertRenewResponse { outcome }),
             )
             .map_err(SessionError::from)
-    }
-
-    pub fn close(&mut self, now: Duration, code: ErrorCode, message: impl Into<String>) {
-        self.fail(now, code, message.into());
-    }
-
-    fn fail(&mut self, now: Duration, code: ErrorCode, message: String) {
-        if let Some(reason) = self.core.close_local(now, code, message) {
-            self.state = State::Closed;
-            self.events.clear();
-            self.events.push_back(HubEvent::Closed(reason));
-        }
     }
 
     /// Checks a batch's sequence and the window before handing it to the driver.
@@ -425,6 +366,7 @@ impl HubSession {
         }
         self.received_seq = last_seq;
         self.uncommitted.push_back(last_seq);
+        debug_assert!(self.uncommitted.len() <= self.config.limits.inflight_batches_max);
         true
     }
 
@@ -432,17 +374,6 @@ impl HubSession {
         let ty = message.message_type();
         match (self.state, message) {
             (State::Closed, _) => {}
-            (_, Message::Error(frame)) => {
-                if let Some(reason) = self.core.close_remote(frame) {
-                    self.state = State::Closed;
-                    self.events.clear();
-                    self.events.push_back(HubEvent::Closed(reason));
-                }
-            }
-            (_, Message::Ping(p)) => {
-                let _ = self.core.send(now, &Message::Pong(Pong { nonce: p.nonce }));
-            }
-            (_, Message::Pong(_)) => {}
             (State::AwaitingHello, Message::Hello(h)) => {
                 if h.protocol_version != PROTOCOL_VERSION {
                     return self.fail(

@@ -11,6 +11,93 @@
 //! A protocol violation by the peer never panics: the session queues an error frame, drops
 //! any data frames still queued, emits a `Closed` event and refuses everything after that.
 
+/// What both ends have alike, for an end whose struct has `core`, `state` (its module's
+/// `State`, with `Established` and `Closed`) and `events` (a queue of its event type, with
+/// `Closed(CloseReason)`): the [`Machine`] impl and the public input/output surface.
+macro_rules! session_common {
+    ($session:ident, $event:ident) => {
+        impl $session {
+            pub fn is_established(&self) -> bool {
+                self.state == State::Established
+            }
+
+            pub fn is_closed(&self) -> bool {
+                self.state == State::Closed
+            }
+
+            pub fn close_reason(&self) -> Option<&CloseReason> {
+                self.core.closed.as_ref()
+            }
+
+            /// One whole frame from the peer.
+            pub fn handle_frame(&mut self, now: Duration, frame: &[u8]) {
+                super::handle_frame(self, now, frame);
+            }
+
+            /// Any chunk of the peer's stream: part of a frame or several frames.
+            pub fn handle_stream_bytes(&mut self, now: Duration, bytes: &[u8]) {
+                super::handle_stream_bytes(self, now, bytes);
+            }
+
+            /// The next frame to send.
+            pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+                self.core.poll_transmit()
+            }
+
+            /// Ends the session on our side (shutdown, a store failure, a revoked site): the
+            /// peer gets an error frame saying why.
+            pub fn close(&mut self, now: Duration, code: ErrorCode, message: impl Into<String>) {
+                self.fail(now, code, message.into());
+            }
+
+            /// Repair: the changes the peer lacks, found by comparing its heads (the
+            /// `PeerHeads` event); as many frames as the limits need, none for an empty list.
+            pub fn send_repair_changes(
+                &mut self,
+                now: Duration,
+                changes: Vec<RecordChange>,
+            ) -> Result<(), SessionError> {
+                self.open()?;
+                send_repair_frames(&mut self.core, now, changes)
+            }
+
+            /// A completion on a closed session is refused: the driver must not call one
+            /// after the `Closed` event.
+            fn open(&self) -> Result<(), SessionError> {
+                if self.state == State::Closed {
+                    Err(SessionError::Closed)
+                } else {
+                    Ok(())
+                }
+            }
+
+            fn fail(&mut self, now: Duration, code: ErrorCode, message: String) {
+                super::fail(self, now, code, message);
+            }
+        }
+
+        impl super::Machine for $session {
+            fn core(&mut self) -> &mut Core {
+                &mut self.core
+            }
+
+            fn is_closed(&self) -> bool {
+                self.state == State::Closed
+            }
+
+            fn handle_message(&mut self, now: Duration, message: Message) {
+                $session::handle_message(self, now, message);
+            }
+
+            fn enter_closed(&mut self, reason: CloseReason) {
+                self.state = State::Closed;
+                self.events.clear();
+                self.events.push_back($event::Closed(reason));
+            }
+        }
+    };
+}
+
 mod edge;
 mod hub;
 
@@ -160,6 +247,8 @@ impl Core {
     pub(crate) fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         let f = self.transmit.pop_front()?;
         self.transmit_bytes -= f.len();
+        // The byte count is what back-pressure is decided on: it must match the queue.
+        debug_assert!(!self.transmit.is_empty() || self.transmit_bytes == 0);
         Some(f)
     }
 
@@ -233,6 +322,95 @@ impl Core {
 
     pub(crate) fn idle_deadline(&self) -> Duration {
         self.last_received + self.limits.idle_timeout
+    }
+
+    /// When the peer's opening message (hello or welcome) is overdue.
+    pub(crate) fn handshake_deadline(&self) -> Duration {
+        self.started + self.limits.handshake_timeout
+    }
+}
+
+/// What the input handling both ends share needs of an end: its core, its own messages and
+/// how it enters the closed state. The frame and stream entry points, the control messages
+/// (`error`, `ping`, `pong`) and failing are then written once, below.
+pub(crate) trait Machine {
+    fn core(&mut self) -> &mut Core;
+    fn is_closed(&self) -> bool;
+    /// A message that is not a control message, in the end's current state.
+    fn handle_message(&mut self, now: Duration, message: Message);
+    /// The session has just closed (either end said why): enter the closed state, drop the
+    /// work not yet taken and report `reason` as the only event left.
+    fn enter_closed(&mut self, reason: CloseReason);
+}
+
+/// One whole frame from the peer.
+pub(crate) fn handle_frame<M: Machine>(m: &mut M, now: Duration, frame: &[u8]) {
+    if m.is_closed() {
+        return;
+    }
+    match m.core().decode_frame(now, frame) {
+        Ok(message) => handle_any_message(m, now, message),
+        Err(e) => fail(m, now, decode_error_code(&e), e.to_string()),
+    }
+}
+
+/// Any chunk of the peer's stream: part of a frame or several frames.
+pub(crate) fn handle_stream_bytes<M: Machine>(m: &mut M, now: Duration, bytes: &[u8]) {
+    if m.is_closed() {
+        return;
+    }
+    m.core().push_stream(now, bytes);
+    loop {
+        match m.core().next_stream_message() {
+            Ok(Some(message)) => {
+                handle_any_message(m, now, message);
+                if m.is_closed() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => return fail(m, now, decode_error_code(&e), e.to_string()),
+        }
+    }
+}
+
+/// Control messages mean the same in every state of both ends; the rest is the end's.
+fn handle_any_message<M: Machine>(m: &mut M, now: Duration, message: Message) {
+    if m.is_closed() {
+        return;
+    }
+    match message {
+        Message::Error(frame) => {
+            if let Some(reason) = m.core().close_remote(frame) {
+                m.enter_closed(reason);
+            }
+        }
+        Message::Ping(p) => {
+            // A pong always fits in a frame; an encode failure would be a bug in postcard.
+            let _ = m
+                .core()
+                .send(now, &Message::Pong(crate::message::Pong { nonce: p.nonce }));
+        }
+        Message::Pong(_) => {}
+        Message::Hello(_)
+        | Message::Welcome(_)
+        | Message::EventBatch(_)
+        | Message::RecordChanges(_)
+        | Message::Ack(_)
+        | Message::DownBatch(_)
+        | Message::DownAck(_)
+        | Message::HeadsSummary(_)
+        | Message::RepairChanges(_)
+        | Message::EdgeStatus(_)
+        | Message::CertRenewRequest(_)
+        | Message::CertRenewResponse(_) => m.handle_message(now, message),
+    }
+}
+
+/// Closes locally with an error frame to the peer (once; later calls do nothing).
+pub(crate) fn fail<M: Machine>(m: &mut M, now: Duration, code: ErrorCode, message: String) {
+    if let Some(reason) = m.core().close_local(now, code, message) {
+        m.enter_closed(reason);
     }
 }
 
