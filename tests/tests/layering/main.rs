@@ -2,6 +2,11 @@
 //! stay apart. The real check runs `cargo metadata` on this workspace; the other tests feed
 //! the same rule function a doctored graph, so a rule that silently stopped matching would
 //! fail here instead of passing vacuously.
+//!
+//! The same binary checks the other rule about what the workspace is built from: the vendored
+//! sqlx-core is upstream plus its documented patch and nothing else ([`vendored_sqlx_core`]).
+
+mod vendored_sqlx_core;
 
 use std::path::Path;
 
