@@ -55,7 +55,7 @@ Checks (one summary line each; exit status 1 if any fails):
                          metrics
   dockerfiles            at least two stages, a non-root USER in the last, EXPOSE, a locked
                          release build of the package
-  systemd                the edge unit's sections and hardening directives (tests/tests/deploy.rs
+  systemd                the edge unit's sections and hardening directives (tests/tests/ops/deploy.rs
                          compares it byte for byte with what `edge-agent install` writes)
 """
 
@@ -1317,7 +1317,7 @@ def check_systemd(root: Path, report: Report) -> None:
             problems.append(f"[Service] {k_}={svc.get(k_)!r}, expected {v!r}")
     if sections.get("Install", {}).get("WantedBy") != "multi-user.target":
         problems.append("[Install] WantedBy must be multi-user.target")
-    report.check("systemd", problems, "mes-edge.service: hardened unit for /usr/local/bin/edge-agent (byte equality: tests/tests/deploy.rs)")
+    report.check("systemd", problems, "mes-edge.service: hardened unit for /usr/local/bin/edge-agent (byte equality: tests/tests/ops/deploy.rs)")
 
 
 def main() -> int:

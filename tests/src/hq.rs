@@ -5,7 +5,7 @@
 // Test support: a failed setup step should stop the test with its message.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use central_hub::db::store::{PgHubStore, add_site};
 use central_hub::serve::{self, ReportSettings, ServeConfig};
@@ -18,14 +18,60 @@ use shared_model::{
 use sqlx::PgPool;
 use sync_protocol::store::HubStore;
 
+/// The process's TLS crypto provider (ring), once; every test that starts a hub or an edge
+/// calls it first.
 pub fn init() {
+    // Err only means a provider is installed already: the same one, by an earlier test.
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// [`init`], and logs at `warn` (or `RUST_LOG`) into the test's captured output. The first
+/// call in a test binary sets the subscriber; later ones find it set.
+pub fn init_logs() {
+    init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A fresh directory under the system's temporary directory, named after `name`.
 pub fn temp_dir(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("mes-rep-{name}-{}", uuid::Uuid::now_v7().simple()));
+    let p = std::env::temp_dir().join(format!("mes-test-{name}-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&p).unwrap();
     p
+}
+
+/// A hub's settings for a test: `db` through the hub role with the reporting connection,
+/// QUIC and HTTP on free loopback ports, state (CA, site bundles) in `state_dir`, no
+/// enrollment or metrics listener, default report settings. Tests change what they need
+/// with `ServeConfig { field, ..serve_config(..) }`.
+pub fn serve_config(db: &crate::pg::TestDb, state_dir: &Path) -> ServeConfig {
+    ServeConfig {
+        db: Default::default(),
+        database_url: db.hub_url.clone(),
+        read_database_url: Some(db.reporting_url.clone()),
+        quic_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state_dir.to_owned(),
+        server_names: vec!["127.0.0.1".into()],
+        enroll_listen: None,
+        metrics_listen: None,
+        reports: ReportSettings::default(),
+    }
+}
+
+/// The body of `request`'s answer as text, whatever its status.
+pub async fn text_of(request: reqwest::RequestBuilder) -> String {
+    request.send().await.unwrap().text().await.unwrap()
+}
+
+/// The body of `request`'s answer as JSON, whatever its status.
+pub async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
 }
 
 #[derive(Debug)]
@@ -58,19 +104,21 @@ pub async fn hq(name: &str, sites: &[(&str, &str)]) -> Hq {
 impl Hq {
     pub async fn hub(&self, reports: ReportSettings) -> serve::Running {
         serve::start(ServeConfig {
-            db: Default::default(),
-            database_url: self.db.hub_url.clone(),
-            read_database_url: Some(self.db.reporting_url.clone()),
-            quic_listen: "127.0.0.1:0".parse().unwrap(),
-            http_listen: "127.0.0.1:0".parse().unwrap(),
-            state_dir: self.state_dir.clone(),
-            server_names: vec!["127.0.0.1".into()],
-            enroll_listen: None,
-            metrics_listen: None,
             reports,
+            ..serve_config(&self.db, &self.state_dir)
         })
         .await
         .unwrap()
+    }
+
+    /// [`Hq::hub`], its HTTP API's base URL, and a client for it.
+    pub async fn serve(
+        &self,
+        reports: ReportSettings,
+    ) -> (serve::Running, String, reqwest::Client) {
+        let hub = self.hub(reports).await;
+        let base = format!("http://{}", hub.http_addr);
+        (hub, base, reqwest::Client::new())
     }
 
     pub async fn token(&self, scope: &str, site: Option<&str>) -> String {

@@ -12,4 +12,5 @@ pub mod layering;
 pub mod pg;
 pub mod pgbouncer;
 pub mod procs;
+pub mod rng;
 pub mod sim;

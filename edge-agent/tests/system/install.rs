@@ -1,7 +1,7 @@
 //! The field commands of the binary itself: a failing `install` exits non-zero with its
 //! reason in words, `doctor` exits non-zero on a broken configuration and prints JSON with
 //! `--json`, and `backup` / `restore` work on a running (and then stopped) agent. The
-//! installer against a real hub: tests/tests/install.rs.
+//! installer against a real hub: tests/tests/edge/install.rs.
 
 use std::process::{Command, Stdio};
 

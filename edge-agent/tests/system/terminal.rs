@@ -2,7 +2,7 @@
 //! page and the badge login are open; a badge session records as its operator; a correction
 //! needs a supervisor's PIN, which is set with the CLI, stored hashed and locked after wrong
 //! tries; a repeated tap is answered once; the terminal's view shows the order's totals
-//! after corrections. (The same page in a real browser: tests/tests/terminal.rs.)
+//! after corrections. (The same page in a real browser: tests/tests/edge/terminal.rs.)
 
 use std::io::Write;
 use std::process::{Command, Stdio};

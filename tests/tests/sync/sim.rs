@@ -2,7 +2,7 @@
 //! along, liveness after the faults heal, the same seed replaying the same run, and a
 //! deliberately broken hub (acking before commit) caught.
 //!
-//! `SEED=n cargo test -p system-tests --test sim` replays one seed; `SIM_SEEDS=n` changes how
+//! `SEED=n cargo test -p system-tests --test sync sim::` replays one seed; `SIM_SEEDS=n` changes how
 //! many run here (default 250 per mode, 500 in all). Ten thousand:
 //! `cargo run --release -p system-tests --bin sim -- --seeds 10000`.
 
@@ -24,7 +24,7 @@ fn sweep(mode: Mode) {
         let o = run(&SimConfig::new(seed, mode));
         if !o.ok() {
             eprintln!(
-                "seed {seed} failed ({mode:?}): lost {:?}, duplicated {:?}, misplaced {:?}, diverged {:?}\n  replay: SEED={seed} cargo test -p system-tests --test sim",
+                "seed {seed} failed ({mode:?}): lost {:?}, duplicated {:?}, misplaced {:?}, diverged {:?}\n  replay: SEED={seed} cargo test -p system-tests --test sync sim::",
                 o.lost.iter().take(5).collect::<Vec<_>>(),
                 o.duplicated.iter().take(5).collect::<Vec<_>>(),
                 o.misplaced.iter().take(5).collect::<Vec<_>>(),

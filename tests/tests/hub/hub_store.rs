@@ -415,8 +415,8 @@ async fn change_bombs_and_records_over_their_cap_are_refused_and_write_nothing()
     let a = site("SITE_A");
     let actor = automerge::ActorId::random();
     let bombs: [&[u8]; 2] = [
-        include_bytes!("../../fuzz/fixtures/change_ingest/bomb-ops-2e40"),
-        include_bytes!("../../fuzz/fixtures/change_ingest/bomb-preds-2e40"),
+        include_bytes!("../../../fuzz/fixtures/change_ingest/bomb-ops-2e40"),
+        include_bytes!("../../../fuzz/fixtures/change_ingest/bomb-preds-2e40"),
     ];
     for bomb in bombs {
         let bomb = RecordChange::new(

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use central_hub::serve::ReportSettings;
+use system_tests::hq::text_of;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -293,9 +294,7 @@ async fn every_metric_in_alerts_and_dashboard_is_exported() {
     .execute(&h.admin)
     .await
     .unwrap();
-    let hub = h.hub(ReportSettings::default()).await;
-    let base = format!("http://{}", hub.http_addr);
-    let http = reqwest::Client::new();
+    let (hub, base, http) = h.serve(ReportSettings::default()).await;
     let reader = h.token("hq:read", None).await;
     // Some traffic first: probes, the site list, one report twice (a miss, then a hit).
     for path in ["/health", "/ready"] {
@@ -315,14 +314,7 @@ async fn every_metric_in_alerts_and_dashboard_is_exported() {
         assert_eq!(status, 200, "{body}");
     }
 
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = text_of(http.get(format!("{base}/metrics"))).await;
     let missing: Vec<&String> = wanted.iter().filter(|n| !exported(&metrics, n)).collect();
     assert!(
         missing.is_empty(),

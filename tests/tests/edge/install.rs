@@ -16,44 +16,38 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use central_hub::db::store::add_site;
 use central_hub::serve::{self, ServeConfig};
 use edge_agent::config::RunArgs;
 use edge_agent::doctor::{self, Status};
 use edge_agent::install::{InstallError, InstallOptions, install};
-use shared_model::SiteId;
 use sqlx::PgPool;
-use system_tests::hq::{init, temp_dir, wait_for};
-use system_tests::pg::server;
+use system_tests::edge::{api_key, enrollment_token, install_options};
+use system_tests::hq::{Hq, hq, serve_config, temp_dir, wait_for};
 
 fn edge_agent_bin() -> PathBuf {
     system_tests::procs::workspace_bin("edge-agent", "edge-agent")
 }
 
 struct Hub {
-    _db: system_tests::pg::TestDb,
+    db: system_tests::pg::TestDb,
     admin: PgPool,
     state_dir: PathBuf,
     running: Option<serve::Running>,
-    hub_url: String,
-    reporting_url: String,
 }
 
 async fn hub(name: &str) -> Hub {
-    init();
-    let db = server().await.fresh_database().await;
-    db.migrate().await;
-    let admin = central_hub::db::connect(&db.admin_url).await.unwrap();
-    for s in ["SITE_A", "SITE_B", "SITE_C"] {
-        add_site(&admin, &SiteId::new(s).unwrap(), "Plant", "EU", "UTC")
-            .await
-            .unwrap();
-    }
-    let state_dir = temp_dir(name);
+    let Hq {
+        db,
+        admin,
+        state_dir,
+        ..
+    } = hq(
+        name,
+        &[("SITE_A", "UTC"), ("SITE_B", "UTC"), ("SITE_C", "UTC")],
+    )
+    .await;
     let mut h = Hub {
-        hub_url: db.hub_url.clone(),
-        reporting_url: db.reporting_url.clone(),
-        _db: db,
+        db,
         admin,
         state_dir,
         running: None,
@@ -66,16 +60,9 @@ impl Hub {
     async fn start(&mut self, quic: &str) {
         self.running = Some(
             serve::start(ServeConfig {
-                db: Default::default(),
-                database_url: self.hub_url.clone(),
-                read_database_url: Some(self.reporting_url.clone()),
                 quic_listen: quic.parse().unwrap(),
-                http_listen: "127.0.0.1:0".parse().unwrap(),
-                state_dir: self.state_dir.clone(),
-                server_names: vec!["127.0.0.1".into()],
                 enroll_listen: Some("127.0.0.1:0".parse().unwrap()),
-                metrics_listen: None,
-                reports: Default::default(),
+                ..serve_config(&self.db, &self.state_dir)
             })
             .await
             .unwrap(),
@@ -91,16 +78,7 @@ impl Hub {
     }
 
     async fn token(&self, site: &str) -> String {
-        let ca = central_hub::pki::Ca::load_or_create(&self.state_dir).unwrap();
-        central_hub::enroll::create_token(
-            &self.admin,
-            &ca,
-            &SiteId::new(site).unwrap(),
-            Duration::from_secs(3600),
-        )
-        .await
-        .unwrap()
-        .to_string()
+        enrollment_token(&self.admin, &self.state_dir, site).await
     }
 
     async fn events(&self, site: &str) -> i64 {
@@ -119,16 +97,7 @@ impl Hub {
 }
 
 fn options(h: &Hub, token: String, prefix: &Path) -> InstallOptions {
-    InstallOptions {
-        hub: h.enroll_addr(),
-        token,
-        prefix: prefix.to_owned(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        hub_quic: None,
-        min_free_bytes: 1 << 20,
-        clock_offset_micros: 0,
-        start_service: true,
-    }
+    install_options(h.enroll_addr(), token, prefix)
 }
 
 #[cfg(unix)]
@@ -139,12 +108,7 @@ fn mode(p: &Path) -> u32 {
 
 /// Posts `n` production counts through the agent's API with a fresh key.
 async fn post_counts(agent: &edge_agent::server::Running, data_dir: &Path, n: usize) {
-    let key = {
-        let conn =
-            edge_agent::store::open_write_connection(&data_dir.join(edge_agent::store::DB_FILE))
-                .unwrap();
-        edge_agent::store::keys::create(&conn, "test", 0).unwrap()
-    };
+    let key = api_key(data_dir, "test");
     let http = reqwest::Client::new();
     for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
         let events: Vec<serde_json::Value> = chunk
@@ -297,7 +261,7 @@ async fn central_hub(args: Vec<String>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_added_after_master_data_gets_it_on_its_first_session() {
     let mut h = hub("install-late-md").await;
-    let admin_url = h._db.admin_url.clone();
+    let admin_url = h.db.admin_url.clone();
     let dir = temp_dir("late-md");
     let md = dir.join("master-data.json");
     std::fs::write(
@@ -712,12 +676,7 @@ async fn restore_from_an_old_backup_converges_without_duplicates() {
     })
     .await;
     // A shared record, synced before the backup.
-    let key = {
-        let conn =
-            edge_agent::store::open_write_connection(&data_dir.join(edge_agent::store::DB_FILE))
-                .unwrap();
-        edge_agent::store::keys::create(&conn, "orders", 0).unwrap()
-    };
+    let key = api_key(&data_dir, "orders");
     let http = reqwest::Client::new();
     let edge_url = format!("http://{}", agent.http_addr);
     let r = http

@@ -27,8 +27,8 @@ use edge_agent::install::{InstallError, InstallOptions, install};
 use edge_agent::sync::ProbeError;
 use shared_model::SiteId;
 use sqlx::PgPool;
-use system_tests::hq::{init, temp_dir, wait_for};
-use system_tests::pg::server;
+use system_tests::edge::{enrollment_token, install_options};
+use system_tests::hq::{Hq, hq, json_of, serve_config, temp_dir, text_of, wait_for};
 
 fn hub_bin() -> PathBuf {
     system_tests::procs::workspace_bin("central-hub", "central-hub")
@@ -46,28 +46,17 @@ async fn hub(name: &str, sites: &[&str]) -> Hub {
 }
 
 async fn hub_with(name: &str, sites: &[&str], options: serve::ServeOptions) -> Hub {
-    init();
-    let db = server().await.fresh_database().await;
-    db.migrate().await;
-    let admin = central_hub::db::connect(&db.admin_url).await.unwrap();
-    for s in sites {
-        add_site(&admin, &SiteId::new(*s).unwrap(), "Plant", "EU", "UTC")
-            .await
-            .unwrap();
-    }
-    let state_dir = temp_dir(name);
+    let zones: Vec<(&str, &str)> = sites.iter().map(|s| (*s, "UTC")).collect();
+    let Hq {
+        db,
+        admin,
+        state_dir,
+        ..
+    } = hq(name, &zones).await;
     let running = serve::start_with(
         ServeConfig {
-            db: Default::default(),
-            database_url: db.hub_url.clone(),
-            read_database_url: Some(db.reporting_url.clone()),
-            quic_listen: "127.0.0.1:0".parse().unwrap(),
-            http_listen: "127.0.0.1:0".parse().unwrap(),
-            state_dir: state_dir.clone(),
-            server_names: vec!["127.0.0.1".into()],
             enroll_listen: Some("127.0.0.1:0".parse().unwrap()),
-            metrics_listen: None,
-            reports: Default::default(),
+            ..serve_config(&db, &state_dir)
         },
         options,
     )
@@ -83,16 +72,7 @@ async fn hub_with(name: &str, sites: &[&str], options: serve::ServeOptions) -> H
 
 impl Hub {
     async fn token(&self, site: &str) -> String {
-        let ca = central_hub::pki::Ca::load_or_create(&self.state_dir).unwrap();
-        central_hub::enroll::create_token(
-            &self.admin,
-            &ca,
-            &SiteId::new(site).unwrap(),
-            Duration::from_secs(3600),
-        )
-        .await
-        .unwrap()
-        .to_string()
+        enrollment_token(&self.admin, &self.state_dir, site).await
     }
 
     fn quic(&self) -> String {
@@ -117,16 +97,7 @@ impl Hub {
 }
 
 fn options(h: &Hub, token: String, prefix: &Path) -> InstallOptions {
-    InstallOptions {
-        hub: h.running.enroll_addr.unwrap().to_string(),
-        token,
-        prefix: prefix.to_owned(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        hub_quic: None,
-        min_free_bytes: 1 << 20,
-        clock_offset_micros: 0,
-        start_service: true,
-    }
+    install_options(h.running.enroll_addr.unwrap().to_string(), token, prefix)
 }
 
 /// A box enrolled with a token: its TLS directory and configuration file.
@@ -521,29 +492,21 @@ async fn a_running_edge_renews_its_certificate_without_a_restart_or_a_gap() {
     assert_eq!(cert_check.status, edge_agent::doctor::Status::Fail);
     // The agent's own status and metrics say the same.
     let http = reqwest::Client::new();
-    let status: serde_json::Value = http
-        .get(format!("http://{}/api/v1/sync/status", agent.http_addr))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = json_of(
+        http.get(format!("http://{}/api/v1/sync/status", agent.http_addr))
+            .bearer_auth(&key),
+    )
+    .await;
     assert_eq!(
         status["certificate"]["serial"],
         b.serial.as_str(),
         "{status}"
     );
-    let edge_metrics = http
-        .get(format!("http://{}/metrics", agent.http_addr))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let edge_metrics = text_of(
+        http.get(format!("http://{}/metrics", agent.http_addr))
+            .bearer_auth(&key),
+    )
+    .await;
     assert!(
         edge_metrics.contains("edge_sync_certificate_renewals_total 1\n")
             && edge_metrics.contains("edge_sync_certificate_expiry_seconds "),

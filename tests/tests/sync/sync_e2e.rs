@@ -16,39 +16,15 @@ use automerge::transaction::Transactable;
 use central_hub::db::store::{PgHubStore, add_site};
 use central_hub::pki::Ca;
 use central_hub::serve::{self, ServeConfig};
-use shared_model::event::ProductionCount;
-use shared_model::{EquipmentId, Event, EventBody, EventId, SiteId, Timestamp};
+use shared_model::{Event, SiteId, Timestamp};
 use sqlx::PgPool;
 use sync_protocol::message::{DownItem, RecordChange, RecordId, RecordKind};
-use system_tests::edge::edge_config;
-use system_tests::hq::wait_for;
+use system_tests::edge::{edge_config, good_parts, record};
+use system_tests::hq::{init_logs, json_of, serve_config, temp_dir, wait_for};
 use system_tests::pg::server;
 
-fn temp_dir(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("mes-e2e-{name}-{}", uuid::Uuid::now_v7().simple()));
-    std::fs::create_dir_all(&p).unwrap();
-    p
-}
-
 fn events(site: &SiteId, from: u64, n: u64) -> Vec<Event> {
-    let t = Timestamp::parse_rfc3339("2026-11-20T08:00:00Z").unwrap();
-    (from..from + n)
-        .map(|i| Event {
-            event_id: EventId::from_parts(1_795_000_000_000 + i, [(i % 251) as u8; 10]),
-            site_id: site.clone(),
-            occurred_at: t.saturating_add_micros(i as i64 * 1000),
-            recorded_at: t.saturating_add_micros(i as i64 * 1000),
-            operator: None,
-            body: EventBody::ProductionCount(ProductionCount {
-                equipment: EquipmentId::new("PRESS-01").unwrap(),
-                work_order: None,
-                good: 1,
-                scrap: 0,
-                rework: 0,
-                scrap_reason: None,
-            }),
-        })
-        .collect()
+    good_parts(site, 1_795_000_000_000, from..from + n)
 }
 
 /// A migrated database, the hub's CA in a state directory, and registered sites with their
@@ -61,7 +37,7 @@ struct Fixture {
 }
 
 async fn fixture(name: &str, sites: &[&str]) -> Fixture {
-    init();
+    init_logs();
     let db = server().await.fresh_database().await;
     db.migrate().await;
     let admin = central_hub::db::connect(&db.admin_url).await.unwrap();
@@ -101,30 +77,11 @@ impl Fixture {
 
     fn serve_config(&self, quic_listen: &str) -> ServeConfig {
         ServeConfig {
-            db: Default::default(),
-            database_url: self.db.hub_url.clone(),
-            read_database_url: Some(self.db.reporting_url.clone()),
             quic_listen: quic_listen.parse().unwrap(),
-            http_listen: "127.0.0.1:0".parse().unwrap(),
-            state_dir: self.state_dir.clone(),
             server_names: vec!["127.0.0.1".into(), "localhost".into()],
-            enroll_listen: None,
-            metrics_listen: None,
-            reports: Default::default(),
+            ..serve_config(&self.db, &self.state_dir)
         }
     }
-}
-
-/// Crypto provider and logs (warnings, or `RUST_LOG`) for a test.
-fn init() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
 }
 
 async fn count(admin: &PgPool, sql: &'static str) -> i64 {
@@ -154,12 +111,7 @@ async fn offline_edge_catches_up_and_hq_releases_come_down() {
         .await
         .unwrap();
     let batch = events(&a, 0, 500);
-    edge.state
-        .store
-        .write(move |c| edge_agent::store::insert_events_for_tests(c, &batch))
-        .await
-        .unwrap();
-    edge.state.notify_outbox();
+    record(&edge, batch).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!edge.state.connected.load(Ordering::Relaxed));
     assert_eq!(edge.state.store.pending().await.unwrap().events, 500);
@@ -202,12 +154,7 @@ async fn offline_edge_catches_up_and_hq_releases_come_down() {
     .await;
     // More events while connected arrive too, still exactly once.
     let more = events(&a, 500, 50);
-    edge.state
-        .store
-        .write(move |c| edge_agent::store::insert_events_for_tests(c, &more))
-        .await
-        .unwrap();
-    edge.state.notify_outbox();
+    record(&edge, more).await;
     wait_for("live events", Duration::from_secs(10), || async {
         count(&admin, "SELECT count(*) FROM events").await == 550
     })
@@ -324,15 +271,8 @@ async fn hq_cancel_against_offline_completion_becomes_a_conflict() {
     wait_for("the site's status", Duration::from_secs(10), || {
         let (http, api, hq) = (http.clone(), api.clone(), hq.clone());
         async move {
-            let sites: serde_json::Value = http
-                .get(format!("{api}/api/v1/sites"))
-                .bearer_auth(&hq)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let sites: serde_json::Value =
+                json_of(http.get(format!("{api}/api/v1/sites")).bearer_auth(&hq)).await;
             sites["sites"].as_array().unwrap().iter().any(|s| {
                 s["site_id"] == "SITE_A" && s["connected"] == true && s["down_backlog"] == 0
             })
@@ -422,15 +362,8 @@ async fn hq_cancel_against_offline_completion_becomes_a_conflict() {
         1,
         "states at the hub: {states:?}"
     );
-    let conflicts: serde_json::Value = http
-        .get(format!("{api}/api/v1/conflicts"))
-        .bearer_auth(&hq)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let conflicts: serde_json::Value =
+        json_of(http.get(format!("{api}/api/v1/conflicts")).bearer_auth(&hq)).await;
     assert_eq!(
         conflicts["conflicts"][0]["description"],
         "concurrent edits left the order both aborted and ended",
@@ -621,12 +554,7 @@ async fn hostile_peers_are_cut_off_and_other_sites_keep_syncing() {
 
     // Meanwhile site A syncs as usual.
     let batch = events(&a, 0, 100);
-    edge.state
-        .store
-        .write(move |c| edge_agent::store::insert_events_for_tests(c, &batch))
-        .await
-        .unwrap();
-    edge.state.notify_outbox();
+    record(&edge, batch).await;
     wait_for("site A's events", Duration::from_secs(15), || async {
         count(
             &admin,
@@ -686,12 +614,7 @@ async fn two_hub_instances_serve_one_database() {
         .await
         .unwrap();
         let batch = events(site, 0, 200);
-        edge.state
-            .store
-            .write(move |c| edge_agent::store::insert_events_for_tests(c, &batch))
-            .await
-            .unwrap();
-        edge.state.notify_outbox();
+        record(&edge, batch).await;
         edges.push(edge);
         dirs.push(dir);
     }
@@ -884,15 +807,11 @@ async fn personnel_reach_their_own_site_and_the_terminal_shows_online() {
         "the terminal to show everything sent",
         Duration::from_secs(10),
         || async {
-            let v: serde_json::Value = http
-                .get(format!("{base}/api/v1/terminal?work_unit=PRESS-01"))
-                .header("cookie", &cookie)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v: serde_json::Value = json_of(
+                http.get(format!("{base}/api/v1/terminal?work_unit=PRESS-01"))
+                    .header("cookie", &cookie),
+            )
+            .await;
             let s = &v["sync"];
             s["connected"] == serde_json::json!(true)
                 && s["pending_events"] == serde_json::json!(0)
@@ -966,12 +885,7 @@ async fn propagation(
         .await;
         let one = events(site, from + i, 1);
         let started = Instant::now();
-        edge.state
-            .store
-            .write(move |c| edge_agent::store::insert_events_for_tests(c, &one))
-            .await
-            .unwrap();
-        edge.state.notify_outbox();
+        record(edge, one).await;
         wait_for(
             "an event of SITE_A at the hub",
             Duration::from_secs(20),
@@ -1355,12 +1269,7 @@ async fn propagation_fine(
         let before = count(admin, sql).await;
         let one = events(site, from + i, 1);
         let started = Instant::now();
-        edge.state
-            .store
-            .write(move |c| edge_agent::store::insert_events_for_tests(c, &one))
-            .await
-            .unwrap();
-        edge.state.notify_outbox();
+        record(edge, one).await;
         while count(admin, sql).await <= before {
             assert!(
                 started.elapsed() < Duration::from_secs(20),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use central_hub::serve::ReportSettings;
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
-use system_tests::hq::{get, hq};
+use system_tests::hq::{get, hq, text_of};
 use system_tests::procs::{Proc, workspace_bin};
 
 /// What the issue demands of a revocation, and what the hub promises (its token cache).
@@ -194,14 +194,7 @@ async fn a_token_revoked_with_the_cli_is_refused_by_a_running_hub_within_2_s() {
 }
 
 async fn metric(http: &reqwest::Client, base: &str, name: &str) -> f64 {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = text_of(http.get(format!("{base}/metrics"))).await;
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .unwrap_or_else(|| panic!("no {name} in /metrics"))
@@ -243,9 +236,7 @@ async fn unknown_tokens_never_reach_the_write_pool_and_an_address_that_keeps_fai
             .await
             .is_err()
     );
-    let hub = h.hub(ReportSettings::default()).await;
-    let base = format!("http://{}", hub.http_addr);
-    let http = reqwest::Client::new();
+    let (hub, base, http) = h.serve(ReportSettings::default()).await;
 
     // An unknown token is refused from the read side, and repeating it costs no lookup.
     for _ in 0..5 {

@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use central_hub::db::store::add_site;
 use central_hub::pki::Ca;
-use central_hub::serve::{self, ServeConfig};
+use central_hub::serve;
 use shared_model::SiteId;
-use system_tests::edge::edge_config;
-use system_tests::hq::{init, temp_dir};
+use system_tests::edge::{api_key, edge_config};
+use system_tests::hq::{init, serve_config, temp_dir};
 use system_tests::pg::server;
-use system_tests::sim::Rng;
+use system_tests::rng::Rng;
 use tokio::net::UdpSocket;
 
 /// What the proxy did.
@@ -131,20 +131,7 @@ async fn lossy_duplicating_reordering_network_loses_nothing() {
         ca.write_site_bundle(&s, &state_dir.join("sites").join(site))
             .unwrap();
     }
-    let hub = serve::start(ServeConfig {
-        db: Default::default(),
-        database_url: db.hub_url.clone(),
-        read_database_url: Some(db.reporting_url.clone()),
-        quic_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: state_dir.clone(),
-        server_names: vec!["127.0.0.1".into()],
-        enroll_listen: None,
-        metrics_listen: None,
-        reports: Default::default(),
-    })
-    .await
-    .unwrap();
+    let hub = serve::start(serve_config(&db, &state_dir)).await.unwrap();
     let http = reqwest::Client::new();
     let mut report = Vec::new();
     for (i, (site, rate)) in levels.iter().enumerate() {
@@ -158,12 +145,7 @@ async fn lossy_duplicating_reordering_network_loses_nothing() {
         ))
         .await
         .unwrap();
-        let key = {
-            let conn =
-                edge_agent::store::open_write_connection(&dir.join(edge_agent::store::DB_FILE))
-                    .unwrap();
-            edge_agent::store::keys::create(&conn, "chaos", 0).unwrap()
-        };
+        let key = api_key(&dir, "chaos");
         // A client writes 40 requests of 25 events while the network misbehaves; only what
         // was answered 201 counts as acknowledged.
         let mut acknowledged = 0u64;
@@ -314,11 +296,7 @@ async fn kill_9_of_hub_and_edge_during_sync_loses_nothing() {
     };
     let dir = temp_dir("chaos-kill-edge");
     let _ = edge_config("SITE_KILL", &dir, "unused", &tls);
-    let key = {
-        let conn = edge_agent::store::open_write_connection(&dir.join(edge_agent::store::DB_FILE))
-            .unwrap();
-        edge_agent::store::keys::create(&conn, "chaos", 0).unwrap()
-    };
+    let key = api_key(&dir, "chaos");
     let start_edge = || {
         let mut p = Proc::start(
             std::process::Command::new(&edge_bin)
@@ -442,11 +420,7 @@ async fn a_full_disk_refuses_writes_clearly_and_recovers() {
     std::fs::create_dir_all(&data).unwrap();
     let mut cfg = edge_config("SITE_001", &data, "unused", &data.join("tls"));
     cfg.hub = None;
-    let key = {
-        let conn = edge_agent::store::open_write_connection(&data.join(edge_agent::store::DB_FILE))
-            .unwrap();
-        edge_agent::store::keys::create(&conn, "chaos", 0).unwrap()
-    };
+    let key = api_key(&data, "chaos");
     let edge = edge_agent::server::start(cfg).await.unwrap();
     let base = format!("http://{}", edge.http_addr);
     let http = reqwest::Client::new();
@@ -559,20 +533,7 @@ async fn postgres_crash_during_ingest_loses_nothing() {
     let ca = Ca::load_or_create(&state_dir).unwrap();
     let tls = state_dir.join("sites/SITE_PG");
     ca.write_site_bundle(&site, &tls).unwrap();
-    let hub = serve::start(ServeConfig {
-        db: Default::default(),
-        database_url: db.hub_url.clone(),
-        read_database_url: Some(db.reporting_url.clone()),
-        quic_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: state_dir.clone(),
-        server_names: vec!["127.0.0.1".into()],
-        enroll_listen: None,
-        metrics_listen: None,
-        reports: Default::default(),
-    })
-    .await
-    .unwrap();
+    let hub = serve::start(serve_config(&db, &state_dir)).await.unwrap();
     let dir = temp_dir("chaos-pg-edge");
     let edge = edge_agent::server::start(edge_config(
         "SITE_PG",
@@ -582,11 +543,7 @@ async fn postgres_crash_during_ingest_loses_nothing() {
     ))
     .await
     .unwrap();
-    let key = {
-        let conn = edge_agent::store::open_write_connection(&dir.join(edge_agent::store::DB_FILE))
-            .unwrap();
-        edge_agent::store::keys::create(&conn, "chaos", 0).unwrap()
-    };
+    let key = api_key(&dir, "chaos");
     let http = reqwest::Client::new();
     let base = format!("http://{}", edge.http_addr);
     let mut acked = write_rounds(&http, &base, &key, 10).await;

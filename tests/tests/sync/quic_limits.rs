@@ -28,11 +28,10 @@ use central_hub::serve::Running;
 use central_hub::sync::{
     ACCEPT_STREAM_TIMEOUT, HANDSHAKE_TIMEOUT, HANDSHAKES_PER_SOURCE_MAX, SITE_CONNECTIONS_MAX,
 };
-use shared_model::event::ProductionCount;
-use shared_model::{EquipmentId, Event, EventBody, EventId, SiteId, Timestamp};
+use shared_model::{Event, SiteId};
 use sync_protocol::close_code;
-use system_tests::edge::edge_config;
-use system_tests::hq::{Hq, hq, temp_dir, wait_for};
+use system_tests::edge::{edge_config, good_parts, record};
+use system_tests::hq::{Hq, hq, init_logs, temp_dir, text_of, wait_for};
 
 /// Connection attempts of every flood here: the hub's whole connection limit.
 const FLOOD: usize = 1_024;
@@ -52,20 +51,10 @@ const EDGE_SYNC_BOUND: Duration = Duration::from_secs(10);
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn init() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
 /// A migrated database with `sites` registered, their enrollment bundles in
 /// `<state_dir>/sites/<SITE>`, and a hub on it.
 async fn setup(name: &str, sites: &[&str]) -> (Hq, Running) {
-    init();
+    init_logs();
     let with_zones: Vec<(&str, &str)> = sites.iter().map(|s| (*s, "UTC")).collect();
     let h = hq(name, &with_zones).await;
     let ca = Ca::load_or_create(&h.state_dir).unwrap();
@@ -82,24 +71,7 @@ fn tls(h: &Hq, site: &str) -> PathBuf {
 }
 
 fn events(site: &SiteId, n: u64) -> Vec<Event> {
-    let t = Timestamp::parse_rfc3339("2026-11-20T08:00:00Z").unwrap();
-    (0..n)
-        .map(|i| Event {
-            event_id: EventId::from_parts(1_796_000_000_000 + i, [(i % 251) as u8; 10]),
-            site_id: site.clone(),
-            occurred_at: t.saturating_add_micros(i as i64 * 1000),
-            recorded_at: t.saturating_add_micros(i as i64 * 1000),
-            operator: None,
-            body: EventBody::ProductionCount(ProductionCount {
-                equipment: EquipmentId::new("PRESS-01").unwrap(),
-                work_order: None,
-                good: 1,
-                scrap: 0,
-                rework: 0,
-                scrap_reason: None,
-            }),
-        })
-        .collect()
+    good_parts(site, 1_796_000_000_000, 0..n)
 }
 
 /// A real edge agent of `site` with `n` events in its outbox, syncing with `hub`.
@@ -114,12 +86,7 @@ async fn start_edge(h: &Hq, hub: &Running, site: &str, n: u64) -> edge_agent::se
     .await
     .unwrap();
     let batch = events(&SiteId::new(site).unwrap(), n);
-    edge.state
-        .store
-        .write(move |c| edge_agent::store::insert_events_for_tests(c, &batch))
-        .await
-        .unwrap();
-    edge.state.notify_outbox();
+    record(&edge, batch).await;
     edge
 }
 
@@ -145,12 +112,8 @@ async fn synced_within(h: &Hq, site: &str, n: i64, bound: Duration) -> Duration 
 
 /// A value of the hub's `/metrics`, by its series (`name` or `name{labels}`).
 async fn metric(hub: &Running, series: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{}/metrics", hub.http_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text =
+        text_of(reqwest::Client::new().get(format!("http://{}/metrics", hub.http_addr))).await;
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }

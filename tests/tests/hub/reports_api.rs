@@ -14,7 +14,8 @@ use shared_model::event::{MachineState, ProductionCount};
 use shared_model::{EquipmentId, Event, EventBody, SiteId};
 use sync_protocol::store::HubStore;
 use system_tests::hq::{
-    close, count, event, get, hq, put_master, seed_worked_example, state, t, wait_for_x_cache,
+    close, count, event, get, hq, put_master, seed_worked_example, serve_config, state, t,
+    wait_for_x_cache,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,16 +310,8 @@ async fn two_hubs_share_cache_and_rate_limits_through_redis() {
         ..ReportSettings::default()
     };
     let one = serve::start(ServeConfig {
-        db: Default::default(),
-        database_url: h.db.hub_url.clone(),
-        read_database_url: Some(h.db.reporting_url.clone()),
-        quic_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: h.state_dir.clone(),
-        server_names: vec!["127.0.0.1".into()],
-        enroll_listen: None,
-        metrics_listen: None,
         reports: settings.clone(),
+        ..serve_config(&h.db, &h.state_dir)
     })
     .await
     .unwrap_or_else(|e| panic!("the hub needs Redis at {}: {e:#}", redis_url()));
@@ -415,9 +408,7 @@ fn correction(of: &Event, replacement: Option<shared_model::event::Replacement>)
 async fn corrections_replace_the_corrected_event_in_place() {
     use shared_model::event::Replacement;
     let h = hq("corr", &[("SITE_A", "UTC")]).await;
-    let hub = h.hub(ReportSettings::default()).await;
-    let base = format!("http://{}", hub.http_addr);
-    let http = reqwest::Client::new();
+    let (hub, base, http) = h.serve(ReportSettings::default()).await;
     let writer = h.token("hq:write", None).await;
     put_master(&http, &base, &writer, "reason-codes", json!([
         {"code": "DOWN.JAM", "parent": null, "name": "Jam", "loss_category": "unplanned", "counts_against_availability": true}])).await;
@@ -572,9 +563,7 @@ async fn an_expired_default_range_is_served_stale_while_one_request_refreshes_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_stops_working_within_the_lookup_ttl() {
     let h = hq("revoke", &[("SITE_A", "UTC")]).await;
-    let hub = h.hub(ReportSettings::default()).await;
-    let base = format!("http://{}", hub.http_addr);
-    let http = reqwest::Client::new();
+    let (hub, base, http) = h.serve(ReportSettings::default()).await;
     let reader = h.token("hq:read", None).await;
     let other = h.token("hq:read", None).await;
     let (status, _, _) = get(&http, &base, &reader, "/api/v1/sites").await;

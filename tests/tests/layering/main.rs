@@ -4,6 +4,11 @@
 //! removed). The real checks run `cargo metadata` on this workspace and read the binaries'
 //! sources; the other tests feed the same rule functions doctored graphs and a doctored source
 //! tree, so a rule that silently stopped matching would fail here instead of passing vacuously.
+//!
+//! The same binary checks the other rule about what the workspace is built from: the vendored
+//! sqlx-core is upstream plus its documented patch and nothing else ([`vendored_sqlx_core`]).
+
+mod vendored_sqlx_core;
 
 use std::path::Path;
 

@@ -22,7 +22,9 @@ use shared_model::SiteId;
 use shared_model::event::MachineState;
 use sync_protocol::store::HubStore;
 use system_tests::browser::{Browser, artifacts};
-use system_tests::hq::{Hq, count, event, hq, put_master, seed_worked_example, state, t};
+use system_tests::hq::{
+    Hq, count, event, hq, put_master, seed_worked_example, serve_config, state, t,
+};
 
 /// SITE_A is the worked example (Berlin, 7.5 h planned, 45 min jam: A 90.0 %, P 88.9 %,
 /// Q 98.0 %, OEE 78.4 %, 10,584 good). SITE_B (UTC, no shift calendar: 24 h planned on
@@ -346,16 +348,8 @@ async fn dashboard_shows_the_figures_in_chromium() {
 
     // ... a hub without its reporting database ...
     let blind = serve::start(ServeConfig {
-        db: Default::default(),
-        database_url: h.db.hub_url.clone(),
         read_database_url: None,
-        quic_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: h.state_dir.clone(),
-        server_names: vec!["127.0.0.1".into()],
-        enroll_listen: None,
-        metrics_listen: None,
-        reports: ReportSettings::default(),
+        ..serve_config(&h.db, &h.state_dir)
     })
     .await
     .unwrap();

@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use central_hub::serve::ReportSettings;
-use system_tests::edge::edge_config;
+use system_tests::edge::{api_key, edge_config};
 use system_tests::hq::{hq, temp_dir, wait_for};
 
 #[cfg(unix)]
@@ -186,11 +186,7 @@ async fn after_a_restore_a_pause_does_not_send_hq_lower_counts() {
         .unwrap();
     let data = temp_dir("restore-totals-edge");
     let cfg = edge_config("SITE_A", &data, &hub.quic_addr.to_string(), &tls);
-    let key = {
-        let conn = edge_agent::store::open_write_connection(&data.join(edge_agent::store::DB_FILE))
-            .unwrap();
-        edge_agent::store::keys::create(&conn, "line", 0).unwrap()
-    };
+    let key = api_key(&data, "line");
     let agent = edge_agent::server::start(cfg.clone()).await.unwrap();
     let base = format!("http://{}", agent.http_addr);
     let http = reqwest::Client::new();

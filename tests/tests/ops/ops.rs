@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,56 +13,22 @@ use central_hub::db::store::{PgHubStore, add_site};
 use central_hub::pki::Ca;
 use central_hub::serve::{self, ReportSettings, ServeConfig};
 use serde_json::Value;
-use shared_model::event::{ProductionCount, QualitySample};
+use shared_model::event::QualitySample;
 use shared_model::{
     BadgeId, CharacteristicId, EquipmentId, Event, EventBody, EventId, SiteId, Timestamp,
 };
 use sqlx::PgPool;
 use sync_protocol::store::HubStore;
-use system_tests::edge::edge_config;
-use system_tests::hq::wait_for;
+use system_tests::edge::{edge_config, good_part, record};
+use system_tests::hq::{init, json_of, serve_config, t, temp_dir, text_of, wait_for};
 use system_tests::pgbouncer::PgBouncer;
 
-fn init() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("mes-ops-{name}-{}", uuid::Uuid::now_v7().simple()));
-    std::fs::create_dir_all(&p).unwrap();
-    p
-}
-
 fn count_event(site: &SiteId, i: u64, at: Timestamp) -> Event {
-    Event {
-        event_id: EventId::from_parts(1_796_000_000_000 + i, [(i % 251) as u8; 10]),
-        site_id: site.clone(),
-        occurred_at: at,
-        recorded_at: at,
-        operator: None,
-        body: EventBody::ProductionCount(ProductionCount {
-            equipment: EquipmentId::new("PRESS-01").unwrap(),
-            work_order: None,
-            good: 1,
-            scrap: 0,
-            rework: 0,
-            scrap_reason: None,
-        }),
-    }
-}
-
-fn t(s: &str) -> Timestamp {
-    Timestamp::parse_rfc3339(s).unwrap()
+    good_part(site, 1_796_000_000_000, i, at)
 }
 
 async fn metrics(http: &reqwest::Client, base: &str) -> String {
-    http.get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    text_of(http.get(format!("{base}/metrics"))).await
 }
 
 /// The value of one sample line (`name{labels} value`) of the exposition text.
@@ -182,11 +147,6 @@ async fn hub_sync_and_reports_run_through_pgbouncer_in_transaction_mode() {
             database_url: bouncer.url(&db.hub_url),
             read_database_url: Some(bouncer.url(&db.reporting_url)),
             quic_listen: quic.parse().unwrap(),
-            http_listen: "127.0.0.1:0".parse().unwrap(),
-            state_dir: state_dir.clone(),
-            server_names: vec!["127.0.0.1".into()],
-            enroll_listen: None,
-            metrics_listen: None,
             reports: ReportSettings {
                 rate_limit_per_second: 1_000_000,
                 ..ReportSettings::default()
@@ -197,6 +157,7 @@ async fn hub_sync_and_reports_run_through_pgbouncer_in_transaction_mode() {
                 // LISTEN/NOTIFY cannot cross transaction pooling: straight to PostgreSQL.
                 listen_url: Some(db.hub_url.clone()),
             },
+            ..serve_config(&db, &state_dir)
         })
     };
     // Refused without a session connection for LISTEN.
@@ -207,13 +168,7 @@ async fn hub_sync_and_reports_run_through_pgbouncer_in_transaction_mode() {
         },
         database_url: bouncer.url(&db.hub_url),
         read_database_url: None,
-        quic_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: state_dir.clone(),
-        server_names: vec!["127.0.0.1".into()],
-        enroll_listen: None,
-        metrics_listen: None,
-        reports: ReportSettings::default(),
+        ..serve_config(&db, &state_dir)
     })
     .await;
     assert!(
@@ -256,12 +211,7 @@ async fn hub_sync_and_reports_run_through_pgbouncer_in_transaction_mode() {
                 )
             })
             .collect();
-        edge.state
-            .store
-            .write(move |c| edge_agent::store::insert_events_for_tests(c, &batch))
-            .await
-            .unwrap();
-        edge.state.notify_outbox();
+        record(&edge, batch).await;
         edges.push((edge, dir));
     }
 
@@ -451,16 +401,8 @@ async fn reports_come_from_a_streaming_replica_and_its_lag_is_exported() {
     .await;
     let state_dir = temp_dir("replica");
     let hub = serve::start(ServeConfig {
-        db: DbSettings::default(),
-        database_url: db.hub_url.clone(),
         read_database_url: Some(on_replica(&db.reporting_url)),
-        quic_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: state_dir.clone(),
-        server_names: vec!["127.0.0.1".into()],
-        enroll_listen: None,
-        metrics_listen: None,
-        reports: ReportSettings::default(),
+        ..serve_config(&db, &state_dir)
     })
     .await
     .unwrap();
@@ -502,14 +444,7 @@ async fn reports_come_from_a_streaming_replica_and_its_lag_is_exported() {
         || async { good().await == 100.0 },
     )
     .await;
-    let ready: Value = http
-        .get(format!("{base}/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = json_of(http.get(format!("{base}/ready"))).await;
     assert_eq!(ready["read_database"]["replica"], true, "{ready}");
 
     // Pause replay: the primary moves on, the replica (and so the report) does not.
@@ -528,14 +463,7 @@ async fn reports_come_from_a_streaming_replica_and_its_lag_is_exported() {
     assert_eq!(primary_good, 150);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(good().await, 100.0, "the report must come from the replica");
-    let ready: Value = http
-        .get(format!("{base}/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = json_of(http.get(format!("{base}/ready"))).await;
     let lag = ready["read_database"]["replication_lag_seconds"]
         .as_f64()
         .unwrap();
@@ -833,16 +761,8 @@ async fn a_late_event_for_a_retired_month_is_archived_beside_the_first_archive()
 async fn metrics_can_be_served_on_their_own_listener_only() {
     let h = system_tests::hq::hq("ops-metrics-port", &[("SITE_A", "UTC")]).await;
     let hub = serve::start(ServeConfig {
-        database_url: h.db.hub_url.clone(),
-        read_database_url: Some(h.db.reporting_url.clone()),
-        quic_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: h.state_dir.clone(),
-        server_names: vec!["127.0.0.1".into()],
-        enroll_listen: None,
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        reports: ReportSettings::default(),
-        db: Default::default(),
+        ..serve_config(&h.db, &h.state_dir)
     })
     .await
     .unwrap();
@@ -877,9 +797,7 @@ async fn metrics_can_be_served_on_their_own_listener_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_report_site_pool_and_http_figures() {
     let h = system_tests::hq::hq("ops-metrics", &[("SITE_A", "UTC"), ("SITE_B", "UTC")]).await;
-    let hub = h.hub(ReportSettings::default()).await;
-    let base = format!("http://{}", hub.http_addr);
-    let http = reqwest::Client::new();
+    let (hub, base, http) = h.serve(ReportSettings::default()).await;
     let site = SiteId::new("SITE_A").unwrap();
     let now = Timestamp::from_micros(
         (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64,

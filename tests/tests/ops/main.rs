@@ -1,0 +1,10 @@
+//! Operating the system: the hub behind PgBouncer and a replica, partition retirement and the
+//! operational metrics, the deployment material, the hub binary's logs and traces, the demo the
+//! README runs, and the benchmark tools. One test binary with a module per former test file;
+//! run one with `cargo test -p system-tests --test ops <module>::`.
+
+mod bench_smoke;
+mod demo;
+mod deploy;
+mod ops;
+mod telemetry;
