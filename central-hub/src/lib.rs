@@ -5,9 +5,11 @@
 //!   implementation on PostgreSQL with row-level security; [`rollup`]: the reporting rollups,
 //!   their decisions pure.
 //!
-//! * [`sync`]: the QUIC sync server; [`http`]: the HQ API's router, bearer tokens, state and
-//!   error shape; [`api`]: the HQ API handlers; [`reports`]: the reporting API with its
-//!   cache and rate limits; [`serve`]: one hub instance; [`pki`]: the CA and certificates.
+//! * [`sync`]: the QUIC sync server; [`http`]: the HQ API's layer below the handlers (bearer
+//!   tokens, state, error shape, the response cache and rate limits); [`api`]: the HQ API
+//!   handlers; [`reports`]: the reporting API, one file per report; [`routes`]: the router and
+//!   the OpenAPI document over both; [`serve`]: one hub instance; [`pki`]: the CA and
+//!   certificates.
 
 pub mod api;
 pub mod certs;
@@ -21,6 +23,7 @@ pub mod metrics;
 pub mod pki;
 pub mod reports;
 pub mod rollup;
+pub mod routes;
 pub mod serve;
 pub mod sync;
 pub mod telemetry;

@@ -107,7 +107,7 @@ struct HttpState {
     /// The token lookups' own pool, when there is no read pool to use.
     auth_pool: Option<PgPool>,
     metrics: Arc<SyncMetrics>,
-    reports: Arc<crate::reports::ReportCtx>,
+    reports: Arc<crate::http::context::ReportCtx>,
     /// The per-site gauges, computed at most every [`SITE_GAUGES_AGE`].
     site_gauges: Arc<tokio::sync::Mutex<Option<(std::time::Instant, String)>>>,
 }
@@ -226,7 +226,7 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> anyhow::R
         config.reports.trusted_proxies.clone(),
     ));
     let store = PgHubStore::new(pool.clone());
-    let shared = crate::reports::cache::Shared::new(
+    let shared = crate::http::cache::Shared::new(
         config.reports.redis_url.as_deref(),
         config.reports.cache_ttl,
         config.reports.rate_limit_per_second,
@@ -234,15 +234,15 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> anyhow::R
     .await
     .context("setting up the report cache")?;
     let reports = Arc::new(
-        crate::reports::ReportCtx::new(shared)
+        crate::http::context::ReportCtx::new(shared)
             .with_statement_timeout(config.reports.statement_timeout),
     );
-    let versions_listener = tokio::spawn(crate::reports::cache::listen(
+    let versions_listener = tokio::spawn(crate::http::cache::listen(
         listen_pool.clone(),
         reports.clone(),
         shutdown_rx.clone(),
     ));
-    let api = crate::http::router::router(crate::http::state::ApiState {
+    let api = crate::routes::router(crate::http::state::ApiState {
         pool: pool.clone(),
         read_pool: read_pool.clone(),
         store: store.clone(),

@@ -35,7 +35,8 @@ use sync_protocol::session::{CloseReason, HubSession, SessionConfig};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::certs::Admission;
-use crate::db::store::{PgHubStore, scoped};
+use crate::db::scoped;
+use crate::ingest::PgHubStore;
 use crate::pki::{Ca, CertFacts, site_from_cert};
 
 /// Connections per hub instance past their handshake (a session each, or about to be).

@@ -7,7 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
-use central_hub::db::store::{PgHubStore, add_site};
+use central_hub::db::sites::add_site;
+use central_hub::ingest::PgHubStore;
 use central_hub::serve::{self, ReportSettings, ServeConfig};
 use serde_json::{Value, json};
 use shared_model::event::{EquipmentStateChange, MachineState, MaterialMovement, ProductionCount};

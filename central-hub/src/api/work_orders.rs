@@ -18,12 +18,12 @@ use sqlx::{FromRow, Row};
 use sync_protocol::message::{DownItem, RecordChange, RecordId};
 use sync_protocol::records::{WorkOrderView, read_view, write_all};
 
-use crate::db::store::load_record;
 use crate::http::auth::Scope;
 use crate::http::cached::micro_cached;
 use crate::http::error::ApiError;
 use crate::http::state::ApiState;
 use crate::http::wire::rfc3339;
+use crate::ingest::load_record;
 
 /// Most work orders one list returns.
 pub const WORK_ORDER_LIST_MAX: i64 = 1_000;
@@ -173,7 +173,7 @@ pub async fn list_work_orders(
             .await
             .map_err(ApiError::internal)?;
         if let Some(own) = &scope.site {
-            crate::reports::context::scope_to_site(&mut tx, own)
+            crate::http::context::scope_to_site(&mut tx, own)
                 .await
                 .map_err(ApiError::internal)?;
         }

@@ -47,7 +47,7 @@ pub(crate) async fn run(command: SiteCommand) -> anyhow::Result<()> {
         } => {
             let site = site_arg(site)?;
             let pool = db.connect().await?;
-            let master = central_hub::db::store::add_site(&pool, &site, &name, &region, &timezone)
+            let master = central_hub::db::sites::add_site(&pool, &site, &name, &region, &timezone)
                 .await
                 .context("adding the site")?;
             let ca = central_hub::pki::Ca::load_or_create(&state_dir)

@@ -17,7 +17,6 @@ pub mod master;
 pub mod retention;
 pub mod schema;
 pub mod sites;
-pub mod store;
 pub mod tx;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -8,10 +8,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::http::cache::{self, Cached};
+use crate::http::context::ReportCtx;
 use crate::http::error::ApiError;
 use crate::http::wire::json_bytes;
-use crate::reports::cache::{self, Cached};
-use crate::reports::context::ReportCtx;
 
 /// How old a micro-cached answer (`/sites`, `/work-orders`) may be.
 pub const MICRO_CACHE_AGE: Duration = Duration::from_secs(1);

@@ -7,11 +7,11 @@ use axum::http::StatusCode;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgPool};
 
-use crate::db::store::PgHubStore;
 use crate::http::auth::Auth;
 pub use crate::http::auth::Scope;
+use crate::http::context::ReportCtx;
 use crate::http::error::ApiError;
-use crate::reports::context::ReportCtx;
+use crate::ingest::PgHubStore;
 
 #[derive(Clone, Debug)]
 pub struct ApiState {

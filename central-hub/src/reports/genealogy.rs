@@ -5,11 +5,11 @@ use serde::Serialize;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, Row};
 
-use super::cache::{self, Cached};
 use super::params::{Direction, Format};
 use super::spec::ReadTx;
 use super::sql::Keyed;
 use super::table::{Table, csv, row_objects, sorted_json_bytes};
+use crate::http::cache::{self, Cached};
 
 /// Deepest genealogy walk.
 pub const GENEALOGY_DEPTH_MAX: i32 = 20;

@@ -11,15 +11,15 @@ use axum::response::Response;
 use shared_model::SiteId;
 use sqlx::PgPool;
 
-use super::cache::Cached;
-use super::context::{ReportCtx, scope_to_site};
 use super::genealogy::{self, GenealogyDoc, LOT_BYTES_MAX};
 use super::params::{self, Query};
 use super::spec::{ReadTx, Report};
 use super::sql::ROWS_MAX;
 use super::table::{ReportDoc, render};
 use crate::http::auth::Scope;
+use crate::http::cache::Cached;
 use crate::http::cached::respond;
+use crate::http::context::{ReportCtx, scope_to_site};
 use crate::http::error::ApiError;
 use crate::http::state::{ApiState, now};
 

@@ -5,11 +5,10 @@
 //! `on_time.rs`, `wip.rs`), each a [`spec::ReportSpec`], listed once in [`registry`]; the
 //! genealogy walk (`genealogy.rs`) has a path of its own. [`handler`] answers the requests
 //! (cache, single flight, read transaction, statement timeout); [`table`] renders; [`sql`]
-//! holds what the statements share; [`params`] checks the query string; [`cache`] is the
-//! response cache with the per-token rate limit; [`context`] what requests share.
+//! holds what the statements share; [`params`] checks the query string. The response cache with
+//! the per-token rate limit and what report requests share are `crate::http::{cache, context}`,
+//! below the handlers of both this module and `crate::api`.
 
-pub mod cache;
-pub mod context;
 pub mod downtime_pareto;
 pub mod genealogy;
 pub mod handler;
@@ -24,4 +23,4 @@ pub mod sql;
 pub mod table;
 pub mod wip;
 
-pub use context::{ReportCtx, STATEMENT_TIMEOUT_DEFAULT, scope_to_site};
+pub use crate::http::context::{ReportCtx, STATEMENT_TIMEOUT_DEFAULT, scope_to_site};

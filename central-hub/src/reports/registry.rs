@@ -131,3 +131,56 @@ mod tests {
         assert_eq!(specs, REPORTS.len(), "every entry of REPORTS has its file");
     }
 }
+
+/// The query-string checks of [`super::params`] with each report's groups from the registry
+/// (here, not in `params`, which sits below the registry).
+#[cfg(test)]
+mod params_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::find;
+    use crate::reports::params::*;
+    use shared_model::Timestamp;
+
+    fn report(name: &str) -> Option<Grouping> {
+        Some(find(name).unwrap().grouping())
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::parse_rfc3339("2026-11-28T12:00:00Z").unwrap()
+    }
+
+    #[test]
+    fn defaults_and_lists() {
+        let q = parse(
+            report("production"),
+            Some("site=A,B&site=C&group_by=site,day&from=2026-11-01&to=2026-11-02"),
+            false,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(q.sites.len(), 3);
+        assert_eq!(q.groups, vec![Group::Site, Group::Day]);
+        assert!(matches!(q.from, Bound::Date(_)));
+        let q = parse(report("downtime-pareto"), None, true, now()).unwrap();
+        assert!(q.groups.is_empty());
+        assert_eq!(q.format, Format::Csv);
+    }
+
+    #[test]
+    fn bad_parameters_name_their_field() {
+        for (name, raw, field) in [
+            ("oee", "from=2026-11-02&to=2026-11-01", "from"),
+            ("oee", "from=2024-01-01&to=2026-01-01", "to"),
+            ("oee", "group_by=colour", "group_by"),
+            ("oee", "group_by=product", "group_by"),
+            ("wip", "group_by=shift", "group_by"),
+            ("oee", "from=yesterday", "from"),
+            ("oee", "site=lower", "site"),
+            ("oee", "format=xml", "format"),
+            ("oee", "sight=A", "query"),
+        ] {
+            let e = parse(report(name), Some(raw), false, now()).unwrap_err();
+            assert_eq!(e.field, field, "{raw}: {}", e.message);
+        }
+    }
+}

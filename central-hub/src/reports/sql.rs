@@ -196,7 +196,7 @@ fn bind_range<'q>(
     query: &Query,
 ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
     let inst = |b: Bound| match b {
-        Bound::Instant(t) => Some(crate::db::store::ts(t)),
+        Bound::Instant(t) => Some(crate::db::convert::ts(t)),
         Bound::Date(_) => None,
     };
     let date = |b: Bound| match b {

@@ -7,9 +7,9 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::cache::{self, Cached};
 use super::params::{Format, Query};
 use super::sql::Keyed;
+use crate::http::cache::{self, Cached};
 
 /// A finished table: column names, rows of cells in column order, and the total.
 #[derive(Debug)]

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use central_hub::db::store::add_site;
+use central_hub::db::sites::add_site;
 use central_hub::pki::Ca;
 use shared_model::event::ProductionCount;
 use shared_model::{

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use central_hub::db::store::{PgHubStore, add_site};
+use central_hub::db::sites::add_site;
+use central_hub::ingest::PgHubStore;
 use central_hub::serve::{self, ReportSettings, ServeConfig};
 use shared_model::event::{EquipmentStateChange, MachineState, MaterialMovement, ProductionCount};
 use shared_model::{

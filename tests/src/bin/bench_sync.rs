@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use central_hub::db::store::add_site;
+use central_hub::db::sites::add_site;
 use central_hub::pki::Ca;
 use central_hub::serve::{self, ServeConfig};
 use edge_agent::config::RunConfig;
@@ -375,7 +375,7 @@ async fn main() -> anyhow::Result<()> {
         "events/s",
     );
     figure("sync.full_over_plain", plain_s / drain, "ratio");
-    let store = central_hub::db::store::PgHubStore::new(hub_pool.clone());
+    let store = central_hub::ingest::PgHubStore::new(hub_pool.clone());
     let site5 = SiteId::new("SITE_005")?;
     add_site(&admin, &site5, "Plant", "EU", "UTC").await?;
     let rows = rows_for(&site5);
@@ -427,7 +427,7 @@ async fn main() -> anyhow::Result<()> {
     figure("sync.edge_hub_p99_ms", pct(&lat, 0.99), "ms");
 
     // Propagation, HQ release → connected edge.
-    let hq = central_hub::db::store::PgHubStore::new(central_hub::db::connect(&db.hub_url).await?);
+    let hq = central_hub::ingest::PgHubStore::new(central_hub::db::connect(&db.hub_url).await?);
     let site3 = sites[2].clone();
     let store3 = edges[1].state.store.clone();
     let mut rel = Vec::new();

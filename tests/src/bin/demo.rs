@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use central_hub::db::store::add_site;
+use central_hub::db::sites::add_site;
 use central_hub::pki::Ca;
 use central_hub::serve::{self, ServeConfig};
 use edge_agent::config::RunConfig;

@@ -13,8 +13,10 @@
 use std::time::Duration;
 
 use automerge::transaction::Transactable;
-use central_hub::db::store::{PgHubStore, add_site, ensure_partitions, scoped, split_default};
+use central_hub::db::scoped;
+use central_hub::db::sites::{add_site, ensure_partitions, split_default};
 use central_hub::db::{connect, schema};
+use central_hub::ingest::PgHubStore;
 use shared_model::event::ProductionCount;
 use shared_model::{EquipmentId, Event, EventBody, EventId, SiteId, Timestamp};
 use sqlx::{Executor, PgPool, Row};

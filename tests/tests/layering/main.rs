@@ -205,11 +205,6 @@ fn malformed_metadata_is_an_error_not_a_pass() {
 /// first. This list only shrinks: the test fails on a circle not listed and on a listed circle
 /// that no longer exists.
 const ALLOWED_CYCLES: &[(&str, &[&str])] = &[
-    ("central-hub", &["api", "auth"]),
-    ("central-hub", &["api", "reports"]),
-    ("central-hub", &["db", "metrics"]),
-    ("central-hub", &["db/master", "db/store"]),
-    ("central-hub", &["db/rollup", "db/store"]),
     ("edge-agent", &["api", "ui"]),
     ("edge-agent", &["master", "store"]),
     ("edge-agent", &["records", "store"]),

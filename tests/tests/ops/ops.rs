@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use central_hub::db::DbSettings;
-use central_hub::db::store::{PgHubStore, add_site};
+use central_hub::db::sites::add_site;
+use central_hub::ingest::PgHubStore;
 use central_hub::pki::Ca;
 use central_hub::serve::{self, ReportSettings, ServeConfig};
 use serde_json::Value;
@@ -696,7 +697,7 @@ async fn a_late_event_for_a_retired_month_is_archived_beside_the_first_archive()
             .await
             .contains(&"events_p_site_a_default".to_owned())
     );
-    let split = central_hub::db::store::ensure_partitions(&admin, std::slice::from_ref(&site))
+    let split = central_hub::db::sites::ensure_partitions(&admin, std::slice::from_ref(&site))
         .await
         .unwrap();
     assert_eq!(split.len(), 1);

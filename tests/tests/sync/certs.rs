@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use central_hub::db::store::add_site;
+use central_hub::db::sites::add_site;
 use central_hub::serve::{self, ServeConfig};
 use edge_agent::config::RunArgs;
 use edge_agent::install::{InstallError, InstallOptions, install};

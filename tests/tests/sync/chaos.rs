@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use central_hub::db::store::add_site;
+use central_hub::db::sites::add_site;
 use central_hub::pki::Ca;
 use central_hub::serve;
 use shared_model::SiteId;

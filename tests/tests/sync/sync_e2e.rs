@@ -13,7 +13,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use automerge::transaction::Transactable;
-use central_hub::db::store::{PgHubStore, add_site};
+use central_hub::db::sites::add_site;
+use central_hub::ingest::PgHubStore;
 use central_hub::pki::Ca;
 use central_hub::serve::{self, ServeConfig};
 use shared_model::{Event, SiteId, Timestamp};

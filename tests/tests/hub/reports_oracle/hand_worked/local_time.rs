@@ -17,7 +17,7 @@ use super::{corr, expect, expect_null, pc, pcount, publish_order, row_of};
 
 /// A work order in any state, as the site's edge reports it (one Automerge change).
 async fn order_record(
-    store: &central_hub::db::store::PgHubStore,
+    store: &central_hub::ingest::PgHubStore,
     site: &str,
     id: &str,
     due: &str,

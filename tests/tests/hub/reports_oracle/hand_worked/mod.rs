@@ -78,7 +78,7 @@ pub(super) fn expect_null(report: &str, group: &str, row: &Value, field: &str) {
 /// `order` as its site's edge reports it: one Automerge change from an actor of the site,
 /// applied to the hub's store.
 pub(super) async fn publish_order(
-    store: &central_hub::db::store::PgHubStore,
+    store: &central_hub::ingest::PgHubStore,
     order: shared_model::work_order::WorkOrder,
 ) {
     use sync_protocol::message::{RecordChange, RecordId, RecordKind};

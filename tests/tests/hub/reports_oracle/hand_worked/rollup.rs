@@ -13,7 +13,7 @@ use super::{corr, publish_order};
 
 /// A work order as the site's edge reports it: one Automerge change from an actor of the site.
 async fn site_order(
-    store: &central_hub::db::store::PgHubStore,
+    store: &central_hub::ingest::PgHubStore,
     site: &str,
     id: &str,
     material: &str,

@@ -17,7 +17,7 @@ use redis::AsyncCommands;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::db::store::DATA_CHANNEL;
+use crate::db::channels::DATA_CHANNEL;
 
 /// The Redis hash of data versions, site → version.
 pub const VERSIONS_KEY: &str = "mes:versions";

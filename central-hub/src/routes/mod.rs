@@ -1,6 +1,9 @@
-//! The HQ API's axum router: every `/api/v1` route, the bearer-token gate in front of them
-//! ([`require_token`]) and the body limit. `/api/v1/openapi.json` ([`crate::http::openapi`]) is
-//! outside the gate.
+//! The HQ API's axum router, on top of the handlers (`crate::api`, `crate::reports`) and the
+//! HTTP layer (`crate::http`): every `/api/v1` route, the bearer-token gate in front of them
+//! ([`require_token`]) and the body limit. `/api/v1/openapi.json` ([`openapi`]) is outside the
+//! gate.
+
+pub mod openapi;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
@@ -11,9 +14,9 @@ use axum::routing::{get, patch, post, put};
 
 use crate::api::{BODY_BYTES_MAX, conflicts, master_data, sites, work_orders};
 use crate::http::auth::{Denied, FAILURE_WINDOW, FAILURES_PER_ADDRESS_MAX};
+use crate::http::cache::Admit;
 use crate::http::error::ApiError;
 use crate::http::state::ApiState;
-use crate::reports::cache::Admit;
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
@@ -41,7 +44,7 @@ pub fn router(state: ApiState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
         .route(
             "/api/v1/openapi.json",
-            get(crate::http::openapi::serve_document),
+            get(crate::routes::openapi::serve_document),
         )
         .with_state(state)
 }
