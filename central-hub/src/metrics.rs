@@ -8,9 +8,9 @@
 //! sets are bounded ([`SERIES_MAX`]) so a flood of odd paths cannot grow memory.
 //!
 //! The exposition is `prometheus-client`'s OpenMetrics text ([`Scrape`], [`CONTENT_TYPE`]).
-//! Written here by hand, because the crate does not: the series cap ([`Bounded`]; `Family`
+//! Written here by hand, because the crate does not: the series cap (`Bounded`; `Family`
 //! has none), label-value escaping ([`escape`]; the crate writes values verbatim), and
-//! announcing families that have no series yet ([`Announced`]; the crate skips them).
+//! announcing families that have no series yet (`Announced`; the crate skips them).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{LazyLock, Mutex};
