@@ -489,17 +489,6 @@ async fn ready(State(s): State<HttpState>) -> impl IntoResponse {
     }
 }
 
-fn gauge(out: &mut String, name: &str, help: &str, samples: &[(String, f64)]) {
-    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
-    for (labels, v) in samples {
-        if labels.is_empty() {
-            out.push_str(&format!("{name} {v}\n"));
-        } else {
-            out.push_str(&format!("{name}{{{labels}}} {v}\n"));
-        }
-    }
-}
-
 /// Per-site gauges from the read database: sync status as `/api/v1/sites` shows it, work
 /// orders running or paused, failed quality samples of the last 8 hours (one shift; the
 /// guide's "quality alerts"), and operators who recorded something in the last 15 minutes.
@@ -530,101 +519,75 @@ async fn site_gauges(pool: &PgPool) -> Result<String, sqlx::Error> {
         ),
     )
     .await?;
+    const COLUMNS: [(&str, &str, &str); 8] = [
+        (
+            "connected",
+            "mes_sync_site_connected",
+            "1 when the site's edge holds a sync session (any hub instance).",
+        ),
+        (
+            "last_seen",
+            "mes_sync_site_last_seen_seconds",
+            "Seconds since the site's edge was last seen.",
+        ),
+        (
+            "backlog",
+            "mes_sync_backlog_events",
+            "Events the site's edge reported as not yet acknowledged.",
+        ),
+        (
+            "lag",
+            "mes_sync_lag_seconds",
+            "Age of the oldest event the site's edge still holds for the hub.",
+        ),
+        (
+            "orders",
+            "mes_work_orders_active",
+            "Work orders running or paused.",
+        ),
+        (
+            "quality",
+            "mes_quality_alerts_active",
+            "Failed quality samples in the last 8 hours.",
+        ),
+        (
+            "users",
+            "mes_active_users_by_site",
+            "Operators who recorded an event in the last 15 minutes.",
+        ),
+        (
+            "cert_expiry",
+            "mes_site_certificate_expiry_seconds",
+            "Seconds until the last unrevoked certificate of the site expires (negative: expired); the edge renews at two thirds of the lifetime.",
+        ),
+    ];
     let mut cols: [Vec<(String, f64)>; 8] = Default::default();
     for r in &rows {
         let site: String = r.try_get("site_id")?;
-        let label = format!("site=\"{}\"", crate::metrics::escape(&site));
-        for (i, c) in [
-            "connected",
-            "last_seen",
-            "backlog",
-            "lag",
-            "orders",
-            "quality",
-            "users",
-            "cert_expiry",
-        ]
-        .iter()
-        .enumerate()
-        {
-            let v: f64 = r.try_get(*c)?;
+        for ((column, _, _), samples) in COLUMNS.iter().zip(&mut cols) {
+            let v: f64 = r.try_get(*column)?;
             // A site never seen has no age: leave it out rather than report -1 s. A site
             // without a known certificate has no expiry.
-            if (*c == "last_seen" && v < 0.0) || v.is_nan() {
+            if (*column == "last_seen" && v < 0.0) || v.is_nan() {
                 continue;
             }
-            cols[i].push((label.clone(), v));
+            samples.push((site.clone(), v));
         }
     }
-    let mut out = String::new();
-    let [
-        connected,
-        last_seen,
-        backlog,
-        lag,
-        orders,
-        quality,
-        users,
-        cert_expiry,
-    ] = cols;
-    gauge(
-        &mut out,
-        "mes_sync_site_connected",
-        "1 when the site's edge holds a sync session (any hub instance).",
-        &connected,
-    );
-    gauge(
-        &mut out,
-        "mes_sync_site_last_seen_seconds",
-        "Seconds since the site's edge was last seen.",
-        &last_seen,
-    );
-    gauge(
-        &mut out,
-        "mes_sync_backlog_events",
-        "Events the site's edge reported as not yet acknowledged.",
-        &backlog,
-    );
-    gauge(
-        &mut out,
-        "mes_sync_lag_seconds",
-        "Age of the oldest event the site's edge still holds for the hub.",
-        &lag,
-    );
-    gauge(
-        &mut out,
-        "mes_work_orders_active",
-        "Work orders running or paused.",
-        &orders,
-    );
-    gauge(
-        &mut out,
-        "mes_quality_alerts_active",
-        "Failed quality samples in the last 8 hours.",
-        &quality,
-    );
-    gauge(
-        &mut out,
-        "mes_active_users_by_site",
-        "Operators who recorded an event in the last 15 minutes.",
-        &users,
-    );
-    gauge(
-        &mut out,
-        "mes_site_certificate_expiry_seconds",
-        "Seconds until the last unrevoked certificate of the site expires (negative: expired); the edge renews at two thirds of the lifetime.",
-        &cert_expiry,
-    );
-    Ok(out)
+    let mut out = crate::metrics::Scrape::empty();
+    for ((_, name, help), samples) in COLUMNS.iter().zip(cols) {
+        out.gauges(name, help, "site", samples);
+    }
+    Ok(out.text())
 }
 
-fn pool_gauges(out: &mut String, pools: &[(&str, &PgPool)]) {
+fn pool_gauges(out: &mut crate::metrics::Scrape, pools: &[(&str, &PgPool)]) {
     let mut active = Vec::new();
     let mut idle = Vec::new();
     let mut limit = Vec::new();
     let mut waiting = Vec::new();
     for (role, pool) in pools {
-        let label = format!("pool=\"{role}\"");
+        let label = (*role).to_owned();
         let size = f64::from(pool.size());
         let free = pool.num_idle() as f64;
         active.push((label.clone(), (size - free).max(0.0)));
@@ -640,134 +603,112 @@ fn pool_gauges(out: &mut String, pools: &[(&str, &PgPool)]) {
         };
         waiting.push((label, w.load(Ordering::Relaxed).max(0) as f64));
     }
-    gauge(
-        out,
-        "mes_db_connections_active",
-        "Pooled connections in use.",
-        &active,
-    );
-    gauge(
-        out,
-        "mes_db_connections_idle",
-        "Pooled connections open and idle.",
-        &idle,
-    );
-    gauge(
-        out,
-        "mes_db_connections_waiting",
-        "Transactions waiting for a pooled connection.",
-        &waiting,
-    );
-    gauge(
-        out,
-        "mes_db_connections_limit",
-        "Most connections the pool opens.",
-        &limit,
-    );
+    for (name, help, samples) in [
+        (
+            "mes_db_connections_active",
+            "Pooled connections in use.",
+            active,
+        ),
+        (
+            "mes_db_connections_idle",
+            "Pooled connections open and idle.",
+            idle,
+        ),
+        (
+            "mes_db_connections_waiting",
+            "Transactions waiting for a pooled connection.",
+            waiting,
+        ),
+        (
+            "mes_db_connections_limit",
+            "Most connections the pool opens.",
+            limit,
+        ),
+    ] {
+        out.gauges(name, help, "pool", samples);
+    }
 }
 
 async fn metrics_text(State(s): State<HttpState>) -> impl IntoResponse {
     let m = &s.metrics;
-    let mut out = String::new();
-    for (name, help, kind, v) in [
+    let mut out = crate::metrics::Scrape::hub();
+    let gauges = [
         (
             "mes_sync_edges_connected",
             "Sync sessions open on this instance.",
-            "gauge",
             &m.connections_open,
-        ),
-        (
-            "mes_sync_events_ingested_total",
-            "Events stored (duplicates excluded).",
-            "counter",
-            &m.events_ingested,
         ),
         (
             "hub_sync_connections_open",
             "Open sync connections.",
-            "gauge",
             &m.connections_open,
+        ),
+        (
+            "mes_sync_handshakes_in_progress",
+            "QUIC/TLS handshakes in progress (validated addresses only).",
+            &m.handshakes_open,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        out.gauge_int(
+            name,
+            help,
+            i64::try_from(v.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+        );
+    }
+    let r = &s.reports.shared.metrics;
+    let a = &s.auth.stats;
+    let counters = [
+        (
+            "mes_sync_events_ingested_total",
+            "Events stored (duplicates excluded).",
+            &m.events_ingested,
         ),
         (
             "hub_sync_connections_total",
             "Sync connections accepted.",
-            "counter",
             &m.connections_total,
         ),
         (
             "hub_sync_connections_refused_total",
             "Connections refused at the limit.",
-            "counter",
             &m.connections_refused,
         ),
         (
             "hub_sync_sessions_failed_total",
             "Sessions ended by a store failure.",
-            "counter",
             &m.sessions_failed,
         ),
         (
             "hub_sync_protocol_errors_total",
             "Sessions closed for a protocol violation.",
-            "counter",
             &m.protocol_errors,
         ),
         (
             "hub_events_ingested_total",
             "Events inserted (duplicates excluded).",
-            "counter",
             &m.events_ingested,
-        ),
-        (
-            "mes_sync_handshakes_in_progress",
-            "QUIC/TLS handshakes in progress (validated addresses only).",
-            "gauge",
-            &m.handshakes_open,
         ),
         (
             "mes_sync_retries_total",
             "Connection attempts answered with a QUIC Retry (address not validated yet).",
-            "counter",
             &m.retries,
         ),
         (
             "mes_sync_sessions_replaced_total",
             "Connections closed because a newer connection of their site took their place.",
-            "counter",
             &m.sessions_replaced,
         ),
         (
             "mes_sync_certificates_renewed_total",
             "Site certificates renewed over sync sessions by this instance.",
-            "counter",
             &m.certificates_renewed,
         ),
         (
             "mes_sync_certificate_renewals_refused_total",
             "Certificate renewals this instance refused (bad CSR, too frequent, database).",
-            "counter",
             &m.renewals_refused,
         ),
-    ] {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n",
-            v.load(Ordering::Relaxed)
-        ));
-    }
-    out.push_str(
-        "# HELP mes_sync_connections_refused_total Connection attempts refused, or connections \
-         closed before their session, by reason.\n\
-         # TYPE mes_sync_connections_refused_total counter\n",
-    );
-    for reason in sync::Refusal::ALL {
-        out.push_str(&format!(
-            "mes_sync_connections_refused_total{{reason=\"{}\"}} {}\n",
-            reason.name(),
-            m.refused(reason)
-        ));
-    }
-    let r = &s.reports.shared.metrics;
-    for (name, help, v) in [
         (
             "mes_report_cache_hits_total",
             "Report requests answered from the cache.",
@@ -793,46 +734,6 @@ async fn metrics_text(State(s): State<HttpState>) -> impl IntoResponse {
             "Redis commands that failed or timed out (the request went on without).",
             &r.redis_errors,
         ),
-    ] {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-            v.load(Ordering::Relaxed)
-        ));
-    }
-    crate::metrics::FRAMES_REJECTED.render(
-        &mut out,
-        "mes_sync_frames_rejected_total",
-        "Sync sessions closed or refused for a protocol violation, by error code.",
-        &["reason"],
-    );
-    crate::metrics::HTTP_REQUESTS.render(
-        &mut out,
-        "mes_http_requests_total",
-        "HTTP requests by method, route pattern and status.",
-        &["method", "route", "status"],
-    );
-    crate::metrics::HTTP_DURATION.render(
-        &mut out,
-        "mes_http_request_duration_seconds",
-        "HTTP request latency by route pattern.",
-        "route",
-    );
-    crate::metrics::QUERIES.render(
-        &mut out,
-        "mes_db_query_duration_seconds",
-        "Database operations (one transaction or statement) by name.",
-        "query",
-    );
-    let mut pools = vec![("write", &s.pool)];
-    if let Some(read) = &s.read_pool {
-        pools.push(("read", read));
-    }
-    if let Some(auth) = &s.auth_pool {
-        pools.push(("auth", auth));
-    }
-    pool_gauges(&mut out, &pools);
-    let a = &s.auth.stats;
-    for (name, help, v) in [
         (
             "mes_api_token_lookups_total",
             "HQ API token lookups that reached the database (read side).",
@@ -848,19 +749,31 @@ async fn metrics_text(State(s): State<HttpState>) -> impl IntoResponse {
             "HQ API requests refused with 429 for their address' failed authentications.",
             &a.limited,
         ),
-    ] {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-            v.load(Ordering::Relaxed)
-        ));
+    ];
+    for (name, help, v) in counters {
+        out.counter(name, help, v.load(Ordering::Relaxed));
     }
+    out.counters(
+        "mes_sync_connections_refused_total",
+        "Connection attempts refused, or connections closed before their session, by reason.",
+        "reason",
+        sync::Refusal::ALL.map(|reason| (reason.name().to_owned(), m.refused(reason))),
+    );
+    let mut pools = vec![("write", &s.pool)];
+    if let Some(read) = &s.read_pool {
+        pools.push(("read", read));
+    }
+    if let Some(auth) = &s.auth_pool {
+        pools.push(("auth", auth));
+    }
+    pool_gauges(&mut out, &pools);
+    let mut per_site = String::new();
     if let Some(read) = &s.read_pool {
         match replication_lag(read).await {
-            Ok((_, lag)) => gauge(
-                &mut out,
+            Ok((_, lag)) => out.gauge(
                 "mes_db_replication_lag_seconds",
                 "Replication lag of the read database (0 on a primary or a caught-up replica).",
-                &[(String::new(), lag)],
+                lag,
             ),
             Err(e) => tracing::warn!(error = %e, "replication lag query failed"),
         }
@@ -870,10 +783,10 @@ async fn metrics_text(State(s): State<HttpState>) -> impl IntoResponse {
             .filter(|(at, _)| at.elapsed() < SITE_GAUGES_AGE)
             .map(|(_, text)| text.clone());
         match fresh {
-            Some(text) => out.push_str(&text),
+            Some(text) => per_site = text,
             None => match site_gauges(read).await {
                 Ok(text) => {
-                    out.push_str(&text);
+                    per_site.clone_from(&text);
                     *cached = Some((std::time::Instant::now(), text));
                 }
                 Err(e) => tracing::warn!(error = %e, "per-site gauges failed"),
@@ -889,23 +802,23 @@ async fn metrics_text(State(s): State<HttpState>) -> impl IntoResponse {
     } else {
         0.0
     };
-    gauge(
-        &mut out,
+    out.gauge(
         "mes_cache_hit_rate",
         "Share of report lookups answered from the cache since start.",
-        &[(String::new(), rate)],
+        rate,
     );
-    gauge(
-        &mut out,
+    out.gauge(
         "mes_cache_miss_rate",
         "Share of report lookups computed from the database since start.",
-        &[(
-            String::new(),
-            if hits + misses > 0 { 1.0 - rate } else { 0.0 },
-        )],
+        if hits + misses > 0 { 1.0 - rate } else { 0.0 },
     );
-    out.push_str(&format!(
-        "# HELP mes_report_cache_hit_ratio Cache hits over lookups since start.\n# TYPE mes_report_cache_hit_ratio gauge\nmes_report_cache_hit_ratio {rate}\n"
-    ));
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    out.gauge(
+        "mes_report_cache_hit_ratio",
+        "Cache hits over lookups since start.",
+        rate,
+    );
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        out.finish(&per_site),
+    )
 }

@@ -1,15 +1,24 @@
-//! Prometheus metrics, rendered in the text exposition format by `GET /metrics`.
+//! Prometheus metrics, rendered in the OpenMetrics text format by `GET /metrics`
+//! (`prometheus-client`; [`CONTENT_TYPE`]).
 //!
-//! Hand-rolled on atomics: a handful of counters and histograms do not justify a registry
-//! crate, and every update is one atomic add on the request path.
+//! Updates are the crate's atomics (a counter add is one atomic add on the request path);
+//! the outbox depths, terminal sessions and certificate figures are read at scrape time
+//! ([`Scraped`]).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+/// The content type of [`Metrics::render`]'s text; Prometheus negotiates it.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A monotonic counter.
+#[derive(Debug, Default, Clone)]
+pub struct Counter(prometheus_client::metrics::counter::Counter);
 
 impl Counter {
     pub fn inc(&self) {
@@ -17,54 +26,11 @@ impl Counter {
     }
 
     pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        self.0.inc_by(n);
     }
 
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// A histogram with fixed upper bounds.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    counts: Vec<AtomicU64>,
-    /// Sum in millionths, so it fits an atomic integer.
-    sum_micro: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            sum_micro: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-
-    pub fn observe(&self, v: f64) {
-        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
-            self.counts[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.sum_micro
-            .fetch_add((v.max(0.0) * 1e6) as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            cumulative += c.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+        self.0.get()
     }
 }
 
@@ -75,9 +41,32 @@ const BATCH_BOUNDS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
 
+/// A route template (a code constant: never the raw path, whose ids would make the label
+/// set unbounded) and the response status.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    route: Route,
+    status: u16,
+}
+
+/// A route template, written verbatim: templates hold no character the text format escapes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Route(&'static str);
+
+impl EncodeLabelValue for Route {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        debug_assert!(
+            !self.0.contains(['"', '\\', '\n']),
+            "{}: a route template needs no escaping",
+            self.0
+        );
+        std::fmt::Write::write_str(encoder, self.0)
+    }
+}
+
 #[derive(Debug)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    requests: Family<RequestLabels, prometheus_client::metrics::counter::Counter>,
     pub request_duration: Histogram,
     /// Jobs per group commit.
     pub commit_batch_size: Histogram,
@@ -89,9 +78,9 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self {
-            requests: Mutex::new(BTreeMap::new()),
-            request_duration: Histogram::new(LATENCY_BOUNDS_S),
-            commit_batch_size: Histogram::new(BATCH_BOUNDS),
+            requests: Family::default(),
+            request_duration: Histogram::new(LATENCY_BOUNDS_S.iter().copied()),
+            commit_batch_size: Histogram::new(BATCH_BOUNDS.iter().copied()),
             commit_failures: Counter::default(),
             events_stored: Counter::default(),
             events_pruned: Counter::default(),
@@ -99,72 +88,146 @@ impl Default for Metrics {
     }
 }
 
+/// The figures `GET /metrics` reads at scrape time.
+#[derive(Debug, Clone, Copy)]
+pub struct Scraped {
+    pub pending_events: u64,
+    pub pending_changes: u64,
+    /// Badge sessions of operator terminals.
+    pub terminal_sessions: usize,
+    /// Seconds until the sync client's certificate expires, when it has one.
+    pub certificate_expiry_seconds: Option<i64>,
+    /// Certificates renewed over the sync session by this process.
+    pub certificate_renewals: u64,
+}
+
 impl Metrics {
     /// Counts a request under its route template (never the raw path: ids would make the
     /// label set unbounded).
     pub fn record_request(&self, route: &'static str, status: u16, seconds: f64) {
-        *self
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry((route, status))
-            .or_default() += 1;
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: Route(route),
+                status,
+            })
+            .inc();
         self.request_duration.observe(seconds);
     }
 
-    /// The exposition text; `pending` are the outbox depths by kind, read at scrape time.
-    pub fn render(&self, pending_events: u64, pending_changes: u64) -> String {
-        let mut out = String::with_capacity(4096);
-        out.push_str("# HELP edge_http_requests_total HTTP requests by route and status.\n");
-        out.push_str("# TYPE edge_http_requests_total counter\n");
-        for ((route, status), n) in self
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "edge_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-            );
-        }
-        self.request_duration.render(
-            &mut out,
+    /// The exposition text, with the figures read at scrape time.
+    pub fn render(&self, now: Scraped) -> String {
+        // The crate appends each help text's full stop; counters are registered without the
+        // `_total` their samples carry.
+        let mut r = Registry::default();
+        r.register(
+            "edge_http_requests",
+            "HTTP requests by route and status",
+            self.requests.clone(),
+        );
+        r.register(
             "edge_http_request_duration_seconds",
-            "HTTP request latency.",
+            "HTTP request latency",
+            self.request_duration.clone(),
         );
-        self.commit_batch_size.render(
-            &mut out,
+        r.register(
             "edge_commit_batch_size",
-            "Write jobs committed per SQLite transaction (group commit).",
+            "Write jobs committed per SQLite transaction (group commit)",
+            self.commit_batch_size.clone(),
         );
-        let _ = writeln!(
-            out,
-            "# HELP edge_outbox_pending Entries waiting for the hub's ack.\n# TYPE edge_outbox_pending gauge\nedge_outbox_pending{{kind=\"event\"}} {pending_events}\nedge_outbox_pending{{kind=\"change\"}} {pending_changes}"
+        let pending = Family::<[(&'static str, &'static str); 1], Gauge>::default();
+        for (kind, n) in [
+            ("event", now.pending_events),
+            ("change", now.pending_changes),
+        ] {
+            pending
+                .get_or_create(&[("kind", kind)])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        r.register(
+            "edge_outbox_pending",
+            "Entries waiting for the hub's ack",
+            pending,
         );
         for (name, help, c) in [
             (
-                "edge_events_stored_total",
-                "Events durably stored.",
+                "edge_events_stored",
+                "Events durably stored",
                 &self.events_stored,
             ),
             (
-                "edge_events_pruned_total",
-                "Acknowledged events removed by retention.",
+                "edge_events_pruned",
+                "Acknowledged events removed by retention",
                 &self.events_pruned,
             ),
             (
-                "edge_commit_failures_total",
-                "Group commits that failed.",
+                "edge_commit_failures",
+                "Group commits that failed",
                 &self.commit_failures,
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                c.get()
+            r.register(name, help, c.0.clone());
+        }
+        r.register(
+            "edge_terminal_sessions",
+            "Badge sessions of operator terminals",
+            ConstGauge::new(i64::try_from(now.terminal_sessions).unwrap_or(i64::MAX)),
+        );
+        if let Some(left) = now.certificate_expiry_seconds {
+            r.register(
+                "edge_sync_certificate_expiry_seconds",
+                "Seconds until the certificate the sync client presents expires",
+                ConstGauge::new(left),
             );
         }
+        r.register(
+            "edge_sync_certificate_renewals",
+            "Certificates renewed over the sync session by this process",
+            ConstCounter::new(now.certificate_renewals),
+        );
+        let mut out = String::with_capacity(4096);
+        encode(&mut out, &r).expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_keeps_the_names_and_values() {
+        let m = Metrics::default();
+        m.record_request("/api/v1/events", 201, 0.003);
+        m.commit_batch_size.observe(3.0);
+        m.events_stored.add(7);
+        let text = m.render(Scraped {
+            pending_events: 5,
+            pending_changes: 2,
+            terminal_sessions: 1,
+            certificate_expiry_seconds: Some(3600),
+            certificate_renewals: 1,
+        });
+        for line in [
+            "edge_http_requests_total{route=\"/api/v1/events\",status=\"201\"} 1\n",
+            "edge_http_request_duration_seconds_bucket{le=\"0.005\"} 1\n",
+            "edge_http_request_duration_seconds_count 1\n",
+            "edge_commit_batch_size_bucket{le=\"4.0\"} 1\n",
+            "# HELP edge_outbox_pending Entries waiting for the hub's ack.\n# TYPE edge_outbox_pending gauge\n",
+            "edge_outbox_pending{kind=\"event\"} 5\n",
+            "edge_outbox_pending{kind=\"change\"} 2\n",
+            "edge_events_stored_total 7\n",
+            "edge_events_pruned_total 0\n",
+            "edge_commit_failures_total 0\n",
+            "edge_terminal_sessions 1\n",
+            "edge_sync_certificate_expiry_seconds 3600\n",
+            "edge_sync_certificate_renewals_total 1\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from\n{text}");
+        }
+        assert!(
+            !text.contains("_total_total") && !text.contains(".."),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -289,26 +289,20 @@ async fn health() -> Json<Value> {
 
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let p = state.store.pending().await?;
+    let scraped = crate::metrics::Scraped {
+        pending_events: p.events,
+        pending_changes: p.changes,
+        terminal_sessions: state.sessions.len(),
+        certificate_expiry_seconds: state
+            .certificate()
+            .map(|cert| cert.not_after - state.now().as_micros().div_euclid(1_000_000)),
+        certificate_renewals: state
+            .certificate_renewals
+            .load(std::sync::atomic::Ordering::Relaxed),
+    };
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        {
-            let mut text = state.store.metrics().render(p.events, p.changes);
-            text.push_str(&format!(
-                "# HELP edge_terminal_sessions Badge sessions of operator terminals.\n# TYPE edge_terminal_sessions gauge\nedge_terminal_sessions {}\n",
-                state.sessions.len()
-            ));
-            if let Some(cert) = state.certificate() {
-                let left = cert.not_after - state.now().as_micros().div_euclid(1_000_000);
-                text.push_str(&format!(
-                    "# HELP edge_sync_certificate_expiry_seconds Seconds until the certificate the sync client presents expires.\n# TYPE edge_sync_certificate_expiry_seconds gauge\nedge_sync_certificate_expiry_seconds {left}\n"
-                ));
-            }
-            text.push_str(&format!(
-                "# HELP edge_sync_certificate_renewals_total Certificates renewed over the sync session by this process.\n# TYPE edge_sync_certificate_renewals_total counter\nedge_sync_certificate_renewals_total {}\n",
-                state.certificate_renewals.load(std::sync::atomic::Ordering::Relaxed)
-            ));
-            text
-        },
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        state.store.metrics().render(scraped),
     )
         .into_response())
 }

@@ -232,14 +232,20 @@ fn dashboard_exprs(panels: &serde_json::Value, out: &mut Vec<String>) {
     }
 }
 
-/// Exported means a `# TYPE` line or a sample of that name.
+/// Exported means a `# TYPE` line or a sample of that name. In OpenMetrics a counter
+/// family `x` (`# TYPE x counter`) exposes its samples as `x_total`.
 fn exported(metrics: &str, name: &str) -> bool {
     metrics.lines().any(|l| {
-        l.strip_prefix("# TYPE ")
-            .and_then(|rest| rest.split_whitespace().next())
-            == Some(name)
-            || l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        let family = l
+            .strip_prefix("# TYPE ")
+            .map(|rest| rest.split_whitespace().collect::<Vec<_>>());
+        family.as_deref().is_some_and(|f| {
+            f.first() == Some(&name)
+                || (f.get(1) == Some(&"counter")
+                    && name.strip_suffix("_total") == f.first().copied())
+        }) || l
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
     })
 }
 
