@@ -210,10 +210,6 @@ const ALLOWED_CYCLES: &[(&str, &[&str])] = &[
     ("central-hub", &["db", "metrics"]),
     ("central-hub", &["db/master", "db/store"]),
     ("central-hub", &["db/rollup", "db/store"]),
-    ("edge-agent", &["api", "ui"]),
-    ("edge-agent", &["master", "store"]),
-    ("edge-agent", &["records", "store"]),
-    ("edge-agent", &["store/counts", "store/events"]),
 ];
 
 #[test]
