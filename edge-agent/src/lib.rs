@@ -8,8 +8,10 @@
 //! * [`metrics`]: Prometheus counters and histograms.
 //! * [`config`]: flags, environment and TOML configuration of `edge-agent run`.
 //! * [`server`]: wiring for `run`: store, API, retention, sync, graceful shutdown.
+//! * [`sync_store`]: the sync session's edge store trait on [`store::Store`], above the
+//!   outbox, records and master data it combines.
 //! * [`sync`]: the QUIC sync client; [`identity`]: its certificate and key, renewed in place.
-//! * [`ui`]: the operator terminal's page and message catalogs, embedded.
+//! * [`api::ui`]: the operator terminal's page and message catalogs, embedded.
 //! * [`install`]: `edge-agent install` (enrollment, files, service); [`doctor`]: the health
 //!   check; [`backup`]: online backup and restore.
 
@@ -25,4 +27,4 @@ pub mod records;
 pub mod server;
 pub mod store;
 pub mod sync;
-pub mod ui;
+pub mod sync_store;

@@ -15,19 +15,7 @@ use shared_model::{EquipmentId, Timestamp, WorkOrderId};
 use sync_protocol::message::{RecordChange, RecordHeads, RecordId, RecordKind};
 use sync_protocol::store::HeadsComparison;
 
-use crate::store::StoreError;
-
-/// The stored name of a record kind. Kept only for `store::outbox`, which another change is
-/// moving; new code calls [`RecordKind::as_str`] directly.
-pub fn kind_str(kind: RecordKind) -> &'static str {
-    kind.as_str()
-}
-
-/// A record kind read back from the store: an unknown name means the file is corrupt.
-pub fn parse_kind(s: &str) -> Result<RecordKind, StoreError> {
-    s.parse()
-        .map_err(|e: shared_model::UnknownName| StoreError::Corrupt(e.to_string()))
-}
+use crate::store::{StoreError, parse_record_kind};
 
 pub use sync_protocol::records::WorkOrderView;
 use sync_protocol::records::{DocError, put_opt_str, put_opt_ts, read_view as read_doc, write_all};
@@ -225,7 +213,7 @@ fn routing_snapshot(
 }
 
 fn require_equipment(conn: &Connection, w: &EquipmentId) -> Result<(), StoreError> {
-    if crate::master::exists(conn, MasterKind::Equipment, w.as_str())? {
+    if crate::store::master::exists(conn, MasterKind::Equipment, w.as_str())? {
         Ok(())
     } else {
         Err(StoreError::UnknownReference {
@@ -249,7 +237,7 @@ pub fn create(
             id: view.order.id.to_string(),
         });
     }
-    if !crate::master::exists(conn, MasterKind::Material, view.order.material.as_str())? {
+    if !crate::store::master::exists(conn, MasterKind::Material, view.order.material.as_str())? {
         return Err(StoreError::UnknownReference {
             index: 0,
             field: "material",
@@ -342,7 +330,7 @@ pub fn settle_conflict(
         id: conflict.to_string(),
     };
     let (kind, id) = row.ok_or_else(not_found)?;
-    if parse_kind(&kind)? != RecordKind::WorkOrder {
+    if parse_record_kind(&kind)? != RecordKind::WorkOrder {
         return Err(not_found());
     }
     let id = WorkOrderId::new(id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -508,7 +496,7 @@ pub fn heads_page(
     let mut out = Vec::new();
     for row in rows {
         let (kind, id, bytes) = row?;
-        let record = RecordId::new(parse_kind(&kind)?, id).map_err(StoreError::Corrupt)?;
+        let record = RecordId::new(parse_record_kind(&kind)?, id).map_err(StoreError::Corrupt)?;
         let mut doc = AutoCommit::load(&bytes).map_err(am)?;
         out.push(RecordHeads {
             record,
@@ -556,4 +544,141 @@ pub fn list(
         serde_json::from_str(&j).map_err(|e| StoreError::Corrupt(format!("work order: {e}")))
     })
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::fixture::*;
+    use crate::store::{open_write_connection, outbox};
+
+    /// A local edit that would take a work order past `DOC_OPS_MAX` operations (which the hub
+    /// would refuse, stalling the outbox behind it) is refused with 422-style `Invalid`, and
+    /// nothing of it is stored or queued.
+    #[test]
+    fn a_local_edit_past_the_record_cap_is_refused() {
+        use automerge::ReadDoc;
+        use automerge::transaction::Transactable;
+        use shared_model::WorkOrderId;
+        use shared_model::work_order::{WorkOrder, WorkOrderAction};
+        use sync_protocol::records::{CHANGE_OPS_MAX, DOC_OPS_MAX};
+
+        let dir = TempDir::new("cap");
+        let store = open(&dir);
+        let conn = open_write_connection(store.path()).unwrap();
+        let actor = automerge::ActorId::random();
+        let id = WorkOrderId::new("SITE_001-WO-7").unwrap();
+        let view = crate::records::WorkOrderView {
+            order: WorkOrder::released(
+                id.clone(),
+                site(),
+                shared_model::MaterialId::new("BRACKET-7").unwrap(),
+                10,
+            ),
+            work_unit: None,
+        };
+        crate::records::create(&conn, &view, &actor).unwrap();
+        let saved: Vec<u8> = conn
+            .query_row("SELECT doc FROM records", [], |r| r.get(0))
+            .unwrap();
+        // The order's history filled up to the cap, as synced edits would have.
+        let mut full = automerge::AutoCommit::load(&saved).unwrap();
+        let room = DOC_OPS_MAX - full.stats().num_ops;
+        for i in 0..room {
+            full.put(automerge::ROOT, format!("x{}", i % 100), i)
+                .unwrap();
+            if (i + 1) % CHANGE_OPS_MAX == 0 {
+                full.commit();
+            }
+        }
+        full.commit();
+        assert_eq!(full.stats().num_ops, DOC_OPS_MAX);
+        conn.execute("UPDATE records SET doc = ?1", [full.save()])
+            .unwrap();
+        let queued = outbox::pending(&conn).unwrap().changes;
+        let err = crate::records::transition(&conn, &id, WorkOrderAction::Start, None, T0, &actor)
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Invalid { message, .. } if message.contains("history is full")),
+            "{err}"
+        );
+        assert_eq!(outbox::pending(&conn).unwrap().changes, queued);
+        let after: Vec<u8> = conn
+            .query_row("SELECT doc FROM records", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(after, full.save());
+    }
+
+    /// HQ cancels an order the site completed while apart: the merge shows the conflict, and a
+    /// supervisor's choice settles it with one new edit (which is queued for the hub).
+    #[test]
+    fn a_supervisor_settles_a_state_conflict() {
+        use automerge::transaction::Transactable;
+        use shared_model::WorkOrderId;
+        use shared_model::work_order::{WorkOrder, WorkOrderAction, WorkOrderState};
+        use sync_protocol::message::{RecordChange, RecordId};
+
+        let dir = TempDir::new("settle");
+        let store = open(&dir);
+        let conn = open_write_connection(store.path()).unwrap();
+        let actor = automerge::ActorId::random();
+        let id = WorkOrderId::new("SITE_001-WO-9").unwrap();
+        let order = WorkOrder::released(
+            id.clone(),
+            site(),
+            shared_model::MaterialId::new("BRACKET-7").unwrap(),
+            10,
+        );
+        let view = crate::records::WorkOrderView {
+            order,
+            work_unit: None,
+        };
+        crate::records::create(&conn, &view, &actor).unwrap();
+        let record = RecordId::work_order(&id);
+        let saved: Vec<u8> = conn
+            .query_row(
+                "SELECT doc FROM records WHERE record_id = ?1",
+                [id.as_str()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        // HQ, from the released order, cancels it.
+        let mut hq = automerge::AutoCommit::load(&saved)
+            .unwrap()
+            .with_actor(automerge::ActorId::random());
+        hq.put(automerge::ROOT, "state", "aborted").unwrap();
+        hq.commit();
+        let cancel = hq.get_last_local_change().unwrap().raw_bytes().to_vec();
+        // The site, meanwhile, starts and completes it.
+        for a in [WorkOrderAction::Start, WorkOrderAction::Complete] {
+            crate::records::transition(&conn, &id, a, None, T0, &actor).unwrap();
+        }
+        crate::records::apply_remote(&conn, &[RecordChange::new(record, cancel).unwrap()]).unwrap();
+        let open_conflicts = crate::records::open_conflicts(&conn).unwrap();
+        assert_eq!(open_conflicts.len(), 1, "{open_conflicts:?}");
+        let conflict = open_conflicts[0]["id"].as_i64().unwrap();
+        let pending_before = outbox::pending(&conn).unwrap().changes;
+
+        // Only one of the conflicting states may be chosen.
+        let err = crate::records::settle_conflict(&conn, conflict, WorkOrderState::Running, &actor)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("aborted, ended")
+                || err.to_string().contains("ended, aborted"),
+            "{err}"
+        );
+        let settled =
+            crate::records::settle_conflict(&conn, conflict, WorkOrderState::Ended, &actor)
+                .unwrap();
+        assert_eq!(settled.order.state, WorkOrderState::Ended);
+        assert!(crate::records::open_conflicts(&conn).unwrap().is_empty());
+        assert_eq!(outbox::pending(&conn).unwrap().changes, pending_before + 1);
+        // A settled conflict cannot be settled again.
+        assert!(matches!(
+            crate::records::settle_conflict(&conn, conflict, WorkOrderState::Ended, &actor),
+            Err(StoreError::NotFound { .. })
+        ));
+        drop(conn);
+        store.close();
+    }
 }

@@ -6,6 +6,7 @@ pub mod events;
 mod json;
 pub mod session;
 pub mod terminal;
+pub mod ui;
 pub mod work_orders;
 
 use std::collections::HashMap;
@@ -202,7 +203,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(open)
         .merge(api)
-        .merge(crate::ui::router())
+        .merge(ui::router())
         .fallback(|| async { ApiError::not_found("no such path") })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)

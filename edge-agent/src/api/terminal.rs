@@ -47,7 +47,7 @@ fn master_json(
     kind: MasterKind,
     key: &str,
 ) -> Result<Option<Value>, StoreError> {
-    crate::master::json(conn, kind, key)?
+    crate::store::master::json(conn, kind, key)?
         .map(|j| serde_json::from_str::<Value>(&j).map_err(|e| StoreError::Corrupt(e.to_string())))
         .transpose()
 }

@@ -96,7 +96,7 @@ pub(crate) fn apply(conn: &Connection, e: &Event) -> Result<(), StoreError> {
                         .optional()?;
                     // Not held here (pruned, or another kind of event): nothing to adjust.
                     let Some(body) = body else { return Ok(()) };
-                    match of_body(&super::events::decode(&body)?.body) {
+                    match of_body(&super::decode_event(&body)?.body) {
                         Some(counts) => counts,
                         None => return Ok(()),
                     }
@@ -161,7 +161,7 @@ pub fn recompute(conn: &Connection) -> Result<usize, StoreError> {
         ])?;
         while let Some(row) = rows.next()? {
             let body: Vec<u8> = row.get(0)?;
-            apply(conn, &super::events::decode(&body)?)?;
+            apply(conn, &super::decode_event(&body)?)?;
         }
     }
     for (order, good, scrap, rework) in &kept {

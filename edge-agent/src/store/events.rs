@@ -104,7 +104,7 @@ fn exists(conn: &Connection, check: RefCheck, value: &str) -> Result<bool, Store
         RefCheck::Material => MasterKind::Material,
         RefCheck::ReasonCode => MasterKind::ReasonCode,
     };
-    crate::master::exists(conn, kind, value)
+    super::master::exists(conn, kind, value)
 }
 
 /// Stores validated events with their outbox entries. Everything or nothing: the first
@@ -184,14 +184,4 @@ fn index_columns(body: &EventBody) -> (Option<&str>, Option<&str>) {
         EventBody::OperatorClock(c) => (c.equipment.as_ref().map(|e| e.as_str()), None),
         EventBody::Correction(_) => (None, None),
     }
-}
-
-/// Decodes a stored event and checks it again: data read from disk is validated like data
-/// read from the network.
-pub(crate) fn decode(body: &[u8]) -> Result<Event, StoreError> {
-    let e: Event = postcard::from_bytes(body)
-        .map_err(|err| StoreError::Corrupt(format!("stored event does not decode: {err}")))?;
-    e.validate_structure()
-        .map_err(|v| StoreError::Corrupt(format!("stored event {} invalid: {v}", e.event_id)))?;
-    Ok(e)
 }

@@ -1,12 +1,11 @@
-//! The outbox (what waits for the hub's ack), retention, and the `sync-protocol` edge store
-//! trait on top of them.
+//! The outbox (what waits for the hub's ack) and retention. The `sync-protocol` edge store
+//! trait on top of them is [`crate::sync_store`].
 
 use rusqlite::{Connection, OptionalExtension, params};
-use sync_protocol::message::{DownBatch, DownItem, ErrorCode, RecordChange, RecordHeads, RecordId};
-use sync_protocol::store::{EdgeStore, HeadsComparison, OutboxEntry, OutboxItem};
+use sync_protocol::message::{RecordChange, RecordId};
+use sync_protocol::store::{OutboxEntry, OutboxItem};
 
-use super::{Store, StoreError, events};
-use crate::{master, records};
+use super::{Store, StoreError, parse_record_kind};
 
 /// Outbox depth by kind, for the sync status and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -34,14 +33,14 @@ pub(crate) fn pending(conn: &Connection) -> Result<PendingCounts, StoreError> {
 pub(crate) fn push_change(conn: &Connection, change: &RecordChange) -> Result<(), StoreError> {
     conn.prepare_cached("INSERT INTO outbox (record_kind, record_id, change) VALUES (?1, ?2, ?3)")?
         .execute(params![
-            records::kind_str(change.record.kind),
+            change.record.kind.as_str(),
             change.record.id(),
             change.bytes()
         ])?;
     Ok(())
 }
 
-fn read_after(
+pub(crate) fn read_after(
     conn: &Connection,
     after_seq: u64,
     limit: usize,
@@ -64,10 +63,10 @@ fn read_after(
     for row in rows {
         let (seq, body, kind, id, change) = row?;
         let item = match (body, kind, id, change) {
-            (Some(body), _, _, _) => OutboxItem::Event(events::decode(&body)?),
+            (Some(body), _, _, _) => OutboxItem::Event(super::decode_event(&body)?),
             (None, Some(kind), Some(id), Some(change)) => {
                 let record =
-                    RecordId::new(records::parse_kind(&kind)?, id).map_err(StoreError::Corrupt)?;
+                    RecordId::new(parse_record_kind(&kind)?, id).map_err(StoreError::Corrupt)?;
                 OutboxItem::Change(RecordChange::new(record, change).map_err(StoreError::Corrupt)?)
             }
             _ => {
@@ -149,51 +148,6 @@ pub(crate) fn prune_idempotency(conn: &Connection, now_micros: i64) -> Result<us
     )?)
 }
 
-fn down_cursor(conn: &Connection) -> Result<u64, StoreError> {
-    let v: Option<String> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'down_cursor'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    v.map_or(Ok(0), |s| {
-        s.parse()
-            .map_err(|_| StoreError::Corrupt(format!("down cursor {s:?} is not a number")))
-    })
-}
-
-/// Applies a down batch whose record changes were decoded beforehand (`decoded`, in item
-/// order), with its cursor, in the writer's transaction.
-fn apply_down(
-    conn: &Connection,
-    batch: &DownBatch,
-    decoded: Vec<records::RemoteChange>,
-) -> Result<(), StoreError> {
-    let mut decoded = decoded.into_iter();
-    for item in &batch.items {
-        match item {
-            DownItem::RecordChange(c) => {
-                let change = decoded.next().ok_or_else(|| {
-                    StoreError::Corrupt(format!("no decoded change for {}", c.record.id()))
-                })?;
-                records::apply_decoded(conn, vec![change])?
-            }
-            DownItem::MasterUpsert { version, record } => master::upsert(conn, *version, record)?,
-            DownItem::MasterDelete { version, kind, key } => {
-                master::delete(conn, *version, *kind, key)?
-            }
-        }
-    }
-    let current = down_cursor(conn)?;
-    conn.execute(
-        "INSERT INTO meta (key, value) VALUES ('down_cursor', ?1)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        [current.max(batch.cursor).to_string()],
-    )?;
-    Ok(())
-}
-
 impl Store {
     pub async fn pending(&self) -> Result<PendingCounts, StoreError> {
         self.read(pending).await
@@ -236,82 +190,5 @@ impl Store {
                 return Ok(total);
             }
         }
-    }
-}
-
-impl EdgeStore for Store {
-    type Error = StoreError;
-
-    fn error_code(e: &StoreError) -> ErrorCode {
-        match e {
-            StoreError::ChangeRefused {
-                over_limit: true, ..
-            } => ErrorCode::LimitExceeded,
-            StoreError::ChangeRefused { .. } => ErrorCode::MalformedFrame,
-            _ => ErrorCode::Internal,
-        }
-    }
-
-    async fn outbox_after(
-        &self,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<OutboxEntry>, StoreError> {
-        self.read(move |c| read_after(c, after_seq, limit)).await
-    }
-
-    async fn ack_outbox(&self, up_to_seq: u64) -> Result<(), StoreError> {
-        self.write(move |c| ack(c, up_to_seq)).await
-    }
-
-    async fn down_cursor(&self) -> Result<u64, StoreError> {
-        self.read(down_cursor).await
-    }
-
-    async fn apply_down(&self, batch: &DownBatch) -> Result<(), StoreError> {
-        // Decoded before the job reaches the writer: see `records::decode_remote`.
-        let changes = batch
-            .items
-            .iter()
-            .filter_map(|i| match i {
-                DownItem::RecordChange(c) => Some(c.clone()),
-                _ => None,
-            })
-            .collect();
-        let decoded = records::decode_remote(changes).await?;
-        let batch = batch.clone();
-        self.write(move |c| apply_down(c, &batch, decoded)).await
-    }
-
-    async fn heads_page(
-        &self,
-        after: Option<&RecordId>,
-        limit: usize,
-    ) -> Result<Vec<RecordHeads>, StoreError> {
-        let after = after.cloned();
-        self.read(move |c| records::heads_page(c, after.as_ref(), limit))
-            .await
-    }
-
-    async fn compare_heads(&self, peer: &RecordHeads) -> Result<HeadsComparison, StoreError> {
-        let peer = peer.clone();
-        self.read(move |c| records::compare_heads(c, &peer)).await
-    }
-
-    async fn apply_repair(&self, changes: &[RecordChange]) -> Result<(), StoreError> {
-        let decoded = records::decode_remote(changes.to_vec()).await?;
-        // A repair follows a restore: the records come back with the totals this site had
-        // reported before its disk was lost, and a later pause must not report less.
-        let orders: Vec<String> = changes
-            .iter()
-            .filter(|ch| ch.record.kind == sync_protocol::message::RecordKind::WorkOrder)
-            .map(|ch| ch.record.id().to_owned())
-            .collect();
-        self.write(move |c| {
-            records::apply_decoded(c, decoded)?;
-            super::counts::at_least_these_records(c, Some(&orders))?;
-            Ok(())
-        })
-        .await
     }
 }

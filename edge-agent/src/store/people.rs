@@ -46,7 +46,7 @@ pub fn person(
     site: &SiteId,
     badge: &BadgeId,
 ) -> Result<Option<Personnel>, StoreError> {
-    let json = crate::master::json(conn, MasterKind::Personnel, &personnel_key(site, badge))?;
+    let json = super::master::json(conn, MasterKind::Personnel, &personnel_key(site, badge))?;
     match json {
         None => Ok(None),
         Some(j) => match serde_json::from_str::<MasterRecord>(&j) {

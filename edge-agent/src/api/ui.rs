@@ -3,7 +3,7 @@
 //! nothing fetched from the internet: the floor keeps working with the WAN down.
 //!
 //! The page and its assets are open (the login screen must load); everything they call under
-//! `/api/v1` needs the badge session (see [`crate::api::session`]).
+//! `/api/v1` needs the badge session (see [`super::session`]).
 
 use axum::Router;
 use axum::extract::Path;
@@ -11,14 +11,14 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-const INDEX: &str = include_str!("../assets/terminal/index.html");
-const SCRIPT: &str = include_str!("../assets/terminal/app.js");
-const STYLE: &str = include_str!("../assets/terminal/app.css");
+const INDEX: &str = include_str!("../../assets/terminal/index.html");
+const SCRIPT: &str = include_str!("../../assets/terminal/app.js");
+const STYLE: &str = include_str!("../../assets/terminal/app.css");
 
 /// The message catalogs: a translation is one more file here and one line in this list.
 pub const CATALOGS: &[(&str, &str)] = &[
-    ("en", include_str!("../assets/terminal/i18n/en.json")),
-    ("de", include_str!("../assets/terminal/i18n/de.json")),
+    ("en", include_str!("../../assets/terminal/i18n/en.json")),
+    ("de", include_str!("../../assets/terminal/i18n/de.json")),
 ];
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
@@ -43,7 +43,7 @@ async fn catalog(Path(file): Path<String>) -> Response {
     let lang = file.strip_suffix(".json").unwrap_or("");
     match CATALOGS.iter().find(|(l, _)| *l == lang) {
         Some((_, text)) => asset("application/json; charset=utf-8", text),
-        None => crate::api::ApiError::not_found(format!(
+        None => super::error::ApiError::not_found(format!(
             "no catalog {file:?}; available: {}",
             CATALOGS
                 .iter()
