@@ -8,6 +8,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// Taken by the tests that run a whole system of processes with a deadline (the demo, the
+/// benchmark smoke test) for as long as they run. They share a test binary since the tests are
+/// grouped by boundary, and two of them at once on a 2-core machine starve each other past
+/// their deadlines; one at a time they ran as separate binaries did before.
+pub fn whole_system() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that failed while holding it poisons it; the next one may still run.
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The path of a workspace binary of this build (`edge-agent`, `central-hub`), built once.
 pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());

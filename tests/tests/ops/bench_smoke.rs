@@ -10,6 +10,7 @@ use std::process::Command;
 
 #[test]
 fn the_benchmark_suite_runs_in_quick_mode() {
+    let _alone = system_tests::procs::whole_system();
     let out = Command::new(env!("CARGO_BIN_EXE_bench"))
         .arg("quick")
         .output()

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn the_demo_runs_all_three_sites_and_stops_on_ctrl_c() {
+    let _alone = system_tests::procs::whole_system();
     let mut child = Command::new(env!("CARGO_BIN_EXE_mes-demo"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
