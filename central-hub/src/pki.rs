@@ -275,16 +275,7 @@ pub struct CertFacts {
 
 impl CertFacts {
     pub fn from_der(der: &[u8]) -> Result<Self, PkiError> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
-        let common_name = cert
-            .subject()
-            .iter_common_name()
-            .next()
-            .ok_or_else(|| PkiError::BadCertificate("no common name".into()))?
-            .as_str()
-            .map_err(|e| PkiError::BadCertificate(e.to_string()))?
-            .to_owned();
+        let (cert, common_name) = parse_named(der)?;
         let digest = ring::digest::digest(&ring::digest::SHA256, der);
         let mut fingerprint = [0u8; 32];
         fingerprint.copy_from_slice(digest.as_ref());
@@ -303,6 +294,24 @@ impl CertFacts {
             .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
         Self::from_der(der.as_ref())
     }
+}
+
+/// A DER certificate and its subject's (first) common name, which every certificate the hub
+/// handles must have.
+fn parse_named(
+    der: &[u8],
+) -> Result<(x509_parser::certificate::X509Certificate<'_>, String), PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .ok_or_else(|| PkiError::BadCertificate("no common name".into()))?
+        .as_str()
+        .map_err(|e| PkiError::BadCertificate(e.to_string()))?
+        .to_owned();
+    Ok((cert, common_name))
 }
 
 /// A serial as typed by an operator (`0A:1B:...`, `0x0a1b...`, any case) in the registry's
@@ -328,16 +337,7 @@ pub fn normalize_serial(s: &str) -> Option<String> {
 
 /// The site a verified client certificate names: its common name, validated as a site id.
 pub fn site_from_cert(der: &[u8]) -> Result<SiteId, PkiError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .ok_or_else(|| PkiError::BadCertificate("no common name".into()))?
-        .as_str()
-        .map_err(|e| PkiError::BadCertificate(e.to_string()))?
-        .to_owned();
+    let (_, cn) = parse_named(der)?;
     SiteId::new(cn.clone()).map_err(|_| PkiError::NotASite(cn))
 }
 

@@ -153,6 +153,38 @@ pub fn state(eq: &str, s: MachineState, reason: Option<&str>) -> EventBody {
     })
 }
 
+/// State events of equipment `eq` at `site`, numbered from `first`: at each instant (RFC 3339)
+/// the state it enters, with its reason.
+pub fn timeline(
+    site: &SiteId,
+    first: u64,
+    eq: &str,
+    changes: &[(&str, MachineState, Option<&str>)],
+) -> Vec<Event> {
+    (first..)
+        .zip(changes)
+        .map(|(n, &(at, s, reason))| event(site, n, t(at), state(eq, s, reason)))
+        .collect()
+}
+
+/// `times` events of `site` with the same `body`, numbered from `first`, one every `minutes`
+/// from `start` (RFC 3339).
+pub fn every(
+    site: &SiteId,
+    first: u64,
+    start: &str,
+    minutes: i64,
+    times: u64,
+    body: &EventBody,
+) -> Vec<Event> {
+    (0..times)
+        .map(|i| {
+            let at = t(start).saturating_add_micros(i as i64 * minutes * 60_000_000);
+            event(site, first + i, at, body.clone())
+        })
+        .collect()
+}
+
 pub fn count(eq: &str, wo: &str, good: u32, scrap: u32) -> EventBody {
     EventBody::ProductionCount(ProductionCount {
         equipment: EquipmentId::new(eq).unwrap(),
@@ -248,43 +280,27 @@ pub async fn seed_worked_example(h: &Hq, http: &reqwest::Client, base: &str, wri
         .unwrap();
     assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
 
-    let mut events = vec![
-        event(
-            &site,
-            1,
-            t("2026-11-02T05:00:00Z"),
-            state("PRESS-01", MachineState::Running, None),
-        ),
-        event(
-            &site,
-            2,
-            t("2026-11-02T07:00:00Z"),
-            state("PRESS-01", MachineState::Down, Some("DOWN.JAM")),
-        ),
-        event(
-            &site,
-            3,
-            t("2026-11-02T07:45:00Z"),
-            state("PRESS-01", MachineState::Running, None),
-        ),
-        // After the shift the press is stopped as planned; that time is outside PPT anyway.
-        event(
-            &site,
-            4,
-            t("2026-11-02T13:00:00Z"),
-            state("PRESS-01", MachineState::PlannedStop, None),
-        ),
-    ];
+    let mut events = timeline(
+        &site,
+        1,
+        "PRESS-01",
+        &[
+            ("2026-11-02T05:00:00Z", MachineState::Running, None),
+            ("2026-11-02T07:00:00Z", MachineState::Down, Some("DOWN.JAM")),
+            ("2026-11-02T07:45:00Z", MachineState::Running, None),
+            // After the shift the press is stopped as planned; that time is outside PPT anyway.
+            ("2026-11-02T13:00:00Z", MachineState::PlannedStop, None),
+        ],
+    );
     // 108 counts of 98 good + 2 scrap spread over the shift: 10,584 good, 216 scrap.
-    for i in 0..108u64 {
-        let at = t("2026-11-02T05:00:00Z").saturating_add_micros(i as i64 * 4 * 60_000_000);
-        events.push(event(
-            &site,
-            100 + i,
-            at,
-            count("PRESS-01", "SITE_A-WO-1", 98, 2),
-        ));
-    }
+    events.extend(every(
+        &site,
+        100,
+        "2026-11-02T05:00:00Z",
+        4,
+        108,
+        &count("PRESS-01", "SITE_A-WO-1", 98, 2),
+    ));
     // The order consumed a coil and produced a lot of brackets.
     for (n, body) in [
         (

@@ -3,49 +3,23 @@
 
 use serde::Serialize;
 use shared_model::kpi::OeeComponents;
-use sqlx::FromRow;
-use sqlx::postgres::PgRow;
 
 use super::params::{Group, Query};
-use super::spec::{ReadTx, ReportSpec, int};
-use super::sql::{BOUNDS, Keyed, PROD_CTES, SHIFTS, keys, order_by, sum, time_ctes};
+use super::spec::{SumsReport, SumsRow, int};
+use super::sql::{BOUNDS, PROD_CTES, SHIFTS, keys, order_by, sums_row, time_ctes};
 
 /// The report (listed in `registry::REPORTS`; unlisted, it is dead code).
 #[derive(Debug)]
 pub(crate) struct Oee;
 
-/// The sums of one group, in microseconds and counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct OeeSums {
-    pub ppt_us: f64,
-    pub stop_us: f64,
-    pub ideal_us: f64,
-    pub good: f64,
-    pub scrap: f64,
-}
-
-impl<'r> FromRow<'r, PgRow> for OeeSums {
-    fn from_row(r: &'r PgRow) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            ppt_us: sum(r, "ppt_us")?,
-            stop_us: sum(r, "stop_us")?,
-            ideal_us: sum(r, "ideal_us")?,
-            good: sum(r, "good")?,
-            scrap: sum(r, "scrap")?,
-        })
-    }
-}
-
-impl std::ops::Add for OeeSums {
-    type Output = Self;
-    fn add(self, o: Self) -> Self {
-        Self {
-            ppt_us: self.ppt_us + o.ppt_us,
-            stop_us: self.stop_us + o.stop_us,
-            ideal_us: self.ideal_us + o.ideal_us,
-            good: self.good + o.good,
-            scrap: self.scrap + o.scrap,
-        }
+sums_row! {
+    /// The sums of one group, in microseconds and counts.
+    pub struct OeeSums {
+        pub ppt_us: f64,
+        pub stop_us: f64,
+        pub ideal_us: f64,
+        pub good: f64,
+        pub scrap: f64,
     }
 }
 
@@ -65,8 +39,10 @@ pub struct OeeLine {
     pub oee: Option<f64>,
 }
 
-impl OeeSums {
-    pub fn line(self) -> OeeLine {
+impl SumsRow for OeeSums {
+    type Line = OeeLine;
+
+    fn line(self) -> OeeLine {
         let Self {
             ppt_us: ppt,
             stop_us: stop,
@@ -101,7 +77,7 @@ impl OeeSums {
     }
 }
 
-impl ReportSpec for Oee {
+impl SumsReport for Oee {
     const NAME: &'static str = "oee";
     const GROUPS: &'static [Group] = &[
         Group::Site,
@@ -111,8 +87,6 @@ impl ReportSpec for Oee {
         Group::Shift,
     ];
     type Row = OeeSums;
-    type Line = OeeLine;
-    type Total = OeeLine;
 
     fn sql(q: &Query) -> String {
         let k = keys(&q.groups, "NULL::text", "x.hour");
@@ -134,23 +108,6 @@ impl ReportSpec for Oee {
             group_by = k.group_by,
             order = order_by(k.n),
         )
-    }
-
-    fn lines(rows: Vec<Keyed<OeeSums>>, _groups: usize) -> Vec<Keyed<OeeLine>> {
-        rows.into_iter().map(|r| r.map(OeeSums::line)).collect()
-    }
-
-    /// The ratios of the summed sums: a total never averages percentages.
-    async fn total(
-        _tx: &mut ReadTx,
-        _sites: &[String],
-        _q: &Query,
-        rows: &[Keyed<OeeSums>],
-    ) -> Result<OeeLine, sqlx::Error> {
-        Ok(rows
-            .iter()
-            .fold(OeeSums::default(), |acc, r| acc + r.row)
-            .line())
     }
 }
 

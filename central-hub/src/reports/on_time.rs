@@ -2,36 +2,24 @@
 //! ended late, still open — and the on-time rate.
 
 use serde::Serialize;
-use sqlx::FromRow;
-use sqlx::postgres::PgRow;
 
 use super::params::{Group, Query};
 use shared_model::kpi::on_time_rate;
 
-use super::spec::{ReadTx, ReportSpec, int, sum_of};
-use super::sql::{BOUNDS, Keyed, keys, order_by, sum};
+use super::spec::{SumsReport, SumsRow, int};
+use super::sql::{BOUNDS, keys, order_by, sums_row};
 
 /// The report (listed in `registry::REPORTS`; unlisted, it is dead code).
 #[derive(Debug)]
 pub(crate) struct OnTime;
 
-/// The order counts of one group.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DueCounts {
-    pub due: f64,
-    pub on_time: f64,
-    pub late: f64,
-    pub open: f64,
-}
-
-impl<'r> FromRow<'r, PgRow> for DueCounts {
-    fn from_row(r: &'r PgRow) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            due: sum(r, "due")?,
-            on_time: sum(r, "on_time")?,
-            late: sum(r, "late")?,
-            open: sum(r, "open")?,
-        })
+sums_row! {
+    /// The order counts of one group.
+    pub struct DueCounts {
+        pub due: f64,
+        pub on_time: f64,
+        pub late: f64,
+        pub open: f64,
     }
 }
 
@@ -45,8 +33,10 @@ pub struct OnTimeLine {
     pub on_time_rate: Option<f64>,
 }
 
-impl DueCounts {
-    pub fn line(self) -> OnTimeLine {
+impl SumsRow for DueCounts {
+    type Line = OnTimeLine;
+
+    fn line(self) -> OnTimeLine {
         // Every order not aborted is ended (on time or late) or open.
         debug_assert_eq!(self.due, self.on_time + self.late + self.open);
         OnTimeLine {
@@ -59,12 +49,10 @@ impl DueCounts {
     }
 }
 
-impl ReportSpec for OnTime {
+impl SumsReport for OnTime {
     const NAME: &'static str = "on-time";
     const GROUPS: &'static [Group] = &[Group::Site, Group::Product, Group::Day];
     type Row = DueCounts;
-    type Line = OnTimeLine;
-    type Total = OnTimeLine;
 
     fn sql(q: &Query) -> String {
         let k = keys(&q.groups, "x.material", "x.due");
@@ -83,24 +71,5 @@ impl ReportSpec for OnTime {
             group_by = k.group_by,
             order = order_by(k.n),
         )
-    }
-
-    fn lines(rows: Vec<Keyed<DueCounts>>, _groups: usize) -> Vec<Keyed<OnTimeLine>> {
-        rows.into_iter().map(|r| r.map(DueCounts::line)).collect()
-    }
-
-    async fn total(
-        _tx: &mut ReadTx,
-        _sites: &[String],
-        _q: &Query,
-        rows: &[Keyed<DueCounts>],
-    ) -> Result<OnTimeLine, sqlx::Error> {
-        Ok(DueCounts {
-            due: sum_of(rows, |r| r.due),
-            on_time: sum_of(rows, |r| r.on_time),
-            late: sum_of(rows, |r| r.late),
-            open: sum_of(rows, |r| r.open),
-        }
-        .line())
     }
 }

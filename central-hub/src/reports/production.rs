@@ -1,32 +1,22 @@
 //! `GET /api/v1/reports/production`: good and scrap counts per group, and the scrap rate.
 
 use serde::Serialize;
-use sqlx::FromRow;
-use sqlx::postgres::PgRow;
 
 use super::params::{Group, Query};
 use shared_model::kpi::scrap_rate;
 
-use super::spec::{ReadTx, ReportSpec, int, sum_of};
-use super::sql::{self, BOUNDS, Keyed, PROD_CTES, SHIFTS, keys, order_by, sum};
+use super::spec::{ReadTx, SumsReport, SumsRow, int};
+use super::sql::{self, BOUNDS, PROD_CTES, SHIFTS, keys, order_by, sums_row};
 
 /// The report (listed in `registry::REPORTS`; unlisted, it is dead code).
 #[derive(Debug)]
 pub(crate) struct Production;
 
-/// The counts of one group.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Counts {
-    pub good: f64,
-    pub scrap: f64,
-}
-
-impl<'r> FromRow<'r, PgRow> for Counts {
-    fn from_row(r: &'r PgRow) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            good: sum(r, "good")?,
-            scrap: sum(r, "scrap")?,
-        })
+sums_row! {
+    /// The counts of one group.
+    pub struct Counts {
+        pub good: f64,
+        pub scrap: f64,
     }
 }
 
@@ -39,8 +29,10 @@ pub struct ProductionLine {
     pub scrap_rate: Option<f64>,
 }
 
-impl Counts {
-    pub fn line(self) -> ProductionLine {
+impl SumsRow for Counts {
+    type Line = ProductionLine;
+
+    fn line(self) -> ProductionLine {
         let total = self.good + self.scrap;
         ProductionLine {
             good: int(self.good),
@@ -51,12 +43,10 @@ impl Counts {
     }
 }
 
-impl ReportSpec for Production {
+impl SumsReport for Production {
     const NAME: &'static str = "production";
     const GROUPS: &'static [Group] = &Group::ALL;
     type Row = Counts;
-    type Line = ProductionLine;
-    type Total = ProductionLine;
 
     fn sql(q: &Query) -> String {
         let k = keys(&q.groups, "x.material", "x.hour");
@@ -69,23 +59,6 @@ impl ReportSpec for Production {
             group_by = k.group_by,
             order = order_by(k.n),
         )
-    }
-
-    fn lines(rows: Vec<Keyed<Counts>>, _groups: usize) -> Vec<Keyed<ProductionLine>> {
-        rows.into_iter().map(|r| r.map(Counts::line)).collect()
-    }
-
-    async fn total(
-        _tx: &mut ReadTx,
-        _sites: &[String],
-        _q: &Query,
-        rows: &[Keyed<Counts>],
-    ) -> Result<ProductionLine, sqlx::Error> {
-        Ok(Counts {
-            good: sum_of(rows, |r| r.good),
-            scrap: sum_of(rows, |r| r.scrap),
-        }
-        .line())
     }
 }
 
@@ -100,8 +73,5 @@ pub async fn ungrouped(
         ..q.clone()
     };
     let rows = sql::run::<Counts>(tx, Production::sql(&q), sites, &q, 0).await?;
-    Ok(Counts {
-        good: sum_of(&rows, |r| r.good),
-        scrap: sum_of(&rows, |r| r.scrap),
-    })
+    Ok(Counts::total(&rows))
 }

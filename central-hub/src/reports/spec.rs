@@ -55,6 +55,56 @@ pub trait ReportSpec: Sync + 'static {
     ) -> impl Future<Output = Result<Self::Total, sqlx::Error>> + Send;
 }
 
+/// A row of sums (declared with `sql::sums_row!`) whose line comes from its sums alone, so the
+/// line of all rows summed is the total: ratios of summed sums, never averaged ratios.
+pub trait SumsRow:
+    for<'r> FromRow<'r, PgRow> + Copy + Default + std::ops::Add<Output = Self> + Send + Sync + Unpin
+{
+    type Line: Serialize + Default + utoipa::ToSchema + Send;
+    fn line(self) -> Self::Line;
+}
+
+/// The common report: one line per row of sums, and the total is the line of the rows summed.
+/// Implementing it makes a [`ReportSpec`]; a report with other lines or another total (a
+/// share within a group, a total that must count things once) implements `ReportSpec` itself.
+pub trait SumsReport: Sync + 'static {
+    /// See [`ReportSpec::NAME`].
+    const NAME: &'static str;
+    /// See [`ReportSpec::GROUPS`].
+    const GROUPS: &'static [Group];
+    type Row: SumsRow;
+    /// See [`ReportSpec::sql`].
+    fn sql(q: &Query) -> String;
+}
+
+impl<S: SumsReport> ReportSpec for S {
+    const NAME: &'static str = <S as SumsReport>::NAME;
+    const GROUPS: &'static [Group] = <S as SumsReport>::GROUPS;
+    type Row = S::Row;
+    type Line = <S::Row as SumsRow>::Line;
+    type Total = <S::Row as SumsRow>::Line;
+
+    fn sql(q: &Query) -> String {
+        <S as SumsReport>::sql(q)
+    }
+
+    fn lines(rows: Vec<Keyed<S::Row>>, _groups: usize) -> Vec<Keyed<Self::Line>> {
+        rows.into_iter().map(|r| r.map(SumsRow::line)).collect()
+    }
+
+    async fn total(
+        _tx: &mut ReadTx,
+        _sites: &[String],
+        _q: &Query,
+        rows: &[Keyed<S::Row>],
+    ) -> Result<Self::Line, sqlx::Error> {
+        Ok(rows
+            .iter()
+            .fold(S::Row::default(), |acc, r| acc + r.row)
+            .line())
+    }
+}
+
 /// A registered report, as the handler and the OpenAPI document see it.
 pub trait Report: Sync {
     fn name(&self) -> &'static str;

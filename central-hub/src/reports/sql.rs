@@ -232,6 +232,49 @@ pub fn sum(r: &PgRow, column: &str) -> Result<f64, sqlx::Error> {
     Ok(r.try_get::<Option<f64>, _>(column)?.unwrap_or(0.0))
 }
 
+/// Defines a report's row of sums from one field list, so a column is named once: the struct
+/// (every field an `f64` sum, read from the column of its name, `NULL` as 0 — see [`sum`]),
+/// its `FromRow`, the field-wise `Add`, and `total`, the field-wise sum of keyed rows (a
+/// total that adds the groups' sums, never their ratios).
+macro_rules! sums_row {
+    (
+        $(#[$m:meta])* $vis:vis struct $name:ident {
+            $($(#[$fm:meta])* $fv:vis $f:ident: f64),+ $(,)?
+        }
+    ) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, Default, PartialEq)]
+        $vis struct $name {
+            $($(#[$fm])* $fv $f: f64,)+
+        }
+
+        impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for $name {
+            fn from_row(r: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+                Ok(Self {
+                    $($f: $crate::reports::sql::sum(r, stringify!($f))?,)+
+                })
+            }
+        }
+
+        impl std::ops::Add for $name {
+            type Output = Self;
+            fn add(self, o: Self) -> Self {
+                Self {
+                    $($f: self.$f + o.$f,)+
+                }
+            }
+        }
+
+        impl $name {
+            /// The field-wise sum of the rows.
+            $vis fn total(rows: &[$crate::reports::sql::Keyed<Self>]) -> Self {
+                rows.iter().fold(Self::default(), |acc, r| acc + r.row)
+            }
+        }
+    };
+}
+pub(crate) use sums_row;
+
 /// Runs a report statement over `sites` and the range of `query`; decodes `n_keys` group keys
 /// and the typed row of each result row.
 pub async fn run<R>(
@@ -264,6 +307,28 @@ where
 
 #[cfg(test)]
 mod tests {
+    use super::Keyed;
+
+    super::sums_row! {
+        /// Two sums, for the macro's test.
+        struct Two {
+            a: f64,
+            b: f64,
+        }
+    }
+
+    #[test]
+    fn a_sums_row_totals_field_by_field() {
+        let keyed = |a, b| Keyed {
+            keys: vec![Some("k".to_owned())],
+            row: Two { a, b },
+        };
+        assert_eq!(Two::total(&[]), Two::default());
+        assert_eq!(
+            Two::total(&[keyed(1.0, 10.0), keyed(2.0, 20.0)]),
+            Two { a: 3.0, b: 30.0 }
+        );
+    }
     #[test]
     fn open_stops_are_small_by_the_model_s_threshold() {
         let sql = super::time_ctes();

@@ -2,40 +2,25 @@
 //! per group, their quantities, and the lots they have consumed.
 
 use serde::Serialize;
-use sqlx::FromRow;
-use sqlx::postgres::PgRow;
 
 use super::params::{Group, Query};
-use super::spec::{ReadTx, ReportSpec, int, sum_of};
-use super::sql::{self, BOUNDS, Keyed, keys, order_by, sum};
+use super::spec::{ReadTx, ReportSpec, int};
+use super::sql::{self, BOUNDS, Keyed, keys, order_by, sums_row};
 
 /// The report (listed in `registry::REPORTS`; unlisted, it is dead code).
 #[derive(Debug)]
 pub(crate) struct Wip;
 
-/// The open orders of one group.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct OpenOrders {
-    pub orders: f64,
-    pub running: f64,
-    pub interrupted: f64,
-    pub planned_quantity: f64,
-    pub good: f64,
-    pub remaining: f64,
-    pub lots_in_process: f64,
-}
-
-impl<'r> FromRow<'r, PgRow> for OpenOrders {
-    fn from_row(r: &'r PgRow) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            orders: sum(r, "orders")?,
-            running: sum(r, "running")?,
-            interrupted: sum(r, "interrupted")?,
-            planned_quantity: sum(r, "planned_quantity")?,
-            good: sum(r, "good")?,
-            remaining: sum(r, "remaining")?,
-            lots_in_process: sum(r, "lots_in_process")?,
-        })
+sums_row! {
+    /// The open orders of one group.
+    pub struct OpenOrders {
+        pub orders: f64,
+        pub running: f64,
+        pub interrupted: f64,
+        pub planned_quantity: f64,
+        pub good: f64,
+        pub remaining: f64,
+        pub lots_in_process: f64,
     }
 }
 
@@ -133,15 +118,6 @@ impl ReportSpec for Wip {
             ..q.clone()
         };
         let all = sql::run::<OpenOrders>(tx, Self::sql(&q), sites, &q, 0).await?;
-        Ok(OpenOrders {
-            orders: sum_of(&all, |r| r.orders),
-            running: sum_of(&all, |r| r.running),
-            interrupted: sum_of(&all, |r| r.interrupted),
-            planned_quantity: sum_of(&all, |r| r.planned_quantity),
-            good: sum_of(&all, |r| r.good),
-            remaining: sum_of(&all, |r| r.remaining),
-            lots_in_process: sum_of(&all, |r| r.lots_in_process),
-        }
-        .line())
+        Ok(OpenOrders::total(&all).line())
     }
 }

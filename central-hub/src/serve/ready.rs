@@ -17,18 +17,23 @@ const REPLICATION_LAG_SQL: &str = "SELECT pg_is_in_recovery() AS replica,
           ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)
      END)::float8 AS lag";
 
+/// The rows of `sql` on the read database, timed as `what`.
+pub(super) async fn read_rows(
+    pool: &PgPool,
+    what: &'static str,
+    sql: &'static str,
+) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+    crate::db::timed(
+        what,
+        crate::db::fetch_all_in_tx(pool, crate::db::PoolRole::Read, crate::db::query(sql)),
+    )
+    .await
+}
+
 /// `(is a replica, lag seconds)` of the read database.
 pub(super) async fn replication_lag(pool: &PgPool) -> Result<(bool, f64), sqlx::Error> {
     use sqlx::Row as _;
-    let rows = crate::db::timed(
-        "replication_lag",
-        crate::db::fetch_all_in_tx(
-            pool,
-            crate::db::PoolRole::Read,
-            crate::db::query(REPLICATION_LAG_SQL),
-        ),
-    )
-    .await?;
+    let rows = read_rows(pool, "replication_lag", REPLICATION_LAG_SQL).await?;
     let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
     Ok((
         row.try_get("replica")?,

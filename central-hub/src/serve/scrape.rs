@@ -9,7 +9,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use sqlx::PgPool;
 
-use super::ready::replication_lag;
+use super::ready::{read_rows, replication_lag};
 use super::{HttpState, SITE_GAUGES_AGE};
 use crate::sync;
 
@@ -34,15 +34,7 @@ const SITE_GAUGES_SQL: &str = "SELECT s.site_id, s.connected::int::float8 AS con
 
 async fn site_gauges(pool: &PgPool) -> Result<String, sqlx::Error> {
     use sqlx::Row as _;
-    let rows = crate::db::timed(
-        "site_gauges",
-        crate::db::fetch_all_in_tx(
-            pool,
-            crate::db::PoolRole::Read,
-            crate::db::query(SITE_GAUGES_SQL),
-        ),
-    )
-    .await?;
+    let rows = read_rows(pool, "site_gauges", SITE_GAUGES_SQL).await?;
     const COLUMNS: [(&str, &str, &str); 8] = [
         (
             "connected",

@@ -23,7 +23,7 @@ use shared_model::event::MachineState;
 use sync_protocol::store::HubStore;
 use system_tests::browser::{Browser, artifacts};
 use system_tests::hq::{
-    Hq, count, event, hq, put_master, seed_worked_example, serve_config, state, t,
+    Hq, count, every, hq, put_master, seed_worked_example, serve_config, timeline,
 };
 
 /// SITE_A is the worked example (Berlin, 7.5 h planned, 45 min jam: A 90.0 %, P 88.9 %,
@@ -61,47 +61,30 @@ async fn seed(h: &Hq, base: &str) {
         assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
     }
     let b = SiteId::new("SITE_B").unwrap();
-    let mut events = vec![
-        event(
-            &b,
-            1,
-            t("2026-11-02T00:00:00Z"),
-            state("PRESS-01", MachineState::Running, None),
-        ),
-        event(
-            &b,
-            2,
-            t("2026-11-02T01:00:00Z"),
-            state("PRESS-01", MachineState::Down, Some("DOWN.JAM")),
-        ),
-        event(
-            &b,
-            3,
-            t("2026-11-02T02:00:00Z"),
-            state("PRESS-01", MachineState::Running, None),
-        ),
-        event(
-            &b,
-            4,
-            t("2026-11-02T10:00:00Z"),
-            state("PRESS-01", MachineState::Down, Some("DOWN.TOOL")),
-        ),
-        event(
-            &b,
-            5,
-            t("2026-11-02T10:20:00Z"),
-            state("PRESS-01", MachineState::Running, None),
-        ),
-    ];
-    for i in 0..216u64 {
-        let at = t("2026-11-02T02:00:00Z").saturating_add_micros(i as i64 * 5 * 60_000_000);
-        events.push(event(
-            &b,
-            10 + i,
-            at,
-            count("PRESS-01", "SITE_B-WO-1", 95, 5),
-        ));
-    }
+    let mut events = timeline(
+        &b,
+        1,
+        "PRESS-01",
+        &[
+            ("2026-11-02T00:00:00Z", MachineState::Running, None),
+            ("2026-11-02T01:00:00Z", MachineState::Down, Some("DOWN.JAM")),
+            ("2026-11-02T02:00:00Z", MachineState::Running, None),
+            (
+                "2026-11-02T10:00:00Z",
+                MachineState::Down,
+                Some("DOWN.TOOL"),
+            ),
+            ("2026-11-02T10:20:00Z", MachineState::Running, None),
+        ],
+    );
+    events.extend(every(
+        &b,
+        10,
+        "2026-11-02T02:00:00Z",
+        5,
+        216,
+        &count("PRESS-01", "SITE_B-WO-1", 95, 5),
+    ));
     h.store.ingest_events(&b, &events).await.unwrap();
     sqlx::query(
         "UPDATE sites SET connected = true, last_seen_at = now(), edge_pending_events = 0

@@ -39,7 +39,7 @@ async fn order_record(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hand_worked_time_zones_scrap_small_stops_on_time_and_corrections() {
     use shared_model::work_order::WorkOrderState;
-    use system_tests::hq::{event, state};
+    use system_tests::hq::{event, state, timeline};
     let h = hq(
         "hand2",
         &[("SITE_B", "Europe/Berlin"), ("SITE_K", "Asia/Kolkata")],
@@ -102,52 +102,26 @@ async fn hand_worked_time_zones_scrap_small_stops_on_time_and_corrections() {
 
     // ---- SITE_K: the worked example of domain.md on PRESS-K1 --------------------------------
     let k = SiteId::new("SITE_K").unwrap();
-    let mut ek = vec![
-        event(
-            &k,
-            1,
-            t("2026-11-03T00:30:00Z"),
-            state("PRESS-K1", MachineState::Running, None),
-        ),
-        event(
-            &k,
-            2,
-            t("2026-11-03T02:00:00Z"),
-            state("PRESS-K1", MachineState::Down, Some("DOWN.JAM")),
-        ),
-        event(
-            &k,
-            3,
-            t("2026-11-03T02:45:00Z"),
-            state("PRESS-K1", MachineState::Running, None),
-        ),
-        // A 90 s stop without a reason: a small stop (Pareto yes, availability no).
-        event(
-            &k,
-            4,
-            t("2026-11-03T06:00:00Z"),
-            state("PRESS-K1", MachineState::Down, None),
-        ),
-        event(
-            &k,
-            5,
-            t("2026-11-03T06:01:30Z"),
-            state("PRESS-K1", MachineState::Running, None),
-        ),
-        // End of shift: planned stop until 06:00 local next morning (closed explicitly).
-        event(
-            &k,
-            6,
-            t("2026-11-03T08:30:00Z"),
-            state("PRESS-K1", MachineState::PlannedStop, Some("PLAN.END")),
-        ),
-        event(
-            &k,
-            7,
-            t("2026-11-04T00:30:00Z"),
-            state("PRESS-K1", MachineState::Running, None),
-        ),
-    ];
+    let mut ek = timeline(
+        &k,
+        1,
+        "PRESS-K1",
+        &[
+            ("2026-11-03T00:30:00Z", MachineState::Running, None),
+            ("2026-11-03T02:00:00Z", MachineState::Down, Some("DOWN.JAM")),
+            ("2026-11-03T02:45:00Z", MachineState::Running, None),
+            // A 90 s stop without a reason: a small stop (Pareto yes, availability no).
+            ("2026-11-03T06:00:00Z", MachineState::Down, None),
+            ("2026-11-03T06:01:30Z", MachineState::Running, None),
+            // End of shift: planned stop until 06:00 local next morning (closed explicitly).
+            (
+                "2026-11-03T08:30:00Z",
+                MachineState::PlannedStop,
+                Some("PLAN.END"),
+            ),
+            ("2026-11-04T00:30:00Z", MachineState::Running, None),
+        ],
+    );
     // 108 counts of 98 good + 2 scrap every 4 min from 00:30 UTC (last 07:38): 10,584 good, 216
     // scrap. Scrap reasons: count 0 none (2), counts 3, 6, …, 105 BURR (35 × 2 = 70), the other
     // 72 CRACK (144).

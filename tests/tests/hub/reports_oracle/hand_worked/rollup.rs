@@ -56,7 +56,7 @@ fn movement(consumed: bool, lot: &str, material: &str, qty: f64, order: &str) ->
 /// genealogy of three levels across two sites in both directions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hand_worked_rollup_pareto_on_time_and_genealogy() {
-    use system_tests::hq::{close, count, event, state};
+    use system_tests::hq::{close, count, event, every, state};
     let h = hq(
         "hand",
         &[("SITE_X", "UTC"), ("SITE_Y", "UTC"), ("SITE_P", "UTC")],
@@ -125,15 +125,14 @@ async fn hand_worked_rollup_pareto_on_time_and_genealogy() {
         t("2026-11-10T00:00:00Z"),
         state("PRESS-01", MachineState::Running, None),
     )];
-    for i in 0..108u64 {
-        let at = t("2026-11-10T00:00:00Z").saturating_add_micros(i as i64 * 2 * 60_000_000);
-        ex.push(event(
-            &x,
-            10 + i,
-            at,
-            count("PRESS-01", "SITE_X-WO-1", 100, 0),
-        ));
-    }
+    ex.extend(every(
+        &x,
+        10,
+        "2026-11-10T00:00:00Z",
+        2,
+        108,
+        &count("PRESS-01", "SITE_X-WO-1", 100, 0),
+    ));
     h.store.ingest_events(&x, &ex).await.unwrap();
     let ey = vec![
         event(
