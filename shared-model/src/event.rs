@@ -90,6 +90,20 @@ pub struct ProductionCount {
     pub scrap_reason: Option<ReasonCodeId>,
 }
 
+impl ProductionCount {
+    /// `good` good parts on `equipment`: no scrap, no rework, no work order.
+    pub fn good(equipment: EquipmentId, good: u32) -> Self {
+        Self {
+            equipment,
+            work_order: None,
+            good,
+            scrap: 0,
+            rework: 0,
+            scrap_reason: None,
+        }
+    }
+}
+
 /// The state of a piece of equipment, as shown on the terminal and summed for availability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -251,11 +265,23 @@ pub enum Problem {
     Inconsistent(&'static str),
 }
 
-fn err(field: impl Into<String>, problem: Problem) -> ValidationError {
+pub(crate) fn err(field: impl Into<String>, problem: Problem) -> ValidationError {
     ValidationError {
         field: field.into(),
         problem,
     }
+}
+
+/// Refuses a text or list of `len` bytes or items longer than `max`.
+pub(crate) fn check_len(
+    field: impl Into<String>,
+    len: usize,
+    max: usize,
+) -> Result<(), ValidationError> {
+    if len > max {
+        return Err(err(field, Problem::TooLong { len, max }));
+    }
+    Ok(())
 }
 
 impl Event {
@@ -268,21 +294,7 @@ impl Event {
     pub fn validate(&self, now: Timestamp) -> Result<(), ValidationError> {
         // The clock check comes first: "6 minutes in the future" is the message a sender with
         // a drifting clock needs, not the structural "later than recorded_at" it implies.
-        for (field, t) in [
-            ("occurred_at", self.occurred_at),
-            ("recorded_at", self.recorded_at),
-        ] {
-            let ahead = t.micros_since(now);
-            if ahead > FUTURE_SKEW_MICROS_MAX {
-                return Err(err(
-                    field,
-                    Problem::InFuture {
-                        ahead_secs: ahead / 1_000_000,
-                        max_secs: FUTURE_SKEW_MICROS_MAX / 1_000_000,
-                    },
-                ));
-            }
-        }
+        self.check_not_ahead(now, false)?;
         self.validate_structure()
     }
 
@@ -292,22 +304,40 @@ impl Event {
     /// day fast (or a hostile peer) meets this refusal; older times are kept (a month before
     /// the site's partitions lands in DEFAULT and is moved into its own partition later).
     pub fn validate_at_hub(&self, hub_now: Timestamp) -> Result<(), ValidationError> {
+        self.check_not_ahead(hub_now, true)?;
+        self.validate_structure()
+    }
+
+    /// Refuses `occurred_at` or `recorded_at` ahead of `now` by more than the edge's
+    /// [`FUTURE_SKEW_MICROS_MAX`] or, `at_hub`, the hub's [`HUB_FUTURE_SKEW_MICROS_MAX`].
+    fn check_not_ahead(&self, now: Timestamp, at_hub: bool) -> Result<(), ValidationError> {
+        let max_micros = if at_hub {
+            HUB_FUTURE_SKEW_MICROS_MAX
+        } else {
+            FUTURE_SKEW_MICROS_MAX
+        };
         for (field, t) in [
             ("occurred_at", self.occurred_at),
             ("recorded_at", self.recorded_at),
         ] {
-            let ahead = t.micros_since(hub_now);
-            if ahead > HUB_FUTURE_SKEW_MICROS_MAX {
-                return Err(err(
-                    field,
+            let ahead = t.micros_since(now);
+            if ahead > max_micros {
+                let (ahead_secs, max_secs) = (ahead / 1_000_000, max_micros / 1_000_000);
+                let problem = if at_hub {
                     Problem::AheadOfHub {
-                        ahead_secs: ahead / 1_000_000,
-                        max_secs: HUB_FUTURE_SKEW_MICROS_MAX / 1_000_000,
-                    },
-                ));
+                        ahead_secs,
+                        max_secs,
+                    }
+                } else {
+                    Problem::InFuture {
+                        ahead_secs,
+                        max_secs,
+                    }
+                };
+                return Err(err(field, problem));
             }
         }
-        self.validate_structure()
+        Ok(())
     }
 
     /// Validation that does not depend on a clock (also part of [`Event::validate_at_hub`]).
@@ -425,15 +455,7 @@ impl EventBody {
                 Ok(())
             }
             EventBody::Correction(c) => {
-                if c.note.len() > NOTE_BYTES_MAX {
-                    return Err(err(
-                        format!("{at}.note"),
-                        Problem::TooLong {
-                            len: c.note.len(),
-                            max: NOTE_BYTES_MAX,
-                        },
-                    ));
-                }
+                check_len(format!("{at}.note"), c.note.len(), NOTE_BYTES_MAX)?;
                 match &c.replacement {
                     None => Ok(()),
                     Some(r) => r.to_body().validate(&format!("{at}.replacement")),
@@ -595,13 +617,7 @@ mod tests {
 
     #[test]
     fn kinds_round_trip_through_their_names() {
-        for k in EventKind::ALL {
-            assert_eq!(EventKind::parse(k.as_str()), Some(k));
-            assert_eq!(
-                serde_json::to_string(&k).unwrap(),
-                format!("\"{}\"", k.as_str())
-            );
-        }
+        crate::names::tests::round_trips(&EventKind::ALL, EventKind::as_str, true);
         assert_eq!(EventKind::parse("bogus"), None);
     }
 }

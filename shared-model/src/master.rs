@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Problem, ValidationError};
+use crate::event::{Problem, ValidationError, check_len, err};
 use crate::ids::{BadgeId, CharacteristicId, EquipmentId, MaterialId, ReasonCodeId, SiteId};
 use crate::timestamp::Timestamp;
 
@@ -236,21 +236,14 @@ pub enum MasterRecord {
 
 /// A master-data file (`import-master-data` on the edge and the hub): every list optional.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct MasterFile {
-    #[serde(default)]
     pub materials: Vec<Material>,
-    #[serde(default)]
     pub routings: Vec<RoutingStep>,
-    #[serde(default)]
     pub reason_codes: Vec<ReasonCode>,
-    #[serde(default)]
     pub equipment: Vec<Equipment>,
-    #[serde(default)]
     pub shift_calendars: Vec<ShiftCalendar>,
-    #[serde(default)]
     pub personnel: Vec<Personnel>,
-    #[serde(default)]
     pub inspection_plans: Vec<InspectionPlan>,
 }
 
@@ -276,27 +269,11 @@ impl MasterFile {
     }
 }
 
-fn invalid(field: impl Into<String>, problem: Problem) -> ValidationError {
-    ValidationError {
-        field: field.into(),
-        problem,
-    }
-}
-
 fn check_name(field: &str, s: &str) -> Result<(), ValidationError> {
     if s.trim().is_empty() {
-        return Err(invalid(field, Problem::Inconsistent("must not be empty")));
+        return Err(err(field, Problem::Inconsistent("must not be empty")));
     }
-    if s.len() > NAME_BYTES_MAX {
-        return Err(invalid(
-            field,
-            Problem::TooLong {
-                len: s.len(),
-                max: NAME_BYTES_MAX,
-            },
-        ));
-    }
-    Ok(())
+    check_len(field, s.len(), NAME_BYTES_MAX)
 }
 
 impl MasterRecord {
@@ -335,14 +312,14 @@ impl MasterRecord {
                 check_name("operation_code", &r.operation_code)?;
                 check_name("work_center_class", &r.work_center_class)?;
                 if r.ideal_cycle_time_ms == 0 {
-                    return Err(invalid("ideal_cycle_time_ms", Problem::NotPositive));
+                    return Err(err("ideal_cycle_time_ms", Problem::NotPositive));
                 }
                 for (field, v) in [
                     ("ideal_cycle_time_ms", r.ideal_cycle_time_ms),
                     ("setup_time_ms", r.setup_time_ms),
                 ] {
                     if v > CYCLE_TIME_MS_MAX {
-                        return Err(invalid(
+                        return Err(err(
                             field,
                             Problem::TooLarge {
                                 value: v as f64,
@@ -356,13 +333,13 @@ impl MasterRecord {
             MasterRecord::ReasonCode(r) => {
                 check_name("name", &r.name)?;
                 if r.parent.as_ref() == Some(&r.code) {
-                    return Err(invalid(
+                    return Err(err(
                         "parent",
                         Problem::Inconsistent("a reason cannot be its own parent"),
                     ));
                 }
                 if r.loss_category == LossCategory::Planned && r.counts_against_availability {
-                    return Err(invalid(
+                    return Err(err(
                         "counts_against_availability",
                         Problem::Inconsistent("planned stops never count against availability"),
                     ));
@@ -372,7 +349,7 @@ impl MasterRecord {
             MasterRecord::Equipment(e) => {
                 check_name("name", &e.name)?;
                 match (e.level, &e.parent) {
-                    (EquipmentLevel::Site, Some(_)) => Err(invalid(
+                    (EquipmentLevel::Site, Some(_)) => Err(err(
                         "parent",
                         Problem::Inconsistent("a site has no parent equipment"),
                     )),
@@ -382,7 +359,7 @@ impl MasterRecord {
                         | EquipmentLevel::WorkCenter
                         | EquipmentLevel::WorkUnit,
                         None,
-                    ) => Err(invalid(
+                    ) => Err(err(
                         "parent",
                         Problem::Inconsistent("only a site may have no parent"),
                     )),
@@ -393,7 +370,7 @@ impl MasterRecord {
                         Some(p),
                     ) => {
                         if p == &e.id {
-                            Err(invalid(
+                            Err(err(
                                 "parent",
                                 Problem::Inconsistent("equipment cannot be its own parent"),
                             ))
@@ -405,25 +382,17 @@ impl MasterRecord {
             }
             MasterRecord::ShiftCalendar(c) => {
                 check_name("name", &c.name)?;
-                if c.shifts.len() > SHIFTS_MAX {
-                    return Err(invalid(
-                        "shifts",
-                        Problem::TooLong {
-                            len: c.shifts.len(),
-                            max: SHIFTS_MAX,
-                        },
-                    ));
-                }
+                check_len("shifts", c.shifts.len(), SHIFTS_MAX)?;
                 for (i, s) in c.shifts.iter().enumerate() {
                     if s.end <= s.start {
-                        return Err(invalid(
+                        return Err(err(
                             format!("shifts[{i}].end"),
                             Problem::Inconsistent("is not after start"),
                         ));
                     }
                     for (j, b) in s.planned_breaks.iter().enumerate() {
                         if b.start < s.start || b.end > s.end || b.end <= b.start {
-                            return Err(invalid(
+                            return Err(err(
                                 format!("shifts[{i}].planned_breaks[{j}]"),
                                 Problem::Inconsistent("lies outside its shift or is empty"),
                             ));
@@ -440,19 +409,19 @@ impl MasterRecord {
                     ("upper_limit", p.upper_limit),
                 ] {
                     if v.is_some_and(|v| !v.is_finite()) {
-                        return Err(invalid(field, Problem::NotFinite));
+                        return Err(err(field, Problem::NotFinite));
                     }
                 }
                 if let (Some(l), Some(u)) = (p.lower_limit, p.upper_limit)
                     && l > u
                 {
-                    return Err(invalid(
+                    return Err(err(
                         "upper_limit",
                         Problem::Inconsistent("is below lower_limit"),
                     ));
                 }
                 if p.sample_every == Some(0) {
-                    return Err(invalid("sample_every", Problem::NotPositive));
+                    return Err(err("sample_every", Problem::NotPositive));
                 }
                 Ok(())
             }

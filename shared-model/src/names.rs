@@ -75,7 +75,7 @@ macro_rules! named_enum {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Every named enum of the model round-trips through its name, its names are unique, and
     //! where the serde name is meant to be the same text (everything but the URL names of
     //! master-data kinds) the two agree, so JSON and SQL never disagree about a name.
@@ -87,7 +87,8 @@ mod tests {
     use std::fmt::Debug;
     use std::str::FromStr;
 
-    fn round_trips<T>(all: &[T], as_str: fn(T) -> &'static str, serde_same: bool)
+    /// `all`'s names are unique and parse back; with `serde_same`, serde writes the same text.
+    pub(crate) fn round_trips<T>(all: &[T], as_str: fn(T) -> &'static str, serde_same: bool)
     where
         T: Copy + PartialEq + Debug + FromStr + serde::Serialize,
         T::Err: Debug,

@@ -15,7 +15,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Problem, ValidationError};
+use crate::event::{Problem, ValidationError, check_len, err};
 use crate::ids::{CODE_BYTES_MAX, MaterialId, SiteId, WorkOrderId};
 use crate::timestamp::Timestamp;
 
@@ -267,9 +267,9 @@ impl WorkOrder {
             ));
         }
         if let Some(erp_ref) = &self.erp_ref {
-            check_len("erp_ref", erp_ref, ERP_REF_BYTES_MAX)?;
+            check_len("erp_ref", erp_ref.len(), ERP_REF_BYTES_MAX)?;
         }
-        check_len("notes", &self.notes, NOTES_BYTES_MAX)?;
+        check_len("notes", self.notes.len(), NOTES_BYTES_MAX)?;
         if self.priority > PRIORITY_MAX {
             return Err(err(
                 "priority",
@@ -279,15 +279,7 @@ impl WorkOrder {
                 },
             ));
         }
-        if self.operations.len() > OPERATIONS_MAX {
-            return Err(err(
-                "operations",
-                Problem::TooLong {
-                    len: self.operations.len(),
-                    max: OPERATIONS_MAX,
-                },
-            ));
-        }
+        check_len("operations", self.operations.len(), OPERATIONS_MAX)?;
         let mut previous_seq: Option<u32> = None;
         for (i, op) in self.operations.iter().enumerate() {
             if previous_seq.is_some_and(|p| op.seq <= p) {
@@ -298,13 +290,13 @@ impl WorkOrder {
             }
             previous_seq = Some(op.seq);
             check_len(
-                &format!("operations[{i}].operation_code"),
-                &op.operation_code,
+                format!("operations[{i}].operation_code"),
+                op.operation_code.len(),
                 OPERATION_TEXT_BYTES_MAX,
             )?;
             check_len(
-                &format!("operations[{i}].work_center_class"),
-                &op.work_center_class,
+                format!("operations[{i}].work_center_class"),
+                op.work_center_class.len(),
                 OPERATION_TEXT_BYTES_MAX,
             )?;
         }
@@ -342,26 +334,6 @@ impl WorkOrder {
         }
         found
     }
-}
-
-fn err(field: impl Into<String>, problem: Problem) -> ValidationError {
-    ValidationError {
-        field: field.into(),
-        problem,
-    }
-}
-
-fn check_len(field: &str, value: &str, max: usize) -> Result<(), ValidationError> {
-    if value.len() > max {
-        return Err(err(
-            field,
-            Problem::TooLong {
-                len: value.len(),
-                max,
-            },
-        ));
-    }
-    Ok(())
 }
 
 /// A business invariant a work order breaks, typically after a merge of two replicas.
@@ -457,25 +429,21 @@ mod tests {
 
     fn order() -> WorkOrder {
         WorkOrder {
-            id: WorkOrderId::new("SITE_001-WO-000123").unwrap(),
-            site_id: SiteId::new("SITE_001").unwrap(),
             erp_ref: Some("4500012345".into()),
-            material: MaterialId::new("PN-1001").unwrap(),
             routing_version: 3,
-            planned_quantity: 500,
             due: Some(at(8 * 60)),
-            priority: 5,
             state: S::NotAllowedToStart,
-            actual_start: None,
-            actual_end: None,
             operations: vec![
                 operation(10, "TURN"),
                 operation(20, "MILL"),
                 operation(30, "INSPECT"),
             ],
-            notes: String::new(),
-            good_count: 0,
-            scrap_count: 0,
+            ..WorkOrder::released(
+                WorkOrderId::new("SITE_001-WO-000123").unwrap(),
+                SiteId::new("SITE_001").unwrap(),
+                MaterialId::new("PN-1001").unwrap(),
+                500,
+            )
         }
     }
 
@@ -582,20 +550,8 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for s in S::ALL {
-            assert_eq!(S::parse(s.as_str()), Some(s));
-            assert_eq!(
-                serde_json::to_string(&s).unwrap(),
-                format!("\"{}\"", s.as_str())
-            );
-        }
-        for a in A::ALL {
-            assert_eq!(A::parse(a.as_str()), Some(a));
-            assert_eq!(
-                serde_json::to_string(&a).unwrap(),
-                format!("\"{}\"", a.as_str())
-            );
-        }
+        crate::names::tests::round_trips(&S::ALL, S::as_str, true);
+        crate::names::tests::round_trips(&A::ALL, A::as_str, true);
         assert_eq!(S::parse("Running"), None);
         assert_eq!(A::parse(""), None);
         let terminal: Vec<S> = S::ALL.into_iter().filter(|s| s.is_terminal()).collect();
