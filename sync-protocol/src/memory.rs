@@ -12,11 +12,13 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use shared_model::master::{MasterKind, MasterRecord};
 use shared_model::{Event, EventId, SiteId};
 
 use crate::message::{ChangeHash, DownBatch, DownItem, RecordChange, RecordHeads, RecordId};
+use crate::session::{EdgeSession, HubSession};
 use crate::store::{
     DownEntry, EdgeStore, HeadsComparison, HubStore, IngestReport, OutboxEntry, OutboxItem,
 };
@@ -30,6 +32,21 @@ pub fn block_on_ready<F: Future>(f: F) -> F::Output {
         Poll::Ready(v) => v,
         Poll::Pending => panic!("block_on_ready used on a future that is not ready"),
     }
+}
+
+/// Moves every frame either session has queued straight to the other, as an in-process
+/// connection would; true if any moved (false: both are idle until the next input).
+pub fn exchange_frames(edge: &mut EdgeSession, hub: &mut HubSession, now: Duration) -> bool {
+    let mut moved = false;
+    while let Some(f) = edge.poll_transmit() {
+        hub.handle_frame(now, &f);
+        moved = true;
+    }
+    while let Some(f) = hub.poll_transmit() {
+        edge.handle_frame(now, &f);
+        moved = true;
+    }
+    moved
 }
 
 /// The fake's change hash: deterministic, 32 bytes, good enough to tell changes apart.
@@ -99,11 +116,35 @@ struct EdgeState {
     master: MasterTable,
 }
 
+/// A store's state behind a lock, and a switch that makes the next call fail.
+#[derive(Debug, Default)]
+struct Guarded<S> {
+    state: Mutex<S>,
+    fail_next: AtomicBool,
+}
+
+impl<S> Guarded<S> {
+    fn lock(&self) -> MutexGuard<'_, S> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fail_next_call(&self) {
+        self.fail_next.store(true, Ordering::SeqCst);
+    }
+
+    /// The state, unless [`Guarded::fail_next_call`] made this the call to fail.
+    fn checked(&self) -> Result<MutexGuard<'_, S>, MemoryStoreError> {
+        if self.fail_next.swap(false, Ordering::SeqCst) {
+            return Err(MemoryStoreError::Injected);
+        }
+        Ok(self.lock())
+    }
+}
+
 /// The edge's store, in memory.
 #[derive(Debug, Default)]
 pub struct MemoryEdgeStore {
-    state: Mutex<EdgeState>,
-    fail_next: AtomicBool,
+    inner: Guarded<EdgeState>,
 }
 
 impl MemoryEdgeStore {
@@ -111,26 +152,14 @@ impl MemoryEdgeStore {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, EdgeState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn check_failure(&self) -> Result<(), MemoryStoreError> {
-        if self.fail_next.swap(false, Ordering::SeqCst) {
-            Err(MemoryStoreError::Injected)
-        } else {
-            Ok(())
-        }
-    }
-
     /// Makes the next store call fail, to test the session's reaction.
     pub fn fail_next_call(&self) {
-        self.fail_next.store(true, Ordering::SeqCst);
+        self.inner.fail_next_call();
     }
 
     /// Records a fact locally and puts it in the outbox; returns its sequence.
     pub fn record_event(&self, event: Event) -> u64 {
-        let mut s = self.lock();
+        let mut s = self.inner.lock();
         s.next_seq += 1;
         let seq = s.next_seq;
         s.events.insert(event.event_id, event.clone());
@@ -140,7 +169,7 @@ impl MemoryEdgeStore {
 
     /// Applies a local edit of a shared record and puts it in the outbox.
     pub fn record_change(&self, change: RecordChange) -> u64 {
-        let mut s = self.lock();
+        let mut s = self.inner.lock();
         add_change(&mut s.records, &change);
         s.next_seq += 1;
         let seq = s.next_seq;
@@ -151,20 +180,21 @@ impl MemoryEdgeStore {
     /// Applies a change locally without queueing it, as a store restored from an older
     /// backup would have lost the queue entry but kept (or not) the record.
     pub fn apply_change_without_outbox(&self, change: &RecordChange) {
-        add_change(&mut self.lock().records, change);
+        add_change(&mut self.inner.lock().records, change);
     }
 
     pub fn pending(&self) -> usize {
-        self.lock().outbox.len()
+        self.inner.lock().outbox.len()
     }
 
     pub fn events(&self) -> Vec<Event> {
-        self.lock().events.values().cloned().collect()
+        self.inner.lock().events.values().cloned().collect()
     }
 
     /// Events still waiting in the outbox (not acknowledged by the hub).
     pub fn pending_event_ids(&self) -> BTreeSet<EventId> {
-        self.lock()
+        self.inner
+            .lock()
             .outbox
             .values()
             .filter_map(|item| match item {
@@ -176,7 +206,8 @@ impl MemoryEdgeStore {
 
     /// Every record with the hashes of its changes.
     pub fn record_hashes(&self) -> BTreeMap<RecordId, BTreeSet<ChangeHash>> {
-        self.lock()
+        self.inner
+            .lock()
             .records
             .iter()
             .map(|(r, m)| (r.clone(), m.keys().copied().collect()))
@@ -184,11 +215,11 @@ impl MemoryEdgeStore {
     }
 
     pub fn master(&self) -> MasterTable {
-        self.lock().master.clone()
+        self.inner.lock().master.clone()
     }
 
     pub fn current_down_cursor(&self) -> u64 {
-        self.lock().down_cursor
+        self.inner.lock().down_cursor
     }
 }
 
@@ -200,10 +231,8 @@ impl EdgeStore for MemoryEdgeStore {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<OutboxEntry>, Self::Error> {
-        self.check_failure()?;
-        Ok(self
-            .lock()
-            .outbox
+        let s = self.inner.checked()?;
+        Ok(s.outbox
             .range(after_seq.saturating_add(1)..)
             .take(limit)
             .map(|(seq, item)| OutboxEntry {
@@ -214,21 +243,18 @@ impl EdgeStore for MemoryEdgeStore {
     }
 
     async fn ack_outbox(&self, up_to_seq: u64) -> Result<(), Self::Error> {
-        self.check_failure()?;
-        let mut s = self.lock();
+        let mut s = self.inner.checked()?;
         let keep = s.outbox.split_off(&up_to_seq.saturating_add(1));
         s.outbox = keep;
         Ok(())
     }
 
     async fn down_cursor(&self) -> Result<u64, Self::Error> {
-        self.check_failure()?;
-        Ok(self.lock().down_cursor)
+        Ok(self.inner.checked()?.down_cursor)
     }
 
     async fn apply_down(&self, batch: &DownBatch) -> Result<(), Self::Error> {
-        self.check_failure()?;
-        let mut s = self.lock();
+        let mut s = self.inner.checked()?;
         for item in &batch.items {
             match item {
                 DownItem::RecordChange(c) => {
@@ -258,8 +284,7 @@ impl EdgeStore for MemoryEdgeStore {
         after: Option<&RecordId>,
         limit: usize,
     ) -> Result<Vec<RecordHeads>, Self::Error> {
-        self.check_failure()?;
-        let s = self.lock();
+        let s = self.inner.checked()?;
         let iter: Box<dyn Iterator<Item = _>> = match after {
             None => Box::new(s.records.iter()),
             Some(a) => Box::new(s.records.range((
@@ -277,13 +302,11 @@ impl EdgeStore for MemoryEdgeStore {
     }
 
     async fn compare_heads(&self, peer: &RecordHeads) -> Result<HeadsComparison, Self::Error> {
-        self.check_failure()?;
-        Ok(compare(&self.lock().records, peer))
+        Ok(compare(&self.inner.checked()?.records, peer))
     }
 
     async fn apply_repair(&self, changes: &[RecordChange]) -> Result<(), Self::Error> {
-        self.check_failure()?;
-        let mut s = self.lock();
+        let mut s = self.inner.checked()?;
         for c in changes {
             add_change(&mut s.records, c);
         }
@@ -309,8 +332,7 @@ struct HubState {
 /// The hub's store, in memory, scoped per site like the Postgres one.
 #[derive(Debug, Default)]
 pub struct MemoryHubStore {
-    state: Mutex<HubState>,
-    fail_next: AtomicBool,
+    inner: Guarded<HubState>,
 }
 
 impl MemoryHubStore {
@@ -318,26 +340,15 @@ impl MemoryHubStore {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HubState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn check_failure(&self) -> Result<(), MemoryStoreError> {
-        if self.fail_next.swap(false, Ordering::SeqCst) {
-            Err(MemoryStoreError::Injected)
-        } else {
-            Ok(())
-        }
-    }
-
+    /// Makes the next store call fail, to test the session's reaction.
     pub fn fail_next_call(&self) {
-        self.fail_next.store(true, Ordering::SeqCst);
+        self.inner.fail_next_call();
     }
 
     /// HQ puts something in a site's down log (a release, an edit, master data); returns its
     /// cursor. Record changes are applied to the hub's copy too.
     pub fn publish(&self, site: &SiteId, item: DownItem) -> u64 {
-        let mut s = self.lock();
+        let mut s = self.inner.lock();
         s.next_cursor += 1;
         let cursor = s.next_cursor;
         let site = s.sites.entry(site.clone()).or_default();
@@ -352,13 +363,20 @@ impl MemoryHubStore {
     /// differently from the edge might hold.
     pub fn apply_change_without_publish(&self, site: &SiteId, change: &RecordChange) {
         add_change(
-            &mut self.lock().sites.entry(site.clone()).or_default().records,
+            &mut self
+                .inner
+                .lock()
+                .sites
+                .entry(site.clone())
+                .or_default()
+                .records,
             change,
         );
     }
 
     pub fn events(&self, site: &SiteId) -> Vec<Event> {
-        self.lock()
+        self.inner
+            .lock()
             .sites
             .get(site)
             .map(|s| s.events.values().cloned().collect())
@@ -366,7 +384,8 @@ impl MemoryHubStore {
     }
 
     pub fn record_hashes(&self, site: &SiteId) -> BTreeMap<RecordId, BTreeSet<ChangeHash>> {
-        self.lock()
+        self.inner
+            .lock()
             .sites
             .get(site)
             .map(|s| {
@@ -379,11 +398,16 @@ impl MemoryHubStore {
     }
 
     pub fn down_acked(&self, site: &SiteId) -> u64 {
-        self.lock().sites.get(site).map_or(0, |s| s.down_acked)
+        self.inner
+            .lock()
+            .sites
+            .get(site)
+            .map_or(0, |s| s.down_acked)
     }
 
     pub fn down_head(&self, site: &SiteId) -> u64 {
-        self.lock()
+        self.inner
+            .lock()
             .sites
             .get(site)
             .and_then(|s| s.down_log.last())
@@ -399,8 +423,7 @@ impl HubStore for MemoryHubStore {
         site: &SiteId,
         events: &[Event],
     ) -> Result<IngestReport, Self::Error> {
-        self.check_failure()?;
-        let mut s = self.lock();
+        let mut s = self.inner.checked()?;
         let site = s.sites.entry(site.clone()).or_default();
         let mut report = IngestReport::default();
         for e in events {
@@ -418,8 +441,7 @@ impl HubStore for MemoryHubStore {
         site: &SiteId,
         changes: &[RecordChange],
     ) -> Result<(), Self::Error> {
-        self.check_failure()?;
-        let mut s = self.lock();
+        let mut s = self.inner.checked()?;
         let site = s.sites.entry(site.clone()).or_default();
         for c in changes {
             add_change(&mut site.records, c);
@@ -433,9 +455,9 @@ impl HubStore for MemoryHubStore {
         after_cursor: u64,
         limit: usize,
     ) -> Result<Vec<DownEntry>, Self::Error> {
-        self.check_failure()?;
         Ok(self
-            .lock()
+            .inner
+            .checked()?
             .sites
             .get(site)
             .map(|s| {
@@ -450,8 +472,7 @@ impl HubStore for MemoryHubStore {
     }
 
     async fn record_down_ack(&self, site: &SiteId, cursor: u64) -> Result<(), Self::Error> {
-        self.check_failure()?;
-        let mut s = self.lock();
+        let mut s = self.inner.checked()?;
         let site = s.sites.entry(site.clone()).or_default();
         site.down_acked = site.down_acked.max(cursor);
         Ok(())
@@ -463,8 +484,7 @@ impl HubStore for MemoryHubStore {
         after: Option<&RecordId>,
         through: Option<&RecordId>,
     ) -> Result<Vec<RecordId>, Self::Error> {
-        self.check_failure()?;
-        let s = self.lock();
+        let s = self.inner.checked()?;
         Ok(s.sites
             .get(site)
             .map(|s| {
@@ -482,8 +502,7 @@ impl HubStore for MemoryHubStore {
         site: &SiteId,
         peer: &RecordHeads,
     ) -> Result<HeadsComparison, Self::Error> {
-        self.check_failure()?;
-        let s = self.lock();
+        let s = self.inner.checked()?;
         Ok(match s.sites.get(site) {
             Some(site) => compare(&site.records, peer),
             None => compare(&Records::new(), peer),

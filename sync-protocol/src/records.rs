@@ -264,21 +264,17 @@ pub(crate) mod tests_support {
     pub(crate) fn view() -> WorkOrderView {
         WorkOrderView {
             order: WorkOrder {
-                id: WorkOrderId::new("SITE_001-WO-1").unwrap(),
-                site_id: SiteId::new("SITE_001").unwrap(),
                 erp_ref: Some("4500012345".into()),
-                material: MaterialId::new("BRACKET-7").unwrap(),
                 routing_version: 2,
-                planned_quantity: 500,
                 due: Some(Timestamp::from_millis(1_795_000_000_000)),
                 priority: 3,
-                state: WorkOrderState::AllowedToStart,
-                actual_start: None,
-                actual_end: None,
-                operations: Vec::new(),
                 notes: "first article to QA".into(),
-                good_count: 0,
-                scrap_count: 0,
+                ..WorkOrder::released(
+                    WorkOrderId::new("SITE_001-WO-1").unwrap(),
+                    SiteId::new("SITE_001").unwrap(),
+                    MaterialId::new("BRACKET-7").unwrap(),
+                    500,
+                )
             },
             work_unit: Some(EquipmentId::new("PRESS-01").unwrap()),
         }

@@ -5,11 +5,14 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use sync_protocol::driver::{drive_edge, drive_hub};
-use sync_protocol::memory::{MemoryEdgeStore, MemoryHubStore, block_on_ready};
+use sync_protocol::driver::{DriveError, DriveReport, drive_edge, drive_hub};
+use sync_protocol::memory::{MemoryEdgeStore, MemoryHubStore, MemoryStoreError, block_on_ready};
 use sync_protocol::session::{EdgeSession, HubSession, SessionConfig};
 
 use crate::samples::{T0, site};
+
+/// What one run of a driver came to.
+pub(crate) type Driven = Result<DriveReport, DriveError<MemoryStoreError>>;
 
 pub(crate) struct Loopback {
     pub(crate) edge_store: MemoryEdgeStore,
@@ -54,10 +57,20 @@ impl Loopback {
         self.hub = HubSession::new(self.config.clone(), site(), T0, self.now);
     }
 
+    /// Runs the edge's driver once, leaving the frames queued in the session.
+    pub(crate) fn drive_edge(&mut self) -> Driven {
+        block_on_ready(drive_edge(&mut self.edge, &self.edge_store, self.now))
+    }
+
+    /// Runs the hub's driver once, leaving the frames queued in the session.
+    pub(crate) fn drive_hub(&mut self) -> Driven {
+        block_on_ready(drive_hub(&mut self.hub, &self.hub_store, self.now))
+    }
+
     /// Runs both drivers and moves every queued frame into its pipe.
     pub(crate) fn drive(&mut self) {
-        block_on_ready(drive_edge(&mut self.edge, &self.edge_store, self.now)).unwrap();
-        block_on_ready(drive_hub(&mut self.hub, &self.hub_store, self.now)).unwrap();
+        self.drive_edge().unwrap();
+        self.drive_hub().unwrap();
         while let Some(f) = self.edge.poll_transmit() {
             self.edge_to_hub.extend(f);
         }
@@ -68,17 +81,11 @@ impl Loopback {
 
     /// Delivers up to `n` bytes each way.
     pub(crate) fn deliver(&mut self, n: usize) {
-        let up: Vec<u8> = self
-            .edge_to_hub
-            .drain(..n.min(self.edge_to_hub.len()))
-            .collect();
+        let up = take_front(&mut self.edge_to_hub, n);
         if !up.is_empty() {
             self.hub.handle_stream_bytes(self.now, &up);
         }
-        let down: Vec<u8> = self
-            .hub_to_edge
-            .drain(..n.min(self.hub_to_edge.len()))
-            .collect();
+        let down = take_front(&mut self.hub_to_edge, n);
         if !down.is_empty() {
             self.edge.handle_stream_bytes(self.now, &down);
         }
@@ -96,4 +103,9 @@ impl Loopback {
         }
         panic!("loopback did not settle in 10,000 rounds");
     }
+}
+
+/// Up to `n` bytes off the front of `bytes`.
+fn take_front(bytes: &mut VecDeque<u8>, n: usize) -> Vec<u8> {
+    bytes.drain(..n.min(bytes.len())).collect()
 }

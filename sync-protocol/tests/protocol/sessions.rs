@@ -80,14 +80,22 @@ fn renew_refused(message: &str) -> Vec<u8> {
     }))
 }
 
+/// An encoded welcome of `protocol_version`, without capabilities and with every limit 1.
+fn tiny_welcome(protocol_version: u16) -> Vec<u8> {
+    encode(Message::Welcome(Welcome {
+        protocol_version,
+        capabilities: 0,
+        site_id: site(),
+        hub_time: T0,
+        batch_items_max: 1,
+        inflight_batches_max: 1,
+        frame_bytes_max: 1,
+    }))
+}
+
 /// Moves every frame queued at the edge into the hub, and back.
 fn exchange(lb: &mut Loopback) {
-    while let Some(f) = lb.edge.poll_transmit() {
-        lb.hub.handle_frame(lb.now, &f);
-    }
-    while let Some(f) = lb.hub.poll_transmit() {
-        lb.edge.handle_frame(lb.now, &f);
-    }
+    sync_protocol::memory::exchange_frames(&mut lb.edge, &mut lb.hub, lb.now);
 }
 
 /// Renewal rides on an established session: the CSR goes up, the hub's driver hands it to
@@ -95,8 +103,6 @@ fn exchange(lb: &mut Loopback) {
 /// session carries on syncing. One renewal per session, asked by the edge only.
 #[test]
 fn a_certificate_is_renewed_over_the_session_and_sync_goes_on() {
-    use sync_protocol::driver::{drive_edge, drive_hub};
-    use sync_protocol::memory::block_on_ready;
     use sync_protocol::session::SessionError;
     let mut lb = Loopback::new(small_limits());
     assert!(!lb.edge.can_renew(), "not before the welcome");
@@ -128,7 +134,7 @@ fn a_certificate_is_renewed_over_the_session_and_sync_goes_on() {
         Err(SessionError::NotRequested)
     );
     exchange(&mut lb);
-    let report = block_on_ready(drive_hub(&mut lb.hub, &lb.hub_store, lb.now)).unwrap();
+    let report = lb.drive_hub().unwrap();
     assert_eq!(
         report.renewal_request.as_deref(),
         Some(crate::samples::CSR_PEM)
@@ -142,7 +148,7 @@ fn a_certificate_is_renewed_over_the_session_and_sync_goes_on() {
         Err(SessionError::NotRequested)
     );
     exchange(&mut lb);
-    let report = block_on_ready(drive_edge(&mut lb.edge, &lb.edge_store, lb.now)).unwrap();
+    let report = lb.drive_edge().unwrap();
     assert_eq!(report.renewal, Some(issued));
     // The session is as it was: events recorded now still reach the hub.
     for n in 1..=5 {
@@ -158,7 +164,7 @@ fn a_certificate_is_renewed_over_the_session_and_sync_goes_on() {
     lb.settle();
     lb.edge.request_renewal(lb.now, "csr".into()).unwrap();
     exchange(&mut lb);
-    let _ = block_on_ready(drive_hub(&mut lb.hub, &lb.hub_store, lb.now)).unwrap();
+    let _ = lb.drive_hub().unwrap();
     lb.hub
         .send_renewal(
             lb.now,
@@ -168,7 +174,7 @@ fn a_certificate_is_renewed_over_the_session_and_sync_goes_on() {
         )
         .unwrap();
     exchange(&mut lb);
-    let report = block_on_ready(drive_edge(&mut lb.edge, &lb.edge_store, lb.now)).unwrap();
+    let report = lb.drive_edge().unwrap();
     match report.renewal {
         Some(RenewOutcome::Refused { message }) => {
             assert!(message.len() <= ERROR_MESSAGE_BYTES_MAX && !message.is_empty())
@@ -230,11 +236,7 @@ fn nothing_is_acked_before_the_hub_store_commits() {
     lb.deliver(usize::MAX);
     // The hub's store fails the ingest: the session closes, nothing is acked.
     lb.hub_store.fail_next_call();
-    let r = sync_protocol::memory::block_on_ready(sync_protocol::driver::drive_hub(
-        &mut lb.hub,
-        &lb.hub_store,
-        lb.now,
-    ));
+    let r = lb.drive_hub();
     assert!(r.is_err());
     assert!(lb.hub.is_closed());
     let out = hub_output(&mut lb.hub);
@@ -422,15 +424,7 @@ fn hub_rejects_misbehaving_edges() {
             name: "welcome sent to the hub",
             frames: vec![
                 hello(),
-                encode(Message::Welcome(Welcome {
-                    protocol_version: 1,
-                    capabilities: 0,
-                    site_id: site(),
-                    hub_time: T0,
-                    batch_items_max: 1,
-                    inflight_batches_max: 1,
-                    frame_bytes_max: 1,
-                })),
+                tiny_welcome(1),
             ],
             expected: ErrorCode::UnexpectedMessage,
         },
@@ -549,15 +543,7 @@ fn edge_rejects_misbehaving_hubs() {
         ),
         (
             "newer protocol",
-            vec![encode(Message::Welcome(Welcome {
-                protocol_version: 9,
-                capabilities: 0,
-                site_id: site(),
-                hub_time: T0,
-                batch_items_max: 1,
-                inflight_batches_max: 1,
-                frame_bytes_max: 1,
-            }))],
+            vec![tiny_welcome(9)],
             ErrorCode::UnsupportedVersion,
         ),
         (
@@ -693,11 +679,7 @@ fn store_failure_on_the_edge_closes_and_loses_nothing() {
     lb.drive();
     lb.deliver(usize::MAX);
     lb.edge_store.fail_next_call();
-    let r = sync_protocol::memory::block_on_ready(sync_protocol::driver::drive_edge(
-        &mut lb.edge,
-        &lb.edge_store,
-        lb.now,
-    ));
+    let r = lb.drive_edge();
     assert!(r.is_err());
     assert_eq!(
         lb.edge.close_reason().map(CloseReason::code),
