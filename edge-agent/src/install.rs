@@ -187,6 +187,26 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
+/// The TLS 1.2 and 1.3 handshake-signature checks of a `ServerCertVerifier`: each is the
+/// same-named `rustls::crypto` function over the provider's algorithms.
+macro_rules! verify_signatures_with_provider {
+    ($($name:ident),+) => {$(
+        fn $name(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::$name(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+    )+};
+}
+
 impl ServerCertVerifier for PinnedCa {
     fn verify_server_cert(
         &self,
@@ -213,33 +233,7 @@ impl ServerCertVerifier for PinnedCa {
         verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
+    verify_signatures_with_provider!(verify_tls12_signature, verify_tls13_signature);
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider

@@ -552,24 +552,12 @@ mod tests {
     use crate::store::fixture::*;
     use crate::store::{open_write_connection, outbox};
 
-    /// A local edit that would take a work order past `DOC_OPS_MAX` operations (which the hub
-    /// would refuse, stalling the outbox behind it) is refused with 422-style `Invalid`, and
-    /// nothing of it is stored or queued.
-    #[test]
-    fn a_local_edit_past_the_record_cap_is_refused() {
-        use automerge::ReadDoc;
-        use automerge::transaction::Transactable;
-        use shared_model::WorkOrderId;
-        use shared_model::work_order::{WorkOrder, WorkOrderAction};
-        use sync_protocol::records::{CHANGE_OPS_MAX, DOC_OPS_MAX};
-
-        let dir = TempDir::new("cap");
-        let store = open(&dir);
-        let conn = open_write_connection(store.path()).unwrap();
-        let actor = automerge::ActorId::random();
-        let id = WorkOrderId::new("SITE_001-WO-7").unwrap();
-        let view = crate::records::WorkOrderView {
-            order: WorkOrder::released(
+    /// Creates work order `id` (released, 10 BRACKET-7) as a new actor: that actor, and the
+    /// record's stored document.
+    fn create_released(conn: &Connection, id: &WorkOrderId) -> (ActorId, Vec<u8>) {
+        let actor = ActorId::random();
+        let view = WorkOrderView {
+            order: shared_model::work_order::WorkOrder::released(
                 id.clone(),
                 site(),
                 shared_model::MaterialId::new("BRACKET-7").unwrap(),
@@ -577,10 +565,31 @@ mod tests {
             ),
             work_unit: None,
         };
-        crate::records::create(&conn, &view, &actor).unwrap();
-        let saved: Vec<u8> = conn
-            .query_row("SELECT doc FROM records", [], |r| r.get(0))
+        create(conn, &view, &actor).unwrap();
+        let saved = conn
+            .query_row(
+                "SELECT doc FROM records WHERE record_id = ?1",
+                [id.as_str()],
+                |r| r.get(0),
+            )
             .unwrap();
+        (actor, saved)
+    }
+
+    /// A local edit that would take a work order past `DOC_OPS_MAX` operations (which the hub
+    /// would refuse, stalling the outbox behind it) is refused with 422-style `Invalid`, and
+    /// nothing of it is stored or queued.
+    #[test]
+    fn a_local_edit_past_the_record_cap_is_refused() {
+        use automerge::ReadDoc;
+        use automerge::transaction::Transactable;
+        use sync_protocol::records::{CHANGE_OPS_MAX, DOC_OPS_MAX};
+
+        let dir = TempDir::new("cap");
+        let store = open(&dir);
+        let conn = open_write_connection(store.path()).unwrap();
+        let id = WorkOrderId::new("SITE_001-WO-7").unwrap();
+        let (actor, saved) = create_released(&conn, &id);
         // The order's history filled up to the cap, as synced edits would have.
         let mut full = automerge::AutoCommit::load(&saved).unwrap();
         let room = DOC_OPS_MAX - full.stats().num_ops;
@@ -614,34 +623,14 @@ mod tests {
     #[test]
     fn a_supervisor_settles_a_state_conflict() {
         use automerge::transaction::Transactable;
-        use shared_model::WorkOrderId;
-        use shared_model::work_order::{WorkOrder, WorkOrderAction, WorkOrderState};
         use sync_protocol::message::{RecordChange, RecordId};
 
         let dir = TempDir::new("settle");
         let store = open(&dir);
         let conn = open_write_connection(store.path()).unwrap();
-        let actor = automerge::ActorId::random();
         let id = WorkOrderId::new("SITE_001-WO-9").unwrap();
-        let order = WorkOrder::released(
-            id.clone(),
-            site(),
-            shared_model::MaterialId::new("BRACKET-7").unwrap(),
-            10,
-        );
-        let view = crate::records::WorkOrderView {
-            order,
-            work_unit: None,
-        };
-        crate::records::create(&conn, &view, &actor).unwrap();
+        let (actor, saved) = create_released(&conn, &id);
         let record = RecordId::work_order(&id);
-        let saved: Vec<u8> = conn
-            .query_row(
-                "SELECT doc FROM records WHERE record_id = ?1",
-                [id.as_str()],
-                |r| r.get(0),
-            )
-            .unwrap();
         // HQ, from the released order, cancels it.
         let mut hq = automerge::AutoCommit::load(&saved)
             .unwrap()

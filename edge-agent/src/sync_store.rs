@@ -138,7 +138,7 @@ mod tests {
 
     use shared_model::Timestamp;
     use sync_protocol::driver::{drive_edge, drive_hub};
-    use sync_protocol::memory::MemoryHubStore;
+    use sync_protocol::memory::{MemoryHubStore, exchange_frames};
     use sync_protocol::message::DownItem;
     use sync_protocol::session::{EdgeSession, HubSession, SessionConfig};
     use sync_protocol::store::EdgeStore;
@@ -208,16 +208,7 @@ mod tests {
         for _ in 0..1_000 {
             drive_edge(&mut edge, &store, now).await.unwrap();
             drive_hub(&mut hub_session, &hub, now).await.unwrap();
-            let mut moved = false;
-            while let Some(f) = edge.poll_transmit() {
-                hub_session.handle_frame(now, &f);
-                moved = true;
-            }
-            while let Some(f) = hub_session.poll_transmit() {
-                edge.handle_frame(now, &f);
-                moved = true;
-            }
-            if !moved {
+            if !exchange_frames(&mut edge, &mut hub_session, now) {
                 break;
             }
         }
@@ -293,16 +284,7 @@ mod tests {
                 }
                 let report = drive_hub(&mut hub_session, &hub, now).await.unwrap();
                 hub_saw = hub_saw.or(report.closed);
-                let mut moved = false;
-                while let Some(f) = edge.poll_transmit() {
-                    hub_session.handle_frame(now, &f);
-                    moved = true;
-                }
-                while let Some(f) = hub_session.poll_transmit() {
-                    edge.handle_frame(now, &f);
-                    moved = true;
-                }
-                if !moved {
+                if !exchange_frames(&mut edge, &mut hub_session, now) {
                     break;
                 }
             }

@@ -5,13 +5,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use shared_model::event::{
-    ClockAction, Correction, EquipmentStateChange, MachineState, MaterialMovement, OperatorClock,
-    ProductionCount, QualitySample, Replacement,
+    Correction, EquipmentStateChange, MaterialMovement, OperatorClock, ProductionCount,
+    QualitySample, Replacement,
 };
 use shared_model::{Event, EventBody, EventId, EventKind, Timestamp};
 
 use super::error::ApiError;
-use super::json::{Obj, choice};
+use super::json::Obj;
 use super::session::{Caller, require_supervisor};
 use super::{AppState, read_json_body};
 use crate::store::{EventsOutcome, insert_events};
@@ -20,10 +20,6 @@ use crate::store::{EventsOutcome, insert_events};
 pub const EVENTS_PER_REQUEST_MAX: usize = 1_000;
 /// Longest idempotency key.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
-
-fn machine_state(v: &str) -> Result<MachineState, String> {
-    choice(v, &MachineState::ALL, MachineState::as_str)
-}
 
 /// Reads the type-specific fields of an event object.
 fn body(o: &mut Obj<'_>, kind: EventKind) -> Result<EventBody, ApiError> {
@@ -36,16 +32,16 @@ fn body(o: &mut Obj<'_>, kind: EventKind) -> Result<EventBody, ApiError> {
             rework: o.opt("rework")?.unwrap_or(0),
             scrap_reason: o.opt("scrap_reason")?,
         }),
-        EventKind::EquipmentState => {
-            let equipment = o.req("equipment")?;
-            let state: String = o.req("state")?;
-            let state = machine_state(&state).map_err(|m| ApiError::invalid(o.path("state"), m))?;
-            EventBody::EquipmentState(EquipmentStateChange {
-                equipment,
-                state,
-                reason: o.opt("reason")?,
-            })
-        }
+        EventKind::EquipmentState => EventBody::EquipmentState(EquipmentStateChange {
+            equipment: o.req("equipment")?,
+            state: o.req("state")?,
+            reason: o.opt("reason")?,
+        }),
+        EventKind::OperatorClock => EventBody::OperatorClock(OperatorClock {
+            badge: o.req("badge")?,
+            action: o.req("action")?,
+            equipment: o.opt("equipment")?,
+        }),
         EventKind::QualitySample => {
             let characteristic = o.req("characteristic")?;
             let value: f64 = o.req("value")?;
@@ -78,17 +74,6 @@ fn body(o: &mut Obj<'_>, kind: EventKind) -> Result<EventBody, ApiError> {
             } else {
                 EventBody::MaterialProduced(m)
             }
-        }
-        EventKind::OperatorClock => {
-            let badge = o.req("badge")?;
-            let action: String = o.req("action")?;
-            let action = choice(&action, &ClockAction::ALL, ClockAction::as_str)
-                .map_err(|m| ApiError::invalid(o.path("action"), m))?;
-            EventBody::OperatorClock(OperatorClock {
-                badge,
-                action,
-                equipment: o.opt("equipment")?,
-            })
         }
         EventKind::Correction => {
             let corrects = o.req("corrects")?;

@@ -143,6 +143,22 @@ from_json_via_str!(
     shared_model::EventId
 );
 
+/// Named enums parse from one of their names (see [`choice`]).
+macro_rules! from_json_by_name {
+    ($($t:ty),*) => {$(
+        impl FromJson for $t {
+            fn from_json(v: &Value) -> Result<Self, String> {
+                choice(&String::from_json(v)?, &<$t>::ALL, <$t>::as_str)
+            }
+        }
+    )*};
+}
+
+from_json_by_name!(
+    shared_model::event::MachineState,
+    shared_model::event::ClockAction
+);
+
 /// One of a named enum's variants by its name (`MachineState::ALL`, `MachineState::as_str`);
 /// the error lists every accepted name for the sender.
 pub(crate) fn choice<T: Copy>(

@@ -27,45 +27,34 @@ pub enum RefCheck {
 
 fn references(body: &EventBody) -> Vec<(&'static str, RefCheck, String)> {
     let mut refs: Vec<(&'static str, RefCheck, String)> = Vec::new();
-    let mut add = |field, check, value: &str| refs.push((field, check, value.to_owned()));
+    // An absent optional field refers to nothing.
+    let mut add = |field, check, value: Option<&str>| {
+        refs.extend(value.map(|v| (field, check, v.to_owned())));
+    };
     match body {
         EventBody::ProductionCount(p) => {
-            add("equipment", RefCheck::Equipment, p.equipment.as_str());
-            if let Some(w) = &p.work_order {
-                add("work_order", RefCheck::WorkOrder, w.as_str());
-            }
-            if let Some(r) = &p.scrap_reason {
-                add("scrap_reason", RefCheck::ReasonCode, r.as_str());
-            }
+            add("equipment", RefCheck::Equipment, Some(p.equipment.as_str()));
+            add("work_order", RefCheck::WorkOrder, opt_str(&p.work_order));
+            add(
+                "scrap_reason",
+                RefCheck::ReasonCode,
+                opt_str(&p.scrap_reason),
+            );
         }
         EventBody::EquipmentState(s) => {
-            add("equipment", RefCheck::Equipment, s.equipment.as_str());
-            if let Some(r) = &s.reason {
-                add("reason", RefCheck::ReasonCode, r.as_str());
-            }
+            add("equipment", RefCheck::Equipment, Some(s.equipment.as_str()));
+            add("reason", RefCheck::ReasonCode, opt_str(&s.reason));
         }
         EventBody::QualitySample(q) => {
-            if let Some(e) = &q.equipment {
-                add("equipment", RefCheck::Equipment, e.as_str());
-            }
-            if let Some(w) = &q.work_order {
-                add("work_order", RefCheck::WorkOrder, w.as_str());
-            }
+            add("equipment", RefCheck::Equipment, opt_str(&q.equipment));
+            add("work_order", RefCheck::WorkOrder, opt_str(&q.work_order));
         }
         EventBody::MaterialConsumed(m) | EventBody::MaterialProduced(m) => {
-            add("material", RefCheck::Material, m.material.as_str());
-            if let Some(w) = &m.work_order {
-                add("work_order", RefCheck::WorkOrder, w.as_str());
-            }
-            if let Some(e) = &m.equipment {
-                add("equipment", RefCheck::Equipment, e.as_str());
-            }
+            add("material", RefCheck::Material, Some(m.material.as_str()));
+            add("work_order", RefCheck::WorkOrder, opt_str(&m.work_order));
+            add("equipment", RefCheck::Equipment, opt_str(&m.equipment));
         }
-        EventBody::OperatorClock(c) => {
-            if let Some(e) = &c.equipment {
-                add("equipment", RefCheck::Equipment, e.as_str());
-            }
-        }
+        EventBody::OperatorClock(c) => add("equipment", RefCheck::Equipment, opt_str(&c.equipment)),
         // A correction's replacement is checked like an event; the corrected id need not be
         // here any more (it may have been pruned after sync).
         EventBody::Correction(c) => {
@@ -78,6 +67,11 @@ fn references(body: &EventBody) -> Vec<(&'static str, RefCheck, String)> {
         }
     }
     refs
+}
+
+/// The text of an optional id.
+fn opt_str<T: AsRef<str>>(value: &Option<T>) -> Option<&str> {
+    value.as_ref().map(AsRef::as_ref)
 }
 
 fn replacement_field(field: &'static str) -> &'static str {

@@ -36,15 +36,18 @@ pub(crate) fn site() -> SiteId {
     SiteId::new("SITE_001").unwrap()
 }
 
+/// The site, its press and one material.
+const MASTER: &str = r#"{
+  "equipment": [{"id": "SITE_001", "parent": null, "level": "site", "name": "Plant", "class": "site"},
+                {"id": "PRESS-01", "parent": "SITE_001", "level": "work_unit", "name": "Press", "class": "press"}],
+  "materials": [{"id": "BRACKET-7", "name": "Bracket", "unit": "pcs", "tracking": "lot"}]
+}"#;
+
+/// A store in `dir` with [`MASTER`] imported.
 pub(crate) fn open(dir: &TempDir) -> Store {
     let store = Store::open(&dir.0, site(), Arc::new(Metrics::default())).unwrap();
+    let md: shared_model::master::MasterFile = serde_json::from_str(MASTER).unwrap();
     let mut conn = open_write_connection(store.path()).unwrap();
-    let md: shared_model::master::MasterFile = serde_json::from_str(
-        r#"{"equipment":[{"id":"SITE_001","parent":null,"level":"site","name":"Plant","class":"site"},
-                          {"id":"PRESS-01","parent":"SITE_001","level":"work_unit","name":"Press","class":"press"}],
-            "materials":[{"id":"BRACKET-7","name":"Bracket","unit":"pcs","tracking":"lot"}]}"#,
-    )
-    .unwrap();
     super::master::import(&mut conn, &md.into_records()).unwrap();
     store
 }
@@ -56,14 +59,10 @@ pub(crate) fn event(n: u64, recorded_at: Timestamp) -> Event {
         occurred_at: recorded_at,
         recorded_at,
         operator: None,
-        body: EventBody::ProductionCount(ProductionCount {
-            equipment: EquipmentId::new("PRESS-01").unwrap(),
-            work_order: None,
-            good: 1,
-            scrap: 0,
-            rework: 0,
-            scrap_reason: None,
-        }),
+        body: EventBody::ProductionCount(ProductionCount::good(
+            EquipmentId::new("PRESS-01").unwrap(),
+            1,
+        )),
     }
 }
 

@@ -108,6 +108,15 @@ pub enum StoreError {
     },
 }
 
+/// Work on a connection, given to [`Store::write`] and [`Store::read`]; it runs on another
+/// thread.
+pub trait OnConnection<R>: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static {}
+
+impl<R, F> OnConnection<R> for F where
+    F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static
+{
+}
+
 /// Handle to the store; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -229,11 +238,7 @@ impl Store {
 
     /// Runs `f` in the writer's next transaction (in its own savepoint) and resolves after
     /// that transaction committed. `f` runs on the writer thread: keep it short.
-    pub async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
-    {
+    pub async fn write<R: Send + 'static>(&self, f: impl OnConnection<R>) -> Result<R, StoreError> {
         let sender = self
             .inner
             .sender
@@ -250,11 +255,7 @@ impl Store {
     }
 
     /// Runs `f` on a read-only connection on a blocking thread.
-    pub async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
-    {
+    pub async fn read<R: Send + 'static>(&self, f: impl OnConnection<R>) -> Result<R, StoreError> {
         let _permit = self
             .inner
             .reader_permits

@@ -3,7 +3,7 @@
 use rusqlite::{Connection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{GROUP_COMMIT_JOBS_MAX, StoreError};
+use super::{GROUP_COMMIT_JOBS_MAX, OnConnection, StoreError};
 use crate::metrics::Metrics;
 
 /// A unit of work for the writer. `run` executes inside the group's transaction and returns
@@ -28,19 +28,14 @@ struct Pending<R> {
     done: oneshot::Sender<Result<R, StoreError>>,
 }
 
-pub(crate) fn job<R, F>(f: F, done: oneshot::Sender<Result<R, StoreError>>) -> Box<dyn WriteJob>
-where
-    R: Send + 'static,
-    F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
-{
+pub(crate) fn job<R: Send + 'static>(
+    f: impl OnConnection<R>,
+    done: oneshot::Sender<Result<R, StoreError>>,
+) -> Box<dyn WriteJob> {
     Box::new(Job { f, done })
 }
 
-impl<R, F> WriteJob for Job<F, R>
-where
-    R: Send + 'static,
-    F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
-{
+impl<R: Send + 'static, F: OnConnection<R>> WriteJob for Job<F, R> {
     fn run(self: Box<Self>, tx: &mut Transaction<'_>) -> Box<dyn Reply> {
         let Job { f, done } = *self;
         // The savepoint confines a failed job's writes to itself; dropping it uncommitted
