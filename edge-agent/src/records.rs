@@ -15,7 +15,7 @@ use shared_model::{EquipmentId, Timestamp, WorkOrderId};
 use sync_protocol::message::{RecordChange, RecordHeads, RecordId, RecordKind};
 use sync_protocol::store::HeadsComparison;
 
-use crate::store::{StoreError, parse_record_kind};
+use crate::store::{Store, StoreError, parse_record_kind};
 
 pub use sync_protocol::records::WorkOrderView;
 use sync_protocol::records::{DocError, put_opt_str, put_opt_ts, read_view as read_doc, write_all};
@@ -523,6 +523,14 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<WorkOrderView>, StoreEr
     .transpose()
 }
 
+impl Store {
+    /// One order from the materialized table, read off the writer's thread ([`get`]).
+    pub async fn work_order(&self, id: &str) -> Result<Option<WorkOrderView>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| get(c, &id)).await
+    }
+}
+
 /// Lists orders, most urgent first.
 pub fn list(
     conn: &Connection,
@@ -552,9 +560,16 @@ mod tests {
     use crate::store::fixture::*;
     use crate::store::{open_write_connection, outbox};
 
-    /// Creates work order `id` (released, 10 BRACKET-7) as a new actor: that actor, and the
-    /// record's stored document.
-    fn create_released(conn: &Connection, id: &WorkOrderId) -> (ActorId, Vec<u8>) {
+    /// A store in its own directory `dir_name`, its write connection, and work order `id`
+    /// (released, 10 BRACKET-7) created there by a new actor: the order's id, that actor and
+    /// the record's stored document.
+    fn released(
+        dir_name: &str,
+        id: &str,
+    ) -> (TempDir, Store, Connection, WorkOrderId, ActorId, Vec<u8>) {
+        let (dir, store) = open(dir_name);
+        let conn = open_write_connection(store.path()).unwrap();
+        let id = WorkOrderId::new(id).unwrap();
         let actor = ActorId::random();
         let view = WorkOrderView {
             order: shared_model::work_order::WorkOrder::released(
@@ -565,7 +580,7 @@ mod tests {
             ),
             work_unit: None,
         };
-        create(conn, &view, &actor).unwrap();
+        create(&conn, &view, &actor).unwrap();
         let saved = conn
             .query_row(
                 "SELECT doc FROM records WHERE record_id = ?1",
@@ -573,7 +588,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        (actor, saved)
+        (dir, store, conn, id, actor, saved)
     }
 
     /// A local edit that would take a work order past `DOC_OPS_MAX` operations (which the hub
@@ -585,11 +600,7 @@ mod tests {
         use automerge::transaction::Transactable;
         use sync_protocol::records::{CHANGE_OPS_MAX, DOC_OPS_MAX};
 
-        let dir = TempDir::new("cap");
-        let store = open(&dir);
-        let conn = open_write_connection(store.path()).unwrap();
-        let id = WorkOrderId::new("SITE_001-WO-7").unwrap();
-        let (actor, saved) = create_released(&conn, &id);
+        let (_dir, _store, conn, id, actor, saved) = released("cap", "SITE_001-WO-7");
         // The order's history filled up to the cap, as synced edits would have.
         let mut full = automerge::AutoCommit::load(&saved).unwrap();
         let room = DOC_OPS_MAX - full.stats().num_ops;
@@ -625,11 +636,7 @@ mod tests {
         use automerge::transaction::Transactable;
         use sync_protocol::message::{RecordChange, RecordId};
 
-        let dir = TempDir::new("settle");
-        let store = open(&dir);
-        let conn = open_write_connection(store.path()).unwrap();
-        let id = WorkOrderId::new("SITE_001-WO-9").unwrap();
-        let (actor, saved) = create_released(&conn, &id);
+        let (_dir, store, conn, id, actor, saved) = released("settle", "SITE_001-WO-9");
         let record = RecordId::work_order(&id);
         // HQ, from the released order, cancels it.
         let mut hq = automerge::AutoCommit::load(&saved)

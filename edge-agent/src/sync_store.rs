@@ -151,8 +151,7 @@ mod tests {
     /// work order comes down, merges, and is materialized.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite_store_syncs_through_the_sessions() {
-        let dir = TempDir::new("sync");
-        let store = open(&dir);
+        let (_dir, store) = open("sync");
         store_events(&store, (0..25).map(|n| event(n, T0)).collect()).await;
         let view = crate::records::WorkOrderView {
             order: shared_model::work_order::WorkOrder::released(
@@ -217,11 +216,7 @@ mod tests {
         let pending = store.pending().await.unwrap();
         assert_eq!((pending.events, pending.changes), (0, 0));
         // The merge kept the site's state and took HQ's quantity.
-        let merged = store
-            .read(|c| crate::records::get(c, "SITE_001-WO-1"))
-            .await
-            .unwrap()
-            .unwrap();
+        let merged = store.work_order("SITE_001-WO-1").await.unwrap().unwrap();
         assert_eq!(merged.order.planned_quantity, 250);
         assert_eq!(merged.order.state, created.order.state);
         assert_eq!(store.down_cursor().await.unwrap(), hub.down_head(&site()));
@@ -249,8 +244,7 @@ mod tests {
             ),
         ];
         for (name, bomb) in bombs {
-            let dir = TempDir::new("bomb");
-            let store = open(&dir);
+            let (_dir, store) = open("bomb");
             let record = |id: &str| RecordId::new(RecordKind::WorkOrder, id).unwrap();
             let mut doc = automerge::AutoCommit::new();
             automerge::transaction::Transactable::put(

@@ -111,13 +111,12 @@ pub async fn get_one(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<WorkOrderView>, ApiError> {
-    let shown = id.clone();
     state
         .store
-        .read(move |c| records::get(c, &id))
+        .work_order(&id)
         .await?
         .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("work order {shown} not found")))
+        .ok_or_else(|| ApiError::not_found(format!("work order {id} not found")))
 }
 
 pub async fn act(

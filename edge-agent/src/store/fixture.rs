@@ -43,13 +43,15 @@ const MASTER: &str = r#"{
   "materials": [{"id": "BRACKET-7", "name": "Bracket", "unit": "pcs", "tracking": "lot"}]
 }"#;
 
-/// A store in `dir` with [`MASTER`] imported.
-pub(crate) fn open(dir: &TempDir) -> Store {
+/// A store in a new temporary directory (named after `name`) with [`MASTER`] imported; the
+/// directory goes when the returned [`TempDir`] is dropped.
+pub(crate) fn open(name: &str) -> (TempDir, Store) {
+    let dir = TempDir::new(name);
     let store = Store::open(&dir.0, site(), Arc::new(Metrics::default())).unwrap();
     let md: shared_model::master::MasterFile = serde_json::from_str(MASTER).unwrap();
     let mut conn = open_write_connection(store.path()).unwrap();
     super::master::import(&mut conn, &md.into_records()).unwrap();
-    store
+    (dir, store)
 }
 
 pub(crate) fn event(n: u64, recorded_at: Timestamp) -> Event {

@@ -11,6 +11,12 @@ use sync_protocol::store::EdgeStore;
 use super::fixture::*;
 use super::*;
 
+/// The store holds `n` events, and all `n` wait in the outbox.
+async fn assert_events_held(store: &Store, n: u64) {
+    assert_eq!(count_events(store), n as i64);
+    assert_eq!(store.pending().await.unwrap().events, n);
+}
+
 #[test]
 fn a_newer_schema_is_refused_with_a_clear_message() {
     let dir = TempDir::new("schema");
@@ -27,8 +33,7 @@ fn a_newer_schema_is_refused_with_a_clear_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_commit_and_a_failing_job_rolls_back_alone() {
-    let dir = TempDir::new("group");
-    let store = open(&dir);
+    let (_dir, store) = open("group");
     let mut tasks = Vec::new();
     for n in 0..200u64 {
         let store = store.clone();
@@ -58,29 +63,25 @@ async fn concurrent_writes_commit_and_a_failing_job_rolls_back_alone() {
         }
     }
     assert_eq!(failures, 1);
-    assert_eq!(count_events(&store), 199);
-    assert_eq!(store.pending().await.unwrap().events, 199);
+    assert_events_held(&store, 199).await;
     store.close();
 }
 
 #[tokio::test]
 async fn resent_event_ids_are_stored_once() {
-    let dir = TempDir::new("dup");
-    let store = open(&dir);
+    let (_dir, store) = open("dup");
     let e = event(1, T0);
     let first = store_events(&store, vec![e.clone()]).await;
     let again = store_events(&store, vec![e.clone(), e]).await;
     assert!(matches!(first, EventsOutcome::Stored { new: 1, .. }));
     assert!(matches!(again, EventsOutcome::Stored { new: 0, .. }));
-    assert_eq!(count_events(&store), 1);
-    assert_eq!(store.pending().await.unwrap().events, 1);
+    assert_events_held(&store, 1).await;
     store.close();
 }
 
 #[tokio::test]
 async fn retention_prunes_only_acknowledged_old_events() {
-    let dir = TempDir::new("prune");
-    let store = open(&dir);
+    let (_dir, store) = open("prune");
     let old = Timestamp::from_millis(1_000_000_000_000);
     store_events(&store, (0..10).map(|n| event(n, old)).collect()).await;
     // The hub acked the first 4 outbox entries.
@@ -88,8 +89,7 @@ async fn retention_prunes_only_acknowledged_old_events() {
     // Everything is ancient, but only acked events may go.
     let pruned = store.prune_acked_before(i64::MAX).await.unwrap();
     assert_eq!(pruned, 4);
-    assert_eq!(count_events(&store), 6);
-    assert_eq!(store.pending().await.unwrap().events, 6);
+    assert_events_held(&store, 6).await;
     // The unacked ones are still sendable, in order.
     let entries = store.outbox_after(0, 100).await.unwrap();
     assert_eq!(entries.len(), 6);
@@ -107,8 +107,7 @@ async fn retention_prunes_only_acknowledged_old_events() {
 /// are not scanned again by every prune batch); the waiting one is never pruned.
 #[tokio::test]
 async fn retention_waits_for_the_oldest_unsent_event() {
-    let dir = TempDir::new("prune-order");
-    let store = open(&dir);
+    let (_dir, store) = open("prune-order");
     let later = Timestamp::from_millis(1_000_000_100_000);
     let earlier = Timestamp::from_millis(1_000_000_000_000);
     store_events(&store, vec![event(1, later)]).await;
