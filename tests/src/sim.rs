@@ -87,9 +87,13 @@ pub struct Outcome {
     pub faults: BTreeMap<&'static str, u64>,
     /// Events the edges' clients were told are stored.
     pub acknowledged: u64,
+    /// Acknowledged events in no store (in liveness mode: not at the hub).
     pub lost: Vec<EventId>,
+    /// Events a hub instance reported inserted more than once.
     pub duplicated: Vec<EventId>,
+    /// Events the hub holds under another site than their own.
     pub misplaced: Vec<EventId>,
+    /// Liveness mode: how an edge and the hub still differ at the end.
     pub diverged: Vec<String>,
     pub converged_after: Option<Duration>,
 }
@@ -222,6 +226,17 @@ struct Pipe {
     frames: VecDeque<(Duration, Vec<u8>)>,
 }
 
+impl Pipe {
+    /// The next frame, if it is due by `now` (frames arrive in order).
+    fn pop_due(&mut self, now: Duration) -> Option<Vec<u8>> {
+        if self.frames.front().is_some_and(|(t, _)| *t <= now) {
+            self.frames.pop_front().map(|(_, f)| f)
+        } else {
+            None
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Conn {
     edge: usize,
@@ -329,14 +344,10 @@ impl World {
                 occurred_at: Timestamp::from_micros(t),
                 recorded_at: Timestamp::from_micros(t),
                 operator: None,
-                body: EventBody::ProductionCount(ProductionCount {
-                    equipment: EquipmentId::new("PRESS-01").expect("a valid id"),
-                    work_order: None,
-                    good: 1,
-                    scrap: 0,
-                    rework: 0,
-                    scrap_reason: None,
-                }),
+                body: EventBody::ProductionCount(ProductionCount::good(
+                    EquipmentId::new("PRESS-01").expect("a valid id"),
+                    1,
+                )),
             };
             edge.store.record_event(event);
             edge.recorded.push(id);
@@ -399,6 +410,19 @@ impl World {
         }
     }
 
+    /// A live connection at random (there must be one).
+    fn pick_conn(&mut self) -> usize {
+        self.rng.below(self.conns.len() as u64) as usize
+    }
+
+    /// Holds back connection `i`'s frames on their way up by another 0.5 to 10 s.
+    fn delay_up_frames(&mut self, i: usize) {
+        let extra = Duration::from_millis(self.rng.between(500, 10_000));
+        for f in &mut self.conns[i].up.frames {
+            f.0 += extra;
+        }
+    }
+
     fn kill_conn(&mut self, i: usize) {
         let c = &mut self.conns[i];
         if c.edge_alive {
@@ -448,7 +472,7 @@ impl World {
         let roll = r.below(1_000_000);
         match roll {
             0..=3_999 if !self.conns.is_empty() => {
-                let i = self.rng.below(self.conns.len() as u64) as usize;
+                let i = self.pick_conn();
                 self.kill_conn(i);
                 self.fault("connection killed");
             }
@@ -489,7 +513,7 @@ impl World {
             9_600..=11_599 if !self.conns.is_empty() => {
                 // The hub's acks are lost with the connection: the edge sends the same
                 // batches again on its next one (duplicates at the hub).
-                let i = self.rng.below(self.conns.len() as u64) as usize;
+                let i = self.pick_conn();
                 self.conns[i].down.frames.clear();
                 self.kill_conn(i);
                 self.fault("acks lost (batches re-sent)");
@@ -497,20 +521,14 @@ impl World {
             11_600..=13_599 if !self.conns.is_empty() => {
                 // The edge gives up on a connection whose frames are still on their way: they
                 // reach the hub late, after (and interleaved with) the next connection's.
-                let i = self.rng.below(self.conns.len() as u64) as usize;
-                let extra = Duration::from_millis(self.rng.between(500, 10_000));
-                for f in &mut self.conns[i].up.frames {
-                    f.0 += extra;
-                }
+                let i = self.pick_conn();
+                self.delay_up_frames(i);
                 self.kill_conn(i);
                 self.fault("late frames across connections");
             }
             13_600..=15_599 if !self.conns.is_empty() => {
-                let i = self.rng.below(self.conns.len() as u64) as usize;
-                let extra = Duration::from_millis(self.rng.between(500, 10_000));
-                for f in &mut self.conns[i].up.frames {
-                    f.0 += extra;
-                }
+                let i = self.pick_conn();
+                self.delay_up_frames(i);
                 self.fault("frames delayed");
             }
             _ => {}
@@ -616,29 +634,13 @@ impl World {
         for i in 0..self.conns.len() {
             let (e, h) = (self.conns[i].edge, self.conns[i].hub);
             if self.link_open(e, h, true) {
-                while self.conns[i]
-                    .up
-                    .frames
-                    .front()
-                    .is_some_and(|(t, _)| *t <= now)
-                {
-                    let Some((_, f)) = self.conns[i].up.frames.pop_front() else {
-                        break;
-                    };
+                while let Some(f) = self.conns[i].up.pop_due(now) {
                     (i, f.len()).hash(&mut self.trace);
                     self.conns[i].hub_session.handle_stream_bytes(now, &f);
                 }
             }
             if self.link_open(e, h, false) && self.conns[i].edge_alive {
-                while self.conns[i]
-                    .down
-                    .frames
-                    .front()
-                    .is_some_and(|(t, _)| *t <= now)
-                {
-                    let Some((_, f)) = self.conns[i].down.frames.pop_front() else {
-                        break;
-                    };
+                while let Some(f) = self.conns[i].down.pop_due(now) {
                     (i, f.len(), "down").hash(&mut self.trace);
                     if let Some((s, _)) = &mut self.edges[e].session {
                         s.handle_stream_bytes(now, &f);
