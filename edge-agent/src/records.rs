@@ -139,12 +139,13 @@ pub fn open_conflicts(conn: &Connection) -> Result<Vec<serde_json::Value>, Store
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Commits the document's pending local edit and queues the change for the hub.
+/// Commits the document's pending local edit, queues the change for the hub and materializes
+/// the order: the order as stored.
 fn commit_local(
     conn: &Connection,
     record: &RecordId,
     doc: &mut AutoCommit,
-) -> Result<(), StoreError> {
+) -> Result<WorkOrderView, StoreError> {
     doc.commit();
     // The hub refuses a record past DOC_OPS_MAX operations or DOC_BYTES_MAX bytes; an edit
     // that would take it there is refused here rather than queued to stall the outbox.
@@ -173,7 +174,10 @@ fn commit_local(
     })?;
     save_bytes(conn, record, &bytes)?;
     record_conflicts(conn, record, doc)?;
-    crate::store::outbox_push_change(conn, &change)
+    crate::store::outbox_push_change(conn, &change)?;
+    let stored = read_view(doc)?;
+    materialize(conn, &stored)?;
+    Ok(stored)
 }
 
 fn routing_snapshot(
@@ -255,10 +259,7 @@ pub fn create(
     }
     let mut doc = AutoCommit::new().with_actor(actor.clone());
     write_all(&mut doc, &view).map_err(doc_err)?;
-    commit_local(conn, &record, &mut doc)?;
-    let stored = read_view(&doc)?;
-    materialize(conn, &stored)?;
-    Ok(stored)
+    commit_local(conn, &record, &mut doc)
 }
 
 /// Applies a state action (start, pause, resume, complete) to a stored order.
@@ -304,10 +305,7 @@ pub fn transition(
             doc.put(ROOT, "scrap_count", scrap).map_err(am)?;
         }
     }
-    commit_local(conn, &record, &mut doc)?;
-    let stored = read_view(&doc)?;
-    materialize(conn, &stored)?;
-    Ok(stored)
+    commit_local(conn, &record, &mut doc)
 }
 
 /// A supervisor settles a state conflict by choosing which of the concurrent states stands:
@@ -352,10 +350,7 @@ pub fn settle_conflict(
         });
     }
     doc.put(ROOT, "state", keep.as_str()).map_err(am)?;
-    commit_local(conn, &record, &mut doc)?;
-    let stored = read_view(&doc)?;
-    materialize(conn, &stored)?;
-    Ok(stored)
+    commit_local(conn, &record, &mut doc)
 }
 
 /// Longest the edge spends decoding the changes of one down batch or repair on a blocking

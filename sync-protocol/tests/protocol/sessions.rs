@@ -422,10 +422,7 @@ fn hub_rejects_misbehaving_edges() {
         },
         HubCase {
             name: "welcome sent to the hub",
-            frames: vec![
-                hello(),
-                tiny_welcome(1),
-            ],
+            frames: vec![hello(), tiny_welcome(1)],
             expected: ErrorCode::UnexpectedMessage,
         },
         HubCase {
