@@ -458,12 +458,8 @@ async fn a_full_disk_refuses_writes_clearly_and_recovers() {
     let (status, body) = refusal.expect("3 MB never filled up");
     assert_eq!(status, 507, "{body}");
     assert_eq!(body["error"]["code"], "disk_full", "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("free space")
-    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("free space"), "{body}");
     // Still serving, still refusing while full, and nothing half-stored.
     let health = http.get(format!("{base}/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);
