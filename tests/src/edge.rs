@@ -117,3 +117,20 @@ pub fn install_options(
         start_service: true,
     }
 }
+
+/// The work order `id` as the running edge's store has it, if it has it.
+pub async fn order_at(
+    edge: &edge_agent::server::Running,
+    id: &str,
+) -> Option<edge_agent::records::WorkOrderView> {
+    let id = id.to_owned();
+    let read = move |c: &rusqlite::Connection| edge_agent::records::get(c, &id);
+    edge.state.store.read(read).await.unwrap()
+}
+
+/// Whether the running edge has no repair pending (a restored store asks the hub for one on
+/// its next connection).
+pub async fn repaired(edge: &edge_agent::server::Running) -> bool {
+    let pending = edge.state.store.meta("repair_pending").await.unwrap();
+    pending.is_none()
+}
