@@ -537,7 +537,7 @@ async fn site_with_partitions(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_partitions_are_archived_to_files_then_dropped() {
     // Partitions from January 2024 on (a site with history).
-    let (db, admin, site, store) = site_with_partitions(36).await;
+    let (_db, admin, site, store) = site_with_partitions(36).await;
     let mut n = 0u64;
     let mut at = |s: &str, k: u64| -> Vec<Event> {
         (0..k)
@@ -672,7 +672,7 @@ async fn old_partitions_are_archived_to_files_then_dropped() {
 /// archives it beside the first archive without overwriting it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_event_for_a_retired_month_is_archived_beside_the_first_archive() {
-    let (db, admin, site, store) = site_with_partitions(2).await;
+    let (_db, admin, site, store) = site_with_partitions(2).await;
     let jan: Vec<Event> = (0..3)
         .map(|i| count_event(&site, i, t("2024-01-10T08:00:00Z")))
         .collect();
