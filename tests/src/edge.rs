@@ -134,3 +134,16 @@ pub async fn repaired(edge: &edge_agent::server::Running) -> bool {
     let pending = edge.state.store.meta("repair_pending").await.unwrap();
     pending.is_none()
 }
+
+/// Work order `id` of `site` for `quantity` BRACKET-7, released and on no work unit yet.
+pub fn released(id: &str, site: &SiteId, quantity: u32) -> edge_agent::records::WorkOrderView {
+    edge_agent::records::WorkOrderView {
+        order: shared_model::work_order::WorkOrder::released(
+            shared_model::WorkOrderId::new(id).unwrap(),
+            site.clone(),
+            shared_model::MaterialId::new("BRACKET-7").unwrap(),
+            quantity,
+        ),
+        work_unit: None,
+    }
+}

@@ -20,7 +20,7 @@ use central_hub::serve::{self, ServeConfig};
 use shared_model::{Event, SiteId, Timestamp};
 use sqlx::PgPool;
 use sync_protocol::message::{DownItem, RecordChange, RecordId, RecordKind};
-use system_tests::edge::{edge_config, good_parts, order_at, record};
+use system_tests::edge::{edge_config, good_parts, order_at, record, released};
 use system_tests::hq::{init_logs, json_of, serve_config, temp_dir, wait_for};
 use system_tests::pg::server;
 use system_tests::requests::{send_json, session_cookie};
@@ -907,15 +907,7 @@ async fn hostile_edge_suite_writes_nothing_across_sites_and_spares_the_others() 
     .await
     .unwrap();
     // SITE_A's own work order binds its edge's actor to SITE_A at the hub.
-    let view = sync_protocol::records::WorkOrderView {
-        order: shared_model::work_order::WorkOrder::released(
-            shared_model::WorkOrderId::new("SITE_A-WO-1").unwrap(),
-            a.clone(),
-            shared_model::MaterialId::new("BRACKET-7").unwrap(),
-            5,
-        ),
-        work_unit: None,
-    };
+    let view = released("SITE_A-WO-1", &a, 5);
     let actor = edge.state.store.actor().clone();
     let actor2 = actor.clone();
     edge.state
