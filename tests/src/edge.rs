@@ -117,3 +117,33 @@ pub fn install_options(
         start_service: true,
     }
 }
+
+/// The work order `id` as the running edge's store has it, if it has it.
+pub async fn order_at(
+    edge: &edge_agent::server::Running,
+    id: &str,
+) -> Option<edge_agent::records::WorkOrderView> {
+    let id = id.to_owned();
+    let read = move |c: &rusqlite::Connection| edge_agent::records::get(c, &id);
+    edge.state.store.read(read).await.unwrap()
+}
+
+/// Whether the running edge has no repair pending (a restored store asks the hub for one on
+/// its next connection).
+pub async fn repaired(edge: &edge_agent::server::Running) -> bool {
+    let pending = edge.state.store.meta("repair_pending").await.unwrap();
+    pending.is_none()
+}
+
+/// Work order `id` of `site` for `quantity` BRACKET-7, released and on no work unit yet.
+pub fn released(id: &str, site: &SiteId, quantity: u32) -> edge_agent::records::WorkOrderView {
+    edge_agent::records::WorkOrderView {
+        order: shared_model::work_order::WorkOrder::released(
+            shared_model::WorkOrderId::new(id).unwrap(),
+            site.clone(),
+            shared_model::MaterialId::new("BRACKET-7").unwrap(),
+            quantity,
+        ),
+        work_unit: None,
+    }
+}

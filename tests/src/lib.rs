@@ -12,5 +12,6 @@ pub mod layering;
 pub mod pg;
 pub mod pgbouncer;
 pub mod procs;
+pub mod requests;
 pub mod rng;
 pub mod sim;

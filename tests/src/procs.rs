@@ -19,6 +19,14 @@ pub fn whole_system() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The workspace's root directory (the parent of this package's).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
 /// The path of a workspace binary of this build (`edge-agent`, `central-hub`), built once.
 pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());

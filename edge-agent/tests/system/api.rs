@@ -668,19 +668,23 @@ fn order_ids(list: &Value) -> Vec<String> {
         .collect()
 }
 
+/// `POST /api/v1/work-orders` with `body`.
+async fn create_order(h: &Harness, body: Value) -> (StatusCode, Value) {
+    h.post("/api/v1/work-orders", &body).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_orders_follow_the_isa95_state_rules() {
     let h = Harness::start("work-orders");
     let changes_at_start = pending_changes(&h.sync_status().await);
 
-    let (status, wo) = h
-        .post(
-            "/api/v1/work-orders",
-            &json!({"id": "SITE_001-WO-1001", "material": "BRACKET-7", "planned_quantity": 500,
+    let (status, wo) = create_order(
+        &h,
+        json!({"id": "SITE_001-WO-1001", "material": "BRACKET-7", "planned_quantity": 500,
                     "priority": 3, "work_unit": "PRESS-01", "erp_ref": "4500001234",
                     "due": "2030-06-01T14:00:00Z"}),
-        )
-        .await;
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{wo}");
     assert_eq!(wo["id"], "SITE_001-WO-1001", "{wo}");
     assert_eq!(wo["site_id"], SITE, "{wo}");
@@ -700,29 +704,26 @@ async fn work_orders_follow_the_isa95_state_rules() {
     );
 
     // Duplicate id, unknown material: refused, and no change recorded.
-    let (status, body) = h
-        .post(
-            "/api/v1/work-orders",
-            &json!({"id": "SITE_001-WO-1001", "material": "BRACKET-7", "planned_quantity": 1}),
-        )
-        .await;
+    let (status, body) = create_order(
+        &h,
+        json!({"id": "SITE_001-WO-1001", "material": "BRACKET-7", "planned_quantity": 1}),
+    )
+    .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(error_parts(&body).0, "conflict", "{body}");
     // Another site's key space: refused on the id.
-    let (status, body) = h
-        .post(
-            "/api/v1/work-orders",
-            &json!({"id": "SITE_002-WO-1", "material": "BRACKET-7", "planned_quantity": 1}),
-        )
-        .await;
+    let (status, body) = create_order(
+        &h,
+        json!({"id": "SITE_002-WO-1", "material": "BRACKET-7", "planned_quantity": 1}),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["error"]["field"], "id", "{body}");
-    let (status, body) = h
-        .post(
-            "/api/v1/work-orders",
-            &json!({"material": "UNOBTAINIUM", "planned_quantity": 1}),
-        )
-        .await;
+    let (status, body) = create_order(
+        &h,
+        json!({"material": "UNOBTAINIUM", "planned_quantity": 1}),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(
         error_parts(&body),
@@ -732,12 +733,11 @@ async fn work_orders_follow_the_isa95_state_rules() {
     assert_eq!(pending_changes(&h.sync_status().await), changes);
 
     // Without an id one is generated, site-prefixed; defaults apply.
-    let (status, generated) = h
-        .post(
-            "/api/v1/work-orders",
-            &json!({"material": "BRACKET-7", "planned_quantity": 20, "work_unit": "PRESS-02"}),
-        )
-        .await;
+    let (status, generated) = create_order(
+        &h,
+        json!({"material": "BRACKET-7", "planned_quantity": 20, "work_unit": "PRESS-02"}),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{generated}");
     let generated_id = generated["id"].as_str().unwrap().to_owned();
     assert!(generated_id.starts_with("SITE_001-WO-"), "{generated}");

@@ -126,6 +126,26 @@ async fn writer(
     log
 }
 
+/// [`WRITERS`] writers posting to `url` until `stop`, each with its own generator drawn from
+/// `rng`.
+fn spawn_writers(
+    client: &reqwest::Client,
+    url: &str,
+    rng: &mut XorShift,
+    stop: &Arc<AtomicBool>,
+) -> tokio::task::JoinSet<WriterLog> {
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..WRITERS {
+        writers.spawn(writer(
+            client.clone(),
+            url.to_owned(),
+            XorShift::new(rng.next()),
+            Arc::clone(stop),
+        ));
+    }
+    writers
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_events_survive_kill_9_and_the_store_stays_intact() {
     println!("crash test: seed {SEED:#018x}, {ROUNDS} rounds, {WRITERS} writers");
@@ -142,15 +162,7 @@ async fn acknowledged_events_survive_kill_9_and_the_store_stays_intact() {
         let url = agent.url("/api/v1/events");
         let stop = Arc::new(AtomicBool::new(false));
 
-        let mut writers = tokio::task::JoinSet::new();
-        for _ in 0..WRITERS {
-            writers.spawn(writer(
-                client.clone(),
-                url.clone(),
-                XorShift::new(rng.next()),
-                Arc::clone(&stop),
-            ));
-        }
+        let writers = spawn_writers(&client, &url, &mut rng, &stop);
         // The delay is the experiment's random kill moment, not a wait for some condition.
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         agent.kill();
@@ -255,15 +267,7 @@ async fn sigterm_under_load_exits_0_with_every_acknowledged_event_stored() {
     let url = agent.url("/api/v1/events");
     let stop = Arc::new(AtomicBool::new(false));
     let mut rng = XorShift::new(SEED ^ 0x5167_7E4D);
-    let mut writers = tokio::task::JoinSet::new();
-    for _ in 0..WRITERS {
-        writers.spawn(writer(
-            client.clone(),
-            url.clone(),
-            XorShift::new(rng.next()),
-            Arc::clone(&stop),
-        ));
-    }
+    let writers = spawn_writers(&client, &url, &mut rng, &stop);
 
     // Terminate under load: once the writers have demonstrably stored something.
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 
 use edge_agent::api::{AppState, Clock};
 use reqwest::StatusCode;
-use reqwest::header::{COOKIE, SET_COOKIE};
+use reqwest::header::COOKIE;
 use serde_json::{Value, json};
 use shared_model::{BadgeId, SiteId, Timestamp};
 
 use crate::support::{
-    Harness, SITE, TempDir, anonymous_client, bin, client, master_data, open_db_read_only, run_cli,
+    Harness, SITE, TempDir, anonymous_client, bin, client, master_data, open_db_read_only, refused,
+    run_cli, session_cookie,
 };
 use crate::terminal::{Person, set_pin};
 
@@ -160,26 +161,17 @@ async fn a_key_revoked_with_the_cli_is_refused_by_the_running_agent_within_2_s()
 }
 
 async fn login(h: &Harness, p: &mut Person, badge: &str) -> Value {
-    let (s, v) = p
-        .send(
-            h,
-            "POST",
-            "/api/v1/session",
-            Some(json!({"badge": badge})),
-            &[],
-        )
-        .await;
+    let (s, v) = p.login(h, badge).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     v
 }
 
-async fn raise(h: &Harness, p: &mut Person, badge: &str, pin: &str) -> (StatusCode, Value) {
-    p.post(
-        h,
-        "/api/v1/session/supervisor",
-        json!({"badge": badge, "pin": pin}),
-    )
-    .await
+/// `n` wrong PINs for `badge`, each refused as wrong.
+async fn wrong_pins(h: &Harness, p: &mut Person, badge: &str, n: usize) {
+    for _ in 0..n {
+        let (s, v) = p.raise(h, badge, "0000").await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    }
 }
 
 #[tokio::test]
@@ -189,19 +181,9 @@ async fn wrong_pins_and_a_lock_survive_a_restart() {
     assert!(set_pin(&h, "S2", "93105").0);
     let mut p = Person::new();
     login(&h, &mut p, "B1").await;
-    for _ in 0..5 {
-        assert_eq!(
-            raise(&h, &mut p, "S1", "0000").await.0,
-            StatusCode::UNAUTHORIZED
-        );
-    }
-    for _ in 0..3 {
-        assert_eq!(
-            raise(&h, &mut p, "S2", "0000").await.0,
-            StatusCode::UNAUTHORIZED
-        );
-    }
-    let (s, v) = raise(&h, &mut p, "S1", "4711").await;
+    wrong_pins(&h, &mut p, "S1", 5).await;
+    wrong_pins(&h, &mut p, "S2", 3).await;
+    let (s, v) = p.raise(&h, "S1", "4711").await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
 
     h.agent.kill();
@@ -209,13 +191,13 @@ async fn wrong_pins_and_a_lock_survive_a_restart() {
     let mut p = Person::new();
     login(&h, &mut p, "B1").await;
     // Still locked, with the time left.
-    let (s, v) = raise(&h, &mut p, "S1", "4711").await;
+    let (s, v) = p.raise(&h, "S1", "4711").await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
     assert_eq!(v["error"]["code"], json!("pin_locked"));
     let left = v["error"]["retry_after_seconds"].as_u64().unwrap();
     assert!((1..=300).contains(&left), "{v}");
     // S2's three wrong PINs were kept too: two more lock it.
-    let (s, v) = raise(&h, &mut p, "S2", "0000").await;
+    let (s, v) = p.raise(&h, "S2", "0000").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert!(
         v["error"]["message"]
@@ -224,7 +206,7 @@ async fn wrong_pins_and_a_lock_survive_a_restart() {
             .contains("(1 tries left)"),
         "{v}"
     );
-    let (_, v) = raise(&h, &mut p, "S2", "0000").await;
+    let (_, v) = p.raise(&h, "S2", "0000").await;
     assert!(
         v["error"]["message"]
             .as_str()
@@ -233,7 +215,7 @@ async fn wrong_pins_and_a_lock_survive_a_restart() {
         "{v}"
     );
     assert_eq!(
-        raise(&h, &mut p, "S2", "93105").await.0,
+        p.raise(&h, "S2", "93105").await.0,
         StatusCode::TOO_MANY_REQUESTS
     );
 }
@@ -244,14 +226,9 @@ async fn a_flood_of_made_up_badges_leaves_the_target_locked() {
     assert!(set_pin(&h, "S1", "4711").0);
     let mut p = Person::new();
     login(&h, &mut p, "B1").await;
-    for _ in 0..5 {
-        assert_eq!(
-            raise(&h, &mut p, "S1", "0000").await.0,
-            StatusCode::UNAUTHORIZED
-        );
-    }
+    wrong_pins(&h, &mut p, "S1", 5).await;
     assert_eq!(
-        raise(&h, &mut p, "S1", "4711").await.0,
+        p.raise(&h, "S1", "4711").await.0,
         StatusCode::TOO_MANY_REQUESTS
     );
 
@@ -276,9 +253,7 @@ async fn a_flood_of_made_up_badges_leaves_the_target_locked() {
                     .send()
                     .await
                     .unwrap();
-                assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-                let v: Value = r.json().await.unwrap();
-                assert_eq!(v["error"]["code"], json!("wrong_pin"), "{v}");
+                refused(r, StatusCode::UNAUTHORIZED, "wrong_pin").await;
                 i += IN_FLIGHT;
             }
         });
@@ -291,7 +266,7 @@ async fn a_flood_of_made_up_badges_leaves_the_target_locked() {
         started.elapsed().as_millis()
     );
 
-    let (s, v) = raise(&h, &mut p, "S1", "4711").await;
+    let (s, v) = p.raise(&h, "S1", "4711").await;
     assert_eq!(
         s,
         StatusCode::TOO_MANY_REQUESTS,
@@ -388,13 +363,7 @@ impl InProcess {
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::CREATED);
-        *self.cookie.lock().unwrap() = r.headers()[SET_COOKIE]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned();
+        *self.cookie.lock().unwrap() = session_cookie(&r);
     }
 
     fn cookie(&self) -> String {

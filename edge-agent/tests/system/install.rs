@@ -3,6 +3,7 @@
 //! `--json`, and `backup` / `restore` work on a running (and then stopped) agent. The
 //! installer against a real hub: tests/tests/edge/install.rs.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::support::{Harness, TempDir, bin, production_count};
@@ -22,6 +23,20 @@ fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `edge-agent install --hub HUB --token TOKEN --prefix PREFIX`.
+fn install(hub: &str, token: &str, prefix: &Path) -> (i32, String, String) {
+    let prefix = prefix.to_str().unwrap();
+    run(&[
+        "install", "--hub", hub, "--token", token, "--prefix", prefix,
+    ])
+}
+
+/// `edge-agent restore --data-dir DATA --from FROM`.
+fn restore(data: &Path, from: &Path) -> (i32, String, String) {
+    let (data, from) = (data.to_str().unwrap(), from.to_str().unwrap());
+    run(&["restore", "--data-dir", data, "--from", from])
+}
+
 #[test]
 fn install_and_doctor_fail_with_a_reason_and_a_non_zero_exit() {
     let tmp = TempDir::new("cli-install");
@@ -31,15 +46,7 @@ fn install_and_doctor_fail_with_a_reason_and_a_non_zero_exit() {
         .local_addr()
         .unwrap();
     let token = format!("mesenroll1.{}.{}", "ab".repeat(16), "cd".repeat(32));
-    let (code, _, err) = run(&[
-        "install",
-        "--hub",
-        &closed.to_string(),
-        "--token",
-        &token,
-        "--prefix",
-        prefix.to_str().unwrap(),
-    ]);
+    let (code, _, err) = install(&closed.to_string(), &token, &prefix);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("[3/9] Contacting the hub"),
@@ -49,15 +56,7 @@ fn install_and_doctor_fail_with_a_reason_and_a_non_zero_exit() {
         err.contains("cannot reach the hub") && err.contains("connection refused"),
         "{err}"
     );
-    let (code, _, err) = run(&[
-        "install",
-        "--hub",
-        "x:1",
-        "--token",
-        "nonsense",
-        "--prefix",
-        prefix.to_str().unwrap(),
-    ]);
+    let (code, _, err) = install("x:1", "nonsense", &prefix);
     assert_eq!(code, 1);
     assert!(err.contains("not an enrollment token"), "{err}");
 
@@ -102,13 +101,7 @@ async fn backup_while_running_and_restore_once_stopped() {
     assert_eq!(code, 0, "{err}");
     assert!(stdout.contains("5 events"), "{stdout}");
     // The running agent holds its lock: restore refuses.
-    let (code, _, err) = run(&[
-        "restore",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--from",
-        out.to_str().unwrap(),
-    ]);
+    let (code, _, err) = restore(&data, &out);
     assert_eq!(code, 1);
     assert!(err.contains("stop it first"), "{err}");
     // More events, then the agent dies; the box is restored to the backup.
@@ -121,23 +114,11 @@ async fn backup_while_running_and_restore_once_stopped() {
     // A file that is no backup is refused before anything is touched.
     let junk = data.parent().unwrap().join("junk.db");
     std::fs::write(&junk, b"not a database").unwrap();
-    let (code, _, err) = run(&[
-        "restore",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--from",
-        junk.to_str().unwrap(),
-    ]);
+    let (code, _, err) = restore(&data, &junk);
     assert_eq!(code, 1);
     assert!(err.contains("not a usable backup"), "{err}");
     assert_eq!(crate::support::events_count(&dir.db_path()), 6);
-    let (code, stdout, err) = run(&[
-        "restore",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--from",
-        out.to_str().unwrap(),
-    ]);
+    let (code, stdout, err) = restore(&data, &out);
     assert_eq!(code, 0, "{err}");
     assert!(stdout.contains("restored 5 events"), "{stdout}");
     assert!(stdout.contains("replaced store is kept"), "{stdout}");

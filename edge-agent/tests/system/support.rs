@@ -120,12 +120,7 @@ where
         .collect();
     let mut child = Command::new(bin())
         .args(&args)
-        .env_clear_edge()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn edge-agent");
+        .spawn_edge("spawn edge-agent");
     let stdout = drain(child.stdout.take().expect("stdout piped"));
     let stderr = drain(child.stderr.take().expect("stderr piped"));
     let status = wait_bounded(&mut child, STARTUP_TIMEOUT);
@@ -140,8 +135,10 @@ where
 
 /// Removes the `EDGE_*` variables a developer's shell may set, so that only the flags a test
 /// passes configure the agent.
+/// `spawn_edge` starts the agent that way, stdin closed and its output piped.
 trait EnvClearEdge {
     fn env_clear_edge(&mut self) -> &mut Self;
+    fn spawn_edge(&mut self, what: &str) -> Child;
 }
 
 impl EnvClearEdge for Command {
@@ -157,6 +154,15 @@ impl EnvClearEdge for Command {
             self.env_remove(var);
         }
         self
+    }
+
+    fn spawn_edge(&mut self, what: &str) -> Child {
+        self.env_clear_edge()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect(what)
     }
 }
 
@@ -265,12 +271,7 @@ impl Agent {
             .arg(data_dir)
             .arg("--http-listen")
             .arg("127.0.0.1:0")
-            .env_clear_edge()
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn edge-agent run");
+            .spawn_edge("spawn edge-agent run");
 
         // Stderr is collected for the whole life of the process so a failure can show it.
         let stderr = Arc::new(Mutex::new(String::new()));
@@ -405,45 +406,39 @@ fn install_crypto_provider() {
     });
 }
 
-/// A client that sends `key` as a bearer token on every request.
-pub(crate) fn client(key: &str) -> reqwest::Client {
+/// A client builder with the crypto provider installed and the tests' request timeout.
+fn builder() -> reqwest::ClientBuilder {
     install_crypto_provider();
+    reqwest::Client::builder().timeout(REQUEST_TIMEOUT)
+}
+
+/// A client builder that sends `key` as a bearer token on every request.
+fn keyed_builder(key: &str) -> reqwest::ClientBuilder {
     let mut headers = HeaderMap::new();
     headers.insert(
         AUTHORIZATION,
         HeaderValue::from_str(&format!("Bearer {key}")).expect("key is a valid header value"),
     );
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .expect("build http client")
+    builder().default_headers(headers)
+}
+
+/// A client that sends `key` as a bearer token on every request.
+pub(crate) fn client(key: &str) -> reqwest::Client {
+    keyed_builder(key).build().expect("build http client")
 }
 
 /// Like [`client`], but every request goes on a new connection, so one request's effect on
 /// a kept-alive connection cannot leak into the next.
 pub(crate) fn unpooled_client(key: &str) -> reqwest::Client {
-    install_crypto_provider();
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        AUTHORIZATION,
-        HeaderValue::from_str(&format!("Bearer {key}")).expect("key is a valid header value"),
-    );
-    reqwest::Client::builder()
-        .default_headers(headers)
+    keyed_builder(key)
         .pool_max_idle_per_host(0)
-        .timeout(REQUEST_TIMEOUT)
         .build()
         .expect("build http client")
 }
 
 /// A client without any key.
 pub(crate) fn anonymous_client() -> reqwest::Client {
-    install_crypto_provider();
-    reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .expect("build http client")
+    builder().build().expect("build http client")
 }
 
 /// Reads a response as `(status, JSON body)`; a body that is not JSON fails the test with
@@ -454,6 +449,22 @@ pub(crate) async fn json_response(resp: reqwest::Response) -> (StatusCode, Value
     let value = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("{status} response is not JSON ({e}): {text:?}"));
     (status, value)
+}
+
+/// The `name=value` of the session cookie a login answer sets, as a browser sends it back.
+pub(crate) fn session_cookie(resp: &reqwest::Response) -> String {
+    let set = resp.headers()[reqwest::header::SET_COOKIE]
+        .to_str()
+        .unwrap();
+    set.split(';').next().unwrap().to_owned()
+}
+
+/// Asserts that `resp` refused the request with `status` and the error `code`; returns the body.
+pub(crate) async fn refused(resp: reqwest::Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(resp.status(), status);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], json!(code), "{v}");
+    v
 }
 
 /// Asserts the error body shape of the contract and returns `(code, field)`.

@@ -12,7 +12,7 @@ use reqwest::header::{COOKIE, SET_COOKIE};
 use serde_json::{Value, json};
 
 use crate::support::{
-    Harness, SITE, STARTUP_TIMEOUT, bin, event_ids, open_db_read_only, production_count,
+    Harness, SITE, STARTUP_TIMEOUT, bin, event_ids, open_db_read_only, production_count, refused,
 };
 
 const TERMINAL_VIEW: &str = "/api/v1/terminal?work_unit=PRESS-01";
@@ -128,6 +128,30 @@ impl Person {
         self.send(h, "POST", path, Some(body), &[("x-mes-terminal", "1")])
             .await
     }
+
+    /// A terminal's `DELETE` (a logout, a supervisor stepping away): with the header too.
+    pub(crate) async fn delete(&mut self, h: &Harness, path: &str) -> (StatusCode, Value) {
+        self.send(h, "DELETE", path, None, &[("x-mes-terminal", "1")])
+            .await
+    }
+
+    /// Logs in with `badge` (no terminal header needed).
+    pub(crate) async fn login(&mut self, h: &Harness, badge: &str) -> (StatusCode, Value) {
+        let body = json!({ "badge": badge });
+        self.send(h, "POST", "/api/v1/session", Some(body), &[])
+            .await
+    }
+
+    /// Raises the session with a supervisor's `badge` and `pin`.
+    pub(crate) async fn raise(
+        &mut self,
+        h: &Harness,
+        badge: &str,
+        pin: &str,
+    ) -> (StatusCode, Value) {
+        let body = json!({ "badge": badge, "pin": pin });
+        self.post(h, "/api/v1/session/supervisor", body).await
+    }
 }
 
 #[tokio::test]
@@ -185,9 +209,7 @@ async fn only_health_the_page_and_the_login_are_open() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["error"]["code"], json!("session_ended"), "{v}");
+    refused(r, StatusCode::UNAUTHORIZED, "session_ended").await;
     assert_eq!(h.events_in_db(), 0);
 }
 
@@ -195,27 +217,11 @@ async fn only_health_the_page_and_the_login_are_open() {
 async fn a_badge_session_records_as_its_operator() {
     let h = Harness::start("terminal-session");
     let mut p = Person::new();
-    let (s, v) = p
-        .send(
-            &h,
-            "POST",
-            "/api/v1/session",
-            Some(json!({"badge": "NOBODY"})),
-            &[],
-        )
-        .await;
+    let (s, v) = p.login(&h, "NOBODY").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
     assert_eq!(v["error"]["code"], json!("unknown_badge"));
     assert!(v["error"]["message"].as_str().unwrap().contains("NOBODY"));
-    let (s, v) = p
-        .send(
-            &h,
-            "POST",
-            "/api/v1/session",
-            Some(json!({"badge": "B1"})),
-            &[],
-        )
-        .await;
+    let (s, v) = p.login(&h, "B1").await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["name"], json!("Olga Operator"));
     // The role is not shown: a login must not tell who is a supervisor.
@@ -305,28 +311,12 @@ async fn a_badge_session_records_as_its_operator() {
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
 
     // Logging out ends the session.
-    let (s, _) = p
-        .send(
-            &h,
-            "DELETE",
-            "/api/v1/session",
-            None,
-            &[("x-mes-terminal", "1")],
-        )
-        .await;
+    let (s, _) = p.delete(&h, "/api/v1/session").await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _) = p.send(&h, "GET", "/api/v1/session", None, &[]).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     // A person of another site is not known here.
-    let (s, _) = p
-        .send(
-            &h,
-            "POST",
-            "/api/v1/session",
-            Some(json!({"badge": "X9"})),
-            &[],
-        )
-        .await;
+    let (s, _) = p.login(&h, "X9").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
 
@@ -362,58 +352,26 @@ async fn supervisor_pins_are_hashed_checked_and_locked() {
     }
 
     let mut p = Person::new();
-    let (s, _) = p
-        .send(
-            &h,
-            "POST",
-            "/api/v1/session",
-            Some(json!({"badge": "B1"})),
-            &[],
-        )
-        .await;
+    let (s, _) = p.login(&h, "B1").await;
     assert_eq!(s, StatusCode::CREATED);
     let (_, v) = p.post(&h, "/api/v1/events", production_count(5)).await;
     let counted = event_ids(&v)[0].clone();
 
     // Five wrong PINs lock S1; then even the right one is refused for a while.
     for i in 1..=5 {
-        let (s, v) = p
-            .post(
-                &h,
-                "/api/v1/session/supervisor",
-                json!({"badge": "S1", "pin": "0000"}),
-            )
-            .await;
+        let (s, v) = p.raise(&h, "S1", "0000").await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "try {i}: {v}");
         assert_eq!(v["error"]["code"], json!("wrong_pin"));
     }
-    let (s, v) = p
-        .post(
-            &h,
-            "/api/v1/session/supervisor",
-            json!({"badge": "S1", "pin": "4711"}),
-        )
-        .await;
+    let (s, v) = p.raise(&h, "S1", "4711").await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
     assert_eq!(v["error"]["code"], json!("pin_locked"));
     // An operator's badge is no supervisor, whatever the PIN.
-    let (s, _) = p
-        .post(
-            &h,
-            "/api/v1/session/supervisor",
-            json!({"badge": "B1", "pin": "4711"}),
-        )
-        .await;
+    let (s, _) = p.raise(&h, "B1", "4711").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 
     // S2 with the right PIN raises the session; the correction is S2's.
-    let (s, v) = p
-        .post(
-            &h,
-            "/api/v1/session/supervisor",
-            json!({"badge": "S2", "pin": "93105"}),
-        )
-        .await;
+    let (s, v) = p.raise(&h, "S2", "93105").await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["supervisor"]["badge"], json!("S2"));
     let (s, v) = p
@@ -438,15 +396,7 @@ async fn supervisor_pins_are_hashed_checked_and_locked() {
         "{listed}"
     );
     // When the supervisor steps away, corrections are refused again.
-    let (s, _) = p
-        .send(
-            &h,
-            "DELETE",
-            "/api/v1/session/supervisor",
-            None,
-            &[("x-mes-terminal", "1")],
-        )
-        .await;
+    let (s, _) = p.delete(&h, "/api/v1/session/supervisor").await;
     assert_eq!(s, StatusCode::OK);
     let (s, _) = p
         .post(

@@ -21,8 +21,9 @@ use edge_agent::config::RunArgs;
 use edge_agent::doctor::{self, Status};
 use edge_agent::install::{InstallError, InstallOptions, install};
 use sqlx::PgPool;
-use system_tests::edge::{api_key, enrollment_token, install_options};
+use system_tests::edge::{api_key, enrollment_token, install_options, order_at, repaired};
 use system_tests::hq::{Hq, hq, serve_config, temp_dir, wait_for};
+use system_tests::requests::{count_batch, send_json, session_cookie};
 
 fn edge_agent_bin() -> PathBuf {
     system_tests::procs::workspace_bin("edge-agent", "edge-agent")
@@ -110,18 +111,9 @@ fn mode(p: &Path) -> u32 {
 async fn post_counts(agent: &edge_agent::server::Running, data_dir: &Path, n: usize) {
     let key = api_key(data_dir, "test");
     let http = reqwest::Client::new();
+    let url = format!("http://{}/api/v1/events", agent.http_addr);
     for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
-        let events: Vec<serde_json::Value> = chunk
-            .iter()
-            .map(|_| serde_json::json!({"type": "production_count", "equipment": "PRESS-01", "good": 1}))
-            .collect();
-        let r = http
-            .post(format!("http://{}/api/v1/events", agent.http_addr))
-            .bearer_auth(&key)
-            .json(&serde_json::json!({ "events": events }))
-            .send()
-            .await
-            .unwrap();
+        let r = send_json(http.post(&url), &key, &count_batch(chunk.len())).await;
         assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     }
 }
@@ -324,13 +316,7 @@ async fn a_site_added_after_master_data_gets_it_on_its_first_session() {
             .await
             .unwrap();
         if r.status() == 201 {
-            break r.headers()["set-cookie"]
-                .to_str()
-                .unwrap()
-                .split(';')
-                .next()
-                .unwrap()
-                .to_owned();
+            break session_cookie(&r);
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -679,13 +665,12 @@ async fn restore_from_an_old_backup_converges_without_duplicates() {
     let key = api_key(&data_dir, "orders");
     let http = reqwest::Client::new();
     let edge_url = format!("http://{}", agent.http_addr);
-    let r = http
-        .post(format!("{edge_url}/api/v1/work-orders"))
-        .bearer_auth(&key)
-        .json(&serde_json::json!({"id": "SITE_A-WO-R1", "material": "BRACKET-7", "planned_quantity": 10}))
-        .send()
-        .await
-        .unwrap();
+    let r = send_json(
+        http.post(format!("{edge_url}/api/v1/work-orders")),
+        &key,
+        &serde_json::json!({"id": "SITE_A-WO-R1", "material": "BRACKET-7", "planned_quantity": 10}),
+    )
+    .await;
     assert_eq!(r.status(), 201);
     let hub_state = || async {
         sqlx::query_scalar::<_, String>(
@@ -750,33 +735,18 @@ async fn restore_from_an_old_backup_converges_without_duplicates() {
     assert!(kept.is_some());
     let (agent, _) = start_installed(&done.layout.config_file()).await;
     wait_for("the repair to finish", Duration::from_secs(20), || async {
-        agent
-            .state
-            .store
-            .meta("repair_pending")
-            .await
-            .unwrap()
-            .is_none()
-            && agent.state.store.pending().await.unwrap().events == 0
+        repaired(&agent).await && agent.state.store.pending().await.unwrap().events == 0
     })
     .await;
     // The record converged: the site's own start (lost with the disk) came back from the
     // hub, HQ's priority too, and both copies have the same Automerge heads.
-    let store = agent.state.store.clone();
     wait_for(
         "the order back to running with HQ's priority",
         Duration::from_secs(20),
-        || {
-            let store = store.clone();
-            async move {
-                let o = store
-                    .read(|c| edge_agent::records::get(c, "SITE_A-WO-R1"))
-                    .await
-                    .unwrap()
-                    .unwrap();
-                o.order.state == shared_model::work_order::WorkOrderState::Running
-                    && o.order.priority == 1
-            }
+        || async {
+            let o = order_at(&agent, "SITE_A-WO-R1").await.unwrap();
+            o.order.state == shared_model::work_order::WorkOrderState::Running
+                && o.order.priority == 1
         },
     )
     .await;

@@ -16,8 +16,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use central_hub::serve::ReportSettings;
-use system_tests::edge::{api_key, edge_config};
+use system_tests::edge::{api_key, edge_config, repaired};
 use system_tests::hq::{hq, temp_dir, wait_for};
+use system_tests::requests::send_json;
 
 #[cfg(unix)]
 fn mode(p: &Path) -> u32 {
@@ -144,13 +145,12 @@ async fn a_store_restored_by_root_is_private_and_the_service_users() {
     let base = line
         .trim_start_matches("edge-agent listening on ")
         .to_owned();
-    let r = reqwest::Client::new()
-        .post(format!("{base}/api/v1/events"))
-        .bearer_auth(&key)
-        .json(&serde_json::json!({"type": "production_count", "equipment": "PRESS-01", "good": 2}))
-        .send()
-        .await
-        .unwrap();
+    let r = send_json(
+        reqwest::Client::new().post(format!("{base}/api/v1/events")),
+        &key,
+        &serde_json::json!({"type": "production_count", "equipment": "PRESS-01", "good": 2}),
+    )
+    .await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     agent.terminate(Duration::from_secs(10));
     // Its WAL, made by the agent, is owner-only too.
@@ -193,13 +193,7 @@ async fn after_a_restore_a_pause_does_not_send_hq_lower_counts() {
     let post = |path: String, body: serde_json::Value| {
         let (http, key) = (http.clone(), key.clone());
         async move {
-            let r = http
-                .post(path)
-                .bearer_auth(&key)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
+            let r = send_json(http.post(path), &key, &body).await;
             let status = r.status().as_u16();
             (status, r.text().await.unwrap())
         }
@@ -233,64 +227,45 @@ async fn after_a_restore_a_pause_does_not_send_hq_lower_counts() {
         .await
         .unwrap()
     };
-    assert_eq!(act(base.clone(), "start").await.0, 200);
-    assert_eq!(count(base.clone(), 30).await.0, 201);
-    assert_eq!(act(base.clone(), "pause").await.0, 200);
-    wait_for("30 at HQ", Duration::from_secs(45), || async {
-        hub_good().await == Some(30)
-    })
-    .await;
+    // A stretch of work: the order started or resumed, `good` counted, paused; then HQ has
+    // `total`.
+    let stretch = |base: String, action: &'static str, good: u32, total: i64, limit: u64| {
+        let (act, count, hub_good) = (&act, &count, &hub_good);
+        async move {
+            assert_eq!(act(base.clone(), action).await.0, 200);
+            assert_eq!(count(base.clone(), good).await.0, 201);
+            assert_eq!(act(base, "pause").await.0, 200);
+            let what = format!("{total} at HQ");
+            wait_for(&what, Duration::from_secs(limit), || async {
+                hub_good().await == Some(total)
+            })
+            .await;
+        }
+    };
+    stretch(base.clone(), "start", 30, 30, 45).await;
     let backup = data
         .join("..")
         .join(format!("backup-{}.db", uuid::Uuid::now_v7().simple()));
     edge_agent::backup::backup(&data, &backup).unwrap();
-    assert_eq!(act(base.clone(), "resume").await.0, 200);
-    assert_eq!(count(base.clone(), 50).await.0, 201);
-    assert_eq!(act(base.clone(), "pause").await.0, 200);
-    wait_for("80 at HQ", Duration::from_secs(20), || async {
-        hub_good().await == Some(80)
-    })
-    .await;
+    stretch(base.clone(), "resume", 50, 80, 20).await;
     agent.stop().await.unwrap();
 
     edge_agent::backup::restore(&data, &backup).unwrap();
     let agent = edge_agent::server::start(cfg).await.unwrap();
     let base = format!("http://{}", agent.http_addr);
     wait_for("the repair to finish", Duration::from_secs(20), || async {
-        agent
-            .state
-            .store
-            .meta("repair_pending")
-            .await
-            .unwrap()
-            .is_none()
+        repaired(&agent).await
     })
     .await;
     // The hub's answer to the repair (the record with 80) follows the last heads page.
-    let store = agent.state.store.clone();
+    let totals = move |c: &rusqlite::Connection| edge_agent::store::counts::order_totals(c, order);
     wait_for(
         "the order's good total back at 80",
         Duration::from_secs(20),
-        || {
-            let store = store.clone();
-            async move {
-                store
-                    .read(move |c| edge_agent::store::counts::order_totals(c, order))
-                    .await
-                    .unwrap()
-                    .0
-                    == 80
-            }
-        },
+        || async { agent.state.store.read(totals).await.unwrap().0 == 80 },
     )
     .await;
-    assert_eq!(act(base.clone(), "resume").await.0, 200);
-    assert_eq!(count(base.clone(), 5).await.0, 201);
-    assert_eq!(act(base.clone(), "pause").await.0, 200);
-    wait_for("85 at HQ", Duration::from_secs(20), || async {
-        hub_good().await == Some(85)
-    })
-    .await;
+    stretch(base.clone(), "resume", 5, 85, 20).await;
     agent.stop().await.unwrap();
     hub.stop().await.unwrap();
     let _ = std::fs::remove_file(backup);

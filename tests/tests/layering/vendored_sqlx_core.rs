@@ -14,6 +14,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use system_tests::procs::repo_root;
+
 const VERSION: &str = "0.9.0";
 
 /// SHA-256 of `sqlx-core-0.9.0.crate`, as the crates.io index lists it (its `cksum`; also
@@ -24,13 +26,6 @@ const CRATE_SHA256: &str = "05b44e85bf579a8eeb4ceaa77a3a523baf2bf0e9bac7e40f405d
 /// read from a path dependency (the VCS note, the crate's own lock file, the manifest as
 /// written before `cargo package` normalised it).
 const NOT_VENDORED: [&str; 3] = [".cargo_vcs_info.json", "Cargo.lock", "Cargo.toml.orig"];
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_owned()
-}
 
 fn cargo_home() -> PathBuf {
     match std::env::var_os("CARGO_HOME") {

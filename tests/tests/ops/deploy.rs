@@ -20,13 +20,7 @@ use std::process::{Command, Output};
 
 use central_hub::serve::ReportSettings;
 use system_tests::hq::text_of;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
+use system_tests::procs::repo_root;
 
 fn deploy_dir() -> PathBuf {
     repo_root().join("deploy")
@@ -307,17 +301,10 @@ async fn every_metric_in_alerts_and_dashboard_is_exported() {
         let r = http.get(format!("{base}{path}")).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 200, "{path}");
     }
-    let (status, body, _) = system_tests::hq::get(&http, &base, &reader, "/api/v1/sites").await;
-    assert_eq!(status, 200, "{body}");
-    for _ in 0..2 {
-        let (status, body, _) = system_tests::hq::get(
-            &http,
-            &base,
-            &reader,
-            "/api/v1/reports/production?from=2026-11-02&to=2026-11-03",
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
+    let report = "/api/v1/reports/production?from=2026-11-02&to=2026-11-03";
+    for path in ["/api/v1/sites", report, report] {
+        let (status, body, _) = system_tests::hq::get(&http, &base, &reader, path).await;
+        assert_eq!(status, 200, "{path}: {body}");
     }
 
     let metrics = text_of(http.get(format!("{base}/metrics"))).await;

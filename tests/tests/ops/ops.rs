@@ -511,23 +511,33 @@ async fn partitions(admin: &PgPool) -> Vec<String> {
     .unwrap()
 }
 
-/// Months older than the retention age are copied to CSV files (row counts and SHA-256 in a
-/// manifest), then detached and dropped; newer months, the default partition and the rollups
-/// stay. A re-run does nothing; an archive loads back with the runbook's COPY + ATTACH.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn old_partitions_are_archived_to_files_then_dropped() {
+/// A fresh migrated database with SITE_A registered and `months` monthly partitions of it
+/// from January 2024 on: the database, its owner's pool, the site and the hub's store.
+async fn site_with_partitions(
+    months: u32,
+) -> (system_tests::pg::TestDb, sqlx::PgPool, SiteId, PgHubStore) {
     init();
     let db = system_tests::pg::server().await.fresh_database().await;
     db.migrate().await;
     let admin = central_hub::db::connect(&db.admin_url).await.unwrap();
     let site = SiteId::new("SITE_A").unwrap();
     add_site(&admin, &site, "Plant", "EU", "UTC").await.unwrap();
-    // Partitions from January 2024 on (a site with history).
-    sqlx::query("SELECT mes_ensure_partitions('SITE_A', '2024-01-01', 36)")
+    sqlx::query("SELECT mes_ensure_partitions('SITE_A', '2024-01-01', $1)")
+        .bind(months as i32)
         .execute(&admin)
         .await
         .unwrap();
     let store = PgHubStore::new(central_hub::db::connect(&db.hub_url).await.unwrap());
+    (db, admin, site, store)
+}
+
+/// Months older than the retention age are copied to CSV files (row counts and SHA-256 in a
+/// manifest), then detached and dropped; newer months, the default partition and the rollups
+/// stay. A re-run does nothing; an archive loads back with the runbook's COPY + ATTACH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_partitions_are_archived_to_files_then_dropped() {
+    // Partitions from January 2024 on (a site with history).
+    let (_db, admin, site, store) = site_with_partitions(36).await;
     let mut n = 0u64;
     let mut at = |s: &str, k: u64| -> Vec<Event> {
         (0..k)
@@ -662,17 +672,7 @@ async fn old_partitions_are_archived_to_files_then_dropped() {
 /// archives it beside the first archive without overwriting it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_event_for_a_retired_month_is_archived_beside_the_first_archive() {
-    init();
-    let db = system_tests::pg::server().await.fresh_database().await;
-    db.migrate().await;
-    let admin = central_hub::db::connect(&db.admin_url).await.unwrap();
-    let site = SiteId::new("SITE_A").unwrap();
-    add_site(&admin, &site, "Plant", "EU", "UTC").await.unwrap();
-    sqlx::query("SELECT mes_ensure_partitions('SITE_A', '2024-01-01', 2)")
-        .execute(&admin)
-        .await
-        .unwrap();
-    let store = PgHubStore::new(central_hub::db::connect(&db.hub_url).await.unwrap());
+    let (_db, admin, site, store) = site_with_partitions(2).await;
     let jan: Vec<Event> = (0..3)
         .map(|i| count_event(&site, i, t("2024-01-10T08:00:00Z")))
         .collect();

@@ -21,6 +21,7 @@ use shared_model::SiteId;
 use system_tests::edge::{api_key, edge_config};
 use system_tests::hq::{init, serve_config, temp_dir};
 use system_tests::pg::server;
+use system_tests::requests::{count_batch, send_json};
 use system_tests::rng::Rng;
 use tokio::net::UdpSocket;
 
@@ -150,16 +151,8 @@ async fn lossy_duplicating_reordering_network_loses_nothing() {
         // was answered 201 counts as acknowledged.
         let mut acknowledged = 0u64;
         for _ in 0..40 {
-            let events: Vec<serde_json::Value> = (0..25)
-                .map(|_| serde_json::json!({"type": "production_count", "equipment": "PRESS-01", "good": 1}))
-                .collect();
-            let r = http
-                .post(format!("http://{}/api/v1/events", edge.http_addr))
-                .bearer_auth(&key)
-                .json(&serde_json::json!({ "events": events }))
-                .send()
-                .await
-                .unwrap();
+            let url = format!("http://{}/api/v1/events", edge.http_addr);
+            let r = send_json(http.post(url), &key, &count_batch(25)).await;
             if r.status() == 201 {
                 let v: serde_json::Value = r.json().await.unwrap();
                 acknowledged += v["event_ids"].as_array().unwrap().len() as u64;
@@ -458,12 +451,8 @@ async fn a_full_disk_refuses_writes_clearly_and_recovers() {
     let (status, body) = refusal.expect("3 MB never filled up");
     assert_eq!(status, 507, "{body}");
     assert_eq!(body["error"]["code"], "disk_full", "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("free space")
-    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("free space"), "{body}");
     // Still serving, still refusing while full, and nothing half-stored.
     let health = http.get(format!("{base}/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);

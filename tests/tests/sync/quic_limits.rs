@@ -51,9 +51,10 @@ const EDGE_SYNC_BOUND: Duration = Duration::from_secs(10);
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A migrated database with `sites` registered, their enrollment bundles in
-/// `<state_dir>/sites/<SITE>`, and a hub on it.
-async fn setup(name: &str, sites: &[&str]) -> (Hq, Running) {
+/// Takes [`SERIAL`] for the test, then: a migrated database with `sites` registered, their
+/// enrollment bundles in `<state_dir>/sites/<SITE>`, and a hub on it.
+async fn setup(name: &str, sites: &[&str]) -> (tokio::sync::MutexGuard<'static, ()>, Hq, Running) {
+    let serial = SERIAL.lock().await;
     init_logs();
     let with_zones: Vec<(&str, &str)> = sites.iter().map(|s| (*s, "UTC")).collect();
     let h = hq(name, &with_zones).await;
@@ -63,7 +64,7 @@ async fn setup(name: &str, sites: &[&str]) -> (Hq, Running) {
             .unwrap();
     }
     let hub = h.hub(Default::default()).await;
-    (h, hub)
+    (serial, h, hub)
 }
 
 fn tls(h: &Hq, site: &str) -> PathBuf {
@@ -269,8 +270,7 @@ fn bind(addr: SocketAddr) -> UdpSocket {
 /// Retry (no state at the hub) and the edge syncs at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_initials_take_no_slot_and_a_real_edge_syncs_at_once() {
-    let _serial = SERIAL.lock().await;
-    let (h, hub) = setup("spoofed", &["SITE_A"]).await;
+    let (_serial, h, hub) = setup("spoofed", &["SITE_A"]).await;
     let mut client = RawClient::new(&h, "SITE_A");
     let sockets: Vec<UdpSocket> = (0..FLOOD).map(|i| bind(source(1, i))).collect();
     let flood = Instant::now();
@@ -318,8 +318,7 @@ async fn spoofed_initials_take_no_slot_and_a_real_edge_syncs_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_handshakes_hold_their_share_of_slots_for_a_bounded_time() {
     const HOSTS: usize = 4;
-    let _serial = SERIAL.lock().await;
-    let (h, hub) = setup("stalled", &["SITE_A"]).await;
+    let (_serial, h, hub) = setup("stalled", &["SITE_A"]).await;
     // Waves of FLOOD_WAVE: their Initials, then the answers to their Retries, then a pause,
     // so neither side's socket buffer overflows in one burst. An Initial the hub has not
     // answered is sent again (quinn-proto's own retransmission), as a real client would.
@@ -432,8 +431,7 @@ async fn stalled_handshakes_hold_their_share_of_slots_for_a_bounded_time() {
 /// oldest) and another site's edge syncs meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_certificate_cannot_take_the_slots_of_other_sites() {
-    let _serial = SERIAL.lock().await;
-    let (h, hub) = setup("idle", &["SITE_A", "SITE_X"]).await;
+    let (_serial, h, hub) = setup("idle", &["SITE_A", "SITE_X"]).await;
     let attacker = edge_agent::sync::client_endpoint(&tls(&h, "SITE_X")).unwrap();
     let flood = Instant::now();
     let mut conns = Vec::with_capacity(FLOOD);
@@ -495,8 +493,7 @@ async fn one_certificate_cannot_take_the_slots_of_other_sites() {
 /// connection alive held its slot forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_without_a_stream_is_closed_after_the_timeout() {
-    let _serial = SERIAL.lock().await;
-    let (h, hub) = setup("nostream", &["SITE_A"]).await;
+    let (_serial, h, hub) = setup("nostream", &["SITE_A"]).await;
     let client = edge_agent::sync::client_endpoint(&tls(&h, "SITE_A")).unwrap();
     let conn = client
         .connect(hub.quic_addr, "127.0.0.1")
@@ -539,8 +536,7 @@ async fn a_connection_without_a_stream_is_closed_after_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_session_loses_nothing() {
     const BACKLOG: u64 = 20_000;
-    let _serial = SERIAL.lock().await;
-    let (h, hub) = setup("replaced", &["SITE_A"]).await;
+    let (_serial, h, hub) = setup("replaced", &["SITE_A"]).await;
     let edge = start_edge(&h, &hub, "SITE_A", BACKLOG).await;
     wait_for("the drain to start", Duration::from_secs(20), || async {
         site_events(&h, "SITE_A").await > 0

@@ -20,9 +20,10 @@ use central_hub::serve::{self, ServeConfig};
 use shared_model::{Event, SiteId, Timestamp};
 use sqlx::PgPool;
 use sync_protocol::message::{DownItem, RecordChange, RecordId, RecordKind};
-use system_tests::edge::{edge_config, good_parts, record};
+use system_tests::edge::{edge_config, good_parts, order_at, record, released};
 use system_tests::hq::{init_logs, json_of, serve_config, temp_dir, wait_for};
 use system_tests::pg::server;
+use system_tests::requests::{send_json, session_cookie};
 
 fn events(site: &SiteId, from: u64, n: u64) -> Vec<Event> {
     good_parts(site, 1_795_000_000_000, from..from + n)
@@ -188,17 +189,11 @@ async fn offline_edge_catches_up_and_hq_releases_come_down() {
     hq.publish(&a, &DownItem::RecordChange(change))
         .await
         .unwrap();
-    let store = edge.state.store.clone();
-    wait_for("the release at the edge", Duration::from_secs(10), || {
-        let store = store.clone();
-        async move {
-            store
-                .read(|c| edge_agent::records::get(c, "SITE_A-WO-77"))
-                .await
-                .unwrap()
-                .is_some()
-        }
-    })
+    wait_for(
+        "the release at the edge",
+        Duration::from_secs(10),
+        || async { order_at(&edge, "SITE_A-WO-77").await.is_some() },
+    )
     .await;
     eprintln!("release reached the edge after {:?}", released.elapsed());
 
@@ -236,37 +231,29 @@ async fn hq_cancel_against_offline_completion_becomes_a_conflict() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let r = http
-        .post(format!("{api}/api/v1/sites/SITE_A/work-orders"))
-        .bearer_auth(&b_only)
-        .json(&serde_json::json!({"material": "BRACKET-7", "planned_quantity": 1}))
-        .send()
-        .await
-        .unwrap();
+    let r = send_json(
+        http.post(format!("{api}/api/v1/sites/SITE_A/work-orders")),
+        &b_only,
+        &serde_json::json!({"material": "BRACKET-7", "planned_quantity": 1}),
+    )
+    .await;
     assert_eq!(r.status(), 403);
 
     let edge_dir = temp_dir("edge-conflict");
     let config = edge_config("SITE_A", &edge_dir, &hub.quic_addr.to_string(), &tls_a);
     let edge = edge_agent::server::start(config.clone()).await.unwrap();
-    let r = http
-        .post(format!("{api}/api/v1/sites/SITE_A/work-orders"))
-        .bearer_auth(&hq)
-        .json(&serde_json::json!({"id": "SITE_A-WO-5", "material": "BRACKET-7", "planned_quantity": 10}))
-        .send()
-        .await
-        .unwrap();
+    let r = send_json(
+        http.post(format!("{api}/api/v1/sites/SITE_A/work-orders")),
+        &hq,
+        &serde_json::json!({"id": "SITE_A-WO-5", "material": "BRACKET-7", "planned_quantity": 10}),
+    )
+    .await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-    let store = edge.state.store.clone();
-    wait_for("the release at the edge", Duration::from_secs(10), || {
-        let store = store.clone();
-        async move {
-            store
-                .read(|c| edge_agent::records::get(c, "SITE_A-WO-5"))
-                .await
-                .unwrap()
-                .is_some()
-        }
-    })
+    wait_for(
+        "the release at the edge",
+        Duration::from_secs(10),
+        || async { order_at(&edge, "SITE_A-WO-5").await.is_some() },
+    )
     .await;
     // The edge acks what it applied; the hub's per-site status shows no backlog.
     wait_for("the site's status", Duration::from_secs(10), || {
@@ -283,13 +270,12 @@ async fn hq_cancel_against_offline_completion_becomes_a_conflict() {
 
     // The site goes offline and completes the order; HQ meanwhile cancels it.
     edge.stop().await.unwrap();
-    let r = http
-        .patch(format!("{api}/api/v1/work-orders/SITE_A-WO-5"))
-        .bearer_auth(&hq)
-        .json(&serde_json::json!({"cancel": true, "planned_quantity": 12}))
-        .send()
-        .await
-        .unwrap();
+    let r = send_json(
+        http.patch(format!("{api}/api/v1/work-orders/SITE_A-WO-5")),
+        &hq,
+        &serde_json::json!({"cancel": true, "planned_quantity": 12}),
+    )
+    .await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     {
         let offline = edge_agent::store::Store::open(
@@ -321,16 +307,10 @@ async fn hq_cancel_against_offline_completion_becomes_a_conflict() {
     }
     // Back online: the edits cross.
     let edge = edge_agent::server::start(config).await.unwrap();
-    let store = edge.state.store.clone();
-    wait_for("HQ's edit at the edge", Duration::from_secs(10), || {
-        let store = store.clone();
-        async move {
-            store
-                .read(|c| edge_agent::records::get(c, "SITE_A-WO-5"))
-                .await
-                .unwrap()
-                .is_some_and(|w| w.order.planned_quantity == 12)
-        }
+    wait_for("HQ's edit at the edge", Duration::from_secs(10), || async {
+        order_at(&edge, "SITE_A-WO-5")
+            .await
+            .is_some_and(|w| w.order.planned_quantity == 12)
     })
     .await;
     wait_for(
@@ -627,38 +607,26 @@ async fn two_hub_instances_serve_one_database() {
     let token = central_hub::api::create_token(&admin, "hq", "hq:write", None)
         .await
         .unwrap();
-    let r = reqwest::Client::new()
-        .post(format!("http://{}/api/v1/sites/SITE_B/work-orders", hubs[0].http_addr))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({"id": "SITE_B-WO-9", "material": "BRACKET-7", "planned_quantity": 3}))
-        .send()
-        .await
-        .unwrap();
+    let r = send_json(
+        reqwest::Client::new().post(format!(
+            "http://{}/api/v1/sites/SITE_B/work-orders",
+            hubs[0].http_addr
+        )),
+        &token,
+        &serde_json::json!({"id": "SITE_B-WO-9", "material": "BRACKET-7", "planned_quantity": 3}),
+    )
+    .await;
     assert_eq!(r.status(), 201);
-    let store = edges[1].state.store.clone();
     wait_for(
         "the release at SITE_B via the other hub",
         Duration::from_secs(10),
-        || {
-            let store = store.clone();
-            async move {
-                store
-                    .read(|c| edge_agent::records::get(c, "SITE_B-WO-9"))
-                    .await
-                    .unwrap()
-                    .is_some()
-            }
-        },
+        || async { order_at(&edges[1], "SITE_B-WO-9").await.is_some() },
     )
     .await;
     // HQ master data reaches both sites, whichever hub they are connected to.
-    let r = reqwest::Client::new()
-        .put(format!("http://{}/api/v1/master-data/materials", hubs[1].http_addr))
-        .bearer_auth(&token)
-        .json(&serde_json::json!([{"id": "GASKET-3", "name": "Gasket", "unit": "pcs", "tracking": "none"}]))
-        .send()
-        .await
-        .unwrap();
+    let materials = format!("http://{}/api/v1/master-data/materials", hubs[1].http_addr);
+    let gasket = serde_json::json!([{"id": "GASKET-3", "name": "Gasket", "unit": "pcs", "tracking": "none"}]);
+    let r = send_json(reqwest::Client::new().put(materials), &token, &gasket).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     for edge in &edges {
         let store = edge.state.store.clone();
@@ -775,13 +743,7 @@ async fn personnel_reach_their_own_site_and_the_terminal_shows_online() {
     assert_eq!(login("B-200").await.unwrap().status(), 401);
     let r = login("A-100").await.unwrap();
     assert_eq!(r.status(), 201);
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = session_cookie(&r);
     let r = http
         .post(format!("{base}/api/v1/events"))
         .header("cookie", &cookie)
@@ -945,15 +907,7 @@ async fn hostile_edge_suite_writes_nothing_across_sites_and_spares_the_others() 
     .await
     .unwrap();
     // SITE_A's own work order binds its edge's actor to SITE_A at the hub.
-    let view = sync_protocol::records::WorkOrderView {
-        order: shared_model::work_order::WorkOrder::released(
-            shared_model::WorkOrderId::new("SITE_A-WO-1").unwrap(),
-            a.clone(),
-            shared_model::MaterialId::new("BRACKET-7").unwrap(),
-            5,
-        ),
-        work_unit: None,
-    };
+    let view = released("SITE_A-WO-1", &a, 5);
     let actor = edge.state.store.actor().clone();
     let actor2 = actor.clone();
     edge.state
