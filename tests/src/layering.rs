@@ -89,6 +89,20 @@ pub const KIT_FORBIDDEN: &[&str] = &[
     "central-hub",
 ];
 
+/// Crates that must not depend on any crate of a list, each with the rule it would break.
+pub const MUST_NOT_REACH: &[(&str, &[&str], &str)] = &[
+    (
+        DRIVER_CRATE,
+        DRIVER_USERS,
+        "sync-io depends on a binary it serves",
+    ),
+    (
+        KIT_CRATE,
+        KIT_FORBIDDEN,
+        "service-kit depends on a workspace crate",
+    ),
+];
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Violation {
     /// The dependency path from the offending crate to the forbidden one.
@@ -197,17 +211,10 @@ pub fn check(metadata: &Value) -> Result<Vec<Violation>, MetadataError> {
             rule: "sync-io reaches a database or HTTP crate",
         });
     }
-    for path in paths_to(&graph, DRIVER_CRATE, |n| DRIVER_USERS.contains(&n)) {
-        violations.push(Violation {
-            path,
-            rule: "sync-io depends on a binary it serves",
-        });
-    }
-    for path in paths_to(&graph, KIT_CRATE, |n| KIT_FORBIDDEN.contains(&n)) {
-        violations.push(Violation {
-            path,
-            rule: "service-kit depends on a workspace crate",
-        });
+    for &(start, forbidden, rule) in MUST_NOT_REACH {
+        for path in paths_to(&graph, start, |n| forbidden.contains(&n)) {
+            violations.push(Violation { path, rule });
+        }
     }
     violations.sort();
     violations.dedup();
