@@ -11,12 +11,9 @@ use clap::Parser;
 
 mod commands;
 
+/// MES central hub (sync server and HQ reporting)
 #[derive(Debug, Parser)]
-#[command(
-    name = "central-hub",
-    version,
-    about = "MES central hub (sync server and HQ reporting)"
-)]
+#[command(version)]
 struct Cli {
     #[command(subcommand)]
     command: commands::Command,
@@ -64,9 +61,6 @@ fn main() -> anyhow::Result<()> {
     .context("setting up logs and traces")?;
     // Declared after the telemetry guard, so it is dropped first: spans of the last tasks are
     // still exported while the runtime shuts down.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime = service_kit::process::runtime()?;
     runtime.block_on(commands::run(cli.command))
 }

@@ -187,7 +187,7 @@ impl<M: EncodeMetric> EncodeMetric for Announced<M> {
 pub struct Scrape(Registry);
 
 /// The content type of [`Scrape::finish`]'s text; Prometheus negotiates it.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub use service_kit::metrics::CONTENT_TYPE;
 
 /// The crate appends the full stop of a help text itself.
 fn help(text: &str) -> &str {
@@ -408,24 +408,20 @@ mod tests {
         s.gauges("mes_site_none", "Per site.", "site", []);
         FRAMES_REJECTED.add(&["test_reason"], 1);
         let out = s.finish("");
-        for line in [
-            "# HELP mes_x Things.\n# TYPE mes_x counter\nmes_x_total 3\n",
-            "mes_y_total{reason=\"a\"} 2\n",
-            "# TYPE mes_ratio gauge\nmes_ratio 0.5\n",
-            "mes_open 4\n",
-            "mes_site_z{site=\"S\\\"1\"} 1.5\n",
-            "mes_sync_frames_rejected_total{reason=\"test_reason\"} ",
-            "# TYPE mes_http_requests counter\n",
-            "# HELP mes_site_none Per site.\n# TYPE mes_site_none gauge\n",
-            "# TYPE mes_http_request_duration_seconds histogram\n",
-            "# TYPE mes_db_query_duration_seconds histogram\n",
-        ] {
-            assert!(out.contains(line), "{line:?} missing from\n{out}");
-        }
-        assert!(
-            !out.contains("_total_total") && !out.contains(".."),
-            "{out}"
+        service_kit::metrics::assert_exposition(
+            &out,
+            &[
+                "# HELP mes_x Things.\n# TYPE mes_x counter\nmes_x_total 3\n",
+                "mes_y_total{reason=\"a\"} 2\n",
+                "# TYPE mes_ratio gauge\nmes_ratio 0.5\n",
+                "mes_open 4\n",
+                "mes_site_z{site=\"S\\\"1\"} 1.5\n",
+                "mes_sync_frames_rejected_total{reason=\"test_reason\"} ",
+                "# TYPE mes_http_requests counter\n",
+                "# HELP mes_site_none Per site.\n# TYPE mes_site_none gauge\n",
+                "# TYPE mes_http_request_duration_seconds histogram\n",
+                "# TYPE mes_db_query_duration_seconds histogram\n",
+            ],
         );
-        assert!(out.ends_with("# EOF\n"));
     }
 }

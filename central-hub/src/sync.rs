@@ -35,7 +35,6 @@ use sync_protocol::session::{CloseReason, HubSession, SessionConfig};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::certs::Admission;
-use crate::db::scoped;
 use crate::ingest::PgHubStore;
 use crate::pki::{Ca, CertFacts, site_from_cert};
 
@@ -623,21 +622,14 @@ async fn set_connected(
     agent: Option<&str>,
     cert_serial: Option<&str>,
 ) {
-    let result = async {
-        let mut tx = scoped(store.pool(), site).await?;
-        crate::db::query(
-            "UPDATE sites SET connected = $2, last_seen_at = now(),
-                 agent_version = coalesce($3, agent_version),
-                 cert_serial = coalesce($4, cert_serial) WHERE site_id = $1",
-        )
-        .bind(site.as_str())
-        .bind(connected)
-        .bind(agent)
-        .bind(cert_serial)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await
-    }
+    let result = crate::db::update_site(
+        store.pool(),
+        site,
+        "UPDATE sites SET connected = $2, last_seen_at = now(),
+             agent_version = coalesce($3, agent_version),
+             cert_serial = coalesce($4, cert_serial) WHERE site_id = $1",
+        |q| q.bind(connected).bind(agent).bind(cert_serial),
+    )
     .await;
     if let Err(e) = result {
         tracing::warn!(site = %site, error = %e, "could not update site status");

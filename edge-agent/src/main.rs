@@ -5,17 +5,13 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
 
 mod commands;
 
+/// MES edge agent (offline-first, syncs to the hub)
 #[derive(Debug, Parser)]
-#[command(
-    name = "edge-agent",
-    version,
-    about = "MES edge agent (offline-first, syncs to the hub)"
-)]
+#[command(version)]
 struct Cli {
     #[command(subcommand)]
     command: commands::Command,
@@ -47,9 +43,6 @@ fn run() -> anyhow::Result<ExitCode> {
     {
         tracing::debug!("a rustls crypto provider was installed already");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime = service_kit::process::runtime()?;
     commands::run(cli.command, &runtime)
 }

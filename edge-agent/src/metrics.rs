@@ -14,7 +14,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// The content type of [`Metrics::render`]'s text; Prometheus negotiates it.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub use service_kit::metrics::CONTENT_TYPE;
 
 /// A monotonic counter.
 #[derive(Debug, Default, Clone)]
@@ -207,27 +207,23 @@ mod tests {
             certificate_expiry_seconds: Some(3600),
             certificate_renewals: 1,
         });
-        for line in [
-            "edge_http_requests_total{route=\"/api/v1/events\",status=\"201\"} 1\n",
-            "edge_http_request_duration_seconds_bucket{le=\"0.005\"} 1\n",
-            "edge_http_request_duration_seconds_count 1\n",
-            "edge_commit_batch_size_bucket{le=\"4.0\"} 1\n",
-            "# HELP edge_outbox_pending Entries waiting for the hub's ack.\n# TYPE edge_outbox_pending gauge\n",
-            "edge_outbox_pending{kind=\"event\"} 5\n",
-            "edge_outbox_pending{kind=\"change\"} 2\n",
-            "edge_events_stored_total 7\n",
-            "edge_events_pruned_total 0\n",
-            "edge_commit_failures_total 0\n",
-            "edge_terminal_sessions 1\n",
-            "edge_sync_certificate_expiry_seconds 3600\n",
-            "edge_sync_certificate_renewals_total 1\n",
-        ] {
-            assert!(text.contains(line), "{line:?} missing from\n{text}");
-        }
-        assert!(
-            !text.contains("_total_total") && !text.contains(".."),
-            "{text}"
+        service_kit::metrics::assert_exposition(
+            &text,
+            &[
+                "edge_http_requests_total{route=\"/api/v1/events\",status=\"201\"} 1\n",
+                "edge_http_request_duration_seconds_bucket{le=\"0.005\"} 1\n",
+                "edge_http_request_duration_seconds_count 1\n",
+                "edge_commit_batch_size_bucket{le=\"4.0\"} 1\n",
+                "# HELP edge_outbox_pending Entries waiting for the hub's ack.\n# TYPE edge_outbox_pending gauge\n",
+                "edge_outbox_pending{kind=\"event\"} 5\n",
+                "edge_outbox_pending{kind=\"change\"} 2\n",
+                "edge_events_stored_total 7\n",
+                "edge_events_pruned_total 0\n",
+                "edge_commit_failures_total 0\n",
+                "edge_terminal_sessions 1\n",
+                "edge_sync_certificate_expiry_seconds 3600\n",
+                "edge_sync_certificate_renewals_total 1\n",
+            ],
         );
-        assert!(text.ends_with("# EOF\n"));
     }
 }

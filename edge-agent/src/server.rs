@@ -134,7 +134,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let running = start(config).await?;
     // The one line tests and installers wait for: the store is open and the socket bound.
     println!("edge-agent listening on http://{}", running.http_addr);
-    shutdown_signal().await;
+    service_kit::process::shutdown_signal("agent").await;
     running.stop().await?;
     tracing::info!("edge agent stopped");
     Ok(())
@@ -154,33 +154,4 @@ async fn retention_loop(store: Store, clock: Arc<dyn Clock>, window_micros: i64)
         }
         tokio::time::sleep(PRUNE_INTERVAL).await;
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            // Without this a failed watch would stop the agent at once.
-            tracing::warn!(error = %e, "cannot watch for Ctrl-C; stop the agent with SIGTERM");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch for SIGTERM; stop the agent with Ctrl-C");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutdown requested");
 }

@@ -4,10 +4,13 @@
 //!   sockets, HTTP, TLS, databases) through its normal or build dependencies, however
 //!   indirectly. That is what lets the protocol run under a simulator and a fuzzer.
 //! * `edge-agent` and `central-hub` never depend on each other: they share code only through
-//!   `shared-model`, `sync-protocol` and `sync-io`.
+//!   `shared-model`, `sync-protocol`, `sync-io` and `service-kit`.
 //! * `sync-io`, the session's tokio/quinn driver, may do network I/O but never reaches a
 //!   database or HTTP crate (the stores stay behind `sync-protocol`'s traits, in the binaries),
 //!   and never depends on either binary.
+//! * `service-kit`, the process and HTTP plumbing both binaries share, knows no domain: it
+//!   depends on no workspace crate (neither binary, nor `shared-model`, `sync-protocol`,
+//!   `sync-io`), so the binaries share nothing else through it.
 //! * No import circles between the modules of `central-hub` or `edge-agent` ([`module_graph`],
 //!   [`cycles`]).
 //!
@@ -72,6 +75,33 @@ const DRIVER_FORBIDDEN_PREFIXES: &[&str] = &["sqlx-", "hyper-", "axum-"];
 
 /// The binaries the driver serves and must therefore never depend on.
 pub const DRIVER_USERS: &[&str] = &["edge-agent", "central-hub"];
+
+/// The plumbing both binaries share: process and HTTP set-up, no domain rules.
+pub const KIT_CRATE: &str = "service-kit";
+
+/// The workspace crates the plumbing must not reach: the domain, the protocol, the session
+/// driver and the binaries it serves.
+pub const KIT_FORBIDDEN: &[&str] = &[
+    "shared-model",
+    "sync-protocol",
+    "sync-io",
+    "edge-agent",
+    "central-hub",
+];
+
+/// Crates that must not depend on any crate of a list, each with the rule it would break.
+pub const MUST_NOT_REACH: &[(&str, &[&str], &str)] = &[
+    (
+        DRIVER_CRATE,
+        DRIVER_USERS,
+        "sync-io depends on a binary it serves",
+    ),
+    (
+        KIT_CRATE,
+        KIT_FORBIDDEN,
+        "service-kit depends on a workspace crate",
+    ),
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Violation {
@@ -181,11 +211,10 @@ pub fn check(metadata: &Value) -> Result<Vec<Violation>, MetadataError> {
             rule: "sync-io reaches a database or HTTP crate",
         });
     }
-    for path in paths_to(&graph, DRIVER_CRATE, |n| DRIVER_USERS.contains(&n)) {
-        violations.push(Violation {
-            path,
-            rule: "sync-io depends on a binary it serves",
-        });
+    for &(start, forbidden, rule) in MUST_NOT_REACH {
+        for path in paths_to(&graph, start, |n| forbidden.contains(&n)) {
+            violations.push(Violation { path, rule });
+        }
     }
     violations.sort();
     violations.dedup();

@@ -139,15 +139,27 @@ fn parse_list_query(scope: &Scope, raw: Option<&str>) -> Result<ListQuery, ApiEr
     Ok(q)
 }
 
-const LIST_SQL: &str = "SELECT site_id, id, state, material, planned_quantity, good_count, scrap_count, due, priority,
-                state NOT IN ('ended', 'aborted')
+/// `$4` is [`open_states`]: an order is at risk only while open.
+const LIST_SQL: &str =
+    "SELECT site_id, id, state, material, planned_quantity, good_count, scrap_count, due, priority,
+                state = ANY($4)
                   AND due IS NOT NULL AND planned_quantity > good_count
                   AND due < now() + interval '24 hours' AS at_risk
          FROM work_orders
          WHERE (cardinality($1::text[]) = 0 OR site_id = ANY($1))
-           AND (NOT $2 OR state IN ('not_allowed_to_start', 'allowed_to_start', 'running', 'interrupted'))
+           AND (NOT $2 OR state = ANY($4))
          ORDER BY at_risk DESC, due NULLS LAST, priority, id
          LIMIT $3";
+
+/// The stored names of the states an order is open in (neither ended nor aborted), from the
+/// state machine rather than spelled out in SQL.
+fn open_states() -> Vec<&'static str> {
+    WorkOrderState::ALL
+        .iter()
+        .filter(|s| !s.is_terminal())
+        .map(|s| s.as_str())
+        .collect()
+}
 
 #[utoipa::path(get, path = "/api/v1/work-orders",
     summary = "work orders with due dates and an at-risk flag",
@@ -181,6 +193,7 @@ pub async fn list_work_orders(
             .bind(&q.sites)
             .bind(q.open_only)
             .bind(q.limit)
+            .bind(open_states())
             .fetch_all(&mut *tx)
             .await
             .map_err(ApiError::internal)?;

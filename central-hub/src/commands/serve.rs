@@ -91,7 +91,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(e) = running.enroll_addr {
         println!("enrollment (edge-agent install) on https://{e}");
     }
-    shutdown_signal().await;
+    service_kit::process::shutdown_signal("hub").await;
     running.stop().await
 }
 
@@ -120,35 +120,5 @@ fn config(args: ServeArgs) -> ServeConfig {
             pgbouncer: args.pgbouncer,
             listen_url: args.listen_database_url,
         },
-    }
-}
-
-/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM. A signal that cannot be watched is
-/// logged and waits forever, so the other one still stops the server (and a failure to watch
-/// Ctrl-C does not stop it at once).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %e, "cannot watch for Ctrl-C; stop the hub with SIGTERM");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch for SIGTERM; stop the hub with Ctrl-C");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
     }
 }

@@ -27,7 +27,7 @@ use sqlx::query::{Query, QueryAs, QueryScalar};
 use sqlx::{ConnectOptions as _, Connection as _, Executor, FromRow, PgPool, Postgres, SqlSafeStr};
 
 pub use error::HubStoreError;
-pub use tx::{PoolRole, WAITING, Waiting, begin, fetch_all_in_tx, scoped, timed};
+pub use tx::{PoolRole, WAITING, Waiting, begin, fetch_all_in_tx, scoped, timed, update_site};
 
 /// Connections per hub instance unless configured: PgBouncer or `max_connections` bound the
 /// total across instances.

@@ -18,8 +18,59 @@ pub const HUB_ROLE: &str = "mes_hub";
 /// The role reporting queries use (read-only, across sites).
 pub const REPORTING_ROLE: &str = "mes_reporting";
 
+/// `mes_ensure_partitions`, as the first migration creates it and a later one replaces it:
+/// `$create` is `CREATE` or `CREATE OR REPLACE`, `$on_month_with_rows` what it does with a
+/// month whose rows already sit in the site's DEFAULT partition. One text, so the two
+/// versions differ only there.
+macro_rules! ensure_partitions_fn {
+    ($create:literal, $on_month_with_rows:literal) => {
+        concat!(
+            $create,
+            r#" FUNCTION mes_ensure_partitions(p_site text, p_from date, p_months int)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $fn$
+DECLARE
+    site_tbl text := 'events_p_' || lower(p_site);
+    m date;
+    part text;
+BEGIN
+    IF p_site !~ '^[A-Z][A-Z0-9_]{0,19}$' THEN
+        RAISE EXCEPTION 'invalid site id %', p_site;
+    END IF;
+    IF p_months < 0 OR p_months > 36 THEN
+        RAISE EXCEPTION 'months ahead must be 0..36, got %', p_months;
+    END IF;
+    -- Serialise creators of the same site's partitions (two hub replicas, a site add).
+    PERFORM pg_advisory_xact_lock(hashtext('mes_partitions_' || p_site));
+    IF to_regclass(site_tbl) IS NULL THEN
+        EXECUTE format('CREATE TABLE %I PARTITION OF events FOR VALUES IN (%L) PARTITION BY RANGE (occurred_at)',
+                       site_tbl, p_site);
+        EXECUTE format('CREATE TABLE %I PARTITION OF %I DEFAULT', site_tbl || '_default', site_tbl);
+    END IF;
+    FOR i IN 0..p_months LOOP
+        m := (date_trunc('month', p_from) + make_interval(months => i))::date;
+        part := site_tbl || '_' || to_char(m, 'YYYYMM');
+        IF to_regclass(part) IS NULL THEN
+            BEGIN
+                EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
+                               part, site_tbl,
+                               (m::timestamp AT TIME ZONE 'UTC'),
+                               ((m + interval '1 month')::timestamp AT TIME ZONE 'UTC'));
+            EXCEPTION WHEN check_violation THEN
+"#,
+            $on_month_with_rows,
+            r#"            END;
+        END IF;
+    END LOOP;
+END
+$fn$;
+"#
+        )
+    };
+}
+
 const MIGRATIONS: &[&str] = &[
-    r#"
+    concat!(
+        r#"
 DO $$ BEGIN
     CREATE ROLE mes_hub LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS;
 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
@@ -128,45 +179,15 @@ CREATE TABLE master_data (
     PRIMARY KEY (kind, key)
 );
 
-CREATE FUNCTION mes_ensure_partitions(p_site text, p_from date, p_months int)
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $fn$
-DECLARE
-    site_tbl text := 'events_p_' || lower(p_site);
-    m date;
-    part text;
-BEGIN
-    IF p_site !~ '^[A-Z][A-Z0-9_]{0,19}$' THEN
-        RAISE EXCEPTION 'invalid site id %', p_site;
-    END IF;
-    IF p_months < 0 OR p_months > 36 THEN
-        RAISE EXCEPTION 'months ahead must be 0..36, got %', p_months;
-    END IF;
-    -- Serialise creators of the same site's partitions (two hub replicas, a site add).
-    PERFORM pg_advisory_xact_lock(hashtext('mes_partitions_' || p_site));
-    IF to_regclass(site_tbl) IS NULL THEN
-        EXECUTE format('CREATE TABLE %I PARTITION OF events FOR VALUES IN (%L) PARTITION BY RANGE (occurred_at)',
-                       site_tbl, p_site);
-        EXECUTE format('CREATE TABLE %I PARTITION OF %I DEFAULT', site_tbl || '_default', site_tbl);
-    END IF;
-    FOR i IN 0..p_months LOOP
-        m := (date_trunc('month', p_from) + make_interval(months => i))::date;
-        part := site_tbl || '_' || to_char(m, 'YYYYMM');
-        IF to_regclass(part) IS NULL THEN
-            BEGIN
-                EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
-                               part, site_tbl,
-                               (m::timestamp AT TIME ZONE 'UTC'),
-                               ((m + interval '1 month')::timestamp AT TIME ZONE 'UTC'));
-            EXCEPTION WHEN check_violation THEN
-                -- Rows of that month already sit in the DEFAULT partition; they stay there
+"#,
+        ensure_partitions_fn!(
+            "CREATE",
+            r#"                -- Rows of that month already sit in the DEFAULT partition; they stay there
                 -- (still queryable) rather than failing the caller.
                 RAISE NOTICE 'month % of % has rows in the default partition; not split', m, p_site;
-            END;
-        END IF;
-    END LOOP;
-END
-$fn$;
-REVOKE ALL ON FUNCTION mes_ensure_partitions(text, date, int) FROM PUBLIC;
+"#
+        ),
+        r#"REVOKE ALL ON FUNCTION mes_ensure_partitions(text, date, int) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION mes_ensure_partitions(text, date, int) TO mes_hub;
 
 -- Row-level security: the hub role sees and writes only the site of the transaction.
@@ -190,7 +211,8 @@ GRANT SELECT, INSERT, UPDATE ON production_hourly, records, work_orders, conflic
 GRANT SELECT, INSERT ON actors, down_log TO mes_hub;
 GRANT USAGE ON SEQUENCE down_log_cursor_seq, conflicts_id_seq TO mes_hub;
 GRANT SELECT ON master_data TO mes_hub, mes_reporting;
-"#,
+"#
+    ),
     r#"
 -- HQ API tokens: HQ-wide or one site, read or write. Only a SHA-256 of each token is kept.
 CREATE TABLE api_tokens (
@@ -407,7 +429,8 @@ CREATE INDEX events_out_of_spec ON events (site_id, occurred_at) WHERE reason = 
     // site's table (concurrent ingests wait and are then routed to the new partition),
     // `mes_split_default` for the months found there, and `mes_ensure_partitions` calls
     // it instead of leaving a month "not split".
-    r#"
+    concat!(
+        r#"
 CREATE FUNCTION mes_split_month(p_site text, p_month date)
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $fn$
 DECLARE
@@ -480,44 +503,14 @@ $fn$;
 REVOKE ALL ON FUNCTION mes_split_default(text, int) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION mes_split_default(text, int) TO mes_hub;
 
-CREATE OR REPLACE FUNCTION mes_ensure_partitions(p_site text, p_from date, p_months int)
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $fn$
-DECLARE
-    site_tbl text := 'events_p_' || lower(p_site);
-    m date;
-    part text;
-BEGIN
-    IF p_site !~ '^[A-Z][A-Z0-9_]{0,19}$' THEN
-        RAISE EXCEPTION 'invalid site id %', p_site;
-    END IF;
-    IF p_months < 0 OR p_months > 36 THEN
-        RAISE EXCEPTION 'months ahead must be 0..36, got %', p_months;
-    END IF;
-    -- Serialise creators of the same site's partitions (two hub replicas, a site add).
-    PERFORM pg_advisory_xact_lock(hashtext('mes_partitions_' || p_site));
-    IF to_regclass(site_tbl) IS NULL THEN
-        EXECUTE format('CREATE TABLE %I PARTITION OF events FOR VALUES IN (%L) PARTITION BY RANGE (occurred_at)',
-                       site_tbl, p_site);
-        EXECUTE format('CREATE TABLE %I PARTITION OF %I DEFAULT', site_tbl || '_default', site_tbl);
-    END IF;
-    FOR i IN 0..p_months LOOP
-        m := (date_trunc('month', p_from) + make_interval(months => i))::date;
-        part := site_tbl || '_' || to_char(m, 'YYYYMM');
-        IF to_regclass(part) IS NULL THEN
-            BEGIN
-                EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
-                               part, site_tbl,
-                               (m::timestamp AT TIME ZONE 'UTC'),
-                               ((m + interval '1 month')::timestamp AT TIME ZONE 'UTC'));
-            EXCEPTION WHEN check_violation THEN
-                -- Rows of that month already sit in the DEFAULT partition: move them out.
-                PERFORM mes_split_month(p_site, m);
-            END;
-        END IF;
-    END LOOP;
-END
-$fn$;
 "#,
+        ensure_partitions_fn!(
+            "CREATE OR REPLACE",
+            r#"                -- Rows of that month already sit in the DEFAULT partition: move them out.
+                PERFORM mes_split_month(p_site, m);
+"#
+        ),
+    ),
     // Revocation per certificate (docs/operations.md, "Certificates"): every site certificate
     // the hub issues is recorded; a session is admitted only if its certificate's row is not
     // revoked. `certs_revoked_before` is when the site was last revoked: a certificate without

@@ -75,6 +75,22 @@ pub async fn scoped(
     Ok(tx)
 }
 
+/// Updates the site's own status columns in a transaction of their own, scoped to `site`:
+/// `sql` names the site `$1` (bound here), `bind` adds the other parameters. The sync server's
+/// bookkeeping (connected, acknowledged, the edge's reported backlog) is written this way.
+pub async fn update_site<'q>(
+    pool: &PgPool,
+    site: &'q SiteId,
+    sql: &'static str,
+    bind: impl FnOnce(Query<'q, Postgres, PgArguments>) -> Query<'q, Postgres, PgArguments>,
+) -> Result<(), sqlx::Error> {
+    let mut tx = scoped(pool, site).await?;
+    bind(crate::db::query(sql).bind(site.as_str()))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
 /// Runs one statement in a transaction of its own and returns its rows: behind PgBouncer an
 /// unnamed statement is parsed and executed on one server connection only within one.
 pub async fn fetch_all_in_tx(

@@ -26,7 +26,7 @@ use sync_protocol::message::{DownItem, ErrorCode, RecordChange, RecordHeads, Rec
 use sync_protocol::store::{DownEntry, HeadsComparison, HubStore, IngestReport};
 
 use crate::db::HubStoreError;
-use crate::db::convert::{kind_str, parse_kind, ts};
+use crate::db::convert::{parse_kind, ts};
 use crate::db::scoped;
 use crate::rollup::SiteClock;
 
@@ -213,15 +213,13 @@ impl HubStore for PgHubStore {
     }
 
     async fn record_down_ack(&self, site: &SiteId, cursor: u64) -> Result<(), HubStoreError> {
-        let mut tx = scoped(&self.pool, site).await?;
-        crate::db::query(
+        crate::db::update_site(
+            &self.pool,
+            site,
             "UPDATE sites SET down_acked = greatest(down_acked, $2), last_seen_at = now() WHERE site_id = $1",
+            |q| q.bind(cursor as i64),
         )
-        .bind(site.as_str())
-        .bind(cursor as i64)
-        .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -230,19 +228,19 @@ impl HubStore for PgHubStore {
         site: &SiteId,
         status: sync_protocol::message::EdgeStatus,
     ) -> Result<(), HubStoreError> {
-        let mut tx = scoped(&self.pool, site).await?;
-        crate::db::query(
+        crate::db::update_site(
+            &self.pool,
+            site,
             "UPDATE sites SET edge_pending_events = $2, edge_pending_changes = $3,
                  edge_oldest_pending_at = $4, edge_status_at = now(), last_seen_at = now()
              WHERE site_id = $1",
+            |q| {
+                q.bind(status.pending_events.min(i64::MAX as u64) as i64)
+                    .bind(status.pending_changes.min(i64::MAX as u64) as i64)
+                    .bind(status.oldest_pending_at.map(ts))
+            },
         )
-        .bind(site.as_str())
-        .bind(status.pending_events.min(i64::MAX as u64) as i64)
-        .bind(status.pending_changes.min(i64::MAX as u64) as i64)
-        .bind(status.oldest_pending_at.map(ts))
-        .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -298,14 +296,13 @@ pub async fn load_record(
     record: &RecordId,
 ) -> Result<Option<Vec<u8>>, HubStoreError> {
     let mut tx = scoped(pool, site).await?;
-    let doc: Option<Vec<u8>> = crate::db::query_scalar(
+    let row = records::on_record(
         "SELECT doc FROM records WHERE site_id = $1 AND record_kind = $2 AND record_id = $3",
+        site,
+        record,
     )
-    .bind(site.as_str())
-    .bind(kind_str(record.kind))
-    .bind(record.id())
     .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(doc)
+    Ok(row.map(|r| r.try_get("doc")).transpose()?)
 }

@@ -6,7 +6,9 @@
 
 use automerge::AutoCommit;
 use shared_model::SiteId;
-use sqlx::{Postgres, Transaction};
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{Postgres, Row as _, Transaction};
 use sync_protocol::message::{DownItem, RecordChange, RecordId, RecordKind};
 use sync_protocol::records::{WorkOrderView, read_view};
 
@@ -186,14 +188,27 @@ async fn lock_record(
     site: &SiteId,
     record: &RecordId,
 ) -> Result<Option<Vec<u8>>, HubStoreError> {
-    Ok(crate::db::query_scalar(
+    let row = on_record(
         "SELECT doc FROM records WHERE site_id = $1 AND record_kind = $2 AND record_id = $3 FOR UPDATE",
+        site,
+        record,
     )
-    .bind(site.as_str())
-    .bind(kind_str(record.kind))
-    .bind(record.id())
     .fetch_optional(&mut **tx)
-    .await?)
+    .await?;
+    Ok(row.map(|r| r.try_get("doc")).transpose()?)
+}
+
+/// A statement on one record's rows: `$1` is the site, `$2` the record's kind, `$3` its id;
+/// the caller binds any further parameters.
+pub(super) fn on_record<'q>(
+    sql: &'static str,
+    site: &'q SiteId,
+    record: &'q RecordId,
+) -> Query<'q, Postgres, PgArguments> {
+    crate::db::query(sql)
+        .bind(site.as_str())
+        .bind(kind_str(record.kind))
+        .bind(record.id())
 }
 
 /// Merges the change into the document. The merge runs while the row is locked (it must: the
@@ -265,13 +280,12 @@ async fn write_record(
     record: &RecordId,
     doc: &[u8],
 ) -> Result<(), HubStoreError> {
-    crate::db::query(
+    on_record(
         "INSERT INTO records (site_id, record_kind, record_id, doc) VALUES ($1, $2, $3, $4)
          ON CONFLICT (site_id, record_kind, record_id) DO UPDATE SET doc = excluded.doc, updated_at = now()",
+        site,
+        record,
     )
-    .bind(site.as_str())
-    .bind(kind_str(record.kind))
-    .bind(record.id())
     .bind(doc)
     .execute(&mut **tx)
     .await?;
@@ -286,27 +300,25 @@ async fn track_conflicts(
     record: &RecordId,
     conflicts: &[String],
 ) -> Result<(), HubStoreError> {
-    crate::db::query(
+    on_record(
         "UPDATE conflicts SET resolved_at = now()
          WHERE site_id = $1 AND record_kind = $2 AND record_id = $3 AND resolved_at IS NULL
            AND NOT (description = ANY($4))",
+        site,
+        record,
     )
-    .bind(site.as_str())
-    .bind(kind_str(record.kind))
-    .bind(record.id())
     .bind(conflicts)
     .execute(&mut **tx)
     .await?;
     for description in conflicts {
-        crate::db::query(
+        on_record(
             "INSERT INTO conflicts (site_id, record_kind, record_id, description)
              VALUES ($1, $2, $3, $4)
              ON CONFLICT (site_id, record_kind, record_id, description) WHERE resolved_at IS NULL
              DO NOTHING",
+            site,
+            record,
         )
-        .bind(site.as_str())
-        .bind(kind_str(record.kind))
-        .bind(record.id())
         .bind(description)
         .execute(&mut **tx)
         .await?;

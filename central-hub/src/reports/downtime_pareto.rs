@@ -3,6 +3,8 @@
 //! Planned stops are left out unless `include_planned=true`.
 
 use serde::Serialize;
+use shared_model::event::MachineState;
+use shared_model::master::LossCategory;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, Row};
 
@@ -67,11 +69,16 @@ impl ReportSpec for DowntimePareto {
 
     fn sql(q: &Query) -> String {
         let k = keys(&q.groups, "NULL::text", "x.hour");
+        let running = MachineState::Running;
         let n = k.n;
         let planned = if q.include_planned {
-            ""
+            String::new()
         } else {
-            "AND NOT (x.state = 'planned_stop' OR coalesce(r.loss_category, '') = 'planned')"
+            format!(
+                "AND NOT (x.state = '{}' OR coalesce(r.loss_category, '') = '{}')",
+                MachineState::PlannedStop,
+                LossCategory::Planned,
+            )
         };
         format!(
             "WITH {BOUNDS}, {SHIFTS}, {time_ctes}
@@ -80,7 +87,7 @@ impl ReportSpec for DowntimePareto {
                 sum(x.us)::float8 AS us, sum(x.starts)::float8 AS stops
          FROM stt x JOIN b ON b.site_id = x.site_id LEFT JOIN md_reasons r ON r.code = x.reason
          {joins}
-         WHERE x.state <> 'running' {planned}
+         WHERE x.state <> '{running}' {planned}
          {gb}
          HAVING sum(x.us) > 0 OR sum(x.starts) > 0",
             sel = k.select,

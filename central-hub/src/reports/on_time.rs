@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::params::{Group, Query};
 use shared_model::kpi::on_time_rate;
+use shared_model::work_order::WorkOrderState;
 
 use super::spec::{SumsReport, SumsRow, int};
 use super::sql::{BOUNDS, keys, order_by, sums_row};
@@ -55,16 +56,21 @@ impl SumsReport for OnTime {
     type Row = DueCounts;
 
     fn sql(q: &Query) -> String {
+        // The state names as stored (`WorkOrderState::as_str`), not spelled out here.
+        let (ended, aborted) = (
+            WorkOrderState::Ended.as_str(),
+            WorkOrderState::Aborted.as_str(),
+        );
         let k = keys(&q.groups, "x.material", "x.due");
         format!(
             "WITH {BOUNDS}
          SELECT {sel} count(*)::float8 AS due,
-                count(*) FILTER (WHERE x.state = 'ended' AND x.actual_end <= x.due)::float8 AS on_time,
-                count(*) FILTER (WHERE x.state = 'ended'
+                count(*) FILTER (WHERE x.state = '{ended}' AND x.actual_end <= x.due)::float8 AS on_time,
+                count(*) FILTER (WHERE x.state = '{ended}'
                                    AND (x.actual_end IS NULL OR x.actual_end > x.due))::float8 AS late,
-                count(*) FILTER (WHERE x.state <> 'ended')::float8 AS open
+                count(*) FILTER (WHERE x.state <> '{ended}')::float8 AS open
          FROM work_orders x JOIN b ON b.site_id = x.site_id {joins}
-         WHERE x.due >= b.lo AND x.due < b.hi AND x.state <> 'aborted'
+         WHERE x.due >= b.lo AND x.due < b.hi AND x.state <> '{aborted}'
          {group_by} {order}",
             sel = k.select,
             joins = k.joins,

@@ -108,10 +108,40 @@ pub enum Format {
     Csv,
 }
 
+impl Format {
+    /// The values of `format=`.
+    const SPELLINGS: &[(&str, Self)] = &[("json", Self::Json), ("csv", Self::Csv)];
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     Backward,
     Forward,
+}
+
+impl Direction {
+    /// The values of `direction=`.
+    const SPELLINGS: &[(&str, Self)] = &[("backward", Self::Backward), ("forward", Self::Forward)];
+}
+
+/// The values of a boolean parameter (`include_planned=`).
+const BOOL_SPELLINGS: &[(&str, bool)] =
+    &[("true", true), ("false", false), ("1", true), ("0", false)];
+
+/// `v` as one of the spellings in `choices`; anything else is an error on `field` that lists
+/// them, so the three enumerated parameters answer alike.
+fn one_of<T: Copy>(field: &'static str, v: &str, choices: &[(&str, T)]) -> Result<T, ParamError> {
+    choices
+        .iter()
+        .find(|(name, _)| *name == v)
+        .map(|&(_, value)| value)
+        .ok_or_else(|| {
+            let names: Vec<&str> = choices.iter().map(|&(name, _)| name).collect();
+            ParamError::new(
+                field,
+                format!("unknown {field} {v:?}; use {}", names.join(" or ")),
+            )
+        })
 }
 
 /// A checked report request.
@@ -243,42 +273,9 @@ pub fn parse(
                     }
                 }
             }
-            "format" => {
-                format = match &*v {
-                    "json" => Format::Json,
-                    "csv" => Format::Csv,
-                    other => {
-                        return Err(ParamError::new(
-                            "format",
-                            format!("unknown format {other:?}; use json or csv"),
-                        ));
-                    }
-                }
-            }
-            "include_planned" => {
-                include_planned = match &*v {
-                    "true" | "1" => true,
-                    "false" | "0" => false,
-                    other => {
-                        return Err(ParamError::new(
-                            "include_planned",
-                            format!("{other:?} is not true or false"),
-                        ));
-                    }
-                }
-            }
-            "direction" => {
-                direction = match &*v {
-                    "backward" => Direction::Backward,
-                    "forward" => Direction::Forward,
-                    other => {
-                        return Err(ParamError::new(
-                            "direction",
-                            format!("unknown direction {other:?}; use backward or forward"),
-                        ));
-                    }
-                }
-            }
+            "format" => format = one_of("format", &v, Format::SPELLINGS)?,
+            "include_planned" => include_planned = one_of("include_planned", &v, BOOL_SPELLINGS)?,
+            "direction" => direction = one_of("direction", &v, Direction::SPELLINGS)?,
             // Cache busters and the like are harmless but unknown names are most often typos.
             other => {
                 return Err(ParamError::new(
@@ -321,4 +318,42 @@ pub fn parse(
         from_given,
         to_given,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `format`, `include_planned` and `direction` take exactly their listed spellings; any
+    /// other is refused on that field, naming the ones it takes.
+    #[test]
+    fn enumerated_parameters_take_their_spellings_and_list_them_when_wrong() {
+        let now = Timestamp::from_micros(1_700_000_000_000_000);
+        let ok = |raw: &str| parse(None, Some(raw), false, now).expect(raw);
+        assert_eq!(ok("format=csv").format, Format::Csv);
+        assert_eq!(ok("format=json").format, Format::Json);
+        assert!(ok("include_planned=1").include_planned);
+        assert!(!ok("include_planned=false").include_planned);
+        assert_eq!(ok("direction=forward").direction, Direction::Forward);
+        for (raw, field, message) in [
+            (
+                "format=xml",
+                "format",
+                r#"unknown format "xml"; use json or csv"#,
+            ),
+            (
+                "include_planned=yes",
+                "include_planned",
+                r#"unknown include_planned "yes"; use true or false or 1 or 0"#,
+            ),
+            (
+                "direction=up",
+                "direction",
+                r#"unknown direction "up"; use backward or forward"#,
+            ),
+        ] {
+            let e = parse(None, Some(raw), false, now).expect_err(raw);
+            assert_eq!((e.field, e.message.as_str()), (field, message), "{raw}");
+        }
+    }
 }

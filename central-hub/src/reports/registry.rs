@@ -46,41 +46,21 @@ mod tests {
 
     #[test]
     fn each_report_takes_its_documented_groups() {
+        // The two documented group sets of the machine-time and the count reports.
+        const BY_MACHINE: &[&str] = &["site", "work_center", "equipment", "day", "shift"];
+        const BY_PRODUCT: &[&str] = &[
+            "site",
+            "work_center",
+            "equipment",
+            "product",
+            "day",
+            "shift",
+        ];
         let table: [(&str, &[&str], &[&str]); 6] = [
-            (
-                "oee",
-                &["site", "work_center", "equipment", "day", "shift"],
-                &["site"],
-            ),
-            (
-                "production",
-                &[
-                    "site",
-                    "work_center",
-                    "equipment",
-                    "product",
-                    "day",
-                    "shift",
-                ],
-                &["site"],
-            ),
-            (
-                "scrap",
-                &[
-                    "site",
-                    "work_center",
-                    "equipment",
-                    "product",
-                    "day",
-                    "shift",
-                ],
-                &["site"],
-            ),
-            (
-                "downtime-pareto",
-                &["site", "work_center", "equipment", "day", "shift"],
-                &[],
-            ),
+            ("oee", BY_MACHINE, &["site"]),
+            ("production", BY_PRODUCT, &["site"]),
+            ("scrap", BY_PRODUCT, &["site"]),
+            ("downtime-pareto", BY_MACHINE, &[]),
             ("on-time", &["site", "product", "day"], &["site"]),
             ("wip", &["site", "product"], &["site"]),
         ];

@@ -10,6 +10,7 @@
 
 use std::fmt::Write as _;
 
+use shared_model::event::MachineState;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, Postgres, Row, Transaction};
 
@@ -109,6 +110,7 @@ pub(super) fn order_by(n: usize) -> String {
 /// Planned production time per equipment and hour bucket (`ppt`), stop time against
 /// availability clamped to it (`stopc`), and all state time in the range (`stt`).
 pub(super) fn time_ctes() -> String {
+    let (running, planned_stop) = (MachineState::Running, MachineState::PlannedStop);
     format!(
         "
 cal AS MATERIALIZED (SELECT DISTINCT m.site_id FROM md_shifts m JOIN b ON b.site_id = m.site_id),
@@ -145,7 +147,7 @@ ppt AS MATERIALIZED (
 ),
 openiv AS MATERIALIZED (
     SELECT c.site_id, c.equipment, h AS hour, c.state, coalesce(c.reason, '') AS reason,
-           (c.state <> 'running' AND now() - c.at < {small_stop}) AS small,
+           (c.state <> '{running}' AND now() - c.at < {small_stop}) AS small,
            mes_overlap_us(c.at, now(), h, h + interval '1 hour') AS us,
            CASE WHEN h = date_trunc('hour', c.at, b.tz) THEN 1 ELSE 0 END AS starts
     FROM state_current c JOIN b ON b.site_id = c.site_id,
@@ -163,7 +165,7 @@ stt AS MATERIALIZED (
 stops AS MATERIALIZED (
     SELECT t.site_id, t.equipment, t.hour, sum(t.us) AS us
     FROM stt t LEFT JOIN md_reasons r ON r.code = t.reason
-    WHERE t.state NOT IN ('running', 'planned_stop') AND NOT t.small
+    WHERE t.state NOT IN ('{running}', '{planned_stop}') AND NOT t.small
       AND (t.reason = '' OR coalesce(r.counts_against_availability, true))
     GROUP BY 1, 2, 3
 ),

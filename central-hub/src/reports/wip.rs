@@ -2,6 +2,7 @@
 //! per group, their quantities, and the lots they have consumed.
 
 use serde::Serialize;
+use shared_model::work_order::WorkOrderState;
 
 use super::params::{Group, Query};
 use super::spec::{ReadTx, ReportSpec, int};
@@ -60,6 +61,14 @@ impl ReportSpec for Wip {
 
     fn sql(q: &Query) -> String {
         let k = keys(&q.groups, "x.material", "x.updated_at");
+        // The names as stored, not spelled out here: open orders and the lots they consumed.
+        let [allowed, running, interrupted] = [
+            WorkOrderState::AllowedToStart,
+            WorkOrderState::Running,
+            WorkOrderState::Interrupted,
+        ]
+        .map(WorkOrderState::as_str);
+        let consumed = crate::rollup::facts::Direction::Consumed.as_str();
         let key_cols: Vec<String> = (0..k.n).map(|i| format!("k{i}")).collect();
         let on = if key_cols.is_empty() {
             "true".to_owned()
@@ -76,11 +85,11 @@ impl ReportSpec for Wip {
         format!(
             "WITH {BOUNDS},
          w AS (SELECT * FROM work_orders wo
-               WHERE wo.site_id = ANY($1) AND wo.state IN ('allowed_to_start', 'running', 'interrupted')),
+               WHERE wo.site_id = ANY($1) AND wo.state IN ('{allowed}', '{running}', '{interrupted}')),
          a AS (
             SELECT {sel} count(*)::float8 AS orders,
-                   count(*) FILTER (WHERE x.state = 'running')::float8 AS running,
-                   count(*) FILTER (WHERE x.state = 'interrupted')::float8 AS interrupted,
+                   count(*) FILTER (WHERE x.state = '{running}')::float8 AS running,
+                   count(*) FILTER (WHERE x.state = '{interrupted}')::float8 AS interrupted,
                    sum(x.planned_quantity)::float8 AS planned_quantity,
                    sum(x.good_count)::float8 AS good,
                    sum(greatest(0, x.planned_quantity - x.good_count))::float8 AS remaining
@@ -89,7 +98,7 @@ impl ReportSpec for Wip {
             SELECT {sel} count(DISTINCT (lm.site_id, lm.lot))::float8 AS lots
             FROM w x JOIN b ON b.site_id = x.site_id
             JOIN lot_movements lm ON lm.site_id = x.site_id AND lm.work_order = x.id
-                                 AND lm.direction = 'consumed'
+                                 AND lm.direction = '{consumed}'
             {joins} {group_by})
          SELECT {a_keys} a.orders, a.running, a.interrupted, a.planned_quantity, a.good,
                 a.remaining, coalesce(l.lots, 0) AS lots_in_process

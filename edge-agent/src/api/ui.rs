@@ -7,9 +7,10 @@
 
 use axum::Router;
 use axum::extract::Path;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use service_kit::static_page::{self, Page, asset};
 
 const INDEX: &str = include_str!("../../assets/terminal/index.html");
 const SCRIPT: &str = include_str!("../../assets/terminal/app.js");
@@ -20,24 +21,6 @@ pub const CATALOGS: &[(&str, &str)] = &[
     ("en", include_str!("../../assets/terminal/i18n/en.json")),
     ("de", include_str!("../../assets/terminal/i18n/de.json")),
 ];
-
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
-                   img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
-
-fn asset(content_type: &'static str, body: &'static str) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            // Assets change with the binary only; a short cache keeps upgrades visible.
-            (header::CACHE_CONTROL, "public, max-age=300"),
-            (header::CONTENT_SECURITY_POLICY, CSP),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (header::REFERRER_POLICY, "no-referrer"),
-        ],
-        body,
-    )
-        .into_response()
-}
 
 async fn catalog(Path(file): Path<String>) -> Response {
     let lang = file.strip_suffix(".json").unwrap_or("");
@@ -55,23 +38,16 @@ async fn catalog(Path(file): Path<String>) -> Response {
     }
 }
 
-/// `GET /`, `/assets/app.js`, `/assets/app.css`, `/assets/i18n/{lang}.json`.
+/// `GET /`, `/assets/app.js`, `/assets/app.css` (the shared page headers of
+/// [`service_kit::static_page`]), `/assets/i18n/{lang}.json`.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
-        .route(
-            "/",
-            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
-        )
-        .route(
-            "/assets/app.js",
-            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
-        )
-        .route(
-            "/assets/app.css",
-            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
-        )
-        .route("/assets/i18n/{file}", get(catalog))
-        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+    static_page::router(Page {
+        index: INDEX,
+        script: SCRIPT,
+        style: STYLE,
+    })
+    .route("/assets/i18n/{file}", get(catalog))
+    .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
 }
 
 #[cfg(test)]

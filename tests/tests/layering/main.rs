@@ -30,6 +30,7 @@ fn workspace_layering_holds() {
         "shared-model",
         "sync-protocol",
         "sync-io",
+        "service-kit",
         "edge-agent",
         "central-hub",
     ] {
@@ -138,7 +139,7 @@ fn doctored_graphs_are_caught() {
     }
 }
 
-/// The session driver's rules, on graphs written compactly: edges `from>to` (a `:build` or
+/// The session driver's and the shared plumbing's rules, on graphs written compactly: edges `from>to` (a `:build` or
 /// `:dev` suffix gives cargo's kind), expected violation paths `a>b>c`.
 #[test]
 fn doctored_graphs_of_the_session_driver_are_caught() {
@@ -173,6 +174,18 @@ fn doctored_graphs_of_the_session_driver_are_caught() {
             "sync-protocol>sync-io sync-io>tokio",
             &["sync-protocol>sync-io>tokio"],
         ),
+        // The shared plumbing: I/O and HTTP yes, and both binaries may use it ...
+        (
+            "service-kit>tokio service-kit>axum edge-agent>service-kit central-hub>service-kit",
+            &[],
+        ),
+        // ... but it reaches no workspace crate, directly or not.
+        ("service-kit>shared-model", &["service-kit>shared-model"]),
+        (
+            "service-kit>glue glue>edge-agent",
+            &["service-kit>glue>edge-agent"],
+        ),
+        ("service-kit>sync-io:build", &["service-kit>sync-io"]),
     ];
     for (edges, expected) in cases {
         let parsed: Vec<Edge<'_>> = edges
