@@ -175,7 +175,7 @@ pub(super) fn expect_pareto(what: &str, v: &Value, want: &[ParetoRow<&str>]) {
 
 /// Asserts that report `v` has `n` rows, naming `what` it is.
 pub(super) fn expect_rows(v: &Value, n: usize, what: &str) {
-    assert_eq!(array_len(&v, "rows"), n, "{what}: {v}");
+    assert_eq!(array_len(v, "rows"), n, "{what}: {v}");
 }
 
 pub(super) fn expect_null(report: &str, group: &str, row: &Value, field: &str) {
