@@ -11,7 +11,9 @@ use central_hub::db::sites::add_site;
 use central_hub::ingest::PgHubStore;
 use central_hub::serve::{self, ReportSettings, ServeConfig};
 use serde_json::{Value, json};
-use shared_model::event::{EquipmentStateChange, MachineState, MaterialMovement, ProductionCount};
+use shared_model::event::{
+    Correction, EquipmentStateChange, MachineState, MaterialMovement, ProductionCount, Replacement,
+};
 use shared_model::{
     EquipmentId, Event, EventBody, EventId, LotId, MaterialId, ReasonCodeId, SiteId, Timestamp,
     WorkOrderId,
@@ -65,9 +67,25 @@ pub fn serve_config(db: &crate::pg::TestDb, state_dir: &Path) -> ServeConfig {
     }
 }
 
+/// The default report settings but for the rate limit: `per_second` requests a second per token.
+pub fn rate_limit(per_second: u32) -> ReportSettings {
+    ReportSettings {
+        rate_limit_per_second: per_second,
+        ..ReportSettings::default()
+    }
+}
+
 /// The body of `request`'s answer as text, whatever its status.
 pub async fn text_of(request: reqwest::RequestBuilder) -> String {
     request.send().await.unwrap().text().await.unwrap()
+}
+
+/// The `Content-Type` of `response` (empty when it has none).
+pub fn content_type(response: &reqwest::Response) -> &str {
+    response
+        .headers()
+        .get("content-type")
+        .map_or("", |v| v.to_str().unwrap())
 }
 
 /// The body of `request`'s answer as JSON, whatever its status.
@@ -167,6 +185,58 @@ pub fn timeline(
         .collect()
 }
 
+/// Events of `site` numbered from `first`: at each instant (RFC 3339) its body.
+pub fn events_at(site: &SiteId, first: u64, bodies: &[(&str, EventBody)]) -> Vec<Event> {
+    (first..)
+        .zip(bodies)
+        .map(|(n, (at, body))| event(site, n, t(at), body.clone()))
+        .collect()
+}
+
+/// A material movement of `quantity` of `lot` (of `material`) by work order `order`: consumed
+/// by it, or else produced.
+pub fn movement(
+    consumed: bool,
+    lot: &str,
+    material: &str,
+    quantity: f64,
+    order: &str,
+) -> EventBody {
+    let m = MaterialMovement {
+        lot: LotId::new(lot).unwrap(),
+        material: MaterialId::new(material).unwrap(),
+        quantity,
+        work_order: Some(WorkOrderId::new(order).unwrap()),
+        equipment: None,
+    };
+    if consumed {
+        EventBody::MaterialConsumed(m)
+    } else {
+        EventBody::MaterialProduced(m)
+    }
+}
+
+/// The body of a correction of event `of` with `note`: its replacement `body`, or a void
+/// without one.
+pub fn correction(of: EventId, body: Option<EventBody>, note: &str) -> EventBody {
+    EventBody::Correction(Correction {
+        corrects: of,
+        replacement: body.map(replacement),
+        note: note.into(),
+    })
+}
+
+/// `body` as the replacement of a corrected event (counts, states and material movements).
+pub fn replacement(body: EventBody) -> Replacement {
+    match body {
+        EventBody::ProductionCount(b) => Replacement::ProductionCount(b),
+        EventBody::EquipmentState(b) => Replacement::EquipmentState(b),
+        EventBody::MaterialConsumed(b) => Replacement::MaterialConsumed(b),
+        EventBody::MaterialProduced(b) => Replacement::MaterialProduced(b),
+        other => panic!("no replacement of this kind in the tests: {other:?}"),
+    }
+}
+
 /// `times` events of `site` with the same `body`, numbered from `first`, one every `minutes`
 /// from `start` (RFC 3339).
 pub fn every(
@@ -196,39 +266,141 @@ pub fn count(eq: &str, wo: &str, good: u32, scrap: u32) -> EventBody {
     })
 }
 
+/// [`Api::get`] with `token`.
 pub async fn get(
     http: &reqwest::Client,
     base: &str,
     token: &str,
     path: &str,
 ) -> (u16, Value, reqwest::header::HeaderMap) {
-    let r = http
-        .get(format!("{base}{path}"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    Api::new(http, base, token).get(path).await
+}
+
+/// One caller of a hub's HTTP API: a client, the API's base URL and the caller's bearer token.
+#[derive(Clone, Debug)]
+pub struct Api {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub token: String,
+}
+
+impl Api {
+    pub fn new(http: &reqwest::Client, base: &str, token: &str) -> Api {
+        Api {
+            http: http.clone(),
+            base: base.to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
+    /// The hub's answer to `GET path`.
+    pub async fn response(&self, path: &str) -> reqwest::Response {
+        let url = format!("{}{path}", self.base);
+        self.http
+            .get(url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The hub's answer to `method path` with the JSON `body`.
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> reqwest::Response {
+        let url = format!("{}{path}", self.base);
+        let request = self.http.request(method, url).json(body);
+        request.bearer_auth(&self.token).send().await.unwrap()
+    }
+
+    /// `GET /api/v1/reports/{query}`, a bad one: asserts a `400` whose error names `field`;
+    /// returns the error.
+    pub async fn bad_parameter(&self, query: &str, field: &str) -> Value {
+        let (status, v, _) = self.get(&format!("/api/v1/reports/{query}")).await;
+        assert_eq!(status, 400, "{query}: {v}");
+        assert_eq!(v["error"]["field"], field, "{query}: {v}");
+        v["error"].clone()
+    }
+
+    /// `GET path`: the status, the body (JSON, or its text as a JSON string) and the headers.
+    pub async fn get(&self, path: &str) -> (u16, Value, reqwest::header::HeaderMap) {
+        let r = self.response(path).await;
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let body = r.text().await.unwrap();
+        let v = serde_json::from_str(&body).unwrap_or(Value::String(body));
+        (status, v, headers)
+    }
+
+    /// The body of the answer to `path` (JSON, or its text as a JSON string), whatever its status.
+    pub async fn json(&self, path: &str) -> Value {
+        self.get(path).await.1
+    }
+}
+
+/// Releases a work order at `site` through the API (`POST .../work-orders` with `order` as
+/// the body) and asserts that the hub created it.
+pub async fn release_order(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    site: &str,
+    order: &Value,
+) {
+    let path = format!("/api/v1/sites/{site}/work-orders");
+    let api = Api::new(http, base, token);
+    let r = api.send_json(reqwest::Method::POST, &path, order).await;
     let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let body = r.text().await.unwrap();
-    let v = serde_json::from_str(&body).unwrap_or(Value::String(body));
-    (status, v, headers)
+    assert_eq!(
+        status,
+        201,
+        "release at {site}: {}",
+        r.text().await.unwrap()
+    );
 }
 
 pub async fn put_master(http: &reqwest::Client, base: &str, token: &str, kind: &str, body: Value) {
-    let r = http
-        .put(format!("{base}/api/v1/master-data/{kind}"))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let path = format!("/api/v1/master-data/{kind}");
+    let api = Api::new(http, base, token);
+    let r = api.send_json(reqwest::Method::PUT, &path, &body).await;
     assert_eq!(
         r.status().as_u16(),
         200,
         "{kind}: {}",
         r.text().await.unwrap()
     );
+}
+
+/// Puts the material master: each of `materials` (id, name) counted in pieces, tracked by lot.
+pub async fn put_materials(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    materials: &[(&str, &str)],
+) {
+    let rows: Vec<Value> = materials
+        .iter()
+        .map(|(id, name)| json!({"id": id, "name": name, "unit": "pcs", "tracking": "lot"}))
+        .collect();
+    put_master(http, base, token, "materials", json!(rows)).await;
+}
+
+/// Asserts that `v` is an API error with `code` whose message says `words`.
+pub fn assert_error(v: &Value, code: &str, words: &str) {
+    assert_eq!(v["error"]["code"], code, "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(words), "{v}");
+}
+
+/// The length of the array `key` of `v`; panics when it is not an array.
+pub fn array_len(v: &Value, key: &str) -> usize {
+    v[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no array {key} in {v}"))
+        .len()
 }
 
 pub fn close(a: f64, b: f64) -> bool {
@@ -240,15 +412,7 @@ pub fn close(a: f64, b: f64) -> bool {
 /// ideal 2.0 s: A 90.0 %, P 88.89 %, Q 98.0 %, OEE 78.4 %.
 pub async fn seed_worked_example(h: &Hq, http: &reqwest::Client, base: &str, writer: &str) {
     let site = SiteId::new("SITE_A").unwrap();
-    put_master(
-        http,
-        base,
-        writer,
-        "materials",
-        json!([
-        {"id": "BRACKET-7", "name": "Bracket", "unit": "pcs", "tracking": "lot"}]),
-    )
-    .await;
+    put_materials(http, base, writer, &[("BRACKET-7", "Bracket")]).await;
     put_master(
         http,
         base,
@@ -268,17 +432,9 @@ pub async fn seed_worked_example(h: &Hq, http: &reqwest::Client, base: &str, wri
         {"site_id": "SITE_A", "name": "main", "shifts": [
             {"name": "Early", "start": "2026-11-02T05:00:00Z", "end": "2026-11-02T13:00:00Z",
              "planned_breaks": [{"start": "2026-11-02T09:00:00Z", "end": "2026-11-02T09:30:00Z"}]}]}])).await;
-    let r = http
-        .post(format!("{base}/api/v1/sites/SITE_A/work-orders"))
-        .bearer_auth(writer)
-        .json(
-            &json!({"id": "SITE_A-WO-1", "material": "BRACKET-7", "planned_quantity": 12000,
-                      "due": "2026-11-02T13:00:00Z"}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
+    let order = json!({"id": "SITE_A-WO-1", "material": "BRACKET-7", "planned_quantity": 12000,
+                       "due": "2026-11-02T13:00:00Z"});
+    release_order(http, base, writer, "SITE_A", &order).await;
 
     let mut events = timeline(
         &site,
@@ -302,30 +458,20 @@ pub async fn seed_worked_example(h: &Hq, http: &reqwest::Client, base: &str, wri
         &count("PRESS-01", "SITE_A-WO-1", 98, 2),
     ));
     // The order consumed a coil and produced a lot of brackets.
-    for (n, body) in [
-        (
-            300,
-            EventBody::MaterialConsumed(MaterialMovement {
-                lot: LotId::new("LOT-STEEL-1").unwrap(),
-                material: MaterialId::new("STEEL-S235").unwrap(),
-                quantity: 250.5,
-                work_order: Some(WorkOrderId::new("SITE_A-WO-1").unwrap()),
-                equipment: None,
-            }),
-        ),
-        (
-            301,
-            EventBody::MaterialProduced(MaterialMovement {
-                lot: LotId::new("LOT-FG-1").unwrap(),
-                material: MaterialId::new("BRACKET-7").unwrap(),
-                quantity: 10_584.0,
-                work_order: Some(WorkOrderId::new("SITE_A-WO-1").unwrap()),
-                equipment: None,
-            }),
-        ),
-    ] {
-        events.push(event(&site, n, t("2026-11-02T12:00:00Z"), body));
-    }
+    events.extend(events_at(
+        &site,
+        300,
+        &[
+            (
+                "2026-11-02T12:00:00Z",
+                movement(true, "LOT-STEEL-1", "STEEL-S235", 250.5, "SITE_A-WO-1"),
+            ),
+            (
+                "2026-11-02T12:00:00Z",
+                movement(false, "LOT-FG-1", "BRACKET-7", 10_584.0, "SITE_A-WO-1"),
+            ),
+        ],
+    ));
     // Two batches, the second re-sent: duplicates must not count twice.
     h.store.ingest_events(&site, &events[..60]).await.unwrap();
     h.store.ingest_events(&site, &events[40..]).await.unwrap();

@@ -21,10 +21,25 @@ use serde_json::json;
 use shared_model::SiteId;
 use shared_model::event::MachineState;
 use sync_protocol::store::HubStore;
-use system_tests::browser::{Browser, artifacts};
+use system_tests::browser::{Browser, Page, artifacts};
 use system_tests::hq::{
-    Hq, count, every, hq, put_master, seed_worked_example, serve_config, timeline,
+    Hq, count, every, hq, put_master, rate_limit, release_order, seed_worked_example, serve_config,
+    timeline,
 };
+
+/// Opens the dashboard of the hub at `addr` with `token`, waits for its first refresh and
+/// asserts that its banner says `want`; returns the page.
+async fn open_with_banner(
+    browser: &Browser,
+    addr: std::net::SocketAddr,
+    token: &str,
+    want: &str,
+) -> Page {
+    browser.goto(&format!("http://{addr}/#token={token}")).await;
+    let page = browser.rendered_after(0).await;
+    assert!(page.banner().contains(want), "{}", page.banner());
+    page
+}
 
 /// SITE_A is the worked example (Berlin, 7.5 h planned, 45 min jam: A 90.0 %, P 88.9 %,
 /// Q 98.0 %, OEE 78.4 %, 10,584 good). SITE_B (UTC, no shift calendar: 24 h planned on
@@ -51,14 +66,7 @@ async fn seed(h: &Hq, base: &str) {
         json!({"id": "SITE_B-WO-1", "material": "BRACKET-7", "planned_quantity": 30000, "due": "2030-01-01T00:00:00Z"}),
         json!({"id": "SITE_B-WO-2", "material": "BRACKET-7", "planned_quantity": 500, "due": soon}),
     ] {
-        let r = http
-            .post(format!("{base}/api/v1/sites/SITE_B/work-orders"))
-            .bearer_auth(&writer)
-            .json(&order)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
+        release_order(&http, base, &writer, "SITE_B", &order).await;
     }
     let b = SiteId::new("SITE_B").unwrap();
     let mut events = timeline(
@@ -336,35 +344,24 @@ async fn dashboard_shows_the_figures_in_chromium() {
     })
     .await
     .unwrap();
-    browser
-        .goto(&format!("http://{}/#token={reader}", blind.http_addr))
-        .await;
-    let page = browser.rendered_after(0).await;
-    assert!(
-        page.banner()
-            .contains("cannot reach its reporting database (503)"),
-        "{}",
-        page.banner()
-    );
+    let page = open_with_banner(
+        &browser,
+        blind.http_addr,
+        &reader,
+        "cannot reach its reporting database (503)",
+    )
+    .await;
     assert!(page.text("refreshed").contains("not loaded"));
 
     // ... and a token over its rate limit (one request a second; the page makes five).
-    let strict = h
-        .hub(ReportSettings {
-            rate_limit_per_second: 1,
-            ..ReportSettings::default()
-        })
-        .await;
-    browser
-        .goto(&format!("http://{}/#token={reader}", strict.http_addr))
-        .await;
-    let page = browser.rendered_after(0).await;
-    assert!(
-        page.banner()
-            .contains("Too many requests with this token (429)"),
-        "{}",
-        page.banner()
-    );
+    let strict = h.hub(rate_limit(1)).await;
+    open_with_banner(
+        &browser,
+        strict.http_addr,
+        &reader,
+        "Too many requests with this token (429)",
+    )
+    .await;
     drop(browser);
 
     strict.stop().await.unwrap();

@@ -17,11 +17,15 @@ use central_hub::db::scoped;
 use central_hub::db::sites::{add_site, ensure_partitions, split_default};
 use central_hub::db::{connect, schema};
 use central_hub::ingest::PgHubStore;
+use edge_agent::metrics::Metrics;
+use edge_agent::store::Store;
 use shared_model::event::ProductionCount;
 use shared_model::{EquipmentId, Event, EventBody, EventId, SiteId, Timestamp};
 use sqlx::{Executor, PgPool, Row};
+use sync_protocol::driver::{drive_edge, drive_hub};
 use sync_protocol::message::{DownItem, RecordChange, RecordId, RecordKind};
-use sync_protocol::store::HubStore;
+use sync_protocol::session::{EdgeSession, HubSession, SessionConfig};
+use sync_protocol::store::{EdgeStore, HubStore};
 use system_tests::clock;
 use system_tests::pg::{TestDb, server};
 
@@ -403,6 +407,24 @@ async fn foreign_records_and_actors_are_refused_and_write_nothing() {
     assert_eq!(orders, vec![("SITE_A-WO-7".to_owned(), 5)]);
 }
 
+/// The hub's saved Automerge document of record `id`.
+async fn record_doc(admin: &PgPool, id: &str) -> Vec<u8> {
+    sqlx::query_scalar("SELECT doc FROM records WHERE record_id = $1")
+        .bind(id)
+        .fetch_one(admin)
+        .await
+        .unwrap()
+}
+
+/// Asserts that the store refused with `LimitExceeded`.
+fn assert_limit_exceeded(err: &central_hub::db::HubStoreError) {
+    assert_eq!(
+        PgHubStore::error_code(err),
+        sync_protocol::message::ErrorCode::LimitExceeded,
+        "{err}"
+    );
+}
+
 /// Automerge bombs in a batch behind a good change (79 bytes announcing 2^40 operations, or
 /// one operation with 2^40 predecessors): the hub's store refuses the batch with
 /// `limit_exceeded` within 100 ms and writes nothing — not the good change, not even its
@@ -411,7 +433,6 @@ async fn foreign_records_and_actors_are_refused_and_write_nothing() {
 /// grow it, and still takes a re-sent change it already has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_bombs_and_records_over_their_cap_are_refused_and_write_nothing() {
-    use sync_protocol::message::ErrorCode;
     use sync_protocol::records::{CHANGE_OPS_MAX, DOC_OPS_MAX};
     let (_db, admin, store) = setup().await;
     let a = site("SITE_A");
@@ -436,20 +457,12 @@ async fn change_bombs_and_records_over_their_cap_are_refused_and_write_nothing()
             .unwrap_err();
         let took = started.elapsed();
         assert!(took < Duration::from_millis(100), "{took:?}");
-        assert_eq!(
-            PgHubStore::error_code(&err),
-            ErrorCode::LimitExceeded,
-            "{err}"
-        );
+        assert_limit_exceeded(&err);
         let err = store
             .publish(&a, &DownItem::RecordChange(bomb))
             .await
             .unwrap_err();
-        assert_eq!(
-            PgHubStore::error_code(&err),
-            ErrorCode::LimitExceeded,
-            "{err}"
-        );
+        assert_limit_exceeded(&err);
     }
     let written: i64 = sqlx::query_scalar(
         "SELECT (SELECT count(*) FROM records) + (SELECT count(*) FROM actors)
@@ -492,21 +505,13 @@ async fn change_bombs_and_records_over_their_cap_are_refused_and_write_nothing()
         .apply_changes(&a, &[RecordChange::new(record.clone(), growing).unwrap()])
         .await
         .unwrap_err();
-    assert_eq!(
-        PgHubStore::error_code(&err),
-        ErrorCode::LimitExceeded,
-        "{err}"
-    );
+    assert_limit_exceeded(&err);
     assert!(err.to_string().contains("operations"), "{err}");
     store
         .apply_changes(&a, &[RecordChange::new(record, resent).unwrap()])
         .await
         .unwrap();
-    let stored: Vec<u8> =
-        sqlx::query_scalar("SELECT doc FROM records WHERE record_id = 'SITE_A-WO-3'")
-            .fetch_one(&admin)
-            .await
-            .unwrap();
+    let stored = record_doc(&admin, "SITE_A-WO-3").await;
     let mut stored = automerge::AutoCommit::load(&stored).unwrap();
     assert_eq!(
         stored.get_heads(),
@@ -540,21 +545,57 @@ async fn down_log_is_per_site_and_acks_are_kept() {
     assert_eq!(acked as u64, c3);
 }
 
+/// The sessions' clock in the tests that join an edge store to this one: it does not move.
+const NOW: Duration = Duration::ZERO;
+
+/// An edge's SQLite store of site `a` in a fresh directory named after `name`.
+fn edge_store(name: &str, a: &SiteId) -> (std::path::PathBuf, Store) {
+    let dir = std::env::temp_dir().join(format!("mes-{name}-{}", uuid::Uuid::now_v7().simple()));
+    let edge = Store::open(&dir, a.clone(), std::sync::Arc::new(Metrics::default())).unwrap();
+    (dir, edge)
+}
+
+/// A new edge session over `edge` and a hub session for site `a`, with default settings.
+async fn sessions(edge: &Store, a: &SiteId) -> (EdgeSession, HubSession) {
+    let cfg = SessionConfig::default();
+    let e = EdgeSession::new(cfg.clone(), edge.down_cursor().await.unwrap(), NOW);
+    (e, HubSession::new(cfg, a.clone(), NOV_2026, NOW))
+}
+
+/// Hands every frame either session has to send to the other; whether any moved.
+fn exchange(e: &mut EdgeSession, h: &mut HubSession) -> bool {
+    let mut moved = false;
+    while let Some(f) = e.poll_transmit() {
+        h.handle_frame(NOW, &f);
+        moved = true;
+    }
+    while let Some(f) = h.poll_transmit() {
+        e.handle_frame(NOW, &f);
+        moved = true;
+    }
+    moved
+}
+
+/// Drives both sessions over their stores and exchanges their frames until none move
+/// (at most 1,000 rounds).
+async fn sync_until_quiet(e: &mut EdgeSession, edge: &Store, h: &mut HubSession, hub: &PgHubStore) {
+    for _ in 0..1_000 {
+        drive_edge(e, edge, NOW).await.unwrap();
+        drive_hub(h, hub, NOW).await.unwrap();
+        if !exchange(e, h) {
+            break;
+        }
+    }
+}
+
 /// The edge's SQLite store and this Postgres store, joined by the real sessions (frames
 /// passed in memory instead of over QUIC): events and a work order go up, an HQ edit comes
 /// down, both copies end with the same Automerge heads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_store_syncs_into_postgres_through_the_sessions() {
-    use edge_agent::metrics::Metrics;
-    use edge_agent::store::Store;
-    use sync_protocol::driver::{drive_edge, drive_hub};
-    use sync_protocol::session::{EdgeSession, HubSession, SessionConfig};
-    use sync_protocol::store::EdgeStore;
-
     let (_db, admin, hub) = setup().await;
     let a = site("SITE_A");
-    let dir = std::env::temp_dir().join(format!("mes-edge-{}", uuid::Uuid::now_v7().simple()));
-    let edge = Store::open(&dir, a.clone(), std::sync::Arc::new(Metrics::default())).unwrap();
+    let (dir, edge) = edge_store("edge", &a);
     {
         let mut c = edge_agent::store::open_write_connection(edge.path()).unwrap();
         let md: edge_agent::master::MasterFile = serde_json::from_str(
@@ -583,29 +624,8 @@ async fn an_edge_store_syncs_into_postgres_through_the_sessions() {
         .await
         .unwrap();
 
-    let cfg = SessionConfig::default();
-    let now = Duration::ZERO;
-    let mut edge_session = EdgeSession::new(cfg.clone(), edge.down_cursor().await.unwrap(), now);
-    let mut hub_session = HubSession::new(cfg, a.clone(), NOV_2026, now);
-    let pump = |edge_session: &mut EdgeSession, hub_session: &mut HubSession| {
-        let mut moved = false;
-        while let Some(f) = edge_session.poll_transmit() {
-            hub_session.handle_frame(now, &f);
-            moved = true;
-        }
-        while let Some(f) = hub_session.poll_transmit() {
-            edge_session.handle_frame(now, &f);
-            moved = true;
-        }
-        moved
-    };
-    for _ in 0..1_000 {
-        drive_edge(&mut edge_session, &edge, now).await.unwrap();
-        drive_hub(&mut hub_session, &hub, now).await.unwrap();
-        if !pump(&mut edge_session, &mut hub_session) {
-            break;
-        }
-    }
+    let (mut edge_session, mut hub_session) = sessions(&edge, &a).await;
+    sync_until_quiet(&mut edge_session, &edge, &mut hub_session, &hub).await;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE site_id = 'SITE_A'")
         .fetch_one(&admin)
         .await
@@ -615,11 +635,7 @@ async fn an_edge_store_syncs_into_postgres_through_the_sessions() {
     assert_eq!((pending.events, pending.changes), (0, 0));
 
     // HQ re-plans the order on the hub's copy; the edit flows down and merges.
-    let doc: Vec<u8> =
-        sqlx::query_scalar("SELECT doc FROM records WHERE record_id = 'SITE_A-WO-1'")
-            .fetch_one(&admin)
-            .await
-            .unwrap();
+    let doc = record_doc(&admin, "SITE_A-WO-1").await;
     let mut hq = automerge::AutoCommit::load(&doc).unwrap();
     hq.put(automerge::ROOT, "planned_quantity", 250u64).unwrap();
     hq.commit();
@@ -632,13 +648,7 @@ async fn an_edge_store_syncs_into_postgres_through_the_sessions() {
         .await
         .unwrap();
     hub_session.down_available();
-    for _ in 0..1_000 {
-        drive_edge(&mut edge_session, &edge, now).await.unwrap();
-        drive_hub(&mut hub_session, &hub, now).await.unwrap();
-        if !pump(&mut edge_session, &mut hub_session) {
-            break;
-        }
-    }
+    sync_until_quiet(&mut edge_session, &edge, &mut hub_session, &hub).await;
     let at_edge = edge
         .read(|c| edge_agent::records::get(c, "SITE_A-WO-1"))
         .await
@@ -660,16 +670,9 @@ async fn an_edge_store_syncs_into_postgres_through_the_sessions() {
 /// a heads exchange through the sessions leaves both documents with the same heads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repair_heals_divergent_sqlite_and_postgres_copies() {
-    use edge_agent::metrics::Metrics;
-    use edge_agent::store::Store;
-    use sync_protocol::driver::{drive_edge, drive_hub};
-    use sync_protocol::session::{EdgeSession, HubSession, SessionConfig};
-    use sync_protocol::store::EdgeStore;
-
     let (_db, admin, hub) = setup().await;
     let a = site("SITE_A");
-    let dir = std::env::temp_dir().join(format!("mes-repair-{}", uuid::Uuid::now_v7().simple()));
-    let edge = Store::open(&dir, a.clone(), std::sync::Arc::new(Metrics::default())).unwrap();
+    let (dir, edge) = edge_store("repair", &a);
     // A common ancestor at both ends: one change, applied at the hub and the edge.
     let base = work_order_change("SITE_A-WO-3", &automerge::ActorId::random(), 5);
     hub.apply_changes(&a, std::slice::from_ref(&base))
@@ -702,14 +705,7 @@ async fn repair_heals_divergent_sqlite_and_postgres_copies() {
     hub.apply_changes(&a, &[at_hub]).await.unwrap();
 
     let heads = |bytes: Vec<u8>| automerge::AutoCommit::load(&bytes).unwrap().get_heads();
-    let hub_doc = || async {
-        let d: Vec<u8> =
-            sqlx::query_scalar("SELECT doc FROM records WHERE record_id = 'SITE_A-WO-3'")
-                .fetch_one(&admin)
-                .await
-                .unwrap();
-        d
-    };
+    let hub_doc = || record_doc(&admin, "SITE_A-WO-3");
     let edge_doc = || async {
         edge.read(|c| {
             Ok(c.query_row(
@@ -723,28 +719,17 @@ async fn repair_heals_divergent_sqlite_and_postgres_copies() {
     };
     assert_ne!(heads(hub_doc().await), heads(edge_doc().await));
 
-    let cfg = SessionConfig::default();
-    let now = Duration::ZERO;
-    let mut e = EdgeSession::new(cfg.clone(), edge.down_cursor().await.unwrap(), now);
-    let mut h = HubSession::new(cfg, a.clone(), NOV_2026, now);
+    let (mut e, mut h) = sessions(&edge, &a).await;
     let mut repair_started = false;
     for i in 0..1_000 {
-        drive_edge(&mut e, &edge, now).await.unwrap();
-        drive_hub(&mut h, &hub, now).await.unwrap();
+        drive_edge(&mut e, &edge, NOW).await.unwrap();
+        drive_hub(&mut h, &hub, NOW).await.unwrap();
         if e.is_established() && !repair_started {
             e.start_repair();
             repair_started = true;
             continue;
         }
-        let mut moved = false;
-        while let Some(f) = e.poll_transmit() {
-            h.handle_frame(now, &f);
-            moved = true;
-        }
-        while let Some(f) = h.poll_transmit() {
-            e.handle_frame(now, &f);
-            moved = true;
-        }
+        let moved = exchange(&mut e, &mut h);
         if !moved && repair_started && !e.repair_in_progress() {
             eprintln!("settled after {i} rounds");
             break;

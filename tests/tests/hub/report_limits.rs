@@ -11,9 +11,9 @@
 
 use std::time::{Duration, Instant};
 
-use central_hub::serve::ReportSettings;
+use central_hub::serve::{self, ReportSettings};
 use sqlx::PgPool;
-use system_tests::hq::{get, hq};
+use system_tests::hq::{Api, Hq, array_len, assert_error, hq, rate_limit};
 
 /// Levels of the blending graph (the genealogy walk's depth limit).
 const LEVELS: usize = 20;
@@ -64,28 +64,33 @@ async fn seed_blending_graph(admin: &PgPool) {
     .unwrap();
 }
 
+/// Report settings for these tests: no rate limit in the way, and `statement_timeout`.
+fn limits(statement_timeout: Duration) -> ReportSettings {
+    ReportSettings {
+        statement_timeout,
+        ..rate_limit(1000)
+    }
+}
+
+/// An HQ with SITE_A (UTC), named after `name`, its hub serving with [`limits`] of
+/// `statement_timeout`, and a reader of its API.
+async fn limited_hub(name: &str, statement_timeout: Duration) -> (Hq, serve::Running, Api) {
+    let h = hq(name, &[("SITE_A", "UTC")]).await;
+    let (hub, base, http) = h.serve(limits(statement_timeout)).await;
+    let api = Api::new(&http, &base, &h.token("hq:read", None).await);
+    (h, hub, api)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn genealogy_of_a_blending_graph_answers_within_its_limits() {
-    let h = hq("blend", &[("SITE_A", "UTC")]).await;
-    let hub = h
-        .hub(ReportSettings {
-            rate_limit_per_second: 1000,
-            statement_timeout: Duration::from_secs(5),
-            ..ReportSettings::default()
-        })
-        .await;
+    let (h, hub, api) = limited_hub("blend", Duration::from_secs(5)).await;
     seed_blending_graph(&h.admin).await;
-    let base = format!("http://{}", hub.http_addr);
-    let http = reqwest::Client::new();
-    let reader = h.token("hq:read", None).await;
     let started = Instant::now();
-    let (status, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/genealogy/LOT-{LEVELS}-0?direction=backward"),
-    )
-    .await;
+    let (status, v, _) = api
+        .get(&format!(
+            "/api/v1/reports/genealogy/LOT-{LEVELS}-0?direction=backward"
+        ))
+        .await;
     let took = started.elapsed();
     assert_eq!(status, 200, "{v}");
     let edges = v["edges"].as_array().unwrap();
@@ -94,21 +99,14 @@ async fn genealogy_of_a_blending_graph_answers_within_its_limits() {
     assert_eq!(edges.len(), WIDTH + (LEVELS - 1) * WIDTH * WIDTH, "{v}");
     let deepest = edges.iter().map(|e| e["depth"].as_i64().unwrap()).max();
     assert_eq!(deepest, Some(LEVELS as i64));
-    assert_eq!(v["nodes"].as_array().unwrap().len(), 1 + LEVELS * WIDTH);
+    assert_eq!(array_len(&v, "nodes"), 1 + LEVELS * WIDTH);
     assert_eq!(v["truncated"], false);
     // Forward from a raw lot: the same graph upwards.
-    let (status, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        "/api/v1/reports/genealogy/LOT-0-1?direction=forward",
-    )
-    .await;
+    let (status, v, _) = api
+        .get("/api/v1/reports/genealogy/LOT-0-1?direction=forward")
+        .await;
     assert_eq!(status, 200, "{v}");
-    assert_eq!(
-        v["edges"].as_array().unwrap().len(),
-        WIDTH + (LEVELS - 1) * WIDTH * WIDTH
-    );
+    assert_eq!(array_len(&v, "edges"), WIDTH + (LEVELS - 1) * WIDTH * WIDTH);
     println!("genealogy of a {LEVELS}-level blending graph (3^{LEVELS} paths): {took:?}");
     assert!(took < Duration::from_secs(5), "{took:?}");
     hub.stop().await.unwrap();
@@ -141,38 +139,21 @@ async fn running_reports(admin: &PgPool) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_past_the_statement_timeout_is_refused_in_words() {
-    let h = hq("stmt-timeout", &[("SITE_A", "UTC")]).await;
-    let hub = h
-        .hub(ReportSettings {
-            rate_limit_per_second: 1000,
-            statement_timeout: Duration::from_millis(700),
-            ..ReportSettings::default()
-        })
-        .await;
-    let base = format!("http://{}", hub.http_addr);
-    let http = reqwest::Client::new();
-    let reader = h.token("hq:read", None).await;
+    let (h, hub, api) = limited_hub("stmt-timeout", Duration::from_millis(700)).await;
     let path = "/api/v1/reports/production?from=2026-11-01&to=2026-11-02&group_by=site";
     let held = lock(&h.admin, "production_hourly").await;
     let started = Instant::now();
-    let (status, v, _) = get(&http, &base, &reader, path).await;
+    let (status, v, _) = api.get(path).await;
     let took = started.elapsed();
     assert_eq!(status, 503, "{v}");
-    assert_eq!(v["error"]["code"], "report_timeout", "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("narrow the date range"),
-        "{v}"
-    );
+    assert_error(&v, "report_timeout", "narrow the date range");
     assert!(
         took >= Duration::from_millis(700) && took < Duration::from_secs(5),
         "{took:?}"
     );
     held.rollback().await.unwrap();
     // Without the lock the same report answers.
-    let (status, v, _) = get(&http, &base, &reader, path).await;
+    let (status, v, _) = api.get(path).await;
     assert_eq!(status, 200, "{v}");
     println!("a report behind a lock was refused after {took:?} (timeout 700 ms)");
     hub.stop().await.unwrap();
@@ -180,26 +161,19 @@ async fn a_report_past_the_statement_timeout_is_refused_in_words() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_goes_away_cancels_its_query() {
-    let h = hq("cancel", &[("SITE_A", "UTC")]).await;
-    let hub = h
-        .hub(ReportSettings {
-            rate_limit_per_second: 1000,
-            statement_timeout: Duration::from_secs(60),
-            ..ReportSettings::default()
-        })
-        .await;
-    let base = format!("http://{}", hub.http_addr);
-    let reader = h.token("hq:read", None).await;
+    let (h, hub, api) = limited_hub("cancel", Duration::from_secs(60)).await;
     let held = lock(&h.admin, "production_hourly").await;
     // The client gives up after half a second and closes its connection.
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(500))
         .build()
         .unwrap();
-    let url =
-        format!("{base}/api/v1/reports/production?from=2026-11-01&to=2026-11-03&group_by=site");
+    let url = format!(
+        "{}/api/v1/reports/production?from=2026-11-01&to=2026-11-03&group_by=site",
+        api.base
+    );
     let waiting = tokio::spawn({
-        let (impatient, url, reader) = (impatient.clone(), url.clone(), reader.clone());
+        let (impatient, url, reader) = (impatient.clone(), url.clone(), api.token.clone());
         async move { impatient.get(url).bearer_auth(reader).send().await }
     });
     // The statement is waiting on the server while the client waits.
@@ -225,13 +199,9 @@ async fn a_client_that_goes_away_cancels_its_query() {
     println!("report query cancelled {cancelled_after:?} after its client went away");
     held.rollback().await.unwrap();
     // The pool is healthy afterwards.
-    let (status, v, _) = get(
-        &reqwest::Client::new(),
-        &base,
-        &reader,
-        "/api/v1/reports/production?from=2026-11-01&to=2026-11-03&group_by=site",
-    )
-    .await;
+    let (status, v, _) = api
+        .get("/api/v1/reports/production?from=2026-11-01&to=2026-11-03&group_by=site")
+        .await;
     assert_eq!(status, 200, "{v}");
     hub.stop().await.unwrap();
 }

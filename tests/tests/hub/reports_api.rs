@@ -14,9 +14,17 @@ use shared_model::event::{MachineState, ProductionCount};
 use shared_model::{EquipmentId, Event, EventBody, SiteId};
 use sync_protocol::store::HubStore;
 use system_tests::hq::{
-    close, count, event, get, hq, put_master, seed_worked_example, serve_config, state, t,
-    wait_for_x_cache,
+    Api, Hq, array_len, close, content_type, count, event, events_at, get, hq, put_master,
+    rate_limit, seed_worked_example, serve_config, state, t, timeline, wait_for_x_cache,
 };
+
+/// Ingests event `n` at SITE_A: `good` more parts of the worked example's order on PRESS-01
+/// at `at`.
+async fn add_good(h: &Hq, n: u64, at: &str, good: u32) {
+    let site = SiteId::new("SITE_A").unwrap();
+    let e = event(&site, n, t(at), count("PRESS-01", "SITE_A-WO-1", good, 0));
+    h.store.ingest_events(&site, &[e]).await.unwrap();
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worked_example_cache_csv_errors_and_scopes() {
@@ -25,20 +33,14 @@ async fn worked_example_cache_csv_errors_and_scopes() {
         &[("SITE_A", "Europe/Berlin"), ("SITE_B", "Asia/Kolkata")],
     )
     .await;
-    let hub = h
-        .hub(ReportSettings {
-            rate_limit_per_second: 1000,
-            ..ReportSettings::default()
-        })
-        .await;
-    let base = format!("http://{}", hub.http_addr);
-    let http = reqwest::Client::new();
+    let (hub, base, http) = h.serve(rate_limit(1000)).await;
     let writer = h.token("hq:write", None).await;
     let reader = h.token("hq:read", None).await;
+    let api = Api::new(&http, &base, &reader);
     seed_worked_example(&h, &http, &base, &writer).await;
 
     let path = "/api/v1/reports/oee?site=SITE_A&from=2026-11-02&to=2026-11-03&group_by=site";
-    let (status, v, headers) = get(&http, &base, &reader, path).await;
+    let (status, v, headers) = api.get(path).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(headers["x-cache"], "miss");
     let row = &v["rows"][0];
@@ -69,21 +71,9 @@ async fn worked_example_cache_csv_errors_and_scopes() {
     // arrive asynchronously, are all in); new data for the site invalidates it.
     let again = wait_for_x_cache(&http, &base, &reader, path, "hit").await;
     assert_eq!(again["rows"], v["rows"]);
-    let (_, _, headers) = get(&http, &base, &reader, path).await;
+    let (_, _, headers) = api.get(path).await;
     assert_eq!(headers["x-cache"], "hit", "a settled entry stays a hit");
-    let site = SiteId::new("SITE_A").unwrap();
-    h.store
-        .ingest_events(
-            &site,
-            &[event(
-                &site,
-                900,
-                t("2026-11-02T12:59:00Z"),
-                count("PRESS-01", "SITE_A-WO-1", 10, 0),
-            )],
-        )
-        .await
-        .unwrap();
+    add_good(&h, 900, "2026-11-02T12:59:00Z", 10).await;
     let v2 = wait_for_x_cache(&http, &base, &reader, path, "miss").await;
     assert_eq!(
         v2["rows"][0]["good"], 10_594,
@@ -91,8 +81,7 @@ async fn worked_example_cache_csv_errors_and_scopes() {
     );
 
     // Shift and day groups in the site's zone; CSV by parameter and by Accept.
-    let (_, v, _) = get(&http, &base, &reader,
-        "/api/v1/reports/production?site=SITE_A&from=2026-11-02&to=2026-11-03&group_by=shift,product").await;
+    let v = api.json("/api/v1/reports/production?site=SITE_A&from=2026-11-02&to=2026-11-03&group_by=shift,product").await;
     assert_eq!(v["rows"][0]["shift"], "2026-11-02 Early", "{v}");
     assert_eq!(v["rows"][0]["product"], "BRACKET-7");
     let r = http
@@ -102,12 +91,7 @@ async fn worked_example_cache_csv_errors_and_scopes() {
         .send()
         .await
         .unwrap();
-    assert!(
-        r.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/csv")
-    );
+    assert!(content_type(&r).starts_with("text/csv"));
     let text = r.text().await.unwrap();
     let rate = json!(216.0f64 / 10_810.0).to_string();
     assert_eq!(
@@ -116,41 +100,27 @@ async fn worked_example_cache_csv_errors_and_scopes() {
     );
 
     // Pareto: the jam, 45 min, one stop.
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        "/api/v1/reports/downtime-pareto?from=2026-11-02&to=2026-11-03",
-    )
-    .await;
+    let v = api
+        .json("/api/v1/reports/downtime-pareto?from=2026-11-02&to=2026-11-03")
+        .await;
     let first = &v["rows"][0];
     assert_eq!(first["reason"], "DOWN.JAM", "{v}");
     assert!(close(first["seconds"].as_f64().unwrap(), 2_700.0));
     assert_eq!(first["stops"], 1);
     assert_eq!(
-        v["rows"].as_array().unwrap().len(),
+        array_len(&v, "rows"),
         1,
         "the planned stop is left out: {v}"
     );
 
     // The order is due in the range and still open; it holds one lot in process.
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        "/api/v1/reports/on-time?from=2026-11-02&to=2026-11-03",
-    )
-    .await;
+    let v = api
+        .json("/api/v1/reports/on-time?from=2026-11-02&to=2026-11-03")
+        .await;
     assert_eq!(v["rows"][0]["due"], 1, "{v}");
     assert_eq!(v["rows"][0]["open"], 1);
     assert_eq!(v["rows"][0]["on_time_rate"], 0.0);
-    let (status, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        "/api/v1/reports/wip?group_by=site,product",
-    )
-    .await;
+    let (status, v, _) = api.get("/api/v1/reports/wip?group_by=site,product").await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["rows"][0]["orders"], 1, "{v}");
     assert_eq!(v["rows"][0]["lots_in_process"], 1);
@@ -158,28 +128,18 @@ async fn worked_example_cache_csv_errors_and_scopes() {
         v["rows"][0]["remaining"],
         12_000 - v["rows"][0]["good"].as_i64().unwrap()
     );
-    let (_, v, _) = get(&http, &base, &reader, "/api/v1/reports/genealogy/LOT-FG-1").await;
+    let v = api.json("/api/v1/reports/genealogy/LOT-FG-1").await;
     assert_eq!(
         v["edges"],
         json!([{"from_lot": "LOT-FG-1", "to_lot": "LOT-STEEL-1",
         "work_order": "SITE_A-WO-1", "site": "SITE_A", "quantity": 250.5, "depth": 1}]),
         "{v}"
     );
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        "/api/v1/reports/genealogy/LOT-STEEL-1?direction=forward",
-    )
-    .await;
+    let v = api
+        .json("/api/v1/reports/genealogy/LOT-STEEL-1?direction=forward")
+        .await;
     assert_eq!(v["edges"][0]["to_lot"], "LOT-FG-1", "{v}");
-    let (status, _, _) = get(
-        &http,
-        &base,
-        &reader,
-        "/api/v1/reports/genealogy/NO-SUCH-LOT",
-    )
-    .await;
+    let (status, _, _) = api.get("/api/v1/reports/genealogy/NO-SUCH-LOT").await;
     assert_eq!(status, 404);
 
     // Bad parameters: 400 with the field named.
@@ -190,38 +150,23 @@ async fn worked_example_cache_csv_errors_and_scopes() {
         ("oee?group_by=colour", "group_by"),
         ("nonsense", "report"),
     ] {
-        let (status, v, _) = get(&http, &base, &reader, &format!("/api/v1/reports/{q}")).await;
-        assert_eq!(status, 400, "{q}: {v}");
-        assert_eq!(v["error"]["field"], field, "{q}: {v}");
+        api.bad_parameter(q, field).await;
     }
 
     // A site token sees its site only; naming another is 403; a read token cannot release.
     let b_token = h.token("hq:read", Some("SITE_B")).await;
-    let (status, _, _) = get(
-        &http,
-        &base,
-        &b_token,
-        "/api/v1/reports/production?site=SITE_A",
-    )
-    .await;
+    let b_api = Api::new(&http, &base, &b_token);
+    let (status, _, _) = b_api.get("/api/v1/reports/production?site=SITE_A").await;
     assert_eq!(status, 403);
-    let (status, v, _) = get(
-        &http,
-        &base,
-        &b_token,
-        "/api/v1/reports/production?from=2026-11-02&to=2026-11-03",
-    )
-    .await;
+    let (status, v, _) = b_api
+        .get("/api/v1/reports/production?from=2026-11-02&to=2026-11-03")
+        .await;
     assert_eq!(status, 200);
     assert_eq!(v["sites"], json!(["SITE_B"]));
     assert_eq!(v["rows"], json!([]));
-    let r = http
-        .post(format!("{base}/api/v1/sites/SITE_A/work-orders"))
-        .bearer_auth(&reader)
-        .json(&json!({"material": "BRACKET-7", "planned_quantity": 1}))
-        .send()
-        .await
-        .unwrap();
+    let order = json!({"material": "BRACKET-7", "planned_quantity": 1});
+    let path = "/api/v1/sites/SITE_A/work-orders";
+    let r = api.send_json(reqwest::Method::POST, path, &order).await;
     assert_eq!(r.status().as_u16(), 403);
 
     // Row-level security binds the reporting role too: scoped to SITE_B, SITE_A's rows vanish.
@@ -262,18 +207,12 @@ async fn worked_example_cache_csv_errors_and_scopes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_answers_429_with_retry_after() {
     let h = hq("rate", &[("SITE_A", "UTC")]).await;
-    let hub = h
-        .hub(ReportSettings {
-            rate_limit_per_second: 5,
-            ..ReportSettings::default()
-        })
-        .await;
-    let base = format!("http://{}", hub.http_addr);
-    let http = reqwest::Client::new();
+    let (hub, base, http) = h.serve(rate_limit(5)).await;
     let reader = h.token("hq:read", None).await;
+    let api = Api::new(&http, &base, &reader);
     let mut codes = Vec::new();
     for _ in 0..12 {
-        let (status, v, headers) = get(&http, &base, &reader, "/api/v1/sites").await;
+        let (status, v, headers) = api.get("/api/v1/sites").await;
         if status == 429 {
             assert_eq!(v["error"]["code"], "rate_limited");
             assert!(
@@ -343,19 +282,7 @@ async fn two_hubs_share_cache_and_rate_limits_through_redis() {
     assert_eq!(v1["rows"], v2["rows"]);
 
     // New data through either instance's database invalidates the entry for both.
-    let site = SiteId::new("SITE_A").unwrap();
-    h.store
-        .ingest_events(
-            &site,
-            &[event(
-                &site,
-                901,
-                t("2026-11-02T12:00:00Z"),
-                count("PRESS-01", "SITE_A-WO-1", 1, 0),
-            )],
-        )
-        .await
-        .unwrap();
+    add_good(&h, 901, "2026-11-02T12:00:00Z", 1).await;
     // New data invalidates the shared entry for the other hub too.
     wait_for_x_cache(&http, &b, &reader, path, "miss").await;
 
@@ -396,23 +323,20 @@ async fn two_hubs_share_cache_and_rate_limits_through_redis() {
     two.stop().await.unwrap();
 }
 
-fn correction(of: &Event, replacement: Option<shared_model::event::Replacement>) -> EventBody {
-    EventBody::Correction(shared_model::event::Correction {
-        corrects: of.event_id,
-        replacement,
-        note: "fixed by the supervisor".into(),
-    })
+/// A supervisor's correction of `of`: its new body `replacement`, or a void without one.
+fn correction(of: &Event, replacement: Option<EventBody>) -> EventBody {
+    system_tests::hq::correction(of.event_id, replacement, "fixed by the supervisor")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrections_replace_the_corrected_event_in_place() {
-    use shared_model::event::Replacement;
     let h = hq("corr", &[("SITE_A", "UTC")]).await;
     let (hub, base, http) = h.serve(ReportSettings::default()).await;
     let writer = h.token("hq:write", None).await;
     put_master(&http, &base, &writer, "reason-codes", json!([
         {"code": "DOWN.JAM", "parent": null, "name": "Jam", "loss_category": "unplanned", "counts_against_availability": true}])).await;
     let reader = h.token("hq:read", None).await;
+    let api = Api::new(&http, &base, &reader);
     let site = SiteId::new("SITE_A").unwrap();
     let plain = |good: u32, scrap: u32| {
         EventBody::ProductionCount(ProductionCount {
@@ -424,70 +348,39 @@ async fn corrections_replace_the_corrected_event_in_place() {
             scrap_reason: None,
         })
     };
-    let as_replacement = |b: EventBody| match b {
-        EventBody::ProductionCount(p) => Replacement::ProductionCount(p),
-        EventBody::EquipmentState(s) => Replacement::EquipmentState(s),
-        _ => unreachable!(),
-    };
     let x1 = event(&site, 1, t("2026-11-01T01:00:00Z"), plain(10, 0));
     let x3 = event(&site, 3, t("2026-11-01T01:30:00Z"), plain(100, 0));
-    let s1 = event(
+    let states = timeline(
         &site,
         10,
-        t("2026-11-01T00:00:00Z"),
-        state("PRESS-01", MachineState::Running, None),
+        "PRESS-01",
+        &[
+            ("2026-11-01T00:00:00Z", MachineState::Running, None),
+            ("2026-11-01T01:00:00Z", MachineState::Down, None),
+            ("2026-11-01T02:00:00Z", MachineState::Running, None),
+            ("2026-11-01T03:00:00Z", MachineState::PlannedStop, None),
+        ],
     );
-    let s2 = event(
-        &site,
-        11,
-        t("2026-11-01T01:00:00Z"),
-        state("PRESS-01", MachineState::Down, None),
-    );
-    let s3 = event(
-        &site,
-        12,
-        t("2026-11-01T02:00:00Z"),
-        state("PRESS-01", MachineState::Running, None),
-    );
-    let s4 = event(
-        &site,
-        13,
-        t("2026-11-01T03:00:00Z"),
-        state("PRESS-01", MachineState::PlannedStop, None),
-    );
+    let (s1, s2, s3, s4) = (&states[0], &states[1], &states[2], &states[3]);
     // Correction ids are later (their time part) than the events they correct.
-    let c1 = event(
+    let cs = events_at(
         &site,
         20,
-        t("2026-11-01T05:00:00Z"),
-        correction(&x1, Some(as_replacement(plain(7, 1)))),
+        &[
+            ("2026-11-01T05:00:00Z", correction(&x1, Some(plain(7, 1)))),
+            ("2026-11-01T05:01:00Z", correction(&x1, Some(plain(5, 0)))),
+            ("2026-11-01T05:02:00Z", correction(&x3, Some(plain(2, 0)))),
+            (
+                "2026-11-01T05:03:00Z",
+                correction(
+                    s2,
+                    Some(state("PRESS-01", MachineState::Down, Some("DOWN.JAM"))),
+                ),
+            ),
+            ("2026-11-01T05:04:00Z", correction(s3, None)),
+        ],
     );
-    let c2 = event(
-        &site,
-        21,
-        t("2026-11-01T05:01:00Z"),
-        correction(&x1, Some(as_replacement(plain(5, 0)))),
-    );
-    let c3 = event(
-        &site,
-        22,
-        t("2026-11-01T05:02:00Z"),
-        correction(&x3, Some(as_replacement(plain(2, 0)))),
-    );
-    let c4 = event(
-        &site,
-        23,
-        t("2026-11-01T05:03:00Z"),
-        correction(
-            &s2,
-            Some(as_replacement(state(
-                "PRESS-01",
-                MachineState::Down,
-                Some("DOWN.JAM"),
-            ))),
-        ),
-    );
-    let c5 = event(&site, 24, t("2026-11-01T05:04:00Z"), correction(&s3, None));
+    let (c1, c2, c3, c4, c5) = (&cs[0], &cs[1], &cs[2], &cs[3], &cs[4]);
 
     // x1 then its two corrections, the later one first; c3 before the event it corrects.
     for batch in [
@@ -501,26 +394,18 @@ async fn corrections_replace_the_corrected_event_in_place() {
         h.store.ingest_events(&site, &batch).await.unwrap();
     }
     let range = "from=2026-11-01T00:00:00Z&to=2026-11-01T04:00:00Z";
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/production?{range}"),
-    )
-    .await;
+    let v = api
+        .json(&format!("/api/v1/reports/production?{range}"))
+        .await;
     assert_eq!(
         v["rows"][0]["good"], 7,
         "x1 → c2's 5 (the latest correction), x3 → c3's 2: {v}"
     );
     assert_eq!(v["rows"][0]["scrap"], 0, "{v}");
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/downtime-pareto?{range}"),
-    )
-    .await;
-    assert_eq!(v["rows"].as_array().unwrap().len(), 1, "{v}");
+    let v = api
+        .json(&format!("/api/v1/reports/downtime-pareto?{range}"))
+        .await;
+    assert_eq!(array_len(&v, "rows"), 1, "{v}");
     assert_eq!(
         v["rows"][0]["reason"], "DOWN.JAM",
         "c4 gave the stop its reason: {v}"
@@ -536,22 +421,21 @@ async fn corrections_replace_the_corrected_event_in_place() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_default_range_is_served_stale_while_one_request_refreshes_it() {
     let h = hq("stale", &[("SITE_A", "UTC")]).await;
-    let hub = h
-        .hub(ReportSettings {
+    let (hub, base, http) = h
+        .serve(ReportSettings {
             cache_ttl: Duration::from_secs(1),
             ..ReportSettings::default()
         })
         .await;
-    let base = format!("http://{}", hub.http_addr);
-    let http = reqwest::Client::new();
     let reader = h.token("hq:read", None).await;
+    let api = Api::new(&http, &base, &reader);
     let path = "/api/v1/reports/production?group_by=site";
-    let (_, _, first) = get(&http, &base, &reader, path).await;
+    let (_, _, first) = api.get(path).await;
     assert_eq!(first["x-cache"], "miss");
-    let (_, _, second) = get(&http, &base, &reader, path).await;
+    let (_, _, second) = api.get(path).await;
     assert_eq!(second["x-cache"], "hit");
     tokio::time::sleep(Duration::from_millis(1_200)).await;
-    let (status, _, third) = get(&http, &base, &reader, path).await;
+    let (status, _, third) = api.get(path).await;
     assert_eq!((status, third["x-cache"].to_str().unwrap()), (200, "stale"));
     // The background refresh lands; the entry is fresh again.
     wait_for_x_cache(&http, &base, &reader, path, "hit").await;
@@ -565,8 +449,10 @@ async fn a_revoked_token_stops_working_within_the_lookup_ttl() {
     let h = hq("revoke", &[("SITE_A", "UTC")]).await;
     let (hub, base, http) = h.serve(ReportSettings::default()).await;
     let reader = h.token("hq:read", None).await;
+    let api = Api::new(&http, &base, &reader);
     let other = h.token("hq:read", None).await;
-    let (status, _, _) = get(&http, &base, &reader, "/api/v1/sites").await;
+    let other_api = Api::new(&http, &base, &other);
+    let (status, _, _) = api.get("/api/v1/sites").await;
     assert_eq!(status, 200);
     sqlx::query("UPDATE api_tokens SET revoked_at = now() WHERE hash = $1")
         .bind(central_hub::api::token_hash(&reader))
@@ -576,7 +462,7 @@ async fn a_revoked_token_stops_working_within_the_lookup_ttl() {
     let revoked_at = std::time::Instant::now();
     let limit = central_hub::api::TOKEN_CACHE_TTL + Duration::from_secs(1);
     loop {
-        let (status, v, _) = get(&http, &base, &reader, "/api/v1/sites").await;
+        let (status, v, _) = api.get("/api/v1/sites").await;
         if status == 401 {
             assert_eq!(v["error"]["code"], "unauthorized");
             break;
@@ -590,7 +476,7 @@ async fn a_revoked_token_stops_working_within_the_lookup_ttl() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Revoking one token leaves the others alone.
-    let (status, _, _) = get(&http, &base, &other, "/api/v1/sites").await;
+    let (status, _, _) = other_api.get("/api/v1/sites").await;
     assert_eq!(status, 200);
     hub.stop().await.unwrap();
 }

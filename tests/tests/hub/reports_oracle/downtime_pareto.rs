@@ -8,23 +8,23 @@ use std::collections::BTreeMap;
 use sqlx::PgPool;
 
 use super::oracle::{
-    Ask, Fine, IN_RANGE, KEY_SQL, RANGE_SQL, Range, api_keys, api_rows, check_num, check_ratio,
-    fine_rows, num, pick_keys, ratio,
+    Ask, Fine, GROUPINGS, Range, api_keys, api_rows, check_num, check_ratio, fine_rows_of, num,
+    pick_keys, ratio, same_groups,
 };
 
 /// Downtime pieces (any state but running, small stops included).
 pub(super) async fn oracle_downtime(admin: &PgPool, range: Range) -> Vec<Fine> {
-    let sql = format!(
-        "WITH x AS (SELECT p.*, NULL::text AS product FROM pieces p WHERE p.state <> 'running')
-         SELECT {KEY_SQL}, x.reason, r.name AS reason_name, r.cat AS loss_category,
-                (x.state = 'planned_stop' OR coalesce(r.cat, '') = 'planned') AS planned,
-                x.secs AS m0, x.starts::float8 AS m1, 0::float8 AS m2
-         FROM x JOIN {RANGE_SQL} ON o.site_id = x.site_id
-         LEFT JOIN o_equipment eqm ON eqm.equipment = x.equipment
-         LEFT JOIN o_reasons r ON r.code = x.reason
-         WHERE {IN_RANGE}"
-    );
-    fine_rows(admin, &sql, range, true).await
+    fine_rows_of(
+        admin,
+        "x AS (SELECT p.*, NULL::text AS product FROM pieces p WHERE p.state <> 'running')",
+        "x.reason, r.name AS reason_name, r.cat AS loss_category,
+         (x.state = 'planned_stop' OR coalesce(r.cat, '') = 'planned') AS planned,
+         x.secs AS m0, x.starts::float8 AS m1, 0::float8 AS m2",
+        "LEFT JOIN o_reasons r ON r.code = x.reason",
+        range,
+        true,
+    )
+    .await
 }
 
 /// Every `group_by` set of `downtime-pareto` over one range, with and without planned stops;
@@ -33,14 +33,7 @@ pub(super) async fn compare(ask: Ask<'_>, down: &[Fine]) -> usize {
     let Ask { seed, q, .. } = ask;
     let mut compared = 0usize;
     for planned in [false, true] {
-        for groups in [
-            &[][..],
-            &["site"],
-            &["site", "equipment"],
-            &["work_center"],
-            &["site", "day"],
-            &["shift"],
-        ] {
+        for groups in GROUPINGS {
             let path = format!(
                 "/api/v1/reports/downtime-pareto?{q}&include_planned={planned}&group_by={}",
                 groups.join(",")
@@ -62,11 +55,7 @@ pub(super) async fn compare(ask: Ask<'_>, down: &[Fine]) -> usize {
             let what = format!(
                 "seed {seed}: downtime-pareto by {groups:?} (include_planned={planned}, {q})"
             );
-            assert_eq!(
-                api.keys().collect::<Vec<_>>(),
-                oracle.keys().collect::<Vec<_>>(),
-                "{what}: groups and reasons differ"
-            );
+            same_groups(&api, &oracle, &what, "groups and reasons differ");
             for (k, (secs, stops, f)) in &oracle {
                 let ctx = format!("{what} group {k:?}");
                 let a = api[k];

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 use shared_model::{Event, EventBody};
 use sqlx::{PgPool, Row};
-use system_tests::hq::get;
+use system_tests::hq::{Api, get};
 
 use super::dataset::{EQUIPMENT, K_SHIFTS, ORDERS, PRESSES, REASON_MASTER, SITES, ideal_ms};
 
@@ -298,6 +298,51 @@ pub(super) struct Fine {
     pub(super) m: [f64; 3],
 }
 
+/// The fine rows of a source `x` of pieces (the last of the common table expressions `with`):
+/// its key columns, its `measures`, within `range`; `joins` add tables the measures need.
+pub(super) async fn fine_rows_of(
+    admin: &PgPool,
+    with: &str,
+    measures: &str,
+    joins: &str,
+    range: Range,
+    with_reason: bool,
+) -> Vec<Fine> {
+    let sql = format!(
+        "WITH {with}
+         SELECT {KEY_SQL}, {measures}
+         FROM x JOIN {RANGE_SQL} ON o.site_id = x.site_id
+         LEFT JOIN o_equipment eqm ON eqm.equipment = x.equipment {joins}
+         WHERE {IN_RANGE}"
+    );
+    fine_rows(admin, &sql, range, with_reason).await
+}
+
+/// Asserts that the API's answer and the oracle have the same groups, in the same order;
+/// `what` names the comparison and `differ` what differs.
+pub(super) fn same_groups<K: std::fmt::Debug + PartialEq, A, B>(
+    api: &BTreeMap<K, A>,
+    oracle: &BTreeMap<K, B>,
+    what: &str,
+    differ: &str,
+) {
+    assert_eq!(
+        api.keys().collect::<Vec<_>>(),
+        oracle.keys().collect::<Vec<_>>(),
+        "{what}: {differ}"
+    );
+}
+
+/// The `group_by` sets every report over time is compared by (some reports add more).
+pub(super) const GROUPINGS: [&[&str]; 6] = [
+    &[],
+    &["site"],
+    &["site", "equipment"],
+    &["work_center"],
+    &["site", "day"],
+    &["shift"],
+];
+
 pub(super) async fn fine_rows(
     admin: &PgPool,
     sql: &str,
@@ -502,12 +547,8 @@ async fn check_shape(
         cols.sort_unstable();
         assert_eq!(keys, cols, "{path}: a row's fields are the columns: {r}");
     }
-    let r = http
-        .get(format!("{base}{path}&format=csv"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let csv = format!("{path}&format=csv");
+    let r = Api::new(http, base, token).response(&csv).await;
     assert_eq!(r.status().as_u16(), 200, "{path} as CSV");
     let body = r.text().await.unwrap();
     let lines: Vec<&str> = body.lines().collect();

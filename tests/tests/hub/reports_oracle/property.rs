@@ -3,11 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use central_hub::serve::ReportSettings;
 use serde_json::{Value, json};
 use shared_model::{Event, EventBody, SiteId};
 use sync_protocol::store::HubStore;
-use system_tests::hq::{hq, put_master};
+use system_tests::hq::{hq, put_master, put_materials, rate_limit};
 use system_tests::rng::Rng;
 
 use super::dataset::{
@@ -23,25 +22,10 @@ async fn run_case(seed: u64) {
     let mut rng = Rng::from_state(seed);
     let h = hq("oracle", &SITES).await;
     // Over a hundred questions a case, faster than the default per-token rate limit allows.
-    let hub = h
-        .hub(ReportSettings {
-            rate_limit_per_second: 100_000,
-            ..ReportSettings::default()
-        })
-        .await;
-    let base = format!("http://{}", hub.http_addr);
-    let http = reqwest::Client::new();
+    let (hub, base, http) = h.serve(rate_limit(100_000)).await;
     let writer = h.token("hq:write", None).await;
-    put_master(
-        &http,
-        &base,
-        &writer,
-        "materials",
-        json!([
-        {"id": "BRACKET", "name": "Bracket", "unit": "pcs", "tracking": "lot"},
-        {"id": "HINGE", "name": "Hinge", "unit": "pcs", "tracking": "lot"}]),
-    )
-    .await;
+    let materials = [("BRACKET", "Bracket"), ("HINGE", "Hinge")];
+    put_materials(&http, &base, &writer, &materials).await;
     let routings: Vec<Value> = ROUTINGS
         .iter()
         .map(|(m, v, s, c, ms)| {

@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use super::oracle::{Ask, Fine, api_keys, api_rows, check_num, check_ratio, num, pick_keys, ratio};
+use super::oracle::{
+    Ask, Fine, api_keys, api_rows, check_num, check_ratio, num, pick_keys, ratio, same_groups,
+};
 
 /// Every `group_by` set of `scrap` over one range; how many groups were compared.
 pub(super) async fn compare(ask: Ask<'_>, prod: &[Fine]) -> usize {
@@ -13,6 +15,7 @@ pub(super) async fn compare(ask: Ask<'_>, prod: &[Fine]) -> usize {
     let mut compared = 0usize;
     for groups in [&[][..], &["site"], &["product"], &["site", "day"]] {
         let path = format!("/api/v1/reports/scrap?{q}&group_by={}", groups.join(","));
+        let what = format!("seed {seed}: scrap by {groups:?} ({q})");
         let v = ask.report("scrap", &path, groups).await;
         let mut oracle: BTreeMap<Vec<Option<String>>, f64> = BTreeMap::new();
         for r in prod {
@@ -25,13 +28,9 @@ pub(super) async fn compare(ask: Ask<'_>, prod: &[Fine]) -> usize {
         with_reason.push("reason");
         let rows = v["rows"].as_array().unwrap();
         let api = api_rows(&v, &with_reason, &["scrap"]);
-        assert_eq!(
-            api.keys().collect::<Vec<_>>(),
-            oracle.keys().collect::<Vec<_>>(),
-            "seed {seed}: scrap by {groups:?} ({q}): groups and reasons differ"
-        );
+        same_groups(&api, &oracle, &what, "groups and reasons differ");
         for (k, s) in &oracle {
-            let ctx = format!("seed {seed}: scrap by {groups:?} ({q}) group {k:?}");
+            let ctx = format!("{what} group {k:?}");
             let group_total: f64 = oracle
                 .iter()
                 .filter(|(o, _)| o[..groups.len()] == k[..groups.len()])
@@ -51,13 +50,8 @@ pub(super) async fn compare(ask: Ask<'_>, prod: &[Fine]) -> usize {
                 );
             }
         }
-        let (g, x) = prod
-            .iter()
-            .fold((0.0, 0.0), |(g, x), r| (g + r.m[0], x + r.m[1]));
-        let ctx = format!("seed {seed}: scrap by {groups:?} ({q}) total");
-        check_num(&ctx, "good", &v["total"], g);
-        check_num(&ctx, "scrap", &v["total"], x);
-        check_ratio(&ctx, "scrap_rate", &v["total"], ratio(x, g + x));
+        let ctx = format!("{what} total");
+        super::production::check_count_total(&ctx, &v, prod);
     }
     compared
 }

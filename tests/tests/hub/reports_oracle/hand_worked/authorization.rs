@@ -2,11 +2,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use central_hub::serve::ReportSettings;
 use serde_json::json;
 use shared_model::SiteId;
 use sync_protocol::store::HubStore;
-use system_tests::hq::{get, hq, t};
+use system_tests::hq::{Api, array_len, t};
 
 use super::{expect, row_of};
 
@@ -16,12 +15,7 @@ use super::{expect, row_of};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_and_bad_parameters() {
     use system_tests::hq::{count, event};
-    let h = hq(
-        "authz",
-        &[("SITE_B", "Europe/Berlin"), ("SITE_K", "Asia/Kolkata")],
-    )
-    .await;
-    let (hub, base, http) = h.serve(ReportSettings::default()).await;
+    let (h, hub, base, http) = super::berlin_and_kolkata("authz").await;
     for (s, good) in [("SITE_B", 11), ("SITE_K", 22)] {
         let site = SiteId::new(s).unwrap();
         let e = event(
@@ -33,7 +27,9 @@ async fn authorization_and_bad_parameters() {
         h.store.ingest_events(&site, &[e]).await.unwrap();
     }
     let reader = h.token("hq:read", None).await;
+    let api = Api::new(&http, &base, &reader);
     let k_token = h.token("hq:read", Some("SITE_K")).await;
+    let k_api = Api::new(&http, &base, &k_token);
     let range = "from=2026-11-03&to=2026-11-04";
 
     // Without a token: 401.
@@ -54,13 +50,9 @@ async fn authorization_and_bad_parameters() {
         "wip",
     ] {
         for sites in ["SITE_B", "SITE_K,SITE_B", "SITE_K&site=SITE_B"] {
-            let (status, v, _) = get(
-                &http,
-                &base,
-                &k_token,
-                &format!("/api/v1/reports/{report}?{range}&site={sites}"),
-            )
-            .await;
+            let (status, v, _) = k_api
+                .get(&format!("/api/v1/reports/{report}?{range}&site={sites}"))
+                .await;
             assert_eq!(
                 status, 403,
                 "{report} with a SITE_K token and site={sites}: {v}"
@@ -71,26 +63,22 @@ async fn authorization_and_bad_parameters() {
             );
         }
     }
-    let (status, v, _) = get(&http, &base, &k_token, "/api/v1/work-orders?site=SITE_B").await;
+    let (status, v, _) = k_api.get("/api/v1/work-orders?site=SITE_B").await;
     assert_eq!(
         status, 403,
         "work-orders with a SITE_K token and site=SITE_B: {v}"
     );
     // Naming no site, the site token gets its own site only.
-    let (status, v, _) = get(
-        &http,
-        &base,
-        &k_token,
-        &format!("/api/v1/reports/production?{range}"),
-    )
-    .await;
+    let (status, v, _) = k_api
+        .get(&format!("/api/v1/reports/production?{range}"))
+        .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(
         v["sites"],
         json!(["SITE_K"]),
         "production with a SITE_K token: {v}"
     );
-    assert_eq!(v["rows"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(array_len(&v, "rows"), 1, "{v}");
     expect(
         "production",
         "SITE_K token, site=SITE_K",
@@ -100,32 +88,24 @@ async fn authorization_and_bad_parameters() {
     );
     expect("production", "SITE_K token", &v["total"], "good", 22.0);
     // The HQ-wide token sees both.
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/production?{range}"),
-    )
-    .await;
+    let v = api
+        .json(&format!("/api/v1/reports/production?{range}"))
+        .await;
     assert_eq!(v["sites"], json!(["SITE_B", "SITE_K"]), "{v}");
     expect("production", "HQ token", &v["total"], "good", 33.0);
 
     // Read tokens (HQ-wide or site-scoped) cannot release work orders; nothing is created.
-    for token in [&reader, &k_token] {
-        let r = http
-            .post(format!("{base}/api/v1/sites/SITE_K/work-orders"))
-            .bearer_auth(token)
-            .json(&json!({"id": "SITE_K-WO-99", "material": "BRACKET-7", "planned_quantity": 5}))
-            .send()
-            .await
-            .unwrap();
+    for api in [&api, &k_api] {
+        let order = json!({"id": "SITE_K-WO-99", "material": "BRACKET-7", "planned_quantity": 5});
+        let path = "/api/v1/sites/SITE_K/work-orders";
+        let r = api.send_json(reqwest::Method::POST, path, &order).await;
         assert_eq!(
             r.status().as_u16(),
             403,
             "POST work-orders with a read token"
         );
     }
-    let (_, v, _) = get(&http, &base, &reader, "/api/v1/work-orders?state=all").await;
+    let v = api.json("/api/v1/work-orders?state=all").await;
     assert!(
         !v.to_string().contains("SITE_K-WO-99"),
         "a refused release left an order: {v}"
@@ -156,24 +136,17 @@ async fn authorization_and_bad_parameters() {
         ("oee?sight=SITE_B", "query"),
         ("nonsense", "report"),
     ] {
-        let (status, v, _) = get(&http, &base, &reader, &format!("/api/v1/reports/{path}")).await;
-        assert_eq!(status, 400, "{path}: {v}");
-        let e = &v["error"];
+        let e = api.bad_parameter(path, field).await;
         assert!(
             e["code"].as_str().is_some_and(|c| !c.is_empty())
                 && e["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{path}: error without code or message: {v}"
+            "{path}: error without code or message: {e}"
         );
-        assert_eq!(e["field"].as_str(), Some(field), "{path}: {v}");
     }
     // The limit is inclusive: exactly 400 days (2025-10-01 + 400 d = 2026-11-05) is answered.
-    let (status, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        "/api/v1/reports/production?from=2025-10-01T00:00:00Z&to=2026-11-05T00:00:00Z",
-    )
-    .await;
+    let (status, v, _) = api
+        .get("/api/v1/reports/production?from=2025-10-01T00:00:00Z&to=2026-11-05T00:00:00Z")
+        .await;
     assert_eq!(status, 200, "a range of exactly 400 days: {v}");
     hub.stop().await.unwrap();
 }

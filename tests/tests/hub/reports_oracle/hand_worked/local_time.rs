@@ -7,13 +7,16 @@
 
 use central_hub::serve::ReportSettings;
 use serde_json::{Value, json};
-use shared_model::event::{EquipmentStateChange, MachineState, Replacement};
-use shared_model::{EquipmentId, Event, EventId, MaterialId, ReasonCodeId, SiteId, WorkOrderId};
+use shared_model::event::MachineState;
+use shared_model::{Event, EventId, MaterialId, SiteId, WorkOrderId};
 use sync_protocol::store::HubStore;
-use system_tests::hq::{get, hq, put_master, t};
+use system_tests::hq::{Api, Hq, hq, put_master, put_materials, release_order, t};
 
 use super::super::oracle::num;
-use super::{corr, expect, expect_null, pc, pcount, publish_order, row_of};
+use super::{
+    berlin_and_kolkata, corr, expect, expect_all, expect_each, expect_null, expect_pareto,
+    expect_row, expect_rows, expect_table, pc, publish_order, row_of, rows,
+};
 
 /// A work order in any state, as the site's edge reports it (one Automerge change).
 async fn order_record(
@@ -36,27 +39,38 @@ async fn order_record(
     publish_order(store, order).await;
 }
 
+/// An HQ with the one site `site` in zone `tz` (named after `name`), its hub serving with the
+/// default report settings, a reader of its API and the site's id; the stop reasons `reasons`
+/// (code, name) in the master data, unplanned and counting against availability.
+async fn one_site(
+    name: &str,
+    site: &str,
+    tz: &str,
+    reasons: &[(&str, &str)],
+) -> (Hq, central_hub::serve::Running, Api, SiteId) {
+    let h = hq(name, &[(site, tz)]).await;
+    let (hub, base, http) = h.serve(ReportSettings::default()).await;
+    let writer = h.token("hq:write", None).await;
+    let codes: Vec<Value> = reasons
+        .iter()
+        .map(|(code, name)| {
+            json!({"code": code, "parent": null, "name": name, "loss_category": "unplanned",
+                   "counts_against_availability": true})
+        })
+        .collect();
+    put_master(&http, &base, &writer, "reason-codes", json!(codes)).await;
+    let api = Api::new(&http, &base, &h.token("hq:read", None).await);
+    (h, hub, api, SiteId::new(site).unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hand_worked_time_zones_scrap_small_stops_on_time_and_corrections() {
     use shared_model::work_order::WorkOrderState;
-    use system_tests::hq::{event, state, timeline};
-    let h = hq(
-        "hand2",
-        &[("SITE_B", "Europe/Berlin"), ("SITE_K", "Asia/Kolkata")],
-    )
-    .await;
-    let (hub, base, http) = h.serve(ReportSettings::default()).await;
+    use system_tests::hq::{event, events_at, state, timeline};
+    let (h, hub, base, http) = berlin_and_kolkata("hand2").await;
     let writer = h.token("hq:write", None).await;
-    let reader = h.token("hq:read", None).await;
-    put_master(
-        &http,
-        &base,
-        &writer,
-        "materials",
-        json!([
-        {"id": "BRACKET-7", "name": "Bracket", "unit": "pcs", "tracking": "lot"}]),
-    )
-    .await;
+    let api = Api::new(&http, &base, &h.token("hq:read", None).await);
+    put_materials(&http, &base, &writer, &[("BRACKET-7", "Bracket")]).await;
     // The ideal cycle time on a press is that of v1 seq 10 (2.0 s): the press step of the lowest
     // version, although a saw step comes first and version 2 is faster.
     put_master(
@@ -90,14 +104,8 @@ async fn hand_worked_time_zones_scrap_small_stops_on_time_and_corrections() {
             {"name": "Early", "start": "2026-11-03T00:30:00Z", "end": "2026-11-03T08:30:00Z",
              "planned_breaks": [{"start": "2026-11-03T04:30:00Z", "end": "2026-11-03T05:00:00Z"}]}]}])).await;
     for site in ["SITE_K", "SITE_B"] {
-        let r = http
-            .post(format!("{base}/api/v1/sites/{site}/work-orders"))
-            .bearer_auth(&writer)
-            .json(&json!({"id": format!("{site}-WO-1"), "material": "BRACKET-7", "planned_quantity": 12000}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 201, "release at {site}");
+        let order = json!({"id": format!("{site}-WO-1"), "material": "BRACKET-7", "planned_quantity": 12000});
+        release_order(&http, &base, &writer, site, &order).await;
     }
 
     // ---- SITE_K: the worked example of domain.md on PRESS-K1 --------------------------------
@@ -142,23 +150,14 @@ async fn hand_worked_time_zones_scrap_small_stops_on_time_and_corrections() {
     // PRESS-K2 (no order, no master): 3 good at 00:10 UTC (05:40 local, bucket 23:30 UTC the day
     // before, before the shift), 5 at 18:15 UTC (23:45 local 11-03), 7 at 18:45 UTC (00:15 local
     // 11-04).
-    ek.push(event(
+    ek.extend(events_at(
         &k,
         300,
-        t("2026-11-03T00:10:00Z"),
-        pc("PRESS-K2", None, 3, 0, None),
-    ));
-    ek.push(event(
-        &k,
-        301,
-        t("2026-11-03T18:15:00Z"),
-        pc("PRESS-K2", None, 5, 0, None),
-    ));
-    ek.push(event(
-        &k,
-        302,
-        t("2026-11-03T18:45:00Z"),
-        pc("PRESS-K2", None, 7, 0, None),
+        &[
+            ("2026-11-03T00:10:00Z", pc("PRESS-K2", None, 3, 0, None)),
+            ("2026-11-03T18:15:00Z", pc("PRESS-K2", None, 5, 0, None)),
+            ("2026-11-03T18:45:00Z", pc("PRESS-K2", None, 7, 0, None)),
+        ],
     ));
     // Two batches, overlapping: the re-sent events must not count twice.
     h.store.ingest_events(&k, &ek[..80]).await.unwrap();
@@ -166,21 +165,15 @@ async fn hand_worked_time_zones_scrap_small_stops_on_time_and_corrections() {
 
     // ---- SITE_B: Berlin (UTC+01:00 in November) day boundary on PRESS-B1 --------------------
     let bsite = SiteId::new("SITE_B").unwrap();
-    let eb = vec![
-        // 23:59 local on 11-03, then 00:00 local on 11-04 (both on 11-03 in UTC).
-        event(
-            &bsite,
-            1,
-            t("2026-11-03T22:59:00Z"),
-            pc("PRESS-B1", None, 10, 0, None),
-        ),
-        event(
-            &bsite,
-            2,
-            t("2026-11-03T23:00:00Z"),
-            pc("PRESS-B1", None, 20, 0, None),
-        ),
-    ];
+    // 23:59 local on 11-03, then 00:00 local on 11-04 (both on 11-03 in UTC).
+    let eb = events_at(
+        &bsite,
+        1,
+        &[
+            ("2026-11-03T22:59:00Z", pc("PRESS-B1", None, 10, 0, None)),
+            ("2026-11-03T23:00:00Z", pc("PRESS-B1", None, 20, 0, None)),
+        ],
+    );
     h.store.ingest_events(&bsite, &eb).await.unwrap();
 
     // (1) OEE of the worked example, per equipment at SITE_K over the local day 11-03
@@ -194,138 +187,123 @@ async fn hand_worked_time_zones_scrap_small_stops_on_time_and_corrections() {
     // 10,592, scrap 216 → A 0.95, P 21,600/51,300 = 0.421053, Q 10,592/10,808 = 0.980015,
     // OEE = 21,600 × 0.980015 / 54,000 = 0.392006.
     let day_k = "from=2026-11-03&to=2026-11-04&site=SITE_K";
-    let (s, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/oee?{day_k}&group_by=equipment"),
-    )
-    .await;
+    let (s, v, _) = api
+        .get(&format!("/api/v1/reports/oee?{day_k}&group_by=equipment"))
+        .await;
     assert_eq!(s, 200, "oee: {v}");
     assert_eq!(
         (v["from"].as_str(), v["to"].as_str()),
         (Some("2026-11-03"), Some("2026-11-04")),
         "dates echo as dates: {v}"
     );
-    let r = row_of(&v, "oee", &[("equipment", Some("PRESS-K1"))]);
-    for (f, want) in [
-        ("planned_production_seconds", 27_000.0),
-        ("stop_seconds", 2_700.0),
-        ("run_seconds", 24_300.0),
-        ("ideal_seconds", 21_600.0),
-        ("good", 10_584.0),
-        ("scrap", 216.0),
-        ("total_count", 10_800.0),
-        ("availability", 0.9),
-        ("performance", 21_600.0 / 24_300.0),
-        ("quality", 0.98),
-        ("oee", 0.784),
-    ] {
-        expect("oee", "equipment=PRESS-K1", r, f, want);
-    }
-    let r = row_of(&v, "oee", &[("equipment", Some("PRESS-K2"))]);
-    for (f, want) in [
-        ("planned_production_seconds", 27_000.0),
-        ("stop_seconds", 0.0),
-        ("ideal_seconds", 0.0),
-        ("good", 8.0),
-        ("availability", 1.0),
-        ("performance", 0.0),
-        ("quality", 1.0),
-        ("oee", 0.0),
-    ] {
-        expect("oee", "equipment=PRESS-K2", r, f, want);
-    }
-    let total = &v["total"];
-    for (f, want) in [
-        ("planned_production_seconds", 54_000.0),
-        ("stop_seconds", 2_700.0),
-        ("run_seconds", 51_300.0),
-        ("ideal_seconds", 21_600.0),
-        ("good", 10_592.0),
-        ("scrap", 216.0),
-        ("availability", 0.95),
-        ("performance", 21_600.0 / 51_300.0),
-        ("quality", 10_592.0 / 10_808.0),
-        ("oee", 21_600.0 * (10_592.0 / 10_808.0) / 54_000.0),
-    ] {
-        expect("oee", "total", total, f, want);
-    }
-    // By work centre: WC-K is PRESS-K1 alone; PRESS-K2 (not in the master) is the null group.
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/oee?{day_k}&group_by=work_center"),
-    )
-    .await;
-    expect(
+    expect_row(
+        &v,
         "oee",
-        "work_center=WC-K",
-        row_of(&v, "oee", &[("work_center", Some("WC-K"))]),
-        "oee",
-        0.784,
+        &[("equipment", Some("PRESS-K1"))],
+        &[
+            ("planned_production_seconds", 27_000.0),
+            ("stop_seconds", 2_700.0),
+            ("run_seconds", 24_300.0),
+            ("ideal_seconds", 21_600.0),
+            ("good", 10_584.0),
+            ("scrap", 216.0),
+            ("total_count", 10_800.0),
+            ("availability", 0.9),
+            ("performance", 21_600.0 / 24_300.0),
+            ("quality", 0.98),
+            ("oee", 0.784),
+        ],
     );
-    expect(
+    expect_row(
+        &v,
         "oee",
-        "work_center=null",
-        row_of(&v, "oee", &[("work_center", None)]),
-        "good",
-        8.0,
+        &[("equipment", Some("PRESS-K2"))],
+        &[
+            ("planned_production_seconds", 27_000.0),
+            ("stop_seconds", 0.0),
+            ("ideal_seconds", 0.0),
+            ("good", 8.0),
+            ("availability", 1.0),
+            ("performance", 0.0),
+            ("quality", 1.0),
+            ("oee", 0.0),
+        ],
+    );
+    let total = &v["total"];
+    expect_all(
+        "oee",
+        "total",
+        total,
+        &[
+            ("planned_production_seconds", 54_000.0),
+            ("stop_seconds", 2_700.0),
+            ("run_seconds", 51_300.0),
+            ("ideal_seconds", 21_600.0),
+            ("good", 10_592.0),
+            ("scrap", 216.0),
+            ("availability", 0.95),
+            ("performance", 21_600.0 / 51_300.0),
+            ("quality", 10_592.0 / 10_808.0),
+            ("oee", 21_600.0 * (10_592.0 / 10_808.0) / 54_000.0),
+        ],
+    );
+    // By work centre: WC-K is PRESS-K1 alone; PRESS-K2 (not in the master) is the null group.
+    let v = api
+        .json(&format!("/api/v1/reports/oee?{day_k}&group_by=work_center"))
+        .await;
+    expect_each(
+        &v,
+        "oee",
+        &[
+            (&[("work_center", Some("WC-K"))], &[("oee", 0.784)]),
+            (&[("work_center", None)], &[("good", 8.0)]),
+        ],
     );
 
     // (5) Shifts: every bucket of PRESS-K1 lies in "2026-11-03 Early" (labelled with the local
     // date of the shift start); PRESS-K2's counts at 23:30 and 17:30 UTC buckets are in no shift.
     // Early: PPT 54,000, stop 2,700, ideal 21,600, good 10,584, scrap 216 → OEE 21,600 × 0.98 /
     // 54,000 = 0.392. No shift: PPT 0, 8 good → A and OEE null.
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/oee?{day_k}&group_by=shift"),
-    )
-    .await;
-    let r = row_of(&v, "oee", &[("shift", Some("2026-11-03 Early"))]);
-    for (f, want) in [
-        ("planned_production_seconds", 54_000.0),
-        ("stop_seconds", 2_700.0),
-        ("ideal_seconds", 21_600.0),
-        ("good", 10_584.0),
-        ("scrap", 216.0),
-        ("oee", 0.392),
-    ] {
-        expect("oee", "shift=2026-11-03 Early", r, f, want);
-    }
-    let r = row_of(&v, "oee", &[("shift", None)]);
-    expect("oee", "shift=null", r, "planned_production_seconds", 0.0);
-    expect("oee", "shift=null", r, "good", 8.0);
+    let v = api
+        .json(&format!("/api/v1/reports/oee?{day_k}&group_by=shift"))
+        .await;
+    expect_row(
+        &v,
+        "oee",
+        &[("shift", Some("2026-11-03 Early"))],
+        &[
+            ("planned_production_seconds", 54_000.0),
+            ("stop_seconds", 2_700.0),
+            ("ideal_seconds", 21_600.0),
+            ("good", 10_584.0),
+            ("scrap", 216.0),
+            ("oee", 0.392),
+        ],
+    );
+    let r = expect_row(
+        &v,
+        "oee",
+        &[("shift", None)],
+        &[("planned_production_seconds", 0.0), ("good", 8.0)],
+    );
     expect_null("oee", "shift=null", r, "availability");
     expect_null("oee", "shift=null", r, "oee");
-    assert_eq!(v["rows"].as_array().unwrap().len(), 2, "oee by shift: {v}");
+    expect_rows(&v, 2, "oee by shift");
 
     // (5) Site-local days, both sites, from=2026-11-03&to=2026-11-05 (each site's own midnights).
     // SITE_B: 10 on 11-03 (23:59 local), 20 on 11-04 (00:00 local).
     // SITE_K: 10,584 + 3 + 5 = 10,592 good and 216 scrap on 11-03; 7 on 11-04 (00:15 local).
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        "/api/v1/reports/production?from=2026-11-03&to=2026-11-05&group_by=site,day",
-    )
-    .await;
-    let got: Vec<(String, String, i64, i64)> = v["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["site"].as_str().unwrap().to_owned(),
-                r["day"].as_str().unwrap().to_owned(),
-                r["good"].as_i64().unwrap(),
-                r["scrap"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let v = api
+        .json("/api/v1/reports/production?from=2026-11-03&to=2026-11-05&group_by=site,day")
+        .await;
+    let got: Vec<(String, String, i64, i64)> = rows(&v, |r| {
+        (
+            r["site"].as_str().unwrap().to_owned(),
+            r["day"].as_str().unwrap().to_owned(),
+            r["good"].as_i64().unwrap(),
+            r["scrap"].as_i64().unwrap(),
+        )
+    });
     let want: Vec<(String, String, i64, i64)> = [
         ("SITE_B", "2026-11-03", 10, 0),
         ("SITE_B", "2026-11-04", 20, 0),
@@ -340,125 +318,78 @@ async fn hand_worked_time_zones_scrap_small_stops_on_time_and_corrections() {
     // both Berlin counts (buckets 22:00 and 23:00 UTC) and at SITE_K PRESS-K2's 18:15 and
     // 18:45 UTC counts (buckets 17:30 and 18:30) but not the 00:10 UTC one (bucket 23:30 UTC
     // the day before): 5 + 7 = 12.
-    let (_, v, _) = get(&http, &base, &reader,
-        "/api/v1/reports/production?from=2026-11-03T00:00:00Z&to=2026-11-04T00:00:00Z&group_by=site,equipment").await;
-    expect(
+    let v = api.json("/api/v1/reports/production?from=2026-11-03T00:00:00Z&to=2026-11-04T00:00:00Z&group_by=site,equipment").await;
+    expect_each(
+        &v,
         "production",
-        "SITE_B/PRESS-B1",
-        row_of(
-            &v,
-            "production",
-            &[("site", Some("SITE_B")), ("equipment", Some("PRESS-B1"))],
-        ),
-        "good",
-        30.0,
-    );
-    expect(
-        "production",
-        "SITE_K/PRESS-K1",
-        row_of(
-            &v,
-            "production",
-            &[("site", Some("SITE_K")), ("equipment", Some("PRESS-K1"))],
-        ),
-        "good",
-        10_584.0,
-    );
-    expect(
-        "production",
-        "SITE_K/PRESS-K2",
-        row_of(
-            &v,
-            "production",
-            &[("site", Some("SITE_K")), ("equipment", Some("PRESS-K2"))],
-        ),
-        "good",
-        12.0,
+        &[
+            (
+                &[("site", Some("SITE_B")), ("equipment", Some("PRESS-B1"))],
+                &[("good", 30.0)],
+            ),
+            (
+                &[("site", Some("SITE_K")), ("equipment", Some("PRESS-K1"))],
+                &[("good", 10_584.0)],
+            ),
+            (
+                &[("site", Some("SITE_K")), ("equipment", Some("PRESS-K2"))],
+                &[("good", 12.0)],
+            ),
+        ],
     );
 
     // (3) Scrap rate and scrap by reason, SITE_K local day 11-03.
     // Production: good 10,592, scrap 216, total 10,808, scrap rate 216/10,808 = 0.019985;
     // PRESS-K1 alone 216/10,800 = 0.02; by product: BRACKET-7 10,584, null (no order) 8.
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/production?{day_k}"),
-    )
-    .await;
-    let r = row_of(&v, "production", &[("site", Some("SITE_K"))]);
-    expect("production", "site=SITE_K", r, "good", 10_592.0);
-    expect("production", "site=SITE_K", r, "scrap", 216.0);
-    expect("production", "site=SITE_K", r, "total_count", 10_808.0);
-    expect(
+    let v = api
+        .json(&format!("/api/v1/reports/production?{day_k}"))
+        .await;
+    expect_row(
+        &v,
         "production",
-        "site=SITE_K",
-        r,
-        "scrap_rate",
-        216.0 / 10_808.0,
+        &[("site", Some("SITE_K"))],
+        &[
+            ("good", 10_592.0),
+            ("scrap", 216.0),
+            ("total_count", 10_808.0),
+            ("scrap_rate", 216.0 / 10_808.0),
+        ],
     );
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/production?{day_k}&group_by=equipment"),
-    )
-    .await;
-    expect(
+    let v = api
+        .json(&format!(
+            "/api/v1/reports/production?{day_k}&group_by=equipment"
+        ))
+        .await;
+    expect_each(
+        &v,
         "production",
-        "equipment=PRESS-K1",
-        row_of(&v, "production", &[("equipment", Some("PRESS-K1"))]),
-        "scrap_rate",
-        0.02,
+        &[
+            (&[("equipment", Some("PRESS-K1"))], &[("scrap_rate", 0.02)]),
+            (&[("equipment", Some("PRESS-K2"))], &[("scrap_rate", 0.0)]),
+        ],
     );
-    expect(
+    let v = api
+        .json(&format!(
+            "/api/v1/reports/production?{day_k}&group_by=product"
+        ))
+        .await;
+    expect_each(
+        &v,
         "production",
-        "equipment=PRESS-K2",
-        row_of(&v, "production", &[("equipment", Some("PRESS-K2"))]),
-        "scrap_rate",
-        0.0,
-    );
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/production?{day_k}&group_by=product"),
-    )
-    .await;
-    expect(
-        "production",
-        "product=BRACKET-7",
-        row_of(&v, "production", &[("product", Some("BRACKET-7"))]),
-        "good",
-        10_584.0,
-    );
-    expect(
-        "production",
-        "product=null",
-        row_of(&v, "production", &[("product", None)]),
-        "good",
-        8.0,
+        &[
+            (&[("product", Some("BRACKET-7"))], &[("good", 10_584.0)]),
+            (&[("product", None)], &[("good", 8.0)]),
+        ],
     );
     // By reason: CRACK 144 (0.666667), BURR 70 (0.324074), unassigned 2 (0.009259), in that order.
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/scrap?{day_k}"),
-    )
-    .await;
-    let got: Vec<(Option<String>, i64, f64)> = v["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["reason"].as_str().map(str::to_owned),
-                r["scrap"].as_i64().unwrap(),
-                r["share"].as_f64().unwrap(),
-            )
-        })
-        .collect();
+    let v = api.json(&format!("/api/v1/reports/scrap?{day_k}")).await;
+    let got: Vec<(Option<String>, i64, f64)> = rows(&v, |r| {
+        (
+            r["reason"].as_str().map(str::to_owned),
+            r["scrap"].as_i64().unwrap(),
+            r["share"].as_f64().unwrap(),
+        )
+    });
     let want = [
         (Some("SCRAP.CRACK"), 144, 144.0 / 216.0),
         (Some("SCRAP.BURR"), 70, 70.0 / 216.0),
@@ -471,65 +402,27 @@ async fn hand_worked_time_zones_scrap_small_stops_on_time_and_corrections() {
             "scrap by reason: api {g:?}, hand-worked {w:?}"
         );
     }
-    expect("scrap", "total", &v["total"], "good", 10_592.0);
-    expect("scrap", "total", &v["total"], "scrap", 216.0);
-    expect(
+    expect_all(
         "scrap",
         "total",
         &v["total"],
-        "scrap_rate",
-        216.0 / 10_808.0,
+        &[
+            ("good", 10_592.0),
+            ("scrap", 216.0),
+            ("scrap_rate", 216.0 / 10_808.0),
+        ],
     );
 
     // (4) Pareto at SITE_K, local day 11-03. Without planned stops: JAM 2,700 s (1 stop, share
     // 2,700/2,790 = 0.967742), unassigned 90 s (the small stop, 0.032258, cumulative 1).
     // With them: PLAN.END 08:30–18:30 UTC = 36,000 s (the rest of the day falls on 11-04):
     // total 38,790 → 0.928074, then JAM cumulative 0.997680, then unassigned 1.0.
-    let pareto = |v: &Value| -> Vec<(Option<String>, f64, i64, f64, f64)> {
-        v["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r["reason"].as_str().map(str::to_owned),
-                    r["seconds"].as_f64().unwrap(),
-                    r["stops"].as_i64().unwrap(),
-                    r["share"].as_f64().unwrap(),
-                    r["cumulative_share"].as_f64().unwrap(),
-                )
-            })
-            .collect()
-    };
-    let cmp = |what: &str,
-               got: Vec<(Option<String>, f64, i64, f64, f64)>,
-               want: &[(Option<&str>, f64, i64, f64, f64)]| {
-        assert_eq!(
-            got.len(),
-            want.len(),
-            "{what}: api {got:?}, hand-worked {want:?}"
-        );
-        for (g, w) in got.iter().zip(want) {
-            assert!(
-                g.0.as_deref() == w.0
-                    && (g.1 - w.1).abs() < 1e-4
-                    && g.2 == w.2
-                    && (g.3 - w.3).abs() < 1e-4
-                    && (g.4 - w.4).abs() < 1e-4,
-                "{what}: api {g:?}, hand-worked {w:?}"
-            );
-        }
-    };
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/downtime-pareto?{day_k}"),
-    )
-    .await;
-    cmp(
+    let v = api
+        .json(&format!("/api/v1/reports/downtime-pareto?{day_k}"))
+        .await;
+    expect_pareto(
         "pareto SITE_K",
-        pareto(&v),
+        &v,
         &[
             (
                 Some("DOWN.JAM"),
@@ -547,16 +440,14 @@ async fn hand_worked_time_zones_scrap_small_stops_on_time_and_corrections() {
         (Some("Material jam"), Some("unplanned")),
         "{jam}"
     );
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/downtime-pareto?{day_k}&include_planned=true"),
-    )
-    .await;
-    cmp(
+    let v = api
+        .json(&format!(
+            "/api/v1/reports/downtime-pareto?{day_k}&include_planned=true"
+        ))
+        .await;
+    expect_pareto(
         "pareto SITE_K include_planned",
-        pareto(&v),
+        &v,
         &[
             (
                 Some("PLAN.END"),
@@ -577,107 +468,78 @@ async fn hand_worked_time_zones_scrap_small_stops_on_time_and_corrections() {
     );
     // By local day over 11-03..11-04: the planned stop's remaining 6 h (18:30–00:30 UTC) belong
     // to 11-04, without a stop (it began on 11-03); cumulative shares restart per group.
-    let (_, v, _) = get(&http, &base, &reader,
-        "/api/v1/reports/downtime-pareto?from=2026-11-03&to=2026-11-05&site=SITE_K&include_planned=true&group_by=day").await;
-    let r = row_of(
+    let v = api.json("/api/v1/reports/downtime-pareto?from=2026-11-03&to=2026-11-05&site=SITE_K&include_planned=true&group_by=day").await;
+    expect_row(
         &v,
         "downtime-pareto",
         &[("day", Some("2026-11-04")), ("reason", Some("PLAN.END"))],
+        &[
+            ("seconds", 21_600.0),
+            ("stops", 0.0),
+            ("cumulative_share", 1.0),
+        ],
     );
-    expect("downtime-pareto", "day=2026-11-04", r, "seconds", 21_600.0);
-    expect("downtime-pareto", "day=2026-11-04", r, "stops", 0.0);
-    expect(
-        "downtime-pareto",
-        "day=2026-11-04",
-        r,
-        "cumulative_share",
-        1.0,
-    );
-    let r = row_of(
+    expect_row(
         &v,
         "downtime-pareto",
         &[("day", Some("2026-11-03")), ("reason", Some("PLAN.END"))],
+        &[("seconds", 36_000.0), ("stops", 1.0)],
     );
-    expect("downtime-pareto", "day=2026-11-03", r, "seconds", 36_000.0);
-    expect("downtime-pareto", "day=2026-11-03", r, "stops", 1.0);
-    assert_eq!(v["rows"].as_array().unwrap().len(), 4, "pareto by day: {v}");
+    expect_rows(&v, 4, "pareto by day");
 
     // (6) On-time by the local date of `due` at SITE_K (11-03..11-04 local):
     // K-WO-2 due 18:00 UTC (23:30 local 11-03), ended 18:10 → late;
     // K-WO-3 due 19:00 UTC (00:30 local 11-04), ended 18:00 → on time;
     // K-WO-4 due 20:00 UTC (11-04), still running → open; K-WO-5 due 11-04, aborted → not counted.
     // 11-03: due 1, late 1 → rate 0; 11-04: due 2, on time 1, open 1 → 0.5; total 1/3.
-    order_record(
-        &h.store,
-        "SITE_K",
-        "SITE_K-WO-2",
-        "2026-11-03T18:00:00Z",
-        WorkOrderState::Ended,
-        Some("2026-11-03T18:10:00Z"),
-    )
-    .await;
-    order_record(
-        &h.store,
-        "SITE_K",
-        "SITE_K-WO-3",
-        "2026-11-03T19:00:00Z",
-        WorkOrderState::Ended,
-        Some("2026-11-03T18:00:00Z"),
-    )
-    .await;
-    order_record(
-        &h.store,
-        "SITE_K",
-        "SITE_K-WO-4",
-        "2026-11-03T20:00:00Z",
-        WorkOrderState::Running,
-        None,
-    )
-    .await;
-    order_record(
-        &h.store,
-        "SITE_K",
-        "SITE_K-WO-5",
-        "2026-11-03T21:00:00Z",
-        WorkOrderState::Aborted,
-        Some("2026-11-03T20:30:00Z"),
-    )
-    .await;
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        "/api/v1/reports/on-time?from=2026-11-03&to=2026-11-05&site=SITE_K&group_by=day",
-    )
-    .await;
-    let r = row_of(&v, "on-time", &[("day", Some("2026-11-03"))]);
-    for (f, want) in [
-        ("due", 1.0),
-        ("on_time", 0.0),
-        ("late", 1.0),
-        ("open", 0.0),
-        ("on_time_rate", 0.0),
+    for (id, due, state, ended_at) in [
+        (
+            "SITE_K-WO-2",
+            "2026-11-03T18:00:00Z",
+            WorkOrderState::Ended,
+            Some("2026-11-03T18:10:00Z"),
+        ),
+        (
+            "SITE_K-WO-3",
+            "2026-11-03T19:00:00Z",
+            WorkOrderState::Ended,
+            Some("2026-11-03T18:00:00Z"),
+        ),
+        (
+            "SITE_K-WO-4",
+            "2026-11-03T20:00:00Z",
+            WorkOrderState::Running,
+            None,
+        ),
+        (
+            "SITE_K-WO-5",
+            "2026-11-03T21:00:00Z",
+            WorkOrderState::Aborted,
+            Some("2026-11-03T20:30:00Z"),
+        ),
     ] {
-        expect("on-time", "day=2026-11-03", r, f, want);
+        order_record(&h.store, "SITE_K", id, due, state, ended_at).await;
     }
-    let r = row_of(&v, "on-time", &[("day", Some("2026-11-04"))]);
-    for (f, want) in [
-        ("due", 2.0),
-        ("on_time", 1.0),
-        ("late", 0.0),
-        ("open", 1.0),
-        ("on_time_rate", 0.5),
-    ] {
-        expect("on-time", "day=2026-11-04", r, f, want);
-    }
-    assert_eq!(
-        v["rows"].as_array().unwrap().len(),
-        2,
-        "on-time by day: {v}"
+    let v = api
+        .json("/api/v1/reports/on-time?from=2026-11-03&to=2026-11-05&site=SITE_K&group_by=day")
+        .await;
+    expect_table(
+        &v,
+        "on-time",
+        "day",
+        &["due", "on_time", "late", "open", "on_time_rate"],
+        &[
+            (Some("2026-11-03"), &[1.0, 0.0, 1.0, 0.0, 0.0]),
+            (Some("2026-11-04"), &[2.0, 1.0, 0.0, 1.0, 0.5]),
+        ],
     );
-    for (f, want) in [("due", 3.0), ("on_time", 1.0), ("on_time_rate", 1.0 / 3.0)] {
-        expect("on-time", "total", &v["total"], f, want);
-    }
+    expect_rows(&v, 2, "on-time by day");
+    expect_all(
+        "on-time",
+        "total",
+        &v["total"],
+        &[("due", 3.0), ("on_time", 1.0), ("on_time_rate", 1.0 / 3.0)],
+    );
 
     // ---- (8) Corrections at SITE_B on 2026-11-06 (local day) --------------------------------
     // PRESS-B2, order SITE_B-WO-1:
@@ -719,9 +581,7 @@ async fn hand_worked_time_zones_scrap_small_stops_on_time_and_corrections() {
     // The id of event `n` (ids depend on `n` only).
     let id = |n: u64| event(&bsite, n, at0, corr(x[0].event_id, None)).event_id;
     let rep = |eq: &str, good: u32, scrap: u32, reason: Option<&str>| {
-        Some(Replacement::ProductionCount(pcount(
-            eq, wo, good, scrap, reason,
-        )))
+        Some(pc(eq, wo, good, scrap, reason))
     };
     let at = t("2026-11-07T12:00:00Z");
     let c1 = event(
@@ -756,11 +616,7 @@ async fn hand_worked_time_zones_scrap_small_stops_on_time_and_corrections() {
         at,
         corr(
             id(511),
-            Some(Replacement::EquipmentState(EquipmentStateChange {
-                equipment: EquipmentId::new("PRESS-B4").unwrap(),
-                state: MachineState::Down,
-                reason: Some(ReasonCodeId::new("DOWN.WAIT").unwrap()),
-            })),
+            Some(state("PRESS-B4", MachineState::Down, Some("DOWN.WAIT"))),
         ),
     );
     let c9 = event(&bsite, 609, at, corr(id(513), None));
@@ -779,75 +635,38 @@ async fn hand_worked_time_zones_scrap_small_stops_on_time_and_corrections() {
         h.store.ingest_events(&bsite, &batch).await.unwrap();
     }
     let day_b = "from=2026-11-06&to=2026-11-07&site=SITE_B";
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/production?{day_b}&group_by=equipment"),
-    )
-    .await;
-    let r = row_of(&v, "production", &[("equipment", Some("PRESS-B2"))]);
-    expect(
+    let v = api
+        .json(&format!(
+            "/api/v1/reports/production?{day_b}&group_by=equipment"
+        ))
+        .await;
+    expect_row(
+        &v,
+        "production",
+        &[("equipment", Some("PRESS-B2"))],
+        &[("good", 220.0), ("scrap", 10.0)],
+    );
+    expect_row(
+        &v,
         "production (corrections)",
-        "equipment=PRESS-B2",
-        r,
-        "good",
-        220.0,
+        &[("equipment", Some("PRESS-B3"))],
+        &[("good", 11.0)],
     );
-    expect(
-        "production (corrections)",
-        "equipment=PRESS-B2",
-        r,
-        "scrap",
-        10.0,
-    );
-    expect(
-        "production (corrections)",
-        "equipment=PRESS-B3",
-        row_of(&v, "production", &[("equipment", Some("PRESS-B3"))]),
-        "good",
-        11.0,
-    );
-    assert_eq!(
-        v["rows"].as_array().unwrap().len(),
-        2,
-        "production (corrections) rows: {v}"
-    );
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/scrap?{day_b}"),
-    )
-    .await;
-    let r = row_of(
+    expect_rows(&v, 2, "production (corrections) rows");
+    let v = api.json(&format!("/api/v1/reports/scrap?{day_b}")).await;
+    expect_row(
         &v,
         "scrap (corrections)",
         &[("reason", Some("SCRAP.CRACK"))],
+        &[("scrap", 10.0), ("share", 1.0)],
     );
-    expect(
-        "scrap (corrections)",
-        "reason=SCRAP.CRACK",
-        r,
-        "scrap",
-        10.0,
-    );
-    expect("scrap (corrections)", "reason=SCRAP.CRACK", r, "share", 1.0);
-    assert_eq!(
-        v["rows"].as_array().unwrap().len(),
-        1,
-        "scrap (corrections) rows: {v}"
-    );
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/downtime-pareto?{day_b}"),
-    )
-    .await;
-    cmp(
+    expect_rows(&v, 1, "scrap (corrections) rows");
+    let v = api
+        .json(&format!("/api/v1/reports/downtime-pareto?{day_b}"))
+        .await;
+    expect_pareto(
         "pareto (corrections)",
-        pareto(&v),
+        &v,
         &[(Some("DOWN.WAIT"), 1_800.0, 1, 1.0, 1.0)],
     );
     hub.stop().await.unwrap();
@@ -865,111 +684,71 @@ async fn hand_worked_time_zones_scrap_small_stops_on_time_and_corrections() {
 /// from 10:00 to 11:00 (JAM 3,600 s, availability 0.25) merely because a reason was fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_correction_keeps_the_corrected_events_place_among_simultaneous_changes() {
-    use system_tests::hq::{event, state};
-    let h = hq("sameinstant", &[("SITE_T", "UTC")]).await;
-    let (hub, base, http) = h.serve(ReportSettings::default()).await;
-    let writer = h.token("hq:write", None).await;
-    put_master(&http, &base, &writer, "reason-codes", json!([
-        {"code": "JAM", "parent": null, "name": "Jam", "loss_category": "unplanned", "counts_against_availability": true},
-        {"code": "WAIT", "parent": null, "name": "Waiting", "loss_category": "unplanned", "counts_against_availability": true}])).await;
-    let site = SiteId::new("SITE_T").unwrap();
-    let e1 = event(
+    use system_tests::hq::{event, state, timeline};
+    let (h, hub, api, site) = one_site(
+        "sameinstant",
+        "SITE_T",
+        "UTC",
+        &[("JAM", "Jam"), ("WAIT", "Waiting")],
+    )
+    .await;
+    let es = timeline(
         &site,
         1,
-        t("2026-11-12T10:00:00Z"),
-        state("PRESS-T", MachineState::Down, None),
+        "PRESS-T",
+        &[
+            ("2026-11-12T10:00:00Z", MachineState::Down, None),
+            ("2026-11-12T10:00:00Z", MachineState::Running, None),
+            ("2026-11-12T11:00:00Z", MachineState::Down, Some("WAIT")),
+            ("2026-11-12T11:30:00Z", MachineState::Running, None),
+        ],
     );
-    let e2 = event(
-        &site,
-        2,
-        t("2026-11-12T10:00:00Z"),
-        state("PRESS-T", MachineState::Running, None),
-    );
-    let e3 = event(
-        &site,
-        3,
-        t("2026-11-12T11:00:00Z"),
-        state("PRESS-T", MachineState::Down, Some("WAIT")),
-    );
-    let e4 = event(
-        &site,
-        4,
-        t("2026-11-12T11:30:00Z"),
-        state("PRESS-T", MachineState::Running, None),
-    );
+    let (e1, e2) = (&es[0], &es[1]);
     let c = event(
         &site,
         10,
         t("2026-11-12T13:00:00Z"),
         corr(
             e1.event_id,
-            Some(Replacement::EquipmentState(EquipmentStateChange {
-                equipment: EquipmentId::new("PRESS-T").unwrap(),
-                state: MachineState::Down,
-                reason: Some(ReasonCodeId::new("JAM").unwrap()),
-            })),
+            Some(state("PRESS-T", MachineState::Down, Some("JAM"))),
         ),
     );
     assert!(e2.event_id < c.event_id && e1.event_id < e2.event_id);
-    h.store
-        .ingest_events(&site, &[e1, e2, e3, e4])
-        .await
-        .unwrap();
-    let reader = h.token("hq:read", None).await;
+    h.store.ingest_events(&site, &es).await.unwrap();
     let range = "from=2026-11-12T10:00:00Z&to=2026-11-12T12:00:00Z";
     let pareto = |v: &Value| -> Vec<(Option<String>, f64, i64)> {
-        v["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r["reason"].as_str().map(str::to_owned),
-                    num(r, "seconds"),
-                    r["stops"].as_i64().unwrap(),
-                )
-            })
-            .collect()
+        rows(v, |r| {
+            (
+                r["reason"].as_str().map(str::to_owned),
+                num(r, "seconds"),
+                r["stops"].as_i64().unwrap(),
+            )
+        })
     };
     let want = vec![(Some("WAIT".to_owned()), 1_800.0, 1)];
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/downtime-pareto?{range}"),
-    )
-    .await;
+    let v = api
+        .json(&format!("/api/v1/reports/downtime-pareto?{range}"))
+        .await;
     assert_eq!(
         pareto(&v),
         want,
         "downtime-pareto before the correction: {v}"
     );
     h.store.ingest_events(&site, &[c]).await.unwrap();
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/downtime-pareto?{range}"),
-    )
-    .await;
+    let v = api
+        .json(&format!("/api/v1/reports/downtime-pareto?{range}"))
+        .await;
     assert_eq!(
         pareto(&v),
         want,
         "downtime-pareto after correcting the reason of the first of two simultaneous changes: {v}"
     );
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/oee?{range}"),
-    )
-    .await;
-    expect(
+    let v = api.json(&format!("/api/v1/reports/oee?{range}")).await;
+    expect_row(
+        &v,
         "oee",
-        "site=SITE_T",
-        row_of(&v, "oee", &[("site", Some("SITE_T"))]),
-        "availability",
-        0.75,
+        &[("site", Some("SITE_T"))],
+        &[("availability", 0.75)],
     );
     hub.stop().await.unwrap();
 }
@@ -978,130 +757,97 @@ async fn a_correction_keeps_the_corrected_events_place_among_simultaneous_change
 /// 25 hours (02:00–03:00 local twice: 00:00–01:00 UTC in CEST and 01:00–02:00 UTC in CET).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hand_worked_daylight_saving_day_has_25_hours() {
-    use system_tests::hq::{count, event, state};
-    let h = hq("dst", &[("SITE_D", "Europe/Berlin")]).await;
-    let (hub, base, http) = h.serve(ReportSettings::default()).await;
-    let writer = h.token("hq:write", None).await;
-    put_master(&http, &base, &writer, "reason-codes", json!([
-        {"code": "JAM", "parent": null, "name": "Jam", "loss_category": "unplanned", "counts_against_availability": true}])).await;
-    let site = SiteId::new("SITE_D").unwrap();
+    use system_tests::hq::{count, events_at, state};
+    let (h, hub, api, site) = one_site("dst", "SITE_D", "Europe/Berlin", &[("JAM", "Jam")]).await;
     // Running from local midnight (22:00 UTC the day before), down on JAM 02:30 CEST (00:30 UTC)
     // to 02:30 CET (01:30 UTC): one hour spanning both 02:00 hours, running again after.
     // Counts at 02:30 CEST (10) and 02:30 CET (20), and at 23:30 CET (22:30 UTC, 5).
-    let events = vec![
-        event(
-            &site,
-            1,
-            t("2026-10-24T22:00:00Z"),
-            state("PRESS-D", MachineState::Running, None),
-        ),
-        event(
-            &site,
-            2,
-            t("2026-10-25T00:30:00Z"),
-            state("PRESS-D", MachineState::Down, Some("JAM")),
-        ),
-        event(
-            &site,
-            3,
-            t("2026-10-25T01:30:00Z"),
-            state("PRESS-D", MachineState::Running, None),
-        ),
-        event(
-            &site,
-            4,
-            t("2026-10-25T00:30:00Z"),
-            count("PRESS-D", "SITE_D-WO-1", 10, 0),
-        ),
-        event(
-            &site,
-            5,
-            t("2026-10-25T01:30:00Z"),
-            count("PRESS-D", "SITE_D-WO-1", 20, 0),
-        ),
-        event(
-            &site,
-            6,
-            t("2026-10-25T22:30:00Z"),
-            count("PRESS-D", "SITE_D-WO-1", 5, 0),
-        ),
-    ];
+    let events = events_at(
+        &site,
+        1,
+        &[
+            (
+                "2026-10-24T22:00:00Z",
+                state("PRESS-D", MachineState::Running, None),
+            ),
+            (
+                "2026-10-25T00:30:00Z",
+                state("PRESS-D", MachineState::Down, Some("JAM")),
+            ),
+            (
+                "2026-10-25T01:30:00Z",
+                state("PRESS-D", MachineState::Running, None),
+            ),
+            (
+                "2026-10-25T00:30:00Z",
+                count("PRESS-D", "SITE_D-WO-1", 10, 0),
+            ),
+            (
+                "2026-10-25T01:30:00Z",
+                count("PRESS-D", "SITE_D-WO-1", 20, 0),
+            ),
+            (
+                "2026-10-25T22:30:00Z",
+                count("PRESS-D", "SITE_D-WO-1", 5, 0),
+            ),
+        ],
+    );
     h.store.ingest_events(&site, &events).await.unwrap();
-    let reader = h.token("hq:read", None).await;
     // The local day 10-25 is [2026-10-24T22:00Z, 2026-10-25T23:00Z): PPT 25 h = 90,000 s
     // (no calendar: around the clock), stop 3,600 s → A = 86,400 / 90,000 = 0.96.
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        "/api/v1/reports/oee?from=2026-10-25&to=2026-10-26&group_by=day",
-    )
-    .await;
-    let r = row_of(&v, "oee", &[("day", Some("2026-10-25"))]);
-    expect(
+    let v = api
+        .json("/api/v1/reports/oee?from=2026-10-25&to=2026-10-26&group_by=day")
+        .await;
+    expect_row(
+        &v,
         "oee",
-        "day=2026-10-25",
-        r,
-        "planned_production_seconds",
-        90_000.0,
+        &[("day", Some("2026-10-25"))],
+        &[
+            ("planned_production_seconds", 90_000.0),
+            ("stop_seconds", 3_600.0),
+            ("availability", 0.96),
+            ("good", 35.0),
+        ],
     );
-    expect("oee", "day=2026-10-25", r, "stop_seconds", 3_600.0);
-    expect("oee", "day=2026-10-25", r, "availability", 0.96);
-    expect("oee", "day=2026-10-25", r, "good", 35.0);
-    assert_eq!(v["rows"].as_array().unwrap().len(), 1, "oee by day: {v}");
+    expect_rows(&v, 1, "oee by day");
     // The two 02:00 hours are two buckets: 10 in the first, 20 in the second (by equipment and
     // an instant range over each UTC hour).
     for (from, to, good) in [
         ("2026-10-25T00:00:00Z", "2026-10-25T01:00:00Z", 10.0),
         ("2026-10-25T01:00:00Z", "2026-10-25T02:00:00Z", 20.0),
     ] {
-        let (_, v, _) = get(
-            &http,
-            &base,
-            &reader,
-            &format!("/api/v1/reports/production?from={from}&to={to}"),
-        )
-        .await;
-        expect(
+        let v = api
+            .json(&format!("/api/v1/reports/production?from={from}&to={to}"))
+            .await;
+        expect_row(
+            &v,
             "production",
-            &format!("[{from}, {to})"),
-            row_of(&v, "production", &[("site", Some("SITE_D"))]),
-            "good",
-            good,
+            &[("site", Some("SITE_D"))],
+            &[("good", good)],
         );
-        let (_, v, _) = get(
-            &http,
-            &base,
-            &reader,
-            &format!("/api/v1/reports/oee?from={from}&to={to}"),
-        )
-        .await;
+        let v = api
+            .json(&format!("/api/v1/reports/oee?from={from}&to={to}"))
+            .await;
         let r = row_of(&v, "oee", &[("site", Some("SITE_D"))]);
-        expect(
+        expect_all(
             "oee",
             &format!("[{from}, {to})"),
             r,
-            "planned_production_seconds",
-            3_600.0,
-        );
-        expect(
-            "oee",
-            &format!("[{from}, {to})"),
-            r,
-            "stop_seconds",
-            1_800.0,
+            &[
+                ("planned_production_seconds", 3_600.0),
+                ("stop_seconds", 1_800.0),
+            ],
         );
     }
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        "/api/v1/reports/downtime-pareto?from=2026-10-25&to=2026-10-26",
-    )
-    .await;
-    let r = row_of(&v, "downtime-pareto", &[("reason", Some("JAM"))]);
-    expect("downtime-pareto", "reason=JAM", r, "seconds", 3_600.0);
-    expect("downtime-pareto", "reason=JAM", r, "stops", 1.0);
+    let v = api
+        .json("/api/v1/reports/downtime-pareto?from=2026-10-25&to=2026-10-26")
+        .await;
+    expect_row(
+        &v,
+        "downtime-pareto",
+        &[("reason", Some("JAM"))],
+        &[("seconds", 3_600.0), ("stops", 1.0)],
+    );
     hub.stop().await.unwrap();
 }
 
@@ -1114,11 +860,7 @@ async fn hand_worked_daylight_saving_day_has_25_hours() {
 async fn the_present_counts_up_to_now() {
     use shared_model::Timestamp;
     use system_tests::hq::{event, state};
-    let h = hq("present", &[("SITE_N", "UTC")]).await;
-    let (hub, base, http) = h.serve(ReportSettings::default()).await;
-    let writer = h.token("hq:write", None).await;
-    put_master(&http, &base, &writer, "reason-codes", json!([
-        {"code": "JAM", "parent": null, "name": "Jam", "loss_category": "unplanned", "counts_against_availability": true}])).await;
+    let (h, hub, api, site) = one_site("present", "SITE_N", "UTC", &[("JAM", "Jam")]).await;
     let clock = || {
         i64::try_from(
             std::time::SystemTime::now()
@@ -1132,7 +874,6 @@ async fn the_present_counts_up_to_now() {
     let now = clock();
     let from = now - now.rem_euclid(HOUR) - 2 * HOUR;
     let down = now - 1_800_000_000;
-    let site = SiteId::new("SITE_N").unwrap();
     h.store
         .ingest_events(
             &site,
@@ -1153,20 +894,13 @@ async fn the_present_counts_up_to_now() {
         )
         .await
         .unwrap();
-    let reader = h.token("hq:read", None).await;
     let range = format!(
         "from={}&to={}",
         Timestamp::from_micros(from).to_rfc3339(),
         Timestamp::from_micros(from + 3 * HOUR).to_rfc3339()
     );
     let before = clock();
-    let (status, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/oee?{range}"),
-    )
-    .await;
+    let (status, v, _) = api.get(&format!("/api/v1/reports/oee?{range}")).await;
     let after = clock();
     assert_eq!(status, 200, "{v}");
     let r = row_of(&v, "oee", &[("site", Some("SITE_N"))]);
@@ -1184,13 +918,9 @@ async fn the_present_counts_up_to_now() {
         stop >= 1_800.0 - 2.0 && stop <= secs(after - down) + 2.0,
         "oee [site=SITE_N] stop_seconds {stop}: not now − down"
     );
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/downtime-pareto?{range}"),
-    )
-    .await;
+    let v = api
+        .json(&format!("/api/v1/reports/downtime-pareto?{range}"))
+        .await;
     let r = row_of(&v, "downtime-pareto", &[("reason", Some("JAM"))]);
     let jam = num(r, "seconds");
     assert!(

@@ -4,12 +4,12 @@
 
 use central_hub::serve::ReportSettings;
 use serde_json::{Value, json};
-use shared_model::event::{MachineState, MaterialMovement, Replacement};
-use shared_model::{Event, EventBody, LotId, MaterialId, SiteId, WorkOrderId};
+use shared_model::event::MachineState;
+use shared_model::{Event, MaterialId, SiteId, WorkOrderId};
 use sync_protocol::store::HubStore;
-use system_tests::hq::{get, hq, put_master, t};
+use system_tests::hq::{Api, array_len, event, events_at, hq, movement, put_master, t};
 
-use super::{corr, publish_order};
+use super::{corr, expect_rows, pareto, publish_order};
 
 /// A work order as the site's edge reports it: one Automerge change from an actor of the site.
 async fn site_order(
@@ -36,19 +36,74 @@ async fn site_order(
     publish_order(store, order).await;
 }
 
-fn movement(consumed: bool, lot: &str, material: &str, qty: f64, order: &str) -> EventBody {
-    let m = MaterialMovement {
-        lot: LotId::new(lot).unwrap(),
-        material: MaterialId::new(material).unwrap(),
-        quantity: qty,
-        work_order: Some(WorkOrderId::new(order).unwrap()),
-        equipment: None,
-    };
-    if consumed {
-        EventBody::MaterialConsumed(m)
-    } else {
-        EventBody::MaterialProduced(m)
+/// Material movements of `site` on 2026-11-10 numbered from `first`: at each time of day (UTC,
+/// `hh:mm`) whether consumed (or else produced), the lot, its material, the quantity and the
+/// work order.
+fn movements(
+    site: &SiteId,
+    first: u64,
+    moves: &[(&str, bool, &str, &str, f64, &str)],
+) -> Vec<Event> {
+    (first..)
+        .zip(moves)
+        .map(|(n, &(at, consumed, lot, material, qty, order))| {
+            let at = t(&format!("2026-11-10T{at}:00Z"));
+            event(site, n, at, movement(consumed, lot, material, qty, order))
+        })
+        .collect()
+}
+
+/// A genealogy edge: from lot, to lot, work order, site, quantity, depth.
+type Edge<'a> = (&'a str, &'a str, &'a str, &'a str, f64, i64);
+
+/// The edges of genealogy answer `v`, sorted.
+fn edges(v: &Value) -> Vec<Edge<'_>> {
+    fn s<'a>(e: &'a Value, k: &str) -> &'a str {
+        e[k].as_str().unwrap()
     }
+    let mut edges: Vec<Edge<'_>> = v["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let (q, d) = (
+                e["quantity"].as_f64().unwrap(),
+                e["depth"].as_i64().unwrap(),
+            );
+            (
+                s(e, "from_lot"),
+                s(e, "to_lot"),
+                s(e, "work_order"),
+                s(e, "site"),
+                q,
+                d,
+            )
+        })
+        .collect();
+    edges.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    edges
+}
+
+/// The nodes of genealogy answer `v`, sorted: lot, material, depth.
+fn nodes(v: &Value) -> Vec<(&str, Option<&str>, i64)> {
+    let mut nodes: Vec<_> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let lot = n["lot"].as_str().unwrap();
+            (lot, n["material"].as_str(), n["depth"].as_i64().unwrap())
+        })
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+/// The genealogy answer to `path`, whose edges are asserted to be `want`; `what` names it.
+async fn genealogy(api: &Api, path: &str, want: &[Edge<'_>], what: &str) -> Value {
+    let v = api.json(path).await;
+    assert_eq!(edges(&v), want, "{what}: {v}");
+    v
 }
 
 /// Hand-worked figures, written out: a cross-site roll-up that differs from the average of
@@ -56,7 +111,7 @@ fn movement(consumed: bool, lot: &str, material: &str, qty: f64, order: &str) ->
 /// genealogy of three levels across two sites in both directions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hand_worked_rollup_pareto_on_time_and_genealogy() {
-    use system_tests::hq::{close, count, event, every, state};
+    use system_tests::hq::{close, count, every, state};
     let h = hq(
         "hand",
         &[("SITE_X", "UTC"), ("SITE_Y", "UTC"), ("SITE_P", "UTC")],
@@ -78,42 +133,24 @@ async fn hand_worked_rollup_pareto_on_time_and_genealogy() {
     );
     // Orders: X-WO-1 due 02:00 ended 01:30 (on time), X-WO-2 due 03:00 ended 03:30 (late),
     // X-WO-3 due 03:30 still open; Y-WO-1 due next week (outside the range).
-    site_order(
-        &h.store,
-        "SITE_X",
-        "SITE_X-WO-1",
-        "M1",
-        "2026-11-10T02:00:00Z",
-        Some("2026-11-10T01:30:00Z"),
-    )
-    .await;
-    site_order(
-        &h.store,
-        "SITE_X",
-        "SITE_X-WO-2",
-        "M1",
-        "2026-11-10T03:00:00Z",
-        Some("2026-11-10T03:30:00Z"),
-    )
-    .await;
-    site_order(
-        &h.store,
-        "SITE_X",
-        "SITE_X-WO-3",
-        "M1",
-        "2026-11-10T03:30:00Z",
-        None,
-    )
-    .await;
-    site_order(
-        &h.store,
-        "SITE_Y",
-        "SITE_Y-WO-1",
-        "M1",
-        "2026-11-17T00:00:00Z",
-        None,
-    )
-    .await;
+    for (site, id, due, ended_at) in [
+        (
+            "SITE_X",
+            "SITE_X-WO-1",
+            "2026-11-10T02:00:00Z",
+            Some("2026-11-10T01:30:00Z"),
+        ),
+        (
+            "SITE_X",
+            "SITE_X-WO-2",
+            "2026-11-10T03:00:00Z",
+            Some("2026-11-10T03:30:00Z"),
+        ),
+        ("SITE_X", "SITE_X-WO-3", "2026-11-10T03:30:00Z", None),
+        ("SITE_Y", "SITE_Y-WO-1", "2026-11-17T00:00:00Z", None),
+    ] {
+        site_order(&h.store, site, id, "M1", due, ended_at).await;
+    }
 
     // Roll-up. SITE_X: running from 00:00, PPT 4 h = 14,400 s, 10,800 good at 1 s ideal → OEE
     // 0.75. SITE_Y: first reports at 03:00, PPT 3,600 s, 900 good → OEE 0.25. The average of
@@ -134,30 +171,28 @@ async fn hand_worked_rollup_pareto_on_time_and_genealogy() {
         &count("PRESS-01", "SITE_X-WO-1", 100, 0),
     ));
     h.store.ingest_events(&x, &ex).await.unwrap();
-    let ey = vec![
-        event(
-            &y,
-            1,
-            t("2026-11-10T03:00:00Z"),
-            state("PRESS-01", MachineState::Running, None),
-        ),
-        event(
-            &y,
-            2,
-            t("2026-11-10T03:30:00Z"),
-            count("PRESS-01", "SITE_Y-WO-1", 900, 0),
-        ),
-    ];
+    let ey = events_at(
+        &y,
+        1,
+        &[
+            (
+                "2026-11-10T03:00:00Z",
+                state("PRESS-01", MachineState::Running, None),
+            ),
+            (
+                "2026-11-10T03:30:00Z",
+                count("PRESS-01", "SITE_Y-WO-1", 900, 0),
+            ),
+        ],
+    );
     h.store.ingest_events(&y, &ey).await.unwrap();
-    let reader = h.token("hq:read", None).await;
+    let api = Api::new(&http, &base, &h.token("hq:read", None).await);
     let range = "from=2026-11-10T00:00:00Z&to=2026-11-10T04:00:00Z";
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/oee?{range}&site=SITE_X&site=SITE_Y"),
-    )
-    .await;
+    let v = api
+        .json(&format!(
+            "/api/v1/reports/oee?{range}&site=SITE_X&site=SITE_Y"
+        ))
+        .await;
     assert!(close(v["rows"][0]["oee"].as_f64().unwrap(), 0.75), "{v}");
     assert!(close(v["rows"][1]["oee"].as_f64().unwrap(), 0.25), "{v}");
     assert!(
@@ -194,28 +229,20 @@ async fn hand_worked_rollup_pareto_on_time_and_genealogy() {
         })
         .collect();
     h.store.ingest_events(&p, &ep).await.unwrap();
+    // Minutes, not seconds.
     let pareto = |v: &Value| -> Vec<(Option<String>, f64, i64, f64)> {
-        v["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r["reason"].as_str().map(str::to_owned),
-                    r["seconds"].as_f64().unwrap() / 60.0,
-                    r["stops"].as_i64().unwrap(),
-                    r["cumulative_share"].as_f64().unwrap(),
-                )
+        pareto(v)
+            .into_iter()
+            .map(|(reason, seconds, stops, _, cumulative)| {
+                (reason, seconds / 60.0, stops, cumulative)
             })
             .collect()
     };
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/downtime-pareto?{range}&site=SITE_P"),
-    )
-    .await;
+    let v = api
+        .json(&format!(
+            "/api/v1/reports/downtime-pareto?{range}&site=SITE_P"
+        ))
+        .await;
     let got = pareto(&v);
     let want = [
         (Some("JAM"), 45.0, 2, 45.0 / 70.0),
@@ -229,13 +256,11 @@ async fn hand_worked_rollup_pareto_on_time_and_genealogy() {
             "{g:?} != {w:?}"
         );
     }
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/downtime-pareto?{range}&site=SITE_P&include_planned=true"),
-    )
-    .await;
+    let v = api
+        .json(&format!(
+            "/api/v1/reports/downtime-pareto?{range}&site=SITE_P&include_planned=true"
+        ))
+        .await;
     let got = pareto(&v);
     let order: Vec<Option<&str>> = got.iter().map(|g| g.0.as_deref()).collect();
     assert_eq!(order, vec![Some("JAM"), Some("BREAK"), Some("WAIT"), None]);
@@ -244,13 +269,9 @@ async fn hand_worked_rollup_pareto_on_time_and_genealogy() {
         assert!(close(*c, w), "{cumulative:?}");
     }
     // The stops lowered SITE_P's availability by 70 min of its 240 (the break did not).
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/oee?{range}&site=SITE_P"),
-    )
-    .await;
+    let v = api
+        .json(&format!("/api/v1/reports/oee?{range}&site=SITE_P"))
+        .await;
     assert!(
         close(
             v["rows"][0]["availability"].as_f64().unwrap(),
@@ -260,13 +281,7 @@ async fn hand_worked_rollup_pareto_on_time_and_genealogy() {
     );
 
     // On-time in [00:00, 04:00): three orders due, one on time → 1/3.
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        &format!("/api/v1/reports/on-time?{range}"),
-    )
-    .await;
+    let v = api.json(&format!("/api/v1/reports/on-time?{range}")).await;
     let row = &v["rows"][0];
     assert_eq!(
         (
@@ -280,171 +295,79 @@ async fn hand_worked_rollup_pareto_on_time_and_genealogy() {
         "{v}"
     );
     assert!(close(row["on_time_rate"].as_f64().unwrap(), 1.0 / 3.0));
-    assert_eq!(
-        v["rows"].as_array().unwrap().len(),
-        1,
-        "SITE_Y's order is due next week: {v}"
-    );
+    expect_rows(&v, 1, "SITE_Y's order is due next week");
 
     // Genealogy: SITE_X's order 10 turns RAW-1 (12.5 kg) and RAW-2 (0.5 l) into SUB-1 (40);
     // SUB-1 goes to SITE_Y, whose order 20 turns SUB-1 (40) and HW-1 (80) into FG-1 (40), and
     // order 21 packs FG-1 (40) into PAL-1 (1).
-    let gx = vec![
-        event(
-            &x,
-            500,
-            t("2026-11-10T01:00:00Z"),
-            movement(true, "RAW-1", "STEEL", 12.5, "SITE_X-WO-10"),
-        ),
-        event(
-            &x,
-            501,
-            t("2026-11-10T01:00:00Z"),
-            movement(true, "RAW-2", "PAINT", 0.5, "SITE_X-WO-10"),
-        ),
-        event(
-            &x,
-            502,
-            t("2026-11-10T01:30:00Z"),
-            movement(false, "SUB-1", "BLANK", 40.0, "SITE_X-WO-10"),
-        ),
-    ];
-    let gy = vec![
-        event(
-            &y,
-            500,
-            t("2026-11-10T02:00:00Z"),
-            movement(true, "SUB-1", "BLANK", 40.0, "SITE_Y-WO-20"),
-        ),
-        event(
-            &y,
-            501,
-            t("2026-11-10T02:00:00Z"),
-            movement(true, "HW-1", "SCREW", 80.0, "SITE_Y-WO-20"),
-        ),
-        event(
-            &y,
-            502,
-            t("2026-11-10T02:30:00Z"),
-            movement(false, "FG-1", "BRACKET", 40.0, "SITE_Y-WO-20"),
-        ),
-        event(
-            &y,
-            503,
-            t("2026-11-10T03:00:00Z"),
-            movement(true, "FG-1", "BRACKET", 40.0, "SITE_Y-WO-21"),
-        ),
-        event(
-            &y,
-            504,
-            t("2026-11-10T03:30:00Z"),
-            movement(false, "PAL-1", "KIT", 1.0, "SITE_Y-WO-21"),
-        ),
-    ];
+    let gx = movements(
+        &x,
+        500,
+        &[
+            ("01:00", true, "RAW-1", "STEEL", 12.5, "SITE_X-WO-10"),
+            ("01:00", true, "RAW-2", "PAINT", 0.5, "SITE_X-WO-10"),
+            ("01:30", false, "SUB-1", "BLANK", 40.0, "SITE_X-WO-10"),
+        ],
+    );
+    let gy = movements(
+        &y,
+        500,
+        &[
+            ("02:00", true, "SUB-1", "BLANK", 40.0, "SITE_Y-WO-20"),
+            ("02:00", true, "HW-1", "SCREW", 80.0, "SITE_Y-WO-20"),
+            ("02:30", false, "FG-1", "BRACKET", 40.0, "SITE_Y-WO-20"),
+            ("03:00", true, "FG-1", "BRACKET", 40.0, "SITE_Y-WO-21"),
+            ("03:30", false, "PAL-1", "KIT", 1.0, "SITE_Y-WO-21"),
+        ],
+    );
     h.store.ingest_events(&x, &gx).await.unwrap();
     h.store.ingest_events(&y, &gy).await.unwrap();
-    let edges = |v: &Value| -> Vec<(String, String, String, String, f64, i64)> {
-        let mut e: Vec<_> = v["edges"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                (
-                    e["from_lot"].as_str().unwrap().to_owned(),
-                    e["to_lot"].as_str().unwrap().to_owned(),
-                    e["work_order"].as_str().unwrap().to_owned(),
-                    e["site"].as_str().unwrap().to_owned(),
-                    e["quantity"].as_f64().unwrap(),
-                    e["depth"].as_i64().unwrap(),
-                )
-            })
-            .collect();
-        e.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        e
-    };
-    let e = |f: &str, to: &str, wo: &str, s: &str, q: f64, d: i64| {
-        (
-            f.to_owned(),
-            to.to_owned(),
-            wo.to_owned(),
-            s.to_owned(),
-            q,
-            d,
-        )
-    };
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
+    let v = genealogy(
+        &api,
         "/api/v1/reports/genealogy/PAL-1?direction=backward",
+        &[
+            ("FG-1", "HW-1", "SITE_Y-WO-20", "SITE_Y", 80.0, 2),
+            ("FG-1", "SUB-1", "SITE_Y-WO-20", "SITE_Y", 40.0, 2),
+            ("PAL-1", "FG-1", "SITE_Y-WO-21", "SITE_Y", 40.0, 1),
+            ("SUB-1", "RAW-1", "SITE_X-WO-10", "SITE_X", 12.5, 3),
+            ("SUB-1", "RAW-2", "SITE_X-WO-10", "SITE_X", 0.5, 3),
+        ],
+        "genealogy PAL-1 backward",
     )
     .await;
     assert_eq!(
-        edges(&v),
-        vec![
-            e("FG-1", "HW-1", "SITE_Y-WO-20", "SITE_Y", 80.0, 2),
-            e("FG-1", "SUB-1", "SITE_Y-WO-20", "SITE_Y", 40.0, 2),
-            e("PAL-1", "FG-1", "SITE_Y-WO-21", "SITE_Y", 40.0, 1),
-            e("SUB-1", "RAW-1", "SITE_X-WO-10", "SITE_X", 12.5, 3),
-            e("SUB-1", "RAW-2", "SITE_X-WO-10", "SITE_X", 0.5, 3),
-        ],
-        "{v}"
-    );
-    assert_eq!(
-        v["nodes"].as_array().unwrap().len(),
+        array_len(&v, "nodes"),
         6,
         "PAL-1 and five lots behind it: {v}"
     );
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
+    genealogy(
+        &api,
         "/api/v1/reports/genealogy/RAW-1?direction=forward",
+        &[
+            ("FG-1", "PAL-1", "SITE_Y-WO-21", "SITE_Y", 1.0, 3),
+            ("RAW-1", "SUB-1", "SITE_X-WO-10", "SITE_X", 40.0, 1),
+            ("SUB-1", "FG-1", "SITE_Y-WO-20", "SITE_Y", 40.0, 2),
+        ],
+        "genealogy RAW-1 forward",
     )
     .await;
-    assert_eq!(
-        edges(&v),
-        vec![
-            e("FG-1", "PAL-1", "SITE_Y-WO-21", "SITE_Y", 1.0, 3),
-            e("RAW-1", "SUB-1", "SITE_X-WO-10", "SITE_X", 40.0, 1),
-            e("SUB-1", "FG-1", "SITE_Y-WO-20", "SITE_Y", 40.0, 2),
-        ],
-        "{v}"
-    );
     // A SITE_Y token sees SITE_Y's movements only: the walk stops at the plant's border.
-    let y_token = h.token("hq:read", Some("SITE_Y")).await;
-    let (_, v, _) = get(&http, &base, &y_token, "/api/v1/reports/genealogy/PAL-1").await;
+    let y_api = Api::new(&http, &base, &h.token("hq:read", Some("SITE_Y")).await);
+    let v = y_api.json("/api/v1/reports/genealogy/PAL-1").await;
     assert_eq!(edges(&v).len(), 3, "{v}");
     assert!(edges(&v).iter().all(|e| e.3 == "SITE_Y"));
 
     // Nodes: every lot once, with its material and its distance from the asked lot.
-    let nodes = |v: &Value| -> Vec<(String, Option<String>, i64)> {
-        let mut n: Vec<_> = v["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| {
-                (
-                    n["lot"].as_str().unwrap().to_owned(),
-                    n["material"].as_str().map(str::to_owned),
-                    n["depth"].as_i64().unwrap(),
-                )
-            })
-            .collect();
-        n.sort();
-        n
-    };
-    let node = |l: &str, m: &str, d: i64| (l.to_owned(), Some(m.to_owned()), d);
-    let (_, v, _) = get(&http, &base, &reader, "/api/v1/reports/genealogy/PAL-1").await;
+    let v = api.json("/api/v1/reports/genealogy/PAL-1").await;
     assert_eq!(
         nodes(&v),
         vec![
-            node("FG-1", "BRACKET", 1),
-            node("HW-1", "SCREW", 2),
-            node("PAL-1", "KIT", 0),
-            node("RAW-1", "STEEL", 3),
-            node("RAW-2", "PAINT", 3),
-            node("SUB-1", "BLANK", 2),
+            ("FG-1", Some("BRACKET"), 1),
+            ("HW-1", Some("SCREW"), 2),
+            ("PAL-1", Some("KIT"), 0),
+            ("RAW-1", Some("STEEL"), 3),
+            ("RAW-2", Some("PAINT"), 3),
+            ("SUB-1", Some("BLANK"), 2),
         ],
         "genealogy PAL-1 backward: nodes {v}"
     );
@@ -453,20 +376,16 @@ async fn hand_worked_rollup_pareto_on_time_and_genealogy() {
         (Some("PAL-1"), Some("backward")),
         "{v}"
     );
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &reader,
-        "/api/v1/reports/genealogy/RAW-1?direction=forward",
-    )
-    .await;
+    let v = api
+        .json("/api/v1/reports/genealogy/RAW-1?direction=forward")
+        .await;
     assert_eq!(
         nodes(&v),
         vec![
-            node("FG-1", "BRACKET", 2),
-            node("PAL-1", "KIT", 3),
-            node("RAW-1", "STEEL", 0),
-            node("SUB-1", "BLANK", 1),
+            ("FG-1", Some("BRACKET"), 2),
+            ("PAL-1", Some("KIT"), 3),
+            ("RAW-1", Some("STEEL"), 0),
+            ("SUB-1", Some("BLANK"), 1),
         ],
         "genealogy RAW-1 forward: nodes {v}"
     );
@@ -485,41 +404,31 @@ async fn hand_worked_rollup_pareto_on_time_and_genealogy() {
         t("2026-11-10T05:00:00Z"),
         corr(
             gx[0].event_id,
-            Some(Replacement::MaterialConsumed(MaterialMovement {
-                lot: LotId::new("RAW-1").unwrap(),
-                material: MaterialId::new("STEEL").unwrap(),
-                quantity: 13.0,
-                work_order: Some(WorkOrderId::new("SITE_X-WO-10").unwrap()),
-                equipment: None,
-            })),
+            Some(movement(true, "RAW-1", "STEEL", 13.0, "SITE_X-WO-10")),
         ),
     );
     h.store.ingest_events(&y, &[void_hw]).await.unwrap();
     h.store.ingest_events(&x, &[fix_raw]).await.unwrap();
-    let (_, v, _) = get(&http, &base, &reader, "/api/v1/reports/genealogy/PAL-1").await;
-    assert_eq!(
-        edges(&v),
-        vec![
-            e("FG-1", "SUB-1", "SITE_Y-WO-20", "SITE_Y", 40.0, 2),
-            e("PAL-1", "FG-1", "SITE_Y-WO-21", "SITE_Y", 40.0, 1),
-            e("SUB-1", "RAW-1", "SITE_X-WO-10", "SITE_X", 13.0, 3),
-            e("SUB-1", "RAW-2", "SITE_X-WO-10", "SITE_X", 0.5, 3),
+    genealogy(
+        &api,
+        "/api/v1/reports/genealogy/PAL-1",
+        &[
+            ("FG-1", "SUB-1", "SITE_Y-WO-20", "SITE_Y", 40.0, 2),
+            ("PAL-1", "FG-1", "SITE_Y-WO-21", "SITE_Y", 40.0, 1),
+            ("SUB-1", "RAW-1", "SITE_X-WO-10", "SITE_X", 13.0, 3),
+            ("SUB-1", "RAW-2", "SITE_X-WO-10", "SITE_X", 0.5, 3),
         ],
-        "genealogy PAL-1 backward after corrections: {v}"
-    );
-    // A SITE_X token walking forward from RAW-1 sees SITE_X's order only.
-    let x_token = h.token("hq:read", Some("SITE_X")).await;
-    let (_, v, _) = get(
-        &http,
-        &base,
-        &x_token,
-        "/api/v1/reports/genealogy/RAW-1?direction=forward",
+        "genealogy PAL-1 backward after corrections",
     )
     .await;
-    assert_eq!(
-        edges(&v),
-        vec![e("RAW-1", "SUB-1", "SITE_X-WO-10", "SITE_X", 40.0, 1)],
-        "genealogy RAW-1 forward with a SITE_X token: {v}"
-    );
+    // A SITE_X token walking forward from RAW-1 sees SITE_X's order only.
+    let x_api = Api::new(&http, &base, &h.token("hq:read", Some("SITE_X")).await);
+    genealogy(
+        &x_api,
+        "/api/v1/reports/genealogy/RAW-1?direction=forward",
+        &[("RAW-1", "SUB-1", "SITE_X-WO-10", "SITE_X", 40.0, 1)],
+        "genealogy RAW-1 forward with a SITE_X token",
+    )
+    .await;
     hub.stop().await.unwrap();
 }
