@@ -135,15 +135,11 @@ fn terminal_view(conn: &Connection, unit: &str, now: Timestamp) -> Result<Value,
             value: unit.to_owned(),
         })?;
     // The active order: running or interrupted on this unit, the most recently started first.
-    let mut active = None;
-    for state in [WorkOrderState::Running, WorkOrderState::Interrupted] {
-        let mut found = records::list(conn, Some(state), Some(unit), 50)?;
-        found.sort_by_key(|o| std::cmp::Reverse(o.order.actual_start));
-        if let Some(o) = found.into_iter().next() {
-            active = Some(o);
-            break;
-        }
-    }
+    let active = records::current_order(
+        conn,
+        unit,
+        &[WorkOrderState::Running, WorkOrderState::Interrupted],
+    )?;
     let mut queue = records::list(
         conn,
         Some(WorkOrderState::AllowedToStart),
