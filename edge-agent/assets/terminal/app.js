@@ -256,7 +256,7 @@ function renderUnreachable() {
 function stateClass(s) {
   if (!s) return "";
   if (s.state === "down") return "abnormal";
-  if (s.state === "idle" || s.state === "setup") return "attention";
+  if (s.state === "idle" || s.state === "setup" || s.state === "unknown") return "attention";
   return "";
 }
 
@@ -268,8 +268,14 @@ function render() {
   // Machine state: grey when running or in a planned stop, coloured only when abnormal.
   const ms = $("machine-state");
   const s = v.equipment_state;
-  ms.textContent = s ? t("state." + s.state) + (s.reason_name ? " – " + s.reason_name : "") : t("state.unknown");
+  ms.textContent = s ? t("state." + s.state) + (s.reason_name ? " – " + s.reason_name : "") : t("state.none");
   ms.className = "state " + stateClass(s);
+  // A connector that reads this machine is not up: counts and states are not arriving.
+  const down = (v.machine_links || []).filter((l) => l.link !== "up" && l.link !== "disabled");
+  const ml = $("machine-link");
+  ml.hidden = down.length === 0;
+  ml.textContent = down.length ? t("machine.link_down", { connector: down.map((l) => l.connector).join(", ") }) : "";
+  ml.dataset.down = String(down.length);
   ms.dataset.state = s ? s.state : "";
   ms.dataset.reason = s && s.reason ? s.reason : "";
   $("machine-since").textContent = s ? t("state.since", { time: fmtTime(s.since) }) : "";

@@ -193,6 +193,20 @@ pub async fn snapshot(
         "pending_changes": p.changes,
         "last_sync_at": last,
     });
+    // The connectors that read this station's machine: the terminal says "machine link down"
+    // while any of them is not up, since counts and states are not arriving then.
+    let unit_id = view["work_unit"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let links: Vec<Value> = state
+        .connectors
+        .snapshots()
+        .into_iter()
+        .filter(|s| s.equipment.iter().any(|e| *e == unit_id))
+        .map(|s| json!({"connector": s.name, "link": s.link, "since": s.since, "last_error": s.last_error}))
+        .collect();
+    view["machine_links"] = json!(links);
     view["site_id"] = json!(state.store.site().as_str());
     view["now"] = json!(state.now().to_rfc3339());
     Ok(Json(view))

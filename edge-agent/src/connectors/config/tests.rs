@@ -116,3 +116,18 @@ fn a_bad_file_is_refused_with_each_line_and_reason() {
     let e = parse(&GOOD.replace("name = \"plc7\"", "name = \"line1\"")).unwrap_err();
     assert!(e[0].message.contains("defined twice"), "{e:?}");
 }
+
+/// The shipped examples stay valid.
+#[test]
+fn the_examples_parse() {
+    for (name, text) in [(
+        "mqtt.toml",
+        include_str!("../../../../examples/connectors/mqtt.toml"),
+    )] {
+        let specs = parse(text).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert!(
+            !specs.is_empty() && specs.iter().all(|c| !c.tags.is_empty()),
+            "{name}"
+        );
+    }
+}
