@@ -298,9 +298,27 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         state
             .store
             .metrics()
-            .render(scraped, &state.connectors.snapshots()),
+            .render(scraped, &connector_figures(&state)),
     )
         .into_response())
+}
+
+fn connector_figures(state: &AppState) -> Vec<crate::metrics::ConnectorFigures> {
+    state
+        .connectors
+        .snapshots()
+        .into_iter()
+        .map(|s| crate::metrics::ConnectorFigures {
+            up: s.link == crate::connectors::Link::Up,
+            messages: s.messages,
+            events: s.events,
+            rejected: s.rejected,
+            dropped: s.dropped,
+            reconnects: s.reconnects,
+            lag_seconds: s.lag_seconds,
+            name: s.name,
+        })
+        .collect()
 }
 
 async fn sync_status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
