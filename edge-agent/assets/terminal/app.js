@@ -272,10 +272,16 @@ function render() {
   ms.className = "state " + stateClass(s);
   // A connector that reads this machine is not up: counts and states are not arriving.
   const down = (v.machine_links || []).filter((l) => l.link !== "up" && l.link !== "disabled");
+  // The active order could not be written to the machine (its id, material and quantity).
+  const failed = (v.machine_links || []).filter((l) => l.last_write && !l.last_write.ok && v.active && l.last_write.work_order === v.active.id);
   const ml = $("machine-link");
-  ml.hidden = down.length === 0;
-  ml.textContent = down.length ? t("machine.link_down", { connector: down.map((l) => l.connector).join(", ") }) : "";
+  const msgs = [];
+  if (down.length) msgs.push(t("machine.link_down", { connector: down.map((l) => l.connector).join(", ") }));
+  if (failed.length) msgs.push(t("machine.write_failed", { error: failed.map((l) => l.last_write.error).join("; ") }));
+  ml.hidden = msgs.length === 0;
+  ml.textContent = msgs.join(" · ");
   ml.dataset.down = String(down.length);
+  ml.dataset.writeFailed = String(failed.length);
   ms.dataset.state = s ? s.state : "";
   ms.dataset.reason = s && s.reason ? s.reason : "";
   $("machine-since").textContent = s ? t("state.since", { time: fmtTime(s.since) }) : "";

@@ -22,15 +22,22 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError
         .read(move |conn| {
             names
                 .iter()
-                .map(|n| connectors::store::notices(conn, n, NOTICES_LISTED))
-                .collect::<Result<Vec<_>, _>>()
+                .map(|n| {
+                    Ok((
+                        connectors::store::notices(conn, n, NOTICES_LISTED)?,
+                        connectors::store::writes(conn, n)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, crate::store::StoreError>>()
         })
         .await?;
     let list: Vec<Value> = snapshots
         .into_iter()
         .zip(notices)
-        .map(|(s, n)| {
+        .map(|(s, (n, writes))| {
             let mut v = serde_json::to_value(&s).unwrap_or(Value::Null);
+            // The stored outcomes outlive a restart; the snapshot's are this process's.
+            v["writes"] = serde_json::to_value(writes).unwrap_or(Value::Null);
             v["notices"] = n
                 .into_iter()
                 .map(|(tag, at, message)| json!({"tag": tag, "at": at, "message": message}))

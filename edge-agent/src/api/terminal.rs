@@ -204,7 +204,10 @@ pub async fn snapshot(
         .snapshots()
         .into_iter()
         .filter(|s| s.equipment.iter().any(|e| *e == unit_id))
-        .map(|s| json!({"connector": s.name, "link": s.link, "since": s.since, "last_error": s.last_error}))
+        .map(|s| {
+            let write = s.writes.iter().find(|w| w.equipment == unit_id);
+            json!({"connector": s.name, "link": s.link, "since": s.since, "last_error": s.last_error, "last_write": write})
+        })
         .collect();
     view["machine_links"] = json!(links);
     view["site_id"] = json!(state.store.site().as_str());

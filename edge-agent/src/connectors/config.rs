@@ -67,6 +67,16 @@ pub(crate) struct RawConnector {
     poll_ms: Option<u64>,
     #[serde(default)]
     tag: Vec<Spanned<RawTag>>,
+    #[serde(default)]
+    write: Vec<Spanned<RawWrite>>,
+}
+
+/// Where an order started on a unit is written to its machine.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWrite {
+    equipment: String,
+    topic: Option<String>,
 }
 
 fn yes() -> bool {
@@ -116,6 +126,23 @@ pub struct ConnectorSpec {
     pub enabled: bool,
     pub kind: KindSpec,
     pub tags: Vec<TagSpec>,
+    /// Where orders started on a unit are sent down to its machine.
+    pub writes: Vec<WriteSpec>,
+}
+
+/// An order's id, material and planned quantity, written to a machine when the order starts
+/// on its unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteSpec {
+    pub equipment: EquipmentId,
+    pub line: usize,
+    pub target: WriteTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteTarget {
+    /// One JSON message `{"order_id", "material", "planned_quantity", "started_at"}` at QoS 1.
+    Mqtt { topic: String },
 }
 
 impl ConnectorSpec {
@@ -579,12 +606,51 @@ fn connector(c: &mut Checker<'_>, at: usize, r: RawConnector) -> Option<Connecto
             tags.push(spec);
         }
     }
+    let mut writes = Vec::with_capacity(r.write.len());
+    for w in r.write {
+        let wat = w.span().start;
+        let w = w.into_inner();
+        let equipment = match EquipmentId::new(w.equipment.clone()) {
+            Ok(e) => e,
+            Err(e) => {
+                c.err(wat, format!("{who}: write: equipment: {e}"));
+                continue;
+            }
+        };
+        let target = match (&kind, w.topic) {
+            (KindSpec::Mqtt(_), Some(topic))
+                if !topic.is_empty() && !topic.contains(['+', '#']) =>
+            {
+                WriteTarget::Mqtt { topic }
+            }
+            (KindSpec::Mqtt(_), _) => {
+                c.err(
+                    wat,
+                    format!("{who}: a write needs `topic`, one topic without wildcards"),
+                );
+                continue;
+            }
+            (other, _) => {
+                c.err(
+                    wat,
+                    format!("{who}: writing orders to a {} connector is not available in this build yet (mqtt is)", other.name()),
+                );
+                continue;
+            }
+        };
+        writes.push(WriteSpec {
+            equipment,
+            line: line_of(c.text, wat),
+            target,
+        });
+    }
     named.then_some(ConnectorSpec {
         name: r.name,
         line: line_of(c.text, at),
         enabled: r.enabled,
         kind,
         tags,
+        writes,
     })
 }
 

@@ -48,8 +48,10 @@ pub struct Snapshot {
     /// had one.
     pub lag_seconds: Option<f64>,
     pub tags: usize,
-    /// The machines (equipment ids) this connector reads.
+    /// The machines (equipment ids) this connector reads or writes.
     pub equipment: Vec<String>,
+    /// The newest order write per unit since the agent started.
+    pub writes: Vec<super::store::WriteResult>,
 }
 
 #[derive(Debug)]
@@ -82,6 +84,7 @@ impl Health {
                 lag_seconds: None,
                 tags,
                 equipment,
+                writes: Vec::new(),
             }),
         }
     }
@@ -126,6 +129,13 @@ impl Health {
         self.with(|s| {
             s.messages += 1;
             s.last_value_at = Some(now);
+        });
+    }
+
+    pub fn wrote(&self, w: super::store::WriteResult) {
+        self.with(|s| {
+            s.writes.retain(|x| x.equipment != w.equipment);
+            s.writes.push(w);
         });
     }
 

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use shared_model::Timestamp;
 use shared_model::master::MasterKind;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use config::{ConfigError, ConnectorSpec};
@@ -42,13 +42,28 @@ pub const RETRY_MAX: Duration = Duration::from_secs(30);
 /// How long a stopping driver may take to finish its commit before it is aborted.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// What a driver gets: where to write, where to report, when to stop, what time it is.
+/// Orders waiting to be written to one connector's machines.
+const ORDER_QUEUE: usize = 64;
+
+/// An order started on a unit, to be written down to the unit's machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderStart {
+    pub equipment: shared_model::EquipmentId,
+    pub order_id: shared_model::WorkOrderId,
+    pub material: shared_model::MaterialId,
+    pub planned_quantity: u32,
+    pub at: Timestamp,
+}
+
+/// What a driver gets: where to write, where to report, when to stop, what time it is, and
+/// the orders to send down to its machines.
 #[derive(Debug, Clone)]
 pub struct Ctx {
     pub sink: Sink,
     pub health: Arc<Health>,
     pub stop: watch::Receiver<bool>,
     pub clock: Arc<dyn Clock>,
+    pub orders: Arc<tokio::sync::Mutex<mpsc::Receiver<OrderStart>>>,
 }
 
 impl Ctx {
@@ -102,6 +117,24 @@ impl Ctx {
         Ok(c)
     }
 
+    /// Records how writing `order` went, for the API, the terminal and the log.
+    pub async fn wrote(&self, order: &OrderStart, result: Result<(), String>) {
+        let w = store::WriteResult {
+            equipment: order.equipment.as_str().to_owned(),
+            work_order: order.order_id.as_str().to_owned(),
+            at: self.now(),
+            ok: result.is_ok(),
+            error: result.err(),
+        };
+        if let Some(e) = &w.error {
+            tracing::warn!(connector = %self.spec().name, order = %w.work_order, equipment = %w.equipment, error = %e, "order not written to the machine");
+        }
+        self.health.wrote(w.clone());
+        if let Err(e) = self.sink.record_write(w).await {
+            tracing::error!(connector = %self.spec().name, error = %e, "cannot record an order write");
+        }
+    }
+
     /// The link to the machines is lost: their states become unknown.
     pub async fn link_lost(&self, error: &str) {
         let now = self.now();
@@ -128,6 +161,7 @@ struct Running {
     spec: Arc<ConnectorSpec>,
     health: Arc<Health>,
     stop: watch::Sender<bool>,
+    orders: mpsc::Sender<OrderStart>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -163,6 +197,8 @@ pub struct ConnectorSet {
     running: tokio::sync::Mutex<Vec<Running>>,
     /// Snapshots are read by the API and metrics without waiting on a reload.
     health: Mutex<Vec<Arc<Health>>>,
+    /// Where orders go, per connector with writes: (its writes, its queue).
+    writers: Mutex<Vec<(Arc<ConnectorSpec>, Arc<Health>, mpsc::Sender<OrderStart>)>>,
 }
 
 impl std::fmt::Debug for ConnectorSet {
@@ -181,6 +217,7 @@ impl ConnectorSet {
             config_path,
             running: tokio::sync::Mutex::new(Vec::new()),
             health: Mutex::new(Vec::new()),
+            writers: Mutex::new(Vec::new()),
         })
     }
 
@@ -224,23 +261,35 @@ impl ConnectorSet {
         let wanted: Vec<(usize, String, MasterKind, String)> = specs
             .iter()
             .flat_map(|c| {
-                c.tags.iter().flat_map(|t| {
-                    let mut refs = vec![(
-                        t.line,
-                        format!("tag \"{}\": equipment", t.name),
-                        MasterKind::Equipment,
-                        t.equipment.as_str().to_owned(),
-                    )];
-                    if let config::Mapping::Scan { material, .. } = &t.mapping {
-                        refs.push((
+                c.writes
+                    .iter()
+                    .map(|w| {
+                        (
+                            w.line,
+                            "write: equipment".to_owned(),
+                            MasterKind::Equipment,
+                            w.equipment.as_str().to_owned(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .chain(c.tags.iter().flat_map(|t| {
+                        let mut refs = vec![(
                             t.line,
-                            format!("tag \"{}\": material", t.name),
-                            MasterKind::Material,
-                            material.as_str().to_owned(),
-                        ));
-                    }
-                    refs
-                })
+                            format!("tag \"{}\": equipment", t.name),
+                            MasterKind::Equipment,
+                            t.equipment.as_str().to_owned(),
+                        )];
+                        if let config::Mapping::Scan { material, .. } = &t.mapping {
+                            refs.push((
+                                t.line,
+                                format!("tag \"{}\": material", t.name),
+                                MasterKind::Material,
+                                material.as_str().to_owned(),
+                            ));
+                        }
+                        refs
+                    }))
             })
             .collect();
         let errors = self
@@ -288,6 +337,11 @@ impl ConnectorSet {
         // Keep the file's order for the API.
         *self.health.lock().unwrap_or_else(|p| p.into_inner()) =
             keep.iter().map(|r| r.health.clone()).collect();
+        *self.writers.lock().unwrap_or_else(|p| p.into_inner()) = keep
+            .iter()
+            .filter(|r| !r.spec.writes.is_empty())
+            .map(|r| (r.spec.clone(), r.health.clone(), r.orders.clone()))
+            .collect();
         *running = keep;
         out
     }
@@ -299,6 +353,7 @@ impl ConnectorSet {
                 .tags
                 .iter()
                 .map(|t| t.equipment.as_str().to_owned())
+                .chain(spec.writes.iter().map(|w| w.equipment.as_str().to_owned()))
                 .collect();
             e.sort();
             e.dedup();
@@ -312,12 +367,14 @@ impl ConnectorSet {
             now,
         ));
         let (stop, stop_rx) = watch::channel(false);
+        let (orders, orders_rx) = mpsc::channel(ORDER_QUEUE);
         let task = if spec.enabled {
             let ctx = Ctx {
                 sink: Sink::new(self.store.clone(), spec.clone()),
                 health: health.clone(),
                 stop: stop_rx,
                 clock: self.clock.clone(),
+                orders: Arc::new(tokio::sync::Mutex::new(orders_rx)),
             };
             Some(tokio::spawn(run_driver(ctx)))
         } else {
@@ -328,7 +385,34 @@ impl ConnectorSet {
             spec,
             health,
             stop,
+            orders,
             task,
+        }
+    }
+
+    /// An order started on a unit: each connector with a write for that unit sends it down.
+    /// A full queue (the machine's link has been down for many starts) is a failed write.
+    pub fn order_started(&self, order: OrderStart) {
+        let writers = self
+            .writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (spec, health, tx) in writers {
+            if !spec.writes.iter().any(|w| w.equipment == order.equipment) {
+                continue;
+            }
+            if tx.try_send(order.clone()).is_err() {
+                health.wrote(store::WriteResult {
+                    equipment: order.equipment.as_str().to_owned(),
+                    work_order: order.order_id.as_str().to_owned(),
+                    at: self.clock.now(),
+                    ok: false,
+                    error: Some(
+                        "the connector is not taking orders (stopped, or its queue is full)".into(),
+                    ),
+                });
+            }
         }
     }
 

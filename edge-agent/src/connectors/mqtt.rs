@@ -120,14 +120,27 @@ pub async fn run(mut ctx: Ctx) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<Message>(QUEUE_MAX);
     let committer = tokio::spawn(commit_loop(ctx.clone(), handle.clone(), rx, routes.clone()));
     let mut attempt = 0u32;
+    let orders = ctx.orders.clone();
+    let mut orders = orders.lock().await;
+    let mut up = false;
     loop {
         let polled = tokio::select! {
             _ = ctx.stop.changed() => break,
+            Some(order) = orders.recv() => {
+                let result = if up {
+                    write_order(&spec, &handle, &order).await
+                } else {
+                    Err("the broker link is down".to_owned())
+                };
+                ctx.wrote(&order, result).await;
+                continue;
+            }
             p = broker.poll() => p,
         };
         match polled {
             Ok(Polled::Connected) => {
                 attempt = 0;
+                up = true;
                 ctx.health.link(Link::Up, ctx.now());
                 // The session is persistent, but a broker that lost it (restarted without
                 // persistence) must hear the subscriptions again.
@@ -141,6 +154,7 @@ pub async fn run(mut ctx: Ctx) -> anyhow::Result<()> {
             }
             Ok(Polled::Other) => {}
             Err(e) => {
+                up = false;
                 ctx.link_lost(&e).await;
                 let jitter = rand_u32();
                 if ctx.sleep_or_stop(backoff(attempt, jitter)).await {
@@ -155,6 +169,34 @@ pub async fn run(mut ctx: Ctx) -> anyhow::Result<()> {
     // What was received is committed and acknowledged before the session closes.
     let _ = committer.await;
     handle.disconnect().await;
+    Ok(())
+}
+
+/// Publishes an order to each write topic of its unit: one JSON message at QoS 1. Success is
+/// the broker link taking it; the broker's PUBACK follows on the same session.
+async fn write_order(
+    spec: &super::ConnectorSpec,
+    handle: &Handle,
+    order: &super::OrderStart,
+) -> Result<(), String> {
+    let body = serde_json::json!({
+        "order_id": order.order_id.as_str(),
+        "material": order.material.as_str(),
+        "planned_quantity": order.planned_quantity,
+        "started_at": order.at,
+    })
+    .to_string();
+    for w in spec
+        .writes
+        .iter()
+        .filter(|w| w.equipment == order.equipment)
+    {
+        let super::config::WriteTarget::Mqtt { topic } = &w.target;
+        handle
+            .publish(topic, body.clone().into_bytes(), false)
+            .await
+            .map_err(|e| format!("publishing to {topic}: {e}"))?;
+    }
     Ok(())
 }
 

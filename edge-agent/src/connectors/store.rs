@@ -124,6 +124,14 @@ impl Sink {
             .await
     }
 
+    /// Records how an order write went (the terminal and the API show a failed one).
+    pub async fn record_write(&self, w: WriteResult) -> Result<(), StoreError> {
+        let name = self.spec.name.clone();
+        self.store
+            .write(move |conn| record_write(conn, &name, &w))
+            .await
+    }
+
     /// The link to the machines is gone: each state tag whose machine is not already unknown
     /// gets an `unknown` state (only the tags in `tags`, or all when `None`).
     pub async fn mark_unknown(
@@ -206,6 +214,51 @@ fn notice_text(n: &Notice) -> String {
             format!("state code {value} is not in the tag's map: recorded as unknown")
         }
     }
+}
+
+/// How sending an order down to a machine went.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WriteResult {
+    pub equipment: String,
+    pub work_order: String,
+    pub at: Timestamp,
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+/// Keeps the outcome of the newest order write per connector and unit.
+pub fn record_write(conn: &Connection, connector: &str, w: &WriteResult) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO connector_writes (connector, equipment, work_order, at, ok, error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        connector,
+        w.equipment,
+        w.work_order,
+        w.at.as_micros(),
+        w.ok,
+        w.error
+    ])?;
+    Ok(())
+}
+
+/// The newest order write per unit of a connector.
+pub fn writes(conn: &Connection, connector: &str) -> Result<Vec<WriteResult>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT equipment, work_order, at, ok, error FROM connector_writes WHERE connector = ?1
+         ORDER BY equipment",
+    )?;
+    let rows = stmt.query_map([connector], |r| {
+        Ok(WriteResult {
+            equipment: r.get(0)?,
+            work_order: r.get(1)?,
+            at: Timestamp::from_micros(r.get(2)?),
+            ok: r.get(3)?,
+            error: r.get(4)?,
+        })
+    })?;
+    rows.map(|r| r.map_err(StoreError::from)).collect()
 }
 
 /// The notices of a connector, newest first.

@@ -168,6 +168,16 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (connector, digest)
     ) WITHOUT ROWID;
     CREATE INDEX connector_messages_at ON connector_messages (at);
+    -- Orders sent down to machines, and how that went (the newest per connector and unit).
+    CREATE TABLE connector_writes (
+        connector    TEXT NOT NULL,
+        equipment    TEXT NOT NULL,
+        work_order   TEXT NOT NULL,
+        at           INTEGER NOT NULL,
+        ok           INTEGER NOT NULL,
+        error        TEXT,
+        PRIMARY KEY (connector, equipment)
+    ) WITHOUT ROWID;
     CREATE TABLE connector_notices (
         id           INTEGER PRIMARY KEY AUTOINCREMENT,
         connector    TEXT NOT NULL,

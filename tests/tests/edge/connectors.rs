@@ -102,6 +102,10 @@ topic = "{prefix}/sample"
 path = "v"
 timestamp_path = "ts"
 characteristic = "DIA"
+
+[[connector.write]]
+equipment = "PRESS-01"
+topic = "{prefix}/orders"
 {extra_tag}
 "#
     )
@@ -222,6 +226,7 @@ async fn mqtt_values_become_events_and_a_bad_reload_keeps_the_running_connectors
     assert_eq!(c["link"], "up");
     assert_eq!(c["messages"], 15, "{c}");
     assert_eq!(c["events"], 10 + 2 + 3, "{c}");
+    assert_eq!(c["equipment"], serde_json::json!(["PRESS-01"]), "{c}");
     assert_eq!(
         c["dropped"], 1,
         "the message that is not JSON matched no field: {c}"
@@ -243,6 +248,90 @@ async fn mqtt_values_become_events_and_a_bad_reload_keeps_the_running_connectors
         metrics.contains("edge_connector_events_total{connector=\"line1\"} 15"),
         "{metrics}"
     );
+
+    // Down to the machine: starting an order on PRESS-01 publishes its id, material and
+    // quantity on the write topic (read back with Mosquitto's own client).
+    let orders_topic = format!("{prefix}/orders");
+    let sub = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "1883",
+            "-q",
+            "1",
+            "-C",
+            "1",
+            "-W",
+            "20",
+            "-t",
+            &orders_topic,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running mosquitto_sub");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let http = reqwest::Client::new();
+    let order: Value = http
+        .post(format!("{base}/api/v1/work-orders"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"material": "BRACKET-7", "planned_quantity": 250}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = order["id"].as_str().unwrap().to_owned();
+    let started = http
+        .post(format!("{base}/api/v1/work-orders/{id}/start"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"work_unit": "PRESS-01"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 200);
+    let out = tokio::task::spawn_blocking(move || sub.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let written: Value = serde_json::from_slice(&out.stdout).expect("the order message");
+    assert_eq!(written["order_id"], id.as_str());
+    assert_eq!(written["material"], "BRACKET-7");
+    assert_eq!(written["planned_quantity"], 250);
+    let c = &connectors(&base, &key).await["connectors"][0];
+    assert_eq!(c["writes"][0]["work_order"], id.as_str(), "{c}");
+    assert_eq!(c["writes"][0]["ok"], true, "{c}");
+    // Counts from now on go to the running order.
+    let p = prefix.clone();
+    tokio::task::spawn_blocking(move || {
+        publish(
+            &format!("{p}/press"),
+            &[r#"{"good": 500, "state": 1}"#.to_owned()],
+        )
+    })
+    .await
+    .unwrap();
+    let d = dir.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_until(
+            Duration::from_secs(20),
+            "the count of the running order",
+            || stored(&d).0 == 1_036,
+        )
+    })
+    .await
+    .unwrap();
+    let o: Value = http
+        .get(format!("{base}/api/v1/terminal?work_unit=PRESS-01"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(o["active"]["good"], 36, "{o}");
+    assert_eq!(o["machine_links"][0]["link"], "up", "{o}");
 
     // A bad file is refused with its line; the running connector keeps counting.
     let bad = config_text(
