@@ -210,7 +210,8 @@ fn register_connectors(r: &mut Registry, connectors: &[ConnectorFigures]) {
     type Labels = [(&'static str, String); 1];
     let up = Family::<Labels, Gauge>::default();
     let lag = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-    let counters: [(&str, &str, fn(&ConnectorFigures) -> u64); 5] = [
+    type Figure = fn(&ConnectorFigures) -> u64;
+    let counters: [(&str, &str, Figure); 5] = [
         (
             "edge_connector_messages",
             "Messages or polls a connector received",

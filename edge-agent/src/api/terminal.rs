@@ -203,7 +203,7 @@ pub async fn snapshot(
         .connectors
         .snapshots()
         .into_iter()
-        .filter(|s| s.equipment.iter().any(|e| *e == unit_id))
+        .filter(|s| s.equipment.contains(&unit_id))
         .map(|s| {
             let write = s.writes.iter().find(|w| w.equipment == unit_id);
             json!({"connector": s.name, "link": s.link, "since": s.since, "last_error": s.last_error, "last_write": write})

@@ -29,7 +29,8 @@ pub struct Message {
 #[derive(Debug, Clone)]
 enum Inner {
     V4(rumqttc::Publish),
-    V5(v5::mqttbytes::v5::Publish),
+    // Boxed: a v5 publish carries its properties and is several times a v4 one.
+    V5(Box<v5::mqttbytes::v5::Publish>),
 }
 
 impl Message {
@@ -59,8 +60,8 @@ pub struct Will {
 }
 
 pub enum Broker {
-    V4(rumqttc::AsyncClient, rumqttc::EventLoop),
-    V5(v5::AsyncClient, v5::EventLoop),
+    V4(rumqttc::AsyncClient, Box<rumqttc::EventLoop>),
+    V5(v5::AsyncClient, Box<v5::EventLoop>),
 }
 
 impl std::fmt::Debug for Broker {
@@ -136,7 +137,7 @@ impl Broker {
                 ));
             }
             let (c, e) = v5::AsyncClient::new(o, CHANNEL_CAP);
-            Broker::V5(c, e)
+            Broker::V5(c, Box::new(e))
         } else {
             let mut o = rumqttc::MqttOptions::new(&spec.client_id, &spec.host, spec.port);
             o.set_keep_alive(keep_alive)
@@ -158,7 +159,7 @@ impl Broker {
                 ));
             }
             let (c, e) = rumqttc::AsyncClient::new(o, CHANNEL_CAP);
-            Broker::V4(c, e)
+            Broker::V4(c, Box::new(e))
         })
     }
 
@@ -186,7 +187,7 @@ impl Broker {
                     Ok(Polled::Message(Message {
                         topic: String::from_utf8_lossy(&p.topic).into_owned(),
                         payload: p.payload.clone(),
-                        inner: Inner::V5(p),
+                        inner: Inner::V5(Box::new(p)),
                     }))
                 }
                 Ok(_) => Ok(Polled::Other),

@@ -1066,4 +1066,4 @@ fn mapping(c: &mut Checker<'_>, at: usize, who: &str, t: &RawTag) -> Option<Mapp
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

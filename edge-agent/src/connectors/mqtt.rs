@@ -273,34 +273,10 @@ mod tests {
 
     #[test]
     fn a_message_yields_each_present_field_with_its_time() {
-        let specs = parse(
-            r#"
-[[connector]]
-name = "line1"
-kind = "mqtt"
-url = "mqtt://127.0.0.1:1883"
-[[connector.tag]]
-name = "good"
-map = "counter"
-equipment = "PRESS-01"
-topic = "plant/press1"
-path = "counters.good"
-timestamp_path = "ts"
-[[connector.tag]]
-name = "state"
-map = "state"
-equipment = "PRESS-01"
-topic = "plant/press1"
-path = "state"
-states = { "1" = "running" }
-[[connector.tag]]
-name = "scan"
-map = "scan"
-equipment = "PRESS-01"
-topic = "plant/press1/scan"
-material = "RM-1"
-"#,
-        )
+        let specs = parse(&crate::connectors::config::tests::mqtt_file(
+            "plant/press1",
+            "\n[[connector.tag]]\nname = \"scan\"\nmap = \"scan\"\nequipment = \"PRESS-01\"\ntopic = \"plant/press1/scan\"\nmaterial = \"RM-1\"\n",
+        ))
         .unwrap();
         let tags = &specs[0].tags;
         let routes = Routes::new(tags);
@@ -308,7 +284,7 @@ material = "RM-1"
         let r = routes.decode(
             tags,
             "plant/press1",
-            br#"{"counters":{"good":17},"ts":"2026-11-02T08:00:00Z"}"#,
+            br#"{"good":17,"ts":"2026-11-02T08:00:00Z"}"#,
         );
         assert_eq!(r.len(), 1, "{r:?}");
         assert_eq!(r[0].value, TagValue::Int(17));
@@ -316,11 +292,7 @@ material = "RM-1"
             r[0].source_time,
             Some(Timestamp::parse_rfc3339("2026-11-02T08:00:00Z").unwrap())
         );
-        let r = routes.decode(
-            tags,
-            "plant/press1",
-            br#"{"state":1,"counters":{"good":18}}"#,
-        );
+        let r = routes.decode(tags, "plant/press1", br#"{"state":1,"good":18}"#);
         assert_eq!(r.len(), 2);
         assert!(r.iter().all(|r| r.source_time.is_none()));
         let r = routes.decode(tags, "plant/press1/scan", b"LOT-42\n");

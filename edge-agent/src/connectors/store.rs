@@ -363,17 +363,8 @@ fn commit_readings(
             out.rejected.push((tag.name.clone(), e.to_string()));
             continue;
         }
-        match events::insert(conn, &batch, None, now.as_micros(), |_| String::new()) {
-            Ok(events::EventsOutcome::Stored { new, .. }) => out.events += new,
-            Ok(events::EventsOutcome::Replayed(_)) => {}
-            // Master data this tag names is missing (deleted since the file was checked): the
-            // memory stays where it was, so the delta is counted once the reference is back.
-            Err(StoreError::UnknownReference { field, value, .. }) => {
-                out.rejected
-                    .push((tag.name.clone(), format!("unknown {field} {value}")));
-                continue;
-            }
-            Err(e) => return Err(e),
+        if !insert(conn, &tag.name, &batch, now, out)? {
+            continue;
         }
         for n in &interpreted.notices {
             let text = notice_text(n);
@@ -383,6 +374,30 @@ fn commit_readings(
         save(conn, &spec.name, &tag.name, &interpreted.memory, now)?;
     }
     Ok(())
+}
+
+/// Stores a tag's events; whether they could be (false: rejected, noted in `out`, and the
+/// caller leaves the tag's memory where it was).
+fn insert(
+    conn: &Connection,
+    tag: &str,
+    batch: &[Event],
+    now: Timestamp,
+    out: &mut Committed,
+) -> Result<bool, StoreError> {
+    match events::insert(conn, batch, None, now.as_micros(), |_| String::new()) {
+        Ok(events::EventsOutcome::Stored { new, .. }) => out.events += new,
+        Ok(events::EventsOutcome::Replayed(_)) => {}
+        // Master data the tag names is missing (deleted since the file was checked): the
+        // memory stays where it was, so a delta is counted once the reference is back.
+        Err(StoreError::UnknownReference { field, value, .. }) => {
+            out.rejected
+                .push((tag.to_owned(), format!("unknown {field} {value}")));
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(true)
 }
 
 fn mark_unknown(
@@ -420,15 +435,8 @@ fn mark_unknown(
                 reason: None,
             }),
         };
-        match events::insert(conn, &[event], None, now.as_micros(), |_| String::new()) {
-            Ok(events::EventsOutcome::Stored { new, .. }) => out.events += new,
-            Ok(events::EventsOutcome::Replayed(_)) => {}
-            Err(StoreError::UnknownReference { field, value, .. }) => {
-                out.rejected
-                    .push((tag.name.clone(), format!("unknown {field} {value}")));
-                continue;
-            }
-            Err(e) => return Err(e),
+        if !insert(conn, &tag.name, &[event], now, &mut out)? {
+            continue;
         }
         memory.last = Some(unknown.clone());
         save(conn, &spec.name, &tag.name, &memory, now)?;

@@ -1,6 +1,7 @@
 //! Machine data through a real MQTT broker (Debian's Mosquitto on 127.0.0.1:1883, which
 //! `.ci/run` starts where none answers), published by Mosquitto's own `mosquitto_pub`: the edge
 //! agent subscribes, maps and stores, and acknowledges only what it committed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -143,9 +144,9 @@ fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-async fn connectors(base: &str, key: &str) -> Value {
+async fn get_json(url: String, key: &str) -> Value {
     reqwest::Client::new()
-        .get(format!("{base}/api/v1/connectors"))
+        .get(url)
         .bearer_auth(key)
         .send()
         .await
@@ -153,6 +154,31 @@ async fn connectors(base: &str, key: &str) -> Value {
         .json()
         .await
         .unwrap()
+}
+
+async fn connectors(base: &str, key: &str) -> Value {
+    get_json(format!("{base}/api/v1/connectors"), key).await
+}
+
+/// [`publish`] off the async runtime.
+async fn publish_from_task(topic: String, lines: Vec<String>) {
+    tokio::task::spawn_blocking(move || publish(&topic, &lines))
+        .await
+        .unwrap();
+}
+
+/// Waits (off the async runtime) until what is stored in `dir` satisfies `done`.
+async fn until_stored(
+    dir: &Path,
+    what: &'static str,
+    done: impl Fn((u64, usize, usize)) -> bool + Send + 'static,
+) {
+    let d = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        wait_until(Duration::from_secs(20), what, || done(stored(&d)))
+    })
+    .await
+    .unwrap();
 }
 
 fn run_config(dir: &Path, file: &Path) -> RunConfig {
@@ -202,26 +228,15 @@ async fn mqtt_values_become_events_and_a_bad_reload_keeps_the_running_connectors
         })
         .collect();
     lines.push("not json at all".into());
-    let p = prefix.clone();
-    tokio::task::spawn_blocking(move || {
-        publish(&format!("{p}/press"), &lines);
-        publish(
-            &format!("{p}/sample"),
-            &(0..3)
-                .map(|i| format!(r#"{{"v": 10.0{i}, "ts": "2026-11-02T08:00:0{i}Z"}}"#))
-                .collect::<Vec<_>>(),
-        );
-    })
-    .await
-    .unwrap();
-    let d = dir.clone();
-    tokio::task::spawn_blocking(move || {
-        wait_until(Duration::from_secs(20), "all values stored", || {
-            stored(&d) == (1_000, 2, 3)
-        })
-    })
-    .await
-    .unwrap();
+    publish_from_task(format!("{prefix}/press"), lines).await;
+    publish_from_task(
+        format!("{prefix}/sample"),
+        (0..3)
+            .map(|i| format!(r#"{{"v": 10.0{i}, "ts": "2026-11-02T08:00:0{i}Z"}}"#))
+            .collect(),
+    )
+    .await;
+    until_stored(&dir, "all values stored", |s| s == (1_000, 2, 3)).await;
     let c = &connectors(&base, &key).await["connectors"][0];
     assert_eq!(c["link"], "up");
     assert_eq!(c["messages"], 15, "{c}");
@@ -302,34 +317,13 @@ async fn mqtt_values_become_events_and_a_bad_reload_keeps_the_running_connectors
     assert_eq!(c["writes"][0]["work_order"], id.as_str(), "{c}");
     assert_eq!(c["writes"][0]["ok"], true, "{c}");
     // Counts from now on go to the running order.
-    let p = prefix.clone();
-    tokio::task::spawn_blocking(move || {
-        publish(
-            &format!("{p}/press"),
-            &[r#"{"good": 500, "state": 1}"#.to_owned()],
-        )
-    })
-    .await
-    .unwrap();
-    let d = dir.clone();
-    tokio::task::spawn_blocking(move || {
-        wait_until(
-            Duration::from_secs(20),
-            "the count of the running order",
-            || stored(&d).0 == 1_036,
-        )
-    })
-    .await
-    .unwrap();
-    let o: Value = http
-        .get(format!("{base}/api/v1/terminal?work_unit=PRESS-01"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    publish_from_task(
+        format!("{prefix}/press"),
+        vec![r#"{"good": 500, "state": 1}"#.to_owned()],
+    )
+    .await;
+    until_stored(&dir, "the count of the running order", |s| s.0 == 1_036).await;
+    let o = get_json(format!("{base}/api/v1/terminal?work_unit=PRESS-01"), &key).await;
     assert_eq!(o["active"]["good"], 36, "{o}");
     assert_eq!(o["machine_links"][0]["link"], "up", "{o}");
 
@@ -357,25 +351,12 @@ async fn mqtt_values_become_events_and_a_bad_reload_keeps_the_running_connectors
             .contains("NO-SUCH"),
         "{body}"
     );
-    let p = prefix.clone();
-    tokio::task::spawn_blocking(move || {
-        publish(
-            &format!("{p}/press"),
-            &[r#"{"good": 600, "state": 2}"#.to_owned()],
-        )
-    })
-    .await
-    .unwrap();
-    let d = dir.clone();
-    tokio::task::spawn_blocking(move || {
-        wait_until(
-            Duration::from_secs(20),
-            "the count after the refused reload",
-            || stored(&d).0 == 1_136,
-        )
-    })
-    .await
-    .unwrap();
+    publish_from_task(
+        format!("{prefix}/press"),
+        vec![r#"{"good": 600, "state": 2}"#.to_owned()],
+    )
+    .await;
+    until_stored(&dir, "the count after the refused reload", |s| s.0 == 1_136).await;
 
     // A good file replaces the set: the connector's tags changed, so it restarts.
     std::fs::write(&file, config_text(&prefix, "")).unwrap();

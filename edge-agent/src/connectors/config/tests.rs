@@ -1,5 +1,33 @@
 use super::*;
 
+/// An MQTT connector "line1" with a 16-bit counter `good` (path "good", timestamp "ts") and a
+/// state `state` (1 running, 2 down with DOWN.JAM) on `topic`, and `extra` tables after them.
+pub(crate) fn mqtt_file(topic: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[connector]]
+name = "line1"
+kind = "mqtt"
+url = "mqtt://127.0.0.1:1883"
+[[connector.tag]]
+name = "good"
+map = "counter"
+equipment = "PRESS-01"
+topic = "{topic}"
+path = "good"
+timestamp_path = "ts"
+modulus = 65536
+[[connector.tag]]
+name = "state"
+map = "state"
+equipment = "PRESS-01"
+topic = "{topic}"
+path = "state"
+states = {{ "1" = "running", "2" = "down:DOWN.JAM" }}
+{extra}"#
+    )
+}
+
 const GOOD: &str = r#"
 site = "SITE_001"
 

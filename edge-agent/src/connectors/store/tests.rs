@@ -12,27 +12,7 @@ use crate::store::fixture::{T0, TempDir, count_events, open, site};
 use crate::store::open_write_connection;
 
 fn spec() -> Arc<ConnectorSpec> {
-    let mut specs = parse(
-        r#"
-[[connector]]
-name = "line1"
-kind = "mqtt"
-url = "mqtt://127.0.0.1:1883"
-[[connector.tag]]
-name = "good"
-map = "counter"
-equipment = "PRESS-01"
-topic = "p/good"
-modulus = 65536
-[[connector.tag]]
-name = "state"
-map = "state"
-equipment = "PRESS-01"
-topic = "p/state"
-states = { "1" = "running", "2" = "down:DOWN.JAM" }
-"#,
-    )
-    .unwrap();
+    let mut specs = parse(&crate::connectors::config::tests::mqtt_file("p", "")).unwrap();
     Arc::new(specs.remove(0))
 }
 
