@@ -49,6 +49,10 @@ struct FileConfig {
     hub: Option<String>,
     retention_days: Option<u32>,
     tls_dir: Option<PathBuf>,
+    /// The machine connectors, checked by `connectors::config` (with their lines).
+    #[serde(default)]
+    #[allow(dead_code)]
+    connector: Vec<toml::Value>,
 }
 
 /// The resolved configuration.
@@ -60,6 +64,9 @@ pub struct RunConfig {
     pub hub: Option<String>,
     pub retention_days: u32,
     pub tls_dir: PathBuf,
+    /// The TOML file, when one was given: its `[[connector]]` tables are read at start and on
+    /// every reload (SIGHUP, `POST /api/v1/connectors/reload`).
+    pub config_file: Option<PathBuf>,
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -109,6 +116,7 @@ impl RunArgs {
             hub: self.hub.or(file.hub),
             retention_days,
             tls_dir,
+            config_file: self.config,
         })
     }
 }

@@ -89,7 +89,15 @@ pub async fn run(config: &Path, clock_offset_micros: i64) -> Vec<Check> {
                 format!("{e:#}"),
                 "fix the file, or run `edge-agent install` again to rewrite it",
             ));
-            for name in ["certificate", "hub", "clock", "disk", "database", "outbox"] {
+            for name in [
+                "certificate",
+                "hub",
+                "clock",
+                "disk",
+                "database",
+                "outbox",
+                "connectors",
+            ] {
                 out.push(Check::skip(name, "no valid configuration"));
             }
             return out;
@@ -104,7 +112,89 @@ pub async fn run(config: &Path, clock_offset_micros: i64) -> Vec<Check> {
     let (db, outbox) = database(cfg.data_dir.join(crate::store::DB_FILE), now);
     out.push(db);
     out.push(outbox);
+    out.push(connectors(config).await);
     out
+}
+
+/// How long `doctor` waits for a machine's server to answer.
+const CONNECTOR_PROBE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The `[[connector]]` tables parse, and each enabled connector's server answers on TCP.
+async fn connectors(config: &Path) -> Check {
+    use crate::connectors::config::{self, KindSpec};
+    let text = match std::fs::read_to_string(config) {
+        Ok(t) => t,
+        Err(e) => {
+            return Check::skip(
+                "connectors",
+                format!("cannot read {}: {e}", config.display()),
+            );
+        }
+    };
+    let specs = match config::parse(&text) {
+        Ok(s) => s,
+        Err(errors) => {
+            return Check::fail(
+                "connectors",
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                format!(
+                    "fix the [[connector]] tables of {}, then `systemctl reload mes-edge` (SIGHUP)",
+                    config.display()
+                ),
+            );
+        }
+    };
+    if specs.is_empty() {
+        return Check::pass("connectors", "none configured (machines post to the API)");
+    }
+    let mut answered = Vec::new();
+    let mut silent = Vec::new();
+    for c in specs.iter().filter(|c| c.enabled) {
+        let target = match &c.kind {
+            KindSpec::Mqtt(m) => format!("{}:{}", m.broker.host, m.broker.port),
+            KindSpec::Sparkplug(s) => format!("{}:{}", s.broker.host, s.broker.port),
+            KindSpec::OpcUa(o) => {
+                let rest = o.endpoint.trim_start_matches("opc.tcp://");
+                let hp = rest.split('/').next().unwrap_or(rest);
+                config::host_port(hp, 4840)
+                    .map(|(h, p)| format!("{h}:{p}"))
+                    .unwrap_or_else(|| hp.to_owned())
+            }
+            KindSpec::Modbus(m) => config::host_port(&m.address, 502)
+                .map(|(h, p)| format!("{h}:{p}"))
+                .unwrap_or_else(|| m.address.clone()),
+        };
+        let ok = matches!(
+            tokio::time::timeout(CONNECTOR_PROBE, tokio::net::TcpStream::connect(&target)).await,
+            Ok(Ok(_))
+        );
+        let line = format!("{} ({} {target})", c.name, c.kind_name());
+        if ok {
+            answered.push(line)
+        } else {
+            silent.push(line)
+        }
+    }
+    if silent.is_empty() {
+        Check::pass(
+            "connectors",
+            format!("{} answer: {}", answered.len(), answered.join(", ")),
+        )
+    } else {
+        Check::fail(
+            "connectors",
+            format!(
+                "no answer within {} s from {}",
+                CONNECTOR_PROBE.as_secs(),
+                silent.join(", ")
+            ),
+            "check the machine's server is running and reachable from this box (address, port, firewall)",
+        )
+    }
 }
 
 /// Whether an `edge-agent run` holds the data directory's lock now.

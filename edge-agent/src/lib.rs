@@ -11,13 +11,17 @@
 //! * [`sync_store`]: the sync session's edge store trait on [`store::Store`], above the
 //!   outbox, records and master data it combines.
 //! * [`sync`]: the QUIC sync client; [`identity`]: its certificate and key, renewed in place.
+//! * [`connectors`]: machine data from OPC UA, MQTT / Sparkplug B and Modbus TCP, mapped
+//!   to events; [`clock`]: where the agent gets the time.
 //! * [`api::ui`]: the operator terminal's page and message catalogs, embedded.
 //! * [`install`]: `edge-agent install` (enrollment, files, service); [`doctor`]: the health
 //!   check; [`backup`]: online backup and restore.
 
 pub mod api;
 pub mod backup;
+pub mod clock;
 pub mod config;
+pub mod connectors;
 pub mod doctor;
 pub mod identity;
 pub mod install;

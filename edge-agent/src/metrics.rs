@@ -115,7 +115,7 @@ impl Metrics {
     }
 
     /// The exposition text, with the figures read at scrape time.
-    pub fn render(&self, now: Scraped) -> String {
+    pub fn render(&self, now: Scraped, connectors: &[ConnectorFigures]) -> String {
         // The crate appends each help text's full stop; counters are registered without the
         // `_total` their samples carry.
         let mut r = Registry::default();
@@ -184,9 +184,85 @@ impl Metrics {
             "Certificates renewed over the sync session by this process",
             ConstCounter::new(now.certificate_renewals),
         );
+        register_connectors(&mut r, connectors);
         let mut out = String::with_capacity(4096);
         encode(&mut out, &r).expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// A machine connector's figures at scrape time (the API reads them off its health).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConnectorFigures {
+    pub name: String,
+    pub up: bool,
+    pub messages: u64,
+    pub events: u64,
+    pub rejected: u64,
+    pub dropped: u64,
+    pub reconnects: u64,
+    pub lag_seconds: Option<f64>,
+}
+
+/// Each connector's figures, labelled by its name (names are checked to be short and plain, so
+/// the label set is bounded by the config file).
+fn register_connectors(r: &mut Registry, connectors: &[ConnectorFigures]) {
+    type Labels = [(&'static str, String); 1];
+    let up = Family::<Labels, Gauge>::default();
+    let lag = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    type Figure = fn(&ConnectorFigures) -> u64;
+    let counters: [(&str, &str, Figure); 5] = [
+        (
+            "edge_connector_messages",
+            "Messages or polls a connector received",
+            |s| s.messages,
+        ),
+        (
+            "edge_connector_events",
+            "Events stored from a connector's readings",
+            |s| s.events,
+        ),
+        (
+            "edge_connector_rejected",
+            "Readings a connector's tags could not use",
+            |s| s.rejected,
+        ),
+        (
+            "edge_connector_dropped",
+            "Messages that matched no tag or could not be decoded",
+            |s| s.dropped,
+        ),
+        (
+            "edge_connector_reconnects",
+            "Times a connector reconnected to its machines",
+            |s| s.reconnects,
+        ),
+    ];
+    for s in connectors {
+        let l = [("connector", s.name.clone())];
+        up.get_or_create(&l).set(i64::from(s.up));
+        if let Some(v) = s.lag_seconds {
+            lag.get_or_create(&l).set(v);
+        }
+    }
+    r.register(
+        "edge_connector_up",
+        "Whether a connector's link to its machines is up (1) or not (0)",
+        up,
+    );
+    r.register(
+        "edge_connector_lag_seconds",
+        "Seconds from a machine's timestamp to the committed event, last reading",
+        lag,
+    );
+    for (name, help, get) in counters {
+        let family = Family::<Labels, prometheus_client::metrics::counter::Counter>::default();
+        for s in connectors {
+            family
+                .get_or_create(&[("connector", s.name.clone())])
+                .inc_by(get(s));
+        }
+        r.register(name, help, family);
     }
 }
 
@@ -200,13 +276,16 @@ mod tests {
         m.record_request("/api/v1/events", 201, 0.003);
         m.commit_batch_size.observe(3.0);
         m.events_stored.add(7);
-        let text = m.render(Scraped {
-            pending_events: 5,
-            pending_changes: 2,
-            terminal_sessions: 1,
-            certificate_expiry_seconds: Some(3600),
-            certificate_renewals: 1,
-        });
+        let text = m.render(
+            Scraped {
+                pending_events: 5,
+                pending_changes: 2,
+                terminal_sessions: 1,
+                certificate_expiry_seconds: Some(3600),
+                certificate_renewals: 1,
+            },
+            &[],
+        );
         service_kit::metrics::assert_exposition(
             &text,
             &[

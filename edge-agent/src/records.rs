@@ -527,6 +527,24 @@ impl Store {
 }
 
 /// Lists orders, most urgent first.
+/// The order a unit works on: the most recently started of its orders in the first of `states`
+/// that has one. The terminal shows running-else-interrupted; machine counts go to the running
+/// order only, as the terminal records them.
+pub fn current_order(
+    conn: &Connection,
+    unit: &str,
+    states: &[WorkOrderState],
+) -> Result<Option<WorkOrderView>, StoreError> {
+    for state in states {
+        let mut found = list(conn, Some(*state), Some(unit), 50)?;
+        found.sort_by_key(|o| std::cmp::Reverse(o.order.actual_start));
+        if let Some(o) = found.into_iter().next() {
+            return Ok(Some(o));
+        }
+    }
+    Ok(None)
+}
+
 pub fn list(
     conn: &Connection,
     state: Option<WorkOrderState>,

@@ -28,6 +28,7 @@ pub struct Running {
     http: JoinHandle<anyhow::Result<()>>,
     sync: Option<JoinHandle<()>>,
     retention: JoinHandle<()>,
+    reloads: JoinHandle<()>,
     _lock: crate::backup::AgentLock,
 }
 
@@ -46,6 +47,22 @@ pub async fn start_with_clock(config: RunConfig, clock: Arc<dyn Clock>) -> anyho
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let mut state = AppState::new(store.clone(), clock.clone());
     state.hub_configured = config.hub.is_some();
+    state.connectors = crate::connectors::ConnectorSet::new(
+        store.clone(),
+        clock.clone(),
+        config.config_file.clone(),
+    );
+    if config.config_file.is_some() {
+        // A bad connector table stops the start with its lines, as a bad flag would.
+        let started = state
+            .connectors
+            .reload()
+            .await
+            .context("starting the machine connectors")?;
+        if !started.started.is_empty() {
+            tracing::info!(connectors = ?started.started, "machine connectors started");
+        }
+    }
     let listener = TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("binding {}", config.http_listen))?;
@@ -78,6 +95,7 @@ pub async fn start_with_clock(config: RunConfig, clock: Arc<dyn Clock>) -> anyho
         }
         None => None,
     };
+    let reloads = tokio::spawn(reload_on_hangup(state.connectors.clone()));
     let retention = tokio::spawn(retention_loop(
         store.clone(),
         clock,
@@ -102,6 +120,7 @@ pub async fn start_with_clock(config: RunConfig, clock: Arc<dyn Clock>) -> anyho
         http,
         sync,
         retention,
+        reloads,
         _lock: lock,
     })
 }
@@ -121,6 +140,10 @@ impl Running {
             }
         }
         self.retention.abort();
+        self.reloads.abort();
+        // Connectors finish their commits (and acknowledge what they committed) before the
+        // writer closes.
+        self.state.connectors.shutdown().await;
         let store = self.state.store.clone();
         tokio::task::spawn_blocking(move || store.close())
             .await
@@ -138,6 +161,33 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     running.stop().await?;
     tracing::info!("edge agent stopped");
     Ok(())
+}
+
+/// SIGHUP reloads the connectors from the config file; a bad file is logged with its lines
+/// and changes nothing.
+async fn reload_on_hangup(connectors: Arc<crate::connectors::ConnectorSet>) {
+    #[cfg(unix)]
+    {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch for SIGHUP; reload connectors through the API");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            match connectors.reload().await {
+                Ok(r) => {
+                    tracing::info!(started = ?r.started, stopped = ?r.stopped, unchanged = ?r.unchanged, "connectors reloaded")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "connector reload refused; the running connectors are unchanged")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await;
 }
 
 async fn retention_loop(store: Store, clock: Arc<dyn Clock>, window_micros: i64) {

@@ -113,6 +113,10 @@ pub enum MachineState {
     Down,
     Setup,
     PlannedStop,
+    /// Nobody knows: the machine's link is down (a connector lost it, a Sparkplug node died).
+    /// Counted as neither running nor a planned stop, so lost time stays visible until a
+    /// correction says what it was. Last, so the wire's variant numbers of the others stand.
+    Unknown,
 }
 
 // The name used in JSON, metrics and the hub's rollups.
@@ -122,6 +126,7 @@ crate::named_enum!(MachineState, "machine state", display {
     Down => "down",
     Setup => "setup",
     PlannedStop => "planned_stop",
+    Unknown => "unknown",
 });
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -125,7 +125,7 @@ pub(crate) mod tests {
         let e = "stopped".parse::<MachineState>().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown machine state \"stopped\", expected one of running, idle, down, setup, planned_stop"
+            "unknown machine state \"stopped\", expected one of running, idle, down, setup, planned_stop, unknown"
         );
         // Case matters: names are exact, as in SQL and JSON.
         assert!("Running".parse::<MachineState>().is_err());

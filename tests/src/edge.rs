@@ -32,6 +32,7 @@ pub fn edge_config(site: &str, data_dir: &Path, hub: &str, tls_dir: &Path) -> Ru
         hub: Some(hub.to_owned()),
         retention_days: 30,
         tls_dir: tls_dir.to_owned(),
+        config_file: None,
     }
 }
 

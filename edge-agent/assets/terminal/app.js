@@ -256,7 +256,7 @@ function renderUnreachable() {
 function stateClass(s) {
   if (!s) return "";
   if (s.state === "down") return "abnormal";
-  if (s.state === "idle" || s.state === "setup") return "attention";
+  if (s.state === "idle" || s.state === "setup" || s.state === "unknown") return "attention";
   return "";
 }
 
@@ -268,8 +268,20 @@ function render() {
   // Machine state: grey when running or in a planned stop, coloured only when abnormal.
   const ms = $("machine-state");
   const s = v.equipment_state;
-  ms.textContent = s ? t("state." + s.state) + (s.reason_name ? " – " + s.reason_name : "") : t("state.unknown");
+  ms.textContent = s ? t("state." + s.state) + (s.reason_name ? " – " + s.reason_name : "") : t("state.none");
   ms.className = "state " + stateClass(s);
+  // A connector that reads this machine is not up: counts and states are not arriving.
+  const down = (v.machine_links || []).filter((l) => l.link !== "up" && l.link !== "disabled");
+  // The active order could not be written to the machine (its id, material and quantity).
+  const failed = (v.machine_links || []).filter((l) => l.last_write && !l.last_write.ok && v.active && l.last_write.work_order === v.active.id);
+  const ml = $("machine-link");
+  const msgs = [];
+  if (down.length) msgs.push(t("machine.link_down", { connector: down.map((l) => l.connector).join(", ") }));
+  if (failed.length) msgs.push(t("machine.write_failed", { error: failed.map((l) => l.last_write.error).join("; ") }));
+  ml.hidden = msgs.length === 0;
+  ml.textContent = msgs.join(" · ");
+  ml.dataset.down = String(down.length);
+  ml.dataset.writeFailed = String(failed.length);
   ms.dataset.state = s ? s.state : "";
   ms.dataset.reason = s && s.reason ? s.reason : "";
   $("machine-since").textContent = s ? t("state.since", { time: fmtTime(s.since) }) : "";

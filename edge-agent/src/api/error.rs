@@ -20,6 +20,8 @@ pub struct ApiError {
     /// Seconds after which a refused request may be tried again: the `Retry-After` header and
     /// `retry_after_seconds` in the body.
     pub retry_after: Option<u64>,
+    /// Structured detail for the caller's program (e.g. each refused line of a config file).
+    pub details: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -31,6 +33,7 @@ impl ApiError {
             field: None,
             close_connection: false,
             retry_after: None,
+            details: None,
         }
     }
 
@@ -136,6 +139,9 @@ impl IntoResponse for ApiError {
         }
         if let Some(r) = self.retry_after {
             error["retry_after_seconds"] = json!(r);
+        }
+        if let Some(d) = self.details {
+            error["details"] = d;
         }
         let mut response = (self.status, Json(json!({ "error": error }))).into_response();
         if let Some(r) = self.retry_after {

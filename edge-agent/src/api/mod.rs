@@ -1,6 +1,7 @@
 //! The local HTTP API. Requests land here: [`router`] maps every path to its handler module
 //! (`events`, `work_orders`) or to the small handlers below (health, metrics, sync status).
 
+pub mod connectors;
 pub mod error;
 pub mod events;
 mod json;
@@ -25,6 +26,8 @@ use tokio::sync::Notify;
 
 pub use error::ApiError;
 
+pub use crate::clock::{Clock, SystemClock};
+
 use crate::store::{Store, keys};
 
 /// How long a key seen valid is trusted without reading the store again: `edge-agent api-key
@@ -37,24 +40,6 @@ const KEYS_CACHED_MAX: usize = 1_000;
 pub const BODY_BYTES_MAX: usize = 1 << 20;
 /// Largest too-large body still read to its end before the 413 (see [`read_json_body`]).
 pub const BODY_DRAIN_BYTES_MAX: usize = 4 << 20;
-
-/// Where the agent gets the time; a test or simulator can substitute its own.
-pub trait Clock: Send + Sync + std::fmt::Debug {
-    fn now(&self) -> Timestamp;
-}
-
-#[derive(Debug)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Timestamp {
-        let micros = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0);
-        Timestamp::from_micros(micros)
-    }
-}
 
 #[derive(Clone, Debug)]
 pub struct AppState {
@@ -75,11 +60,14 @@ pub struct AppState {
     pub certificate: Arc<std::sync::RwLock<Option<crate::identity::CertInfo>>>,
     /// Certificates renewed by this process.
     pub certificate_renewals: Arc<std::sync::atomic::AtomicU64>,
+    /// The machine connectors (none until the server starts them).
+    pub connectors: Arc<crate::connectors::ConnectorSet>,
 }
 
 impl AppState {
     pub fn new(store: Store, clock: Arc<dyn Clock>) -> Self {
         Self {
+            connectors: crate::connectors::ConnectorSet::new(store.clone(), clock.clone(), None),
             store,
             clock,
             known_keys: Arc::default(),
@@ -158,6 +146,8 @@ const ROUTES: &[&str] = &[
     "/api/v1/sync/status",
     "/api/v1/conflicts",
     "/api/v1/conflicts/{id}/resolve",
+    "/api/v1/connectors",
+    "/api/v1/connectors/reload",
     "/api/v1/events",
     "/api/v1/terminal",
     "/api/v1/master-data/{kind}",
@@ -180,6 +170,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/sync/status", get(sync_status))
         .route("/api/v1/conflicts", get(conflicts))
         .route("/api/v1/conflicts/{id}/resolve", post(terminal::resolve))
+        .route("/api/v1/connectors", get(connectors::list))
+        .route("/api/v1/connectors/reload", post(connectors::reload))
         .route(
             "/api/v1/events",
             get(terminal::recent_events).post(events::post_events),
@@ -303,9 +295,30 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     };
     Ok((
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-        state.store.metrics().render(scraped),
+        state
+            .store
+            .metrics()
+            .render(scraped, &connector_figures(&state)),
     )
         .into_response())
+}
+
+fn connector_figures(state: &AppState) -> Vec<crate::metrics::ConnectorFigures> {
+    state
+        .connectors
+        .snapshots()
+        .into_iter()
+        .map(|s| crate::metrics::ConnectorFigures {
+            up: s.link == crate::connectors::Link::Up,
+            messages: s.messages,
+            events: s.events,
+            rejected: s.rejected,
+            dropped: s.dropped,
+            reconnects: s.reconnects,
+            lag_seconds: s.lag_seconds,
+            name: s.name,
+        })
+        .collect()
 }
 
 async fn sync_status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {

@@ -135,15 +135,11 @@ fn terminal_view(conn: &Connection, unit: &str, now: Timestamp) -> Result<Value,
             value: unit.to_owned(),
         })?;
     // The active order: running or interrupted on this unit, the most recently started first.
-    let mut active = None;
-    for state in [WorkOrderState::Running, WorkOrderState::Interrupted] {
-        let mut found = records::list(conn, Some(state), Some(unit), 50)?;
-        found.sort_by_key(|o| std::cmp::Reverse(o.order.actual_start));
-        if let Some(o) = found.into_iter().next() {
-            active = Some(o);
-            break;
-        }
-    }
+    let active = records::current_order(
+        conn,
+        unit,
+        &[WorkOrderState::Running, WorkOrderState::Interrupted],
+    )?;
     let mut queue = records::list(
         conn,
         Some(WorkOrderState::AllowedToStart),
@@ -197,6 +193,23 @@ pub async fn snapshot(
         "pending_changes": p.changes,
         "last_sync_at": last,
     });
+    // The connectors that read this station's machine: the terminal says "machine link down"
+    // while any of them is not up, since counts and states are not arriving then.
+    let unit_id = view["work_unit"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let links: Vec<Value> = state
+        .connectors
+        .snapshots()
+        .into_iter()
+        .filter(|s| s.equipment.contains(&unit_id))
+        .map(|s| {
+            let write = s.writes.iter().find(|w| w.equipment == unit_id);
+            json!({"connector": s.name, "link": s.link, "since": s.since, "last_error": s.last_error, "last_write": write})
+        })
+        .collect();
+    view["machine_links"] = json!(links);
     view["site_id"] = json!(state.store.site().as_str());
     view["now"] = json!(state.now().to_rfc3339());
     Ok(Json(view))

@@ -168,7 +168,7 @@ pub async fn act(
             if let Some(k) = &key
                 && let Some(previous) = idempotency::lookup(c, k)?
             {
-                return Ok(previous);
+                return Ok((previous, None));
             }
             let view = records::transition(c, &id, action, work_unit, now, &actor)?;
             let json = serde_json::to_string(&view)
@@ -176,10 +176,26 @@ pub async fn act(
             if let Some(k) = &key {
                 idempotency::remember(c, k, &json, now.as_micros())?;
             }
-            Ok(json)
+            Ok((json, Some(view)))
         })
         .await?;
+    let (response, view) = response;
     state.notify_outbox();
+    // The machine hears of the order it now runs (a replayed answer sent it already).
+    if action == WorkOrderAction::Start
+        && let Some(v) = view
+        && let Some(unit) = &v.work_unit
+    {
+        state
+            .connectors
+            .order_started(crate::connectors::OrderStart {
+                equipment: unit.clone(),
+                order_id: v.order.id.clone(),
+                material: v.order.material.clone(),
+                planned_quantity: v.order.planned_quantity,
+                at: now,
+            });
+    }
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         response,

@@ -9,7 +9,7 @@
 //! blocking threads, which WAL lets run beside the writer.
 
 pub mod counts;
-mod events;
+pub(crate) mod events;
 pub mod master;
 pub(crate) mod outbox;
 pub mod people;

@@ -146,6 +146,46 @@ const MIGRATIONS: &[&str] = &[
         locked_until     INTEGER             -- NULL: not locked
     ) WITHOUT ROWID;
     "#,
+    // 6: machine connectors. What each tag last left behind (a counter's reading, a state's
+    // meaning) is written in the transaction of the events it produced, so a restart neither
+    // repeats nor loses a delta. Notices (counter resets, unmapped state codes) are kept for the
+    // API, the newest `connectors::store::NOTICES_KEPT` of them.
+    r#"
+    CREATE TABLE connector_tags (
+        connector    TEXT NOT NULL,
+        tag          TEXT NOT NULL,
+        counter      INTEGER,
+        last         TEXT,
+        updated_at   INTEGER NOT NULL,
+        PRIMARY KEY (connector, tag)
+    ) WITHOUT ROWID;
+    -- Messages committed and perhaps not yet acknowledged to their broker: a redelivery
+    -- (MQTT's DUP flag) of one of these is acknowledged without being used again.
+    CREATE TABLE connector_messages (
+        connector    TEXT NOT NULL,
+        digest       BLOB NOT NULL,
+        at           INTEGER NOT NULL,
+        PRIMARY KEY (connector, digest)
+    ) WITHOUT ROWID;
+    CREATE INDEX connector_messages_at ON connector_messages (at);
+    -- Orders sent down to machines, and how that went (the newest per connector and unit).
+    CREATE TABLE connector_writes (
+        connector    TEXT NOT NULL,
+        equipment    TEXT NOT NULL,
+        work_order   TEXT NOT NULL,
+        at           INTEGER NOT NULL,
+        ok           INTEGER NOT NULL,
+        error        TEXT,
+        PRIMARY KEY (connector, equipment)
+    ) WITHOUT ROWID;
+    CREATE TABLE connector_notices (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        connector    TEXT NOT NULL,
+        tag          TEXT NOT NULL,
+        at           INTEGER NOT NULL,
+        message      TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -219,6 +219,7 @@ async fn main() -> anyhow::Result<()> {
             hub: Some(hub.quic_addr.to_string()),
             retention_days: 30,
             tls_dir: state_dir.join("sites").join(s.as_str()),
+            config_file: None,
         });
     }
     {

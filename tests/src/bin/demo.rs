@@ -253,6 +253,7 @@ async fn main() -> anyhow::Result<()> {
             hub: Some(hub.quic_addr.to_string()),
             retention_days: 30,
             tls_dir: state_dir.join("sites").join(site),
+            config_file: None,
         })
         .await?;
         let base = format!("http://{}", edge.http_addr);

@@ -2,6 +2,7 @@
 //! field installer, and the edge's files and their restore. One test binary with a module per
 //! former test file; run one with `cargo test -p system-tests --test edge <module>::`.
 
+mod connectors;
 mod install;
 mod restore;
 mod terminal;

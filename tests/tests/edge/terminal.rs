@@ -74,6 +74,7 @@ async fn terminal(name: &str) -> Terminal {
         hub: Some(format!("127.0.0.1:{closed_port}")),
         retention_days: 30,
         tls_dir: data.join("tls"),
+        config_file: None,
     })
     .await
     .unwrap();
