@@ -14,6 +14,7 @@ use tokio_modbus::{ExceptionCode, Slave};
 
 use super::config::{DataType, KindSpec, Mapping, Order, RegisterTable, Source, TagSpec};
 use super::mapping::TagValue;
+use super::store::READINGS_PER_COMMIT_MAX;
 use super::{Ctx, Link, Reading, backoff};
 
 /// Registers one read request returns at most (function codes 3 and 4).
@@ -383,18 +384,21 @@ async fn poll(
         if changed.is_empty() {
             continue;
         }
-        let keys: Vec<(usize, String)> = changed.iter().map(|r| (r.tag, r.value.key())).collect();
-        match ctx.commit(changed).await {
-            Ok(_) => {
-                for (tag, key) in keys {
-                    last[tag] = Some(key);
+        // One commit per poll; a poll of more values than a transaction takes, in several.
+        for chunk in changed.chunks(READINGS_PER_COMMIT_MAX) {
+            match ctx.commit(chunk.to_vec()).await {
+                Ok(_) => {
+                    for r in chunk {
+                        last[r.tag] = Some(r.value.key());
+                    }
                 }
-            }
-            Err(e) => {
-                // Nothing is lost: the PLC still holds the values, and since `last` did not
-                // move, the next poll delivers them again.
-                ctx.health.error(&format!("storing: {e}"), ctx.now());
-                tracing::error!(connector = %spec.name, error = %e, "cannot store machine data");
+                Err(e) => {
+                    // Nothing is lost: the PLC still holds the values, and since `last` did not
+                    // move, the next poll delivers them again.
+                    ctx.health.error(&format!("storing: {e}"), ctx.now());
+                    tracing::error!(connector = %spec.name, error = %e, "cannot store machine data");
+                    break;
+                }
             }
         }
     }
