@@ -2,6 +2,8 @@
 //! `.ci/run` installs where missing), started by `tests/peers/modbus/server.py` on a free port
 //! and driven through its stdin. The edge polls it, maps and stores.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -137,6 +139,13 @@ map = "sample"
 equipment = "PRESS-01"
 register = "input:10"
 data_type = "f32"
+characteristic = "DIA"
+
+[[connector.tag]]
+name = "press.unmapped"
+map = "sample"
+equipment = "PRESS-01"
+register = "input:5000"
 characteristic = "DIA"
 "#
     )
@@ -294,6 +303,15 @@ async fn modbus_counters_stay_exact_across_rollover_and_a_server_restart() {
     let c = connector(&base, &key).await;
     assert_eq!(c["rejected"], 0, "{c}");
     assert_eq!(c["reconnects"], 0, "{c}");
+    // An address the server does not map is its exception answer, every poll: the link stays
+    // up, the tag gives nothing and the error says where.
+    assert!(c["dropped"].as_u64().unwrap() >= 1, "{c}");
+    assert!(
+        c["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("input:5000..5000")),
+        "{c}"
+    );
     assert_eq!(
         got.samples,
         [10.1],
