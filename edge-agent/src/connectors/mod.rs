@@ -5,7 +5,7 @@
 //!   samples, scans), pure.
 //! * [`store`]: readings into events in one transaction with each tag's memory ([`Sink`]).
 //! * [`health`]: each connector's link, counts and errors.
-//! * the drivers, one per protocol: [`mqtt`].
+//! * the drivers, one per protocol: [`mqtt`], [`modbus`].
 //!
 //! A driver reads its source and calls [`Sink::commit`]; it acknowledges the source only
 //! after the commit, so what a machine sent is stored once whatever fails in between.
@@ -16,6 +16,7 @@ pub mod broker;
 pub mod config;
 pub mod health;
 pub mod mapping;
+pub mod modbus;
 pub mod mqtt;
 pub mod store;
 
@@ -452,6 +453,7 @@ async fn run_driver(ctx: Ctx) {
     let name = ctx.spec().name.clone();
     let result = match &ctx.spec().kind {
         config::KindSpec::Mqtt(_) => mqtt::run(ctx.clone()).await,
+        config::KindSpec::Modbus(_) => modbus::run(ctx.clone()).await,
         other => Err(anyhow::anyhow!(
             "the {} driver is not part of this build",
             other.name()

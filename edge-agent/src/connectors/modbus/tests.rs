@@ -1,0 +1,258 @@
+use super::*;
+use crate::connectors::config::parse;
+use crate::connectors::mapping::{Interpreted, TagMemory, interpret};
+
+use DataType::*;
+use Order::{Big, Little};
+
+fn d(t: DataType, word: Order, byte: Order, scale: f64, regs: &[u16]) -> Option<TagValue> {
+    decode_registers(t, word, byte, scale, regs)
+}
+
+#[test]
+fn sixteen_bit_values_in_both_byte_orders() {
+    assert_eq!(
+        d(U16, Big, Big, 1.0, &[0x1234]),
+        Some(TagValue::Int(0x1234))
+    );
+    assert_eq!(
+        d(U16, Big, Little, 1.0, &[0x1234]),
+        Some(TagValue::Int(0x3412))
+    );
+    assert_eq!(
+        d(U16, Big, Big, 1.0, &[0xFFFF]),
+        Some(TagValue::Int(65_535))
+    );
+    assert_eq!(d(I16, Big, Big, 1.0, &[0xFFFF]), Some(TagValue::Int(-1)));
+    assert_eq!(
+        d(I16, Big, Big, 1.0, &[0x8000]),
+        Some(TagValue::Int(-32_768))
+    );
+    assert_eq!(d(I16, Big, Little, 1.0, &[0xFEFF]), Some(TagValue::Int(-2)));
+    // The word order means nothing for one register.
+    assert_eq!(d(U16, Little, Big, 1.0, &[7]), Some(TagValue::Int(7)));
+    // A bool in a register: anything but 0 is true.
+    assert_eq!(d(Bool, Big, Big, 1.0, &[0]), Some(TagValue::Bool(false)));
+    assert_eq!(
+        d(Bool, Big, Big, 1.0, &[0x0100]),
+        Some(TagValue::Bool(true))
+    );
+}
+
+#[test]
+fn thirty_two_bit_values_in_every_word_and_byte_order() {
+    // 0x12345678 = 305419896, as four PLC layouts put it in two registers.
+    let v = TagValue::Int(0x1234_5678);
+    assert_eq!(d(U32, Big, Big, 1.0, &[0x1234, 0x5678]), Some(v.clone())); // ABCD
+    assert_eq!(d(U32, Little, Big, 1.0, &[0x5678, 0x1234]), Some(v.clone())); // CDAB
+    assert_eq!(d(U32, Big, Little, 1.0, &[0x3412, 0x7856]), Some(v.clone())); // BADC
+    assert_eq!(d(U32, Little, Little, 1.0, &[0x7856, 0x3412]), Some(v)); // DCBA
+    assert_eq!(
+        d(U32, Big, Big, 1.0, &[0xFFFF, 0xFFFF]),
+        Some(TagValue::Int(4_294_967_295))
+    );
+    assert_eq!(
+        d(I32, Big, Big, 1.0, &[0xFFFF, 0xFFFE]),
+        Some(TagValue::Int(-2))
+    );
+    assert_eq!(
+        d(I32, Little, Big, 1.0, &[0x0000, 0x8000]),
+        Some(TagValue::Int(i64::from(i32::MIN)))
+    );
+    assert_eq!(
+        d(I32, Little, Little, 1.0, &[0xFEFF, 0xFFFF]),
+        Some(TagValue::Int(-2))
+    );
+    // Too few registers is no value, not a panic.
+    assert_eq!(d(U32, Big, Big, 1.0, &[1]), None);
+    assert_eq!(d(U16, Big, Big, 1.0, &[]), None);
+}
+
+#[test]
+fn floats_in_every_order_read_as_their_shortest_decimal() {
+    // 10.1f32 = 0x4121999A.
+    let v = Some(TagValue::Float(10.1));
+    assert_eq!(d(F32, Big, Big, 1.0, &[0x4121, 0x999A]), v);
+    assert_eq!(d(F32, Little, Big, 1.0, &[0x999A, 0x4121]), v);
+    assert_eq!(d(F32, Big, Little, 1.0, &[0x2141, 0x9A99]), v);
+    assert_eq!(d(F32, Little, Little, 1.0, &[0x9A99, 0x2141]), v);
+    assert_eq!(
+        d(F32, Big, Big, 1.0, &[0xC2F6, 0xE979]),
+        Some(TagValue::Float(-123.456))
+    );
+    assert_eq!(
+        d(F32, Big, Big, 2.0, &[0x4121, 0x999A]),
+        Some(TagValue::Float(20.2))
+    );
+    // A NaN is passed on: the store rejects it as a sample (no panic, nothing stored).
+    let Some(TagValue::Float(nan)) = d(F32, Big, Big, 1.0, &[0x7FC0, 0x0000]) else {
+        panic!()
+    };
+    assert!(nan.is_nan());
+    let i = interpret(
+        &Mapping::Sample {
+            characteristic: shared_model::ids::CharacteristicId::new("DIA".to_owned()).unwrap(),
+        },
+        &TagMemory::default(),
+        &TagValue::Float(nan),
+    );
+    assert!(i.is_err(), "{i:?}");
+}
+
+#[test]
+fn a_scale_keeps_whole_values_integers() {
+    // A counter stays an integer with a scale of 1, and with a whole scale.
+    assert_eq!(d(U16, Big, Big, 1.0, &[41]), Some(TagValue::Int(41)));
+    assert_eq!(d(U16, Big, Big, 10.0, &[41]), Some(TagValue::Int(410)));
+    assert_eq!(d(I16, Big, Big, 0.5, &[0xFFFC]), Some(TagValue::Int(-2)));
+    assert_eq!(d(U16, Big, Big, 0.1, &[215]), Some(TagValue::Float(21.5)));
+    assert_eq!(
+        d(U32, Little, Big, 0.01, &[0x3039, 0]),
+        Some(TagValue::Float(123.45))
+    );
+    // A counter read through the scale counts like the raw one.
+    let counter = Mapping::Counter {
+        counts: crate::connectors::config::Counts::Good,
+        modulus: 65_536,
+        max_step: 4_096,
+    };
+    let memory = TagMemory {
+        counter: Some(65_530),
+        last: None,
+    };
+    let Ok(Interpreted { facts, .. }) =
+        interpret(&counter, &memory, &d(U16, Big, Big, 1.0, &[4]).unwrap())
+    else {
+        panic!()
+    };
+    assert_eq!(facts.len(), 1);
+    assert!(matches!(
+        facts[0],
+        crate::connectors::mapping::Fact::Count { quantity: 10, .. }
+    ));
+}
+
+fn tags(extra: &str) -> Vec<TagSpec> {
+    let text = format!(
+        r#"
+[[connector]]
+name = "plc"
+kind = "modbus"
+address = "127.0.0.1:502"
+{extra}
+"#
+    );
+    parse(&text).unwrap().remove(0).tags
+}
+
+fn tag(name: &str, register: &str, data_type: &str) -> String {
+    format!(
+        "[[connector.tag]]\nname = \"{name}\"\nmap = \"sample\"\nequipment = \"PRESS-01\"\ncharacteristic = \"DIA\"\nregister = \"{register}\"\ndata_type = \"{data_type}\"\n"
+    )
+}
+
+fn coil(name: &str, register: &str) -> String {
+    format!(
+        "[[connector.tag]]\nname = \"{name}\"\nmap = \"state\"\nequipment = \"PRESS-01\"\nstates = {{ \"true\" = \"running\", \"false\" = \"idle\" }}\nregister = \"{register}\"\n"
+    )
+}
+
+#[test]
+fn adjacent_addresses_share_a_request_up_to_the_protocols_limit() {
+    let t = tags(
+        &[
+            tag("a", "holding:10", "u16"),
+            tag("b", "holding:11", "u32"), // 11..12
+            tag("c", "holding:13", "i16"), // touches b
+            tag("d", "holding:12", "u16"), // overlaps b
+            tag("e", "holding:15", "u16"), // a gap: its own request
+            tag("f", "input:10", "f32"),   // another table
+            coil("g", "coil:3"),
+            coil("h", "coil:4"),
+            coil("i", "coil:9"),
+        ]
+        .concat(),
+    );
+    let p = plan(&t);
+    let b = |table, start, count, tags: &[usize]| Block {
+        table,
+        start,
+        count,
+        tags: tags.to_vec(),
+    };
+    assert_eq!(
+        p,
+        vec![
+            b(RegisterTable::Holding, 10, 4, &[0, 1, 3, 2]),
+            b(RegisterTable::Holding, 15, 1, &[4]),
+            b(RegisterTable::Input, 10, 2, &[5]),
+            b(RegisterTable::Coil, 3, 2, &[6, 7]),
+            b(RegisterTable::Coil, 9, 1, &[8]),
+        ]
+    );
+
+    // 200 adjacent u16: 125 and 75. 70 adjacent u32 (140 registers): the split keeps each
+    // value whole (62 values = 124 registers, then 8).
+    let many: String = (0..200)
+        .map(|i| tag(&format!("r{i}"), &format!("holding:{i}"), "u16"))
+        .chain((0..70).map(|i| tag(&format!("w{i}"), &format!("input:{}", 1000 + 2 * i), "u32")))
+        .chain((0..2500).map(|i| coil(&format!("c{i}"), &format!("coil:{i}"))))
+        .collect();
+    let p = plan(&tags(&many));
+    let shape: Vec<(RegisterTable, u16, u16)> =
+        p.iter().map(|b| (b.table, b.start, b.count)).collect();
+    assert_eq!(
+        shape,
+        vec![
+            (RegisterTable::Holding, 0, 125),
+            (RegisterTable::Holding, 125, 75),
+            (RegisterTable::Input, 1000, 124),
+            (RegisterTable::Input, 1124, 16),
+            (RegisterTable::Coil, 0, 2000),
+            (RegisterTable::Coil, 2000, 500),
+        ]
+    );
+    // The last addresses of the table still plan.
+    let p = plan(&tags(&tag("top", "holding:65534", "u32")));
+    assert_eq!((p[0].start, p[0].count), (65_534, 2));
+}
+
+#[test]
+fn a_blocks_answer_becomes_each_tags_reading_at_the_poll_time() {
+    let t = tags(
+        &[
+            tag("a", "holding:10", "u16"),
+            tag("b", "holding:11", "i32"),
+            coil("g", "coil:3"),
+            coil("h", "coil:4"),
+        ]
+        .concat(),
+    );
+    let p = plan(&t);
+    let at = shared_model::Timestamp::from_millis(1_793_000_000_000);
+    let r = readings_of(&t, &p[0], &Data::Words(vec![5, 0xFFFF, 0xFFFD]), at);
+    assert_eq!(
+        r,
+        vec![
+            Reading {
+                tag: 0,
+                value: TagValue::Int(5),
+                source_time: Some(at)
+            },
+            Reading {
+                tag: 1,
+                value: TagValue::Int(-3),
+                source_time: Some(at)
+            },
+        ]
+    );
+    let r = readings_of(&t, &p[1], &Data::Bits(vec![true, false]), at);
+    assert_eq!(
+        r.iter().map(|r| r.value.clone()).collect::<Vec<_>>(),
+        vec![TagValue::Bool(true), TagValue::Bool(false)]
+    );
+    // A short answer gives what it covers, no panic.
+    let r = readings_of(&t, &p[0], &Data::Words(vec![5, 1]), at);
+    assert_eq!(r.len(), 1);
+    assert!(readings_of(&t, &p[1], &Data::Bits(vec![]), at).is_empty());
+}

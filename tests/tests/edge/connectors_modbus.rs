@@ -1,0 +1,377 @@
+//! Machine data through Modbus TCP from a real server: pymodbus's (PyPI `pymodbus`, which
+//! `.ci/run` installs where missing), started by `tests/peers/modbus/server.py` on a free port
+//! and driven through its stdin. The edge polls it, maps and stores.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use edge_agent::config::RunConfig;
+use serde_json::Value;
+use shared_model::event::MachineState;
+use shared_model::{EventBody, SiteId};
+use system_tests::edge::{MASTER, api_key};
+
+/// The pymodbus server, killed when dropped.
+struct Peer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Peer {
+    fn start(port: u16) -> Peer {
+        let ok = Command::new("python3")
+            .args(["-c", "import pymodbus"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "python3 cannot import pymodbus: `pip install pymodbus` (.ci/run does where it is missing)"
+        );
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/modbus/server.py");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .arg(port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            // pymodbus warns about its deprecated datastore on stderr; the test's output
+            // keeps it.
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("running python3");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(
+            line.trim(),
+            format!("listening {port}"),
+            "the peer's first line"
+        );
+        Peer {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Sends one command and waits for its `ok`.
+    fn cmd(&mut self, c: &str) {
+        writeln!(self.stdin, "{c}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ok", "the peer's answer to {c}");
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn data_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "connectors-modbus-{}-{}",
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let md: edge_agent::master::MasterFile = serde_json::from_str(MASTER).unwrap();
+    let mut conn =
+        edge_agent::store::open_write_connection(&dir.join(edge_agent::store::DB_FILE)).unwrap();
+    edge_agent::master::import(&mut conn, &md.into_records()).unwrap();
+    dir
+}
+
+fn config_text(port: u16) -> String {
+    format!(
+        r#"
+site = "SITE_001"
+
+[[connector]]
+name = "plc1"
+kind = "modbus"
+address = "127.0.0.1:{port}"
+unit_id = 1
+poll_ms = 50
+
+[[connector.tag]]
+name = "press.good"
+map = "counter"
+equipment = "PRESS-01"
+register = "holding:0"
+modulus = 65536
+
+[[connector.tag]]
+name = "press.state"
+map = "state"
+equipment = "PRESS-01"
+register = "holding:1"
+states = {{ "1" = "running", "2" = "down" }}
+
+[[connector.tag]]
+name = "press.scrap"
+map = "counter"
+counts = "scrap"
+equipment = "PRESS-01"
+register = "holding:2"
+data_type = "u32"
+word_order = "little"
+
+[[connector.tag]]
+name = "press.diameter"
+map = "sample"
+equipment = "PRESS-01"
+register = "input:10"
+data_type = "f32"
+characteristic = "DIA"
+
+[[connector.tag]]
+name = "press.unmapped"
+map = "sample"
+equipment = "PRESS-01"
+register = "input:5000"
+characteristic = "DIA"
+"#
+    )
+}
+
+/// What the edge stored.
+#[derive(Debug, Default, PartialEq)]
+struct Stored {
+    good: u64,
+    scrap: u64,
+    /// In the order they happened.
+    states: Vec<MachineState>,
+    samples: Vec<f64>,
+}
+
+fn stored(dir: &Path) -> Stored {
+    let c = rusqlite::Connection::open_with_flags(
+        dir.join(edge_agent::store::DB_FILE),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut stmt = c
+        .prepare("SELECT body FROM events ORDER BY occurred_at, recorded_at")
+        .unwrap();
+    let mut out = Stored::default();
+    for body in stmt
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(Result::unwrap)
+    {
+        match edge_agent::store::decode_event(&body).unwrap().body {
+            EventBody::ProductionCount(p) => {
+                out.good += u64::from(p.good);
+                out.scrap += u64::from(p.scrap);
+            }
+            EventBody::EquipmentState(s) => out.states.push(s.state),
+            EventBody::QualitySample(s) => out.samples.push(s.value),
+            _ => {}
+        }
+    }
+    out
+}
+
+async fn connector(base: &str, key: &str) -> Value {
+    let v: Value = reqwest::Client::new()
+        .get(format!("{base}/api/v1/connectors"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["connectors"][0].clone()
+}
+
+/// Waits (polling every 50 ms) until `f` holds.
+async fn until<T: std::fmt::Debug>(
+    limit: Duration,
+    what: &str,
+    mut get: impl AsyncFnMut() -> T,
+    ok: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        let v = get().await;
+        if ok(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {limit:?}; last: {v:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn run_config(dir: &Path, file: &Path) -> RunConfig {
+    RunConfig {
+        site: SiteId::new("SITE_001").unwrap(),
+        data_dir: dir.to_owned(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        hub: None,
+        retention_days: 30,
+        tls_dir: dir.join("tls"),
+        config_file: Some(file.to_owned()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modbus_counters_stay_exact_across_rollover_and_a_server_restart() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let port = free_port();
+    let peer = Peer::start(port);
+    let peer = std::sync::Arc::new(std::sync::Mutex::new(peer));
+    // Commands block until the peer answers (a count takes its time): off the runtime.
+    let cmd = |c: &str| {
+        let peer = peer.clone();
+        let c = c.to_owned();
+        async move {
+            tokio::task::spawn_blocking(move || peer.lock().unwrap().cmd(&c))
+                .await
+                .unwrap()
+        }
+    };
+    // A 16-bit counter 100 below its rollover, running, a 32-bit scrap counter whose low word
+    // comes first, a diameter of 10.1 (f32 0x4121999A).
+    cmd("set holding 0 65500 1 65534 0").await;
+    cmd("set input 10 16673 39322").await;
+
+    let dir = data_dir();
+    let file = dir.join("edge.toml");
+    std::fs::write(&file, config_text(port)).unwrap();
+    let key = api_key(&dir, "integration");
+    let edge = edge_agent::server::start(run_config(&dir, &file))
+        .await
+        .unwrap();
+    let base = format!("http://{}", edge.http_addr);
+    let s = 20;
+    let limit = Duration::from_secs(s);
+    until(
+        limit,
+        "the link up",
+        async || connector(&base, &key).await,
+        |c| c["link"] == "up",
+    )
+    .await;
+    // The first poll is the counters' baseline: nothing counted, the state recorded.
+    let d = dir.clone();
+    until(
+        limit,
+        "the first poll stored",
+        async || stored(&d),
+        |s| s.states == [MachineState::Running] && s.samples == [10.1],
+    )
+    .await;
+    assert_eq!(stored(&dir).good, 0);
+
+    // 100 parts, one every 5 ms, across 65535 → 0 while the edge polls every 50 ms.
+    cmd("count 0 100 5").await;
+    // 0x0000FFFE → 0x00010005: 7 scrap across the low word's carry.
+    cmd("set holding 2 5 1").await;
+    cmd("set holding 1 2").await;
+    let got = until(
+        limit,
+        "the counts and the new state",
+        async || stored(&d),
+        |s| s.good >= 100 && s.scrap >= 7 && s.states.len() >= 2,
+    )
+    .await;
+    assert_eq!(
+        (got.good, got.scrap, got.states.as_slice()),
+        (100, 7, &[MachineState::Running, MachineState::Down][..])
+    );
+    let c = connector(&base, &key).await;
+    assert_eq!(c["rejected"], 0, "{c}");
+    assert_eq!(c["reconnects"], 0, "{c}");
+    // An address the server does not map is its exception answer, every poll: the link stays
+    // up, the tag gives nothing and the error says where.
+    assert!(c["dropped"].as_u64().unwrap() >= 1, "{c}");
+    assert!(
+        c["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("input:5000..5000")),
+        "{c}"
+    );
+    assert_eq!(
+        got.samples,
+        [10.1],
+        "an unchanged sample is not sampled again"
+    );
+
+    // The server goes away: the link is down and the press's state unknown.
+    cmd("stop").await;
+    let c = until(
+        limit,
+        "the link down",
+        async || connector(&base, &key).await,
+        |c| c["link"] == "down",
+    )
+    .await;
+    assert!(c["last_error"].as_str().is_some(), "{c}");
+    let got = until(
+        limit,
+        "the unknown state",
+        async || stored(&d),
+        |s| s.states.last() == Some(&MachineState::Unknown),
+    )
+    .await;
+    assert_eq!(
+        got.states,
+        [
+            MachineState::Running,
+            MachineState::Down,
+            MachineState::Unknown
+        ]
+    );
+    // The PLC counts on while the edge cannot read it (50 parts), then comes back with what
+    // it counted.
+    cmd("count 0 50 1").await;
+    cmd("start").await;
+    let c = until(
+        Duration::from_secs(45),
+        "the link up again",
+        async || connector(&base, &key).await,
+        |c| c["link"] == "up",
+    )
+    .await;
+    assert!(c["reconnects"].as_u64().unwrap() >= 1, "{c}");
+    let got = until(
+        limit,
+        "the count after the restart",
+        async || stored(&d),
+        |s| s.good >= 150 && s.states.len() >= 4,
+    )
+    .await;
+    assert_eq!(got.good, 150, "{got:?}");
+    // The state read after the link returned is recorded though it did not change.
+    assert_eq!(got.states[3], MachineState::Down, "{got:?}");
+    cmd("count 0 30 5").await;
+    let got = until(limit, "counting on", async || stored(&d), |s| s.good >= 180).await;
+    assert_eq!((got.good, got.scrap), (180, 7), "{got:?}");
+    let c = connector(&base, &key).await;
+    assert_eq!(c["rejected"], 0, "{c}");
+
+    edge.stop().await.unwrap();
+    // The peer is killed when dropped.
+    let _ = std::fs::remove_dir_all(&dir);
+}
