@@ -110,10 +110,7 @@ pub async fn run(mut ctx: Ctx) -> anyhow::Result<()> {
         .publish(&state, host::state(false, since), true)
         .await;
     handle.disconnect().await;
-    let _ = tokio::time::timeout(GOODBYE, async {
-        while broker.poll().await.is_ok() {}
-    })
-    .await;
+    let _ = tokio::time::timeout(GOODBYE, async { while broker.poll().await.is_ok() {} }).await;
     Ok(())
 }
 
@@ -204,9 +201,7 @@ async fn commit_loop(
                 // A will of an earlier connection of ours, retained after our birth: say
                 // again that the host is online.
                 if host::says_offline(&m.payload) {
-                    let _ = handle
-                        .publish(&state, host::state(true, since), true)
-                        .await;
+                    let _ = handle.publish(&state, host::state(true, since), true).await;
                 }
                 continue;
             }

@@ -173,7 +173,12 @@ fn births_give_aliases_and_data_resolves_by_alias_with_its_time() {
         DDATA,
         &payload(
             Some(3),
-            vec![metric(Some("Counters/Good"), None, None, Value::IntValue(7))],
+            vec![metric(
+                Some("Counters/Good"),
+                None,
+                None,
+                Value::IntValue(7),
+            )],
         ),
         false,
         now(1),
@@ -181,7 +186,10 @@ fn births_give_aliases_and_data_resolves_by_alias_with_its_time() {
     assert_eq!(o.readings[0].value, TagValue::Int(7));
     let o = h.handle(
         DDATA,
-        &payload(Some(4), vec![metric(None, Some(99), None, Value::IntValue(7))]),
+        &payload(
+            Some(4),
+            vec![metric(None, Some(99), None, Value::IntValue(7))],
+        ),
         false,
         now(1),
     );
@@ -202,14 +210,23 @@ fn a_seq_gap_asks_for_a_rebirth_once_and_the_birth_resets_it() {
     let s = spec();
     let mut h = Host::new("Plant1", &s.tags);
     born(&mut h);
-    let data = |seq| payload(Some(seq), vec![metric(None, Some(10), None, Value::IntValue(1))]);
+    let data = |seq| {
+        payload(
+            Some(seq),
+            vec![metric(None, Some(10), None, Value::IntValue(1))],
+        )
+    };
     assert_eq!(h.handle(DDATA, &data(2), false, now(1)).rebirth, None);
     // The same message again, redelivered: no gap.
     assert_eq!(h.handle(DDATA, &data(2), true, now(1)).rebirth, None);
     // 3 is lost.
     let o = h.handle(DDATA, &data(4), false, now(1));
     assert_eq!(o.rebirth.as_deref(), Some(NCMD));
-    assert_eq!(o.readings.len(), 1, "the values of the message are still good");
+    assert_eq!(
+        o.readings.len(),
+        1,
+        "the values of the message are still good"
+    );
     // Another gap within the interval: not asked twice.
     assert_eq!(h.handle(DDATA, &data(9), false, now(2)).rebirth, None);
     // Later, it is.
@@ -232,7 +249,10 @@ fn a_seq_gap_asks_for_a_rebirth_once_and_the_birth_resets_it() {
 fn data_before_a_birth_is_not_read_and_asks_for_one() {
     let s = spec();
     let mut h = Host::new("Plant1", &s.tags);
-    let data = payload(Some(5), vec![metric(None, Some(10), None, Value::IntValue(1))]);
+    let data = payload(
+        Some(5),
+        vec![metric(None, Some(10), None, Value::IntValue(1))],
+    );
     let o = h.handle(DDATA, &data, false, now(0));
     assert_eq!(o.rebirth.as_deref(), Some(NCMD));
     assert!(o.readings.is_empty());
@@ -242,7 +262,11 @@ fn data_before_a_birth_is_not_read_and_asks_for_one() {
     h.handle(NBIRTH, &nbirth(0), false, now(11));
     let o = h.handle(DDATA, &payload(Some(1), vec![]), false, now(11));
     assert!(o.readings.is_empty());
-    assert_eq!(o.rebirth.as_deref(), Some(NCMD), "a device's data before its birth");
+    assert_eq!(
+        o.rebirth.as_deref(),
+        Some(NCMD),
+        "a device's data before its birth"
+    );
 }
 
 #[test]
@@ -274,7 +298,10 @@ fn deaths_make_machines_unknown_only_with_the_births_bd_seq() {
     // Dead: data is not read until a birth.
     let o = h.handle(
         DDATA,
-        &payload(Some(3), vec![metric(None, Some(10), None, Value::IntValue(1))]),
+        &payload(
+            Some(3),
+            vec![metric(None, Some(10), None, Value::IntValue(1))],
+        ),
         false,
         now(3),
     );
