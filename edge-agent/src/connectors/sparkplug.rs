@@ -33,7 +33,7 @@ const GOODBYE: Duration = Duration::from_secs(2);
 enum Item {
     /// The broker accepted the session (again).
     Connected,
-    Message(Message),
+    Message(Box<Message>),
 }
 
 fn state_topic(host_id: &str) -> String {
@@ -87,7 +87,7 @@ pub async fn run(mut ctx: Ctx) -> anyhow::Result<()> {
             }
             Ok(Polled::Message(msg)) => {
                 ctx.health.received(ctx.now());
-                if tx.send(Item::Message(msg)).await.is_err() {
+                if tx.send(Item::Message(Box::new(msg))).await.is_err() {
                     break;
                 }
             }

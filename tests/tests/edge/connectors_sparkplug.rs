@@ -5,6 +5,8 @@
 //! makes it ask the node for a rebirth, the node's death makes the machine's state unknown,
 //! and its own STATE is retained on the broker.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
