@@ -18,6 +18,7 @@ pub mod health;
 pub mod mapping;
 pub mod modbus;
 pub mod mqtt;
+pub mod sparkplug;
 pub mod store;
 
 use std::path::PathBuf;
@@ -454,6 +455,7 @@ async fn run_driver(ctx: Ctx) {
     let result = match &ctx.spec().kind {
         config::KindSpec::Mqtt(_) => mqtt::run(ctx.clone()).await,
         config::KindSpec::Modbus(_) => modbus::run(ctx.clone()).await,
+        config::KindSpec::Sparkplug(_) => sparkplug::run(ctx.clone()).await,
         other => Err(anyhow::anyhow!(
             "the {} driver is not part of this build",
             other.name()

@@ -157,6 +157,10 @@ fn the_examples_parse() {
             "modbus.toml",
             include_str!("../../../../examples/connectors/modbus.toml"),
         ),
+        (
+            "sparkplug.toml",
+            include_str!("../../../../examples/connectors/sparkplug.toml"),
+        ),
     ] {
         let specs = parse(text).unwrap_or_else(|e| panic!("{name}: {e:?}"));
         assert!(
