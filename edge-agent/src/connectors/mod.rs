@@ -167,6 +167,10 @@ struct Running {
     task: Option<JoinHandle<()>>,
 }
 
+/// A connector that writes orders down: its spec (the writes), its health (the outcomes) and
+/// its queue.
+type Writer = (Arc<ConnectorSpec>, Arc<Health>, mpsc::Sender<OrderStart>);
+
 /// Why a reload was refused; the running connectors are untouched.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -199,8 +203,8 @@ pub struct ConnectorSet {
     running: tokio::sync::Mutex<Vec<Running>>,
     /// Snapshots are read by the API and metrics without waiting on a reload.
     health: Mutex<Vec<Arc<Health>>>,
-    /// Where orders go, per connector with writes: (its writes, its queue).
-    writers: Mutex<Vec<(Arc<ConnectorSpec>, Arc<Health>, mpsc::Sender<OrderStart>)>>,
+    /// Where orders go, per connector with writes.
+    writers: Mutex<Vec<Writer>>,
 }
 
 impl std::fmt::Debug for ConnectorSet {

@@ -8,7 +8,7 @@ use shared_model::{EquipmentId, MaterialId, WorkOrderId};
 
 use super::*;
 use crate::connectors::config::parse;
-use crate::store::fixture::{T0, TempDir, count_events, open, site};
+use crate::store::fixture::{T0, count_events, open, site};
 use crate::store::open_write_connection;
 
 fn spec() -> Arc<ConnectorSpec> {
@@ -47,8 +47,7 @@ fn good_total(store: &Store) -> (u64, Option<String>) {
 
 #[tokio::test]
 async fn deltas_commit_with_the_memory_and_a_replay_counts_once() {
-    let dir = TempDir::new("connector-commit");
-    let store = open(&dir);
+    let (_dir, store) = open("connector-commit");
     let sink = Sink::new(store.clone(), spec());
     let now = T0.saturating_add_micros(10_000_000);
     // Baseline, then +5, then a rollover of +16.
@@ -78,8 +77,7 @@ async fn deltas_commit_with_the_memory_and_a_replay_counts_once() {
 
 #[tokio::test]
 async fn counts_go_to_the_running_order_of_the_unit() {
-    let dir = TempDir::new("connector-order");
-    let store = open(&dir);
+    let (_dir, store) = open("connector-order");
     let id = WorkOrderId::new("SITE_001-WO-1").unwrap();
     {
         let conn = open_write_connection(store.path()).unwrap();
@@ -113,8 +111,7 @@ async fn counts_go_to_the_running_order_of_the_unit() {
 
 #[tokio::test]
 async fn a_lost_link_makes_the_state_unknown_once_and_the_next_value_is_recorded() {
-    let dir = TempDir::new("connector-unknown");
-    let store = open(&dir);
+    let (_dir, store) = open("connector-unknown");
     let sink = Sink::new(store.clone(), spec());
     assert_eq!(
         sink.commit(vec![reading(1, 1, 1)], T0)
@@ -139,8 +136,7 @@ async fn a_lost_link_makes_the_state_unknown_once_and_the_next_value_is_recorded
 
 #[tokio::test]
 async fn a_value_a_tag_cannot_mean_is_rejected_and_stores_nothing() {
-    let dir = TempDir::new("connector-reject");
-    let store = open(&dir);
+    let (_dir, store) = open("connector-reject");
     let sink = Sink::new(store.clone(), spec());
     let c = sink
         .commit(
@@ -163,8 +159,7 @@ async fn a_value_a_tag_cannot_mean_is_rejected_and_stores_nothing() {
 /// the broker marks it as a redelivery (so two equal messages are still two).
 #[tokio::test]
 async fn a_redelivered_message_already_committed_is_skipped() {
-    let dir = TempDir::new("connector-redelivery");
-    let store = open(&dir);
+    let (_dir, store) = open("connector-redelivery");
     let sink = Sink::new(store.clone(), spec());
     let now = T0.saturating_add_micros(10_000_000);
     let msg = |v: i64, pkid: u16, redelivered: bool| Delivery {
