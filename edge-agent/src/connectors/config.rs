@@ -489,6 +489,9 @@ fn connector(c: &mut Checker<'_>, at: usize, r: RawConnector) -> Option<Connecto
                     if r.certificate.is_none() || r.private_key.is_none() {
                         c.err(at, format!("{who}: security policy {policy} needs the edge's `certificate` and `private_key` files"));
                     }
+                    // The driver's signed/encrypted channel is not tested against a real
+                    // server yet: refused rather than offered untested.
+                    c.err(at, format!("{who}: security_policy \"{policy}\" with security_mode \"{mode}\" is not available in this build yet: use None/None (on a trusted network segment)"));
                 }
                 _ => c.err(
                     at,
@@ -764,6 +767,9 @@ fn tag(c: &mut Checker<'_>, at: usize, kind: &KindSpec, t: RawTag) -> Option<Tag
                 );
                 return None;
             };
+            if <opcua::types::NodeId as std::str::FromStr>::from_str(&node).is_err() {
+                c.err(at, format!("{who}: `node` \"{node}\" is not an OPC UA node id (ns=2;s=Press1.Good, ns=3;i=1001)"));
+            }
             let sampling_ms = t.sampling_ms.unwrap_or(100);
             if !(INTERVAL_MS_MIN..=INTERVAL_MS_MAX).contains(&sampling_ms) {
                 c.err(

@@ -17,6 +17,7 @@ pub mod config;
 pub mod health;
 pub mod mapping;
 pub mod mqtt;
+pub mod opcua;
 pub mod store;
 
 use std::path::PathBuf;
@@ -368,6 +369,7 @@ async fn run_driver(ctx: Ctx) {
     let name = ctx.spec().name.clone();
     let result = match &ctx.spec().kind {
         config::KindSpec::Mqtt(_) => mqtt::run(ctx.clone()).await,
+        config::KindSpec::OpcUa(_) => opcua::run(ctx.clone()).await,
         other => Err(anyhow::anyhow!(
             "the {} driver is not part of this build",
             other.name()

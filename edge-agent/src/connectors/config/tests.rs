@@ -120,10 +120,16 @@ fn a_bad_file_is_refused_with_each_line_and_reason() {
 /// The shipped examples stay valid.
 #[test]
 fn the_examples_parse() {
-    for (name, text) in [(
-        "mqtt.toml",
-        include_str!("../../../../examples/connectors/mqtt.toml"),
-    )] {
+    for (name, text) in [
+        (
+            "mqtt.toml",
+            include_str!("../../../../examples/connectors/mqtt.toml"),
+        ),
+        (
+            "opcua.toml",
+            include_str!("../../../../examples/connectors/opcua.toml"),
+        ),
+    ] {
         let specs = parse(text).unwrap_or_else(|e| panic!("{name}: {e:?}"));
         assert!(
             !specs.is_empty() && specs.iter().all(|c| !c.tags.is_empty()),
