@@ -489,9 +489,6 @@ fn connector(c: &mut Checker<'_>, at: usize, r: RawConnector) -> Option<Connecto
                     if r.certificate.is_none() || r.private_key.is_none() {
                         c.err(at, format!("{who}: security policy {policy} needs the edge's `certificate` and `private_key` files"));
                     }
-                    // The driver's signed/encrypted channel is not tested against a real
-                    // server yet: refused rather than offered untested.
-                    c.err(at, format!("{who}: security_policy \"{policy}\" with security_mode \"{mode}\" is not available in this build yet: use None/None (on a trusted network segment)"));
                 }
                 _ => c.err(
                     at,

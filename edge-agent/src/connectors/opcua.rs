@@ -28,8 +28,8 @@ use opcua::crypto::{CertificateStore, SecurityPolicy};
 use opcua::types::{
     AttributeId, DataChangeFilter, DataChangeTrigger, DataValue, DeadbandType, EndpointDescription,
     ExtensionObject, MessageSecurityMode, MonitoredItemCreateRequest, MonitoringMode,
-    MonitoringParameters, NodeId, QualifiedName, ReadValueId, TimestampsToReturn,
-    UserTokenPolicy, Variant,
+    MonitoringParameters, NodeId, QualifiedName, ReadValueId, TimestampsToReturn, UserTokenPolicy,
+    Variant,
 };
 use shared_model::Timestamp;
 
@@ -268,13 +268,8 @@ async fn session(
         ),
         _ => (IdentityToken::Anonymous, UserTokenPolicy::anonymous()),
     };
-    let endpoint: EndpointDescription = (
-        o.endpoint.as_str(),
-        policy.to_uri(),
-        mode,
-        token_policy,
-    )
-        .into();
+    let endpoint: EndpointDescription =
+        (o.endpoint.as_str(), policy.to_uri(), mode, token_policy).into();
     let connect = client.connect_to_matching_endpoint(endpoint, identity);
     let (session, event_loop) = tokio::select! {
         _ = ctx.stop.changed() => return Ok(()),
@@ -308,6 +303,10 @@ async fn session(
                     *attempt = 0;
                     ctx.health.link(Link::Up, ctx.now());
                     tracing::info!(connector = %spec.name, ?how, "opc ua session up");
+                    // The library transferred or recreated the subscription while
+                    // connecting, before its new publish loop listened for the trigger that
+                    // starts publishing: trigger it again.
+                    session.trigger_publish_now();
                     let first = subscription.is_none();
                     if first {
                         let create = create_subscription(&session, &inbox, items, &spec.tags);
@@ -455,7 +454,10 @@ async fn read_all(session: Arc<Session>, items: Items) -> anyhow::Result<Vec<Rea
 async fn drain(ctx: &mut Ctx, inbox: &Shared, state: &mut State) -> bool {
     let (readings, dropped) = {
         let mut b = lock(inbox);
-        (std::mem::take(&mut b.readings), std::mem::take(&mut b.dropped))
+        (
+            std::mem::take(&mut b.readings),
+            std::mem::take(&mut b.dropped),
+        )
     };
     if dropped > 0 {
         ctx.health.dropped(dropped);
@@ -601,10 +603,49 @@ mod tests {
             reading(0, &text).unwrap().value,
             TagValue::Text("LOT-42".into())
         );
-        assert_eq!(
-            tag_value(&Variant::Double(2.5)),
-            Some(TagValue::Float(2.5))
-        );
+        assert_eq!(tag_value(&Variant::Double(2.5)), Some(TagValue::Float(2.5)));
         assert_eq!(tag_value(&Variant::Empty), None);
+    }
+
+    #[test]
+    fn the_config_refuses_a_bad_node_id_and_a_secured_policy_without_files() {
+        let text = |node: &str, security: &str| {
+            format!(
+                r#"
+[[connector]]
+name = "ua"
+kind = "opcua"
+endpoint = "opc.tcp://127.0.0.1:4840/"
+{security}
+[[connector.tag]]
+name = "good"
+map = "counter"
+equipment = "PRESS-01"
+node = "{node}"
+deadband = 1.5
+"#
+            )
+        };
+        let specs = crate::connectors::config::parse(&text("ns=2;s=Press1.Good", "")).unwrap();
+        let items = Items::new(&specs[0].tags).unwrap();
+        let req = items.create_requests(&specs[0].tags);
+        assert_eq!(req.len(), 1);
+        assert_eq!(req[0].requested_parameters.client_handle, 1);
+        assert_eq!(req[0].requested_parameters.sampling_interval, 100.0);
+        assert!(
+            !req[0].requested_parameters.filter.is_null(),
+            "the deadband filter"
+        );
+        let e = crate::connectors::config::parse(&text("Press1.Good", "")).unwrap_err();
+        assert!(e[0].message.contains("not an OPC UA node id"), "{e:?}");
+        let e = crate::connectors::config::parse(&text(
+            "ns=2;i=7",
+            "security_policy = \"Basic256Sha256\"\nsecurity_mode = \"Sign\"",
+        ))
+        .unwrap_err();
+        assert!(
+            e[0].message.contains("`certificate` and `private_key`"),
+            "{e:?}"
+        );
     }
 }

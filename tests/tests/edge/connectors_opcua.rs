@@ -3,6 +3,9 @@
 //! polling), maps and stores; a killed and restarted server takes the link down and up again,
 //! the machine's state is unknown meanwhile, and counting resumes exactly.
 
+// Test support: a failed setup step should stop the test with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -28,6 +31,10 @@ struct Peer {
 
 impl Peer {
     fn start(port: u16, counter: u32, state: i32, measure: f64) -> Peer {
+        Self::start_with(port, counter, state, measure, &[])
+    }
+
+    fn start_with(port: u16, counter: u32, state: i32, measure: f64, extra: &[&str]) -> Peer {
         let mut child = Command::new("python3")
             .arg(peer_script())
             .args([
@@ -40,6 +47,7 @@ impl Peer {
                 "--measure",
                 &measure.to_string(),
             ])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -172,7 +180,7 @@ fn stored(dir: &Path) -> Stored {
     )
     .unwrap();
     let mut stmt = c
-        .prepare("SELECT body FROM events ORDER BY rowid")
+        .prepare("SELECT body FROM events ORDER BY occurred_at, event_id")
         .unwrap();
     let mut s = Stored::default();
     for body in stmt
@@ -252,7 +260,7 @@ async fn opcua_changes_become_events_and_a_server_restart_resumes_counting_exact
 
     // 25 increments are 25 good parts; a state change is one equipment_state; a change of
     // the diameter below the deadband is not reported, one above it is.
-    let mut peer = blocking(move || {
+    let peer = blocking(move || {
         let mut peer = peer;
         peer.send("count 25");
         peer.send("state 2");
@@ -261,10 +269,14 @@ async fn opcua_changes_become_events_and_a_server_restart_resumes_counting_exact
         peer
     })
     .await;
-    wait_for(Duration::from_secs(20), "25 parts, down, a sample", async || {
-        let s = stored(&d);
-        s.good == 25 && s.states.len() == 2 && s.samples == 2
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "25 parts, down, a sample",
+        async || {
+            let s = stored(&d);
+            s.good == 25 && s.states.len() == 2 && s.samples == 2
+        },
+    )
     .await;
     let s = stored(&dir);
     assert_eq!(s.states, [MachineState::Running, MachineState::Down]);
@@ -295,9 +307,11 @@ async fn opcua_changes_become_events_and_a_server_restart_resumes_counting_exact
     .await;
     let c = connector(&base, &key).await;
     assert!(c["reconnects"].as_u64().unwrap() >= 1, "{c}");
-    wait_for(Duration::from_secs(20), "the state known again", async || {
-        stored(&d).states.last() == Some(&MachineState::Down)
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "the state known again",
+        async || stored(&d).states.last() == Some(&MachineState::Down),
+    )
     .await;
     peer = blocking(move || {
         peer.send("count 10");
@@ -305,11 +319,19 @@ async fn opcua_changes_become_events_and_a_server_restart_resumes_counting_exact
         peer
     })
     .await;
-    wait_for(Duration::from_secs(20), "35 parts in all", async || {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
         let s = stored(&d);
-        s.good == 35 && s.states.last() == Some(&MachineState::Running)
-    })
-    .await;
+        if s.good == 35 && s.states.last() == Some(&MachineState::Running) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "35 parts and running within 20 s: {s:?} {}",
+            connector(&base, &key).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let s = stored(&dir);
     assert_eq!(s.good, 35, "nothing counted twice across the restart");
@@ -325,6 +347,148 @@ async fn opcua_changes_become_events_and_a_server_restart_resumes_counting_exact
     );
     let c = connector(&base, &key).await;
     assert_eq!(c["link"], "up", "{c}");
+    edge.stop().await.unwrap();
+    blocking(move || peer.kill()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Basic256Sha256 with SignAndEncrypt and with Sign: the edge's certificate and key from the
+/// config, the server's certificate trusted because the config lists it; the server (asyncua)
+/// trusts the edge's certificate from its own trust list. A server certificate not listed is
+/// refused and the link stays down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opcua_basic256sha256_sign_and_encrypt_with_trusted_certificates() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = data_dir();
+    let certs = dir.join("certs");
+    let c = certs.clone();
+    let out = blocking(move || {
+        Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/opcua/certs.py"))
+            .arg(&c)
+            .arg("urn:mes-edge:press-ua")
+            .output()
+            .expect("running python3")
+    })
+    .await;
+    assert!(
+        out.status.success(),
+        "making certificates needs PyPI's asyncua (`pip install asyncua`): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = free_port();
+    let (cert, key, trusted) = (
+        certs.join("server.der"),
+        certs.join("server-key.pem"),
+        certs.join("trusted"),
+    );
+    let mut peer = blocking(move || {
+        Peer::start_with(
+            port,
+            7,
+            1,
+            10.0,
+            &[
+                "--security",
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+                "--trusted",
+                trusted.to_str().unwrap(),
+            ],
+        )
+    })
+    .await;
+    let file = dir.join("edge.toml");
+    let secured = |mode: &str, trust: &str| {
+        config_text(port).replace(
+            "kind = \"opcua\"\n",
+            &format!(
+                "kind = \"opcua\"\nsecurity_policy = \"Basic256Sha256\"\nsecurity_mode = \"{mode}\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\ntrusted_server_certificates = [{trust}]\n",
+                certs.join("client.der").display(),
+                certs.join("client-key.pem").display(),
+            ),
+        )
+    };
+    let server_cert = format!("\"{}\"", certs.join("server.der").display());
+    std::fs::write(&file, secured("SignAndEncrypt", &server_cert)).unwrap();
+    let key = api_key(&dir, "integration");
+    let edge = edge_agent::server::start(RunConfig {
+        site: SiteId::new("SITE_001").unwrap(),
+        data_dir: dir.clone(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        hub: None,
+        retention_days: 30,
+        tls_dir: dir.join("tls"),
+        config_file: Some(file.clone()),
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", edge.http_addr);
+    wait_for(Duration::from_secs(30), "the secured link up", async || {
+        connector(&base, &key).await["link"] == "up"
+    })
+    .await;
+    let d = dir.clone();
+    wait_for(Duration::from_secs(20), "the first state", async || {
+        stored(&d).states.len() == 1
+    })
+    .await;
+    peer = blocking(move || {
+        peer.send("count 5");
+        peer
+    })
+    .await;
+    wait_for(
+        Duration::from_secs(20),
+        "5 parts over SignAndEncrypt",
+        async || stored(&d).good == 5,
+    )
+    .await;
+
+    // Sign only: the same server, the connector restarted by a reload.
+    std::fs::write(&file, secured("Sign", &server_cert)).unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/v1/connectors/reload"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    wait_for(Duration::from_secs(30), "the signed link up", async || {
+        connector(&base, &key).await["link"] == "up"
+    })
+    .await;
+    peer = blocking(move || {
+        peer.send("count 3");
+        peer
+    })
+    .await;
+    wait_for(Duration::from_secs(20), "8 parts", async || {
+        stored(&d).good == 8
+    })
+    .await;
+
+    // The server's certificate not trusted: no session.
+    std::fs::write(&file, secured("SignAndEncrypt", "")).unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/v1/connectors/reload"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let c = connector(&base, &key).await;
+    assert_ne!(
+        c["link"], "up",
+        "an untrusted server certificate is refused: {c}"
+    );
+    assert!(
+        c["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{c}"
+    );
     edge.stop().await.unwrap();
     blocking(move || peer.kill()).await;
     let _ = std::fs::remove_dir_all(&dir);
