@@ -830,6 +830,9 @@ fn tag(c: &mut Checker<'_>, at: usize, kind: &KindSpec, t: RawTag) -> Option<Tag
                 );
                 return None;
             };
+            if <opcua::types::NodeId as std::str::FromStr>::from_str(&node).is_err() {
+                c.err(at, format!("{who}: `node` \"{node}\" is not an OPC UA node id (ns=2;s=Press1.Good, ns=3;i=1001)"));
+            }
             let sampling_ms = t.sampling_ms.unwrap_or(100);
             if !(INTERVAL_MS_MIN..=INTERVAL_MS_MAX).contains(&sampling_ms) {
                 c.err(

@@ -18,6 +18,7 @@ pub mod health;
 pub mod mapping;
 pub mod modbus;
 pub mod mqtt;
+pub mod opcua;
 pub mod sparkplug;
 pub mod store;
 
@@ -460,10 +461,7 @@ async fn run_driver(ctx: Ctx) {
         config::KindSpec::Mqtt(_) => mqtt::run(ctx.clone()).await,
         config::KindSpec::Modbus(_) => modbus::run(ctx.clone()).await,
         config::KindSpec::Sparkplug(_) => sparkplug::run(ctx.clone()).await,
-        other => Err(anyhow::anyhow!(
-            "the {} driver is not part of this build",
-            other.name()
-        )),
+        config::KindSpec::OpcUa(_) => opcua::run(ctx.clone()).await,
     };
     if let Err(e) = result {
         tracing::error!(connector = %name, error = %format!("{e:#}"), "connector stopped");

@@ -4,6 +4,7 @@
 
 mod connectors;
 mod connectors_modbus;
+mod connectors_opcua;
 mod connectors_sparkplug;
 mod install;
 mod restore;

@@ -161,6 +161,10 @@ fn the_examples_parse() {
             "sparkplug.toml",
             include_str!("../../../../examples/connectors/sparkplug.toml"),
         ),
+        (
+            "opcua.toml",
+            include_str!("../../../../examples/connectors/opcua.toml"),
+        ),
     ] {
         let specs = parse(text).unwrap_or_else(|e| panic!("{name}: {e:?}"));
         assert!(

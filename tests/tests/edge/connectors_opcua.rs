@@ -1,0 +1,495 @@
+//! Machine data from a real OPC UA server: FreeOpcUa's `asyncua` (PyPI), run by
+//! `tests/peers/opcua/server.py` on a free port. The edge subscribes (monitored items, no
+//! polling), maps and stores; a killed and restarted server takes the link down and up again,
+//! the machine's state is unknown meanwhile, and counting resumes exactly.
+
+// Test support: a failed setup step should stop the test with its message.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use edge_agent::config::RunConfig;
+use serde_json::Value;
+use shared_model::event::MachineState;
+use shared_model::{EventBody, SiteId};
+use system_tests::edge::{MASTER, api_key};
+
+fn peer_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/opcua/server.py")
+}
+
+/// The asyncua server, driven through its stdin.
+struct Peer {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Peer {
+    fn start(port: u16, counter: u32, state: i32, measure: f64) -> Peer {
+        Self::start_with(port, counter, state, measure, &[])
+    }
+
+    fn start_with(port: u16, counter: u32, state: i32, measure: f64, extra: &[&str]) -> Peer {
+        let mut child = Command::new("python3")
+            .arg(peer_script())
+            .args([
+                "--port",
+                &port.to_string(),
+                "--counter",
+                &counter.to_string(),
+                "--state",
+                &state.to_string(),
+                "--measure",
+                &measure.to_string(),
+            ])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("running python3");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut p = Peer {
+            child,
+            stdin,
+            lines,
+        };
+        let first = p.line(Duration::from_secs(30));
+        assert!(
+            !first.starts_with("MISSING"),
+            "the OPC UA peer needs PyPI's asyncua: `pip install asyncua` (.ci/run does): {first}"
+        );
+        assert!(first.starts_with("READY"), "peer: {first}");
+        p
+    }
+
+    fn line(&mut self, limit: Duration) -> String {
+        match self.lines.recv_timeout(limit) {
+            Ok(l) => l,
+            Err(_) => panic!(
+                "the OPC UA peer said nothing within {limit:?} (exited: {:?}); is PyPI's asyncua installed (`python3 -c \"import asyncua\"`)?",
+                self.child.try_wait()
+            ),
+        }
+    }
+
+    /// Sends a command and waits until the server carried it out.
+    fn send(&mut self, cmd: &str) {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+        let ok = self.line(Duration::from_secs(30));
+        assert_eq!(ok, format!("OK {cmd}"));
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn data_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "connectors-opcua-{}-{}",
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let md: edge_agent::master::MasterFile = serde_json::from_str(MASTER).unwrap();
+    let mut conn =
+        edge_agent::store::open_write_connection(&dir.join(edge_agent::store::DB_FILE)).unwrap();
+    edge_agent::master::import(&mut conn, &md.into_records()).unwrap();
+    dir
+}
+
+fn config_text(port: u16) -> String {
+    format!(
+        r#"
+site = "SITE_001"
+
+[[connector]]
+name = "press-ua"
+kind = "opcua"
+endpoint = "opc.tcp://127.0.0.1:{port}/mes/"
+
+[[connector.tag]]
+name = "press.good"
+map = "counter"
+equipment = "PRESS-01"
+node = "ns=2;s=Press1.Good"
+sampling_ms = 50
+queue_size = 1000
+
+[[connector.tag]]
+name = "press.state"
+map = "state"
+equipment = "PRESS-01"
+node = "ns=2;s=Press1.State"
+states = {{ "1" = "running", "2" = "down" }}
+
+[[connector.tag]]
+name = "press.diameter"
+map = "sample"
+equipment = "PRESS-01"
+node = "ns=2;s=Press1.Diameter"
+characteristic = "DIA"
+deadband = 0.005
+"#
+    )
+}
+
+#[derive(Debug, Default, PartialEq)]
+struct Stored {
+    good: u64,
+    states: Vec<MachineState>,
+    samples: usize,
+}
+
+fn stored(dir: &Path) -> Stored {
+    let c = rusqlite::Connection::open_with_flags(
+        dir.join(edge_agent::store::DB_FILE),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut stmt = c
+        .prepare("SELECT body FROM events ORDER BY occurred_at, event_id")
+        .unwrap();
+    let mut s = Stored::default();
+    for body in stmt
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(Result::unwrap)
+    {
+        match edge_agent::store::decode_event(&body).unwrap().body {
+            EventBody::ProductionCount(p) => s.good += u64::from(p.good),
+            EventBody::EquipmentState(e) => s.states.push(e.state),
+            EventBody::QualitySample(_) => s.samples += 1,
+            _ => {}
+        }
+    }
+    s
+}
+
+async fn connector(base: &str, key: &str) -> Value {
+    let v: Value = reqwest::Client::new()
+        .get(format!("{base}/api/v1/connectors"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["connectors"][0].clone()
+}
+
+async fn wait_for(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f().await {
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs a blocking peer step off the runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opcua_changes_become_events_and_a_server_restart_resumes_counting_exactly() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let port = free_port();
+    let peer = blocking(move || Peer::start(port, 1_000, 1, 10.0)).await;
+    let dir = data_dir();
+    let file = dir.join("edge.toml");
+    std::fs::write(&file, config_text(port)).unwrap();
+    let key = api_key(&dir, "integration");
+    let edge = edge_agent::server::start(RunConfig {
+        site: SiteId::new("SITE_001").unwrap(),
+        data_dir: dir.clone(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        hub: None,
+        retention_days: 30,
+        tls_dir: dir.join("tls"),
+        config_file: Some(file.clone()),
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", edge.http_addr);
+    wait_for(Duration::from_secs(30), "the link up", async || {
+        connector(&base, &key).await["link"] == "up"
+    })
+    .await;
+    assert_eq!(connector(&base, &key).await["kind"], "opcua");
+    // The first values: the counter's baseline, the state (running), one sample.
+    let d = dir.clone();
+    wait_for(Duration::from_secs(20), "the first values", async || {
+        let s = stored(&d);
+        s.states == [MachineState::Running] && s.samples == 1
+    })
+    .await;
+
+    // 25 increments are 25 good parts; a state change is one equipment_state; a change of
+    // the diameter below the deadband is not reported, one above it is.
+    let peer = blocking(move || {
+        let mut peer = peer;
+        peer.send("count 25");
+        peer.send("state 2");
+        peer.send("measure 10.001");
+        peer.send("measure 10.02");
+        peer
+    })
+    .await;
+    wait_for(
+        Duration::from_secs(20),
+        "25 parts, down, a sample",
+        async || {
+            let s = stored(&d);
+            s.good == 25 && s.states.len() == 2 && s.samples == 2
+        },
+    )
+    .await;
+    let s = stored(&dir);
+    assert_eq!(s.states, [MachineState::Running, MachineState::Down]);
+
+    // The server dies: the link goes down and the press's state becomes unknown.
+    blocking(move || peer.kill()).await;
+    wait_for(Duration::from_secs(30), "the link down", async || {
+        let c = connector(&base, &key).await;
+        c["link"] == "down" || c["link"] == "connecting"
+    })
+    .await;
+    wait_for(Duration::from_secs(10), "the state unknown", async || {
+        stored(&d).states.last() == Some(&MachineState::Unknown)
+    })
+    .await;
+    let c = connector(&base, &key).await;
+    assert!(
+        c["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{c}"
+    );
+
+    // Restarted with the values it held: the link comes back, the state is recorded again
+    // (the first value after a lost link), and counting resumes exactly.
+    let mut peer = blocking(move || Peer::start(port, 1_025, 2, 10.02)).await;
+    wait_for(Duration::from_secs(60), "the link up again", async || {
+        connector(&base, &key).await["link"] == "up"
+    })
+    .await;
+    let c = connector(&base, &key).await;
+    assert!(c["reconnects"].as_u64().unwrap() >= 1, "{c}");
+    wait_for(
+        Duration::from_secs(20),
+        "the state known again",
+        async || stored(&d).states.last() == Some(&MachineState::Down),
+    )
+    .await;
+    peer = blocking(move || {
+        peer.send("count 10");
+        peer.send("state 1");
+        peer
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = stored(&d);
+        if s.good == 35 && s.states.last() == Some(&MachineState::Running) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "35 parts and running within 20 s: {s:?} {}",
+            connector(&base, &key).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let s = stored(&dir);
+    assert_eq!(s.good, 35, "nothing counted twice across the restart");
+    assert_eq!(
+        s.states,
+        [
+            MachineState::Running,
+            MachineState::Down,
+            MachineState::Unknown,
+            MachineState::Down,
+            MachineState::Running
+        ]
+    );
+    let c = connector(&base, &key).await;
+    assert_eq!(c["link"], "up", "{c}");
+    edge.stop().await.unwrap();
+    blocking(move || peer.kill()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Basic256Sha256 with SignAndEncrypt and with Sign: the edge's certificate and key from the
+/// config, the server's certificate trusted because the config lists it; the server (asyncua)
+/// trusts the edge's certificate from its own trust list. A server certificate not listed is
+/// refused and the link stays down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opcua_basic256sha256_sign_and_encrypt_with_trusted_certificates() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = data_dir();
+    let certs = dir.join("certs");
+    let c = certs.clone();
+    let out = blocking(move || {
+        Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/opcua/certs.py"))
+            .arg(&c)
+            .arg("urn:mes-edge:press-ua")
+            .output()
+            .expect("running python3")
+    })
+    .await;
+    assert!(
+        out.status.success(),
+        "making certificates needs PyPI's asyncua (`pip install asyncua`): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = free_port();
+    let (cert, key, trusted) = (
+        certs.join("server.der"),
+        certs.join("server-key.pem"),
+        certs.join("trusted"),
+    );
+    let mut peer = blocking(move || {
+        Peer::start_with(
+            port,
+            7,
+            1,
+            10.0,
+            &[
+                "--security",
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+                "--trusted",
+                trusted.to_str().unwrap(),
+            ],
+        )
+    })
+    .await;
+    let file = dir.join("edge.toml");
+    let secured = |mode: &str, trust: &str| {
+        config_text(port).replace(
+            "kind = \"opcua\"\n",
+            &format!(
+                "kind = \"opcua\"\nsecurity_policy = \"Basic256Sha256\"\nsecurity_mode = \"{mode}\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\ntrusted_server_certificates = [{trust}]\n",
+                certs.join("client.der").display(),
+                certs.join("client-key.pem").display(),
+            ),
+        )
+    };
+    let server_cert = format!("\"{}\"", certs.join("server.der").display());
+    std::fs::write(&file, secured("SignAndEncrypt", &server_cert)).unwrap();
+    let key = api_key(&dir, "integration");
+    let edge = edge_agent::server::start(RunConfig {
+        site: SiteId::new("SITE_001").unwrap(),
+        data_dir: dir.clone(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        hub: None,
+        retention_days: 30,
+        tls_dir: dir.join("tls"),
+        config_file: Some(file.clone()),
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", edge.http_addr);
+    wait_for(Duration::from_secs(30), "the secured link up", async || {
+        connector(&base, &key).await["link"] == "up"
+    })
+    .await;
+    let d = dir.clone();
+    wait_for(Duration::from_secs(20), "the first state", async || {
+        stored(&d).states.len() == 1
+    })
+    .await;
+    peer = blocking(move || {
+        peer.send("count 5");
+        peer
+    })
+    .await;
+    wait_for(
+        Duration::from_secs(20),
+        "5 parts over SignAndEncrypt",
+        async || stored(&d).good == 5,
+    )
+    .await;
+
+    // Sign only: the same server, the connector restarted by a reload.
+    std::fs::write(&file, secured("Sign", &server_cert)).unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/v1/connectors/reload"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    wait_for(Duration::from_secs(30), "the signed link up", async || {
+        connector(&base, &key).await["link"] == "up"
+    })
+    .await;
+    peer = blocking(move || {
+        peer.send("count 3");
+        peer
+    })
+    .await;
+    wait_for(Duration::from_secs(20), "8 parts", async || {
+        stored(&d).good == 8
+    })
+    .await;
+
+    // The server's certificate not trusted: no session.
+    std::fs::write(&file, secured("SignAndEncrypt", "")).unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/v1/connectors/reload"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let c = connector(&base, &key).await;
+    assert_ne!(
+        c["link"], "up",
+        "an untrusted server certificate is refused: {c}"
+    );
+    assert!(
+        c["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{c}"
+    );
+    edge.stop().await.unwrap();
+    blocking(move || peer.kill()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
