@@ -6,6 +6,7 @@
 pub mod benchout;
 pub mod browser;
 pub mod clock;
+pub mod connectors;
 pub mod edge;
 pub mod hq;
 pub mod layering;

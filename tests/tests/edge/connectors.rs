@@ -4,34 +4,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use edge_agent::config::RunConfig;
 use serde_json::Value;
-use shared_model::{EventBody, SiteId};
-use system_tests::edge::{MASTER, api_key};
+use system_tests::connectors::{
+    BROKER, broker_answers, connectors, data_dir, get_json, run_config, stored, unique,
+    until_stored,
+};
+use system_tests::edge::api_key;
+use system_tests::requests::send_json;
+
+/// How long a value may take from the broker to the edge's store.
+const LIMIT: Duration = Duration::from_secs(20);
 use system_tests::procs::{Proc, workspace_bin};
-
-const BROKER: &str = "127.0.0.1:1883";
-
-fn broker_answers() {
-    assert!(
-        std::net::TcpStream::connect_timeout(&BROKER.parse().unwrap(), Duration::from_secs(2))
-            .is_ok(),
-        "no MQTT broker on {BROKER}: start Mosquitto (`mosquitto -d -c /etc/mosquitto/mosquitto.conf`; .ci/run does)"
-    );
-}
-
-/// A prefix no other test run shares: topics and client ids on the shared broker.
-fn unique(name: &str) -> String {
-    format!(
-        "{name}-{}-{}",
-        std::process::id(),
-        uuid::Uuid::now_v7().simple()
-    )
-}
 
 /// Publishes each line as one message at QoS 1 with Mosquitto's client.
 fn publish(topic: &str, lines: &[String]) {
@@ -56,16 +42,6 @@ fn publish(topic: &str, lines: &[String]) {
     }
     drop(stdin);
     assert!(child.wait().unwrap().success(), "mosquitto_pub failed");
-}
-
-fn data_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(unique(name));
-    std::fs::create_dir_all(&dir).unwrap();
-    let md: edge_agent::master::MasterFile = serde_json::from_str(MASTER).unwrap();
-    let mut conn =
-        edge_agent::store::open_write_connection(&dir.join(edge_agent::store::DB_FILE)).unwrap();
-    edge_agent::master::import(&mut conn, &md.into_records()).unwrap();
-    dir
 }
 
 fn config_text(prefix: &str, extra_tag: &str) -> String {
@@ -112,30 +88,6 @@ topic = "{prefix}/orders"
     )
 }
 
-/// (good parts, state events, samples) stored in the edge's SQLite file.
-fn stored(dir: &Path) -> (u64, usize, usize) {
-    let c = rusqlite::Connection::open_with_flags(
-        dir.join(edge_agent::store::DB_FILE),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let mut stmt = c.prepare("SELECT body FROM events").unwrap();
-    let (mut good, mut states, mut samples) = (0, 0, 0);
-    for body in stmt
-        .query_map([], |r| r.get::<_, Vec<u8>>(0))
-        .unwrap()
-        .map(Result::unwrap)
-    {
-        match edge_agent::store::decode_event(&body).unwrap().body {
-            EventBody::ProductionCount(p) => good += u64::from(p.good),
-            EventBody::EquipmentState(_) => states += 1,
-            EventBody::QualitySample(_) => samples += 1,
-            _ => {}
-        }
-    }
-    (good, states, samples)
-}
-
 fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !f() {
@@ -144,20 +96,15 @@ fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-async fn get_json(url: String, key: &str) -> Value {
-    reqwest::Client::new()
-        .get(url)
+/// `POST /api/v1/connectors/reload`: the status and the JSON answer.
+async fn reload(base: &str, key: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/v1/connectors/reload"))
         .bearer_auth(key)
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn connectors(base: &str, key: &str) -> Value {
-    get_json(format!("{base}/api/v1/connectors"), key).await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
 }
 
 /// [`publish`] off the async runtime.
@@ -165,32 +112,6 @@ async fn publish_from_task(topic: String, lines: Vec<String>) {
     tokio::task::spawn_blocking(move || publish(&topic, &lines))
         .await
         .unwrap();
-}
-
-/// Waits (off the async runtime) until what is stored in `dir` satisfies `done`.
-async fn until_stored(
-    dir: &Path,
-    what: &'static str,
-    done: impl Fn((u64, usize, usize)) -> bool + Send + 'static,
-) {
-    let d = dir.to_owned();
-    tokio::task::spawn_blocking(move || {
-        wait_until(Duration::from_secs(20), what, || done(stored(&d)))
-    })
-    .await
-    .unwrap();
-}
-
-fn run_config(dir: &Path, file: &Path) -> RunConfig {
-    RunConfig {
-        site: SiteId::new("SITE_001").unwrap(),
-        data_dir: dir.to_owned(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        hub: None,
-        retention_days: 30,
-        tls_dir: dir.join("tls"),
-        config_file: Some(file.to_owned()),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,7 +157,10 @@ async fn mqtt_values_become_events_and_a_bad_reload_keeps_the_running_connectors
             .collect(),
     )
     .await;
-    until_stored(&dir, "all values stored", |s| s == (1_000, 2, 3)).await;
+    until_stored(&dir, LIMIT, "all values stored", |s| {
+        (s.good, s.states.len(), s.samples.len()) == (1_000, 2, 3)
+    })
+    .await;
     let c = &connectors(&base, &key).await["connectors"][0];
     assert_eq!(c["link"], "up");
     assert_eq!(c["messages"], 15, "{c}");
@@ -246,15 +170,7 @@ async fn mqtt_values_become_events_and_a_bad_reload_keeps_the_running_connectors
         c["dropped"], 1,
         "the message that is not JSON matched no field: {c}"
     );
-    let metrics = reqwest::Client::new()
-        .get(format!("{base}/metrics"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = system_tests::connectors::get_text(&format!("{base}/metrics"), &key).await;
     assert!(
         metrics.contains("edge_connector_up{connector=\"line1\"} 1"),
         "{metrics}"
@@ -287,24 +203,22 @@ async fn mqtt_values_become_events_and_a_bad_reload_keeps_the_running_connectors
         .expect("running mosquitto_sub");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let http = reqwest::Client::new();
-    let order: Value = http
-        .post(format!("{base}/api/v1/work-orders"))
-        .bearer_auth(&key)
-        .json(&serde_json::json!({"material": "BRACKET-7", "planned_quantity": 250}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let order: Value = send_json(
+        http.post(format!("{base}/api/v1/work-orders")),
+        &key,
+        &serde_json::json!({"material": "BRACKET-7", "planned_quantity": 250}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     let id = order["id"].as_str().unwrap().to_owned();
-    let started = http
-        .post(format!("{base}/api/v1/work-orders/{id}/start"))
-        .bearer_auth(&key)
-        .json(&serde_json::json!({"work_unit": "PRESS-01"}))
-        .send()
-        .await
-        .unwrap();
+    let started = send_json(
+        http.post(format!("{base}/api/v1/work-orders/{id}/start")),
+        &key,
+        &serde_json::json!({"work_unit": "PRESS-01"}),
+    )
+    .await;
     assert_eq!(started.status(), 200);
     let out = tokio::task::spawn_blocking(move || sub.wait_with_output().unwrap())
         .await
@@ -322,7 +236,10 @@ async fn mqtt_values_become_events_and_a_bad_reload_keeps_the_running_connectors
         vec![r#"{"good": 500, "state": 1}"#.to_owned()],
     )
     .await;
-    until_stored(&dir, "the count of the running order", |s| s.0 == 1_036).await;
+    until_stored(&dir, LIMIT, "the count of the running order", |s| {
+        s.good == 1_036
+    })
+    .await;
     let o = get_json(format!("{base}/api/v1/terminal?work_unit=PRESS-01"), &key).await;
     assert_eq!(o["active"]["good"], 36, "{o}");
     assert_eq!(o["machine_links"][0]["link"], "up", "{o}");
@@ -334,14 +251,8 @@ async fn mqtt_values_become_events_and_a_bad_reload_keeps_the_running_connectors
     );
     let bad_line = bad.lines().position(|l| l == "name = \"bad\"").unwrap(); // 0-based: the table's header
     std::fs::write(&file, &bad).unwrap();
-    let r = reqwest::Client::new()
-        .post(format!("{base}/api/v1/connectors/reload"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 422);
-    let body: Value = r.json().await.unwrap();
+    let (status, body) = reload(&base, &key).await;
+    assert_eq!(status, 422);
     assert_eq!(body["error"]["code"], "invalid_config", "{body}");
     assert_eq!(body["error"]["details"][0]["line"], bad_line, "{body}");
     assert!(
@@ -356,19 +267,15 @@ async fn mqtt_values_become_events_and_a_bad_reload_keeps_the_running_connectors
         vec![r#"{"good": 600, "state": 2}"#.to_owned()],
     )
     .await;
-    until_stored(&dir, "the count after the refused reload", |s| s.0 == 1_136).await;
+    until_stored(&dir, LIMIT, "the count after the refused reload", |s| {
+        s.good == 1_136
+    })
+    .await;
 
     // A good file replaces the set: the connector's tags changed, so it restarts.
     std::fs::write(&file, config_text(&prefix, "")).unwrap();
-    let r: Value = reqwest::Client::new()
-        .post(format!("{base}/api/v1/connectors/reload"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, r) = reload(&base, &key).await;
+    assert_eq!(status, 200, "{r}");
     assert_eq!(r["reloaded"]["unchanged"][0], "line1", "{r}");
     edge.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
@@ -442,10 +349,12 @@ fn qos1_with_the_edge_killed_stores_each_message_once() {
     publisher.join().unwrap();
     let d = dir.clone();
     wait_until(Duration::from_secs(60), "every sample stored", || {
-        stored(&d).2 >= N && stored(&d).0 >= N as u64 - 1
+        let s = stored(&d);
+        s.samples.len() >= N && s.good >= N as u64 - 1
     });
     std::thread::sleep(Duration::from_secs(2));
-    let (good, _, samples) = stored(&dir);
+    let s = stored(&dir);
+    let (good, samples) = (s.good, s.samples.len());
     assert_eq!(samples, N, "each sample once, after {kills} kills");
     // The first value is the counter's baseline.
     assert_eq!(good, N as u64 - 1, "the counter exact, after {kills} kills");

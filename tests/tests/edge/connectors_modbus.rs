@@ -4,98 +4,40 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use edge_agent::config::RunConfig;
-use serde_json::Value;
 use shared_model::event::MachineState;
-use shared_model::{EventBody, SiteId};
-use system_tests::edge::{MASTER, api_key};
+use system_tests::connectors::{Peer, connector, data_dir, free_port, run_config, stored, until};
+use system_tests::edge::api_key;
 
-/// The pymodbus server, killed when dropped.
-struct Peer {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Peer {
-    fn start(port: u16) -> Peer {
-        let ok = Command::new("python3")
-            .args(["-c", "import pymodbus"])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            ok,
-            "python3 cannot import pymodbus: `pip install pymodbus` (.ci/run does where it is missing)"
-        );
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/modbus/server.py");
-        let mut child = Command::new("python3")
+/// The pymodbus server on `port`, killed when dropped.
+fn start_peer(port: u16) -> Peer {
+    let ok = Command::new("python3")
+        .args(["-c", "import pymodbus"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "python3 cannot import pymodbus: `pip install pymodbus` (.ci/run does where it is missing)"
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/modbus/server.py");
+    let mut peer = Peer::spawn(
+        Command::new("python3")
             .arg(&script)
             .arg(port.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
             // pymodbus warns about its deprecated datastore on stderr; the test's output
             // keeps it.
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("running python3");
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        assert_eq!(
-            line.trim(),
-            format!("listening {port}"),
-            "the peer's first line"
-        );
-        Peer {
-            child,
-            stdin,
-            stdout,
-        }
-    }
-
-    /// Sends one command and waits for its `ok`.
-    fn cmd(&mut self, c: &str) {
-        writeln!(self.stdin, "{c}").unwrap();
-        self.stdin.flush().unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ok", "the peer's answer to {c}");
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn data_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "connectors-modbus-{}-{}",
-        std::process::id(),
-        uuid::Uuid::now_v7().simple()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let md: edge_agent::master::MasterFile = serde_json::from_str(MASTER).unwrap();
-    let mut conn =
-        edge_agent::store::open_write_connection(&dir.join(edge_agent::store::DB_FILE)).unwrap();
-    edge_agent::master::import(&mut conn, &md.into_records()).unwrap();
-    dir
+            .stderr(Stdio::inherit()),
+        "Modbus peer",
+    );
+    assert_eq!(
+        peer.line(Duration::from_secs(30)).trim(),
+        format!("listening {port}"),
+        "the peer's first line"
+    );
+    peer
 }
 
 fn config_text(port: u16) -> String {
@@ -151,102 +93,18 @@ characteristic = "DIA"
     )
 }
 
-/// What the edge stored.
-#[derive(Debug, Default, PartialEq)]
-struct Stored {
-    good: u64,
-    scrap: u64,
-    /// In the order they happened.
-    states: Vec<MachineState>,
-    samples: Vec<f64>,
-}
-
-fn stored(dir: &Path) -> Stored {
-    let c = rusqlite::Connection::open_with_flags(
-        dir.join(edge_agent::store::DB_FILE),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let mut stmt = c
-        .prepare("SELECT body FROM events ORDER BY occurred_at, recorded_at")
-        .unwrap();
-    let mut out = Stored::default();
-    for body in stmt
-        .query_map([], |r| r.get::<_, Vec<u8>>(0))
-        .unwrap()
-        .map(Result::unwrap)
-    {
-        match edge_agent::store::decode_event(&body).unwrap().body {
-            EventBody::ProductionCount(p) => {
-                out.good += u64::from(p.good);
-                out.scrap += u64::from(p.scrap);
-            }
-            EventBody::EquipmentState(s) => out.states.push(s.state),
-            EventBody::QualitySample(s) => out.samples.push(s.value),
-            _ => {}
-        }
-    }
-    out
-}
-
-async fn connector(base: &str, key: &str) -> Value {
-    let v: Value = reqwest::Client::new()
-        .get(format!("{base}/api/v1/connectors"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["connectors"][0].clone()
-}
-
-/// Waits (polling every 50 ms) until `f` holds.
-async fn until<T: std::fmt::Debug>(
-    limit: Duration,
-    what: &str,
-    mut get: impl AsyncFnMut() -> T,
-    ok: impl Fn(&T) -> bool,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        let v = get().await;
-        if ok(&v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} within {limit:?}; last: {v:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn run_config(dir: &Path, file: &Path) -> RunConfig {
-    RunConfig {
-        site: SiteId::new("SITE_001").unwrap(),
-        data_dir: dir.to_owned(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        hub: None,
-        retention_days: 30,
-        tls_dir: dir.join("tls"),
-        config_file: Some(file.to_owned()),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modbus_counters_stay_exact_across_rollover_and_a_server_restart() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let port = free_port();
-    let peer = Peer::start(port);
+    let peer = start_peer(port);
     let peer = std::sync::Arc::new(std::sync::Mutex::new(peer));
     // Commands block until the peer answers (a count takes its time): off the runtime.
     let cmd = |c: &str| {
         let peer = peer.clone();
         let c = c.to_owned();
         async move {
-            tokio::task::spawn_blocking(move || peer.lock().unwrap().cmd(&c))
+            tokio::task::spawn_blocking(move || peer.lock().unwrap().command(&c, "ok"))
                 .await
                 .unwrap()
         }
@@ -256,7 +114,7 @@ async fn modbus_counters_stay_exact_across_rollover_and_a_server_restart() {
     cmd("set holding 0 65500 1 65534 0").await;
     cmd("set input 10 16673 39322").await;
 
-    let dir = data_dir();
+    let dir = data_dir("connectors-modbus");
     let file = dir.join("edge.toml");
     std::fs::write(&file, config_text(port)).unwrap();
     let key = api_key(&dir, "integration");

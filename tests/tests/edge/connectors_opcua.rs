@@ -6,36 +6,28 @@
 // Test support: a failed setup step should stop the test with its message.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use edge_agent::config::RunConfig;
-use serde_json::Value;
 use shared_model::event::MachineState;
-use shared_model::{EventBody, SiteId};
-use system_tests::edge::{MASTER, api_key};
+use system_tests::connectors::{
+    Peer, blocking, connector, data_dir, free_port, run_config, stored, until_stored, wait_for,
+};
+use system_tests::edge::api_key;
 
 fn peer_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/opcua/server.py")
 }
 
-/// The asyncua server, driven through its stdin.
-struct Peer {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
+/// The asyncua server on `port` with these starting values, driven through its stdin.
+fn start_peer(port: u16, counter: u32, state: i32, measure: f64) -> Peer {
+    start_peer_with(port, counter, state, measure, &[])
 }
 
-impl Peer {
-    fn start(port: u16, counter: u32, state: i32, measure: f64) -> Peer {
-        Self::start_with(port, counter, state, measure, &[])
-    }
-
-    fn start_with(port: u16, counter: u32, state: i32, measure: f64, extra: &[&str]) -> Peer {
-        let mut child = Command::new("python3")
+fn start_peer_with(port: u16, counter: u32, state: i32, measure: f64, extra: &[&str]) -> Peer {
+    let mut p = Peer::spawn(
+        Command::new("python3")
             .arg(peer_script())
             .args([
                 "--port",
@@ -48,86 +40,21 @@ impl Peer {
                 &measure.to_string(),
             ])
             .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("running python3");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut p = Peer {
-            child,
-            stdin,
-            lines,
-        };
-        let first = p.line(Duration::from_secs(30));
-        assert!(
-            !first.starts_with("MISSING"),
-            "the OPC UA peer needs PyPI's asyncua: `pip install asyncua` (.ci/run does): {first}"
-        );
-        assert!(first.starts_with("READY"), "peer: {first}");
-        p
-    }
-
-    fn line(&mut self, limit: Duration) -> String {
-        match self.lines.recv_timeout(limit) {
-            Ok(l) => l,
-            Err(_) => panic!(
-                "the OPC UA peer said nothing within {limit:?} (exited: {:?}); is PyPI's asyncua installed (`python3 -c \"import asyncua\"`)?",
-                self.child.try_wait()
-            ),
-        }
-    }
-
-    /// Sends a command and waits until the server carried it out.
-    fn send(&mut self, cmd: &str) {
-        writeln!(self.stdin, "{cmd}").unwrap();
-        self.stdin.flush().unwrap();
-        let ok = self.line(Duration::from_secs(30));
-        assert_eq!(ok, format!("OK {cmd}"));
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            .stderr(Stdio::null()),
+        "OPC UA peer (PyPI asyncua: `python3 -c \"import asyncua\"`)",
+    );
+    let first = p.line(Duration::from_secs(30));
+    assert!(
+        !first.starts_with("MISSING"),
+        "the OPC UA peer needs PyPI's asyncua: `pip install asyncua` (.ci/run does): {first}"
+    );
+    assert!(first.starts_with("READY"), "peer: {first}");
+    p
 }
 
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn data_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "connectors-opcua-{}-{}",
-        std::process::id(),
-        uuid::Uuid::now_v7().simple()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let md: edge_agent::master::MasterFile = serde_json::from_str(MASTER).unwrap();
-    let mut conn =
-        edge_agent::store::open_write_connection(&dir.join(edge_agent::store::DB_FILE)).unwrap();
-    edge_agent::master::import(&mut conn, &md.into_records()).unwrap();
-    dir
+/// Sends a command and waits until the server carried it out.
+fn send(peer: &mut Peer, cmd: &str) {
+    peer.command(cmd, &format!("OK {cmd}"));
 }
 
 fn config_text(port: u16) -> String {
@@ -166,84 +93,18 @@ deadband = 0.005
     )
 }
 
-#[derive(Debug, Default, PartialEq)]
-struct Stored {
-    good: u64,
-    states: Vec<MachineState>,
-    samples: usize,
-}
-
-fn stored(dir: &Path) -> Stored {
-    let c = rusqlite::Connection::open_with_flags(
-        dir.join(edge_agent::store::DB_FILE),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let mut stmt = c
-        .prepare("SELECT body FROM events ORDER BY occurred_at, event_id")
-        .unwrap();
-    let mut s = Stored::default();
-    for body in stmt
-        .query_map([], |r| r.get::<_, Vec<u8>>(0))
-        .unwrap()
-        .map(Result::unwrap)
-    {
-        match edge_agent::store::decode_event(&body).unwrap().body {
-            EventBody::ProductionCount(p) => s.good += u64::from(p.good),
-            EventBody::EquipmentState(e) => s.states.push(e.state),
-            EventBody::QualitySample(_) => s.samples += 1,
-            _ => {}
-        }
-    }
-    s
-}
-
-async fn connector(base: &str, key: &str) -> Value {
-    let v: Value = reqwest::Client::new()
-        .get(format!("{base}/api/v1/connectors"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["connectors"][0].clone()
-}
-
-async fn wait_for(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f().await {
-        assert!(Instant::now() < deadline, "{what} within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Runs a blocking peer step off the runtime.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opcua_changes_become_events_and_a_server_restart_resumes_counting_exactly() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let port = free_port();
-    let peer = blocking(move || Peer::start(port, 1_000, 1, 10.0)).await;
-    let dir = data_dir();
+    let peer = blocking(move || start_peer(port, 1_000, 1, 10.0)).await;
+    let dir = data_dir("connectors-opcua");
     let file = dir.join("edge.toml");
     std::fs::write(&file, config_text(port)).unwrap();
     let key = api_key(&dir, "integration");
-    let edge = edge_agent::server::start(RunConfig {
-        site: SiteId::new("SITE_001").unwrap(),
-        data_dir: dir.clone(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        hub: None,
-        retention_days: 30,
-        tls_dir: dir.join("tls"),
-        config_file: Some(file.clone()),
-    })
-    .await
-    .unwrap();
+    let edge = edge_agent::server::start(run_config(&dir, &file))
+        .await
+        .unwrap();
     let base = format!("http://{}", edge.http_addr);
     wait_for(Duration::from_secs(30), "the link up", async || {
         connector(&base, &key).await["link"] == "up"
@@ -254,7 +115,7 @@ async fn opcua_changes_become_events_and_a_server_restart_resumes_counting_exact
     let d = dir.clone();
     wait_for(Duration::from_secs(20), "the first values", async || {
         let s = stored(&d);
-        s.states == [MachineState::Running] && s.samples == 1
+        s.states == [MachineState::Running] && s.samples.len() == 1
     })
     .await;
 
@@ -262,10 +123,10 @@ async fn opcua_changes_become_events_and_a_server_restart_resumes_counting_exact
     // the diameter below the deadband is not reported, one above it is.
     let peer = blocking(move || {
         let mut peer = peer;
-        peer.send("count 25");
-        peer.send("state 2");
-        peer.send("measure 10.001");
-        peer.send("measure 10.02");
+        send(&mut peer, "count 25");
+        send(&mut peer, "state 2");
+        send(&mut peer, "measure 10.001");
+        send(&mut peer, "measure 10.02");
         peer
     })
     .await;
@@ -274,7 +135,7 @@ async fn opcua_changes_become_events_and_a_server_restart_resumes_counting_exact
         "25 parts, down, a sample",
         async || {
             let s = stored(&d);
-            s.good == 25 && s.states.len() == 2 && s.samples == 2
+            s.good == 25 && s.states.len() == 2 && s.samples.len() == 2
         },
     )
     .await;
@@ -300,7 +161,7 @@ async fn opcua_changes_become_events_and_a_server_restart_resumes_counting_exact
 
     // Restarted with the values it held: the link comes back, the state is recorded again
     // (the first value after a lost link), and counting resumes exactly.
-    let mut peer = blocking(move || Peer::start(port, 1_025, 2, 10.02)).await;
+    let mut peer = blocking(move || start_peer(port, 1_025, 2, 10.02)).await;
     wait_for(Duration::from_secs(60), "the link up again", async || {
         connector(&base, &key).await["link"] == "up"
     })
@@ -314,24 +175,15 @@ async fn opcua_changes_become_events_and_a_server_restart_resumes_counting_exact
     )
     .await;
     peer = blocking(move || {
-        peer.send("count 10");
-        peer.send("state 1");
+        send(&mut peer, "count 10");
+        send(&mut peer, "state 1");
         peer
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = stored(&d);
-        if s.good == 35 && s.states.last() == Some(&MachineState::Running) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "35 parts and running within 20 s: {s:?} {}",
-            connector(&base, &key).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_stored(&dir, Duration::from_secs(20), "35 parts and running", |s| {
+        s.good == 35 && s.states.last() == Some(&MachineState::Running)
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let s = stored(&dir);
     assert_eq!(s.good, 35, "nothing counted twice across the restart");
@@ -359,7 +211,7 @@ async fn opcua_changes_become_events_and_a_server_restart_resumes_counting_exact
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opcua_basic256sha256_sign_and_encrypt_with_trusted_certificates() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = data_dir();
+    let dir = data_dir("connectors-opcua");
     let certs = dir.join("certs");
     let c = certs.clone();
     let out = blocking(move || {
@@ -383,7 +235,7 @@ async fn opcua_basic256sha256_sign_and_encrypt_with_trusted_certificates() {
         certs.join("trusted"),
     );
     let mut peer = blocking(move || {
-        Peer::start_with(
+        start_peer_with(
             port,
             7,
             1,
@@ -414,17 +266,9 @@ async fn opcua_basic256sha256_sign_and_encrypt_with_trusted_certificates() {
     let server_cert = format!("\"{}\"", certs.join("server.der").display());
     std::fs::write(&file, secured("SignAndEncrypt", &server_cert)).unwrap();
     let key = api_key(&dir, "integration");
-    let edge = edge_agent::server::start(RunConfig {
-        site: SiteId::new("SITE_001").unwrap(),
-        data_dir: dir.clone(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        hub: None,
-        retention_days: 30,
-        tls_dir: dir.join("tls"),
-        config_file: Some(file.clone()),
-    })
-    .await
-    .unwrap();
+    let edge = edge_agent::server::start(run_config(&dir, &file))
+        .await
+        .unwrap();
     let base = format!("http://{}", edge.http_addr);
     wait_for(Duration::from_secs(30), "the secured link up", async || {
         connector(&base, &key).await["link"] == "up"
@@ -436,7 +280,7 @@ async fn opcua_basic256sha256_sign_and_encrypt_with_trusted_certificates() {
     })
     .await;
     peer = blocking(move || {
-        peer.send("count 5");
+        send(&mut peer, "count 5");
         peer
     })
     .await;
@@ -461,7 +305,7 @@ async fn opcua_basic256sha256_sign_and_encrypt_with_trusted_certificates() {
     })
     .await;
     peer = blocking(move || {
-        peer.send("count 3");
+        send(&mut peer, "count 3");
         peer
     })
     .await;

@@ -7,27 +7,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use edge_agent::config::RunConfig;
 use serde_json::Value;
 use shared_model::event::MachineState;
-use shared_model::{EventBody, SiteId};
-use system_tests::edge::{MASTER, api_key};
-
-const BROKER: &str = "127.0.0.1:1883";
-
-fn broker_answers() {
-    assert!(
-        std::net::TcpStream::connect_timeout(&BROKER.parse().unwrap(), Duration::from_secs(2))
-            .is_ok(),
-        "no MQTT broker on {BROKER}: start Mosquitto (`mosquitto -d -c /etc/mosquitto/mosquitto.conf`; .ci/run does)"
-    );
-}
+use system_tests::connectors::{
+    BROKER, Peer, broker_answers, connectors, data_dir, run_config, stored, unique, until_stored,
+};
+use system_tests::edge::api_key;
 
 fn peer_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/sparkplug")
@@ -42,77 +31,6 @@ fn peer_installed() {
         "Eclipse Tahu's sparkplug-client is not installed in {}: run `npm ci` there (.ci/run does)",
         dir.display()
     );
-}
-
-/// Names no other test run shares on the shared broker.
-fn unique(name: &str) -> String {
-    format!(
-        "{name}-{}-{}",
-        std::process::id(),
-        uuid::Uuid::now_v7().simple()
-    )
-}
-
-fn data_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(unique(name));
-    std::fs::create_dir_all(&dir).unwrap();
-    let md: edge_agent::master::MasterFile = serde_json::from_str(MASTER).unwrap();
-    let mut conn =
-        edge_agent::store::open_write_connection(&dir.join(edge_agent::store::DB_FILE)).unwrap();
-    edge_agent::master::import(&mut conn, &md.into_records()).unwrap();
-    dir
-}
-
-/// (good parts, the equipment states in order) stored in the edge's SQLite file.
-fn stored(dir: &Path) -> (u64, Vec<MachineState>) {
-    let c = rusqlite::Connection::open_with_flags(
-        dir.join(edge_agent::store::DB_FILE),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let mut stmt = c
-        .prepare("SELECT body FROM events ORDER BY occurred_at, recorded_at")
-        .unwrap();
-    let (mut good, mut states) = (0, Vec::new());
-    for body in stmt
-        .query_map([], |r| r.get::<_, Vec<u8>>(0))
-        .unwrap()
-        .map(Result::unwrap)
-    {
-        match edge_agent::store::decode_event(&body).unwrap().body {
-            EventBody::ProductionCount(p) => good += u64::from(p.good),
-            EventBody::EquipmentState(s) => states.push(s.state),
-            _ => {}
-        }
-    }
-    (good, states)
-}
-
-async fn wait_stored(dir: &Path, what: &str, f: impl Fn(&(u64, Vec<MachineState>)) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = stored(dir);
-        if f(&s) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} within 20 s: stored {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn connectors(base: &str, key: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("{base}/api/v1/connectors"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 /// The retained message on `topic`, read with Mosquitto's own client.
@@ -140,64 +58,15 @@ fn retained(topic: &str) -> Value {
     })
 }
 
-/// The Tahu edge node: commands in on stdin, what happened out on stdout, line by line.
-struct Node {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Node {
-    fn start(group: &str, node: &str, device: &str) -> Self {
-        let mut child = Command::new("node")
+/// The Tahu edge node: commands in on stdin (JSON lines), what happened out on stdout.
+fn start_node(group: &str, node: &str, device: &str) -> Peer {
+    Peer::spawn(
+        Command::new("node")
             .arg(peer_dir().join("edge-node.js"))
             .args([&format!("mqtt://{BROKER}"), group, node, device])
-            .current_dir(peer_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("running node (Node.js) for the Tahu edge node");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            stdin,
-            lines,
-        }
-    }
-
-    fn send(&mut self, cmd: Value) {
-        writeln!(self.stdin, "{cmd}").unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    /// Waits for a line that starts with `prefix`; returns it.
-    fn expect(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.starts_with(prefix) => return l,
-                Ok(_) => {}
-                Err(e) => panic!("the edge node said no \"{prefix}…\" within 20 s: {e}"),
-            }
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            .current_dir(peer_dir()),
+        "Tahu edge node (Node.js)",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,17 +113,9 @@ states = {{ "1" = "running", "2" = "down" }}
     )
     .unwrap();
     let key = api_key(&dir, "integration");
-    let edge = edge_agent::server::start(RunConfig {
-        site: SiteId::new("SITE_001").unwrap(),
-        data_dir: dir.clone(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        hub: None,
-        retention_days: 30,
-        tls_dir: dir.join("tls"),
-        config_file: Some(file.clone()),
-    })
-    .await
-    .unwrap();
+    let edge = edge_agent::server::start(run_config(&dir, &file))
+        .await
+        .unwrap();
     let base = format!("http://{}", edge.http_addr);
     tokio::time::timeout(Duration::from_secs(20), async {
         while connectors(&base, &key).await["connectors"][0]["link"] != "up" {
@@ -277,46 +138,64 @@ states = {{ "1" = "running", "2" = "down" }}
     );
 
     // Births: the counter's value is its baseline, the state is recorded.
-    let mut node = Node::start(&group, "Line1", "Press1");
-    node.expect("birth");
-    wait_stored(&dir, "the birth's state", |s| {
-        s.1 == [MachineState::Running]
+    let mut node = start_node(&group, "Line1", "Press1");
+    node.expect("birth", Duration::from_secs(20));
+    until_stored(&dir, Duration::from_secs(20), "the birth's state", |s| {
+        s.states == [MachineState::Running]
     })
     .await;
-    assert_eq!(stored(&dir).0, 0, "a birth's counter is the baseline");
+    assert_eq!(stored(&dir).good, 0, "a birth's counter is the baseline");
 
     // Data by alias only: 1000 -> 1005 is five parts; state 2 is down.
-    node.send(serde_json::json!({"ddata": {"good": 1005}}));
-    node.expect("sent ddata");
-    node.send(serde_json::json!({"ddata": {"state": 2}}));
-    node.expect("sent ddata");
-    wait_stored(&dir, "data resolved by alias", |s| {
-        s.0 == 5 && s.1 == [MachineState::Running, MachineState::Down]
-    })
+    node.send_line(&serde_json::json!({"ddata": {"good": 1005}}).to_string());
+    node.expect("sent ddata", Duration::from_secs(20));
+    node.send_line(&serde_json::json!({"ddata": {"state": 2}}).to_string());
+    node.expect("sent ddata", Duration::from_secs(20));
+    until_stored(
+        &dir,
+        Duration::from_secs(20),
+        "data resolved by alias",
+        |s| s.good == 5 && s.states == [MachineState::Running, MachineState::Down],
+    )
     .await;
 
     // A seq number lost: the edge asks the node for a rebirth (an NCMD the Tahu client
     // receives), and the node publishes its births again.
-    node.send(serde_json::json!({"gap": true}));
-    node.expect("gap");
-    node.send(serde_json::json!({"ddata": {"good": 1010}}));
-    let ncmd = node.expect("ncmd");
+    node.send_line(&serde_json::json!({"gap": true}).to_string());
+    node.expect("gap", Duration::from_secs(20));
+    node.send_line(&serde_json::json!({"ddata": {"good": 1010}}).to_string());
+    let ncmd = node.expect("ncmd", Duration::from_secs(20));
     assert!(ncmd.contains("Node Control/Rebirth=true"), "{ncmd}");
-    node.expect("birth");
-    wait_stored(&dir, "the gap's data counted", |s| s.0 == 10).await;
+    node.expect("birth", Duration::from_secs(20));
+    until_stored(
+        &dir,
+        Duration::from_secs(20),
+        "the gap's data counted",
+        |s| s.good == 10,
+    )
+    .await;
     // After the rebirth data is in sequence again and resolves with the new aliases.
-    node.send(serde_json::json!({"ddata": {"good": 1012}}));
-    node.expect("sent ddata");
-    wait_stored(&dir, "data after the rebirth", |s| s.0 == 12).await;
+    node.send_line(&serde_json::json!({"ddata": {"good": 1012}}).to_string());
+    node.expect("sent ddata", Duration::from_secs(20));
+    until_stored(
+        &dir,
+        Duration::from_secs(20),
+        "data after the rebirth",
+        |s| s.good == 12,
+    )
+    .await;
 
     // The node's death (its bdSeq matches the birth's): the press's state is unknown.
-    node.send(serde_json::json!({"death": true}));
-    node.expect("death");
-    wait_stored(&dir, "the death's unknown state", |s| {
-        s.1.last() == Some(&MachineState::Unknown)
-    })
+    node.send_line(&serde_json::json!({"death": true}).to_string());
+    node.expect("death", Duration::from_secs(20));
+    until_stored(
+        &dir,
+        Duration::from_secs(20),
+        "the death's unknown state",
+        |s| s.states.last() == Some(&MachineState::Unknown),
+    )
     .await;
-    assert_eq!(stored(&dir).0, 12, "nothing counted twice");
+    assert_eq!(stored(&dir).good, 12, "nothing counted twice");
 
     let c = &connectors(&base, &key).await["connectors"][0];
     assert_eq!(c["kind"], "sparkplug", "{c}");

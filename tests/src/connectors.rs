@@ -1,0 +1,275 @@
+//! Fixtures of the machine-connector tests (`tests/tests/edge/connectors*.rs`): an edge data
+//! directory with the test master data and its run configuration, what the edge stored, its
+//! connectors' health, waiting, and a peer process (a protocol server or client the project
+//! did not write) driven line by line over its stdin and stdout.
+
+// Test fixtures: a failed set-up step stops the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use edge_agent::config::RunConfig;
+use serde_json::Value;
+use shared_model::event::MachineState;
+use shared_model::{EventBody, SiteId};
+
+use crate::edge::MASTER;
+
+/// The MQTT broker of the tests (Mosquitto; `.ci/run` starts one where none answers).
+pub const BROKER: &str = "127.0.0.1:1883";
+
+/// Fails the test with how to start a broker when none answers.
+pub fn broker_answers() {
+    assert!(
+        std::net::TcpStream::connect_timeout(&BROKER.parse().unwrap(), Duration::from_secs(2))
+            .is_ok(),
+        "no MQTT broker on {BROKER}: start Mosquitto (`mosquitto -d -c /etc/mosquitto/mosquitto.conf`; .ci/run does)"
+    );
+}
+
+/// A name no other test run shares (topics, client ids, groups on the shared broker).
+pub fn unique(name: &str) -> String {
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    )
+}
+
+/// A free TCP port on loopback for a peer server.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh edge data directory holding [`MASTER`].
+pub fn data_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique(name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let md: edge_agent::master::MasterFile = serde_json::from_str(MASTER).unwrap();
+    let mut conn =
+        edge_agent::store::open_write_connection(&dir.join(edge_agent::store::DB_FILE)).unwrap();
+    edge_agent::master::import(&mut conn, &md.into_records()).unwrap();
+    dir
+}
+
+/// A standalone SITE_001 edge on `dir` with the connectors of `file`.
+pub fn run_config(dir: &Path, file: &Path) -> RunConfig {
+    RunConfig {
+        site: SiteId::new("SITE_001").unwrap(),
+        data_dir: dir.to_owned(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        hub: None,
+        retention_days: 30,
+        tls_dir: dir.join("tls"),
+        config_file: Some(file.to_owned()),
+    }
+}
+
+/// What the edge stored, read from its SQLite file.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Stored {
+    pub good: u64,
+    pub scrap: u64,
+    /// In the order they happened.
+    pub states: Vec<MachineState>,
+    pub samples: Vec<f64>,
+}
+
+pub fn stored(dir: &Path) -> Stored {
+    let c = rusqlite::Connection::open_with_flags(
+        dir.join(edge_agent::store::DB_FILE),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut stmt = c
+        .prepare("SELECT body FROM events ORDER BY occurred_at, recorded_at, event_id")
+        .unwrap();
+    let mut out = Stored::default();
+    for body in stmt
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(Result::unwrap)
+    {
+        match edge_agent::store::decode_event(&body).unwrap().body {
+            EventBody::ProductionCount(p) => {
+                out.good += u64::from(p.good);
+                out.scrap += u64::from(p.scrap);
+            }
+            EventBody::EquipmentState(s) => out.states.push(s.state),
+            EventBody::QualitySample(s) => out.samples.push(s.value),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A GET answered with JSON, with the edge's API key.
+pub async fn get_json(url: String, key: &str) -> Value {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// A GET answered with text (`/metrics`), with the edge's API key.
+pub async fn get_text(url: &str, key: &str) -> String {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// `GET /api/v1/connectors`.
+pub async fn connectors(base: &str, key: &str) -> Value {
+    get_json(format!("{base}/api/v1/connectors"), key).await
+}
+
+/// The first connector of `GET /api/v1/connectors`.
+pub async fn connector(base: &str, key: &str) -> Value {
+    connectors(base, key).await["connectors"][0].clone()
+}
+
+/// Polls `get` every 50 ms until `ok` holds of its value (at most `limit`); returns the value.
+pub async fn until<T: std::fmt::Debug>(
+    limit: Duration,
+    what: &str,
+    mut get: impl AsyncFnMut() -> T,
+    ok: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        let v = get().await;
+        if ok(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {limit:?}; last: {v:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (at most `limit`) until `done` says so.
+pub async fn wait_for(limit: Duration, what: &str, mut done: impl AsyncFnMut() -> bool) {
+    until(limit, what, async || done().await, |d| *d).await;
+}
+
+/// [`until`] on what the edge in `dir` stored.
+pub async fn until_stored(
+    dir: &Path,
+    limit: Duration,
+    what: &str,
+    ok: impl Fn(&Stored) -> bool,
+) -> Stored {
+    until(limit, what, async || stored(dir), ok).await
+}
+
+/// Runs a blocking step (a peer's command, a process) off the async runtime.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+/// A peer process driven over stdin, its stdout read line by line; killed when dropped.
+#[derive(Debug)]
+pub struct Peer {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+    what: &'static str,
+}
+
+impl Peer {
+    /// Starts `cmd` with piped stdin and stdout (its stderr as the caller set it).
+    pub fn spawn(cmd: &mut Command, what: &'static str) -> Peer {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting the {what}: {e}"));
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Peer {
+            child,
+            stdin,
+            lines,
+            what,
+        }
+    }
+
+    /// The next line it prints (at most `limit`).
+    pub fn line(&mut self, limit: Duration) -> String {
+        match self.lines.recv_timeout(limit) {
+            Ok(l) => l,
+            Err(_) => panic!(
+                "the {} said nothing within {limit:?} (exited: {:?})",
+                self.what,
+                self.child.try_wait()
+            ),
+        }
+    }
+
+    /// Sends one line, expecting no particular answer.
+    pub fn send_line(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// Waits (at most `limit`) for a line starting with `prefix`, passing over others;
+    /// returns it.
+    pub fn expect(&mut self, prefix: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let l = self.line(deadline.saturating_duration_since(Instant::now()));
+            if l.starts_with(prefix) {
+                return l;
+            }
+        }
+    }
+
+    /// Sends one command line and checks the line that answers it.
+    pub fn command(&mut self, cmd: &str, answer: &str) {
+        self.send_line(cmd);
+        // A command may take its time (a peer counting a thousand increments).
+        let got = self.line(Duration::from_secs(120));
+        assert_eq!(got, answer, "the {}'s answer to {cmd}", self.what);
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
