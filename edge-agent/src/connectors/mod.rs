@@ -160,6 +160,31 @@ pub fn backoff(attempt: u32, jitter: u32) -> Duration {
     base + extra
 }
 
+/// Random bits for [`backoff`]'s jitter (0 when the system's RNG fails: no jitter is still a
+/// backoff).
+pub fn jitter() -> u32 {
+    let mut b = [0u8; 4];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    u32::from_le_bytes(b)
+}
+
+/// Waits for the next item and takes those already queued with it, up to `max`; false once
+/// every sender is gone and the queue is empty. The drivers commit what arrived together in
+/// one transaction.
+pub async fn recv_batch<T>(rx: &mut mpsc::Receiver<T>, max: usize, batch: &mut Vec<T>) -> bool {
+    let Some(first) = rx.recv().await else {
+        return false;
+    };
+    batch.push(first);
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(m) => batch.push(m),
+            Err(_) => break,
+        }
+    }
+    true
+}
+
 struct Running {
     spec: Arc<ConnectorSpec>,
     health: Arc<Health>,

@@ -304,19 +304,13 @@ pub async fn run(mut ctx: Ctx) -> anyhow::Result<()> {
                 *l = None;
             }
         }
-        if ctx.sleep_or_stop(backoff(attempt, rand_u32())).await {
+        if ctx.sleep_or_stop(backoff(attempt, super::jitter())).await {
             break;
         }
         attempt = attempt.saturating_add(1);
         ctx.health.link(Link::Connecting, ctx.now());
     }
     Ok(())
-}
-
-fn rand_u32() -> u32 {
-    let mut b = [0u8; 4];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    u32::from_le_bytes(b)
 }
 
 async fn read(client: &mut Context, b: &Block) -> tokio_modbus::Result<Data> {

@@ -156,7 +156,7 @@ pub async fn run(mut ctx: Ctx) -> anyhow::Result<()> {
             Err(e) => {
                 up = false;
                 ctx.link_lost(&e).await;
-                let jitter = rand_u32();
+                let jitter = super::jitter();
                 if ctx.sleep_or_stop(backoff(attempt, jitter)).await {
                     break;
                 }
@@ -200,12 +200,6 @@ async fn write_order(
     Ok(())
 }
 
-fn rand_u32() -> u32 {
-    let mut b = [0u8; 4];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    u32::from_le_bytes(b)
-}
-
 /// Takes received messages in order, commits their readings, then acknowledges them in the
 /// order they came (as MQTT asks of PUBACKs).
 async fn commit_loop(
@@ -216,14 +210,7 @@ async fn commit_loop(
 ) {
     let spec = ctx.spec().clone();
     let mut batch: Vec<Message> = Vec::with_capacity(BATCH_MAX);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < BATCH_MAX {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
-            }
-        }
+    while super::recv_batch(&mut rx, BATCH_MAX, &mut batch).await {
         let mut deliveries = Vec::with_capacity(batch.len());
         for m in &batch {
             let readings = routes.decode(&spec.tags, &m.topic, &m.payload);
@@ -249,7 +236,7 @@ async fn commit_loop(
                     // when the broker keeps them for the next session.
                     ctx.health.error(&format!("storing: {e}"), ctx.now());
                     tracing::error!(connector = %spec.name, error = %e, "cannot store machine data");
-                    if ctx.sleep_or_stop(backoff(attempt, rand_u32())).await {
+                    if ctx.sleep_or_stop(backoff(attempt, super::jitter())).await {
                         return;
                     }
                     attempt = attempt.saturating_add(1);

@@ -220,7 +220,7 @@ pub async fn run(mut ctx: Ctx) -> anyhow::Result<()> {
             Ok(()) => break,
             Err(e) => {
                 ctx.link_lost(&format!("{e:#}")).await;
-                if ctx.sleep_or_stop(backoff(attempt, rand_u32())).await {
+                if ctx.sleep_or_stop(backoff(attempt, super::jitter())).await {
                     break;
                 }
                 attempt = attempt.saturating_add(1);
@@ -486,7 +486,7 @@ async fn drain(ctx: &mut Ctx, inbox: &Shared, state: &mut State) -> bool {
                 Err(e) => {
                     ctx.health.error(&format!("storing: {e}"), ctx.now());
                     tracing::error!(connector = %ctx.spec().name, error = %e, "cannot store machine data");
-                    if ctx.sleep_or_stop(backoff(attempt, rand_u32())).await {
+                    if ctx.sleep_or_stop(backoff(attempt, super::jitter())).await {
                         return true;
                     }
                     attempt = attempt.saturating_add(1);
@@ -501,12 +501,6 @@ async fn drain(ctx: &mut Ctx, inbox: &Shared, state: &mut State) -> bool {
         }
     }
     false
-}
-
-fn rand_u32() -> u32 {
-    let mut b = [0u8; 4];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    u32::from_le_bytes(b)
 }
 
 /// The client's PKI directory: a private directory of this process holding the trusted server
@@ -524,7 +518,7 @@ impl Pki {
         let dir = std::env::temp_dir().join(format!(
             "mes-edge-opcua-{}-{name}-{:08x}",
             std::process::id(),
-            rand_u32()
+            super::jitter()
         ));
         std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let pki = Self {

@@ -94,7 +94,7 @@ pub async fn run(mut ctx: Ctx) -> anyhow::Result<()> {
             Ok(Polled::Other) => {}
             Err(e) => {
                 ctx.link_lost(&e).await;
-                if ctx.sleep_or_stop(backoff(attempt, rand_u32())).await {
+                if ctx.sleep_or_stop(backoff(attempt, super::jitter())).await {
                     break;
                 }
                 attempt = attempt.saturating_add(1);
@@ -114,12 +114,6 @@ pub async fn run(mut ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rand_u32() -> u32 {
-    let mut b = [0u8; 4];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    u32::from_le_bytes(b)
-}
-
 /// Commits what `deliveries` hold, retrying until the store takes them or the driver stops
 /// (then nothing more is acknowledged: the broker keeps the messages). Returns whether to go on.
 async fn commit(ctx: &mut Ctx, deliveries: &mut Vec<Delivery>) -> bool {
@@ -136,7 +130,7 @@ async fn commit(ctx: &mut Ctx, deliveries: &mut Vec<Delivery>) -> bool {
             Err(e) => {
                 ctx.health.error(&format!("storing: {e}"), ctx.now());
                 tracing::error!(connector = %ctx.spec().name, error = %e, "cannot store machine data");
-                if ctx.sleep_or_stop(backoff(attempt, rand_u32())).await {
+                if ctx.sleep_or_stop(backoff(attempt, super::jitter())).await {
                     return false;
                 }
                 attempt = attempt.saturating_add(1);
@@ -157,7 +151,7 @@ async fn mark_unknown(ctx: &mut Ctx, tags: Vec<usize>) -> bool {
             Err(e) => {
                 ctx.health.error(&format!("storing: {e}"), ctx.now());
                 tracing::error!(connector = %ctx.spec().name, error = %e, "cannot record the unknown state");
-                if ctx.sleep_or_stop(backoff(attempt, rand_u32())).await {
+                if ctx.sleep_or_stop(backoff(attempt, super::jitter())).await {
                     return false;
                 }
                 attempt = attempt.saturating_add(1);
@@ -179,14 +173,7 @@ async fn commit_loop(
 ) {
     let name = ctx.spec().name.clone();
     let mut batch: Vec<Item> = Vec::with_capacity(BATCH_MAX);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < BATCH_MAX {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
-            }
-        }
+    while super::recv_batch(&mut rx, BATCH_MAX, &mut batch).await {
         let mut deliveries: Vec<Delivery> = Vec::new();
         let mut rebirths: Vec<String> = Vec::new();
         for item in &batch {
