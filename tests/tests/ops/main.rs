@@ -6,5 +6,6 @@
 mod bench_smoke;
 mod demo;
 mod deploy;
+mod line;
 mod ops;
 mod telemetry;
