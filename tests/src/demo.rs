@@ -454,26 +454,4 @@ async fn start_edge(
     })
 }
 
-impl std::fmt::Debug for Edge {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Edge").finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Debug for LinePress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LinePress").finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Debug for Line {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Line").finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Debug for Demo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Demo").finish_non_exhaustive()
-    }
-}
+opaque_debug!(Edge, LinePress, Line, Demo);

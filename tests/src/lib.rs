@@ -3,6 +3,18 @@
 //! headless browser of the UI tests ([`browser`]) and the deterministic simulator ([`sim`]). Later:
 //! the chaos harness.
 
+/// `Debug` for fixtures that hold handles (servers, clients, tasks) with nothing to show:
+/// the type's name.
+macro_rules! opaque_debug {
+    ($($t:ty),+) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($t)).finish_non_exhaustive()
+            }
+        }
+    )+};
+}
+
 pub mod benchout;
 pub mod browser;
 pub mod clock;

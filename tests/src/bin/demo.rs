@@ -50,18 +50,8 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let demo::Demo {
-        db,
-        admin,
-        hub,
-        hq_token,
-        edges,
-        line,
-        broker,
-        opcua,
-        ..
-    } = d;
-    let live = tokio::spawn(line.live(stop_rx));
+    let (broker, opcua, hq_token) = (d.broker.clone(), d.opcua.clone(), d.hq_token.clone());
+    let live = tokio::spawn(d.line.live(stop_rx));
     println!();
     println!(
         "The system is running. Each site's presses feed its edge through the machine connectors:"
@@ -73,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "Edge agents (operator terminal in a browser; machines send the key as 'Authorization: Bearer KEY'):"
     );
-    for (e, s) in edges.iter().zip(SITES) {
+    for (e, s) in d.edges.iter().zip(SITES) {
         println!(
             "  {} ({}): operator terminal {}/#station=PRESS-02 (machine-fed: #station=PRESS-01)   API key: {}",
             s.id, s.name, e.base, e.key
@@ -85,13 +75,13 @@ async fn main() -> anyhow::Result<()> {
     println!("  e.g. curl -H 'Authorization: Bearer KEY' http://.../api/v1/connectors");
     println!(
         "Hub: sync on quic://{}, health http://{}/health, metrics http://{}/metrics",
-        hub.quic_addr, hub.http_addr, hub.http_addr
+        d.hub.quic_addr, d.hub.http_addr, d.hub.http_addr
     );
     println!(
         "HQ dashboard: http://{}/#token={hq_token}   (reports: http://{}/api/v1/openapi.json)",
-        hub.http_addr, hub.http_addr
+        d.hub.http_addr, d.hub.http_addr
     );
-    println!("PostgreSQL database (owner URL): {}", db.admin_url);
+    println!("PostgreSQL database (owner URL): {}", d.db.admin_url);
     println!("Data under {}. Press Ctrl-C to stop.", root.display());
     // A status line every few seconds, so the flow is visible without opening anything.
     let mut status = tokio::time::interval(Duration::from_secs(5));
@@ -104,11 +94,11 @@ async fn main() -> anyhow::Result<()> {
             }
             _ = status.tick() => {
                 let at_hub: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-                    .fetch_one(&admin)
+                    .fetch_one(&d.admin)
                     .await
                     .unwrap_or(-1);
                 let mut line = format!("hub holds {at_hub} events;");
-                for e in &edges {
+                for e in &d.edges {
                     let pending = e.running.state.store.pending().await.map(|p| p.events).unwrap_or(0);
                     let up = e.running.state.connected.load(std::sync::atomic::Ordering::Relaxed);
                     let links = e.running.state.connectors.snapshots();
@@ -127,12 +117,12 @@ async fn main() -> anyhow::Result<()> {
     println!("\n== stopping");
     let _ = stop.send(true);
     let _ = live.await;
-    for e in edges {
+    for e in d.edges {
         e.running.stop().await?;
     }
-    hub.stop().await?;
+    d.hub.stop().await?;
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&admin)
+        .fetch_one(&d.admin)
         .await
         .unwrap_or(0);
     println!("stopped cleanly; the hub holds {events} events");

@@ -24,20 +24,28 @@ pub fn mqtt_payload(s: &Snapshot) -> Vec<u8> {
 
 /// The `[[connector.tag]]` tables that read a press from [`mqtt_payload`] messages on `topic`.
 pub fn mqtt_tags(prefix: &str, equipment: &str, topic: &str) -> String {
+    press_tags(equipment, |field| {
+        format!(
+            "name = \"{prefix}.{field}\"\ntopic = \"{topic}\"\npath = \"{field}\"\ntimestamp_path = \"ts\"\n"
+        )
+    })
+}
+
+/// A press's three tags (the good and scrap counters, the state), `source` giving the lines
+/// that name each and say where it is read, from its field name.
+fn press_tags(equipment: &str, source: impl Fn(&str) -> String) -> String {
     let mut out = String::new();
-    for (field, map, extra) in [
-        ("good", "counter", "modulus = 65536"),
-        ("scrap", "counter", "counts = \"scrap\"\nmodulus = 65536"),
-        ("state", "state", ""),
+    for (field, mapping) in [
+        ("good", "map = \"counter\"\nmodulus = 65536".to_owned()),
+        (
+            "scrap",
+            "map = \"counter\"\ncounts = \"scrap\"\nmodulus = 65536".to_owned(),
+        ),
+        ("state", format!("map = \"state\"\nstates = {STATE_MAP}")),
     ] {
-        let states = if map == "state" {
-            format!("states = {STATE_MAP}")
-        } else {
-            String::new()
-        };
         out.push_str(&format!(
-            "\n[[connector.tag]]\nname = \"{prefix}.{field}\"\nmap = \"{map}\"\nequipment = \"{equipment}\"\n\
-             topic = \"{topic}\"\npath = \"{field}\"\ntimestamp_path = \"ts\"\n{extra}\n{states}\n"
+            "\n[[connector.tag]]\nequipment = \"{equipment}\"\n{}{mapping}\n",
+            source(field)
         ));
     }
     out
@@ -286,27 +294,14 @@ impl UaServer {
 
     /// The `[[connector]]` table (and its tags) that reads the press `key` as `equipment`.
     pub fn connector(&self, name: &str, key: &str, equipment: &str) -> String {
-        let node = |what: &str| format!("ns={};s={key}.{what}", self.ns);
         let mut out = format!(
             "\n[[connector]]\nname = \"{name}\"\nkind = \"opcua\"\nendpoint = \"opc.tcp://127.0.0.1:{}/\"\n",
             self.port
         );
-        for (what, map, extra) in [
-            ("Good", "counter", "modulus = 65536"),
-            ("Scrap", "counter", "counts = \"scrap\"\nmodulus = 65536"),
-            ("State", "state", ""),
-        ] {
-            let states = if map == "state" {
-                format!("states = {STATE_MAP}")
-            } else {
-                String::new()
-            };
-            out.push_str(&format!(
-                "\n[[connector.tag]]\nname = \"{key}.{what}\"\nmap = \"{map}\"\nequipment = \"{equipment}\"\n\
-                 node = \"{}\"\nsampling_ms = 100\nqueue_size = 1000\n{extra}\n{states}\n",
-                node(what)
-            ));
-        }
+        out.push_str(&press_tags(equipment, |field| {
+            let node = format!("ns={};s={key}.{}{}", self.ns, field[..1].to_uppercase(), &field[1..]);
+            format!("name = \"{key}.{field}\"\nnode = \"{node}\"\nsampling_ms = 100\nqueue_size = 1000\n")
+        }));
         out
     }
 
@@ -315,14 +310,4 @@ impl UaServer {
     }
 }
 
-impl std::fmt::Debug for MqttOut {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MqttOut").finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Debug for UaServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UaServer").finish_non_exhaustive()
-    }
-}
+opaque_debug!(MqttOut, UaServer);
