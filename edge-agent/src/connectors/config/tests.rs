@@ -232,7 +232,10 @@ fn writes_of_each_kind_parse_into_their_targets() {
             quantity_type: UaNumber::Double
         }
     );
-    assert_eq!(s[0].writes[0].line, 13, "the line of its [[connector.write]]");
+    assert_eq!(
+        s[0].writes[0].line, 13,
+        "the line of its [[connector.write]]"
+    );
     let (k, h, t) = SPARKPLUG;
     let s = parse(&with_write(
         k,
