@@ -265,14 +265,12 @@ async fn modbus_an_order_started_is_written_to_holding_registers() {
     };
     let dir = data_dir("connectors-modbus-write");
     let file = dir.join("edge.toml");
-    std::fs::write(
-        &file,
+    // Two connectors of the same PLC, each with a state tag (so its link shows) and a write.
+    let connector_text = |name: &str, write: &str| {
         format!(
             r#"
-site = "SITE_001"
-
 [[connector]]
-name = "plc1"
+name = "{name}"
 kind = "modbus"
 address = "127.0.0.1:{port}"
 poll_ms = 50
@@ -286,35 +284,28 @@ states = {{ "0" = "idle", "1" = "running" }}
 
 [[connector.write]]
 equipment = "PRESS-01"
-order_id_register = "holding:100"
+{write}
+"#
+        )
+    };
+    let text = format!(
+        "site = \"SITE_001\"\n{}{}",
+        connector_text(
+            "plc1",
+            r#"order_id_register = "holding:100"
 order_id_len = 16
 material_register = "holding:116"
 material_len = 8
 quantity_register = "holding:124"
 quantity_type = "u32"
-word_order = "little"
-
-[[connector]]
-name = "plc-unmapped"
-kind = "modbus"
-address = "127.0.0.1:{port}"
-poll_ms = 50
-
-[[connector.tag]]
-name = "press.state"
-map = "state"
-equipment = "PRESS-01"
-register = "holding:1"
-states = {{ "0" = "idle", "1" = "running" }}
-
-[[connector.write]]
-equipment = "PRESS-01"
-quantity_register = "holding:5000"
-quantity_type = "u32"
-"#
+word_order = "little""#,
         ),
-    )
-    .unwrap();
+        connector_text(
+            "plc-unmapped",
+            "quantity_register = \"holding:5000\"\nquantity_type = \"u32\"",
+        ),
+    );
+    std::fs::write(&file, text).unwrap();
     let key = api_key(&dir, "integration");
     let edge = edge_agent::server::start(run_config(&dir, &file))
         .await

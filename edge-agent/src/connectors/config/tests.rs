@@ -1,5 +1,16 @@
 use super::*;
 
+/// The order SITE_001-WO-7 of BRACKET-7, `planned_quantity` planned, started on PRESS-01.
+pub(crate) fn order(planned_quantity: u32) -> crate::connectors::OrderStart {
+    crate::connectors::OrderStart {
+        equipment: EquipmentId::new("PRESS-01").unwrap(),
+        order_id: shared_model::WorkOrderId::new("SITE_001-WO-7").unwrap(),
+        material: MaterialId::new("BRACKET-7").unwrap(),
+        planned_quantity,
+        at: shared_model::Timestamp::from_millis(0),
+    }
+}
+
 /// An MQTT connector "line1" with a 16-bit counter `good` (path "good", timestamp "ts") and a
 /// state `state` (1 running, 2 down with DOWN.JAM) on `topic`, and `extra` tables after them.
 pub(crate) fn mqtt_file(topic: &str, extra: &str) -> String {

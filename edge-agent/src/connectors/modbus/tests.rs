@@ -338,13 +338,7 @@ word_order = "little"
 "#,
     )
     .unwrap();
-    let order = OrderStart {
-        equipment: shared_model::EquipmentId::new("PRESS-01").unwrap(),
-        order_id: shared_model::WorkOrderId::new("SITE_001-WO-7").unwrap(),
-        material: shared_model::MaterialId::new("BRACKET-7").unwrap(),
-        planned_quantity: 70_000,
-        at: shared_model::Timestamp::from_millis(0),
-    };
+    let order = crate::connectors::config::tests::order(70_000);
     let target = &specs[0].writes[0].target;
     let r = write_requests(target, &order).unwrap();
     assert_eq!(r.len(), 2, "{r:?}");

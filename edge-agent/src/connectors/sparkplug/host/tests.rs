@@ -323,15 +323,8 @@ fn state_messages() {
     assert!(!says_offline(b"garbage"));
 }
 
-/// The order PRESS-01 starts, 70,000 planned.
 fn order() -> OrderStart {
-    OrderStart {
-        equipment: shared_model::EquipmentId::new("PRESS-01").unwrap(),
-        order_id: shared_model::WorkOrderId::new("SITE_001-WO-7").unwrap(),
-        material: shared_model::MaterialId::new("BRACKET-7").unwrap(),
-        planned_quantity: 70_000,
-        at: now(0),
-    }
+    crate::connectors::config::tests::order(70_000)
 }
 
 fn write_target(device: Option<&str>) -> WriteTarget {
