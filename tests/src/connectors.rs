@@ -147,6 +147,44 @@ pub async fn connector(base: &str, key: &str) -> Value {
     connectors(base, key).await["connectors"][0].clone()
 }
 
+/// A `[[connector]]` table `name` of `kind` (its own settings in `settings`) with a state tag
+/// of PRESS-01 (1 running, 2 down; where it is read in `source`), so its link shows, and a
+/// `[[connector.write]]` table of PRESS-01 with `write`'s fields.
+pub fn connector_with_write(
+    name: &str,
+    kind: &str,
+    settings: &str,
+    source: &str,
+    write: &str,
+) -> String {
+    format!(
+        r#"
+[[connector]]
+name = "{name}"
+kind = "{kind}"
+{settings}
+
+[[connector.tag]]
+name = "press.state"
+map = "state"
+equipment = "PRESS-01"
+{source}
+states = {{ "1" = "running", "2" = "down" }}
+
+[[connector.write]]
+equipment = "PRESS-01"
+{write}
+"#
+    )
+}
+
+/// Whether `GET /api/v1/connectors` lists `n` connectors, all up.
+pub async fn all_up(base: &str, key: &str, n: usize) -> bool {
+    connectors(base, key).await["connectors"]
+        .as_array()
+        .is_some_and(|a| a.len() == n && a.iter().all(|c| c["link"] == "up"))
+}
+
 /// Creates an order of `quantity` BRACKET-7 and starts it on `unit` through the API (what the
 /// terminal's *Start* does); returns its id.
 pub async fn start_order(base: &str, key: &str, unit: &str, quantity: u32) -> String {

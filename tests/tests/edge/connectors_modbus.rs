@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use shared_model::event::MachineState;
 use system_tests::connectors::{
-    Peer, connector, connectors, data_dir, free_port, run_config, start_order, stored, until,
-    write_of,
+    Peer, all_up, connector, connector_with_write, connectors, data_dir, free_port, run_config,
+    start_order, stored, until, write_of,
 };
 use system_tests::edge::api_key;
 
@@ -266,27 +266,9 @@ async fn modbus_an_order_started_is_written_to_holding_registers() {
     let dir = data_dir("connectors-modbus-write");
     let file = dir.join("edge.toml");
     // Two connectors of the same PLC, each with a state tag (so its link shows) and a write.
+    let address = format!("address = \"127.0.0.1:{port}\"\npoll_ms = 50");
     let connector_text = |name: &str, write: &str| {
-        format!(
-            r#"
-[[connector]]
-name = "{name}"
-kind = "modbus"
-address = "127.0.0.1:{port}"
-poll_ms = 50
-
-[[connector.tag]]
-name = "press.state"
-map = "state"
-equipment = "PRESS-01"
-register = "holding:1"
-states = {{ "0" = "idle", "1" = "running" }}
-
-[[connector.write]]
-equipment = "PRESS-01"
-{write}
-"#
-        )
+        connector_with_write(name, "modbus", &address, "register = \"holding:1\"", write)
     };
     let text = format!(
         "site = \"SITE_001\"\n{}{}",
@@ -315,12 +297,8 @@ word_order = "little""#,
     until(
         limit,
         "both links up",
-        async || connectors(&base, &key).await,
-        |c| {
-            c["connectors"]
-                .as_array()
-                .is_some_and(|a| a.len() == 2 && a.iter().all(|c| c["link"] == "up"))
-        },
+        async || all_up(&base, &key, 2).await,
+        |up| *up,
     )
     .await;
 

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use shared_model::event::MachineState;
 use system_tests::connectors::{
-    Peer, blocking, connector, connectors, data_dir, free_port, run_config, start_order, stored,
-    until_stored, wait_for, write_of,
+    Peer, all_up, blocking, connector, connector_with_write, data_dir, free_port, run_config,
+    start_order, stored, until_stored, wait_for, write_of,
 };
 use system_tests::edge::api_key;
 
@@ -217,48 +217,35 @@ async fn opcua_an_order_started_is_written_to_the_server_nodes() {
     let mut peer = blocking(move || start_peer(port, 0, 1, 10.0)).await;
     let dir = data_dir("connectors-opcua-write");
     let file = dir.join("edge.toml");
+    let endpoint = format!("endpoint = \"opc.tcp://127.0.0.1:{port}/mes/\"");
     let connector_text = |name: &str, write: &str| {
-        format!(
-            r#"
-[[connector]]
-name = "{name}"
-kind = "opcua"
-endpoint = "opc.tcp://127.0.0.1:{port}/mes/"
-
-[[connector.tag]]
-name = "press.state"
-map = "state"
-equipment = "PRESS-01"
-node = "ns=2;s=Press1.State"
-states = {{ "1" = "running", "2" = "down" }}
-
-[[connector.write]]
-equipment = "PRESS-01"
-{write}
-"#
+        connector_with_write(
+            name,
+            "opcua",
+            &endpoint,
+            "node = \"ns=2;s=Press1.State\"",
+            write,
         )
     };
-    std::fs::write(
-        &file,
-        format!(
-            "site = \"SITE_001\"\n{}{}",
-            connector_text(
-                "press-ua",
-                "order_id_node = \"ns=2;s=Press1.OrderId\"\nmaterial_node = \"ns=2;s=Press1.Material\"\nquantity_node = \"ns=2;s=Press1.PlannedQty\""
-            ),
-            connector_text("press-ua-missing", "order_id_node = \"ns=2;s=Press1.NoSuchNode\""),
+    let text = format!(
+        "site = \"SITE_001\"\n{}{}",
+        connector_text(
+            "press-ua",
+            "order_id_node = \"ns=2;s=Press1.OrderId\"\nmaterial_node = \"ns=2;s=Press1.Material\"\nquantity_node = \"ns=2;s=Press1.PlannedQty\""
         ),
-    )
-    .unwrap();
+        connector_text(
+            "press-ua-missing",
+            "order_id_node = \"ns=2;s=Press1.NoSuchNode\""
+        ),
+    );
+    std::fs::write(&file, text).unwrap();
     let key = api_key(&dir, "integration");
     let edge = edge_agent::server::start(run_config(&dir, &file))
         .await
         .unwrap();
     let base = format!("http://{}", edge.http_addr);
     wait_for(Duration::from_secs(30), "both links up", async || {
-        connectors(&base, &key).await["connectors"]
-            .as_array()
-            .is_some_and(|a| a.len() == 2 && a.iter().all(|c| c["link"] == "up"))
+        all_up(&base, &key, 2).await
     })
     .await;
 
