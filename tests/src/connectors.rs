@@ -147,6 +147,89 @@ pub async fn connector(base: &str, key: &str) -> Value {
     connectors(base, key).await["connectors"][0].clone()
 }
 
+/// A `[[connector]]` table `name` of `kind` (its own settings in `settings`) with a state tag
+/// of PRESS-01 (1 running, 2 down; where it is read in `source`), so its link shows, and a
+/// `[[connector.write]]` table of PRESS-01 with `write`'s fields.
+pub fn connector_with_write(
+    name: &str,
+    kind: &str,
+    settings: &str,
+    source: &str,
+    write: &str,
+) -> String {
+    format!(
+        r#"
+[[connector]]
+name = "{name}"
+kind = "{kind}"
+{settings}
+
+[[connector.tag]]
+name = "press.state"
+map = "state"
+equipment = "PRESS-01"
+{source}
+states = {{ "1" = "running", "2" = "down" }}
+
+[[connector.write]]
+equipment = "PRESS-01"
+{write}
+"#
+    )
+}
+
+/// Whether `GET /api/v1/connectors` lists `n` connectors, all up.
+pub async fn all_up(base: &str, key: &str, n: usize) -> bool {
+    connectors(base, key).await["connectors"]
+        .as_array()
+        .is_some_and(|a| a.len() == n && a.iter().all(|c| c["link"] == "up"))
+}
+
+/// Creates an order of `quantity` BRACKET-7 and starts it on `unit` through the API (what the
+/// terminal's *Start* does); returns its id.
+pub async fn start_order(base: &str, key: &str, unit: &str, quantity: u32) -> String {
+    let http = reqwest::Client::new();
+    let order: Value = crate::requests::send_json(
+        http.post(format!("{base}/api/v1/work-orders")),
+        key,
+        &serde_json::json!({"material": "BRACKET-7", "planned_quantity": quantity}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let id = order["id"].as_str().unwrap().to_owned();
+    let started = crate::requests::send_json(
+        http.post(format!("{base}/api/v1/work-orders/{id}/start")),
+        key,
+        &serde_json::json!({"work_unit": unit}),
+    )
+    .await;
+    assert_eq!(started.status(), 200, "starting {id} on {unit}");
+    id
+}
+
+/// How connector `name` wrote order `id` (`writes` of `GET /api/v1/connectors`: `ok`,
+/// `error`), once it did (at most `limit`).
+pub async fn write_of(base: &str, key: &str, name: &str, id: &str, limit: Duration) -> Value {
+    until(
+        limit,
+        &format!("{name}'s write of {id} recorded"),
+        async || {
+            connectors(base, key).await["connectors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["name"] == name)
+                .flat_map(|c| c["writes"].as_array().cloned().unwrap_or_default())
+                .find(|w| w["work_order"] == id)
+        },
+        Option::is_some,
+    )
+    .await
+    .unwrap_or_default()
+}
+
 /// Polls `get` every 50 ms until `ok` holds of its value (at most `limit`); returns the value.
 pub async fn until<T: std::fmt::Debug>(
     limit: Duration,

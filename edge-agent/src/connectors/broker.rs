@@ -240,15 +240,40 @@ impl Handle {
         Ok(())
     }
 
+    /// Publishes at QoS 1.
     pub async fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) -> anyhow::Result<()> {
+        self.publish_qos(topic, payload, retain, true).await
+    }
+
+    /// Publishes at QoS 0, not retained: Sparkplug's rule for commands (NCMD, DCMD), which
+    /// must not arrive late after a reconnect. Success is the client taking it.
+    pub async fn command(&self, topic: &str, payload: Vec<u8>) -> anyhow::Result<()> {
+        self.publish_qos(topic, payload, false, false).await
+    }
+
+    async fn publish_qos(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        retain: bool,
+        at_least_once: bool,
+    ) -> anyhow::Result<()> {
         match self {
             Handle::V4(c) => {
-                c.publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload)
-                    .await?
+                let qos = if at_least_once {
+                    rumqttc::QoS::AtLeastOnce
+                } else {
+                    rumqttc::QoS::AtMostOnce
+                };
+                c.publish(topic, qos, retain, payload).await?
             }
             Handle::V5(c) => {
-                c.publish(topic, v5::mqttbytes::QoS::AtLeastOnce, retain, payload)
-                    .await?
+                let qos = if at_least_once {
+                    v5::mqttbytes::QoS::AtLeastOnce
+                } else {
+                    v5::mqttbytes::QoS::AtMostOnce
+                };
+                c.publish(topic, qos, retain, payload).await?
             }
         }
         Ok(())

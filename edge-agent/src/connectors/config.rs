@@ -76,7 +76,29 @@ pub(crate) struct RawConnector {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawWrite {
     equipment: String,
+    // MQTT.
     topic: Option<String>,
+    // OPC UA.
+    order_id_node: Option<String>,
+    material_node: Option<String>,
+    quantity_node: Option<String>,
+    // OPC UA and Modbus: the planned quantity's type on the machine.
+    quantity_type: Option<String>,
+    // Sparkplug.
+    node: Option<String>,
+    device: Option<String>,
+    order_id_metric: Option<String>,
+    material_metric: Option<String>,
+    quantity_metric: Option<String>,
+    // Modbus.
+    unit_id: Option<u8>,
+    order_id_register: Option<String>,
+    order_id_len: Option<u16>,
+    material_register: Option<String>,
+    material_len: Option<u16>,
+    quantity_register: Option<String>,
+    word_order: Option<String>,
+    byte_order: Option<String>,
 }
 
 fn yes() -> bool {
@@ -143,7 +165,79 @@ pub struct WriteSpec {
 pub enum WriteTarget {
     /// One JSON message `{"order_id", "material", "planned_quantity", "started_at"}` at QoS 1.
     Mqtt { topic: String },
+    /// One Write service call: the id and the material as String, the quantity as
+    /// `quantity_type`.
+    OpcUa {
+        order_id_node: Option<String>,
+        material_node: Option<String>,
+        quantity_node: Option<String>,
+        quantity_type: UaNumber,
+    },
+    /// An NCMD (no device) or DCMD at QoS 0 with the named metrics.
+    Sparkplug {
+        node: String,
+        device: Option<String>,
+        order_id_metric: Option<String>,
+        material_metric: Option<String>,
+        quantity_metric: Option<String>,
+    },
+    /// Function 16 (write multiple registers) to holding registers: the texts as ASCII, two
+    /// characters a register, the quantity as `quantity`'s type and order.
+    Modbus {
+        unit_id: u8,
+        order_id: Option<TextRegisters>,
+        material: Option<TextRegisters>,
+        quantity: Option<NumberRegisters>,
+    },
 }
+
+/// The OPC UA built-in type a quantity node holds (a server refuses a value of another type
+/// with `BadTypeMismatch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UaNumber {
+    Int16,
+    UInt16,
+    Int32,
+    UInt32,
+    Int64,
+    UInt64,
+    Float,
+    Double,
+    String,
+}
+
+impl UaNumber {
+    const NAMES: [(&'static str, UaNumber); 9] = [
+        ("Int16", UaNumber::Int16),
+        ("UInt16", UaNumber::UInt16),
+        ("Int32", UaNumber::Int32),
+        ("UInt32", UaNumber::UInt32),
+        ("Int64", UaNumber::Int64),
+        ("UInt64", UaNumber::UInt64),
+        ("Float", UaNumber::Float),
+        ("Double", UaNumber::Double),
+        ("String", UaNumber::String),
+    ];
+}
+
+/// Holding registers that receive a text: from `address`, `len` registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextRegisters {
+    pub address: u16,
+    pub len: u16,
+}
+
+/// Holding registers that receive a number, laid out as a tag of that type is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NumberRegisters {
+    pub address: u16,
+    pub data_type: DataType,
+    pub word_order: Order,
+    pub byte_order: Order,
+}
+
+/// Registers one write request (function 16) carries at most.
+pub const REGISTERS_PER_WRITE_MAX: u16 = 123;
 
 impl ConnectorSpec {
     pub fn kind_name(&self) -> &'static str {
@@ -617,26 +711,8 @@ fn connector(c: &mut Checker<'_>, at: usize, r: RawConnector) -> Option<Connecto
                 continue;
             }
         };
-        let target = match (&kind, w.topic) {
-            (KindSpec::Mqtt(_), Some(topic))
-                if !topic.is_empty() && !topic.contains(['+', '#']) =>
-            {
-                WriteTarget::Mqtt { topic }
-            }
-            (KindSpec::Mqtt(_), _) => {
-                c.err(
-                    wat,
-                    format!("{who}: a write needs `topic`, one topic without wildcards"),
-                );
-                continue;
-            }
-            (other, _) => {
-                c.err(
-                    wat,
-                    format!("{who}: writing orders to a {} connector is not available in this build yet (mqtt is)", other.name()),
-                );
-                continue;
-            }
+        let Some(target) = write_target(c, wat, &who, &kind, w) else {
+            continue;
         };
         writes.push(WriteSpec {
             equipment,
@@ -651,6 +727,304 @@ fn connector(c: &mut Checker<'_>, at: usize, r: RawConnector) -> Option<Connecto
         kind,
         tags,
         writes,
+    })
+}
+
+/// Where a `[[connector.write]]` table sends an order, per kind. Fields of another kind are
+/// refused by name, like a tag's.
+fn write_target(
+    c: &mut Checker<'_>,
+    at: usize,
+    who: &str,
+    kind: &KindSpec,
+    w: RawWrite,
+) -> Option<WriteTarget> {
+    let who = format!("{who}: write for \"{}\"", w.equipment);
+    let fields = [
+        ("topic", w.topic.is_some()),
+        ("order_id_node", w.order_id_node.is_some()),
+        ("material_node", w.material_node.is_some()),
+        ("quantity_node", w.quantity_node.is_some()),
+        ("quantity_type", w.quantity_type.is_some()),
+        ("node", w.node.is_some()),
+        ("device", w.device.is_some()),
+        ("order_id_metric", w.order_id_metric.is_some()),
+        ("material_metric", w.material_metric.is_some()),
+        ("quantity_metric", w.quantity_metric.is_some()),
+        ("unit_id", w.unit_id.is_some()),
+        ("order_id_register", w.order_id_register.is_some()),
+        ("order_id_len", w.order_id_len.is_some()),
+        ("material_register", w.material_register.is_some()),
+        ("material_len", w.material_len.is_some()),
+        ("quantity_register", w.quantity_register.is_some()),
+        ("word_order", w.word_order.is_some()),
+        ("byte_order", w.byte_order.is_some()),
+    ];
+    let allowed: &[&str] = match kind {
+        KindSpec::Mqtt(_) => &["topic"],
+        KindSpec::OpcUa(_) => &[
+            "order_id_node",
+            "material_node",
+            "quantity_node",
+            "quantity_type",
+        ],
+        KindSpec::Sparkplug(_) => &[
+            "node",
+            "device",
+            "order_id_metric",
+            "material_metric",
+            "quantity_metric",
+        ],
+        KindSpec::Modbus(_) => &[
+            "unit_id",
+            "order_id_register",
+            "order_id_len",
+            "material_register",
+            "material_len",
+            "quantity_register",
+            "quantity_type",
+            "word_order",
+            "byte_order",
+        ],
+    };
+    let kname = kind.name();
+    for (f, present) in fields {
+        if present && !allowed.contains(&f) {
+            c.err(
+                at,
+                format!("{who}: `{f}` is not a field of a {kname} write"),
+            );
+        }
+    }
+    let target = match kind {
+        KindSpec::Mqtt(_) => match w.topic {
+            Some(topic) if !topic.is_empty() && !topic.contains(['+', '#']) => {
+                WriteTarget::Mqtt { topic }
+            }
+            _ => {
+                c.err(
+                    at,
+                    format!("{who}: needs `topic`, one topic without wildcards"),
+                );
+                return None;
+            }
+        },
+        KindSpec::OpcUa(_) => {
+            for node in [&w.order_id_node, &w.material_node, &w.quantity_node]
+                .into_iter()
+                .flatten()
+            {
+                if <opcua::types::NodeId as std::str::FromStr>::from_str(node).is_err() {
+                    c.err(at, format!("{who}: \"{node}\" is not an OPC UA node id (ns=2;s=Press1.OrderId, ns=3;i=1001)"));
+                }
+            }
+            let quantity_type = match w.quantity_type.as_deref() {
+                None => UaNumber::Int32,
+                Some(t) => match UaNumber::NAMES.iter().find(|(n, _)| *n == t) {
+                    Some((_, q)) => *q,
+                    None => {
+                        let names: Vec<&str> = UaNumber::NAMES.iter().map(|(n, _)| *n).collect();
+                        c.err(
+                            at,
+                            format!(
+                                "{who}: `quantity_type` \"{t}\" is not one of {}",
+                                names.join(", ")
+                            ),
+                        );
+                        UaNumber::Int32
+                    }
+                },
+            };
+            if w.quantity_type.is_some() && w.quantity_node.is_none() {
+                c.err(
+                    at,
+                    format!("{who}: `quantity_type` without `quantity_node`"),
+                );
+            }
+            WriteTarget::OpcUa {
+                order_id_node: w.order_id_node,
+                material_node: w.material_node,
+                quantity_node: w.quantity_node,
+                quantity_type,
+            }
+        }
+        KindSpec::Sparkplug(_) => {
+            let Some(node) = w.node else {
+                c.err(
+                    at,
+                    format!("{who}: needs `node` (and `device` for a device's metrics)"),
+                );
+                return None;
+            };
+            for id in std::iter::once(&node).chain(&w.device) {
+                if id.is_empty() || id.contains(['/', '+', '#']) {
+                    c.err(
+                        at,
+                        format!("{who}: \"{id}\" is not a Sparkplug node or device id"),
+                    );
+                }
+            }
+            WriteTarget::Sparkplug {
+                node,
+                device: w.device,
+                order_id_metric: w.order_id_metric,
+                material_metric: w.material_metric,
+                quantity_metric: w.quantity_metric,
+            }
+        }
+        KindSpec::Modbus(m) => modbus_write(c, at, &who, m, w)?,
+    };
+    let (empty, needs) = match &target {
+        WriteTarget::Mqtt { .. } => (false, ""),
+        WriteTarget::OpcUa {
+            order_id_node,
+            material_node,
+            quantity_node,
+            ..
+        } => (
+            order_id_node.is_none() && material_node.is_none() && quantity_node.is_none(),
+            "`order_id_node`, `material_node` or `quantity_node`",
+        ),
+        WriteTarget::Sparkplug {
+            order_id_metric,
+            material_metric,
+            quantity_metric,
+            ..
+        } => (
+            order_id_metric.is_none() && material_metric.is_none() && quantity_metric.is_none(),
+            "`order_id_metric`, `material_metric` or `quantity_metric`",
+        ),
+        WriteTarget::Modbus {
+            order_id,
+            material,
+            quantity,
+            ..
+        } => (
+            order_id.is_none() && material.is_none() && quantity.is_none(),
+            "`order_id_register`, `material_register` or `quantity_register`",
+        ),
+    };
+    if empty {
+        c.err(
+            at,
+            format!("{who}: names nothing to write: give at least one of {needs}"),
+        );
+        return None;
+    }
+    Some(target)
+}
+
+/// A Modbus write: holding registers only (function 16), the texts' lengths in registers, and
+/// no two values on the same register.
+fn modbus_write(
+    c: &mut Checker<'_>,
+    at: usize,
+    who: &str,
+    m: &ModbusSpec,
+    w: RawWrite,
+) -> Option<WriteTarget> {
+    let holding = |c: &mut Checker<'_>, field: &str, v: &Option<String>| -> Option<u16> {
+        let (table, address) = register_at(c, at, who, field, v.as_deref()?)?;
+        if table != RegisterTable::Holding {
+            c.err(
+                at,
+                format!(
+                    "{who}: `{field}` must be a holding register: function 16 writes only those"
+                ),
+            );
+        }
+        Some(address)
+    };
+    let order_id_at = holding(c, "order_id_register", &w.order_id_register);
+    let material_at = holding(c, "material_register", &w.material_register);
+    let quantity_at = holding(c, "quantity_register", &w.quantity_register);
+    let text = |c: &mut Checker<'_>, what: &str, at_reg: Option<u16>, len: Option<u16>| match (
+        at_reg, len,
+    ) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            c.err(at, format!("{who}: `{what}_len` without `{what}_register`"));
+            None
+        }
+        (Some(_), None) => {
+            c.err(
+                at,
+                format!(
+                    "{who}: `{what}_register` needs `{what}_len` (registers, two characters each)"
+                ),
+            );
+            None
+        }
+        (Some(address), Some(len)) => {
+            if !(1..=REGISTERS_PER_WRITE_MAX).contains(&len) {
+                c.err(
+                    at,
+                    format!("{who}: `{what}_len` must be 1 to {REGISTERS_PER_WRITE_MAX} registers"),
+                );
+            }
+            Some(TextRegisters { address, len })
+        }
+    };
+    let order_id = text(c, "order_id", order_id_at, w.order_id_len);
+    let material = text(c, "material", material_at, w.material_len);
+    let quantity = quantity_at.map(|address| NumberRegisters {
+        address,
+        data_type: data_type(
+            c,
+            at,
+            who,
+            "quantity_type",
+            RegisterTable::Holding,
+            w.quantity_type.as_deref(),
+        ),
+        word_order: order(c, at, who, "word_order", w.word_order.as_deref()),
+        byte_order: order(c, at, who, "byte_order", w.byte_order.as_deref()),
+    });
+    if quantity.is_none() {
+        for (f, present) in [
+            ("quantity_type", w.quantity_type.is_some()),
+            ("word_order", w.word_order.is_some()),
+            ("byte_order", w.byte_order.is_some()),
+        ] {
+            if present {
+                c.err(at, format!("{who}: `{f}` without `quantity_register`"));
+            }
+        }
+    }
+    // Each value's registers, to find overlaps and the end of the table.
+    let mut spans: Vec<(u32, u32, &str)> = Vec::new();
+    if let Some(t) = order_id {
+        spans.push((u32::from(t.address), u32::from(t.len), "order id"));
+    }
+    if let Some(t) = material {
+        spans.push((u32::from(t.address), u32::from(t.len), "material"));
+    }
+    if let Some(q) = quantity {
+        spans.push((
+            u32::from(q.address),
+            u32::from(q.data_type.registers()),
+            "quantity",
+        ));
+    }
+    spans.sort_unstable();
+    for (i, (start, len, what)) in spans.iter().enumerate() {
+        if start + len > 65_536 {
+            c.err(at, format!("{who}: the {what} runs past register 65535"));
+        }
+        if let Some((next, _, other)) = spans.get(i + 1)
+            && start + len > *next
+        {
+            c.err(
+                at,
+                format!("{who}: the {what} and the {other} share registers"),
+            );
+        }
+    }
+    Some(WriteTarget::Modbus {
+        unit_id: w.unit_id.unwrap_or(m.unit_id),
+        order_id,
+        material,
+        quantity,
     })
 }
 
@@ -862,53 +1236,13 @@ fn tag(c: &mut Checker<'_>, at: usize, kind: &KindSpec, t: RawTag) -> Option<Tag
                 c.err(at, format!("{who}: a modbus tag needs `register` (\"holding:100\", \"input:3\" or \"coil:7\")"));
                 return None;
             };
-            let Some((table, address)) = register.split_once(':').and_then(|(t, a)| {
-                let table = match t {
-                    "holding" => RegisterTable::Holding,
-                    "input" => RegisterTable::Input,
-                    "coil" => RegisterTable::Coil,
-                    _ => return None,
-                };
-                Some((table, a.parse::<u16>().ok()?))
-            }) else {
-                c.err(at, format!("{who}: `register` \"{register}\" is not holding:N, input:N or coil:N (N 0 to 65535)"));
-                return None;
-            };
-            let data_type = match (table, t.data_type.as_deref()) {
-                (RegisterTable::Coil, None | Some("bool")) => DataType::Bool,
-                (RegisterTable::Coil, Some(other)) => {
-                    c.err(at, format!("{who}: a coil is a bool, not {other}"));
-                    DataType::Bool
-                }
-                (_, None | Some("u16")) => DataType::U16,
-                (_, Some("i16")) => DataType::I16,
-                (_, Some("u32")) => DataType::U32,
-                (_, Some("i32")) => DataType::I32,
-                (_, Some("f32")) => DataType::F32,
-                (_, Some(other)) => {
-                    c.err(
-                        at,
-                        format!("{who}: `data_type` \"{other}\" is not u16, i16, u32, i32 or f32"),
-                    );
-                    DataType::U16
-                }
-            };
+            let (table, address) = register_at(c, at, &who, "register", &register)?;
+            let data_type = data_type(c, at, &who, "data_type", table, t.data_type.as_deref());
             if u32::from(address) + u32::from(data_type.registers()) > 65_536 {
                 c.err(at, format!("{who}: the value runs past register 65535"));
             }
-            let order = |c: &mut Checker<'_>, field: &str, v: Option<&str>| match v {
-                None | Some("big") => Order::Big,
-                Some("little") => Order::Little,
-                Some(other) => {
-                    c.err(
-                        at,
-                        format!("{who}: `{field}` \"{other}\" is not big or little"),
-                    );
-                    Order::Big
-                }
-            };
-            let word_order = order(c, "word_order", t.word_order.as_deref());
-            let byte_order = order(c, "byte_order", t.byte_order.as_deref());
+            let word_order = order(c, at, &who, "word_order", t.word_order.as_deref());
+            let byte_order = order(c, at, &who, "byte_order", t.byte_order.as_deref());
             let scale = t.scale.unwrap_or(1.0);
             if !(scale.is_finite() && scale != 0.0) {
                 c.err(
@@ -934,6 +1268,79 @@ fn tag(c: &mut Checker<'_>, at: usize, kind: &KindSpec, t: RawTag) -> Option<Tag
         source,
         mapping,
     })
+}
+
+/// `holding:N`, `input:N` or `coil:N` (N 0 to 65535) of `field`.
+fn register_at(
+    c: &mut Checker<'_>,
+    at: usize,
+    who: &str,
+    field: &str,
+    register: &str,
+) -> Option<(RegisterTable, u16)> {
+    let parsed = register.split_once(':').and_then(|(t, a)| {
+        let table = match t {
+            "holding" => RegisterTable::Holding,
+            "input" => RegisterTable::Input,
+            "coil" => RegisterTable::Coil,
+            _ => return None,
+        };
+        Some((table, a.parse::<u16>().ok()?))
+    });
+    if parsed.is_none() {
+        c.err(
+            at,
+            format!(
+                "{who}: `{field}` \"{register}\" is not holding:N, input:N or coil:N (N 0 to 65535)"
+            ),
+        );
+    }
+    parsed
+}
+
+/// A register value's `data_type` (a coil's is bool).
+fn data_type(
+    c: &mut Checker<'_>,
+    at: usize,
+    who: &str,
+    field: &str,
+    table: RegisterTable,
+    v: Option<&str>,
+) -> DataType {
+    match (table, v) {
+        (RegisterTable::Coil, None | Some("bool")) => DataType::Bool,
+        (RegisterTable::Coil, Some(other)) => {
+            c.err(at, format!("{who}: a coil is a bool, not {other}"));
+            DataType::Bool
+        }
+        (_, None | Some("u16")) => DataType::U16,
+        (_, Some("i16")) => DataType::I16,
+        (_, Some("u32")) => DataType::U32,
+        (_, Some("i32")) => DataType::I32,
+        (_, Some("f32")) => DataType::F32,
+        (_, Some(other)) => {
+            c.err(
+                at,
+                format!("{who}: `{field}` \"{other}\" is not u16, i16, u32, i32 or f32"),
+            );
+            DataType::U16
+        }
+    }
+}
+
+/// A `word_order` or `byte_order`: big (the default) or little.
+fn order(c: &mut Checker<'_>, at: usize, who: &str, field: &str, v: Option<&str>) -> Order {
+    match v {
+        None | Some("big") => Order::Big,
+        Some("little") => Order::Little,
+        Some(other) => {
+            c.err(
+                at,
+                format!("{who}: `{field}` \"{other}\" is not big or little"),
+            );
+            Order::Big
+        }
+    }
 }
 
 fn mapping(c: &mut Checker<'_>, at: usize, who: &str, t: &RawTag) -> Option<Mapping> {

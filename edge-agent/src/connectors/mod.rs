@@ -93,6 +93,29 @@ impl Ctx {
         }
     }
 
+    /// Waits `d` while the link is down (less when asked to stop), failing each order that
+    /// arrives meanwhile at once with `why`: an order is never held back for a link that may
+    /// not return. Returns whether to stop.
+    pub async fn sleep_refusing_orders(
+        &mut self,
+        d: Duration,
+        orders: &mut mpsc::Receiver<OrderStart>,
+        why: &str,
+    ) -> bool {
+        let until = tokio::time::Instant::now() + d;
+        // Bounded: each turn takes one order off a bounded queue, and the wait ends at `until`.
+        loop {
+            if self.stopping() {
+                return true;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => return self.stopping(),
+                _ = self.stop.changed() => return true,
+                Some(order) = orders.recv() => self.wrote(&order, Err(why.to_owned())).await,
+            }
+        }
+    }
+
     /// Commits readings and reports the outcome; what the store refuses is an error of the
     /// driver's (it must not acknowledge its source).
     pub async fn commit(

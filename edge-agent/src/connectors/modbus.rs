@@ -9,13 +9,17 @@
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio_modbus::client::{Client as _, Context, Reader as _};
+use tokio_modbus::client::{Client as _, Context, Reader as _, Writer as _};
+use tokio_modbus::prelude::SlaveContext as _;
 use tokio_modbus::{ExceptionCode, Slave};
 
-use super::config::{DataType, KindSpec, Mapping, Order, RegisterTable, Source, TagSpec};
+use super::config::{
+    DataType, KindSpec, Mapping, Order, REGISTERS_PER_WRITE_MAX, RegisterTable, Source, TagSpec,
+    WriteTarget,
+};
 use super::mapping::TagValue;
 use super::store::READINGS_PER_COMMIT_MAX;
-use super::{Ctx, Link, Reading, backoff};
+use super::{Ctx, Link, OrderStart, Reading, backoff};
 
 /// Registers one read request returns at most (function codes 3 and 4).
 pub const REGISTERS_PER_REQUEST_MAX: u16 = 125;
@@ -41,26 +45,17 @@ pub fn decode_registers(
     scale: f64,
     regs: &[u16],
 ) -> Option<TagValue> {
-    let word = |i: usize| -> Option<u16> {
-        let w = *regs.get(i)?;
-        Some(match byte_order {
-            Order::Big => w,
-            Order::Little => w.swap_bytes(),
-        })
-    };
+    let word = || -> Option<u16> { Some(swap(*regs.first()?, byte_order)) };
     let dword = || -> Option<u32> {
-        let (a, b) = (u32::from(word(0)?), u32::from(word(1)?));
-        Some(match word_order {
-            Order::Big => (a << 16) | b,
-            Order::Little => (b << 16) | a,
-        })
+        let [hi, lo] = wire_words([*regs.first()?, *regs.get(1)?], word_order, byte_order);
+        Some((u32::from(hi) << 16) | u32::from(lo))
     };
     let int = match data_type {
-        DataType::U16 => i64::from(word(0)?),
-        DataType::I16 => i64::from(word(0)? as i16),
+        DataType::U16 => i64::from(word()?),
+        DataType::I16 => i64::from(word()? as i16),
         DataType::U32 => i64::from(dword()?),
         DataType::I32 => i64::from(dword()? as i32),
-        DataType::Bool => return Some(TagValue::Bool(word(0)? != 0)),
+        DataType::Bool => return Some(TagValue::Bool(word()? != 0)),
         DataType::F32 => {
             let f = f32::from_bits(dword()?);
             // Through the shortest decimal form: 10.1f32 is 10.1, not 10.100000381469727.
@@ -77,6 +72,133 @@ pub fn decode_registers(
         }
     };
     Some(scaled(int, scale))
+}
+
+/// A register's two bytes in `byte_order` (big: as the standard sends them).
+fn swap(w: u16, byte_order: Order) -> u16 {
+    match byte_order {
+        Order::Big => w,
+        Order::Little => w.swap_bytes(),
+    }
+}
+
+/// A 32-bit value's high and low halves as its two registers travel, or back: swapping the
+/// bytes of each register and swapping the registers are each their own inverse, so reading
+/// and writing share this one place.
+fn wire_words([a, b]: [u16; 2], word_order: Order, byte_order: Order) -> [u16; 2] {
+    match word_order {
+        Order::Big => [swap(a, byte_order), swap(b, byte_order)],
+        Order::Little => [swap(b, byte_order), swap(a, byte_order)],
+    }
+}
+
+/// The registers of a number written as `data_type` in the given orders: the reverse of
+/// [`decode_registers`] (unscaled). A value the type cannot hold is an error.
+pub fn encode_registers(
+    data_type: DataType,
+    word_order: Order,
+    byte_order: Order,
+    value: i64,
+) -> Result<Vec<u16>, String> {
+    let too_big = || format!("{value} does not fit a {data_type:?} register value");
+    let dword = |v: u32| {
+        let [hi, lo] = [(v >> 16) as u16, v as u16];
+        wire_words([hi, lo], word_order, byte_order).to_vec()
+    };
+    Ok(match data_type {
+        DataType::U16 => vec![swap(
+            u16::try_from(value).map_err(|_| too_big())?,
+            byte_order,
+        )],
+        DataType::I16 => vec![swap(
+            i16::try_from(value).map_err(|_| too_big())? as u16,
+            byte_order,
+        )],
+        DataType::U32 => dword(u32::try_from(value).map_err(|_| too_big())?),
+        DataType::I32 => dword(i32::try_from(value).map_err(|_| too_big())? as u32),
+        DataType::F32 => {
+            // Exact up to 2^24; a planned quantity beyond that is no quantity a PLC plans.
+            if value.unsigned_abs() > 1 << 24 {
+                return Err(too_big());
+            }
+            dword((value as f32).to_bits())
+        }
+        DataType::Bool => return Err("a number cannot be written to a coil".to_owned()),
+    })
+}
+
+/// A text as `len` registers: ASCII, two characters a register, the first in the high byte,
+/// padded with zero bytes. A text longer than the registers hold, or not ASCII, is an error
+/// (cutting an order id would send another order's id).
+pub fn pack_ascii(text: &str, len: u16) -> Result<Vec<u16>, String> {
+    let room = usize::from(len) * 2;
+    if !text.is_ascii() {
+        return Err(format!("\"{text}\" is not ASCII"));
+    }
+    if text.len() > room {
+        return Err(format!(
+            "\"{text}\" is {} characters, its {len} registers hold {room}",
+            text.len()
+        ));
+    }
+    let mut bytes = text.as_bytes().to_vec();
+    bytes.resize(room, 0);
+    Ok(bytes
+        .chunks_exact(2)
+        .map(|p| u16::from_be_bytes([p[0], p[1]]))
+        .collect())
+}
+
+/// The write requests (function 16) that send `order` to `target`: each value's registers,
+/// adjacent ones merged into one request up to the protocol's 123 registers.
+pub fn write_requests(
+    target: &WriteTarget,
+    order: &OrderStart,
+) -> Result<Vec<(u16, Vec<u16>)>, String> {
+    let WriteTarget::Modbus {
+        order_id,
+        material,
+        quantity,
+        ..
+    } = target
+    else {
+        return Err("not a modbus write".to_owned());
+    };
+    let mut values: Vec<(u16, Vec<u16>)> = Vec::with_capacity(3);
+    if let Some(t) = order_id {
+        let words =
+            pack_ascii(order.order_id.as_str(), t.len).map_err(|e| format!("order id {e}"))?;
+        values.push((t.address, words));
+    }
+    if let Some(t) = material {
+        let words =
+            pack_ascii(order.material.as_str(), t.len).map_err(|e| format!("material {e}"))?;
+        values.push((t.address, words));
+    }
+    if let Some(q) = quantity {
+        let words = encode_registers(
+            q.data_type,
+            q.word_order,
+            q.byte_order,
+            i64::from(order.planned_quantity),
+        )
+        .map_err(|e| format!("planned quantity {e}"))?;
+        values.push((q.address, words));
+    }
+    values.sort_by_key(|(a, _)| *a);
+    let mut out: Vec<(u16, Vec<u16>)> = Vec::with_capacity(values.len());
+    for (address, words) in values {
+        match out.last_mut() {
+            Some((start, w))
+                if u32::from(*start) + w.len() as u32 == u32::from(address)
+                    && w.len() + words.len() <= usize::from(REGISTERS_PER_WRITE_MAX) =>
+            {
+                w.extend(words);
+            }
+            _ => out.push((address, words)),
+        }
+    }
+    Ok(out)
 }
 
 /// An integer register value times `scale`: an integer while it stays whole and exact.
@@ -257,6 +379,8 @@ pub async fn run(mut ctx: Ctx) -> anyhow::Result<()> {
     let mut attempt = 0u32;
     // Each tag's last value committed (its key), to deliver only what changed.
     let mut last: Vec<Option<String>> = vec![None; spec.tags.len()];
+    let orders = ctx.orders.clone();
+    let mut orders = orders.lock().await;
     loop {
         let connect = async {
             let stream = TcpStream::connect((host.as_str(), port)).await?;
@@ -280,6 +404,7 @@ pub async fn run(mut ctx: Ctx) -> anyhow::Result<()> {
                     period,
                     &mut attempt,
                     &mut last,
+                    &mut orders,
                 )
                 .await;
                 let _ = tokio::time::timeout(REQUEST_TIMEOUT, client.disconnect()).await;
@@ -304,13 +429,75 @@ pub async fn run(mut ctx: Ctx) -> anyhow::Result<()> {
                 *l = None;
             }
         }
-        if ctx.sleep_or_stop(backoff(attempt, super::jitter())).await {
+        let wait = backoff(attempt, super::jitter());
+        if ctx
+            .sleep_refusing_orders(wait, &mut orders, "the link to the PLC is down")
+            .await
+        {
             break;
         }
         attempt = attempt.saturating_add(1);
         ctx.health.link(Link::Connecting, ctx.now());
     }
     Ok(())
+}
+
+/// Writes `order` to each write target of its unit. The outer error is a lost link (no
+/// answer, a closed connection); the inner one a refused write (an exception answer), after
+/// which the link is still fine.
+async fn write_order(
+    ctx: &Ctx,
+    client: &mut Context,
+    order: &OrderStart,
+) -> Result<Result<(), String>, String> {
+    let spec = ctx.spec().clone();
+    let KindSpec::Modbus(m) = &spec.kind else {
+        return Ok(Err("not a modbus connector".to_owned()));
+    };
+    for w in spec
+        .writes
+        .iter()
+        .filter(|w| w.equipment == order.equipment)
+    {
+        let requests = match write_requests(&w.target, order) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let WriteTarget::Modbus { unit_id, .. } = &w.target else {
+            continue;
+        };
+        client.set_slave(Slave(*unit_id));
+        let mut result = Ok(Ok(()));
+        for (address, words) in &requests {
+            let what = format!(
+                "writing holding:{address}..{}",
+                u32::from(*address) + words.len() as u32 - 1
+            );
+            result = match tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                client.write_multiple_registers(*address, words),
+            )
+            .await
+            {
+                Err(_) => Err(format!(
+                    "{what}: no answer within {} s",
+                    REQUEST_TIMEOUT.as_secs()
+                )),
+                Ok(Err(e)) => Err(format!("{what}: {e}")),
+                Ok(Ok(Err(code))) => Ok(Err(format!("{what}: the server answered {code}"))),
+                Ok(Ok(Ok(()))) => Ok(Ok(())),
+            };
+            if !matches!(result, Ok(Ok(()))) {
+                break;
+            }
+        }
+        // The polls read the connector's own unit.
+        client.set_slave(Slave(m.unit_id));
+        if !matches!(result, Ok(Ok(()))) {
+            return result;
+        }
+    }
+    Ok(Ok(()))
 }
 
 async fn read(client: &mut Context, b: &Block) -> tokio_modbus::Result<Data> {
@@ -338,6 +525,7 @@ async fn poll(
     period: Duration,
     attempt: &mut u32,
     last: &mut [Option<String>],
+    orders: &mut tokio::sync::mpsc::Receiver<OrderStart>,
 ) -> Ended {
     let spec = ctx.spec().clone();
     let mut tick = tokio::time::interval(period);
@@ -345,6 +533,16 @@ async fn poll(
     loop {
         tokio::select! {
             _ = ctx.stop.changed() => return Ended::Stopped,
+            Some(order) = orders.recv() => {
+                match write_order(ctx, client, &order).await {
+                    Ok(result) => ctx.wrote(&order, result).await,
+                    Err(lost) => {
+                        ctx.wrote(&order, Err(lost.clone())).await;
+                        return Ended::Lost(lost);
+                    }
+                }
+                continue;
+            }
             _ = tick.tick() => {}
         }
         let at = ctx.now();

@@ -22,6 +22,9 @@ const BATCH_MAX: usize = 500;
 /// Messages per transaction (a message holds few readings; the store's own cap is per reading).
 const DELIVERIES_PER_COMMIT_MAX: usize = 250;
 
+/// Why an order is not written while the broker is away.
+pub const LINK_DOWN: &str = "the broker link is down";
+
 /// Which tags read which topic.
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
@@ -130,7 +133,7 @@ pub async fn run(mut ctx: Ctx) -> anyhow::Result<()> {
                 let result = if up {
                     write_order(&spec, &handle, &order).await
                 } else {
-                    Err("the broker link is down".to_owned())
+                    Err(LINK_DOWN.to_owned())
                 };
                 ctx.wrote(&order, result).await;
                 continue;
@@ -156,8 +159,11 @@ pub async fn run(mut ctx: Ctx) -> anyhow::Result<()> {
             Err(e) => {
                 up = false;
                 ctx.link_lost(&e).await;
-                let jitter = super::jitter();
-                if ctx.sleep_or_stop(backoff(attempt, jitter)).await {
+                let wait = backoff(attempt, super::jitter());
+                if ctx
+                    .sleep_refusing_orders(wait, &mut orders, LINK_DOWN)
+                    .await
+                {
                     break;
                 }
                 attempt = attempt.saturating_add(1);
@@ -191,7 +197,9 @@ async fn write_order(
         .iter()
         .filter(|w| w.equipment == order.equipment)
     {
-        let super::config::WriteTarget::Mqtt { topic } = &w.target;
+        let super::config::WriteTarget::Mqtt { topic } = &w.target else {
+            continue;
+        };
         handle
             .publish(topic, body.clone().into_bytes(), false)
             .await

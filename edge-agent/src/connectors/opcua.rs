@@ -29,13 +29,13 @@ use opcua::types::{
     AttributeId, DataChangeFilter, DataChangeTrigger, DataValue, DeadbandType, EndpointDescription,
     ExtensionObject, MessageSecurityMode, MonitoredItemCreateRequest, MonitoringMode,
     MonitoringParameters, NodeId, QualifiedName, ReadValueId, TimestampsToReturn, UserTokenPolicy,
-    Variant,
+    Variant, WriteValue,
 };
 use shared_model::Timestamp;
 
-use super::config::{KindSpec, OpcUaSpec, Source, TagSpec};
+use super::config::{KindSpec, OpcUaSpec, Source, TagSpec, UaNumber, WriteTarget};
 use super::mapping::TagValue;
-use super::{Ctx, Link, RETRY_MAX, RETRY_MIN, Reading, backoff};
+use super::{ConnectorSpec, Ctx, Link, OrderStart, RETRY_MAX, RETRY_MIN, Reading, backoff};
 
 /// Notifications per publish response; a response is committed before the next is asked for.
 const NOTIFICATIONS_PER_PUBLISH: u32 = 1_000;
@@ -212,15 +212,31 @@ pub async fn run(mut ctx: Ctx) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("opcua client: {}", e.join("; ")))?;
     let mut state = State::default();
     let mut attempt = 0u32;
+    let orders = ctx.orders.clone();
+    let mut orders = orders.lock().await;
     loop {
         if ctx.stopping() {
             break;
         }
-        match session(&mut ctx, &mut client, o, &items, &mut state, &mut attempt).await {
+        match session(
+            &mut ctx,
+            &mut client,
+            o,
+            &items,
+            &mut state,
+            &mut attempt,
+            &mut orders,
+        )
+        .await
+        {
             Ok(()) => break,
             Err(e) => {
                 ctx.link_lost(&format!("{e:#}")).await;
-                if ctx.sleep_or_stop(backoff(attempt, super::jitter())).await {
+                let wait = backoff(attempt, super::jitter());
+                if ctx
+                    .sleep_refusing_orders(wait, &mut orders, LINK_DOWN)
+                    .await
+                {
                     break;
                 }
                 attempt = attempt.saturating_add(1);
@@ -240,8 +256,13 @@ struct State {
 }
 
 type SetupFuture = Pin<Box<dyn std::future::Future<Output = anyhow::Result<Vec<Reading>>> + Send>>;
+type WriteFuture = Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+/// Why an order is not written while the server is away.
+const LINK_DOWN: &str = "the link to the OPC UA server is down";
 
 /// One session (with its own reconnects) until stopped (`Ok`) or failed for good (`Err`).
+/// Orders for its machines are written while it is up.
 async fn session(
     ctx: &mut Ctx,
     client: &mut Client,
@@ -249,6 +270,7 @@ async fn session(
     items: &Items,
     state: &mut State,
     attempt: &mut u32,
+    orders: &mut tokio::sync::mpsc::Receiver<OrderStart>,
 ) -> anyhow::Result<()> {
     let spec = ctx.spec().clone();
     let policy = SecurityPolicy::from_str(&o.security_policy)
@@ -280,11 +302,32 @@ async fn session(
     let inbox: Shared = Arc::default();
     let mut subscription: Option<u32> = None;
     let mut setup: Option<SetupFuture> = None;
+    // One order is written at a time, while the session is up; the event loop keeps running.
+    let mut up = false;
+    let mut writing: Option<(OrderStart, WriteFuture)> = None;
     let stream = event_loop.enter();
     tokio::pin!(stream);
     let result = loop {
         tokio::select! {
             _ = ctx.stop.changed() => break Ok(()),
+            Some(order) = orders.recv(), if writing.is_none() => {
+                if !up {
+                    ctx.wrote(&order, Err(LINK_DOWN.to_owned())).await;
+                } else {
+                    match write_values(&spec, &order) {
+                        Ok(values) => {
+                            let fut = write(session.clone(), values);
+                            writing = Some((order, Box::pin(fut)));
+                        }
+                        Err(e) => ctx.wrote(&order, Err(e)).await,
+                    }
+                }
+            }
+            r = async { writing.as_mut().expect("guarded").1.as_mut().await }, if writing.is_some() => {
+                if let Some((order, _)) = writing.take() {
+                    ctx.wrote(&order, r).await;
+                }
+            }
             r = async { setup.as_mut().expect("guarded").await }, if setup.is_some() => {
                 setup = None;
                 match r {
@@ -301,6 +344,7 @@ async fn session(
                 Some(Err(code)) => break Err(anyhow::anyhow!("{}: {code}", o.endpoint)),
                 Some(Ok(SessionPollResult::Reconnected(how))) => {
                     *attempt = 0;
+                    up = true;
                     ctx.health.link(Link::Up, ctx.now());
                     tracing::info!(connector = %spec.name, ?how, "opc ua session up");
                     // The library transferred or recreated the subscription while
@@ -319,6 +363,7 @@ async fn session(
                     setup = Some(Box::pin(read_all(session.clone(), items.clone())));
                 }
                 Some(Ok(SessionPollResult::ConnectionLost(code))) => {
+                    up = false;
                     ctx.link_lost(&format!("{}: connection lost ({code})", o.endpoint)).await;
                     ctx.health.link(Link::Connecting, ctx.now());
                     setup = None;
@@ -336,6 +381,13 @@ async fn session(
             setup = Some(Box::pin(read_all(session.clone(), items.clone())));
         }
     };
+    if let Some((order, _)) = writing.take() {
+        ctx.wrote(
+            &order,
+            Err("the connector stopped or lost its session during the write".to_owned()),
+        )
+        .await;
+    }
     // Commit what arrived before closing.
     let _ = drain(ctx, &inbox, state).await;
     session.disable_reconnects();
@@ -347,6 +399,87 @@ async fn session(
     })
     .await;
     result
+}
+
+/// The Write service's values that send `order` to the nodes of its unit's write tables: the
+/// id and the material as String, the quantity as the configured type.
+fn write_values(spec: &ConnectorSpec, order: &OrderStart) -> Result<Vec<WriteValue>, String> {
+    let mut out = Vec::new();
+    for w in spec
+        .writes
+        .iter()
+        .filter(|w| w.equipment == order.equipment)
+    {
+        let WriteTarget::OpcUa {
+            order_id_node,
+            material_node,
+            quantity_node,
+            quantity_type,
+        } = &w.target
+        else {
+            continue;
+        };
+        let q = order.planned_quantity;
+        let too_big = || format!("planned quantity {q} does not fit a {quantity_type:?} node");
+        let quantity = match quantity_type {
+            UaNumber::Int16 => Variant::from(i16::try_from(q).map_err(|_| too_big())?),
+            UaNumber::UInt16 => Variant::from(u16::try_from(q).map_err(|_| too_big())?),
+            UaNumber::Int32 => Variant::from(i32::try_from(q).map_err(|_| too_big())?),
+            UaNumber::UInt32 => Variant::from(q),
+            UaNumber::Int64 => Variant::from(i64::from(q)),
+            UaNumber::UInt64 => Variant::from(u64::from(q)),
+            // Exact up to 2^24: no planned quantity goes beyond.
+            UaNumber::Float => Variant::from(q as f32),
+            UaNumber::Double => Variant::from(f64::from(q)),
+            UaNumber::String => Variant::from(q.to_string()),
+        };
+        for (node, value) in [
+            (order_id_node, Variant::from(order.order_id.as_str())),
+            (material_node, Variant::from(order.material.as_str())),
+            (quantity_node, quantity),
+        ] {
+            let Some(node) = node else { continue };
+            let node_id = NodeId::from_str(node).map_err(|_| format!("bad node id \"{node}\""))?;
+            out.push(WriteValue {
+                node_id,
+                attribute_id: AttributeId::Value as u32,
+                index_range: Default::default(),
+                // No timestamps: some servers refuse a written value that carries them.
+                value: DataValue {
+                    value: Some(value),
+                    ..Default::default()
+                },
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// One Write service call; a node whose status is bad makes the write fail with the node and
+/// the status's name.
+async fn write(session: Arc<Session>, values: Vec<WriteValue>) -> Result<(), String> {
+    let statuses = tokio::time::timeout(REQUEST_TIMEOUT, session.write(&values))
+        .await
+        .map_err(|_| format!("write: no answer within {} s", REQUEST_TIMEOUT.as_secs()))?
+        .map_err(|e| format!("write: {e}"))?;
+    if statuses.len() != values.len() {
+        return Err(format!(
+            "write: {} results for {} nodes",
+            statuses.len(),
+            values.len()
+        ));
+    }
+    let bad: Vec<String> = values
+        .iter()
+        .zip(&statuses)
+        .filter(|(_, s)| !s.is_good())
+        .map(|(v, s)| format!("node {}: {s}", v.node_id))
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad.join("; "))
+    }
 }
 
 /// Runs `fut` while still polling the session's event loop (a request needs it to be sent and

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use super::broker::{Broker, Handle, Message, Polled, Will};
 use super::config::KindSpec;
 use super::store::Delivery;
-use super::{Ctx, Link, backoff};
+use super::{Ctx, Link, OrderStart, backoff};
 use host::{Host, NAMESPACE};
 
 /// Messages received and waiting for their commit (the broker holds the rest back).
@@ -34,7 +34,13 @@ enum Item {
     /// The broker accepted the session (again).
     Connected,
     Message(Box<Message>),
+    /// An order to send down as a command, after the messages received before it (a birth
+    /// among them gives the metrics' aliases and types).
+    Order(OrderStart),
 }
+
+/// Why an order is not written while the broker is away.
+const LINK_DOWN: &str = "the broker link is down";
 
 fn state_topic(host_id: &str) -> String {
     format!("{NAMESPACE}/STATE/{host_id}")
@@ -45,7 +51,7 @@ pub async fn run(mut ctx: Ctx) -> anyhow::Result<()> {
     let KindSpec::Sparkplug(s) = &spec.kind else {
         anyhow::bail!("not a sparkplug connector");
     };
-    let host = Host::new(&s.group, &spec.tags);
+    let host = Host::new(&s.group, &spec.tags).with_writes(&spec.writes);
     let state = state_topic(&s.host_id);
     // Sparkplug 3.0: the STATE birth carries the timestamp of the will set in the CONNECT; the
     // will is the same for every reconnect of this session, so is the timestamp.
@@ -68,14 +74,26 @@ pub async fn run(mut ctx: Ctx) -> anyhow::Result<()> {
         since,
     ));
     let mut attempt = 0u32;
+    let orders = ctx.orders.clone();
+    let mut orders = orders.lock().await;
+    let mut up = false;
     loop {
         let polled = tokio::select! {
             _ = ctx.stop.changed() => break,
+            Some(order) = orders.recv() => {
+                if !up {
+                    ctx.wrote(&order, Err(LINK_DOWN.to_owned())).await;
+                } else if tx.send(Item::Order(order)).await.is_err() {
+                    break;
+                }
+                continue;
+            }
             p = broker.poll() => p,
         };
         match polled {
             Ok(Polled::Connected) => {
                 attempt = 0;
+                up = true;
                 ctx.health.link(Link::Up, ctx.now());
                 handle.subscribe(&subscriptions).await?;
                 handle
@@ -93,8 +111,13 @@ pub async fn run(mut ctx: Ctx) -> anyhow::Result<()> {
             }
             Ok(Polled::Other) => {}
             Err(e) => {
+                up = false;
                 ctx.link_lost(&e).await;
-                if ctx.sleep_or_stop(backoff(attempt, super::jitter())).await {
+                let wait = backoff(attempt, super::jitter());
+                if ctx
+                    .sleep_refusing_orders(wait, &mut orders, LINK_DOWN)
+                    .await
+                {
                     break;
                 }
                 attempt = attempt.saturating_add(1);
@@ -111,6 +134,30 @@ pub async fn run(mut ctx: Ctx) -> anyhow::Result<()> {
         .await;
     handle.disconnect().await;
     let _ = tokio::time::timeout(GOODBYE, async { while broker.poll().await.is_ok() {} }).await;
+    Ok(())
+}
+
+/// Sends `order` to each write target of its unit as an NCMD or DCMD at QoS 0 (Sparkplug's
+/// rule for commands). Success is the command published on a live session to a node (and
+/// device) with a current birth.
+async fn write_order(
+    ctx: &Ctx,
+    handle: &Handle,
+    host: &Host,
+    order: &OrderStart,
+) -> Result<(), String> {
+    let spec = ctx.spec();
+    for w in spec
+        .writes
+        .iter()
+        .filter(|w| w.equipment == order.equipment)
+    {
+        let (topic, payload) = host.command(&w.target, order, ctx.now())?;
+        handle
+            .command(&topic, payload)
+            .await
+            .map_err(|e| format!("publishing to {topic}: {e}"))?;
+    }
     Ok(())
 }
 
@@ -183,6 +230,11 @@ async fn commit_loop(
                     continue;
                 }
                 Item::Message(m) => m,
+                Item::Order(order) => {
+                    let result = write_order(&ctx, &handle, &host, order).await;
+                    ctx.wrote(order, result).await;
+                    continue;
+                }
             };
             if m.topic == state {
                 // A will of an earlier connection of ours, retained after our birth: say

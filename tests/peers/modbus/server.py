@@ -7,6 +7,11 @@ with the values driven by commands on stdin, one per line, each answered by one 
     set holding|input|coil ADDR V [V ...]    registers (0..65535) or coils (0/1) from ADDR -> ok
     count ADDR N MS                           holding ADDR += 1, N times, one every MS ms, with
                                               16-bit rollover -> ok (when done)
+    get ADDR N                                holding ADDR..ADDR+N-1 as a client left them
+                                              -> values V [V ...]
+    text ADDR N                               the same registers as ASCII, two characters a
+                                              register, high byte first, zero bytes dropped
+                                              -> text T
     stop                                      closes the listener and every connection -> ok
     start                                     listens again, the values kept (a PLC's retained
                                               memory) -> ok
@@ -67,6 +72,10 @@ class Peer:
         # registers have no write request, so the store is called directly for all tables.
         await self.server.context.async_setValues(0, FUNC[table], addr, values)
 
+    async def read(self, addr, n):
+        # Function code 3's datastore call: what a client's write (function 16) left there.
+        return await self.server.context.async_getValues(0, 3, addr, n)
+
     async def count(self, addr, n, ms):
         for _ in range(n):
             v = (self.values.get(("holding", addr), 0) + 1) % 65536
@@ -90,6 +99,15 @@ async def main():
             await peer.write(cmd[1], int(cmd[2]), [int(v) for v in cmd[3:]])
         elif cmd[0] == "count":
             await peer.count(int(cmd[1]), int(cmd[2]), int(cmd[3]))
+        elif cmd[0] == "get":
+            values = await peer.read(int(cmd[1]), int(cmd[2]))
+            print("values " + " ".join(str(v) for v in values), flush=True)
+            continue
+        elif cmd[0] == "text":
+            values = await peer.read(int(cmd[1]), int(cmd[2]))
+            raw = b"".join(v.to_bytes(2, "big") for v in values)
+            print("text " + raw.replace(b"\0", b"").decode("ascii"), flush=True)
+            continue
         elif cmd[0] == "stop":
             await peer.stop()
         elif cmd[0] == "start":

@@ -2,7 +2,11 @@
 """A real OPC UA server for the edge's system tests: FreeOpcUa's asyncua (PyPI `asyncua`).
 
 Namespace 2 ("urn:mes-edge-test") holds Press1.Good (UInt32 counter), Press1.State (Int32)
-and Press1.Diameter (Double). The test drives them with commands on stdin, one a line:
+and Press1.Diameter (Double), and the writable Press1.OrderId (String), Press1.Material
+(String) and Press1.PlannedQty (Int32) that the edge writes an order to: each value a client
+writes is printed as "WROTE <node> <variant type> <value> <status>" (one line per node of a
+Write request, after the server applied it). The test drives them with commands on stdin, one
+a line:
 
     count N      the counter goes up by 1, N times (each a change of its own)
     state V      the state becomes V
@@ -84,6 +88,29 @@ async def main():
     dia = await press.add_variable(
         ua.NodeId("Press1.Diameter", idx), "Diameter", ua.Variant(a.measure, ua.VariantType.Double)
     )
+    for name, vtype, start in [
+        ("OrderId", ua.VariantType.String, ""),
+        ("Material", ua.VariantType.String, ""),
+        ("PlannedQty", ua.VariantType.Int32, 0),
+    ]:
+        node = await press.add_variable(
+            ua.NodeId(f"Press1.{name}", idx), name, ua.Variant(start, vtype)
+        )
+        await node.set_writable()
+
+    from asyncua.common.callback import CallbackType
+
+    def wrote(event, _dispatcher):
+        if not event.is_external:
+            return
+        for item, status in zip(event.request_params.NodesToWrite, event.response_params):
+            v = item.Value.Value
+            print(
+                f"WROTE {item.NodeId.Identifier} {v.VariantType.name} {v.Value} {status.name}",
+                flush=True,
+            )
+
+    server.subscribe_server_callback(CallbackType.PostWrite, wrote)
     counter = a.counter
     async with server:
         await write(good, counter, ua.VariantType.UInt32)

@@ -4,13 +4,15 @@
 //   node edge-node.js <mqtt url> <group> <edge node> <device>
 //
 // On connect it publishes NBIRTH (with bdSeq and a node metric, aliased) and DBIRTH of the
-// device with aliases 10 (Counters/Good, UInt32) and 11 (State, Int32). Then it obeys one JSON
+// device with aliases 10 (Counters/Good, UInt32) and 11 (State, Int32), and the writable
+// 20 (Order/Id, String), 21 (Order/Material, String), 22 (Order/Quantity, Int32). Then it obeys one JSON
 // command per line on stdin and answers one line on stdout per thing that happened:
 //   {"ddata": {"good": 17, "state": 1}}  DDATA by alias only       -> "sent ddata seq=N"
 //   {"gap": true}                        skip one seq number         -> "gap"
 //   {"death": true}                      NDEATH (bdSeq) and exit     -> "death"
 // and on each NCMD from a host: "ncmd <metric>=<value> ..."; a Node Control/Rebirth = true
-// makes it publish its births again ("birth").
+// makes it publish its births again ("birth"); on each DCMD to its device:
+// "dcmd <device> <metric>:<type>=<value> ...", a metric sent by alias only as "#<alias>:<name>".
 "use strict";
 
 const sparkplug = require("sparkplug-client");
@@ -50,6 +52,9 @@ function births() {
         metrics: [
             { name: "Counters/Good", alias: 10, type: "UInt32", value: good },
             { name: "State", alias: 11, type: "Int32", value: state },
+            { name: "Order/Id", alias: 20, type: "String", value: "" },
+            { name: "Order/Material", alias: 21, type: "String", value: "" },
+            { name: "Order/Quantity", alias: 22, type: "Int32", value: 0 },
         ],
     });
     say("birth");
@@ -66,6 +71,13 @@ client.on("ncmd", (payload) => {
     if (metrics.some((m) => m.name === "Node Control/Rebirth" && m.value === true)) {
         births();
     }
+});
+
+const deviceAliases = { 10: "Counters/Good", 11: "State", 20: "Order/Id", 21: "Order/Material", 22: "Order/Quantity" };
+client.on("dcmd", (dev, payload) => {
+    const metrics = payload.metrics || [];
+    const label = (m) => (m.name !== undefined ? m.name : `#${m.alias}:${deviceAliases[m.alias]}`);
+    say(`dcmd ${dev} ` + metrics.map((m) => `${label(m)}:${m.type}=${m.value}`).join(" "));
 });
 
 readline.createInterface({ input: process.stdin }).on("line", (line) => {

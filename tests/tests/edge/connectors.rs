@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use system_tests::connectors::{
-    BROKER, broker_answers, connectors, data_dir, get_json, run_config, stored, unique,
-    until_stored,
+    BROKER, broker_answers, connectors, data_dir, get_json, run_config, start_order, stored,
+    unique, until_stored,
 };
 use system_tests::edge::api_key;
-use system_tests::requests::send_json;
 
 /// How long a value may take from the broker to the edge's store.
 const LIMIT: Duration = Duration::from_secs(20);
@@ -202,24 +201,7 @@ async fn mqtt_values_become_events_and_a_bad_reload_keeps_the_running_connectors
         .spawn()
         .expect("running mosquitto_sub");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let http = reqwest::Client::new();
-    let order: Value = send_json(
-        http.post(format!("{base}/api/v1/work-orders")),
-        &key,
-        &serde_json::json!({"material": "BRACKET-7", "planned_quantity": 250}),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
-    let id = order["id"].as_str().unwrap().to_owned();
-    let started = send_json(
-        http.post(format!("{base}/api/v1/work-orders/{id}/start")),
-        &key,
-        &serde_json::json!({"work_unit": "PRESS-01"}),
-    )
-    .await;
-    assert_eq!(started.status(), 200);
+    let id = start_order(&base, &key, "PRESS-01", 250).await;
     let out = tokio::task::spawn_blocking(move || sub.wait_with_output().unwrap())
         .await
         .unwrap();

@@ -1,6 +1,8 @@
 //! Machine data through Modbus TCP from a real server: pymodbus's (PyPI `pymodbus`, which
 //! `.ci/run` installs where missing), started by `tests/peers/modbus/server.py` on a free port
-//! and driven through its stdin. The edge polls it, maps and stores.
+//! and driven through its stdin. The edge polls it, maps and stores; an order started on the
+//! press is written to its holding registers (function 16), read back through the server's
+//! own datastore.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,7 +11,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use shared_model::event::MachineState;
-use system_tests::connectors::{Peer, connector, data_dir, free_port, run_config, stored, until};
+use system_tests::connectors::{
+    Peer, all_up, connector, connector_with_write, connectors, data_dir, free_port, run_config,
+    start_order, stored, until, write_of,
+};
 use system_tests::edge::api_key;
 
 /// The pymodbus server on `port`, killed when dropped.
@@ -231,5 +236,133 @@ async fn modbus_counters_stay_exact_across_rollover_and_a_server_restart() {
 
     edge.stop().await.unwrap();
     // The peer is killed when dropped.
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An order started on PRESS-01 reaches the PLC: its id and material as ASCII (two characters
+/// a register, high byte first, zero-padded), its quantity as a u32 whose low word comes
+/// first, all in one request since the registers are adjacent. A second connector writing to
+/// an address the server does not map gets its exception answer as a failed write; with the
+/// server gone, a write fails at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modbus_an_order_started_is_written_to_holding_registers() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let port = free_port();
+    let peer = std::sync::Arc::new(std::sync::Mutex::new(start_peer(port)));
+    // Commands answer with one line: the caller reads it.
+    let ask = |c: &str| {
+        let peer = peer.clone();
+        let c = c.to_owned();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut p = peer.lock().unwrap();
+                p.send_line(&c);
+                p.line(Duration::from_secs(20))
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let dir = data_dir("connectors-modbus-write");
+    let file = dir.join("edge.toml");
+    // Two connectors of the same PLC, each with a state tag (so its link shows) and a write.
+    let address = format!("address = \"127.0.0.1:{port}\"\npoll_ms = 50");
+    let connector_text = |name: &str, write: &str| {
+        connector_with_write(name, "modbus", &address, "register = \"holding:1\"", write)
+    };
+    let text = format!(
+        "site = \"SITE_001\"\n{}{}",
+        connector_text(
+            "plc1",
+            r#"order_id_register = "holding:100"
+order_id_len = 16
+material_register = "holding:116"
+material_len = 8
+quantity_register = "holding:124"
+quantity_type = "u32"
+word_order = "little""#,
+        ),
+        connector_text(
+            "plc-unmapped",
+            "quantity_register = \"holding:5000\"\nquantity_type = \"u32\"",
+        ),
+    );
+    std::fs::write(&file, text).unwrap();
+    let key = api_key(&dir, "integration");
+    let edge = edge_agent::server::start(run_config(&dir, &file))
+        .await
+        .unwrap();
+    let base = format!("http://{}", edge.http_addr);
+    let limit = Duration::from_secs(20);
+    until(
+        limit,
+        "both links up",
+        async || all_up(&base, &key, 2).await,
+        |up| *up,
+    )
+    .await;
+
+    let id = start_order(&base, &key, "PRESS-01", 70_000).await;
+    let w = write_of(&base, &key, "plc1", &id, limit).await;
+    assert_eq!(w["ok"], true, "{w}");
+    assert_eq!(w["equipment"], "PRESS-01", "{w}");
+    assert_eq!(ask("text 100 16").await, format!("text {id}"));
+    assert_eq!(ask("text 116 8").await, "text BRACKET-7");
+    // 70,000 = 0x0001_1170: the low word first.
+    assert_eq!(ask("get 124 2").await, "values 4464 1");
+    // The register after the id's 16 is the material's: the padding stayed inside.
+    assert_eq!(ask("get 115 1").await, "values 0");
+
+    // The exception answer of an address the server does not map is the write's error; the
+    // link stays up.
+    let w = write_of(&base, &key, "plc-unmapped", &id, limit).await;
+    assert_eq!(w["ok"], false, "{w}");
+    let error = w["error"].as_str().unwrap();
+    assert!(
+        error.contains("holding:5000") && error.to_lowercase().contains("illegal data address"),
+        "{w}"
+    );
+    let c = connectors(&base, &key).await;
+    assert!(
+        c["connectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["link"] == "up"),
+        "{c}"
+    );
+
+    // The server gone: an order started now fails at once, and says why.
+    assert_eq!(ask("stop").await, "ok");
+    until(
+        limit,
+        "the link down",
+        async || connector(&base, &key).await,
+        |c| c["link"] == "down" || c["link"] == "connecting",
+    )
+    .await;
+    let id2 = start_order(&base, &key, "PRESS-01", 10).await;
+    let w = write_of(&base, &key, "plc1", &id2, Duration::from_secs(3)).await;
+    assert_eq!(w["ok"], false, "{w}");
+    assert!(
+        w["error"].as_str().is_some_and(|e| e.contains("down")),
+        "{w}"
+    );
+    // The terminal has it for the station's banner.
+    let t = system_tests::connectors::get_json(
+        format!("{base}/api/v1/terminal?work_unit=PRESS-01"),
+        &key,
+    )
+    .await;
+    let link = t["machine_links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["connector"] == "plc1")
+        .unwrap_or_else(|| panic!("{t}"));
+    assert_eq!(link["last_write"]["work_order"], id2.as_str(), "{t}");
+    assert_eq!(link["last_write"]["ok"], false, "{t}");
+
+    edge.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,7 +1,8 @@
 //! Machine data from a real OPC UA server: FreeOpcUa's `asyncua` (PyPI), run by
 //! `tests/peers/opcua/server.py` on a free port. The edge subscribes (monitored items, no
 //! polling), maps and stores; a killed and restarted server takes the link down and up again,
-//! the machine's state is unknown meanwhile, and counting resumes exactly.
+//! the machine's state is unknown meanwhile, and counting resumes exactly. An order started on
+//! the press is written to the server's nodes in one Write call, which the server prints.
 
 // Test support: a failed setup step should stop the test with its message.
 #![allow(clippy::unwrap_used)]
@@ -12,7 +13,8 @@ use std::time::Duration;
 
 use shared_model::event::MachineState;
 use system_tests::connectors::{
-    Peer, blocking, connector, data_dir, free_port, run_config, stored, until_stored, wait_for,
+    Peer, all_up, blocking, connector, connector_with_write, data_dir, free_port, run_config,
+    start_order, stored, until_stored, wait_for, write_of,
 };
 use system_tests::edge::api_key;
 
@@ -201,6 +203,95 @@ async fn opcua_changes_become_events_and_a_server_restart_resumes_counting_exact
     assert_eq!(c["link"], "up", "{c}");
     edge.stop().await.unwrap();
     blocking(move || peer.kill()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An order started on PRESS-01 reaches the server: the id and the material as String, the
+/// planned quantity as Int32 (the default `quantity_type`), each written as the server prints
+/// it. A second connector writing to a node the server lacks records the failed write with
+/// the node and the name of the status the server answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opcua_an_order_started_is_written_to_the_server_nodes() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let port = free_port();
+    let mut peer = blocking(move || start_peer(port, 0, 1, 10.0)).await;
+    let dir = data_dir("connectors-opcua-write");
+    let file = dir.join("edge.toml");
+    let endpoint = format!("endpoint = \"opc.tcp://127.0.0.1:{port}/mes/\"");
+    let connector_text = |name: &str, write: &str| {
+        connector_with_write(
+            name,
+            "opcua",
+            &endpoint,
+            "node = \"ns=2;s=Press1.State\"",
+            write,
+        )
+    };
+    let text = format!(
+        "site = \"SITE_001\"\n{}{}",
+        connector_text(
+            "press-ua",
+            "order_id_node = \"ns=2;s=Press1.OrderId\"\nmaterial_node = \"ns=2;s=Press1.Material\"\nquantity_node = \"ns=2;s=Press1.PlannedQty\""
+        ),
+        connector_text(
+            "press-ua-missing",
+            "order_id_node = \"ns=2;s=Press1.NoSuchNode\""
+        ),
+    );
+    std::fs::write(&file, text).unwrap();
+    let key = api_key(&dir, "integration");
+    let edge = edge_agent::server::start(run_config(&dir, &file))
+        .await
+        .unwrap();
+    let base = format!("http://{}", edge.http_addr);
+    wait_for(Duration::from_secs(30), "both links up", async || {
+        all_up(&base, &key, 2).await
+    })
+    .await;
+
+    let id = start_order(&base, &key, "PRESS-01", 250).await;
+    // Four values written: three by press-ua, one refused for press-ua-missing (in either
+    // order, so all are collected first).
+    let lines = blocking(move || {
+        let lines: Vec<String> = (0..4)
+            .map(|_| peer.expect("WROTE ", Duration::from_secs(20)))
+            .collect();
+        peer.kill();
+        lines
+    })
+    .await;
+    for want in [
+        format!("WROTE Press1.OrderId String {id} Good"),
+        "WROTE Press1.Material String BRACKET-7 Good".to_owned(),
+        "WROTE Press1.PlannedQty Int32 250 Good".to_owned(),
+    ] {
+        assert!(lines.contains(&want), "{want:?} not in {lines:?}");
+    }
+    // The server refuses the node it lacks (asyncua answers BadUserAccessDenied to an
+    // anonymous client before it looks the node up): the write's error is that status.
+    let refused = format!("WROTE Press1.NoSuchNode String {id} ");
+    let status = lines
+        .iter()
+        .find_map(|l| l.strip_prefix(&refused))
+        .unwrap_or_else(|| panic!("{refused:?} not in {lines:?}"));
+    assert!(status.starts_with("Bad"), "{status}");
+    let w = write_of(&base, &key, "press-ua", &id, Duration::from_secs(20)).await;
+    assert_eq!(w["ok"], true, "{w}");
+    let w = write_of(
+        &base,
+        &key,
+        "press-ua-missing",
+        &id,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(w["ok"], false, "{w}");
+    let error = w["error"].as_str().unwrap();
+    assert!(
+        error.contains("Press1.NoSuchNode") && error.contains(status),
+        "{w}"
+    );
+    edge.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -3,7 +3,8 @@
 //! (`tests/peers/sparkplug/edge-node.js`, installed by `npm ci` there). The edge agent is the
 //! host application: births give it aliases, data by alias becomes events, a gap in `seq`
 //! makes it ask the node for a rebirth, the node's death makes the machine's state unknown,
-//! and its own STATE is retained on the broker.
+//! and its own STATE is retained on the broker. An order started on the press goes to the
+//! device as a DCMD with the birth's aliases and types; to a dead node it fails as offline.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,7 +15,8 @@ use std::time::Duration;
 use serde_json::Value;
 use shared_model::event::MachineState;
 use system_tests::connectors::{
-    BROKER, Peer, broker_answers, connectors, data_dir, run_config, stored, unique, until_stored,
+    BROKER, Peer, broker_answers, connectors, data_dir, run_config, start_order, stored, unique,
+    until_stored, write_of,
 };
 use system_tests::edge::api_key;
 
@@ -108,6 +110,14 @@ node = "Line1"
 device = "Press1"
 metric = "State"
 states = {{ "1" = "running", "2" = "down" }}
+
+[[connector.write]]
+equipment = "PRESS-01"
+node = "Line1"
+device = "Press1"
+order_id_metric = "Order/Id"
+material_metric = "Order/Material"
+quantity_metric = "Order/Quantity"
 "#
         ),
     )
@@ -185,6 +195,19 @@ states = {{ "1" = "running", "2" = "down" }}
     )
     .await;
 
+    // An order started on the press: one DCMD to the device, each metric by the alias its
+    // DBIRTH gave and with the type it declared (the quantity an Int32).
+    let id = start_order(&base, &key, "PRESS-01", 250).await;
+    let dcmd = node.expect("dcmd", Duration::from_secs(20));
+    assert_eq!(
+        dcmd,
+        format!(
+            "dcmd Press1 #20:Order/Id:String={id} #21:Order/Material:String=BRACKET-7 #22:Order/Quantity:Int32=250"
+        )
+    );
+    let w = write_of(&base, &key, "plant", &id, Duration::from_secs(20)).await;
+    assert_eq!(w["ok"], true, "{w}");
+
     // The node's death (its bdSeq matches the birth's): the press's state is unknown.
     node.send_line(&serde_json::json!({"death": true}).to_string());
     node.expect("death", Duration::from_secs(20));
@@ -196,6 +219,14 @@ states = {{ "1" = "running", "2" = "down" }}
     )
     .await;
     assert_eq!(stored(&dir).good, 12, "nothing counted twice");
+    // A dead node gets no command: the write fails, saying so.
+    let id = start_order(&base, &key, "PRESS-01", 10).await;
+    let w = write_of(&base, &key, "plant", &id, Duration::from_secs(20)).await;
+    assert_eq!(w["ok"], false, "{w}");
+    assert!(
+        w["error"].as_str().is_some_and(|e| e.contains("offline")),
+        "{w}"
+    );
 
     let c = &connectors(&base, &key).await["connectors"][0];
     assert_eq!(c["kind"], "sparkplug", "{c}");

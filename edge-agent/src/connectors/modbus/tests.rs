@@ -256,3 +256,108 @@ fn a_blocks_answer_becomes_each_tags_reading_at_the_poll_time() {
     assert_eq!(r.len(), 1);
     assert!(readings_of(&t, &p[1], &Data::Bits(vec![]), at).is_empty());
 }
+
+#[test]
+fn texts_pack_as_ascii_two_characters_a_register_high_byte_first() {
+    assert_eq!(pack_ascii("AB", 1), Ok(vec![0x4142]));
+    // Zero-padded: an odd length leaves the last low byte 0, the rest of the space 0.
+    assert_eq!(pack_ascii("ABC", 3), Ok(vec![0x4142, 0x4300, 0x0000]));
+    assert_eq!(pack_ascii("", 2), Ok(vec![0, 0]));
+    // Never cut: a longer text is an error that says how much room there is.
+    let e = pack_ascii("SITE_001-WO-7", 4).unwrap_err();
+    assert!(e.contains("13 characters") && e.contains("hold 8"), "{e}");
+    assert!(pack_ascii("Müller", 8).unwrap_err().contains("not ASCII"));
+}
+
+#[test]
+fn a_number_written_reads_back_the_same_in_every_order() {
+    for t in [U16, I16, U32, I32, F32] {
+        for word in [Big, Little] {
+            for byte in [Big, Little] {
+                for v in [0i64, 1, 250, 32_767, 65_535, 70_000, -2] {
+                    let Ok(regs) = encode_registers(t, word, byte, v) else {
+                        continue;
+                    };
+                    assert_eq!(regs.len(), usize::from(t.registers()));
+                    let back = match decode_registers(t, word, byte, 1.0, &regs) {
+                        Some(TagValue::Float(f)) => f as i64,
+                        Some(TagValue::Int(i)) => i,
+                        other => panic!("{other:?}"),
+                    };
+                    assert_eq!(back, v, "{t:?} {word:?} {byte:?}");
+                }
+            }
+        }
+    }
+    // The wire layouts of 0x0001_1170: ABCD, CDAB, BADC, DCBA.
+    assert_eq!(
+        encode_registers(U32, Big, Big, 70_000),
+        Ok(vec![0x0001, 0x1170])
+    );
+    assert_eq!(
+        encode_registers(U32, Little, Big, 70_000),
+        Ok(vec![0x1170, 0x0001])
+    );
+    assert_eq!(
+        encode_registers(U32, Big, Little, 70_000),
+        Ok(vec![0x0100, 0x7011])
+    );
+    assert_eq!(
+        encode_registers(U32, Little, Little, 70_000),
+        Ok(vec![0x7011, 0x0100])
+    );
+    // What the type cannot hold is refused.
+    assert!(encode_registers(U16, Big, Big, 70_000).is_err());
+    assert!(encode_registers(I16, Big, Big, 40_000).is_err());
+    assert!(encode_registers(U32, Big, Big, -1).is_err());
+}
+
+#[test]
+fn an_orders_values_go_in_as_few_requests_as_adjacency_allows() {
+    let specs = parse(
+        r#"
+[[connector]]
+name = "plc"
+kind = "modbus"
+address = "127.0.0.1:502"
+[[connector.tag]]
+name = "s"
+map = "state"
+equipment = "PRESS-01"
+register = "holding:1"
+states = { "1" = "running" }
+[[connector.write]]
+equipment = "PRESS-01"
+order_id_register = "holding:100"
+order_id_len = 8
+material_register = "holding:108"
+material_len = 5
+quantity_register = "holding:200"
+quantity_type = "u32"
+word_order = "little"
+"#,
+    )
+    .unwrap();
+    let order = crate::connectors::config::tests::order(70_000);
+    let target = &specs[0].writes[0].target;
+    let r = write_requests(target, &order).unwrap();
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert_eq!(
+        (r[0].0, r[0].1.len()),
+        (100, 13),
+        "id and material in one request"
+    );
+    assert_eq!(r[0].1[0], u16::from_be_bytes(*b"SI"));
+    assert_eq!(r[0].1[8], u16::from_be_bytes(*b"BR"));
+    assert_eq!(r[1], (200, vec![0x1170, 0x0001]));
+    // An id longer than its registers: the write fails before anything is sent.
+    let long = OrderStart {
+        order_id: shared_model::WorkOrderId::new("SITE_001-WO-0123456789abcdef").unwrap(),
+        ..order
+    };
+    let e = write_requests(target, &long).unwrap_err();
+    assert!(
+        e.starts_with("order id \"SITE_001-WO-0123456789abcdef\" is 28 characters"),
+        "{e}"
+    );
+}

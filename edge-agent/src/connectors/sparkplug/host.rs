@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use shared_model::Timestamp;
 
 use super::payload::{self, Metric, Payload};
-use crate::connectors::Reading;
-use crate::connectors::config::{Source, TagSpec};
+use crate::connectors::config::{Source, TagSpec, WriteSpec, WriteTarget};
+use crate::connectors::{OrderStart, Reading};
 
 /// The Sparkplug B topic namespace.
 pub const NAMESPACE: &str = "spBv1.0";
@@ -41,7 +41,10 @@ struct Scope {
     routes: HashMap<String, Vec<usize>>,
     /// Every tag of the scope.
     tags: Vec<usize>,
-    /// From the last birth: alias → name and name → data type, for routed metrics only.
+    /// Metrics an order is written to (DCMD/NCMD).
+    commands: Vec<String>,
+    /// From the last birth: alias → name and name → data type, for routed and commanded
+    /// metrics only.
     aliases: HashMap<u64, String>,
     types: HashMap<String, u32>,
     born: bool,
@@ -53,7 +56,7 @@ impl Scope {
         self.types.clear();
         for m in metrics {
             let Some(name) = &m.name else { continue };
-            if !self.routes.contains_key(name) {
+            if !self.routes.contains_key(name) && !self.commands.contains(name) {
                 continue;
             }
             if let Some(alias) = m.alias {
@@ -152,6 +155,106 @@ impl Host {
             group: group.to_owned(),
             nodes,
         }
+    }
+
+    /// Also keeps, from the births, the aliases and data types of the metrics `writes` send
+    /// orders to (and asks their nodes for births like those of its tags).
+    pub fn with_writes(mut self, writes: &[WriteSpec]) -> Self {
+        for w in writes {
+            let WriteTarget::Sparkplug {
+                node,
+                device,
+                order_id_metric,
+                material_metric,
+                quantity_metric,
+            } = &w.target
+            else {
+                continue;
+            };
+            let n = self.nodes.entry(node.clone()).or_default();
+            let scope = match device {
+                Some(d) => n.devices.entry(d.clone()).or_default(),
+                None => &mut n.metrics,
+            };
+            scope.commands.extend(
+                [order_id_metric, material_metric, quantity_metric]
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            );
+        }
+        self
+    }
+
+    /// The command that writes `order` to `target`: its topic (`DCMD` to a device, `NCMD` to
+    /// a node) and payload. The id and the material are strings, the quantity an unsigned
+    /// 64-bit integer, unless the birth declared another type for the metric; a metric the
+    /// birth gave an alias is sent by its alias only, as Sparkplug asks. A node or device
+    /// without a current birth is offline: nothing is sent to it.
+    pub fn command(
+        &self,
+        target: &WriteTarget,
+        order: &OrderStart,
+        now: Timestamp,
+    ) -> Result<(String, Vec<u8>), String> {
+        let WriteTarget::Sparkplug {
+            node,
+            device,
+            order_id_metric,
+            material_metric,
+            quantity_metric,
+        } = target
+        else {
+            return Err("not a sparkplug write".to_owned());
+        };
+        let n = self
+            .nodes
+            .get(node)
+            .filter(|n| n.seq.is_some())
+            .ok_or_else(|| format!("edge node {node} is offline (no birth since its death or since the host started)"))?;
+        let (scope, topic) = match device {
+            Some(d) => (
+                n.devices.get(d).filter(|s| s.born).ok_or_else(|| {
+                    format!("device {node}/{d} is offline (no birth since its death)")
+                })?,
+                format!("{NAMESPACE}/{}/DCMD/{node}/{d}", self.group),
+            ),
+            None => (&n.metrics, self.ncmd(node)),
+        };
+        let ms = u64::try_from(now.as_millis()).unwrap_or(0);
+        let mut metrics = Vec::with_capacity(3);
+        for (name, value) in [
+            (order_id_metric, Command::Text(order.order_id.as_str())),
+            (material_metric, Command::Text(order.material.as_str())),
+            (quantity_metric, Command::Quantity(order.planned_quantity)),
+        ] {
+            let Some(name) = name else { continue };
+            let declared = scope.types.get(name).copied();
+            let (datatype, value) = value.encode(declared).ok_or_else(|| {
+                format!(
+                    "metric {name}: its birth declares data type {}, which cannot hold {value}",
+                    declared.unwrap_or(0)
+                )
+            })?;
+            let alias = scope
+                .aliases
+                .iter()
+                .find(|(_, n)| *n == name)
+                .map(|(a, _)| *a);
+            metrics.push(Metric {
+                name: if alias.is_some() {
+                    None
+                } else {
+                    Some(name.clone())
+                },
+                alias,
+                timestamp: Some(ms),
+                datatype: Some(datatype),
+                value: Some(value),
+                ..Metric::default()
+            });
+        }
+        Ok((topic, payload::command(metrics, now)))
     }
 
     /// What the host subscribes to: its group.
@@ -332,6 +435,56 @@ impl Host {
             self.ask_rebirth(name, now, &mut out);
         }
         out
+    }
+}
+
+/// A value of an order to send in a command.
+#[derive(Debug, Clone, Copy)]
+enum Command<'a> {
+    Text(&'a str),
+    Quantity(u32),
+}
+
+impl std::fmt::Display for Command<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Text(t) => write!(f, "the text \"{t}\""),
+            Command::Quantity(q) => write!(f, "the quantity {q}"),
+        }
+    }
+}
+
+impl Command<'_> {
+    /// The data type and the value as the metric's declared type (`None`: not in a birth)
+    /// holds it; none when it cannot.
+    fn encode(self, declared: Option<u32>) -> Option<(u32, payload::Value)> {
+        use payload::{Value, datatype as dt};
+        Some(match (self, declared) {
+            (Command::Text(t), None | Some(dt::STRING)) => {
+                (dt::STRING, Value::StringValue(t.to_owned()))
+            }
+            (Command::Text(t), Some(dt::TEXT)) => (dt::TEXT, Value::StringValue(t.to_owned())),
+            (Command::Text(_), Some(_)) => return None,
+            (Command::Quantity(q), None | Some(dt::UINT64)) => {
+                (dt::UINT64, Value::LongValue(u64::from(q)))
+            }
+            (Command::Quantity(q), Some(t)) => {
+                let int = |max: u32| (q <= max).then_some((t, Value::IntValue(q)));
+                match t {
+                    dt::INT8 => int(i8::MAX as u32)?,
+                    dt::UINT8 => int(u32::from(u8::MAX))?,
+                    dt::INT16 => int(i16::MAX as u32)?,
+                    dt::UINT16 => int(u32::from(u16::MAX))?,
+                    dt::INT32 => int(i32::MAX as u32)?,
+                    dt::UINT32 => int(u32::MAX)?,
+                    dt::INT64 => (t, Value::LongValue(u64::from(q))),
+                    dt::FLOAT => (t, Value::FloatValue(q as f32)),
+                    dt::DOUBLE => (t, Value::DoubleValue(f64::from(q))),
+                    dt::STRING | dt::TEXT => (t, Value::StringValue(q.to_string())),
+                    _ => return None,
+                }
+            }
+        })
     }
 }
 

@@ -187,15 +187,23 @@ impl Metric {
 /// The NCMD payload that asks an edge node to publish its births again.
 pub fn rebirth(now: Timestamp) -> Vec<u8> {
     let ms = u64::try_from(now.as_millis()).unwrap_or(0);
-    Payload {
-        timestamp: Some(ms),
-        metrics: vec![Metric {
+    command(
+        vec![Metric {
             name: Some(REBIRTH.to_owned()),
             timestamp: Some(ms),
             datatype: Some(datatype::BOOLEAN),
             value: Some(Value::BooleanValue(true)),
             ..Metric::default()
         }],
+        now,
+    )
+}
+
+/// An NCMD or DCMD payload with `metrics` (commands carry no `seq`).
+pub fn command(metrics: Vec<Metric>, now: Timestamp) -> Vec<u8> {
+    Payload {
+        timestamp: Some(u64::try_from(now.as_millis()).unwrap_or(0)),
+        metrics,
         ..Payload::default()
     }
     .encode_to_vec()

@@ -1,7 +1,8 @@
 use prost::Message;
 
 use super::*;
-use crate::connectors::config::{ConnectorSpec, parse};
+use crate::connectors::OrderStart;
+use crate::connectors::config::{ConnectorSpec, WriteSpec, WriteTarget, parse};
 use crate::connectors::mapping::TagValue;
 use crate::connectors::sparkplug::payload::{Value, datatype};
 
@@ -320,4 +321,122 @@ fn state_messages() {
     assert!(!says_offline(&on));
     assert!(says_offline(&state(false, Timestamp::from_millis(T0))));
     assert!(!says_offline(b"garbage"));
+}
+
+fn order() -> OrderStart {
+    crate::connectors::config::tests::order(70_000)
+}
+
+fn write_target(device: Option<&str>) -> WriteTarget {
+    WriteTarget::Sparkplug {
+        node: "Line1".into(),
+        device: device.map(str::to_owned),
+        order_id_metric: Some("Order/Id".into()),
+        material_metric: None,
+        quantity_metric: Some("Order/Quantity".into()),
+    }
+}
+
+#[test]
+fn an_order_is_a_command_by_the_births_aliases_and_types_and_none_to_a_dead_node() {
+    let s = spec();
+    let writes = vec![WriteSpec {
+        equipment: shared_model::EquipmentId::new("PRESS-01").unwrap(),
+        line: 1,
+        target: write_target(Some("Press1")),
+    }];
+    let mut h = Host::new("Plant1", &s.tags).with_writes(&writes);
+    // Before any birth the node is offline: nothing is sent.
+    let e = h
+        .command(&write_target(Some("Press1")), &order(), now(1))
+        .unwrap_err();
+    assert!(e.contains("edge node Line1 is offline"), "{e}");
+    born(&mut h);
+    // This DBIRTH did not declare the order metrics: by name, String and UInt64.
+    let (topic, bytes) = h
+        .command(&write_target(Some("Press1")), &order(), now(1))
+        .unwrap();
+    assert_eq!(topic, "spBv1.0/Plant1/DCMD/Line1/Press1");
+    let p = payload::decode(&bytes).unwrap();
+    assert_eq!(p.seq, None, "commands carry no seq");
+    assert_eq!(p.metrics.len(), 2);
+    assert_eq!(p.metrics[0].name.as_deref(), Some("Order/Id"));
+    assert_eq!(
+        p.metrics[0].value,
+        Some(Value::StringValue("SITE_001-WO-7".into()))
+    );
+    assert_eq!(p.metrics[1].datatype, Some(datatype::UINT64));
+    assert_eq!(p.metrics[1].value, Some(Value::LongValue(70_000)));
+    // A DBIRTH that declares them: by alias only, with its types.
+    let mut birth = payload::decode(&dbirth(2)).unwrap();
+    birth.metrics.push(metric(
+        Some("Order/Id"),
+        Some(20),
+        Some(datatype::STRING),
+        Value::StringValue(String::new()),
+    ));
+    birth.metrics.push(metric(
+        Some("Order/Quantity"),
+        Some(22),
+        Some(datatype::INT32),
+        Value::IntValue(0),
+    ));
+    h.handle(DBIRTH, &birth.encode_to_vec(), false, now(2));
+    let (_, bytes) = h
+        .command(&write_target(Some("Press1")), &order(), now(3))
+        .unwrap();
+    let p = payload::decode(&bytes).unwrap();
+    assert_eq!(
+        (p.metrics[0].name.as_deref(), p.metrics[0].alias),
+        (None, Some(20))
+    );
+    assert_eq!(
+        (
+            p.metrics[1].alias,
+            p.metrics[1].datatype,
+            p.metrics[1].value.clone()
+        ),
+        (
+            Some(22),
+            Some(datatype::INT32),
+            Some(Value::IntValue(70_000))
+        )
+    );
+    // A quantity the declared type cannot hold is refused, not cut.
+    let mut birth16 = birth.clone();
+    birth16.seq = Some(3);
+    birth16.metrics.last_mut().unwrap().datatype = Some(datatype::INT16);
+    h.handle(DBIRTH, &birth16.encode_to_vec(), false, now(4));
+    let e = h
+        .command(&write_target(Some("Press1")), &order(), now(5))
+        .unwrap_err();
+    assert!(e.contains("Order/Quantity"), "{e}");
+    // Without a device: an NCMD to the node.
+    let (topic, _) = h.command(&write_target(None), &order(), now(5)).unwrap();
+    assert_eq!(topic, NCMD);
+    // The device's death: offline.
+    h.handle(DDEATH, &payload(Some(4), vec![]), false, now(6));
+    let e = h
+        .command(&write_target(Some("Press1")), &order(), now(7))
+        .unwrap_err();
+    assert!(e.contains("device Line1/Press1 is offline"), "{e}");
+    // The node's death: offline.
+    h.handle(
+        NDEATH,
+        &payload(
+            None,
+            vec![metric(
+                Some("bdSeq"),
+                None,
+                Some(datatype::UINT64),
+                Value::LongValue(3),
+            )],
+        ),
+        false,
+        now(8),
+    );
+    let e = h
+        .command(&write_target(None), &order(), now(9))
+        .unwrap_err();
+    assert!(e.contains("offline"), "{e}");
 }
