@@ -18,6 +18,7 @@ use shared_model::event::MachineState;
 use shared_model::{EventBody, SiteId};
 
 use crate::edge::MASTER;
+use crate::procs::{Proc, workspace_bin};
 
 /// The MQTT broker of the tests (Mosquitto; `.ci/run` starts one where none answers).
 pub const BROKER: &str = "127.0.0.1:1883";
@@ -29,6 +30,112 @@ pub fn broker_answers() {
             .is_ok(),
         "no MQTT broker on {BROKER}: start Mosquitto (`mosquitto -d -c /etc/mosquitto/mosquitto.conf`; .ci/run does)"
     );
+}
+
+/// Mosquitto's own publisher (`mosquitto_pub -l`, QoS 1) kept running: each line written is
+/// one message, in order. Finishing closes its input and waits until the broker has them all.
+#[derive(Debug)]
+pub struct Publisher {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Publisher {
+    pub fn start(topic: &str) -> Publisher {
+        let mut child = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                "1883",
+                "-q",
+                "1",
+                "-t",
+                topic,
+                "-l",
+            ])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("running mosquitto_pub (Debian's mosquitto-clients)");
+        let stdin = child.stdin.take();
+        Publisher { child, stdin }
+    }
+
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    pub fn finish(mut self) {
+        drop(self.stdin.take());
+        assert!(self.child.wait().unwrap().success(), "mosquitto_pub failed");
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// Publishes each line as one message at QoS 1 with Mosquitto's client.
+pub fn publish(topic: &str, lines: &[String]) {
+    let mut p = Publisher::start(topic);
+    for l in lines {
+        p.send(l);
+    }
+    p.finish();
+}
+
+/// The edge agent as a real process (`edge-agent run --config file`, its log in
+/// `dir/edge.log`), started and listening; SIGKILLed when dropped.
+#[derive(Debug)]
+pub struct EdgeProcess {
+    pub proc: Proc,
+    /// `http://127.0.0.1:port`.
+    pub base: String,
+}
+
+impl EdgeProcess {
+    pub fn start(dir: &Path, file: &Path) -> EdgeProcess {
+        let bin = workspace_bin("edge-agent", "edge-agent");
+        let mut proc = Proc::start_logging(
+            Command::new(&bin).args([
+                "run",
+                "--config",
+                file.to_str().unwrap(),
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "--http-listen",
+                "127.0.0.1:0",
+            ]),
+            &dir.join("edge.log"),
+        );
+        let line = proc.wait_for_line("edge-agent listening on", Duration::from_secs(30));
+        let base = line
+            .trim_start_matches("edge-agent listening on")
+            .trim()
+            .to_owned();
+        EdgeProcess { proc, base }
+    }
+
+    /// `kill -9`: no shutdown, no flush.
+    pub fn kill9(self) {
+        self.proc.kill9();
+    }
+}
+
+/// `POST /api/v1/connectors/reload`: the status and the JSON answer.
+pub async fn reload(base: &str, key: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/v1/connectors/reload"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
 }
 
 /// A name no other test run shares (topics, client ids, groups on the shared broker).
@@ -264,6 +371,17 @@ pub async fn until_stored(
     ok: impl Fn(&Stored) -> bool,
 ) -> Stored {
     until(limit, what, async || stored(dir), ok).await
+}
+
+/// Runs an async step of a synchronous test (one that drives processes) on a small runtime.
+pub fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    // The HTTP client needs the workspace's one TLS provider even for plain HTTP.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
 }
 
 /// Runs a blocking step (a peer's command, a process) off the async runtime.

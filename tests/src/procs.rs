@@ -103,11 +103,18 @@ impl Proc {
         }
     }
 
+    /// Sends `signal` (`HUP`, `TERM`…) with `kill`, as an operator would.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     /// SIGTERM, as a service manager stops it, and waits (at most `limit`) for the exit.
     pub fn terminate(mut self, limit: Duration) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        self.signal("TERM");
         let deadline = Instant::now() + limit;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -247,6 +247,11 @@ async fn commit_loop(
             let out = host.handle(&m.topic, &m.payload, m.redelivered(), ctx.now());
             if let Some(note) = &out.note {
                 tracing::info!(connector = %name, "{note}");
+                if !out.unknown.is_empty() {
+                    // A death is what the people at the line must see in the connector's
+                    // health: its machines' states are unknown from now on.
+                    ctx.health.error(note, ctx.now());
+                }
             }
             if out.dropped {
                 ctx.health.dropped(1);

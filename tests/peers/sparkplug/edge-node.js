@@ -1,8 +1,9 @@
 // A Sparkplug B edge node built on Eclipse Tahu's npm client (`sparkplug-client`, which encodes
 // with `sparkplug-payload`): the independent peer of the edge agent's Sparkplug system test.
 //
-//   node edge-node.js <mqtt url> <group> <edge node> <device>
+//   node edge-node.js <mqtt url> <group> <edge node> <device> [good]
 //
+// (`good`, 1000 by default, is where its counter stands: a restarted node goes on from there.)
 // On connect it publishes NBIRTH (with bdSeq and a node metric, aliased) and DBIRTH of the
 // device with aliases 10 (Counters/Good, UInt32) and 11 (State, Int32), and the writable
 // 20 (Order/Id, String), 21 (Order/Material, String), 22 (Order/Quantity, Int32). Then it obeys one JSON
@@ -18,9 +19,9 @@
 const sparkplug = require("sparkplug-client");
 const readline = require("readline");
 
-const [url, groupId, edgeNode, device] = process.argv.slice(2);
+const [url, groupId, edgeNode, device, startGood] = process.argv.slice(2);
 if (!device) {
-    console.error("usage: node edge-node.js <mqtt url> <group> <edge node> <device>");
+    console.error("usage: node edge-node.js <mqtt url> <group> <edge node> <device> [good]");
     process.exit(2);
 }
 
@@ -35,7 +36,7 @@ const client = sparkplug.newClient({
     version: "spBv1.0",
 });
 
-let good = 1000;
+let good = startGood === undefined ? 1000 : Number(startGood);
 let state = 1;
 const say = (line) => process.stdout.write(line + "\n");
 

@@ -3,45 +3,18 @@
 //! agent subscribes, maps and stores, and acknowledges only what it committed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use system_tests::connectors::{
-    BROKER, broker_answers, connectors, data_dir, get_json, run_config, start_order, stored,
-    unique, until_stored,
+    BROKER, EdgeProcess, block_on, broker_answers, connectors, data_dir, get_json, publish, reload,
+    run_config, start_order, stored, unique, until, until_stored,
 };
 use system_tests::edge::api_key;
 
 /// How long a value may take from the broker to the edge's store.
 const LIMIT: Duration = Duration::from_secs(20);
-use system_tests::procs::{Proc, workspace_bin};
-
-/// Publishes each line as one message at QoS 1 with Mosquitto's client.
-fn publish(topic: &str, lines: &[String]) {
-    let mut child = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            "1883",
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-l",
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("running mosquitto_pub (Debian's mosquitto-clients)");
-    let mut stdin = child.stdin.take().unwrap();
-    for l in lines {
-        writeln!(stdin, "{l}").unwrap();
-    }
-    drop(stdin);
-    assert!(child.wait().unwrap().success(), "mosquitto_pub failed");
-}
 
 fn config_text(prefix: &str, extra_tag: &str) -> String {
     format!(
@@ -93,17 +66,6 @@ fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "{what} within {limit:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// `POST /api/v1/connectors/reload`: the status and the JSON answer.
-async fn reload(base: &str, key: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(format!("{base}/api/v1/connectors/reload"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
 }
 
 /// [`publish`] off the async runtime.
@@ -278,23 +240,7 @@ fn qos1_with_the_edge_killed_stores_each_message_once() {
         "[[connector.tag]]\nname = \"line.count\"\nmap = \"counter\"\nequipment = \"PRESS-01\"\ntopic = \"{prefix}/sample\"\npath = \"n\"\nmodulus = 65536\n"
     );
     std::fs::write(&file, config_text(&prefix, &counter)).unwrap();
-    let bin = workspace_bin("edge-agent", "edge-agent");
-    let start = || {
-        let mut p = Proc::start_logging(
-            Command::new(&bin).args([
-                "run",
-                "--config",
-                file.to_str().unwrap(),
-                "--data-dir",
-                dir.to_str().unwrap(),
-                "--http-listen",
-                "127.0.0.1:0",
-            ]),
-            &dir.join("edge.log"),
-        );
-        p.wait_for_line("edge-agent listening on", Duration::from_secs(30));
-        p
-    };
+    let start = || EdgeProcess::start(&dir, &file);
     // The first start makes the broker's persistent session; from then on it keeps messages
     // for the client id while the edge is down.
     let mut edge = start();
@@ -340,6 +286,96 @@ fn qos1_with_the_edge_killed_stores_each_message_once() {
     assert_eq!(samples, N, "each sample once, after {kills} kills");
     // The first value is the counter's baseline.
     assert_eq!(good, N as u64 - 1, "the counter exact, after {kills} kills");
+    drop(edge);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A second connector, appended to [`config_text`]'s file: a scrap counter of its own topic.
+fn second_connector(prefix: &str) -> String {
+    format!(
+        "[[connector]]\nname = \"line2\"\nkind = \"mqtt\"\nurl = \"mqtt://{BROKER}\"\nclient_id = \"{prefix}-2\"\n\n[[connector.tag]]\nname = \"press.scrap\"\nmap = \"counter\"\ncounts = \"scrap\"\nequipment = \"PRESS-01\"\ntopic = \"{prefix}/scrap\"\npath = \"n\"\nmodulus = 65536\n"
+    )
+}
+
+/// The issue's reload on SIGHUP, with the edge agent as a process (`run --config FILE`): a
+/// file with a new connector and `kill -HUP` make it run and count; a bad file and `kill -HUP`
+/// are refused in the log with the line, and both running connectors keep counting.
+#[test]
+fn sighup_starts_a_new_connector_and_refuses_a_bad_file() {
+    broker_answers();
+    let prefix = unique("mes-edge-hup");
+    let dir = data_dir("connectors-hup");
+    let file = dir.join("edge.toml");
+    std::fs::write(&file, config_text(&prefix, "")).unwrap();
+    let key = api_key(&dir, "integration");
+    let edge = EdgeProcess::start(&dir, &file);
+    let links = |n: usize| {
+        let (base, key) = (edge.base.clone(), key.clone());
+        block_on(until(
+            LIMIT,
+            &format!("{n} connectors up"),
+            async || connectors(&base, &key).await["connectors"].clone(),
+            move |c| {
+                c.as_array()
+                    .is_some_and(|c| c.len() == n && c.iter().all(|c| c["link"] == "up"))
+            },
+        ))
+    };
+    links(1);
+    let press = format!("{prefix}/press");
+    let scrap = format!("{prefix}/scrap");
+    // 100 is the baseline: 30 parts.
+    publish(
+        &press,
+        &[r#"{"good": 100}"#.into(), r#"{"good": 130}"#.into()],
+    );
+    block_on(until_stored(&dir, LIMIT, "line1's count", |s| s.good == 30));
+
+    // The new connector runs after SIGHUP; its first reading is its baseline.
+    std::fs::write(&file, config_text(&prefix, &second_connector(&prefix))).unwrap();
+    edge.proc.signal("HUP");
+    let c = links(2);
+    assert_eq!(c[1]["name"], "line2", "{c:?}");
+    publish(&scrap, &[r#"{"n": 5}"#.into(), r#"{"n": 12}"#.into()]);
+    block_on(until_stored(&dir, LIMIT, "line2's scrap", |s| {
+        (s.good, s.scrap) == (30, 7)
+    }));
+
+    // A bad file: refused with its line in the log; both connectors go on.
+    let bad = config_text(
+        &prefix,
+        &format!(
+            "{}\n[[connector.tag]]\nname = \"bad\"\nmap = \"counter\"\nequipment = \"NO-SUCH\"\ntopic = \"x\"\n",
+            second_connector(&prefix)
+        ),
+    );
+    // 0-based index of the name: the 1-based line of the table's header.
+    let bad_line = bad.lines().position(|l| l == "name = \"bad\"").unwrap();
+    std::fs::write(&file, &bad).unwrap();
+    edge.proc.signal("HUP");
+    let log = dir.join("edge.log");
+    wait_until(LIMIT, "the refused reload in the log", || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("connector reload refused")
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    let refused = text
+        .lines()
+        .find(|l| l.contains("connector reload refused"))
+        .unwrap();
+    assert!(
+        refused.contains(&format!("line {bad_line}: ")) && refused.contains("NO-SUCH"),
+        "{refused}"
+    );
+    publish(&press, &[r#"{"good": 150}"#.into()]);
+    publish(&scrap, &[r#"{"n": 15}"#.into()]);
+    block_on(until_stored(&dir, LIMIT, "both still counting", |s| {
+        (s.good, s.scrap) == (50, 10)
+    }));
+    let c = links(2);
+    assert_eq!(c[0]["name"], "line1", "{c:?}");
+    assert_eq!(c[1]["name"], "line2", "{c:?}");
     drop(edge);
     let _ = std::fs::remove_dir_all(&dir);
 }

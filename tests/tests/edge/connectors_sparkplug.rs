@@ -2,8 +2,9 @@
 //! where none answers) with an edge node that is not ours: Eclipse Tahu's npm client
 //! (`tests/peers/sparkplug/edge-node.js`, installed by `npm ci` there). The edge agent is the
 //! host application: births give it aliases, data by alias becomes events, a gap in `seq`
-//! makes it ask the node for a rebirth, the node's death makes the machine's state unknown,
-//! and its own STATE is retained on the broker. An order started on the press goes to the
+//! makes it ask the node for a rebirth, the node's death — its own NDEATH, or its will when it
+//! is killed with SIGKILL — makes the machine's state unknown until it births again, and the
+//! host's own STATE is retained on the broker. An order started on the press goes to the
 //! device as a DCMD with the birth's aliases and types; to a dead node it fails as offline.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,8 +16,8 @@ use std::time::Duration;
 use serde_json::Value;
 use shared_model::event::MachineState;
 use system_tests::connectors::{
-    BROKER, Peer, broker_answers, connectors, data_dir, run_config, start_order, stored, unique,
-    until_stored, write_of,
+    BROKER, Peer, broker_answers, connector, connectors, data_dir, get_json, run_config,
+    start_order, stored, unique, until_stored, write_of,
 };
 use system_tests::edge::api_key;
 
@@ -61,11 +62,18 @@ fn retained(topic: &str) -> Value {
 }
 
 /// The Tahu edge node: commands in on stdin (JSON lines), what happened out on stdout.
-fn start_node(group: &str, node: &str, device: &str) -> Peer {
+/// Its counter starts at `good`.
+fn start_node(group: &str, node: &str, device: &str, good: u32) -> Peer {
     Peer::spawn(
         Command::new("node")
             .arg(peer_dir().join("edge-node.js"))
-            .args([&format!("mqtt://{BROKER}"), group, node, device])
+            .args([
+                &format!("mqtt://{BROKER}"),
+                group,
+                node,
+                device,
+                &good.to_string(),
+            ])
             .current_dir(peer_dir()),
         "Tahu edge node (Node.js)",
     )
@@ -148,7 +156,7 @@ quantity_metric = "Order/Quantity"
     );
 
     // Births: the counter's value is its baseline, the state is recorded.
-    let mut node = start_node(&group, "Line1", "Press1");
+    let mut node = start_node(&group, "Line1", "Press1", 1000);
     node.expect("birth", Duration::from_secs(20));
     until_stored(&dir, Duration::from_secs(20), "the birth's state", |s| {
         s.states == [MachineState::Running]
@@ -232,6 +240,50 @@ quantity_metric = "Order/Quantity"
     assert_eq!(c["kind"], "sparkplug", "{c}");
     assert_eq!(c["link"], "up", "{c}");
     assert_eq!(c["rejected"], 0, "{c}");
+    assert_eq!(c["last_error"], "edge node Line1 is offline", "{c}");
+    drop(node);
+
+    // The node back, then killed with SIGKILL: no NDEATH of its own, the broker sends its
+    // will (an NDEATH with the birth's bdSeq) and the press is unknown again.
+    use MachineState::{Down, Running, Unknown};
+    let mut node = start_node(&group, "Line1", "Press1", 1012);
+    node.expect("birth", Duration::from_secs(20));
+    until_stored(
+        &dir,
+        Duration::from_secs(20),
+        "the new birth's state",
+        |s| s.states == [Running, Down, Unknown, Running],
+    )
+    .await;
+    let before = connector(&base, &key).await;
+    node.kill();
+    until_stored(
+        &dir,
+        Duration::from_secs(20),
+        "the will's unknown state",
+        |s| s.states == [Running, Down, Unknown, Running, Unknown],
+    )
+    .await;
+    let c = connector(&base, &key).await;
+    assert_eq!(c["last_error"], "edge node Line1 is offline", "{c}");
+    assert_ne!(
+        c["last_error_at"], before["last_error_at"],
+        "a new death: {c}"
+    );
+    assert_eq!(c["link"], "up", "the broker link is not the node's: {c}");
+    let unit = format!("{base}/api/v1/terminal?work_unit=PRESS-01");
+    let t = get_json(unit.clone(), &key).await;
+    assert_eq!(t["equipment_state"]["state"], "unknown", "{t}");
+
+    // Restarted, the node births again (its counter went on meanwhile) and the state is back.
+    let mut node = start_node(&group, "Line1", "Press1", 1015);
+    node.expect("birth", Duration::from_secs(20));
+    until_stored(&dir, Duration::from_secs(20), "the state back", |s| {
+        s.states == [Running, Down, Unknown, Running, Unknown, Running] && s.good == 15
+    })
+    .await;
+    let t = get_json(unit, &key).await;
+    assert_eq!(t["equipment_state"]["state"], "running", "{t}");
     drop(node);
 
     // Stopping the edge says so: the retained STATE is offline.

@@ -3,6 +3,7 @@
 //! former test file; run one with `cargo test -p system-tests --test edge <module>::`.
 
 mod connectors;
+mod connectors_exact;
 mod connectors_modbus;
 mod connectors_opcua;
 mod connectors_sparkplug;
