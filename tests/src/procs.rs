@@ -45,6 +45,43 @@ pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     path
 }
 
+/// A process's memory in MB: (VmRSS, VmHWM — the peak) from /proc/PID/status.
+pub fn rss_mb(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+}
+
+/// A process's CPU time so far (user + system, /proc/PID/stat), in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let ticks: f64 = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces): state is the 3rd field,
+    // utime the 14th and stime the 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(f64::NAN))
+        .collect();
+    match (f.get(11), f.get(12)) {
+        (Some(u), Some(s)) => (u + s) / ticks,
+        _ => f64::NAN,
+    }
+}
+
 /// A started process; SIGKILLed when dropped.
 #[derive(Debug)]
 pub struct Proc {
@@ -84,6 +121,11 @@ impl Proc {
             lines: rx,
             seen: Vec::new(),
         }
+    }
+
+    /// The process id (for /proc/PID: its memory and CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits (at most `limit`) for a stdout line starting with `prefix`; returns it.

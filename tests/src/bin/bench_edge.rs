@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use system_tests::benchout::figure;
+use system_tests::procs::rss_mb;
 
 use anyhow::{Context, bail};
 
@@ -250,19 +251,6 @@ fn plain_sqlite(dir: &Path, seconds: u64, per_tx: usize) -> anyhow::Result<f64> 
         tx.commit()?;
     }
     Ok(n as f64 / started.elapsed().as_secs_f64())
-}
-
-fn rss_mb(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
-    (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
 }
 
 #[tokio::main]

@@ -213,17 +213,11 @@ fn event(site: &SiteId, index: usize, n: u64, at: Timestamp) -> anyhow::Result<E
 
 /// `(VmRSS, VmHWM)` of a process in kB (the kernel's kB: 1,024 bytes).
 fn rss_kb(pid: u32) -> anyhow::Result<(f64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let kb = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .with_context(|| format!("no {key} in /proc/{pid}/status"))
-    };
-    Ok((kb("VmRSS:")?, kb("VmHWM:")?))
+    let (rss, hwm) = system_tests::procs::rss_mb(pid);
+    if rss.is_nan() || hwm.is_nan() {
+        anyhow::bail!("no VmRSS or VmHWM in /proc/{pid}/status");
+    }
+    Ok((rss * 1024.0, hwm * 1024.0))
 }
 
 /// MB as `bench-edge` reports them.
