@@ -8,7 +8,7 @@ use serde_json::Value;
 use shared_model::Timestamp;
 use tokio::sync::mpsc;
 
-use super::broker::{Broker, Handle, Message, Polled};
+use super::broker::{Acks, Broker, Handle, Message, Polled};
 use super::config::{KindSpec, Source, TagSpec};
 use super::mapping::TagValue;
 use super::store::Delivery;
@@ -218,7 +218,11 @@ async fn commit_loop(
 ) {
     let spec = ctx.spec().clone();
     let mut batch: Vec<Message> = Vec::with_capacity(BATCH_MAX);
-    while super::recv_batch(&mut rx, BATCH_MAX, &mut batch).await {
+    let mut acks = Acks::default();
+    while acks
+        .next_batch(&handle, &mut rx, BATCH_MAX, &mut batch)
+        .await
+    {
         let mut deliveries = Vec::with_capacity(batch.len());
         for m in &batch {
             let readings = routes.decode(&spec.tags, &m.topic, &m.payload);
@@ -252,12 +256,9 @@ async fn commit_loop(
             }
         }
         for m in batch.drain(..) {
-            if let Err(e) = handle.ack(&m).await {
-                // The session is gone; the broker redelivers, and the tag memory makes the
-                // redelivery move nothing.
-                tracing::debug!(connector = %spec.name, error = %e, "ack not sent");
-            }
+            acks.push(m);
         }
+        acks.flush(&handle);
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use shared_model::Timestamp;
 use tokio::sync::mpsc;
 
-use super::broker::{Broker, Handle, Message, Polled, Will};
+use super::broker::{Acks, Broker, Handle, Message, Polled, Will};
 use super::config::KindSpec;
 use super::store::Delivery;
 use super::{Ctx, Link, OrderStart, backoff};
@@ -220,7 +220,11 @@ async fn commit_loop(
 ) {
     let name = ctx.spec().name.clone();
     let mut batch: Vec<Item> = Vec::with_capacity(BATCH_MAX);
-    while super::recv_batch(&mut rx, BATCH_MAX, &mut batch).await {
+    let mut acks = Acks::default();
+    while acks
+        .next_batch(&handle, &mut rx, BATCH_MAX, &mut batch)
+        .await
+    {
         let mut deliveries: Vec<Delivery> = Vec::new();
         let mut rebirths: Vec<String> = Vec::new();
         for item in &batch {
@@ -285,12 +289,10 @@ async fn commit_loop(
             }
         }
         for item in batch.drain(..) {
-            if let Item::Message(m) = item
-                && let Err(e) = handle.ack(&m).await
-            {
-                // The session is gone; the broker redelivers, and the digest recognises it.
-                tracing::debug!(connector = %name, error = %e, "ack not sent");
+            if let Item::Message(m) = item {
+                acks.push(*m);
             }
         }
+        acks.flush(&handle);
     }
 }
