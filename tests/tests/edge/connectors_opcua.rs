@@ -252,12 +252,13 @@ async fn opcua_an_order_started_is_written_to_the_server_nodes() {
     let id = start_order(&base, &key, "PRESS-01", 250).await;
     // Four values written: three by press-ua, one refused for press-ua-missing (in either
     // order, so all are collected first).
-    let lines = blocking(move || {
+    // The server is killed only once the edge has its answers: the server prints a value
+    // before its Write response reaches the edge.
+    let (lines, peer) = blocking(move || {
         let lines: Vec<String> = (0..4)
             .map(|_| peer.expect("WROTE ", Duration::from_secs(20)))
             .collect();
-        peer.kill();
-        lines
+        (lines, peer)
     })
     .await;
     for want in [
@@ -292,6 +293,7 @@ async fn opcua_an_order_started_is_written_to_the_server_nodes() {
         "{w}"
     );
     edge.stop().await.unwrap();
+    blocking(move || peer.kill()).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
