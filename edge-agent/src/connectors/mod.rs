@@ -96,7 +96,25 @@ impl Ctx {
     /// Waits `d` while the link is down (less when asked to stop), failing each order that
     /// arrives meanwhile at once with `why`: an order is never held back for a link that may
     /// not return. Returns whether to stop.
-    pub async fn sleep_refusing_orders(
+    /// After a lost link: waits out the `attempt`th reconnect's backoff (refusing orders with
+    /// `why` meanwhile), counts the attempt and says the link is connecting again; true when
+    /// stopped. The one reconnect rhythm of every driver.
+    pub async fn wait_to_reconnect(
+        &mut self,
+        attempt: &mut u32,
+        orders: &mut mpsc::Receiver<OrderStart>,
+        why: &str,
+    ) -> bool {
+        let wait = backoff(*attempt, jitter());
+        if self.sleep_refusing_orders(wait, orders, why).await {
+            return true;
+        }
+        *attempt = attempt.saturating_add(1);
+        self.health.link(Link::Connecting, self.now());
+        false
+    }
+
+    async fn sleep_refusing_orders(
         &mut self,
         d: Duration,
         orders: &mut mpsc::Receiver<OrderStart>,

@@ -19,7 +19,7 @@ use super::config::{
 };
 use super::mapping::TagValue;
 use super::store::READINGS_PER_COMMIT_MAX;
-use super::{Ctx, Link, OrderStart, Reading, backoff};
+use super::{Ctx, Link, OrderStart, Reading};
 
 /// Registers one read request returns at most (function codes 3 and 4).
 pub const REGISTERS_PER_REQUEST_MAX: u16 = 125;
@@ -429,15 +429,12 @@ pub async fn run(mut ctx: Ctx) -> anyhow::Result<()> {
                 *l = None;
             }
         }
-        let wait = backoff(attempt, super::jitter());
         if ctx
-            .sleep_refusing_orders(wait, &mut orders, "the link to the PLC is down")
+            .wait_to_reconnect(&mut attempt, &mut orders, "the link to the PLC is down")
             .await
         {
             break;
         }
-        attempt = attempt.saturating_add(1);
-        ctx.health.link(Link::Connecting, ctx.now());
     }
     Ok(())
 }

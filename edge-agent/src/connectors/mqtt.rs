@@ -159,15 +159,12 @@ pub async fn run(mut ctx: Ctx) -> anyhow::Result<()> {
             Err(e) => {
                 up = false;
                 ctx.link_lost(&e).await;
-                let wait = backoff(attempt, super::jitter());
                 if ctx
-                    .sleep_refusing_orders(wait, &mut orders, LINK_DOWN)
+                    .wait_to_reconnect(&mut attempt, &mut orders, LINK_DOWN)
                     .await
                 {
                     break;
                 }
-                attempt = attempt.saturating_add(1);
-                ctx.health.link(Link::Connecting, ctx.now());
             }
         }
     }

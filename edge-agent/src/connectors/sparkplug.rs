@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 use super::broker::{Acks, Broker, Handle, Message, Polled, Will};
 use super::config::KindSpec;
+use super::mqtt::LINK_DOWN;
 use super::store::Delivery;
 use super::{Ctx, Link, OrderStart, backoff};
 use host::{Host, NAMESPACE};
@@ -38,9 +39,6 @@ enum Item {
     /// among them gives the metrics' aliases and types).
     Order(OrderStart),
 }
-
-/// Why an order is not written while the broker is away.
-const LINK_DOWN: &str = "the broker link is down";
 
 fn state_topic(host_id: &str) -> String {
     format!("{NAMESPACE}/STATE/{host_id}")
@@ -113,15 +111,12 @@ pub async fn run(mut ctx: Ctx) -> anyhow::Result<()> {
             Err(e) => {
                 up = false;
                 ctx.link_lost(&e).await;
-                let wait = backoff(attempt, super::jitter());
                 if ctx
-                    .sleep_refusing_orders(wait, &mut orders, LINK_DOWN)
+                    .wait_to_reconnect(&mut attempt, &mut orders, LINK_DOWN)
                     .await
                 {
                     break;
                 }
-                attempt = attempt.saturating_add(1);
-                ctx.health.link(Link::Connecting, ctx.now());
             }
         }
     }
