@@ -12,6 +12,7 @@
 //! * [`store`]: the store traits those state machines are driven against, and [`driver`]
 //!   the glue that pumps session events into a store.
 //! * [`memory`]: in-memory stores for tests and the simulator.
+//! * [`gap`]: summaries of events by recording time, to find what a restored hub lost.
 //! * [`records`]: the Automerge document layout of shared records, used by both ends.
 //! * [`enroll`]: the enrollment token and the JSON of the hub's enrollment endpoint.
 
@@ -19,6 +20,7 @@ pub mod driver;
 pub mod enroll;
 pub mod frame;
 pub mod fuzzing;
+pub mod gap;
 pub mod memory;
 pub mod message;
 pub mod records;
