@@ -48,6 +48,24 @@ const READ_CHUNK: usize = 500;
 /// How long a request (connect, read, create) may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// How long the server keeps a silent edge's subscription, and the changes it queued for it:
+/// long enough to ride out an edge restart or a short network cut.
+const SUBSCRIPTION_LIFETIME_MS: u64 = 60_000;
+/// How often an idle subscription says it is alive, so a dead one is noticed.
+const SUBSCRIPTION_KEEP_ALIVE_MS: u64 = 1_000;
+
+/// The subscription's publishing interval and its lifetime and keep-alive counts (in
+/// intervals). The interval is the fastest tag's sampling interval, because a change waits in
+/// the server's queue until the next publish: publishing every 100 ms with 10 ms sampling would
+/// add up to 100 ms to every change.
+fn subscription_timing(fastest_sampling_ms: u64) -> (Duration, u32, u32) {
+    let interval = fastest_sampling_ms.max(super::config::INTERVAL_MS_MIN);
+    let count = |ms: u64| u32::try_from(ms.div_ceil(interval)).unwrap_or(u32::MAX);
+    let keep_alive = count(SUBSCRIPTION_KEEP_ALIVE_MS).max(1);
+    // The specification wants a lifetime of at least three keep-alives.
+    let lifetime = count(SUBSCRIPTION_LIFETIME_MS).max(keep_alive.saturating_mul(3));
+    (Duration::from_millis(interval), lifetime, keep_alive)
+}
 
 /// The tags' node ids, parsed; a monitored item's client handle is its tag's index + 1.
 #[derive(Debug, Clone)]
@@ -512,6 +530,7 @@ async fn create_subscription(
         })
         .min()
         .unwrap_or(100);
+    let (interval, lifetime, keep_alive) = subscription_timing(fastest);
     let cb = inbox.clone();
     let callback = DataChangeCallback::new(move |dv: DataValue, item: &MonitoredItem| {
         let tag = item.client_handle() as usize;
@@ -520,11 +539,9 @@ async fn create_subscription(
     let id = tokio::time::timeout(
         REQUEST_TIMEOUT,
         session.create_subscription(
-            Duration::from_millis(fastest.max(50)),
-            // Lifetime and keep-alive counts: the server keeps the subscription (and its
-            // queued values) for lifetime × interval after the edge goes silent.
-            600,
-            20,
+            interval,
+            lifetime,
+            keep_alive,
             NOTIFICATIONS_PER_PUBLISH,
             0,
             true,
@@ -696,6 +713,25 @@ fn absolute(p: &str) -> PathBuf {
 mod tests {
     use super::*;
     use opcua::types::{DateTime, StatusCode};
+
+    #[test]
+    fn the_subscription_publishes_as_often_as_its_fastest_tag_samples() {
+        // 10 ms: a keep-alive every 100 intervals (1 s), kept 60 s when the edge is silent.
+        assert_eq!(
+            subscription_timing(10),
+            (Duration::from_millis(10), 6_000, 100)
+        );
+        assert_eq!(
+            subscription_timing(100),
+            (Duration::from_millis(100), 600, 10)
+        );
+        // An hourly tag: the lifetime is still three keep-alives.
+        assert_eq!(
+            subscription_timing(3_600_000),
+            (Duration::from_millis(3_600_000), 3, 1)
+        );
+        assert_eq!(subscription_timing(1).0, Duration::from_millis(10));
+    }
 
     #[test]
     fn a_data_value_becomes_a_reading_with_its_source_time() {

@@ -6,7 +6,8 @@
 //!   good counters (`good_a`, `good_b`), a scrap counter, a state (1 running / 2 down) and a
 //!   diameter sample — so 500 tags for 100 machines;
 //! - OPC UA on a real asyncua server (`tests/peers/opcua/load.py`): `--opcua-tags` UInt32
-//!   counters with monitored items.
+//!   counters with monitored items, sampled every `--sampling-ms` (default 20; the edge
+//!   publishes its subscription as often as its fastest tag samples).
 //!
 //! Phases, each open loop at a fixed rate (the publisher schedules change k at start + k/rate
 //! whatever came back before; QoS 1): MQTT alone at `--mqtt-rate` over all its tags round robin,
@@ -61,6 +62,9 @@ struct Args {
     mqtt_protocol: String,
     /// The MQTT broker (host:port), Mosquitto of the tests by default.
     broker: String,
+    /// The OPC UA tags' sampling interval, which is also the subscription's publishing
+    /// interval: a change waits up to this long in the server before it is sent.
+    sampling_ms: u64,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -77,6 +81,7 @@ fn args() -> anyhow::Result<Args> {
         both: true,
         mqtt_protocol: "3.1.1".to_owned(),
         broker: BROKER.to_owned(),
+        sampling_ms: 20,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -91,6 +96,7 @@ fn args() -> anyhow::Result<Args> {
             "--both" => a.both = value.parse()?,
             "--mqtt-protocol" => a.mqtt_protocol = value,
             "--broker" => a.broker = value,
+            "--sampling-ms" => a.sampling_ms = value.parse()?,
             other => bail!("unknown flag {other}"),
         }
     }
@@ -153,8 +159,9 @@ fn config_text(prefix: &str, a: &Args, ua_port: u16) -> String {
     ));
     for i in 0..ua_tags {
         s.push_str(&format!(
-            "\n[[connector.tag]]\nname = \"ua.c{i}\"\nmap = \"counter\"\nequipment = \"{}\"\nnode = \"ns=2;s=Load.C{i}\"\nsampling_ms = 50\n",
-            machine(i % machines)
+            "\n[[connector.tag]]\nname = \"ua.c{i}\"\nmap = \"counter\"\nequipment = \"{}\"\nnode = \"ns=2;s=Load.C{i}\"\nsampling_ms = {}\n",
+            machine(i % machines),
+            a.sampling_ms
         ));
     }
     s
