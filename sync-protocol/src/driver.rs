@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::message::{ErrorCode, RecordHeads};
 use crate::session::{CloseReason, EdgeEvent, EdgeSession, HubEvent, HubSession, SessionError};
-use crate::store::{EdgeStore, HubStore};
+use crate::store::{EdgeStore, GenerationSeen, HubStore};
 
 /// Most events merged into one hub ingest call: consecutive batches that are already in
 /// hand commit in one transaction (group commit), but never unboundedly many.
@@ -49,6 +49,10 @@ pub struct DriveReport {
     pub renewal_request: Option<String>,
     /// Edge: the hub answered the renewal request. Writing the files is the caller's.
     pub renewal: Option<crate::message::RenewOutcome>,
+    /// Edge: a heal began against a new hub generation.
+    pub heal_started: Option<crate::message::HubGeneration>,
+    /// Edge: a heal ended; hub: an edge reported one.
+    pub healed: Option<crate::message::HealReport>,
 }
 
 /// Drives an edge session until it has no more work. A store failure closes the session with
@@ -117,6 +121,45 @@ async fn drive_edge_inner<S: EdgeStore>(
                     .map_err(DriveError::Store)?;
             }
             EdgeEvent::Renewal(outcome) => report.renewal = Some(outcome),
+            EdgeEvent::Generation(generation) => {
+                let seen = store
+                    .note_generation(&generation)
+                    .await
+                    .map_err(DriveError::Store)?;
+                match seen {
+                    GenerationSeen::Known => {}
+                    GenerationSeen::Changed { window } => {
+                        session.start_heal(generation, window);
+                        report.heal_started = Some(generation);
+                    }
+                }
+            }
+            EdgeEvent::NeedGapSummaries { spans } => {
+                let summaries = store
+                    .gap_summaries(&spans)
+                    .await
+                    .map_err(DriveError::Store)?;
+                session.gap_summaries_ready(summaries)?;
+            }
+            EdgeEvent::CompareGapIds {
+                span,
+                after,
+                through,
+                hub_ids,
+            } => {
+                let found = store
+                    .heal_ids(span, after, through, &hub_ids)
+                    .await
+                    .map_err(DriveError::Store)?;
+                session.gap_ids_compared(found.held, found.missing)?;
+            }
+            EdgeEvent::Healed { generation, report: r } => {
+                store
+                    .healed(&generation, &r)
+                    .await
+                    .map_err(DriveError::Store)?;
+                report.healed = Some(r);
+            }
         }
     }
     Ok(())
@@ -263,6 +306,32 @@ async fn drive_hub_inner<S: HubStore>(
                     .map_err(DriveError::Store)?;
             }
             HubEvent::RenewCertificate { csr_pem } => report.renewal_request = Some(csr_pem),
+            HubEvent::NeedGeneration => {
+                let generation = store.generation().await.map_err(DriveError::Store)?;
+                session.send_generation(now, generation)?;
+            }
+            HubEvent::GapQuery { spans } => {
+                let summaries = store
+                    .gap_summaries(&site, &spans)
+                    .await
+                    .map_err(DriveError::Store)?;
+                session.send_gap_summaries(now, summaries)?;
+            }
+            HubEvent::GapIds { span, after, limit } => {
+                let ids = store
+                    .gap_ids(&site, span, after, limit)
+                    .await
+                    .map_err(DriveError::Store)?;
+                let more = ids.len() >= limit;
+                session.send_gap_ids(now, ids, more)?;
+            }
+            HubEvent::HealReport(r) => {
+                store
+                    .record_heal(&site, &r)
+                    .await
+                    .map_err(DriveError::Store)?;
+                report.healed = Some(r);
+            }
         }
     }
     Ok(())

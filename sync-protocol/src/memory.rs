@@ -15,12 +15,17 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use shared_model::master::{MasterKind, MasterRecord};
-use shared_model::{Event, EventId, SiteId};
+use shared_model::{Event, EventId, SiteId, Timestamp};
 
-use crate::message::{ChangeHash, DownBatch, DownItem, RecordChange, RecordHeads, RecordId};
+use crate::gap::{self, EdgeSummary, HOUR_MICROS, Span, Summary};
+use crate::message::{
+    ChangeHash, DownBatch, DownItem, HealReport, HubGeneration, RecordChange, RecordHeads,
+    RecordId,
+};
 use crate::session::{EdgeSession, HubSession};
 use crate::store::{
-    DownEntry, EdgeStore, HeadsComparison, HubStore, IngestReport, OutboxEntry, OutboxItem,
+    DownEntry, EdgeStore, GenerationSeen, HeadsComparison, HubStore, IdsCompared, IngestReport,
+    OutboxEntry, OutboxItem,
 };
 
 /// Runs a future that is ready at once, as every in-memory store future is. A pending
@@ -114,6 +119,11 @@ struct EdgeState {
     records: Records,
     down_cursor: u64,
     master: MasterTable,
+    /// The hub generation healed against last: (system id, timeline).
+    generation: Option<(u64, u32)>,
+    /// What retention pruned, per hour of recording time.
+    pruned: BTreeMap<i64, Summary>,
+    heal_reports: Vec<HealReport>,
 }
 
 /// A store's state behind a lock, and a switch that makes the next call fail.
@@ -221,6 +231,36 @@ impl MemoryEdgeStore {
     pub fn current_down_cursor(&self) -> u64 {
         self.inner.lock().down_cursor
     }
+
+    /// Retention: forgets acknowledged events recorded before `cutoff`, remembering their
+    /// summary per hour; returns how many.
+    pub fn prune_acked_before(&self, cutoff: Timestamp) -> usize {
+        let mut s = self.inner.lock();
+        let pending: BTreeSet<EventId> = s
+            .outbox
+            .values()
+            .filter_map(|i| match i {
+                OutboxItem::Event(e) => Some(e.event_id),
+                OutboxItem::Change(_) => None,
+            })
+            .collect();
+        let gone: Vec<(EventId, i64)> = s
+            .events
+            .values()
+            .filter(|e| e.recorded_at < cutoff && !pending.contains(&e.event_id))
+            .map(|e| (e.event_id, e.recorded_at.as_micros()))
+            .collect();
+        for (id, at) in &gone {
+            s.events.remove(id);
+            let hour = at.div_euclid(HOUR_MICROS) * HOUR_MICROS;
+            s.pruned.entry(hour).or_default().add(id);
+        }
+        gone.len()
+    }
+
+    pub fn heal_reports(&self) -> Vec<HealReport> {
+        self.inner.lock().heal_reports.clone()
+    }
 }
 
 impl EdgeStore for MemoryEdgeStore {
@@ -312,6 +352,111 @@ impl EdgeStore for MemoryEdgeStore {
         }
         Ok(())
     }
+
+    async fn note_generation(
+        &self,
+        generation: &HubGeneration,
+    ) -> Result<GenerationSeen, Self::Error> {
+        let mut s = self.inner.checked()?;
+        let pair = (generation.system_id, generation.timeline);
+        Ok(match s.generation {
+            None => {
+                s.generation = Some(pair);
+                GenerationSeen::Known
+            }
+            Some(known) if known == pair => GenerationSeen::Known,
+            Some(_) => GenerationSeen::Changed {
+                window: s.window(),
+            },
+        })
+    }
+
+    async fn gap_summaries(&self, spans: &[Span]) -> Result<Vec<EdgeSummary>, Self::Error> {
+        let s = self.inner.checked()?;
+        Ok(spans
+            .iter()
+            .map(|span| EdgeSummary {
+                held: s
+                    .events
+                    .values()
+                    .filter(|e| span.contains(e.recorded_at))
+                    .map(|e| &e.event_id)
+                    .collect(),
+                pruned: s
+                    .pruned
+                    .iter()
+                    .filter(|(h, _)| span.contains(Timestamp::from_micros(**h)))
+                    .fold(Summary::default(), |acc, (_, p)| acc.combine(*p)),
+            })
+            .collect())
+    }
+
+    async fn heal_ids(
+        &self,
+        span: Span,
+        after: Option<EventId>,
+        through: Option<EventId>,
+        hub_ids: &[EventId],
+    ) -> Result<IdsCompared, Self::Error> {
+        let mut s = self.inner.checked()?;
+        let hub: BTreeSet<&EventId> = hub_ids.iter().collect();
+        let in_range: Vec<Event> = s
+            .events
+            .values()
+            .filter(|e| {
+                span.contains(e.recorded_at)
+                    && after.is_none_or(|a| e.event_id > a)
+                    && through.is_none_or(|t| e.event_id <= t)
+            })
+            .cloned()
+            .collect();
+        let queued: BTreeSet<EventId> = s
+            .outbox
+            .values()
+            .filter_map(|i| match i {
+                OutboxItem::Event(e) => Some(e.event_id),
+                OutboxItem::Change(_) => None,
+            })
+            .collect();
+        let mut found = IdsCompared {
+            held: in_range.len() as u64,
+            missing: 0,
+        };
+        for e in in_range {
+            if hub.contains(&e.event_id) {
+                continue;
+            }
+            found.missing += 1;
+            if !queued.contains(&e.event_id) {
+                s.next_seq += 1;
+                let seq = s.next_seq;
+                s.outbox.insert(seq, OutboxItem::Event(e));
+            }
+        }
+        Ok(found)
+    }
+
+    async fn healed(
+        &self,
+        generation: &HubGeneration,
+        report: &HealReport,
+    ) -> Result<(), Self::Error> {
+        let mut s = self.inner.checked()?;
+        s.generation = Some((generation.system_id, generation.timeline));
+        s.heal_reports.push(report.clone());
+        Ok(())
+    }
+}
+
+impl EdgeState {
+    fn window(&self) -> Option<Span> {
+        let held = self.events.values().map(|e| e.recorded_at);
+        let pruned = self.pruned.keys().map(|h| Timestamp::from_micros(*h));
+        let all: Vec<Timestamp> = held.chain(pruned).collect();
+        let first = all.iter().min()?;
+        let last = all.iter().max()?;
+        Some(gap::window(*first, *last))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -320,6 +465,7 @@ struct HubSite {
     records: Records,
     down_log: Vec<DownEntry>,
     down_acked: u64,
+    heal_reports: Vec<HealReport>,
 }
 
 #[derive(Debug, Default)]
@@ -327,6 +473,7 @@ struct HubState {
     sites: BTreeMap<SiteId, HubSite>,
     /// One cursor sequence for all sites, like a Postgres sequence would be.
     next_cursor: u64,
+    generation: Option<HubGeneration>,
 }
 
 /// The hub's store, in memory, scoped per site like the Postgres one.
@@ -403,6 +550,32 @@ impl MemoryHubStore {
             .sites
             .get(site)
             .map_or(0, |s| s.down_acked)
+    }
+
+    /// Names the database generation edges are told (none: edges never heal).
+    pub fn set_generation(&self, generation: Option<HubGeneration>) {
+        self.inner.lock().generation = generation;
+    }
+
+    /// A restore to an earlier point, for events: forgets the site's events recorded at or
+    /// after `t`; returns how many.
+    pub fn lose_events_recorded_since(&self, site: &SiteId, t: Timestamp) -> usize {
+        let mut s = self.inner.lock();
+        let Some(site) = s.sites.get_mut(site) else {
+            return 0;
+        };
+        let before = site.events.len();
+        site.events.retain(|_, e| e.recorded_at < t);
+        before - site.events.len()
+    }
+
+    pub fn heal_reports(&self, site: &SiteId) -> Vec<HealReport> {
+        self.inner
+            .lock()
+            .sites
+            .get(site)
+            .map(|s| s.heal_reports.clone())
+            .unwrap_or_default()
     }
 
     pub fn down_head(&self, site: &SiteId) -> u64 {
@@ -507,5 +680,63 @@ impl HubStore for MemoryHubStore {
             Some(site) => compare(&site.records, peer),
             None => compare(&Records::new(), peer),
         })
+    }
+
+    async fn generation(&self) -> Result<Option<HubGeneration>, Self::Error> {
+        Ok(self.inner.checked()?.generation)
+    }
+
+    async fn gap_summaries(
+        &self,
+        site: &SiteId,
+        spans: &[Span],
+    ) -> Result<Vec<Summary>, Self::Error> {
+        let s = self.inner.checked()?;
+        Ok(spans
+            .iter()
+            .map(|span| {
+                s.sites
+                    .get(site)
+                    .map(|site| {
+                        site.events
+                            .values()
+                            .filter(|e| span.contains(e.recorded_at))
+                            .map(|e| &e.event_id)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect())
+    }
+
+    async fn gap_ids(
+        &self,
+        site: &SiteId,
+        span: Span,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> Result<Vec<EventId>, Self::Error> {
+        let s = self.inner.checked()?;
+        Ok(s.sites
+            .get(site)
+            .map(|site| {
+                site.events
+                    .values()
+                    .filter(|e| span.contains(e.recorded_at) && after.is_none_or(|a| e.event_id > a))
+                    .map(|e| e.event_id)
+                    .take(limit)
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn record_heal(&self, site: &SiteId, report: &HealReport) -> Result<(), Self::Error> {
+        let mut s = self.inner.checked()?;
+        s.sites
+            .entry(site.clone())
+            .or_default()
+            .heal_reports
+            .push(report.clone());
+        Ok(())
     }
 }

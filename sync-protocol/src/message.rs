@@ -26,8 +26,11 @@ pub mod capability {
     /// The edge renews its client certificate over the session (a CSR up, a certificate
     /// down).
     pub const RENEW: u64 = 1 << 5;
+    /// The hub names its database generation; after a restore or a failover the edge finds
+    /// the events the hub lost (gap summaries, top-down) and sends them again.
+    pub const HEAL: u64 = 1 << 6;
     /// Everything this build implements.
-    pub const ALL_V1: u64 = EVENTS | RECORD_CHANGES | DOWN_SYNC | REPAIR | STATUS | RENEW;
+    pub const ALL_V1: u64 = EVENTS | RECORD_CHANGES | DOWN_SYNC | REPAIR | STATUS | RENEW | HEAL;
 }
 
 /// Longest record id, like the other textual ids.
@@ -45,6 +48,12 @@ pub const AGENT_VERSION_BYTES_MAX: usize = 64;
 /// Longest certificate signing request (PEM) in a renewal request, and longest certificate
 /// (PEM) or refusal in its answer: a site certificate is about 700 bytes.
 pub const CERT_PEM_BYTES_MAX: usize = 16 * 1024;
+/// Most spans in one gap query (and summaries in its answer).
+pub const GAP_SPANS_MAX: usize = 64;
+/// Most event ids in one page of a gap ids answer: 16 bytes each, so a page stays near 64 KiB.
+pub const GAP_IDS_PAGE_MAX: usize = 4_096;
+/// Most unrecoverable spans one heal report lists (the rest are summed into the last).
+pub const HEAL_UNRECOVERABLE_MAX: usize = 256;
 
 /// The numeric type of each message, the `u16` in the frame header. Values are forever.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,13 +71,19 @@ pub enum MessageType {
     EdgeStatus = 0x0040,
     CertRenewRequest = 0x0050,
     CertRenewResponse = 0x0051,
+    HubGeneration = 0x0060,
+    GapQuery = 0x0061,
+    GapSummaries = 0x0062,
+    GapIdsQuery = 0x0063,
+    GapIds = 0x0064,
+    HealReport = 0x0065,
     Error = 0x00F0,
     Ping = 0x00F1,
     Pong = 0x00F2,
 }
 
 impl MessageType {
-    pub const ALL: [MessageType; 15] = [
+    pub const ALL: [MessageType; 21] = [
         MessageType::Hello,
         MessageType::Welcome,
         MessageType::EventBatch,
@@ -81,6 +96,12 @@ impl MessageType {
         MessageType::EdgeStatus,
         MessageType::CertRenewRequest,
         MessageType::CertRenewResponse,
+        MessageType::HubGeneration,
+        MessageType::GapQuery,
+        MessageType::GapSummaries,
+        MessageType::GapIdsQuery,
+        MessageType::GapIds,
+        MessageType::HealReport,
         MessageType::Error,
         MessageType::Ping,
         MessageType::Pong,
@@ -104,6 +125,12 @@ impl MessageType {
             MessageType::EdgeStatus => "edge_status",
             MessageType::CertRenewRequest => "cert_renew_request",
             MessageType::CertRenewResponse => "cert_renew_response",
+            MessageType::HubGeneration => "hub_generation",
+            MessageType::GapQuery => "gap_query",
+            MessageType::GapSummaries => "gap_summaries",
+            MessageType::GapIdsQuery => "gap_ids_query",
+            MessageType::GapIds => "gap_ids",
+            MessageType::HealReport => "heal_report",
             MessageType::Error => "error",
             MessageType::Ping => "ping",
             MessageType::Pong => "pong",
@@ -356,6 +383,74 @@ pub struct CertRenewResponse {
     pub outcome: RenewOutcome,
 }
 
+/// Hub → edge, once after the welcome (capability `HEAL`): which life of the hub's database
+/// this is. `system_id` and `timeline` come from PostgreSQL itself and change with a
+/// point-in-time restore (a new timeline), a promoted replica (a new timeline) or a reload into
+/// another cluster (a new system id). An edge that knew another pair looks for what the hub
+/// lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubGeneration {
+    /// 1, 2, …: the hub's count of the lives it has seen.
+    pub number: u32,
+    pub system_id: u64,
+    pub timeline: u32,
+    /// The newest instant the restored data knew, when this generation began after another.
+    pub restore_point: Option<Timestamp>,
+}
+
+/// Edge → hub: summarise the site's events in these spans of recording time (at most
+/// [`GAP_SPANS_MAX`]). One query at a time: the next waits for the answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GapQuery {
+    pub spans: Vec<crate::gap::Span>,
+}
+
+/// Hub → edge: one summary per span of the query, in its order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GapSummaries {
+    pub summaries: Vec<crate::gap::Summary>,
+}
+
+/// Edge → hub: the ids of the site's events in `span`, ascending, after `after`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GapIdsQuery {
+    pub span: crate::gap::Span,
+    pub after: Option<shared_model::EventId>,
+}
+
+/// Hub → edge: up to [`GAP_IDS_PAGE_MAX`] ids, ascending; `more` when the span holds more
+/// after the last one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GapIds {
+    pub ids: Vec<shared_model::EventId>,
+    pub more: bool,
+}
+
+/// Events of a span that the hub lacks and the edge no longer holds (its retention pruned
+/// them): lost for good, and said so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unrecoverable {
+    pub span: crate::gap::Span,
+    pub events: u64,
+}
+
+/// Edge → hub when a heal ends: what was found and sent again, for the hub's per-site view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealReport {
+    /// The generation healed against ([`HubGeneration::number`]).
+    pub generation: u32,
+    /// Events the hub lacked that the edge queued again.
+    pub resent: u64,
+    /// Events the hub lacked that the edge no longer has, by span (at most
+    /// [`HEAL_UNRECOVERABLE_MAX`]).
+    pub unrecoverable: Vec<Unrecoverable>,
+    /// Bytes of gap queries and answers the search took, both ways.
+    pub search_bytes: u64,
+    /// Spans compared and id pages listed.
+    pub spans_compared: u64,
+    pub id_pages: u64,
+}
+
 /// Why a session is being closed. The numeric values are on the wire and never change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
@@ -482,6 +577,12 @@ pub enum Message {
     EdgeStatus(EdgeStatus),
     CertRenewRequest(CertRenewRequest),
     CertRenewResponse(CertRenewResponse),
+    HubGeneration(HubGeneration),
+    GapQuery(GapQuery),
+    GapSummaries(GapSummaries),
+    GapIdsQuery(GapIdsQuery),
+    GapIds(GapIds),
+    HealReport(HealReport),
     Error(ErrorFrame),
     Ping(Ping),
     Pong(Pong),
@@ -502,6 +603,12 @@ impl Message {
             Message::EdgeStatus(_) => MessageType::EdgeStatus,
             Message::CertRenewRequest(_) => MessageType::CertRenewRequest,
             Message::CertRenewResponse(_) => MessageType::CertRenewResponse,
+            Message::HubGeneration(_) => MessageType::HubGeneration,
+            Message::GapQuery(_) => MessageType::GapQuery,
+            Message::GapSummaries(_) => MessageType::GapSummaries,
+            Message::GapIdsQuery(_) => MessageType::GapIdsQuery,
+            Message::GapIds(_) => MessageType::GapIds,
+            Message::HealReport(_) => MessageType::HealReport,
             Message::Error(_) => MessageType::Error,
             Message::Ping(_) => MessageType::Ping,
             Message::Pong(_) => MessageType::Pong,
@@ -523,6 +630,12 @@ impl Message {
             Message::EdgeStatus(m) => postcard::to_extend(m, out),
             Message::CertRenewRequest(m) => postcard::to_extend(m, out),
             Message::CertRenewResponse(m) => postcard::to_extend(m, out),
+            Message::HubGeneration(m) => postcard::to_extend(m, out),
+            Message::GapQuery(m) => postcard::to_extend(m, out),
+            Message::GapSummaries(m) => postcard::to_extend(m, out),
+            Message::GapIdsQuery(m) => postcard::to_extend(m, out),
+            Message::GapIds(m) => postcard::to_extend(m, out),
+            Message::HealReport(m) => postcard::to_extend(m, out),
             Message::Error(m) => postcard::to_extend(m, out),
             Message::Ping(m) => postcard::to_extend(m, out),
             Message::Pong(m) => postcard::to_extend(m, out),
@@ -553,6 +666,12 @@ impl Message {
             MessageType::EdgeStatus => Message::EdgeStatus(exact(body)?),
             MessageType::CertRenewRequest => Message::CertRenewRequest(exact(body)?),
             MessageType::CertRenewResponse => Message::CertRenewResponse(exact(body)?),
+            MessageType::HubGeneration => Message::HubGeneration(exact(body)?),
+            MessageType::GapQuery => Message::GapQuery(exact(body)?),
+            MessageType::GapSummaries => Message::GapSummaries(exact(body)?),
+            MessageType::GapIdsQuery => Message::GapIdsQuery(exact(body)?),
+            MessageType::GapIds => Message::GapIds(exact(body)?),
+            MessageType::HealReport => Message::HealReport(exact(body)?),
             MessageType::Error => Message::Error(exact(body)?),
             MessageType::Ping => Message::Ping(exact(body)?),
             MessageType::Pong => Message::Pong(exact(body)?),

@@ -10,10 +10,12 @@
 
 use std::future::Future;
 
-use shared_model::{Event, SiteId};
+use shared_model::{Event, EventId, SiteId};
 
+use crate::gap::{EdgeSummary, Span, Summary};
 use crate::message::{
-    ChangeHash, DownBatch, DownItem, EdgeStatus, ErrorCode, RecordChange, RecordHeads, RecordId,
+    ChangeHash, DownBatch, DownItem, EdgeStatus, ErrorCode, HealReport, HubGeneration,
+    RecordChange, RecordHeads, RecordId,
 };
 
 /// One entry of the edge's outbox, in the order it was recorded.
@@ -58,6 +60,26 @@ pub struct HeadsComparison {
 pub struct IngestReport {
     pub inserted: u64,
     pub duplicates: u64,
+}
+
+/// What the edge makes of the hub's generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenerationSeen {
+    /// The one it healed against last, or the first it ever saw (then remembered): nothing
+    /// to look for.
+    Known,
+    /// Another: the hub may have lost what the edge sent. Look over `window` (the store's
+    /// events, hour-aligned; `None` when it holds none and remembers no pruned hour).
+    Changed { window: Option<Span> },
+}
+
+/// What comparing a page of the hub's ids with the store's found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IdsCompared {
+    /// The store's events in the page's range.
+    pub held: u64,
+    /// Those the hub lacks, queued again for it.
+    pub missing: u64,
 }
 
 /// The edge's side: an outbox of events and record changes, down-sync state and records.
@@ -106,6 +128,39 @@ pub trait EdgeStore {
     fn apply_repair(
         &self,
         changes: &[RecordChange],
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Compares the hub's generation with the one healed against last (or remembers it, the
+    /// first time). A changed one is remembered only by [`EdgeStore::healed`], so a heal cut
+    /// short starts again on the next session.
+    fn note_generation(
+        &self,
+        generation: &HubGeneration,
+    ) -> impl Future<Output = Result<GenerationSeen, Self::Error>> + Send;
+
+    /// Per span: the events held (by `recorded_at`) and those retention pruned (per hour, an
+    /// hour counted in the span it starts in).
+    fn gap_summaries(
+        &self,
+        spans: &[Span],
+    ) -> impl Future<Output = Result<Vec<EdgeSummary>, Self::Error>> + Send;
+
+    /// Queues again, durably, the store's events in `span` with ids in `(after, through]`
+    /// (`None` bounds open) that are not among `hub_ids`.
+    fn heal_ids(
+        &self,
+        span: Span,
+        after: Option<EventId>,
+        through: Option<EventId>,
+        hub_ids: &[EventId],
+    ) -> impl Future<Output = Result<IdsCompared, Self::Error>> + Send;
+
+    /// The heal against `generation` ended: remember it as known, and keep the report (what
+    /// could not be healed stays visible).
+    fn healed(
+        &self,
+        generation: &HubGeneration,
+        report: &HealReport,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
@@ -163,6 +218,38 @@ pub trait HubStore {
         site: &SiteId,
         peer: &RecordHeads,
     ) -> impl Future<Output = Result<HeadsComparison, Self::Error>> + Send;
+
+    /// The database's generation, for edges that heal. Default: none (edges never heal).
+    fn generation(
+        &self,
+    ) -> impl Future<Output = Result<Option<HubGeneration>, Self::Error>> + Send {
+        std::future::ready(Ok(None))
+    }
+
+    /// Per span, the site's events by `recorded_at`: count and digest ([`crate::gap`]).
+    fn gap_summaries(
+        &self,
+        site: &SiteId,
+        spans: &[Span],
+    ) -> impl Future<Output = Result<Vec<Summary>, Self::Error>> + Send;
+
+    /// Up to `limit` of the site's event ids in `span`, ascending, after `after`.
+    fn gap_ids(
+        &self,
+        site: &SiteId,
+        span: Span,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<EventId>, Self::Error>> + Send;
+
+    /// Keeps an edge's heal report for the per-site view. Default: ignored.
+    fn record_heal(
+        &self,
+        _site: &SiteId,
+        _report: &HealReport,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        std::future::ready(Ok(()))
+    }
 
     /// Keeps the edge's last reported backlog for the per-site status. Default: ignored.
     fn record_edge_status(

@@ -7,10 +7,12 @@ use shared_model::{SiteId, Timestamp};
 
 use super::{BatchPacker, CloseReason, Core, SessionConfig, SessionError};
 use crate::PROTOCOL_VERSION;
+use crate::gap::{EdgeSummary, Planner, Span, Step};
 use crate::message::{
     Ack, CERT_PEM_BYTES_MAX, CertRenewRequest, DownAck, DownBatch, ERROR_MESSAGE_BYTES_MAX,
-    EdgeStatus, ErrorCode, Hello, Message, MessageType, RecordChange, RecordHeads, RecordId,
-    RenewOutcome, capability,
+    EdgeStatus, ErrorCode, GAP_IDS_PAGE_MAX, GapIdsQuery, GapQuery, HealReport, Hello,
+    HubGeneration, Message, MessageType, RecordChange, RecordHeads, RecordId, RenewOutcome,
+    capability,
 };
 use crate::store::{OutboxEntry, OutboxItem};
 
@@ -53,7 +55,35 @@ pub enum EdgeEvent {
     /// The hub answered [`EdgeSession::request_renewal`]: a new certificate for the key the
     /// CSR was made from, or why not.
     Renewal(RenewOutcome),
+    /// The hub named its database's generation: compare it with the one the store knows and,
+    /// if it changed, call [`EdgeSession::start_heal`].
+    Generation(HubGeneration),
+    /// Heal: summarise the store's events in these spans and pass them to
+    /// [`EdgeSession::gap_summaries_ready`].
+    NeedGapSummaries { spans: Vec<Span> },
+    /// Heal: the hub's ids of `span` in `(after, through]` (`through` open on the last page):
+    /// queue again the store's events in that range the hub lacks, then call
+    /// [`EdgeSession::gap_ids_compared`].
+    CompareGapIds {
+        span: Span,
+        after: Option<shared_model::EventId>,
+        through: Option<shared_model::EventId>,
+        hub_ids: Vec<shared_model::EventId>,
+    },
+    /// Heal ended (the report was sent to the hub): remember the generation as known.
+    Healed {
+        generation: HubGeneration,
+        report: HealReport,
+    },
     Closed(CloseReason),
+}
+
+/// A heal in progress: the planner and what it has cost.
+#[derive(Debug)]
+struct HealRun {
+    generation: HubGeneration,
+    planner: Planner,
+    search_bytes: u64,
 }
 
 /// Where a session is with certificate renewal (one per session).
@@ -106,6 +136,8 @@ pub struct EdgeSession {
     down_pending_apply: VecDeque<u64>,
     repair: Repair,
     renewal: Renewal,
+    generation_seen: bool,
+    heal: Option<HealRun>,
 }
 
 session_common!(EdgeSession, EdgeEvent);
@@ -141,6 +173,8 @@ impl EdgeSession {
             down_pending_apply: VecDeque::new(),
             repair: Repair::Idle,
             renewal: Renewal::Idle,
+            generation_seen: false,
+            heal: None,
         }
     }
 
@@ -211,6 +245,9 @@ impl EdgeSession {
                 limit,
             });
         }
+        if let Some(event) = self.poll_heal() {
+            return Some(event);
+        }
         if let Repair::Sending {
             after,
             requested: requested @ false,
@@ -223,6 +260,97 @@ impl EdgeSession {
             });
         }
         None
+    }
+
+    /// The heal's next step: a store request as an event, a query sent to the hub, or its end.
+    fn poll_heal(&mut self) -> Option<EdgeEvent> {
+        // `poll_event` has no clock: the last send time stands in (it only moves the next
+        // ping, which is due after `ping_interval` of silence, a little earlier).
+        let now = self.core.last_sent;
+        let run = self.heal.as_mut()?;
+        match run.planner.next() {
+            Step::Wait | Step::CompareIds { .. } => None,
+            Step::Summarise(spans) => Some(EdgeEvent::NeedGapSummaries { spans }),
+            Step::AskHub(spans) => {
+                let m = Message::GapQuery(GapQuery { spans });
+                run.search_bytes += wire_bytes(&m);
+                if let Err(e) = self.core.send(now, &m) {
+                    self.fail(now, ErrorCode::Internal, e.to_string());
+                }
+                None
+            }
+            Step::AskIds { span, after } => {
+                let m = Message::GapIdsQuery(GapIdsQuery { span, after });
+                run.search_bytes += wire_bytes(&m);
+                if let Err(e) = self.core.send(now, &m) {
+                    self.fail(now, ErrorCode::Internal, e.to_string());
+                }
+                None
+            }
+            Step::Done => {
+                let run = self.heal.take()?;
+                let p = run.planner;
+                let report = HealReport {
+                    generation: run.generation.number,
+                    resent: p.resent,
+                    unrecoverable: p.unrecoverable,
+                    search_bytes: run.search_bytes,
+                    spans_compared: p.spans_compared,
+                    id_pages: p.id_pages,
+                };
+                if let Err(e) = self.core.send(now, &Message::HealReport(report.clone())) {
+                    self.fail(now, ErrorCode::Internal, e.to_string());
+                    return None;
+                }
+                // Shared records heal by the heads exchange, both ways.
+                if self.capabilities & capability::REPAIR != 0 {
+                    self.start_repair();
+                }
+                Some(EdgeEvent::Healed {
+                    generation: run.generation,
+                    report,
+                })
+            }
+        }
+    }
+
+    /// Starts looking for what the hub lost since `generation` began, over `window` (the
+    /// store's events, hour-aligned; `None` when it holds none).
+    pub fn start_heal(&mut self, generation: HubGeneration, window: Option<Span>) {
+        if self.heal.is_none() {
+            self.heal = Some(HealRun {
+                generation,
+                planner: Planner::new(window),
+                search_bytes: 0,
+            });
+        }
+    }
+
+    pub fn heal_in_progress(&self) -> bool {
+        self.heal.is_some()
+    }
+
+    /// The store's summaries answering [`EdgeEvent::NeedGapSummaries`].
+    pub fn gap_summaries_ready(&mut self, summaries: Vec<EdgeSummary>) -> Result<(), SessionError> {
+        self.open()?;
+        let run = self.heal.as_mut().ok_or(SessionError::NotRequested)?;
+        run.planner
+            .edge_summaries(summaries)
+            .map_err(|_| SessionError::NotRequested)
+    }
+
+    /// The store compared a page of the hub's ids ([`EdgeEvent::CompareGapIds`]): `held` of
+    /// its events fell in the page's range, `missing` of them were queued again.
+    pub fn gap_ids_compared(&mut self, held: u64, missing: u64) -> Result<(), SessionError> {
+        self.open()?;
+        let run = self.heal.as_mut().ok_or(SessionError::NotRequested)?;
+        run.planner
+            .leaf_page_done(held, missing)
+            .map_err(|_| SessionError::NotRequested)?;
+        if missing > 0 {
+            self.outbox_maybe_more = true;
+        }
+        Ok(())
     }
 
     /// The outbox got new entries: ask the driver for them again even if it was drained.
@@ -509,6 +637,58 @@ impl EdgeSession {
                 self.events
                     .push_back(EdgeEvent::RepairChanges { changes: r.changes });
             }
+            (State::Established, Message::HubGeneration(g))
+                if self.capabilities & capability::HEAL != 0 && !self.generation_seen =>
+            {
+                self.generation_seen = true;
+                self.events.push_back(EdgeEvent::Generation(g));
+            }
+            (State::Established, Message::GapSummaries(answer)) if self.heal.is_some() => {
+                let bytes = wire_bytes(&Message::GapSummaries(answer.clone()));
+                let Some(run) = self.heal.as_mut() else {
+                    return;
+                };
+                run.search_bytes += bytes;
+                if let Err(e) = run.planner.hub_summaries(&answer.summaries) {
+                    self.fail(now, ErrorCode::UnexpectedMessage, format!("gap summaries: {e}"));
+                }
+            }
+            (State::Established, Message::GapIds(page)) if self.heal.is_some() => {
+                if page.ids.len() > GAP_IDS_PAGE_MAX {
+                    return self.fail(
+                        now,
+                        ErrorCode::LimitExceeded,
+                        format!(
+                            "a gap ids page holds at most {GAP_IDS_PAGE_MAX} ids, got {}",
+                            page.ids.len()
+                        ),
+                    );
+                }
+                let bytes = wire_bytes(&Message::GapIds(page.clone()));
+                let Some(run) = self.heal.as_mut() else {
+                    return;
+                };
+                run.search_bytes += bytes;
+                match run.planner.hub_ids(page.ids, page.more) {
+                    Ok(Step::CompareIds {
+                        span,
+                        after,
+                        through,
+                        hub_ids,
+                    }) => self.events.push_back(EdgeEvent::CompareGapIds {
+                        span,
+                        after,
+                        through,
+                        hub_ids,
+                    }),
+                    Ok(other) => {
+                        debug_assert!(false, "hub_ids gave {other:?}");
+                    }
+                    Err(e) => {
+                        self.fail(now, ErrorCode::UnexpectedMessage, format!("gap ids: {e}"));
+                    }
+                }
+            }
             (State::Established, Message::CertRenewResponse(r))
                 if self.renewal == Renewal::Pending =>
             {
@@ -531,6 +711,11 @@ impl EdgeSession {
             _ => self.unexpected(now, ty),
         }
     }
+}
+
+/// A message's size on the wire (header and body), for the heal's cost.
+fn wire_bytes(m: &Message) -> u64 {
+    crate::frame::encode(m, usize::MAX).map_or(0, |f| f.len() as u64)
 }
 
 /// Sends heads in as many frames as the limits need; only the last carries `last_page`.

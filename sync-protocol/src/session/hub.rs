@@ -8,10 +8,12 @@ use shared_model::{Event, SiteId, Timestamp};
 use super::edge::{send_heads_frames, send_repair_frames};
 use super::{BatchPacker, CloseReason, Core, SessionConfig, SessionError};
 use crate::PROTOCOL_VERSION;
+use crate::gap::{Span, Summary};
 use crate::message::{
     Ack, CERT_PEM_BYTES_MAX, CertRenewResponse, DownItem, ERROR_MESSAGE_BYTES_MAX, EdgeStatus,
-    ErrorCode, HEADS_PER_RECORD_MAX, Message, MessageType, RecordChange, RecordHeads, RecordId,
-    RenewOutcome, Welcome, capability,
+    ErrorCode, GAP_IDS_PAGE_MAX, GAP_SPANS_MAX, GapIds, GapSummaries, HEADS_PER_RECORD_MAX,
+    HEAL_UNRECOVERABLE_MAX, HealReport, HubGeneration, Message, MessageType, RecordChange,
+    RecordHeads, RecordId, RenewOutcome, Welcome, capability,
 };
 use crate::store::DownEntry;
 
@@ -67,7 +69,30 @@ pub enum HubEvent {
     RenewCertificate {
         csr_pem: String,
     },
+    /// The edge heals (capability `HEAL`): read the database's generation and pass it to
+    /// [`HubSession::send_generation`]. Once per session, right after the welcome.
+    NeedGeneration,
+    /// Summarise this site's events in these spans; answer with
+    /// [`HubSession::send_gap_summaries`].
+    GapQuery { spans: Vec<Span> },
+    /// Up to `limit` of this site's event ids in `span` after `after`, ascending; answer with
+    /// [`HubSession::send_gap_ids`].
+    GapIds {
+        span: Span,
+        after: Option<shared_model::EventId>,
+        limit: usize,
+    },
+    /// The edge finished a heal: keep its report for the per-site view.
+    HealReport(HealReport),
     Closed(CloseReason),
+}
+
+/// A gap question the driver is answering; one at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GapAsked {
+    None,
+    Summaries(usize),
+    Ids,
 }
 
 /// Where a session is with certificate renewal (one per session).
@@ -110,6 +135,8 @@ pub struct HubSession {
     /// The last record of the edge's previous heads page, where the next page's range starts.
     repair_after: Option<RecordId>,
     renewal: Renewal,
+    generation_asked: bool,
+    gap_asked: GapAsked,
 }
 
 session_common!(HubSession, HubEvent);
@@ -136,6 +163,8 @@ impl HubSession {
             down_maybe_more: true,
             repair_after: None,
             renewal: Renewal::Idle,
+            generation_asked: false,
+            gap_asked: GapAsked::None,
         }
     }
 
@@ -332,6 +361,89 @@ impl HubSession {
             .map_err(SessionError::from)
     }
 
+    /// Answers [`HubEvent::NeedGeneration`]; `None` (a store that keeps no generation) sends
+    /// nothing, and the edge never heals.
+    pub fn send_generation(
+        &mut self,
+        now: Duration,
+        generation: Option<HubGeneration>,
+    ) -> Result<(), SessionError> {
+        self.open()?;
+        if !self.generation_asked {
+            return Err(SessionError::NotRequested);
+        }
+        match generation {
+            Some(g) => self
+                .core
+                .send(now, &Message::HubGeneration(g))
+                .map_err(SessionError::from),
+            None => Ok(()),
+        }
+    }
+
+    /// Answers [`HubEvent::GapQuery`]: one summary per span, in its order.
+    pub fn send_gap_summaries(
+        &mut self,
+        now: Duration,
+        summaries: Vec<Summary>,
+    ) -> Result<(), SessionError> {
+        self.open()?;
+        if self.gap_asked != GapAsked::Summaries(summaries.len()) {
+            return Err(SessionError::NotRequested);
+        }
+        self.gap_asked = GapAsked::None;
+        self.core
+            .send(now, &Message::GapSummaries(GapSummaries { summaries }))
+            .map_err(SessionError::from)
+    }
+
+    /// Answers [`HubEvent::GapIds`]: `more` when the page is full (the edge asks on after its
+    /// last id).
+    pub fn send_gap_ids(
+        &mut self,
+        now: Duration,
+        ids: Vec<shared_model::EventId>,
+        more: bool,
+    ) -> Result<(), SessionError> {
+        self.open()?;
+        if self.gap_asked != GapAsked::Ids || ids.len() > GAP_IDS_PAGE_MAX {
+            return Err(SessionError::NotRequested);
+        }
+        self.gap_asked = GapAsked::None;
+        self.core
+            .send(now, &Message::GapIds(GapIds { ids, more }))
+            .map_err(SessionError::from)
+    }
+
+    /// A gap question is acceptable: the edge heals, and none is being answered.
+    fn accept_gap(&mut self, now: Duration, spans: &[Span]) -> bool {
+        if self.gap_asked != GapAsked::None {
+            self.fail(
+                now,
+                ErrorCode::WindowExceeded,
+                "one gap query at a time".into(),
+            );
+            return false;
+        }
+        if spans.is_empty() || spans.len() > GAP_SPANS_MAX {
+            self.fail(
+                now,
+                ErrorCode::LimitExceeded,
+                format!("a gap query holds 1 to {GAP_SPANS_MAX} spans, got {}", spans.len()),
+            );
+            return false;
+        }
+        if spans.iter().any(|s| s.from >= s.to) {
+            self.fail(
+                now,
+                ErrorCode::MalformedFrame,
+                "a gap span must end after it starts".into(),
+            );
+            return false;
+        }
+        true
+    }
+
     /// Checks a batch's sequence and the window before handing it to the driver.
     fn accept_batch(&mut self, now: Duration, last_seq: u64, len: usize) -> bool {
         if len == 0 || len > self.config.limits.batch_items_max {
@@ -414,6 +526,10 @@ impl HubSession {
                     down_cursor: h.down_cursor,
                     capabilities: self.capabilities,
                 });
+                if self.capabilities & capability::HEAL != 0 {
+                    self.generation_asked = true;
+                    self.events.push_back(HubEvent::NeedGeneration);
+                }
             }
             (State::Established, Message::EventBatch(batch))
                 if self.capabilities & capability::EVENTS != 0 =>
@@ -542,6 +658,41 @@ impl HubSession {
                 if self.capabilities & capability::STATUS != 0 =>
             {
                 self.events.push_back(HubEvent::EdgeStatus(status));
+            }
+            (State::Established, Message::GapQuery(q))
+                if self.capabilities & capability::HEAL != 0 =>
+            {
+                if self.accept_gap(now, &q.spans) {
+                    self.gap_asked = GapAsked::Summaries(q.spans.len());
+                    self.events.push_back(HubEvent::GapQuery { spans: q.spans });
+                }
+            }
+            (State::Established, Message::GapIdsQuery(q))
+                if self.capabilities & capability::HEAL != 0 =>
+            {
+                if self.accept_gap(now, &[q.span]) {
+                    self.gap_asked = GapAsked::Ids;
+                    self.events.push_back(HubEvent::GapIds {
+                        span: q.span,
+                        after: q.after,
+                        limit: GAP_IDS_PAGE_MAX,
+                    });
+                }
+            }
+            (State::Established, Message::HealReport(r))
+                if self.capabilities & capability::HEAL != 0 =>
+            {
+                if r.unrecoverable.len() > HEAL_UNRECOVERABLE_MAX {
+                    return self.fail(
+                        now,
+                        ErrorCode::LimitExceeded,
+                        format!(
+                            "a heal report lists at most {HEAL_UNRECOVERABLE_MAX} spans, got {}",
+                            r.unrecoverable.len()
+                        ),
+                    );
+                }
+                self.events.push_back(HubEvent::HealReport(r));
             }
             (State::Established, Message::CertRenewRequest(r))
                 if self.capabilities & capability::RENEW != 0 =>

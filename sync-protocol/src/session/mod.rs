@@ -403,7 +403,13 @@ fn handle_any_message<M: Machine>(m: &mut M, now: Duration, message: Message) {
         | Message::RepairChanges(_)
         | Message::EdgeStatus(_)
         | Message::CertRenewRequest(_)
-        | Message::CertRenewResponse(_) => m.handle_message(now, message),
+        | Message::CertRenewResponse(_)
+        | Message::HubGeneration(_)
+        | Message::GapQuery(_)
+        | Message::GapSummaries(_)
+        | Message::GapIdsQuery(_)
+        | Message::GapIds(_)
+        | Message::HealReport(_) => m.handle_message(now, message),
     }
 }
 

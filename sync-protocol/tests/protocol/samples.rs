@@ -12,9 +12,18 @@ use shared_model::{
     BadgeId, CharacteristicId, EquipmentId, Event, EventBody, EventId, LotId, MaterialId,
     ReasonCodeId, SiteId, Timestamp, WorkOrderId,
 };
+use sync_protocol::gap::{Span, Summary};
 use sync_protocol::message::*;
 
 pub(crate) const T0: Timestamp = Timestamp::from_millis(1_795_000_000_000);
+
+/// A span of recording times from T0 + `from` to T0 + `to` microseconds.
+pub(crate) fn span(from: i64, to: i64) -> Span {
+    Span {
+        from: T0.saturating_add_micros(from),
+        to: T0.saturating_add_micros(to),
+    }
+}
 
 pub(crate) fn site() -> SiteId {
     SiteId::new("SITE_001").unwrap()
@@ -291,6 +300,61 @@ pub(crate) fn all_messages() -> Vec<(&'static str, Message)> {
                 outcome: RenewOutcome::Refused {
                     message: "renewed 12 s ago; at most one renewal a minute".into(),
                 },
+            }),
+        ),
+        (
+            "hub_generation",
+            Message::HubGeneration(HubGeneration {
+                number: 2,
+                system_id: 7_441_234_567_890_123_456,
+                timeline: 3,
+                restore_point: Some(T0),
+            }),
+        ),
+        (
+            "gap_query",
+            Message::GapQuery(GapQuery {
+                spans: vec![span(0, 3_600_000_000), span(3_600_000_000, 7_200_000_000)],
+            }),
+        ),
+        (
+            "gap_summaries",
+            Message::GapSummaries(GapSummaries {
+                summaries: vec![
+                    Summary {
+                        events: 1_200,
+                        digest: 0xf668_efff_0736_a189,
+                    },
+                    Summary::default(),
+                ],
+            }),
+        ),
+        (
+            "gap_ids_query",
+            Message::GapIdsQuery(GapIdsQuery {
+                span: span(0, 3_600_000_000),
+                after: Some(event_id(1)),
+            }),
+        ),
+        (
+            "gap_ids",
+            Message::GapIds(GapIds {
+                ids: vec![event_id(2), event_id(3)],
+                more: true,
+            }),
+        ),
+        (
+            "heal_report",
+            Message::HealReport(HealReport {
+                generation: 2,
+                resent: 1_234,
+                unrecoverable: vec![Unrecoverable {
+                    span: span(0, 3_600_000_000),
+                    events: 17,
+                }],
+                search_bytes: 5_678,
+                spans_compared: 48,
+                id_pages: 3,
             }),
         ),
         ("ping", Message::Ping(Ping { nonce: 42 })),
