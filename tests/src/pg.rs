@@ -267,6 +267,12 @@ impl PrivateCluster {
             admin_url: self.admin_url.clone(),
         }
     }
+
+    /// Promotes this replica to a primary (`pg_ctl promote`, waiting until it accepts
+    /// writes): a failover. It starts a new WAL timeline.
+    pub fn promote(&self) -> Result<(), String> {
+        run_pg(&self.pg_ctl, &["-D", &self.data, "-w", "promote"])
+    }
 }
 
 impl Drop for PrivateCluster {

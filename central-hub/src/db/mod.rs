@@ -5,7 +5,8 @@
 //!   ([`begin`], [`scoped`]) and their timing; [`error`]: the store's error type;
 //!   [`convert`]: instants and record kinds as columns; [`channels`]: NOTIFY channels.
 //! * [`sites`]: registering sites and their partitions; [`master`]: HQ master data;
-//!   [`retention`]: archiving and dropping old months.
+//!   [`retention`]: archiving and dropping old months; [`generation`]: which history of the
+//!   data this is (a restore or failover starts a new one).
 //!
 //! The `HubStore` implementation is `crate::ingest`, the reporting rollups `crate::rollup`;
 //! both use this module, and nothing here uses them (no import circle).
@@ -13,6 +14,7 @@
 pub mod channels;
 pub mod convert;
 pub mod error;
+pub mod generation;
 pub mod master;
 pub mod retention;
 pub mod schema;

@@ -565,6 +565,92 @@ $fn$;
 REVOKE ALL ON FUNCTION mes_token_scope(bytea) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION mes_token_scope(bytea) TO mes_hub, mes_reporting;
 "#,
+    // The database's generation (`crate::db::generation`, issue 22): a point-in-time restore
+    // or a promotion starts a new WAL timeline, a logical reload into another cluster brings
+    // a new system identifier, and either means the data went back in time. The hub notices
+    // it from PostgreSQL itself, with no flag an operator must remember to set.
+    r#"
+CREATE TABLE hub_generations (
+    number         int PRIMARY KEY CHECK (number > 0),
+    system_id      bigint NOT NULL,
+    timeline       int NOT NULL CHECK (timeline > 0),
+    detected_at    timestamptz NOT NULL DEFAULT now(),
+    -- The newest instant the data of this generation knew when it was detected (NULL for the
+    -- first generation: nothing was restored).
+    restore_point  timestamptz
+);
+GRANT SELECT ON hub_generations TO mes_hub, mes_reporting;
+
+-- Returns the current generation, recording a new one when the (system identifier, timeline)
+-- pair differs from the newest row's. Runs as the owner: the hub role can neither read the
+-- control file nor move sequences nor read across sites. `row_security = off` makes a policy
+-- that would hide rows from the owner (FORCE ROW LEVEL SECURITY, which this schema does not
+-- set) an error instead of a restore point computed from part of the data.
+CREATE FUNCTION mes_observe_generation()
+RETURNS TABLE (number int, system_id bigint, timeline int, detected_at timestamptz,
+               restore_point timestamptz, is_new boolean)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public SET row_security = off AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_system bigint;
+    v_timeline int;
+    v_prev hub_generations%ROWTYPE;
+    v_found boolean;
+    v_restore timestamptz;
+    v_new hub_generations%ROWTYPE;
+BEGIN
+    IF pg_is_in_recovery() THEN
+        RAISE EXCEPTION 'the hub database is a standby in recovery; the hub needs the primary'
+            USING ERRCODE = 'read_only_sql_transaction';
+    END IF;
+    -- The insert timeline, right at once after a promotion: the first 8 hex digits of the
+    -- current WAL file's name. pg_control_checkpoint()'s timeline lags until the next
+    -- checkpoint (tests/tests/hub/generation.rs checks both right after `pg_ctl promote`).
+    SELECT c.system_identifier,
+           ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+      INTO v_system, v_timeline
+      FROM pg_control_system() c;
+    -- The common path: the same pair as the newest row, nothing written.
+    SELECT * INTO v_prev FROM hub_generations g ORDER BY g.number DESC LIMIT 1;
+    v_found := FOUND;
+    IF v_found AND v_prev.system_id = v_system AND v_prev.timeline = v_timeline THEN
+        RETURN QUERY SELECT v_prev.number, v_prev.system_id, v_prev.timeline,
+                            v_prev.detected_at, v_prev.restore_point, false;
+        RETURN;
+    END IF;
+    -- Two hub instances observing at once make one row: the second waits here, then sees the
+    -- first's row (each statement of a READ COMMITTED function takes a new snapshot).
+    PERFORM pg_advisory_xact_lock(727275);
+    SELECT * INTO v_prev FROM hub_generations g ORDER BY g.number DESC LIMIT 1;
+    v_found := FOUND;
+    IF v_found AND v_prev.system_id = v_system AND v_prev.timeline = v_timeline THEN
+        RETURN QUERY SELECT v_prev.number, v_prev.system_id, v_prev.timeline,
+                            v_prev.detected_at, v_prev.restore_point, false;
+        RETURN;
+    END IF;
+    IF v_found THEN
+        -- A real change. What the restored data knows last: events received, down-log items
+        -- written, shared records merged. Full scans, once per generation.
+        SELECT greatest((SELECT max(e.received_at) FROM events e),
+                        (SELECT max(d.created_at) FROM down_log d),
+                        (SELECT max(r.updated_at) FROM records r))
+          INTO v_restore;
+        -- Edges may hold down cursors and master versions the lost timeline issued; new ones
+        -- must be above all of them, or an edge would skip them as already seen. 2^32 is more
+        -- than any timeline issues between two observations.
+        PERFORM setval('down_log_cursor_seq', nextval('down_log_cursor_seq') + 4294967296);
+        PERFORM setval('master_version_seq', nextval('master_version_seq') + 4294967296);
+    END IF;
+    INSERT INTO hub_generations AS g (number, system_id, timeline, restore_point)
+    VALUES (CASE WHEN v_found THEN v_prev.number + 1 ELSE 1 END, v_system, v_timeline, v_restore)
+    RETURNING g.* INTO v_new;
+    RETURN QUERY SELECT v_new.number, v_new.system_id, v_new.timeline, v_new.detected_at,
+                        v_new.restore_point, v_found;
+END
+$fn$;
+REVOKE ALL ON FUNCTION mes_observe_generation() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION mes_observe_generation() TO mes_hub;
+"#,
 ];
 
 #[derive(Debug, thiserror::Error)]
