@@ -10,6 +10,7 @@
 
 pub mod counts;
 pub(crate) mod events;
+pub mod gap;
 pub mod master;
 pub(crate) mod outbox;
 pub mod people;

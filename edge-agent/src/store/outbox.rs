@@ -1,7 +1,11 @@
 //! The outbox (what waits for the hub's ack) and retention. The `sync-protocol` edge store
 //! trait on top of them is [`crate::sync_store`].
 
+use std::collections::BTreeMap;
+
 use rusqlite::{Connection, OptionalExtension, params};
+use shared_model::EventId;
+use sync_protocol::gap::Summary;
 use sync_protocol::message::{RecordChange, RecordId};
 use sync_protocol::store::{OutboxEntry, OutboxItem};
 
@@ -124,18 +128,45 @@ pub(crate) fn ack(conn: &Connection, up_to_seq: u64) -> Result<(), StoreError> {
 /// whatever its age. The scan stops at the recording time of the oldest event waiting in the
 /// outbox: after weeks offline the old unsent events would otherwise be scanned again, with the
 /// writer held, by every batch; acknowledged events recorded after that one wait for it.
+///
+/// What goes is added to `pruned_hours` in the same transaction (see [`super::gap`]): after a
+/// hub restore the edge must still know how many events it sent per hour, and their digest, to
+/// tell the events it can heal from those it cannot.
 pub(crate) fn prune(conn: &Connection, cutoff_micros: i64) -> Result<usize, StoreError> {
-    Ok(conn
+    let batch: Vec<(String, i64)> = conn
         .prepare_cached(
-            "DELETE FROM events WHERE event_id IN (
-            SELECT event_id FROM events
+            "SELECT event_id, recorded_at FROM events
             WHERE recorded_at < min(?1, coalesce(
                     (SELECT e.recorded_at + 1 FROM outbox o JOIN events e ON e.event_id = o.event_id
                      ORDER BY o.seq LIMIT 1), ?1))
               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_id = events.event_id)
-            LIMIT ?2)",
+            LIMIT ?2",
         )?
-        .execute(params![cutoff_micros, PRUNE_BATCH_ROWS])?)
+        .query_map(params![cutoff_micros, PRUNE_BATCH_ROWS], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    debug_assert!(batch.len() as i64 <= PRUNE_BATCH_ROWS);
+    let mut hours: BTreeMap<i64, Summary> = BTreeMap::new();
+    let mut delete = conn.prepare_cached("DELETE FROM events WHERE event_id = ?1")?;
+    for (id, recorded_at) in &batch {
+        let event_id: EventId = id
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("stored event id {id:?}: {e}")))?;
+        hours
+            .entry(super::gap::hour_of(*recorded_at))
+            .or_default()
+            .add(&event_id);
+        // The row was selected in this transaction, on the writer: nobody else deletes it. Were
+        // it gone, its hour would count an event it never lost; the savepoint rolls back.
+        if delete.execute([id])? != 1 {
+            return Err(StoreError::Corrupt(format!(
+                "event {id} vanished during its prune"
+            )));
+        }
+    }
+    super::gap::remember_pruned(conn, &hours)?;
+    Ok(batch.len())
 }
 
 /// How long an idempotency key is remembered: a client retries within minutes, not days.

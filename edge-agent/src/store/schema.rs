@@ -186,6 +186,17 @@ const MIGRATIONS: &[&str] = &[
         message      TEXT NOT NULL
     );
     "#,
+    // 7: what retention pruned, per hour of recording time (issue 22). After a hub restore the
+    // edge compares what it ever sent with what the hub still has (`sync_protocol::gap`); the
+    // pruned events are gone, so their count and digest are kept here, in the transaction that
+    // deletes them, and the edge can say exactly which hours cannot be healed any more.
+    r#"
+    CREATE TABLE pruned_hours (
+        hour         INTEGER PRIMARY KEY,    -- start of the hour: recorded_at floored to HOUR_MICROS
+        events       INTEGER NOT NULL,
+        digest       INTEGER NOT NULL        -- XOR of the events' gap::event_digest, u64 bits as i64
+    );
+    "#,
 ];
 
 /// The schema version this binary writes.
