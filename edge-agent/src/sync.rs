@@ -348,6 +348,13 @@ impl sync_io::Side for EdgeSide<'_> {
         let (state, store) = (self.state, &self.state.store);
         match drive_edge(session, store, now).await {
             Ok(report) => {
+                if let Some(g) = report.heal_started {
+                    tracing::warn!(
+                        generation = g.number,
+                        timeline = g.timeline,
+                        "the hub's database went back in time (a restore or a failover): looking for the events it lost"
+                    );
+                }
                 if let Some(outcome) = report.renewal
                     && let Some(info) = renewed(
                         state,
@@ -622,7 +629,11 @@ pub async fn probe(tls_dir: &Path, address: &str, timeout: Duration) -> Result<P
                     | EdgeEvent::NeedHeads { .. }
                     | EdgeEvent::PeerHeads { .. }
                     | EdgeEvent::RepairChanges { .. }
-                    | EdgeEvent::Renewal(_) => {}
+                    | EdgeEvent::Renewal(_)
+                    | EdgeEvent::Generation(_)
+                    | EdgeEvent::NeedGapSummaries { .. }
+                    | EdgeEvent::CompareGapIds { .. }
+                    | EdgeEvent::Healed { .. } => {}
                 }
             }
             match recv.read(&mut buf).await {

@@ -3,12 +3,83 @@
 //! down cursor) so that none of them has to know about the others.
 
 use rusqlite::{Connection, OptionalExtension};
-use sync_protocol::message::{DownBatch, DownItem, ErrorCode, RecordChange, RecordHeads, RecordId};
-use sync_protocol::store::{EdgeStore, HeadsComparison, OutboxEntry};
+use serde::{Deserialize, Serialize};
+use shared_model::{EventId, Timestamp};
+use sync_protocol::gap::{self, EdgeSummary, Span};
+use sync_protocol::message::{
+    DownBatch, DownItem, ErrorCode, HealReport, HubGeneration, RecordChange, RecordHeads, RecordId,
+};
+use sync_protocol::store::{EdgeStore, GenerationSeen, HeadsComparison, IdsCompared, OutboxEntry};
 
 use crate::records;
+use crate::store::gap::GAP_IDS_MAX;
 use crate::store::outbox::{ack, read_after};
 use crate::store::{Store, StoreError, master};
+
+/// `meta` key: the hub generation last healed against, `system_id:timeline`.
+const HUB_GENERATION: &str = "hub_generation";
+/// `meta` key: the last heal's report (JSON, [`HealRecord`]).
+pub const LAST_HEAL: &str = "last_heal";
+
+fn generation_key(g: &HubGeneration) -> String {
+    format!("{}:{}", g.system_id, g.timeline)
+}
+
+/// The hour-aligned window of every recording time this edge holds or remembers pruning.
+fn heal_window(conn: &Connection) -> Result<Option<Span>, StoreError> {
+    let (first, last): (Option<i64>, Option<i64>) = conn.query_row(
+        "SELECT min(t), max(t) FROM (
+             SELECT min(recorded_at) AS t FROM events UNION ALL
+             SELECT max(recorded_at) FROM events UNION ALL
+             SELECT min(hour) FROM pruned_hours UNION ALL
+             SELECT max(hour) FROM pruned_hours)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(first
+        .zip(last)
+        .map(|(f, l)| gap::window(Timestamp::from_micros(f), Timestamp::from_micros(l))))
+}
+
+/// One span the hub lost for good, as the edge keeps and shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LostSpan {
+    pub from: Timestamp,
+    pub to: Timestamp,
+    pub events: u64,
+}
+
+/// The last heal, as `GET /api/v1/sync/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealRecord {
+    pub generation: u32,
+    pub timeline: u32,
+    pub resent: u64,
+    pub unrecoverable_events: u64,
+    pub unrecoverable: Vec<LostSpan>,
+    pub search_bytes: u64,
+}
+
+impl HealRecord {
+    fn new(g: &HubGeneration, r: &HealReport) -> HealRecord {
+        HealRecord {
+            generation: g.number,
+            timeline: g.timeline,
+            resent: r.resent,
+            unrecoverable_events: r.unrecoverable.iter().map(|u| u.events).sum(),
+            unrecoverable: r
+                .unrecoverable
+                .iter()
+                .map(|u| LostSpan {
+                    from: u.span.from,
+                    to: u.span.to,
+                    events: u.events,
+                })
+                .collect(),
+            search_bytes: r.search_bytes,
+        }
+    }
+}
 
 fn down_cursor(conn: &Connection) -> Result<u64, StoreError> {
     let v: Option<String> = conn
@@ -130,6 +201,101 @@ impl EdgeStore for Store {
         })
         .await
     }
+
+    async fn note_generation(
+        &self,
+        generation: &HubGeneration,
+    ) -> Result<GenerationSeen, StoreError> {
+        let pair = generation_key(generation);
+        match self.meta(HUB_GENERATION).await? {
+            None => {
+                // First contact (or an edge older than healing): nothing to compare with.
+                self.set_meta(HUB_GENERATION, pair).await?;
+                Ok(GenerationSeen::Known)
+            }
+            Some(known) if known == pair => Ok(GenerationSeen::Known),
+            Some(_) => Ok(GenerationSeen::Changed {
+                window: self.read(heal_window).await?,
+            }),
+        }
+    }
+
+    async fn gap_summaries(&self, spans: &[Span]) -> Result<Vec<EdgeSummary>, StoreError> {
+        Store::gap_summaries(self, spans.to_vec()).await
+    }
+
+    async fn heal_ids(
+        &self,
+        span: Span,
+        after: Option<EventId>,
+        through: Option<EventId>,
+        hub_ids: &[EventId],
+    ) -> Result<IdsCompared, StoreError> {
+        let hub: std::collections::HashSet<&EventId> = hub_ids.iter().collect();
+        let mut found = IdsCompared::default();
+        let mut missing = Vec::new();
+        let mut cursor = after;
+        // The edge may hold many more ids than the hub between two of the hub's: page.
+        loop {
+            let page = self.event_ids_in(span, cursor, GAP_IDS_MAX).await?;
+            let full = page.len() == GAP_IDS_MAX;
+            for id in &page {
+                if through.is_some_and(|t| *id > t) {
+                    break;
+                }
+                found.held += 1;
+                if !hub.contains(id) {
+                    missing.push(*id);
+                }
+            }
+            match page.last() {
+                Some(last) if full && through.is_none_or(|t| *last < t) => cursor = Some(*last),
+                _ => break,
+            }
+        }
+        found.missing = missing.len() as u64;
+        for chunk in missing.chunks(GAP_IDS_MAX) {
+            self.requeue_for_hub(chunk.to_vec()).await?;
+        }
+        Ok(found)
+    }
+
+    async fn healed(
+        &self,
+        generation: &HubGeneration,
+        report: &HealReport,
+    ) -> Result<(), StoreError> {
+        let record = HealRecord::new(generation, report);
+        let json = serde_json::to_string(&record)
+            .map_err(|e| StoreError::Corrupt(format!("heal report: {e}")))?;
+        let key = generation_key(generation);
+        self.write(move |c| {
+            for (k, v) in [(HUB_GENERATION, key), (LAST_HEAL, json)] {
+                c.execute(
+                    "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    [k, v.as_str()],
+                )?;
+            }
+            Ok(())
+        })
+        .await?;
+        if report.unrecoverable.is_empty() {
+            tracing::info!(
+                generation = report.generation,
+                resent = report.resent,
+                "healed the hub after its database went back in time"
+            );
+        } else {
+            tracing::warn!(
+                generation = report.generation,
+                resent = report.resent,
+                unrecoverable = ?report.unrecoverable,
+                "the hub lost events this edge no longer holds (pruned by retention)"
+            );
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -221,6 +387,85 @@ mod tests {
         assert_eq!(merged.order.state, created.order.state);
         assert_eq!(store.down_cursor().await.unwrap(), hub.down_head(&site()));
         assert!(store.meta("last_sync_at").await.unwrap().is_some());
+        store.close();
+    }
+
+    /// The SQLite store heals a hub whose database went back in time: the hub (in memory here;
+    /// `tests/tests/sync/heal.rs` runs real PostgreSQL) forgets what was recorded after hour
+    /// 2 and names a new generation; the edge finds exactly those events and sends them again;
+    /// what its retention already pruned (hour 1 to 2) is reported as lost, to the hour. The
+    /// generation is remembered only after the heal: the next session starts none.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hub_that_went_back_in_time_is_healed_from_the_sqlite_store() {
+        use sync_protocol::message::HubGeneration;
+        let (_dir, store) = open("heal");
+        const HOUR: i64 = 3_600_000_000;
+        // 600 events over 6 hours, one every 36 s, ending before the hub's clock (T0).
+        let first = T0.saturating_add_micros(-7 * HOUR);
+        let at = |n: u64| first.saturating_add_micros(n as i64 * 36_000_000);
+        store_events(&store, (0..600).map(|n| event(n, at(n))).collect()).await;
+        let hub = MemoryHubStore::new();
+        let generation = |number, timeline| HubGeneration {
+            number,
+            system_id: 7_441_234_567_890_123_456,
+            timeline,
+            restore_point: None,
+        };
+        hub.set_generation(Some(generation(1, 1)));
+        async fn sessions(store: &Store) -> (EdgeSession, HubSession) {
+            let cfg = SessionConfig::default();
+            let cursor = store.down_cursor().await.unwrap();
+            (
+                EdgeSession::new(cfg.clone(), cursor, Duration::ZERO),
+                HubSession::new(cfg, site(), T0, Duration::ZERO),
+            )
+        }
+        async fn run(
+            edge: &mut EdgeSession,
+            hub_session: &mut HubSession,
+            store: &Store,
+            hub: &MemoryHubStore,
+        ) {
+            let now = Duration::ZERO;
+            for _ in 0..2_000 {
+                drive_edge(edge, store, now).await.unwrap();
+                drive_hub(hub_session, hub, now).await.unwrap();
+                if !exchange_frames(edge, hub_session, now) {
+                    return;
+                }
+            }
+            panic!("the sessions did not settle");
+        }
+        let (mut e, mut h) = sessions(&store).await;
+        run(&mut e, &mut h, &store, &hub).await;
+        assert_eq!(hub.events(&site()).len(), 600);
+        assert_eq!(store.pending().await.unwrap().events, 0);
+
+        // Retention forgets hour 0 to 2; the hub is restored to hour 1.
+        let pruned = store
+            .prune_acked_before(first.saturating_add_micros(2 * HOUR).as_micros())
+            .await
+            .unwrap();
+        assert_eq!(pruned, 200);
+        let lost = hub.lose_events_recorded_since(&site(), first.saturating_add_micros(HOUR));
+        assert_eq!(lost, 500);
+        hub.set_generation(Some(generation(2, 2)));
+
+        let (mut e, mut h) = sessions(&store).await;
+        run(&mut e, &mut h, &store, &hub).await;
+        assert_eq!(hub.events(&site()).len(), 500, "hours 2 to 6 are back");
+        let reports = hub.heal_reports(&site());
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].resent, 400);
+        let gone: u64 = reports[0].unrecoverable.iter().map(|u| u.events).sum();
+        assert_eq!(gone, 100, "hour 1 to 2 was pruned and lost: said so");
+        let record: HealRecord =
+            serde_json::from_str(&store.meta(LAST_HEAL).await.unwrap().unwrap()).unwrap();
+        assert_eq!((record.generation, record.unrecoverable_events), (2, 100));
+
+        let (mut e, mut h) = sessions(&store).await;
+        run(&mut e, &mut h, &store, &hub).await;
+        assert_eq!(hub.heal_reports(&site()).len(), 1, "no second heal");
         store.close();
     }
 
