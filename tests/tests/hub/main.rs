@@ -5,6 +5,7 @@
 
 mod credentials;
 mod dashboard;
+mod gap;
 mod hub_store;
 mod report_limits;
 mod reports_api;
