@@ -8,11 +8,14 @@
 //! * [`sums`]: the production counts and first sightings of the new events, summed in Rust
 //!   and written in one statement;
 //! * [`records`]: Automerge changes merged into the hub's copy of their record, work orders
-//!   materialized, conflicts tracked, the down log appended.
+//!   materialized, conflicts tracked, the down log appended;
+//! * [`gap`]: a site's events summarised over spans of recording time and listed by id, for
+//!   finding what the hub lost in a restore or a failover.
 //!
 //! State changes, material movements and corrections go on to [`crate::rollup`].
 
 mod events;
+pub mod gap;
 mod records;
 mod sums;
 

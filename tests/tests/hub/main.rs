@@ -5,6 +5,7 @@
 
 mod credentials;
 mod dashboard;
+mod gap;
 mod generation;
 mod hub_store;
 mod report_limits;
