@@ -153,7 +153,10 @@ async fn drive_edge_inner<S: EdgeStore>(
                     .map_err(DriveError::Store)?;
                 session.gap_ids_compared(found.held, found.missing)?;
             }
-            EdgeEvent::Healed { generation, report: r } => {
+            EdgeEvent::Healed {
+                generation,
+                report: r,
+            } => {
                 store
                     .healed(&generation, &r)
                     .await

@@ -19,8 +19,7 @@ use shared_model::{Event, EventId, SiteId, Timestamp};
 
 use crate::gap::{self, EdgeSummary, HOUR_MICROS, Span, Summary};
 use crate::message::{
-    ChangeHash, DownBatch, DownItem, HealReport, HubGeneration, RecordChange, RecordHeads,
-    RecordId,
+    ChangeHash, DownBatch, DownItem, HealReport, HubGeneration, RecordChange, RecordHeads, RecordId,
 };
 use crate::session::{EdgeSession, HubSession};
 use crate::store::{
@@ -365,9 +364,7 @@ impl EdgeStore for MemoryEdgeStore {
                 GenerationSeen::Known
             }
             Some(known) if known == pair => GenerationSeen::Known,
-            Some(_) => GenerationSeen::Changed {
-                window: s.window(),
-            },
+            Some(_) => GenerationSeen::Changed { window: s.window() },
         })
     }
 
@@ -722,7 +719,9 @@ impl HubStore for MemoryHubStore {
             .map(|site| {
                 site.events
                     .values()
-                    .filter(|e| span.contains(e.recorded_at) && after.is_none_or(|a| e.event_id > a))
+                    .filter(|e| {
+                        span.contains(e.recorded_at) && after.is_none_or(|a| e.event_id > a)
+                    })
                     .map(|e| e.event_id)
                     .take(limit)
                     .collect()

@@ -20,6 +20,8 @@ const SQL: &str = "SELECT s.site_id, s.name, s.region, s.timezone, s.connected, 
                 s.edge_pending_events, s.edge_pending_changes,
                 extract(epoch FROM now() - s.edge_oldest_pending_at)::float8 AS lag_seconds,
                 s.edge_status_at,
+                s.heal_generation, s.heal_resent, s.heal_unrecoverable_events,
+                s.heal_unrecoverable, s.heal_search_bytes, s.healed_at,
                 s.last_event_at
          FROM sites s ORDER BY s.site_id";
 
@@ -34,6 +36,9 @@ pub struct Site {
     pub connected: bool,
     /// Down-log entries the site has not acknowledged yet.
     pub down_backlog: i64,
+    /// The site's last heal after the hub's database went back in time (a restore or a
+    /// failover); none while it never had to.
+    pub heal: Option<SiteHeal>,
     pub lag_seconds: f64,
     pub last_event_at: Option<String>,
     pub last_seen_at: Option<String>,
@@ -43,6 +48,23 @@ pub struct Site {
     pub site_id: String,
     pub status_reported_at: Option<String>,
     pub timezone: String,
+}
+
+/// What a site's edge found the hub's database had lost, and what it could not give back.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SiteHeal {
+    /// The database generation the edge healed against (`hub_generations.number`).
+    pub generation: i32,
+    pub healed_at: Option<String>,
+    /// Events the hub lacked that the edge sent again.
+    pub resent: i64,
+    /// Bytes the search for the gap took (summaries and id lists, both ways).
+    pub search_bytes: i64,
+    /// Spans of recording time (to the hour) whose events the hub lacks and the edge no
+    /// longer holds, with how many: lost for good.
+    #[schema(value_type = Vec<Object>)]
+    pub unrecoverable: serde_json::Value,
+    pub unrecoverable_events: i64,
 }
 
 impl<'r> FromRow<'r, PgRow> for Site {
@@ -55,6 +77,21 @@ impl<'r> FromRow<'r, PgRow> for Site {
             backlog_events: r.try_get("edge_pending_events")?,
             connected: r.try_get("connected")?,
             down_backlog: (head - acked).max(0),
+            heal: match r.try_get::<Option<i32>, _>("heal_generation")? {
+                None => None,
+                Some(generation) => Some(SiteHeal {
+                    generation,
+                    healed_at: rfc3339(r.try_get("healed_at")?),
+                    resent: r.try_get::<Option<i64>, _>("heal_resent")?.unwrap_or(0),
+                    search_bytes: r.try_get::<Option<i64>, _>("heal_search_bytes")?.unwrap_or(0),
+                    unrecoverable: r
+                        .try_get::<Option<serde_json::Value>, _>("heal_unrecoverable")?
+                        .unwrap_or(serde_json::Value::Array(Vec::new())),
+                    unrecoverable_events: r
+                        .try_get::<Option<i64>, _>("heal_unrecoverable_events")?
+                        .unwrap_or(0),
+                }),
+            },
             lag_seconds: r
                 .try_get::<Option<f64>, _>("lag_seconds")?
                 .unwrap_or(0.0)
@@ -105,6 +142,14 @@ mod tests {
                 backlog_events: Some(1),
                 connected: true,
                 down_backlog: 0,
+                heal: Some(super::SiteHeal {
+                    generation: 2,
+                    healed_at: None,
+                    resent: 1,
+                    search_bytes: 10,
+                    unrecoverable: serde_json::json!([]),
+                    unrecoverable_events: 0,
+                }),
                 lag_seconds: 0.0,
                 last_event_at: None,
                 last_seen_at: None,

@@ -651,6 +651,18 @@ $fn$;
 REVOKE ALL ON FUNCTION mes_observe_generation() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION mes_observe_generation() TO mes_hub;
 "#,
+    // Each site's last heal after a generation change (what its edge found the hub lacked and
+    // sent again, and what it could not: events its retention had already pruned), for the
+    // sites API, a metric and an alert.
+    r#"
+ALTER TABLE sites
+    ADD COLUMN heal_generation int,
+    ADD COLUMN heal_resent bigint,
+    ADD COLUMN heal_unrecoverable_events bigint,
+    ADD COLUMN heal_unrecoverable jsonb,
+    ADD COLUMN heal_search_bytes bigint,
+    ADD COLUMN healed_at timestamptz;
+"#,
 ];
 
 #[derive(Debug, thiserror::Error)]

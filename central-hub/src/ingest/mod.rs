@@ -23,9 +23,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use automerge::AutoCommit;
-use shared_model::{Event, SiteId};
+use shared_model::{Event, EventId, SiteId};
 use sqlx::{PgPool, Row};
-use sync_protocol::message::{DownItem, ErrorCode, RecordChange, RecordHeads, RecordId};
+use sync_protocol::gap::{Span, Summary};
+use sync_protocol::message::{
+    DownItem, ErrorCode, HealReport, HubGeneration, RecordChange, RecordHeads, RecordId,
+};
 use sync_protocol::store::{DownEntry, HeadsComparison, HubStore, IngestReport};
 
 use crate::db::HubStoreError;
@@ -52,11 +55,15 @@ pub struct PgHubStore {
     clocks: Arc<Mutex<HashMap<SiteId, SiteClock>>>,
     /// Groups of at least this many events are ingested as two concurrent halves.
     split_min: usize,
+    /// The database's generation, told to healing edges; observed again every few seconds,
+    /// so a restore or a failover under a running hub is noticed.
+    generation: Arc<crate::db::generation::GenerationWatch>,
 }
 
 impl PgHubStore {
     pub fn new(pool: PgPool) -> Self {
         Self {
+            generation: Arc::new(crate::db::generation::GenerationWatch::new(pool.clone())),
             pool,
             clocks: Arc::default(),
             split_min: SPLIT_INGEST_MIN,
@@ -244,6 +251,79 @@ impl HubStore for PgHubStore {
             },
         )
         .await?;
+        Ok(())
+    }
+
+    async fn generation(&self) -> Result<Option<HubGeneration>, HubStoreError> {
+        let g = self.generation.current(std::time::Instant::now()).await?;
+        Ok(Some(HubGeneration {
+            number: g.number,
+            system_id: g.system_id,
+            timeline: g.timeline,
+            restore_point: g.restore_point,
+        }))
+    }
+
+    async fn gap_summaries(
+        &self,
+        site: &SiteId,
+        spans: &[Span],
+    ) -> Result<Vec<Summary>, HubStoreError> {
+        gap::summaries(&self.pool, site, spans).await
+    }
+
+    async fn gap_ids(
+        &self,
+        site: &SiteId,
+        span: Span,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> Result<Vec<EventId>, HubStoreError> {
+        gap::event_ids_in(&self.pool, site, span, after, limit).await
+    }
+
+    async fn record_heal(&self, site: &SiteId, report: &HealReport) -> Result<(), HubStoreError> {
+        let lost: u64 = report.unrecoverable.iter().map(|u| u.events).sum();
+        let spans = serde_json::Value::Array(
+            report
+                .unrecoverable
+                .iter()
+                .map(|u| {
+                    serde_json::json!({
+                        "from": u.span.from.to_rfc3339(),
+                        "to": u.span.to.to_rfc3339(),
+                        "events": u.events,
+                    })
+                })
+                .collect(),
+        );
+        crate::db::update_site(
+            &self.pool,
+            site,
+            "UPDATE sites SET heal_generation = $2, heal_resent = $3,
+                 heal_unrecoverable_events = $4, heal_unrecoverable = $5,
+                 heal_search_bytes = $6, healed_at = now()
+             WHERE site_id = $1",
+            |q| {
+                q.bind(i32::try_from(report.generation).unwrap_or(i32::MAX))
+                    .bind(report.resent.min(i64::MAX as u64) as i64)
+                    .bind(lost.min(i64::MAX as u64) as i64)
+                    .bind(spans)
+                    .bind(report.search_bytes.min(i64::MAX as u64) as i64)
+            },
+        )
+        .await?;
+        if lost > 0 {
+            tracing::error!(
+                site = %site,
+                generation = report.generation,
+                unrecoverable = lost,
+                spans = ?report.unrecoverable,
+                "the site's edge no longer holds events this database lost: they cannot be healed"
+            );
+        } else {
+            tracing::info!(site = %site, generation = report.generation, resent = report.resent, "site healed");
+        }
         Ok(())
     }
 

@@ -29,13 +29,14 @@ const SITE_GAUGES_SQL: &str = "SELECT s.site_id, s.connected::int::float8 AS con
       WHERE e.site_id = s.site_id AND e.operator IS NOT NULL
         AND e.occurred_at > now() - interval '15 minutes')::float8 AS users,
     coalesce((SELECT extract(epoch FROM max(c.not_after) - now()) FROM certificates c
-      WHERE c.site_id = s.site_id AND c.revoked_at IS NULL), 'NaN')::float8 AS cert_expiry
+      WHERE c.site_id = s.site_id AND c.revoked_at IS NULL), 'NaN')::float8 AS cert_expiry,
+    coalesce(s.heal_unrecoverable_events, 0)::float8 AS heal_lost
   FROM sites s WHERE s.revoked_at IS NULL ORDER BY s.site_id";
 
 async fn site_gauges(pool: &PgPool) -> Result<String, sqlx::Error> {
     use sqlx::Row as _;
     let rows = read_rows(pool, "site_gauges", SITE_GAUGES_SQL).await?;
-    const COLUMNS: [(&str, &str, &str); 8] = [
+    const COLUMNS: [(&str, &str, &str); 9] = [
         (
             "connected",
             "mes_sync_site_connected",
@@ -76,8 +77,13 @@ async fn site_gauges(pool: &PgPool) -> Result<String, sqlx::Error> {
             "mes_site_certificate_expiry_seconds",
             "Seconds until the last unrevoked certificate of the site expires (negative: expired); the edge renews at two thirds of the lifetime.",
         ),
+        (
+            "heal_lost",
+            "mes_site_heal_unrecoverable_events",
+            "Events the hub's database lost (a restore or a failover) that the site's edge could not give back, its retention having pruned them; from the site's last heal.",
+        ),
     ];
-    let mut cols: [Vec<(String, f64)>; 8] = Default::default();
+    let mut cols: [Vec<(String, f64)>; 9] = Default::default();
     for r in &rows {
         let site: String = r.try_get("site_id")?;
         for ((column, _, _), samples) in COLUMNS.iter().zip(&mut cols) {

@@ -60,7 +60,9 @@ pub enum EdgeEvent {
     Generation(HubGeneration),
     /// Heal: summarise the store's events in these spans and pass them to
     /// [`EdgeSession::gap_summaries_ready`].
-    NeedGapSummaries { spans: Vec<Span> },
+    NeedGapSummaries {
+        spans: Vec<Span>,
+    },
     /// Heal: the hub's ids of `span` in `(after, through]` (`through` open on the last page):
     /// queue again the store's events in that range the hub lacks, then call
     /// [`EdgeSession::gap_ids_compared`].
@@ -650,7 +652,11 @@ impl EdgeSession {
                 };
                 run.search_bytes += bytes;
                 if let Err(e) = run.planner.hub_summaries(&answer.summaries) {
-                    self.fail(now, ErrorCode::UnexpectedMessage, format!("gap summaries: {e}"));
+                    self.fail(
+                        now,
+                        ErrorCode::UnexpectedMessage,
+                        format!("gap summaries: {e}"),
+                    );
                 }
             }
             (State::Established, Message::GapIds(page)) if self.heal.is_some() => {

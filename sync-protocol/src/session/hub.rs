@@ -74,7 +74,9 @@ pub enum HubEvent {
     NeedGeneration,
     /// Summarise this site's events in these spans; answer with
     /// [`HubSession::send_gap_summaries`].
-    GapQuery { spans: Vec<Span> },
+    GapQuery {
+        spans: Vec<Span>,
+    },
     /// Up to `limit` of this site's event ids in `span` after `after`, ascending; answer with
     /// [`HubSession::send_gap_ids`].
     GapIds {
@@ -429,7 +431,10 @@ impl HubSession {
             self.fail(
                 now,
                 ErrorCode::LimitExceeded,
-                format!("a gap query holds 1 to {GAP_SPANS_MAX} spans, got {}", spans.len()),
+                format!(
+                    "a gap query holds 1 to {GAP_SPANS_MAX} spans, got {}",
+                    spans.len()
+                ),
             );
             return false;
         }

@@ -86,7 +86,11 @@ fn a_restored_hub_gets_back_exactly_what_it_lost_and_the_pruned_loss_is_reported
     let hub = hub_ids(&lb);
     assert!(healable.is_subset(&hub), "every held event is back");
     assert!(gone.is_disjoint(&hub), "pruned events cannot come back");
-    assert_eq!(hub.len() as u64, EVENTS - gone.len() as u64, "nothing twice");
+    assert_eq!(
+        hub.len() as u64,
+        EVENTS - gone.len() as u64,
+        "nothing twice"
+    );
 
     let reports = lb.edge_store.heal_reports();
     assert_eq!(reports.len(), 1);
@@ -103,7 +107,11 @@ fn a_restored_hub_gets_back_exactly_what_it_lost_and_the_pruned_loss_is_reported
             "{u:?} outside {lost_hours:?}"
         );
     }
-    assert_eq!(lb.hub_store.heal_reports(&site()), reports, "the hub keeps it");
+    assert_eq!(
+        lb.hub_store.heal_reports(&site()),
+        reports,
+        "the hub keeps it"
+    );
     // Finding the gap cost far less than sending every event again would.
     let everything = EVENTS * 60;
     assert!(r.search_bytes < everything, "{} bytes", r.search_bytes);
