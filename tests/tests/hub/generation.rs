@@ -129,7 +129,10 @@ async fn a_fresh_database_is_generation_one_and_observing_again_writes_nothing()
         "observe, unchanged generation: {per_call:?} per call over {ROUNDS} calls; {}",
         plan.join(" / ")
     );
-    assert_eq!(scalar_i64(&admin, "SELECT count(*) FROM hub_generations").await, 1);
+    assert_eq!(
+        scalar_i64(&admin, "SELECT count(*) FROM hub_generations").await,
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,11 +154,10 @@ async fn a_failover_to_a_lagging_replica_is_a_new_generation_recorded_once() {
 
     // What the replica will keep: written, then awaited on the replica.
     let (kept_cursor, kept_version) = write_down_and_master(&admin, "KEPT").await;
-    let kept_at: time::OffsetDateTime =
-        sqlx::query_scalar("SELECT max(created_at) FROM down_log")
-            .fetch_one(&admin)
-            .await
-            .unwrap();
+    let kept_at: time::OffsetDateTime = sqlx::query_scalar("SELECT max(created_at) FROM down_log")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
     let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
         .fetch_one(&admin)
         .await
@@ -163,16 +165,20 @@ async fn a_failover_to_a_lagging_replica_is_a_new_generation_recorded_once() {
     let replica_admin = on_replica(&db.admin_url);
     let replica_server = on_replica(&primary.admin_url);
     let replica_root = connect(&replica_server).await.unwrap();
-    wait_for("the replica to replay the kept rows", Duration::from_secs(30), || {
-        let (pool, lsn) = (replica_root.clone(), lsn.clone());
-        async move {
-            sqlx::query_scalar::<_, bool>("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
-                .bind(lsn)
-                .fetch_one(&pool)
-                .await
-                .unwrap_or(false)
-        }
-    })
+    wait_for(
+        "the replica to replay the kept rows",
+        Duration::from_secs(30),
+        || {
+            let (pool, lsn) = (replica_root.clone(), lsn.clone());
+            async move {
+                sqlx::query_scalar::<_, bool>("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
+                    .bind(lsn)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap_or(false)
+            }
+        },
+    )
     .await;
 
     // An asynchronous replica behind the primary: its WAL receiver is cut off, and the
@@ -181,11 +187,18 @@ async fn a_failover_to_a_lagging_replica_is_a_new_generation_recorded_once() {
         .execute("ALTER SYSTEM SET primary_conninfo = ''")
         .await
         .unwrap();
-    replica_root.execute("SELECT pg_reload_conf()").await.unwrap();
-    wait_for("the primary to lose its replica", Duration::from_secs(30), || {
-        let pool = admin.clone();
-        async move { scalar_i64(&pool, "SELECT count(*) FROM pg_stat_replication").await == 0 }
-    })
+    replica_root
+        .execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    wait_for(
+        "the primary to lose its replica",
+        Duration::from_secs(30),
+        || {
+            let pool = admin.clone();
+            async move { scalar_i64(&pool, "SELECT count(*) FROM pg_stat_replication").await == 0 }
+        },
+    )
     .await;
     let mut lost = (0, 0);
     for i in 0..40 {
@@ -232,7 +245,11 @@ async fn a_failover_to_a_lagging_replica_is_a_new_generation_recorded_once() {
         .fetch_all(&promoted_admin)
         .await
         .unwrap();
-    assert_eq!(kept, vec![kept_cursor], "the replica must miss the lost rows");
+    assert_eq!(
+        kept,
+        vec![kept_cursor],
+        "the replica must miss the lost rows"
+    );
 
     // Four hub instances observe at once: one of them records the new generation.
     let observers: Vec<_> = (0..4)
@@ -249,7 +266,10 @@ async fn a_failover_to_a_lagging_replica_is_a_new_generation_recorded_once() {
     let second = seen[0].0.clone();
     assert!(seen.iter().all(|(g, _)| *g == second), "{seen:?}");
     assert_eq!(second.number, 2);
-    assert_eq!(second.system_id, first.system_id, "a promotion keeps the cluster");
+    assert_eq!(
+        second.system_id, first.system_id,
+        "a promotion keeps the cluster"
+    );
     assert_eq!(i64::from(second.timeline), wal_timeline);
     assert!(second.timeline > first.timeline);
     assert!(!second.same_history(&first));
@@ -263,7 +283,10 @@ async fn a_failover_to_a_lagging_replica_is_a_new_generation_recorded_once() {
         restore_point.as_micros() < micros(lost_from),
         "restore point {restore_point:?} at or after a lost row"
     );
-    assert_eq!(observe(&promoted_hub).await.unwrap(), (second.clone(), false));
+    assert_eq!(
+        observe(&promoted_hub).await.unwrap(),
+        (second.clone(), false)
+    );
     assert_eq!(history(&promoted_hub).await.unwrap(), vec![second, first]);
 
     // New cursors and versions lie above everything the lost primary issued.
@@ -276,7 +299,10 @@ async fn a_failover_to_a_lagging_replica_is_a_new_generation_recorded_once() {
             new_value >= kept + SEQUENCE_STEP,
             "{what} {new_value} is not 2^32 above {kept}"
         );
-        assert!(new_value > lost, "{what} {new_value} repeats the lost {lost}");
+        assert!(
+            new_value > lost,
+            "{what} {new_value} repeats the lost {lost}"
+        );
     }
 }
 
@@ -305,20 +331,37 @@ async fn data_recorded_on_another_cluster_is_a_new_generation_the_watch_sees_aft
 
     // Within its ttl the watch answers from its last observation, without a query.
     assert_eq!(
-        watch.current(t0 + Duration::from_millis(4_900)).await.unwrap(),
+        watch
+            .current(t0 + Duration::from_millis(4_900))
+            .await
+            .unwrap(),
         first
     );
-    assert_eq!(scalar_i64(&admin, "SELECT count(*) FROM hub_generations").await, 2);
+    assert_eq!(
+        scalar_i64(&admin, "SELECT count(*) FROM hub_generations").await,
+        2
+    );
 
     let third = watch.current(t0 + Duration::from_secs(5)).await.unwrap();
     assert_eq!(third.number, 3);
     assert_eq!(third.system_id, first.system_id);
     assert!(third.restore_point.is_some());
     let after = sequence_positions(&admin).await;
-    assert!(after.0 >= sequences.0 + SEQUENCE_STEP, "{after:?} vs {sequences:?}");
-    assert!(after.1 >= sequences.1 + SEQUENCE_STEP, "{after:?} vs {sequences:?}");
+    assert!(
+        after.0 >= sequences.0 + SEQUENCE_STEP,
+        "{after:?} vs {sequences:?}"
+    );
+    assert!(
+        after.1 >= sequences.1 + SEQUENCE_STEP,
+        "{after:?} vs {sequences:?}"
+    );
     // Recorded by the watch's observation, so a direct one finds nothing new.
     assert_eq!(observe(&hub).await.unwrap(), (third.clone(), false));
-    let numbers: Vec<u32> = history(&hub).await.unwrap().iter().map(|g| g.number).collect();
+    let numbers: Vec<u32> = history(&hub)
+        .await
+        .unwrap()
+        .iter()
+        .map(|g| g.number)
+        .collect();
     assert_eq!(numbers, vec![3, 2, 1]);
 }
