@@ -5,8 +5,8 @@
 
 --root DIR  the deploy directory to check (default: the one holding this script); the system
             test points it at a broken copy to prove that a broken manifest fails.
---sync      first rewrite the ConfigMaps that embed other files (pgbouncer.ini, alerts.yml)
-            from those files, then check.
+--sync      first rewrite the ConfigMaps that embed other files (pgbouncer.ini, alerts.yml,
+            pgbackrest-repo.conf) from those files, then check.
 
 Rendering. kubectl is not on every machine, so every kustomization is rendered here with a
 small subset of kustomize, the only features the manifests may use:
@@ -48,6 +48,13 @@ Checks (one summary line each; exit status 1 if any fails):
                          ConfigMap equal to deploy/pgbouncer/pgbouncer.ini, connection budget
   postgres               the guide's primary settings; the replica's settings a hot standby
                          accepts (max_connections etc. not below the primary's)
+  pgbackrest             the primary archives with `pgbackrest archive-push` (archive_mode on,
+                         archive_timeout 60s, async through a spool, zst, TLS to the repository
+                         host); the repository host's file: aes-256-cbc with no passphrase in
+                         any file, retention 2 full / 7 diff, start-fast, process-max 2; the
+                         repository Deployment and the weekly full, daily diff and check
+                         CronJobs mount the repository PVC at repo1-path, read the ConfigMap
+                         (equal to the file) and the passphrase from the Secret
   alerts                 rules parse, each has alert/expr/labels.severity/annotations.summary,
                          only known metrics, the ConfigMap equal to the file (promtool too
                          when on PATH)
@@ -211,6 +218,8 @@ GUIDE_PRIMARY = {
     "max_parallel_workers": "8",
     "max_parallel_maintenance_workers": "4",
 }
+# pgBackRest's stanza of the region's cluster (deploy/postgres/pgbackrest*.conf, primary.conf).
+PGBACKREST_STANZA = "mes"
 # A hot standby refuses to run (or pauses recovery) when these are below the primary's.
 STANDBY_NOT_BELOW_PRIMARY = [
     "max_connections",
@@ -598,6 +607,13 @@ EMBEDDED = [
         "alerts.yml",
         "prometheus/alerts.yml",
         {"app.kubernetes.io/name": "mes-hub", "app.kubernetes.io/part-of": "mes-sync", "prometheus_rule": "1"},
+    ),
+    (
+        "k8s/base/backup/configmap.yaml",
+        "pgbackrest-config",
+        "pgbackrest.conf",
+        "postgres/pgbackrest-repo.conf",
+        {"app.kubernetes.io/name": "pgbackrest", "app.kubernetes.io/part-of": "mes-sync"},
     ),
 ]
 
@@ -1146,6 +1162,126 @@ def check_postgres(root: Path, report: Report) -> None:
     report.check("postgres", problems, "primary: the guide's settings, wal_level replica; replica: hot standby, limits not below the primary's")
 
 
+def read_pgbackrest_conf(path: Path) -> configparser.ConfigParser:
+    """pgbackrest.conf: INI sections [global] and [<stanza>], `option=value` lines."""
+    cp = configparser.ConfigParser(delimiters=("=",), comment_prefixes=("#",), interpolation=None)
+    cp.optionxform = str
+    cp.read_string(path.read_text(encoding="utf-8"), source=str(path))
+    return cp
+
+
+def cron_fields(schedule: str) -> list:
+    fields = str(schedule).split()
+    return fields if len(fields) == 5 else []
+
+
+def check_pgbackrest(root: Path, rendered: dict, secrets: dict, report: Report) -> None:
+    problems = []
+    try:
+        primary_side = read_pgbackrest_conf(root / "postgres" / "pgbackrest.conf")
+        repo_side = read_pgbackrest_conf(root / "postgres" / "pgbackrest-repo.conf")
+        primary = read_conf(root / "postgres" / "primary.conf")
+    except (configparser.Error, ValueError, OSError) as e:
+        report.check("pgbackrest", [str(e)], "")
+        return
+    for name, cp in (("pgbackrest.conf", primary_side), ("pgbackrest-repo.conf", repo_side)):
+        for section in cp.sections():
+            if "repo1-cipher-pass" in cp[section]:
+                problems.append(f"{name}: repo1-cipher-pass is in the file; it comes from PGBACKREST_REPO1_CIPHER_PASS (a Secret)")
+        if not cp.has_section(PGBACKREST_STANZA):
+            problems.append(f"{name}: no [{PGBACKREST_STANZA}] stanza section")
+    g = dict(primary_side["global"]) if primary_side.has_section("global") else {}
+    for k_, v in {"repo1-host-type": "tls", "archive-async": "y", "process-max": "2", "compress-type": "zst"}.items():
+        if g.get(k_) != v:
+            problems.append(f"pgbackrest.conf: {k_}={g.get(k_)!r}, expected {v!r}")
+    for k_ in ("repo1-host", "spool-path"):
+        if not g.get(k_):
+            problems.append(f"pgbackrest.conf: {k_} missing")
+    r = dict(repo_side["global"]) if repo_side.has_section("global") else {}
+    want = {
+        "repo1-cipher-type": "aes-256-cbc",
+        "repo1-retention-full": "2",
+        "repo1-retention-diff": "7",
+        "compress-type": "zst",
+        "process-max": "2",
+        "start-fast": "y",
+        "archive-async": "y",
+    }
+    for k_, v in want.items():
+        if r.get(k_) != v:
+            problems.append(f"pgbackrest-repo.conf: {k_}={r.get(k_)!r}, expected {v!r}")
+    if "repo1-host" in r:
+        problems.append("pgbackrest-repo.conf: repo1-host set: the repository host's repository must be local")
+    stanza = dict(repo_side[PGBACKREST_STANZA]) if repo_side.has_section(PGBACKREST_STANZA) else {}
+    if stanza.get("pg1-host") != "postgres-primary" or stanza.get("pg1-host-type") != "tls":
+        problems.append("pgbackrest-repo.conf: [mes] must reach the primary with pg1-host=postgres-primary, pg1-host-type=tls")
+    repo_path = r.get("repo1-path")
+    if not repo_path or not repo_path.startswith("/"):
+        problems.append(f"pgbackrest-repo.conf: repo1-path {repo_path!r} must be the volume's absolute path")
+    # The primary archives every segment through pgBackRest, at least once a minute.
+    if primary.get("archive_mode") != "on":
+        problems.append(f"primary.conf: archive_mode = {primary.get('archive_mode')!r}, expected on")
+    cmd = primary.get("archive_command", "")
+    if not re.fullmatch(rf"pgbackrest .*--stanza={PGBACKREST_STANZA} archive-push %p|pgbackrest --stanza={PGBACKREST_STANZA} archive-push %p", cmd):
+        problems.append(f"primary.conf: archive_command {cmd!r} is not `pgbackrest --stanza={PGBACKREST_STANZA} archive-push %p`")
+    if primary.get("archive_timeout") != "60s":
+        problems.append(f"primary.conf: archive_timeout = {primary.get('archive_timeout')!r}, expected 60s")
+    # Kubernetes: the repository pod and the CronJobs.
+    s = secrets.get("pgbackrest-secrets", {})
+    if "PGBACKREST_REPO1_CIPHER_PASS" not in s:
+        problems.append("deploy/k8s/secrets has no Secret pgbackrest-secrets with PGBACKREST_REPO1_CIPHER_PASS")
+    workloads = {
+        ("Deployment", "pgbackrest-repo"): (["server"], None),
+        ("CronJob", "pgbackrest-full"): ([f"--stanza={PGBACKREST_STANZA}", "backup", "--type=full"], "weekly"),
+        ("CronJob", "pgbackrest-diff"): ([f"--stanza={PGBACKREST_STANZA}", "backup", "--type=diff"], "daily"),
+        ("CronJob", "pgbackrest-check"): ([f"--stanza={PGBACKREST_STANZA}", "check"], None),
+    }
+    for d, objs in rendered.items():
+        for (kind, name), (args, cadence) in workloads.items():
+            o = find(objs, kind, name)
+            if o is None:
+                problems.append(f"{d.name}: no {kind} {name}")
+                continue
+            spec = pod_spec(o)
+            c = spec["containers"][0]
+            if c.get("args") != args:
+                problems.append(f"{d.name}: {name} args {c.get('args')}, expected {args}")
+            fields = cron_fields(o["spec"].get("schedule", "")) if kind == "CronJob" else []
+            if kind == "CronJob":
+                if not fields:
+                    problems.append(f"{d.name}: {name} schedule {o['spec'].get('schedule')!r} is not five cron fields")
+                elif cadence == "weekly" and not re.fullmatch(r"[0-6]", fields[4]):
+                    problems.append(f"{d.name}: {name} must run once a week (one day of the week), is {o['spec']['schedule']!r}")
+                elif cadence == "daily" and (fields[2] != "*" or fields[3] != "*" or not re.fullmatch(r"\d+", fields[1])):
+                    problems.append(f"{d.name}: {name} must run daily, is {o['spec']['schedule']!r}")
+                if o["spec"].get("concurrencyPolicy") != "Forbid":
+                    problems.append(f"{d.name}: {name} concurrencyPolicy must be Forbid")
+            if env_secret_ref(c, "PGBACKREST_REPO1_CIPHER_PASS") != ("pgbackrest-secrets", "PGBACKREST_REPO1_CIPHER_PASS"):
+                problems.append(f"{d.name}: {name} must take PGBACKREST_REPO1_CIPHER_PASS from Secret pgbackrest-secrets")
+            mounts = {m["mountPath"]: m for m in c.get("volumeMounts") or []}
+            vols = {v["name"]: v for v in spec.get("volumes") or []}
+            m = mounts.get(repo_path)
+            claim = ((vols.get((m or {}).get("name")) or {}).get("persistentVolumeClaim") or {}).get("claimName")
+            if m is None or m.get("readOnly") or claim is None or find(objs, "PersistentVolumeClaim", claim) is None:
+                problems.append(f"{d.name}: {name} must mount a rendered PVC writable at repo1-path {repo_path}")
+            conf = env_value(c, objs, "PGBACKREST_CONFIG") or "/etc/pgbackrest/pgbackrest.conf"
+            cm_mount = mounts.get(str(Path(conf).parent))
+            cm = ((vols.get((cm_mount or {}).get("name")) or {}).get("configMap") or {}).get("name")
+            if cm != "pgbackrest-config" or Path(conf).name != "pgbackrest.conf":
+                problems.append(f"{d.name}: {name} must read {conf} from the ConfigMap pgbackrest-config")
+        cmo = find(objs, "ConfigMap", "pgbackrest-config")
+        text = (root / "postgres" / "pgbackrest-repo.conf").read_text(encoding="utf-8")
+        if cmo is None or (cmo.get("data") or {}).get("pgbackrest.conf") != text:
+            problems.append(f"{d.name}: ConfigMap pgbackrest-config differs from deploy/postgres/pgbackrest-repo.conf (run validate.py --sync)")
+    report.check(
+        "pgbackrest",
+        problems,
+        "primary archives through pgbackrest (async, every 60s at least); repository encrypted aes-256-cbc with "
+        "the passphrase from a Secret, retention 2 full / 7 diff, zst; weekly full, daily diff and check "
+        "CronJobs on the repository volume",
+    )
+
+
 def check_alerts(root: Path, rendered: dict, report: Report) -> None:
     problems, n = [], 0
     path = root / "prometheus" / "alerts.yml"
@@ -1346,6 +1482,7 @@ def main() -> int:
     check_no_placeholders(rendered, report)
     check_pgbouncer(root, rendered, report)
     check_postgres(root, report)
+    check_pgbackrest(root, rendered, secrets, report)
     check_alerts(root, rendered, report)
     check_grafana(root, report)
     check_dockerfiles(root, report)

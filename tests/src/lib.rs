@@ -1,7 +1,7 @@
 //! Support code for the workspace's system tests: the layering rules read from
-//! `cargo metadata`, the PostgreSQL harness ([`pg`]), the HQ fixture ([`hq`]) and the
-//! headless browser of the UI tests ([`browser`]) and the deterministic simulator ([`sim`]). Later:
-//! the chaos harness.
+//! `cargo metadata`, the PostgreSQL harness ([`pg`]) and pgBackRest over it ([`pgbackrest`]),
+//! the HQ fixture ([`hq`]) and the headless browser of the UI tests ([`browser`]) and the
+//! deterministic simulator ([`sim`]). Later: the chaos harness.
 
 /// `Debug` for fixtures that hold handles (servers, clients, tasks) with nothing to show:
 /// the type's name.
@@ -25,6 +25,7 @@ pub mod hq;
 pub mod layering;
 pub mod line;
 pub mod pg;
+pub mod pgbackrest;
 pub mod pgbouncer;
 pub mod procs;
 pub mod requests;

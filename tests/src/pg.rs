@@ -96,6 +96,13 @@ pub(crate) fn is_root() -> bool {
 
 /// Runs a PostgreSQL binary, as `postgres` when we are root.
 fn run_pg(bin: &Path, args: &[&str]) -> Result<(), String> {
+    run_as_cluster_user(bin, args).map(drop)
+}
+
+/// Runs a program as the OS user the private clusters run as (`postgres` when we are root,
+/// else ourselves): tools that read a cluster's files, such as pgBackRest, must be that user.
+/// Returns standard output; an error carries standard error.
+pub(crate) fn run_as_cluster_user(bin: &Path, args: &[&str]) -> Result<String, String> {
     let mut cmd = if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(bin);
@@ -108,7 +115,7 @@ fn run_pg(bin: &Path, args: &[&str]) -> Result<(), String> {
         .output()
         .map_err(|e| format!("{}: {e}", bin.display()))?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(format!(
             "{} {args:?} failed: {}",
@@ -127,7 +134,7 @@ pub(crate) fn free_port() -> Result<u16, String> {
 
 /// A fresh temporary directory for a cluster's files, owned by `postgres` when we are root
 /// (PostgreSQL refuses to run as root).
-fn cluster_dir(prefix: &str) -> Result<PathBuf, String> {
+pub(crate) fn cluster_dir(prefix: &str) -> Result<PathBuf, String> {
     let dir = std::env::temp_dir().join(format!(
         "{prefix}-{}-{}",
         std::process::id(),
@@ -161,6 +168,13 @@ pub struct PrivateCluster {
 impl PrivateCluster {
     /// `initdb` and start on a free port; `fsync` on for crash tests, off for speed.
     pub fn start(fsync: bool) -> Result<PrivateCluster, String> {
+        Self::start_with(fsync, &[])
+    }
+
+    /// Like [`PrivateCluster::start`], with `settings` (name, value) written to the cluster's
+    /// `postgresql.conf` before it starts: they travel with the data directory, so a base
+    /// backup restored elsewhere starts with them too (WAL archiving, for one).
+    pub fn start_with(fsync: bool, settings: &[(&str, &str)]) -> Result<PrivateCluster, String> {
         let initdb =
             find_bin("initdb").ok_or("initdb not found on PATH or in /usr/lib/postgresql")?;
         let pg_ctl = find_bin("pg_ctl").ok_or("pg_ctl not found")?;
@@ -170,12 +184,35 @@ impl PrivateCluster {
             &initdb,
             &["-D", &data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
         )?;
+        if !settings.is_empty() {
+            let mut lines = String::from("\n# Added by the test harness (tests/src/pg.rs).\n");
+            for (name, value) in settings {
+                lines.push_str(&format!("{name} = '{}'\n", value.replace('\'', "''")));
+            }
+            let conf = Path::new(&data).join("postgresql.conf");
+            // Appending keeps the file's owner (postgres when we are root).
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&conf)
+                .map_err(|e| format!("{}: {e}", conf.display()))?;
+            std::io::Write::write_all(&mut f, lines.as_bytes())
+                .map_err(|e| format!("{}: {e}", conf.display()))?;
+        }
         Self::launch(
             dir,
             data,
             pg_ctl,
             &format!("-c fsync={}", if fsync { "on" } else { "off" }),
         )
+    }
+
+    /// Starts an existing data directory, `dir/data` (one restored from a backup, say), on
+    /// `port`, `fsync` off. Stopped and `dir` removed when dropped, like every private
+    /// cluster.
+    pub fn start_existing(dir: PathBuf, port: u16) -> Result<PrivateCluster, String> {
+        let pg_ctl = find_bin("pg_ctl").ok_or("pg_ctl not found")?;
+        let data = dir.join("data").to_string_lossy().to_string();
+        Self::launch_on(port, dir, data, pg_ctl, "-c fsync=off")
     }
 
     /// Starts the cluster in `data` on a free port with `settings` (`-c` options) added.
@@ -185,7 +222,16 @@ impl PrivateCluster {
         pg_ctl: PathBuf,
         settings: &str,
     ) -> Result<PrivateCluster, String> {
-        let port = free_port()?;
+        Self::launch_on(free_port()?, dir, data, pg_ctl, settings)
+    }
+
+    fn launch_on(
+        port: u16,
+        dir: PathBuf,
+        data: String,
+        pg_ctl: PathBuf,
+        settings: &str,
+    ) -> Result<PrivateCluster, String> {
         let opts = format!(
             "-p {port} -c listen_addresses=127.0.0.1 -k {} {settings}",
             dir.to_string_lossy(),
@@ -200,8 +246,42 @@ impl PrivateCluster {
             pg_ctl,
             keep: false,
         };
-        c.start_again()?;
+        // Dropped on failure, which removes the directory: a failed start leaves nothing, and
+        // the error carries the server's log.
+        if let Err(e) = c.start_again() {
+            return Err(format!("{e}\nserver log {}:\n{}", c.log, c.log_tail()));
+        }
         Ok(c)
+    }
+
+    /// The last lines of the server log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// The data directory (`PGDATA`).
+    pub fn data_dir(&self) -> &Path {
+        Path::new(&self.data)
+    }
+
+    /// The directory of the Unix-domain socket (`unix_socket_directories`).
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Losing the database server: stop without a checkpoint (`-m immediate`), then remove
+    /// the data directory and everything else of this cluster.
+    pub fn destroy(mut self) -> Result<(), String> {
+        self.keep = true;
+        let stopped = self.stop_immediate();
+        std::fs::remove_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        match stopped {
+            // A server that had already stopped (or crashed) is as good as stopped.
+            Err(e) if !e.contains("Is server running?") => Err(e),
+            _ => Ok(()),
+        }
     }
 
     pub fn start_again(&self) -> Result<(), String> {

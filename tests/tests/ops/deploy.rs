@@ -4,7 +4,8 @@
 //!   kustomize` when kubectl is installed), every object valid against the Kubernetes schema,
 //!   and the hub-specific checks it lists in its header;
 //! * the validator is not a rubber stamp: copies of `deploy/` with a TCP QUIC port, a missing
-//!   readiness probe, or a kustomize feature outside its subset fail with the right words;
+//!   readiness probe, an unencrypted backup repository, a primary that does not archive its
+//!   WAL, or a kustomize feature outside its subset fail with the right words;
 //! * `deploy/systemd/mes-edge.service` is byte for byte the unit `edge-agent install` writes;
 //! * every hub metric that `deploy/prometheus/alerts.yml` and `deploy/grafana/mes-hub.json`
 //!   name is exported by a real hub's `GET /metrics`.
@@ -83,6 +84,7 @@ fn deploy_directory_validates() {
         "hub-env",
         "pgbouncer",
         "postgres",
+        "pgbackrest",
         "alerts",
         "grafana",
         "dockerfiles",
@@ -158,6 +160,24 @@ fn broken_manifests_fail_validation() {
         text.contains("readinessProbe must be httpGet /ready"),
         "{text}"
     );
+
+    // An unencrypted backup repository.
+    let text = validate_broken("no-cipher", "postgres/pgbackrest-repo.conf", |s| {
+        assert_eq!(s.matches("repo1-cipher-type=aes-256-cbc").count(), 1, "{s}");
+        s.replace("repo1-cipher-type=aes-256-cbc", "repo1-cipher-type=none")
+    });
+    assert!(text.contains("FAIL pgbackrest"), "{text}");
+    assert!(
+        text.contains("repo1-cipher-type='none', expected 'aes-256-cbc'"),
+        "{text}"
+    );
+
+    // A primary that does not archive its WAL.
+    let text = validate_broken("no-archive", "postgres/primary.conf", |s| {
+        s.replace("archive_mode = on", "archive_mode = off")
+    });
+    assert!(text.contains("FAIL pgbackrest"), "{text}");
+    assert!(text.contains("archive_mode = 'off', expected on"), "{text}");
 
     // A kustomize feature the built-in renderer does not implement is refused, not ignored.
     let text = validate_broken(
