@@ -146,6 +146,7 @@ HUB_METRICS = {
     "mes_db_replication_lag_seconds",
     "mes_rate_limited_total",
     "mes_site_certificate_expiry_seconds",
+    "mes_site_heal_unrecoverable_events",
 }
 HISTOGRAMS = {"mes_http_request_duration_seconds", "mes_db_query_duration_seconds"}
 

@@ -83,7 +83,9 @@ impl<'r> FromRow<'r, PgRow> for Site {
                     generation,
                     healed_at: rfc3339(r.try_get("healed_at")?),
                     resent: r.try_get::<Option<i64>, _>("heal_resent")?.unwrap_or(0),
-                    search_bytes: r.try_get::<Option<i64>, _>("heal_search_bytes")?.unwrap_or(0),
+                    search_bytes: r
+                        .try_get::<Option<i64>, _>("heal_search_bytes")?
+                        .unwrap_or(0),
                     unrecoverable: r
                         .try_get::<Option<serde_json::Value>, _>("heal_unrecoverable")?
                         .unwrap_or(serde_json::Value::Array(Vec::new())),

@@ -324,12 +324,20 @@ fn connector_figures(state: &AppState) -> Vec<crate::metrics::ConnectorFigures> 
 async fn sync_status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let p = state.store.pending().await?;
     let last = state.store.meta("last_sync_at").await?;
+    // The last heal of the hub (after its database went back in time): shown as stored; a
+    // record that does not parse is shown as absent rather than failing the status.
+    let heal: Option<crate::sync_store::HealRecord> = state
+        .store
+        .meta(crate::sync_store::LAST_HEAL)
+        .await?
+        .and_then(|j| serde_json::from_str(&j).ok());
     Ok(Json(json!({
         "site_id": state.store.site().as_str(),
         "connected": state.connected.load(std::sync::atomic::Ordering::Relaxed),
         "pending_events": p.events,
         "pending_changes": p.changes,
         "last_sync_at": last,
+        "last_heal": heal,
         "certificate": state.certificate().map(|c| json!({
             "serial": c.serial,
             "not_after": shared_model::Timestamp::from_micros(c.not_after.saturating_mul(1_000_000)),
