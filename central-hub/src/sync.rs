@@ -32,6 +32,7 @@ use sync_protocol::close_code;
 use sync_protocol::driver::drive_hub;
 use sync_protocol::message::{ErrorCode, RenewOutcome};
 use sync_protocol::session::{CloseReason, HubSession, SessionConfig};
+use sync_protocol::store::HubStore as _;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::certs::Admission;
@@ -734,6 +735,7 @@ async fn connection(
         shutdown: &mut shutdown,
         ticks: 0,
         connected: false,
+        generation_told: None,
     };
     let pump_config = PumpConfig {
         fallback_timeout: IDLE_TIMEOUT,
@@ -775,6 +777,8 @@ struct HubSide<'a> {
     ticks: u64,
     /// The session was welcomed: it set the site's `connected` flag.
     connected: bool,
+    /// The database generation the edge was told (it heals): checked with the revocation.
+    generation_told: Option<sync_protocol::message::HubGeneration>,
 }
 
 impl sync_io::Side for HubSide<'_> {
@@ -790,6 +794,9 @@ impl sync_io::Side for HubSide<'_> {
                 metrics
                     .events_ingested
                     .fetch_add(report.events_ingested, Ordering::Relaxed);
+                if report.generation_told.is_some() {
+                    self.generation_told = report.generation_told;
+                }
                 if report.connected {
                     self.connected = true;
                     self.place.set_established();
@@ -838,6 +845,25 @@ impl sync_io::Side for HubSide<'_> {
                     && let Some(why) = still_allowed(&self.shared.store, self.site, self.cert).await
                 {
                     session.close(now, ErrorCode::Unauthorized, why);
+                }
+                // The database went back in time under this session (a failover behind
+                // PgBouncer, a restore): the edge heals only at a session's start, so end this
+                // one and let it reconnect.
+                if self.ticks.is_multiple_of(REVOCATION_CHECK_TICKS)
+                    && let Some(told) = self.generation_told
+                    && let Ok(Some(current)) = self.shared.store.generation().await
+                    && (current.system_id, current.timeline) != (told.system_id, told.timeline)
+                {
+                    tracing::warn!(
+                        site = %self.site,
+                        generation = current.number,
+                        "the database changed generation under a session: closing it so the edge heals"
+                    );
+                    session.close(
+                        now,
+                        ErrorCode::ShuttingDown,
+                        "the hub's database went back in time: reconnect to heal",
+                    );
                 }
             }
             HubWake::Shutdown => session.close(now, ErrorCode::ShuttingDown, "hub shutting down"),

@@ -53,6 +53,10 @@ pub struct DriveReport {
     pub heal_started: Option<crate::message::HubGeneration>,
     /// Edge: a heal ended; hub: an edge reported one.
     pub healed: Option<crate::message::HealReport>,
+    /// Hub: the database generation told to the edge. A session that outlives it (the
+    /// database went back in time under a running hub) must end, so the edge reconnects and
+    /// heals.
+    pub generation_told: Option<crate::message::HubGeneration>,
 }
 
 /// Drives an edge session until it has no more work. A store failure closes the session with
@@ -312,6 +316,7 @@ async fn drive_hub_inner<S: HubStore>(
             HubEvent::NeedGeneration => {
                 let generation = store.generation().await.map_err(DriveError::Store)?;
                 session.send_generation(now, generation)?;
+                report.generation_told = generation;
             }
             HubEvent::GapQuery { spans } => {
                 let summaries = store

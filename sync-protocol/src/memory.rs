@@ -202,15 +202,7 @@ impl MemoryEdgeStore {
 
     /// Events still waiting in the outbox (not acknowledged by the hub).
     pub fn pending_event_ids(&self) -> BTreeSet<EventId> {
-        self.inner
-            .lock()
-            .outbox
-            .values()
-            .filter_map(|item| match item {
-                OutboxItem::Event(e) => Some(e.event_id),
-                OutboxItem::Change(_) => None,
-            })
-            .collect()
+        self.inner.lock().queued_events()
     }
 
     /// Every record with the hashes of its changes.
@@ -235,14 +227,7 @@ impl MemoryEdgeStore {
     /// summary per hour; returns how many.
     pub fn prune_acked_before(&self, cutoff: Timestamp) -> usize {
         let mut s = self.inner.lock();
-        let pending: BTreeSet<EventId> = s
-            .outbox
-            .values()
-            .filter_map(|i| match i {
-                OutboxItem::Event(e) => Some(e.event_id),
-                OutboxItem::Change(_) => None,
-            })
-            .collect();
+        let pending = s.queued_events();
         let gone: Vec<(EventId, i64)> = s
             .events
             .values()
@@ -407,14 +392,7 @@ impl EdgeStore for MemoryEdgeStore {
             })
             .cloned()
             .collect();
-        let queued: BTreeSet<EventId> = s
-            .outbox
-            .values()
-            .filter_map(|i| match i {
-                OutboxItem::Event(e) => Some(e.event_id),
-                OutboxItem::Change(_) => None,
-            })
-            .collect();
+        let queued = s.queued_events();
         let mut found = IdsCompared {
             held: in_range.len() as u64,
             missing: 0,
@@ -446,6 +424,17 @@ impl EdgeStore for MemoryEdgeStore {
 }
 
 impl EdgeState {
+    /// Events waiting in the outbox.
+    fn queued_events(&self) -> BTreeSet<EventId> {
+        self.outbox
+            .values()
+            .filter_map(|i| match i {
+                OutboxItem::Event(e) => Some(e.event_id),
+                OutboxItem::Change(_) => None,
+            })
+            .collect()
+    }
+
     fn window(&self) -> Option<Span> {
         let held = self.events.values().map(|e| e.recorded_at);
         let pruned = self.pruned.keys().map(|h| Timestamp::from_micros(*h));

@@ -348,6 +348,15 @@ impl PrivateCluster {
         }
     }
 
+    /// `url` (of a database on this cluster) pointed at `other` instead: the same database,
+    /// role and options on a replica of this cluster.
+    pub fn url_on(&self, other: &PrivateCluster, url: &str) -> String {
+        url.replace(
+            &format!(":{}/", self.port()),
+            &format!(":{}/", other.port()),
+        )
+    }
+
     /// Promotes this replica to a primary (`pg_ctl promote`, waiting until it accepts
     /// writes): a failover. It starts a new WAL timeline.
     pub fn promote(&self) -> Result<(), String> {
@@ -547,4 +556,52 @@ impl TestDb {
             .await;
         pool.close().await;
     }
+}
+
+/// Waits until `replica` (a connection to it) has replayed everything `primary` had written
+/// when called (at most 30 s).
+pub async fn wait_replayed(primary: &sqlx::PgPool, replica: &sqlx::PgPool) {
+    let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(primary)
+        .await
+        .expect("the primary's WAL position");
+    crate::hq::wait_for("the replica to replay", Duration::from_secs(30), || {
+        let (pool, lsn) = (replica.clone(), lsn.clone());
+        async move {
+            sqlx::query_scalar::<_, bool>("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
+                .bind(lsn)
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(false)
+        }
+    })
+    .await;
+}
+
+/// Makes `replica` an asynchronous replica that has fallen behind: its WAL receiver is cut
+/// off (`primary_conninfo = ''`), and this waits until `primary` has no replica any more. What
+/// the primary writes from then on, a failover to this replica loses.
+pub async fn cut_off(replica: &sqlx::PgPool, primary: &sqlx::PgPool) {
+    replica
+        .execute("ALTER SYSTEM SET primary_conninfo = ''")
+        .await
+        .expect("ALTER SYSTEM on the replica");
+    replica
+        .execute("SELECT pg_reload_conf()")
+        .await
+        .expect("reloading the replica's configuration");
+    crate::hq::wait_for(
+        "the primary to lose its replica",
+        Duration::from_secs(30),
+        || {
+            let pool = primary.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_stat_replication")
+                    .fetch_one(&pool)
+                    .await
+                    .is_ok_and(|n| n == 0)
+            }
+        },
+    )
+    .await;
 }

@@ -218,6 +218,38 @@ impl HubStore for SimHubStore {
     ) -> Result<HeadsComparison, Self::Error> {
         self.shared.compare_heads(site, peer).await
     }
+
+    async fn generation(
+        &self,
+    ) -> Result<Option<sync_protocol::message::HubGeneration>, Self::Error> {
+        self.shared.generation().await
+    }
+
+    async fn gap_summaries(
+        &self,
+        site: &SiteId,
+        spans: &[sync_protocol::gap::Span],
+    ) -> Result<Vec<sync_protocol::gap::Summary>, Self::Error> {
+        self.shared.gap_summaries(site, spans).await
+    }
+
+    async fn gap_ids(
+        &self,
+        site: &SiteId,
+        span: sync_protocol::gap::Span,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> Result<Vec<EventId>, Self::Error> {
+        self.shared.gap_ids(site, span, after, limit).await
+    }
+
+    async fn record_heal(
+        &self,
+        site: &SiteId,
+        report: &sync_protocol::message::HealReport,
+    ) -> Result<(), Self::Error> {
+        self.shared.record_heal(site, report).await
+    }
 }
 
 /// Frames in flight one way on one connection.

@@ -141,12 +141,7 @@ async fn a_failover_to_a_lagging_replica_is_a_new_generation_recorded_once() {
     let replica = primary.start_replica().expect("a streaming replica");
     let db = primary.server().fresh_database().await;
     db.migrate().await;
-    let on_replica = |url: &str| {
-        url.replace(
-            &format!(":{}/", primary.port()),
-            &format!(":{}/", replica.port()),
-        )
-    };
+    let on_replica = |url: &str| primary.url_on(&replica, url);
     let admin = connect(&db.admin_url).await.unwrap();
     let hub = connect(&db.hub_url).await.unwrap();
     let (first, new) = observe(&hub).await.unwrap();
@@ -158,48 +153,13 @@ async fn a_failover_to_a_lagging_replica_is_a_new_generation_recorded_once() {
         .fetch_one(&admin)
         .await
         .unwrap();
-    let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
-        .fetch_one(&admin)
-        .await
-        .unwrap();
     let replica_admin = on_replica(&db.admin_url);
-    let replica_server = on_replica(&primary.admin_url);
-    let replica_root = connect(&replica_server).await.unwrap();
-    wait_for(
-        "the replica to replay the kept rows",
-        Duration::from_secs(30),
-        || {
-            let (pool, lsn) = (replica_root.clone(), lsn.clone());
-            async move {
-                sqlx::query_scalar::<_, bool>("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
-                    .bind(lsn)
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap_or(false)
-            }
-        },
-    )
-    .await;
+    let replica_root = connect(&on_replica(&primary.admin_url)).await.unwrap();
+    system_tests::pg::wait_replayed(&admin, &replica_root).await;
 
     // An asynchronous replica behind the primary: its WAL receiver is cut off, and the
     // primary goes on writing what the failover will lose.
-    replica_root
-        .execute("ALTER SYSTEM SET primary_conninfo = ''")
-        .await
-        .unwrap();
-    replica_root
-        .execute("SELECT pg_reload_conf()")
-        .await
-        .unwrap();
-    wait_for(
-        "the primary to lose its replica",
-        Duration::from_secs(30),
-        || {
-            let pool = admin.clone();
-            async move { scalar_i64(&pool, "SELECT count(*) FROM pg_stat_replication").await == 0 }
-        },
-    )
-    .await;
+    system_tests::pg::cut_off(&replica_root, &admin).await;
     let mut lost = (0, 0);
     for i in 0..40 {
         // More than the 32 values a sequence logs ahead, so the lost primary issued values

@@ -365,12 +365,7 @@ async fn reports_come_from_a_streaming_replica_and_its_lag_is_exported() {
     let replica = primary.start_replica().expect("a streaming replica");
     let db = primary.server().fresh_database().await;
     db.migrate().await;
-    let on_replica = |url: &str| {
-        url.replace(
-            &format!(":{}/", primary.port()),
-            &format!(":{}/", replica.port()),
-        )
-    };
+    let on_replica = |url: &str| primary.url_on(&replica, url);
     let admin = central_hub::db::connect(&db.admin_url).await.unwrap();
     let site = SiteId::new("SITE_A").unwrap();
     add_site(&admin, &site, "Plant", "EU", "UTC").await.unwrap();

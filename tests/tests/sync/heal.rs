@@ -12,7 +12,7 @@ use central_hub::ingest::PgHubStore;
 use central_hub::pki::Ca;
 use central_hub::serve::{self, ServeConfig};
 use shared_model::SiteId;
-use sqlx::{Executor, PgPool};
+use sqlx::PgPool;
 use sync_protocol::message::{DownItem, RecordChange, RecordId, RecordKind};
 use system_tests::edge::{edge_config, good_parts, order_at, record};
 use system_tests::hq::{init_logs, serve_config, temp_dir, wait_for};
@@ -89,12 +89,7 @@ async fn a_failover_to_a_lagging_replica_loses_no_acknowledged_event() {
     let replica = primary.start_replica().expect("a streaming replica");
     let db = primary.server().fresh_database().await;
     db.migrate().await;
-    let on_replica = |url: &str| {
-        url.replace(
-            &format!(":{}/", primary.port()),
-            &format!(":{}/", replica.port()),
-        )
-    };
+    let on_replica = |url: &str| primary.url_on(&replica, url);
     let admin = central_hub::db::connect(&db.admin_url).await.unwrap();
     let state_dir = temp_dir("heal-hub");
     let ca = Ca::load_or_create(&state_dir).unwrap();
@@ -146,35 +141,8 @@ async fn a_failover_to_a_lagging_replica_loses_no_acknowledged_event() {
     let replica_root = central_hub::db::connect(&on_replica(&primary.admin_url))
         .await
         .unwrap();
-    let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
-        .fetch_one(&admin)
-        .await
-        .unwrap();
-    wait_for("the replica to replay", Duration::from_secs(30), || {
-        let (pool, lsn) = (replica_root.clone(), lsn.clone());
-        async move {
-            sqlx::query_scalar::<_, bool>("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
-                .bind(lsn)
-                .fetch_one(&pool)
-                .await
-                .unwrap_or(false)
-        }
-    })
-    .await;
-    replica_root
-        .execute("ALTER SYSTEM SET primary_conninfo = ''")
-        .await
-        .unwrap();
-    replica_root
-        .execute("SELECT pg_reload_conf()")
-        .await
-        .unwrap();
-    wait_for(
-        "the primary to lose its replica",
-        Duration::from_secs(30),
-        || async { count(&admin, "SELECT count(*) FROM pg_stat_replication").await == 0 },
-    )
-    .await;
+    system_tests::pg::wait_replayed(&admin, &replica_root).await;
+    system_tests::pg::cut_off(&replica_root, &admin).await;
 
     // What only the primary will have: more events (acknowledged to the edges, which keep
     // them only for their retention) and an HQ release that reached site A.
