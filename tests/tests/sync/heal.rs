@@ -175,9 +175,11 @@ async fn a_failover_to_a_lagging_replica_loses_no_acknowledged_event() {
     .await;
 
     // The primary dies; the replica is promoted; a hub starts on it where the old one was.
+    // (The old hub instance goes first: in-process, its QUIC socket would otherwise stay
+    // bound while its sessions wait on the dead primary.)
+    hub.stop().await.unwrap();
     let failed_at = Instant::now();
     kill_9(&primary);
-    hub.stop().await.unwrap();
     replica.promote().expect("promote the replica");
     let promoted = TestDb {
         name: db.name.clone(),
@@ -197,9 +199,18 @@ async fn a_failover_to_a_lagging_replica_loses_no_acknowledged_event() {
     )
     .await;
     assert_eq!(orders_before, 0, "the release was lost with the primary");
-    let hub = serve::start(hub_config(&promoted, &state_dir, &hub_addr))
-        .await
-        .unwrap();
+    // The old instance's UDP socket goes when its connections have drained: retry the bind.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let hub = loop {
+        match serve::start(hub_config(&promoted, &state_dir, &hub_addr)).await {
+            Ok(hub) => break hub,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("hub on the promoted replica not started yet: {e:#}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("the hub on the promoted replica: {e:#}"),
+        }
+    };
 
     wait_for(
         "every acknowledged event back at the hub",
