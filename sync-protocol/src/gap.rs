@@ -184,7 +184,7 @@ impl Planner {
     }
 
     /// The next thing to do; `Wait` while an answer is outstanding.
-    pub fn next(&mut self) -> Step {
+    pub fn next_step(&mut self) -> Step {
         if self.pending != Pending::None {
             return Step::Wait;
         }

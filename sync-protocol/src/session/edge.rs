@@ -270,7 +270,7 @@ impl EdgeSession {
         // ping, which is due after `ping_interval` of silence, a little earlier).
         let now = self.core.last_sent;
         let run = self.heal.as_mut()?;
-        match run.planner.next() {
+        match run.planner.next_step() {
             Step::Wait | Step::CompareIds { .. } => None,
             Step::Summarise(spans) => Some(EdgeEvent::NeedGapSummaries { spans }),
             Step::AskHub(spans) => {

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use central_hub::db::connect;
 use central_hub::db::generation::{Generation, GenerationWatch, history, observe};
 use sqlx::{Executor, PgPool};
-use system_tests::hq::wait_for;
 use system_tests::pg::{PrivateCluster, server};
 
 /// How far a new generation moves both sequences (the migration's 2^32).

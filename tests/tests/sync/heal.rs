@@ -5,6 +5,8 @@
 //! again, and the release comes back from the edge that holds it. Real PostgreSQL clusters,
 //! real QUIC with mutual TLS, real SQLite.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use central_hub::db::sites::add_site;
