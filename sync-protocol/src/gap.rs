@@ -380,10 +380,16 @@ fn ceil_div(a: i64, b: i64) -> i64 {
     a / b + i64::from(a % b != 0)
 }
 
+/// The start of the hour a recording time (µs) falls in: how retention remembers what it
+/// pruned. Saturates rather than overflows for instants no valid event has.
+pub fn hour_start(micros: i64) -> i64 {
+    micros.saturating_sub(micros.rem_euclid(HOUR_MICROS))
+}
+
 /// The hour-aligned window covering recording times `first ..= last`.
 pub fn window(first: Timestamp, last: Timestamp) -> Span {
-    let from = first.as_micros().div_euclid(HOUR_MICROS) * HOUR_MICROS;
-    let to = (last.as_micros().div_euclid(HOUR_MICROS) + 1) * HOUR_MICROS;
+    let from = hour_start(first.as_micros());
+    let to = hour_start(last.as_micros()).saturating_add(HOUR_MICROS);
     Span {
         from: Timestamp::from_micros(from),
         to: Timestamp::from_micros(to),

@@ -17,7 +17,7 @@ use std::time::Duration;
 use shared_model::master::{MasterKind, MasterRecord};
 use shared_model::{Event, EventId, SiteId, Timestamp};
 
-use crate::gap::{self, EdgeSummary, HOUR_MICROS, Span, Summary};
+use crate::gap::{self, EdgeSummary, Span, Summary};
 use crate::message::{
     ChangeHash, DownBatch, DownItem, HealReport, HubGeneration, RecordChange, RecordHeads, RecordId,
 };
@@ -236,8 +236,7 @@ impl MemoryEdgeStore {
             .collect();
         for (id, at) in &gone {
             s.events.remove(id);
-            let hour = at.div_euclid(HOUR_MICROS) * HOUR_MICROS;
-            s.pruned.entry(hour).or_default().add(id);
+            s.pruned.entry(gap::hour_start(*at)).or_default().add(id);
         }
         gone.len()
     }

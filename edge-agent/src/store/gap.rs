@@ -23,9 +23,9 @@ pub const GAP_SPANS_MAX: usize = 64;
 pub const GAP_IDS_MAX: usize = 10_000;
 
 /// The start of the hour of recording time an event falls in (`recorded_at` floored to
-/// [`HOUR_MICROS`]). Saturates rather than overflows for instants no valid event has.
+/// [`HOUR_MICROS`]), as retention remembers it.
 pub(crate) fn hour_of(recorded_at_micros: i64) -> i64 {
-    recorded_at_micros.saturating_sub(recorded_at_micros.rem_euclid(HOUR_MICROS))
+    sync_protocol::gap::hour_start(recorded_at_micros)
 }
 
 /// A stored event id; one that does not parse means the file is corrupt.
@@ -452,7 +452,7 @@ mod tests {
     #[tokio::test]
     async fn prune_batches_add_up_in_pruned_hours() {
         let (_dir, store) = open("gap-prune-batches");
-        let n = crate::store::outbox::PRUNE_BATCH_ROWS as u64 + 300;
+        let n = crate::store::PRUNE_BATCH_ROWS as u64 + 300;
         let evs: Vec<_> = (0..n)
             .map(|i| {
                 let mut e = event(i, at((i % 3) as i64, i as i64));

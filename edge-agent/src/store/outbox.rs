@@ -154,7 +154,7 @@ pub(crate) fn prune(conn: &Connection, cutoff_micros: i64) -> Result<usize, Stor
             .parse()
             .map_err(|e| StoreError::Corrupt(format!("stored event id {id:?}: {e}")))?;
         hours
-            .entry(super::gap::hour_of(*recorded_at))
+            .entry(sync_protocol::gap::hour_start(*recorded_at))
             .or_default()
             .add(&event_id);
         // The row was selected in this transaction, on the writer: nobody else deletes it. Were
