@@ -22,12 +22,6 @@ pub const GAP_SPANS_MAX: usize = 64;
 /// one writer job that must stay short.
 pub const GAP_IDS_MAX: usize = 10_000;
 
-/// The start of the hour of recording time an event falls in (`recorded_at` floored to
-/// [`HOUR_MICROS`]), as retention remembers it.
-pub(crate) fn hour_of(recorded_at_micros: i64) -> i64 {
-    sync_protocol::gap::hour_start(recorded_at_micros)
-}
-
 /// A stored event id; one that does not parse means the file is corrupt.
 fn parse_id(s: &str) -> Result<EventId, StoreError> {
     s.parse()
@@ -228,7 +222,7 @@ mod tests {
 
     /// Hour `n` after the fixture's `T0` hour, plus `micros`.
     fn at(hour: i64, micros: i64) -> Timestamp {
-        Timestamp::from_micros(hour_of(T0.as_micros()) + hour * H + micros)
+        Timestamp::from_micros(sync_protocol::gap::hour_start(T0.as_micros()) + hour * H + micros)
     }
 
     fn span(from: Timestamp, to: Timestamp) -> Span {
@@ -260,7 +254,7 @@ mod tests {
             (i64::MIN, i64::MIN),
             (i64::MAX, i64::MAX - i64::MAX.rem_euclid(H)),
         ] {
-            assert_eq!(hour_of(t), hour, "hour of {t}");
+            assert_eq!(sync_protocol::gap::hour_start(t), hour, "hour of {t}");
         }
     }
 
